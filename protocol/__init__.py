@@ -1,0 +1,66 @@
+"""LienWatch wire protocol: records, the CBOR batch schema and COSE_Sign1 envelopes.
+
+Sans-I/O: nothing here reads a clock, a file or a socket. See docs/protocol.md.
+"""
+
+from . import cose, errors, topics
+from ._batch_codec import LIMITS, SCHEMA_VERSION, decode_batch, encode_batch
+from ._envelopes import (
+    DeviceConfig,
+    DeviceState,
+    open_batch,
+    open_config,
+    open_state,
+    seal_batch,
+    seal_config,
+    seal_state,
+)
+from ._records import (
+    MAX_SEQ,
+    Alert,
+    AlertState,
+    Batch,
+    DailyStats,
+    Fix,
+    FixMode,
+    NoFix,
+    Severity,
+    SignalSample,
+    check_device_id,
+)
+from .errors import ProtocolError
+from .topics import batch_topic, config_topic, parse_topic, state_topic
+
+__all__ = [
+    "LIMITS",
+    "MAX_SEQ",
+    "SCHEMA_VERSION",
+    "Alert",
+    "AlertState",
+    "Batch",
+    "DailyStats",
+    "DeviceConfig",
+    "DeviceState",
+    "Fix",
+    "FixMode",
+    "NoFix",
+    "ProtocolError",
+    "Severity",
+    "SignalSample",
+    "batch_topic",
+    "check_device_id",
+    "config_topic",
+    "cose",
+    "decode_batch",
+    "encode_batch",
+    "errors",
+    "open_batch",
+    "open_config",
+    "open_state",
+    "parse_topic",
+    "seal_batch",
+    "seal_config",
+    "seal_state",
+    "state_topic",
+    "topics",
+]

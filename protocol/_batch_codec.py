@@ -1,0 +1,365 @@
+"""Batch payload: a CBOR map with small integer keys (documented in docs/protocol.md).
+
+Fixes travel column-wise as scaled integers; time, latitude and longitude columns hold the
+first value absolute and the rest as deltas, so a parked or slowly moving car costs one or
+two bytes per value. numpy does the scaling and (de)differencing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._records import (
+    Alert,
+    AlertState,
+    Batch,
+    DailyStats,
+    Fix,
+    FixMode,
+    Severity,
+    SignalSample,
+)
+from ._strict_cbor import decode_strict, encode
+from .errors import InvalidRecord, InvalidValue, LocalProtocolError, SchemaError, UnsupportedVersion
+
+__all__ = ["LIMITS", "SCHEMA_VERSION", "decode_batch", "encode_batch"]
+
+SCHEMA_VERSION = 1
+
+
+class LIMITS:
+    """Shape limits enforced on decode (and on encode, so we never send what we refuse)."""
+
+    MAX_PAYLOAD_BYTES = 1 << 20
+    MAX_DEPTH = 10
+    MAX_FIXES = 36_000
+    MAX_SAMPLES = 100_000
+    MAX_SIGNAL_NAMES = 1024
+    MAX_ALERTS = 256
+    MAX_STATS = 62
+    MAX_COUNTERS = 64
+
+
+# Top-level keys.
+K_VERSION, K_DEVICE, K_BOOT, K_SEQ, K_CREATED, K_CATALOG = 0, 1, 2, 3, 4, 5
+K_FIXES, K_SAMPLES, K_ALERTS, K_STATS, K_COUNTERS = 6, 7, 8, 9, 10
+# Fix columns: (key, attribute, scale, delta-coded, optional)
+FIX_COLUMNS: tuple[tuple[int, str, float, bool, bool], ...] = (
+    (0, "time_ms", 1.0, True, False),
+    (1, "lat", 1e7, True, False),
+    (2, "lon", 1e7, True, False),
+    (3, "alt_m", 10.0, False, True),
+    (4, "speed_mps", 100.0, False, True),
+    (5, "course_deg", 100.0, False, True),
+    (6, "mode", 1.0, False, False),
+    (7, "hdop", 100.0, False, True),
+    (8, "sats_used", 1.0, False, True),
+    (9, "mean_snr", 10.0, False, True),
+)
+_REQUIRED_FIX_KEYS = {k for k, _, _, _, opt in FIX_COLUMNS if not opt}
+# Sample columns, alert and stats map keys.
+S_NAMES, S_INDEX, S_TIME, S_VALUE = 0, 1, 2, 3
+A_RULE, A_SEVERITY, A_TIME, A_EPISODE, A_STATE, A_EVIDENCE = 0, 1, 2, 3, 4, 5
+D_DAY, D_TIME, D_DISTANCE, D_DRIVING, D_ACCEL, D_BRAKE, D_ODOMETER, D_FINAL = 0, 1, 2, 3, 4, 5, 6, 7
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _delta(values: np.ndarray) -> list[int]:
+    if values.size == 0:
+        return []
+    out = np.empty_like(values)
+    out[0] = values[0]
+    np.subtract(values[1:], values[:-1], out=out[1:])
+    return out.tolist()  # type: ignore[no-any-return]
+
+
+def _encode_fixes(fixes: Sequence[Fix]) -> dict[int, list[Any]]:
+    columns: dict[int, list[Any]] = {}
+    for key, attr, scale, delta, optional in FIX_COLUMNS:
+        raw = [getattr(f, attr) for f in fixes]
+        if optional and all(v is None for v in raw):
+            continue
+        if delta:
+            arr = np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64)
+            columns[key] = _delta(arr)
+        elif any(v is None for v in raw):
+            columns[key] = [None if v is None else int(round(float(v) * scale)) for v in raw]
+        else:
+            columns[key] = np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64).tolist()
+    return columns
+
+
+def _encode_samples(samples: Sequence[SignalSample]) -> dict[int, list[Any]]:
+    names: dict[str, int] = {}
+    index = [names.setdefault(s.name, len(names)) for s in samples]
+    times = np.asarray([s.time_ms for s in samples], dtype=np.int64)
+    return {S_NAMES: list(names), S_INDEX: index, S_TIME: _delta(times), S_VALUE: [s.value for s in samples]}
+
+
+def _encode_alert(alert: Alert) -> dict[int, Any]:
+    return {
+        A_RULE: alert.rule,
+        A_SEVERITY: int(alert.severity),
+        A_TIME: alert.time_ms,
+        A_EPISODE: alert.episode,
+        A_STATE: int(alert.state),
+        A_EVIDENCE: _plain(alert.evidence),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as plain CBOR-able containers (tuples become arrays)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _encode_stats(stats: DailyStats) -> dict[int, Any]:
+    out: dict[int, Any] = {
+        D_DAY: stats.day,
+        D_TIME: stats.time_ms,
+        D_DISTANCE: float(stats.distance_m),
+        D_DRIVING: float(stats.driving_s),
+        D_ACCEL: stats.harsh_accel,
+        D_BRAKE: stats.harsh_brake,
+        D_FINAL: stats.final,
+    }
+    if stats.odometer_km is not None:
+        out[D_ODOMETER] = float(stats.odometer_km)
+    return out
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """Encode a batch as the CBOR payload that :func:`protocol.seal_batch` signs."""
+    if not isinstance(batch, Batch):
+        raise LocalProtocolError(f"encode_batch needs a Batch, got {type(batch).__name__}")
+    for name, items, limit in (
+        ("fixes", batch.fixes, LIMITS.MAX_FIXES),
+        ("samples", batch.samples, LIMITS.MAX_SAMPLES),
+        ("alerts", batch.alerts, LIMITS.MAX_ALERTS),
+        ("stats", batch.stats, LIMITS.MAX_STATS),
+        ("counters", batch.counters, LIMITS.MAX_COUNTERS),
+    ):
+        if len(items) > limit:
+            raise LocalProtocolError(f"batch has {len(items)} {name}, over the limit of {limit}")
+    payload: dict[int, Any] = {
+        K_VERSION: SCHEMA_VERSION,
+        K_DEVICE: batch.device_id,
+        K_BOOT: batch.boot_id,
+        K_SEQ: batch.seq,
+        K_CREATED: batch.created_ms,
+        K_CATALOG: batch.catalog,
+    }
+    if batch.fixes:
+        payload[K_FIXES] = _encode_fixes(batch.fixes)
+    if batch.samples:
+        payload[K_SAMPLES] = _encode_samples(batch.samples)
+    if batch.alerts:
+        payload[K_ALERTS] = [_encode_alert(a) for a in batch.alerts]
+    if batch.stats:
+        payload[K_STATS] = [_encode_stats(s) for s in batch.stats]
+    if batch.counters:
+        payload[K_COUNTERS] = dict(batch.counters)
+    data = encode(payload)
+    if len(data) > LIMITS.MAX_PAYLOAD_BYTES:
+        raise LocalProtocolError(f"encoded batch is {len(data)} bytes, over {LIMITS.MAX_PAYLOAD_BYTES}")
+    return data
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise SchemaError(message)
+
+
+def _map(value: object, where: str, allowed: set[int], required: set[int]) -> dict[int, Any]:
+    _expect(isinstance(value, dict), f"{where} must be a map")
+    assert isinstance(value, dict)
+    keys = set(value)
+    _expect(all(_is_int(k) for k in keys), f"{where} keys must be integers")
+    unknown = keys - allowed
+    _expect(not unknown, f"{where} has unknown keys {sorted(unknown)[:5]}")
+    missing = required - keys
+    _expect(not missing, f"{where} lacks required keys {sorted(missing)}")
+    return value
+
+
+def _int_list(value: object, where: str, n: int | None, *, nullable: bool = False) -> list[Any]:
+    _expect(isinstance(value, list), f"{where} must be an array")
+    assert isinstance(value, list)
+    _expect(n is None or len(value) == n, f"{where} has {len(value)} items, expected {n}")
+    ok = (lambda v: v is None or _is_int(v)) if nullable else _is_int
+    _expect(all(map(ok, value)), f"{where} must hold only integers")
+    return value
+
+
+def _undelta(values: list[int], where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.int64)
+    except OverflowError as exc:
+        raise InvalidValue(f"{where} holds an integer outside 64 bits") from exc
+    with np.errstate(over="raise"):
+        try:
+            return np.cumsum(arr)
+        except FloatingPointError as exc:  # pragma: no cover - numpy wraps ints silently
+            raise InvalidValue(f"{where} overflows") from exc
+
+
+def _decode_fixes(value: object) -> tuple[Fix, ...]:
+    cols = _map(value, "fixes", {c[0] for c in FIX_COLUMNS}, _REQUIRED_FIX_KEYS)
+    n = len(cols[0]) if isinstance(cols[0], list) else -1
+    _expect(0 < n <= LIMITS.MAX_FIXES, f"fixes count {n} is outside 1..{LIMITS.MAX_FIXES}")
+    decoded: dict[str, list[Any]] = {}
+    for key, attr, scale, delta, optional in FIX_COLUMNS:
+        if key not in cols:
+            decoded[attr] = [None] * n
+            continue
+        where = f"fix column {attr}"
+        raw = _int_list(cols[key], where, n, nullable=optional and not delta)
+        if delta:
+            arr = _undelta(raw, where)
+            if attr == "time_ms":
+                if n > 1 and int(np.min(np.asarray(raw[1:]))) < 0:
+                    raise InvalidValue("fix times must not go backwards")
+                decoded[attr] = arr.tolist()
+            else:
+                decoded[attr] = (arr / scale).tolist()
+        elif attr in ("mode", "sats_used"):
+            decoded[attr] = raw
+        else:
+            decoded[attr] = [None if v is None else v / scale for v in raw]
+    try:
+        modes = [FixMode(m) for m in decoded["mode"]]
+    except ValueError as exc:
+        raise InvalidValue(f"fix mode must be 2 or 3: {exc}") from exc
+    decoded["mode"] = modes
+    attrs = [c[1] for c in FIX_COLUMNS]
+    try:
+        return tuple(Fix(**dict(zip(attrs, row))) for row in zip(*(decoded[a] for a in attrs)))
+    except InvalidRecord as exc:
+        raise InvalidValue(f"fix: {exc}") from exc
+
+
+def _decode_samples(value: object) -> tuple[SignalSample, ...]:
+    cols = _map(value, "samples", {S_NAMES, S_INDEX, S_TIME, S_VALUE}, {S_NAMES, S_INDEX, S_TIME, S_VALUE})
+    names = cols[S_NAMES]
+    _expect(isinstance(names, list) and 0 < len(names) <= LIMITS.MAX_SIGNAL_NAMES, "sample names must be 1..1024 texts")
+    _expect(all(isinstance(s, str) for s in names), "sample names must be text")
+    _expect(len(set(names)) == len(names), "sample names must be unique")
+    index = cols[S_INDEX]
+    n = len(index) if isinstance(index, list) else -1
+    _expect(0 < n <= LIMITS.MAX_SAMPLES, f"sample count {n} is outside 1..{LIMITS.MAX_SAMPLES}")
+    _int_list(index, "sample name index", n)
+    _expect(all(0 <= i < len(names) for i in index), "sample name index out of range")
+    times = _undelta(_int_list(cols[S_TIME], "sample times", n), "sample times").tolist()
+    values = cols[S_VALUE]
+    _expect(isinstance(values, list) and len(values) == n, "sample values must have one item per sample")
+    _expect(
+        all(isinstance(v, (bool, int, float, str)) for v in values),
+        "sample values must be bool, int, float or text",
+    )
+    try:
+        return tuple(SignalSample(names[i], t, v) for i, t, v in zip(index, times, values))
+    except InvalidRecord as exc:
+        raise InvalidValue(f"sample: {exc}") from exc
+
+
+def _enum(kind: Callable[[int], Any], value: object, where: str) -> Any:
+    _expect(_is_int(value), f"{where} must be an integer")
+    try:
+        return kind(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InvalidValue(f"{where} {value!r} is not a known value") from exc
+
+
+def _decode_alert(value: object, i: int) -> Alert:
+    all_keys = {A_RULE, A_SEVERITY, A_TIME, A_EPISODE, A_STATE, A_EVIDENCE}
+    m = _map(value, f"alert[{i}]", all_keys, all_keys)
+    _expect(isinstance(m[A_EVIDENCE], dict), f"alert[{i}] evidence must be a map")
+    try:
+        return Alert(
+            rule=m[A_RULE],
+            severity=_enum(Severity, m[A_SEVERITY], f"alert[{i}] severity"),
+            time_ms=m[A_TIME],
+            episode=m[A_EPISODE],
+            state=_enum(AlertState, m[A_STATE], f"alert[{i}] state"),
+            evidence=m[A_EVIDENCE],
+        )
+    except InvalidRecord as exc:
+        raise InvalidValue(f"alert[{i}]: {exc}") from exc
+
+
+def _decode_stats(value: object, i: int) -> DailyStats:
+    required = {D_DAY, D_TIME, D_DISTANCE, D_DRIVING, D_ACCEL, D_BRAKE, D_FINAL}
+    m = _map(value, f"stats[{i}]", required | {D_ODOMETER}, required)
+    try:
+        return DailyStats(
+            day=m[D_DAY],
+            time_ms=m[D_TIME],
+            distance_m=m[D_DISTANCE],
+            driving_s=m[D_DRIVING],
+            harsh_accel=m[D_ACCEL],
+            harsh_brake=m[D_BRAKE],
+            odometer_km=m.get(D_ODOMETER),
+            final=m[D_FINAL],
+        )
+    except InvalidRecord as exc:
+        raise InvalidValue(f"stats[{i}]: {exc}") from exc
+
+
+def _list(value: object, where: str, limit: int) -> list[Any]:
+    _expect(isinstance(value, list), f"{where} must be an array")
+    assert isinstance(value, list)
+    _expect(len(value) <= limit, f"{where} has {len(value)} items, over the limit of {limit}")
+    return value
+
+
+def decode_batch(data: bytes) -> Batch:
+    """Strictly decode a batch payload (already verified) into a :class:`Batch`."""
+    raw = decode_strict(data, what="batch payload", max_size=LIMITS.MAX_PAYLOAD_BYTES, max_depth=LIMITS.MAX_DEPTH)
+    top = _map(
+        raw,
+        "batch payload",
+        set(range(0, 11)),
+        {K_VERSION, K_DEVICE, K_BOOT, K_SEQ, K_CREATED, K_CATALOG},
+    )
+    if top[K_VERSION] != SCHEMA_VERSION or not _is_int(top[K_VERSION]):
+        raise UnsupportedVersion(f"batch schema version {top[K_VERSION]!r:.20} is not {SCHEMA_VERSION}")
+    counters = top.get(K_COUNTERS, {})
+    _expect(isinstance(counters, dict) and len(counters) <= LIMITS.MAX_COUNTERS, "counters must be a small map")
+    fixes = _decode_fixes(top[K_FIXES]) if K_FIXES in top else ()
+    samples = _decode_samples(top[K_SAMPLES]) if K_SAMPLES in top else ()
+    alerts = tuple(_decode_alert(a, i) for i, a in enumerate(_list(top.get(K_ALERTS, []), "alerts", LIMITS.MAX_ALERTS)))
+    stats = tuple(_decode_stats(s, i) for i, s in enumerate(_list(top.get(K_STATS, []), "stats", LIMITS.MAX_STATS)))
+    for name in (K_DEVICE, K_SEQ, K_CREATED, K_CATALOG):
+        if name != K_DEVICE:
+            _expect(_is_int(top[name]), f"batch key {name} must be an integer")
+    try:
+        return Batch(
+            device_id=top[K_DEVICE],
+            boot_id=top[K_BOOT],
+            seq=top[K_SEQ],
+            created_ms=top[K_CREATED],
+            catalog=top[K_CATALOG],
+            fixes=fixes,
+            samples=samples,
+            alerts=alerts,
+            stats=stats,
+            counters=counters,
+        )
+    except InvalidRecord as exc:
+        raise InvalidValue(f"batch: {exc}") from exc
+

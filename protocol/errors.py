@@ -1,0 +1,161 @@
+"""The protocol's error tree.
+
+Every failure to open a batch raises a subclass of :class:`ProtocolError` whose
+``reason`` is a short stable slug (used as a metrics label and a dead-letter reason)
+and whose message names the input and the limit it broke.
+
+``LocalProtocolError`` means *our* caller built something invalid (a bug on this side);
+``RemoteProtocolError`` means the bytes we were handed are bad (the sender's fault).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignature",
+    "DepthExceeded",
+    "DeviceMismatch",
+    "DuplicateKey",
+    "ForbiddenTag",
+    "IndefiniteLength",
+    "InvalidEnvelope",
+    "InvalidRecord",
+    "InvalidValue",
+    "LocalProtocolError",
+    "MalformedCBOR",
+    "OversizedMessage",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "SchemaError",
+    "TopicError",
+    "TrailingBytes",
+    "TruncatedMessage",
+    "UnknownDevice",
+    "UnsupportedAlgorithm",
+    "UnsupportedVersion",
+]
+
+
+class ProtocolError(Exception):
+    """Root of every error raised by :mod:`protocol`."""
+
+    reason = "protocol_error"
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller asked the protocol to build something invalid (a bug on this side)."""
+
+    reason = "local_error"
+
+
+class RemoteProtocolError(ProtocolError):
+    """Bytes received from a peer are not acceptable (the sender is to blame)."""
+
+    reason = "remote_error"
+
+
+class OversizedMessage(RemoteProtocolError):
+    """The message is larger than the size limit; it was not decoded at all."""
+
+    reason = "oversized"
+
+
+class TruncatedMessage(RemoteProtocolError):
+    """The CBOR data ends in the middle of an item."""
+
+    reason = "truncated"
+
+
+class MalformedCBOR(RemoteProtocolError):
+    """The bytes are not well-formed CBOR."""
+
+    reason = "malformed_cbor"
+
+
+class TrailingBytes(RemoteProtocolError):
+    """Bytes follow the single top-level CBOR item."""
+
+    reason = "trailing_bytes"
+
+
+class IndefiniteLength(RemoteProtocolError):
+    """An indefinite-length string, array or map was found (never used by this schema)."""
+
+    reason = "indefinite_length"
+
+
+class DuplicateKey(RemoteProtocolError):
+    """A CBOR map repeats a key."""
+
+    reason = "duplicate_key"
+
+
+class ForbiddenTag(RemoteProtocolError):
+    """A CBOR tag the schema does not use (regex, MIME, shared refs, bignums, ...)."""
+
+    reason = "forbidden_tag"
+
+
+class DepthExceeded(RemoteProtocolError):
+    """Containers are nested deeper than the schema allows."""
+
+    reason = "too_deep"
+
+
+class InvalidEnvelope(RemoteProtocolError):
+    """The COSE_Sign1 structure is not as RFC 9052 and this profile require."""
+
+    reason = "invalid_envelope"
+
+
+class UnsupportedAlgorithm(RemoteProtocolError):
+    """The protected header names an algorithm other than EdDSA (-8)."""
+
+    reason = "unsupported_algorithm"
+
+
+class UnknownDevice(RemoteProtocolError):
+    """The ``kid`` names a device with no (active) key in the key ring."""
+
+    reason = "unknown_device"
+
+
+class BadSignature(RemoteProtocolError):
+    """The Ed25519 signature does not verify over the Sig_structure."""
+
+    reason = "bad_signature"
+
+
+class TopicError(RemoteProtocolError):
+    """A topic string is not one of ``lw/v1/{device_id}/{kind}``."""
+
+    reason = "bad_topic"
+
+
+class DeviceMismatch(RemoteProtocolError):
+    """The device id in the payload, the ``kid`` and the topic do not agree."""
+
+    reason = "device_mismatch"
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    """The payload's schema version is not one this code understands."""
+
+    reason = "unsupported_version"
+
+
+class SchemaError(RemoteProtocolError):
+    """The payload decodes as CBOR but does not follow the batch schema."""
+
+    reason = "schema"
+
+
+class InvalidValue(SchemaError):
+    """A field has the right type but an impossible value (NaN, latitude 91, ...)."""
+
+    reason = "invalid_value"
+
+
+class InvalidRecord(LocalProtocolError, ValueError):
+    """A record was constructed with an impossible value (raised by ``__post_init__``)."""
+
+    reason = "invalid_record"
