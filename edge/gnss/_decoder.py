@@ -1,0 +1,677 @@
+"""Sans-I/O NMEA 0183 decoder: bytes or lines in, :class:`Fix` / :class:`NoFix` records out.
+
+How this works:
+
+1. **Framing.** ``feed(bytes)`` keeps an unterminated tail between calls, treats CR and LF
+   alike as line ends and, in each line, starts the sentence at the *last* ``$``: whatever
+   came before (line noise, the half sentence a receiver was writing when it rebooted) is
+   discarded and counted. A tail that grows past ``max_sentence`` without a line end is cut
+   back to its last ``$`` so a babbling line cannot grow the buffer.
+2. **Checks before pynmea2.** A sentence must carry ``*hh`` (pynmea2 would accept it without)
+   and the checksum is verified here, on bytes; unsupported types are rejected by their
+   three-letter code. Only then does pynmea2 parse the text (without its checksum, so it is
+   not computed twice), and every field we use is converted strictly here, because
+   pynmea2's attribute access returns the raw text when a conversion fails.
+3. **Epochs.** Sentences of one epoch share the UTC time of day (RMC, GGA, GLL, ZDA carry
+   it; GSA, GSV and VTG join the epoch that is open). When a sentence brings another time,
+   the open epoch is merged into one record: position and status from GGA/RMC/GLL, date
+   from RMC/ZDA, speed and course from RMC (VTG as fallback), mode and PRNs from the GSAs,
+   C/N0 of tracked satellites from the GSVs of every constellation. Any sign of "no fix"
+   (void RMC/GLL, RMC mode N, GGA quality 0, GSA mode 1, empty or 0,0 position) yields
+   :class:`NoFix`, never a position.
+4. **Time.** An epoch without a date of its own takes the last date seen, moved to the next
+   day when the time of day wrapped around midnight. An epoch before any date is dropped
+   (counter ``undated_epochs``: at most the first second or so after start-up). A date before
+   ``earliest_date`` (receivers report 1980-01-06 or 2000-01-01 before their first fix) makes
+   the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time;
+   an epoch not later than the last one emitted is dropped (``stale_epochs``).
+
+Every rejected line or epoch is a typed :mod:`edge.gnss.errors` error: counted, passed to
+``on_error`` and logged (the first of each kind at WARNING, the rest at DEBUG).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from functools import reduce
+from os import PathLike
+from pathlib import Path
+
+import pynmea2
+
+from protocol import Fix, FixMode, NoFix
+from protocol.errors import InvalidRecord
+
+from .errors import (
+    BadChecksum,
+    GarbageLine,
+    GnssError,
+    ImplausibleDate,
+    IncompleteEpoch,
+    InvalidField,
+    MissingChecksum,
+    OversizedLine,
+    StaleEpoch,
+    TruncatedSentence,
+    UndatedEpoch,
+    UnparsableSentence,
+    UnsupportedSentence,
+    UntimedEpoch,
+)
+
+__all__ = ["DEFAULT_EARLIEST_DATE", "GnssCounters", "GnssRecord", "NmeaDecoder", "read_nmea_file"]
+
+log = logging.getLogger("edge.gnss")
+
+GnssRecord = Fix | NoFix
+
+#: Receivers report a default date (1980-01-06, 2000-01-01, their firmware date) before the
+#: first fix; anything earlier than this is treated as "time unknown".
+DEFAULT_EARLIEST_DATE = dt.date(2020, 1, 1)
+LATEST_DATE = dt.date(2099, 12, 31)
+#: NMEA 0183 allows 82 characters; proprietary and NMEA 4.11 sentences run longer.
+DEFAULT_MAX_SENTENCE = 200
+MPS_PER_KNOT = 1852 / 3600
+MPS_PER_KMH = 1 / 3.6
+DAY_MS = 86_400_000
+HALF_DAY_MS = DAY_MS // 2
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+#: Sentence types the merger uses, and which of them carry the epoch's time of day.
+SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GSA", "GSV", "VTG", "GLL", "ZDA"})
+
+
+@dataclass(slots=True)
+class GnssCounters:
+    """What the GNSS decoder and its port adapter have seen (monotonic counts since start).
+
+    Attributes:
+        lines_read: non-empty lines framed from the input.
+        sentences_parsed: sentences that passed every check and were merged into an epoch.
+        bad_checksums: sentences whose ``*hh`` is malformed or does not match.
+        missing_checksums: sentences without ``*hh``.
+        unparsable_lines: lines with no ``$`` (noise) or that pynmea2 cannot parse.
+        unsupported_sentences: valid sentences of types the merger does not use.
+        invalid_fields: sentences with a correct checksum but an impossible field value.
+        oversized_lines: sentences longer than ``max_sentence``.
+        truncated_sentences: sentences cut off by the start of the next one on the same line.
+        fixes_emitted: :class:`Fix` records produced.
+        no_fix_epochs: :class:`NoFix` records produced.
+        untimed_epochs: epochs dropped because the receiver sent no time of day.
+        undated_epochs: epochs dropped because no date had been seen yet.
+        invalid_dates: epochs dropped because their date is implausible (receiver default).
+        stale_epochs: epochs dropped because they are not later than the last record.
+        incomplete_epochs: epochs dropped because no RMC, GGA or GLL survived.
+        bytes_discarded: bytes thrown away while resynchronising or rejecting lines.
+        open_failures: attempts to open the serial URL that failed.
+        reopen_attempts: attempts to open the URL after the first attempt (successful or not).
+        port_reopens: successful opens after the first (the receiver came back).
+        port_losses: times an open port failed or disappeared.
+    """
+
+    lines_read: int = 0
+    sentences_parsed: int = 0
+    bad_checksums: int = 0
+    missing_checksums: int = 0
+    unparsable_lines: int = 0
+    unsupported_sentences: int = 0
+    invalid_fields: int = 0
+    oversized_lines: int = 0
+    truncated_sentences: int = 0
+    fixes_emitted: int = 0
+    no_fix_epochs: int = 0
+    untimed_epochs: int = 0
+    undated_epochs: int = 0
+    invalid_dates: int = 0
+    stale_epochs: int = 0
+    incomplete_epochs: int = 0
+    bytes_discarded: int = 0
+    open_failures: int = 0
+    reopen_attempts: int = 0
+    port_reopens: int = 0
+    port_losses: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """All counters by name, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(slots=True)
+class _Epoch:
+    """Everything one epoch's sentences said, before merging (private, mutable)."""
+
+    tod_ms: int | None = None
+    tod_text: str | None = None
+    timeless: bool = False
+    timeless_kinds: set[str] = field(default_factory=set)
+    date: dt.date | None = None
+    bad_date: str | None = None
+    has_position_sentence: bool = False
+    no_fix: bool = False
+    gga_pos: tuple[float, float] | None = None
+    other_pos: tuple[float, float] | None = None
+    alt_m: float | None = None
+    rmc_speed: float | None = None
+    rmc_course: float | None = None
+    vtg_speed: float | None = None
+    vtg_course: float | None = None
+    gsa_mode: int | None = None
+    gga_hdop: float | None = None
+    gsa_hdop: float | None = None
+    gga_sats: int | None = None
+    used: set[tuple[str, int]] = field(default_factory=set)
+    gsv_seen: bool = False
+    snr: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+# -- strict field converters (raise ValueError with the offending text) -----------------
+
+
+def _time_of_day_ms(text: str) -> int:
+    if len(text) < 6 or not text[:6].isdigit():
+        raise ValueError(f"time {text!r} is not hhmmss[.sss]")
+    hh, mm, ss = int(text[0:2]), int(text[2:4]), int(text[4:6])
+    if hh > 23 or mm > 59 or ss > 60:
+        raise ValueError(f"time {text!r} is out of range")
+    ms = 0
+    if len(text) > 6:
+        frac = text[6:]
+        if frac[0] != "." or (len(frac) > 1 and not frac[1:].isdigit()):
+            raise ValueError(f"time {text!r} is not hhmmss[.sss]")
+        ms = round(float("0" + frac) * 1000) if len(frac) > 1 else 0
+    return min(((hh * 60 + mm) * 60 + ss) * 1000 + ms, DAY_MS - 1)
+
+
+def _coordinate(value: str, hemi: str, *, lat: bool) -> float:
+    width = 2 if lat else 3
+    dot = value.find(".")
+    head = value if dot < 0 else value[:dot]
+    if len(head) != width + 2 or not head.isdigit() or (dot >= 0 and not value[dot + 1 :].isdigit()):
+        raise ValueError(f"{'latitude' if lat else 'longitude'} {value!r} is not {'dd' if lat else 'ddd'}mm.mmmm")
+    degrees = int(head[:width])
+    minutes = float(value[width:])
+    limit = 90 if lat else 180
+    if minutes >= 60 or degrees + minutes / 60 > limit:
+        raise ValueError(f"{'latitude' if lat else 'longitude'} {value!r} is out of range")
+    result = degrees + minutes / 60
+    if hemi == ("S" if lat else "W"):
+        return -result
+    if hemi != ("N" if lat else "E"):
+        raise ValueError(f"hemisphere {hemi!r} is not {'N/S' if lat else 'E/W'}")
+    return result
+
+
+def _number(text: str, name: str, lo: float, hi: float) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r} is not a number") from exc
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{name} {text!r} is outside [{lo}, {hi}]")
+    return value
+
+
+def _integer(text: str, name: str, lo: int, hi: int) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or not lo <= int(text) <= hi:
+        raise ValueError(f"{name} {text!r} is not an integer in [{lo}, {hi}]")
+    return int(text)
+
+
+def _field(data: list[str], index: int) -> str:
+    return data[index] if index < len(data) else ""
+
+
+def _ddmmyy(text: str) -> dt.date:
+    if len(text) != 6 or not text.isdigit():
+        raise ValueError(f"date {text!r} is not ddmmyy")
+    # Two-digit years: 80..99 are the 1900s (GPS epoch 1980 defaults), the rest 2000s.
+    yy = int(text[4:6])
+    year = 1900 + yy if yy >= 80 else 2000 + yy
+    return dt.date(year, int(text[2:4]), int(text[0:2]))
+
+
+class NmeaDecoder:
+    """Turn NMEA 0183 bytes or lines into one :class:`Fix` or :class:`NoFix` per epoch.
+
+    Sans-I/O: the same decoder serves a serial port, a log file and a test string. Records
+    come out one epoch late (an epoch is complete when the next one starts) or on
+    :meth:`flush`.
+
+    Args:
+        earliest_date: dates before this are receiver defaults, not real time.
+        max_sentence: longest accepted sentence in bytes, ``$`` to checksum.
+        on_error: called with each rejected line or dropped epoch (after counting it).
+
+    Attributes:
+        counters: :class:`GnssCounters`, shared with a :class:`GnssSource` wrapping it.
+        last_error: the most recent error reported, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        earliest_date: dt.date = DEFAULT_EARLIEST_DATE,
+        max_sentence: int = DEFAULT_MAX_SENTENCE,
+        on_error: Callable[[GnssError], None] | None = None,
+    ) -> None:
+        if not isinstance(earliest_date, dt.date) or not dt.date(2000, 1, 1) <= earliest_date <= LATEST_DATE:
+            raise ValueError(f"earliest_date {earliest_date!r} must be a date within 2000-01-01..{LATEST_DATE}")
+        if not 16 <= max_sentence <= 4096:
+            raise ValueError(f"max_sentence={max_sentence} must be within 16..4096 bytes")
+        self.earliest_date = earliest_date
+        self.max_sentence = max_sentence
+        self.on_error = on_error
+        self.counters = GnssCounters()
+        self.last_error: GnssError | None = None
+        self._tail = b""
+        self._epoch: _Epoch | None = None
+        self._last_date: dt.date | None = None
+        self._last_tod_ms = 0
+        self._last_time_ms: int | None = None
+        self._warned: set[str] = set()
+
+    # -- input ------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[GnssRecord]:
+        """Feed raw bytes as they come off the wire (any chunking); return completed epochs."""
+        buf = self._tail + data if self._tail else bytes(data)
+        if b"\r" in buf:
+            buf = buf.replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        tail = lines.pop()
+        if len(tail) > self.max_sentence:
+            keep = tail.rfind(b"$")
+            if keep < 0 or len(tail) - keep > self.max_sentence:
+                keep = len(tail)
+            self.counters.bytes_discarded += keep
+            tail = tail[keep:]
+        self._tail = tail
+        out: list[GnssRecord] = []
+        for line in lines:
+            if line:
+                record = self._take_line(line)
+                if record is not None:
+                    out.append(record)
+        return out
+
+    def feed_line(self, line: str | bytes) -> list[GnssRecord]:
+        """Feed one line (with or without its line end); return the epoch it completed, if any."""
+        raw = line.encode("latin-1", "replace") if isinstance(line, str) else line
+        raw = raw.strip(b"\r\n")
+        if not raw:
+            return []
+        record = self._take_line(raw)
+        return [] if record is None else [record]
+
+    def flush(self) -> list[GnssRecord]:
+        """End of input: decode an unterminated last line, then emit the open epoch."""
+        out: list[GnssRecord] = []
+        tail, self._tail = self._tail, b""
+        if tail.strip():
+            record = self._take_line(tail.strip())
+            if record is not None:
+                out.append(record)
+        epoch, self._epoch = self._epoch, None
+        if epoch is not None:
+            record = self._close(epoch)
+            if record is not None:
+                out.append(record)
+        return out
+
+    # -- one line ---------------------------------------------------------------------
+
+    def _take_line(self, raw: bytes) -> GnssRecord | None:
+        counters = self.counters
+        counters.lines_read += 1
+        start = raw.rfind(b"$")
+        if start < 0:
+            counters.bytes_discarded += len(raw)
+            self._report(GarbageLine(f"line of {len(raw)} bytes has no '$' sentence start", raw))
+            return None
+        if start:
+            counters.bytes_discarded += start
+            cut = raw.rfind(b"$", 0, start)
+            if cut >= 0:
+                self._report(TruncatedSentence("sentence cut off by the start of the next one", raw[cut:start]))
+            raw = raw[start:]
+        raw = raw.rstrip()
+        if len(raw) > self.max_sentence:
+            counters.bytes_discarded += len(raw)
+            self._report(OversizedLine(f"sentence of {len(raw)} bytes exceeds max_sentence={self.max_sentence}", raw))
+            return None
+        star = raw.rfind(b"*")
+        if star < 0:
+            counters.bytes_discarded += len(raw)
+            self._report(MissingChecksum("sentence has no '*hh' checksum (required)", raw))
+            return None
+        digits = raw[star + 1 :]
+        if len(digits) != 2 or digits[0] not in _HEX_DIGITS or digits[1] not in _HEX_DIGITS:
+            counters.bytes_discarded += len(raw)
+            if not digits:
+                self._report(MissingChecksum("sentence ends with '*' but no checksum digits", raw))
+            else:
+                self._report(BadChecksum(f"checksum field {digits!r} is not two hex digits", raw))
+            return None
+        body = raw[1:star]
+        computed = reduce(operator.xor, body, 0)
+        if computed != int(digits, 16):
+            counters.bytes_discarded += len(raw)
+            self._report(BadChecksum(f"checksum {digits.decode()} does not match computed {computed:02X}", raw))
+            return None
+        if len(body) < 6 or body[0] == 0x50:  # b"P": proprietary ($PUBX, $PMTK, ...)
+            counters.bytes_discarded += len(raw)
+            kind = UnsupportedSentence if len(body) >= 6 else UnparsableSentence
+            self._report(kind(f"sentence type {body[:6]!r} is not one of {sorted(SUPPORTED_TYPES)}", raw))
+            return None
+        kind_text = body[2:5].decode("latin-1")
+        if kind_text not in SUPPORTED_TYPES:
+            counters.bytes_discarded += len(raw)
+            message = f"sentence type {kind_text!r} is not one of {sorted(SUPPORTED_TYPES)}"
+            self._report(UnsupportedSentence(message, raw))
+            return None
+        text = raw[:star].decode("latin-1")
+        if not text.isascii() or not text.isprintable():
+            counters.bytes_discarded += len(raw)
+            self._report(UnparsableSentence("sentence contains non-ASCII or control characters", raw))
+            return None
+        try:
+            msg = pynmea2.parse(text)
+        except (ValueError, pynmea2.ParseError) as exc:
+            counters.bytes_discarded += len(raw)
+            self._report(UnparsableSentence(f"pynmea2 cannot parse the sentence: {exc}", raw))
+            return None
+        try:
+            return self._merge(kind_text, msg.talker, msg.data)
+        except ValueError as exc:
+            counters.bytes_discarded += len(raw)
+            self._report(InvalidField(f"{kind_text}: {exc}", raw))
+            return None
+
+    # -- merging sentences into epochs -----------------------------------------------
+
+    def _merge(self, kind: str, talker: str, data: list[str]) -> GnssRecord | None:
+        """Validate one sentence's fields fully, then apply them to the right epoch."""
+        if kind == "GSV":
+            self._apply_untimed(_gsv_applier(talker, data))
+            return None
+        if kind == "GSA":
+            self._apply_untimed(_gsa_applier(talker, data))
+            return None
+        if kind == "VTG":
+            course = _number(_field(data, 0), "VTG course", 0.0, 360.0)
+            knots = _number(_field(data, 4), "VTG speed (knots)", 0.0, 2000.0)
+            kmh = _number(_field(data, 6), "VTG speed (km/h)", 0.0, 3700.0)
+            speed = knots * MPS_PER_KNOT if knots is not None else (kmh * MPS_PER_KMH if kmh is not None else None)
+            invalid = _field(data, 8) == "N"
+
+            def apply_vtg(ep: _Epoch) -> None:
+                if not invalid:
+                    ep.vtg_course, ep.vtg_speed = course, speed
+
+            self._apply_untimed(apply_vtg)
+            return None
+        if kind == "RMC":
+            tod_text = _field(data, 0)
+            status = _field(data, 1)
+            pos = _position(data, 2)
+            speed = _number(_field(data, 6), "RMC speed", 0.0, 2000.0)
+            course = _number(_field(data, 7), "RMC course", 0.0, 360.0)
+            date_text = _field(data, 8)
+            mode = _field(data, 11)
+            no_fix = status != "A" or mode == "N"
+
+            def apply_rmc(ep: _Epoch) -> None:
+                ep.has_position_sentence = True
+                ep.no_fix |= no_fix
+                if pos is not None:
+                    ep.other_pos = pos
+                if speed is not None:
+                    ep.rmc_speed = speed * MPS_PER_KNOT
+                ep.rmc_course = course if course is not None else ep.rmc_course
+                if date_text:
+                    self._set_date(ep, date_text, None)
+
+            return self._apply_timed("RMC", tod_text, apply_rmc)
+        if kind == "GGA":
+            tod_text = _field(data, 0)
+            pos = _position(data, 1)
+            quality = _integer(_field(data, 5), "GGA quality", 0, 9)
+            sats = _integer(_field(data, 6), "GGA satellites", 0, 255)
+            hdop = _number(_field(data, 7), "GGA HDOP", 0.0, 999.99)
+            alt = _number(_field(data, 8), "GGA altitude", -1000.0, 100_000.0)
+
+            def apply_gga(ep: _Epoch) -> None:
+                ep.has_position_sentence = True
+                ep.no_fix |= not quality
+                if pos is not None:
+                    ep.gga_pos = pos
+                ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
+
+            return self._apply_timed("GGA", tod_text, apply_gga)
+        if kind == "GLL":
+            pos = _position(data, 0)
+            tod_text = _field(data, 4)
+            no_fix = _field(data, 5) != "A" or _field(data, 6) == "N"
+
+            def apply_gll(ep: _Epoch) -> None:
+                ep.has_position_sentence = True
+                ep.no_fix |= no_fix
+                if pos is not None and ep.other_pos is None:
+                    ep.other_pos = pos
+
+            return self._apply_timed("GLL", tod_text, apply_gll)
+        # ZDA: hhmmss.ss, day, month, year
+        tod_text = _field(data, 0)
+        day, month, year = _field(data, 1), _field(data, 2), _field(data, 3)
+        if day or month or year:
+            if not (day.isdigit() and month.isdigit() and year.isdigit() and len(year) == 4):
+                raise ValueError(f"ZDA date {day!r}/{month!r}/{year!r} is not dd/mm/yyyy")
+            date_key = (int(year), int(month), int(day))
+
+            def apply_zda(ep: _Epoch) -> None:
+                self._set_date(ep, f"{day}/{month}/{year}", date_key)
+
+            return self._apply_timed("ZDA", tod_text, apply_zda)
+        return self._apply_timed("ZDA", tod_text, lambda ep: None)
+
+    def _set_date(self, ep: _Epoch, text: str, ymd: tuple[int, int, int] | None) -> None:
+        try:
+            date = _ddmmyy(text) if ymd is None else dt.date(*ymd)
+        except ValueError:
+            ep.bad_date = text
+            return
+        if not self.earliest_date <= date <= LATEST_DATE:
+            ep.bad_date = text
+            return
+        ep.date = date
+
+    def _apply_untimed(self, apply: Callable[[_Epoch], None]) -> None:
+        if self._epoch is None:
+            self._epoch = _Epoch()
+        apply(self._epoch)
+        self.counters.sentences_parsed += 1
+
+    def _apply_timed(self, kind: str, tod_text: str, apply: Callable[[_Epoch], None]) -> GnssRecord | None:
+        tod = _time_of_day_ms(tod_text) if tod_text else None
+        record = None
+        ep = self._epoch
+        if ep is None:
+            ep = self._epoch = _Epoch()
+        if tod is None:
+            # Untimed epochs are told apart by a sentence type repeating (the next RMC, ...).
+            if ep.tod_ms is not None or kind in ep.timeless_kinds:
+                record = self._close(ep)
+                ep = self._epoch = _Epoch()
+            ep.timeless = True
+            ep.timeless_kinds.add(kind)
+        elif ep.tod_ms is None and not ep.timeless:
+            ep.tod_ms, ep.tod_text = tod, tod_text
+        elif ep.tod_ms != tod:
+            record = self._close(ep)
+            ep = self._epoch = _Epoch(tod_ms=tod, tod_text=tod_text)
+        apply(ep)
+        self.counters.sentences_parsed += 1
+        return record
+
+    # -- closing an epoch into a record ------------------------------------------------
+
+    def _close(self, ep: _Epoch) -> GnssRecord | None:
+        tod = ep.tod_ms
+        if tod is None:
+            self._report(UntimedEpoch("epoch without a time of day (receiver has no time yet)"))
+            return None
+        if ep.bad_date is not None:
+            self._report(
+                ImplausibleDate(
+                    f"date {ep.bad_date!r} is not a calendar date within {self.earliest_date}..{LATEST_DATE}",
+                    ep.tod_text,
+                )
+            )
+            return None
+        date = ep.date
+        if date is None:
+            if self._last_date is None:
+                self._report(UndatedEpoch("no RMC/ZDA date seen yet", ep.tod_text))
+                return None
+            date = self._last_date
+            if tod < self._last_tod_ms - HALF_DAY_MS:
+                date += dt.timedelta(days=1)  # midnight rollover without a dated sentence yet
+        if not ep.has_position_sentence:
+            self._report(IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text))
+            return None
+        time_ms = (date.toordinal() - _EPOCH_ORDINAL) * DAY_MS + tod
+        if self._last_time_ms is not None and time_ms <= self._last_time_ms:
+            message = f"epoch time {time_ms} is not after the last record's {self._last_time_ms}"
+            self._report(StaleEpoch(message, ep.tod_text))
+            return None
+        self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
+        return self._record(ep, time_ms)
+
+    def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
+        snrs = [s for s in ep.snr.values() if s > 0]
+        mean_snr = round(sum(snrs) / len(snrs), 1) if snrs else None
+        pos = ep.gga_pos or ep.other_pos
+        if ep.no_fix or ep.gsa_mode == 1 or pos is None or pos == (0.0, 0.0):
+            self.counters.no_fix_epochs += 1
+            return NoFix(time_ms=time_ms, sats_in_view=len(ep.snr) if ep.gsv_seen else None, mean_snr=mean_snr)
+        if ep.gsa_mode in (2, 3):
+            mode = FixMode(ep.gsa_mode)
+        else:
+            mode = FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
+        speed = ep.rmc_speed if ep.rmc_speed is not None else ep.vtg_speed
+        course = ep.rmc_course if ep.rmc_course is not None else ep.vtg_course
+        hdop = ep.gga_hdop if ep.gga_hdop is not None else ep.gsa_hdop
+        sats = ep.gga_sats if ep.gga_sats is not None else (len(ep.used) if ep.used else None)
+        try:
+            fix = Fix(
+                time_ms=time_ms,
+                lat=pos[0],
+                lon=pos[1],
+                alt_m=ep.alt_m,
+                speed_mps=speed if speed is None or speed <= 1000.0 else None,
+                course_deg=course,
+                mode=mode,
+                hdop=hdop if hdop is None or hdop <= 100.0 else None,
+                sats_used=sats,
+                mean_snr=mean_snr,
+            )
+        except InvalidRecord as exc:  # pragma: no cover - every field is range-checked above
+            raise AssertionError(f"decoder built an invalid Fix: {exc}") from exc
+        self.counters.fixes_emitted += 1
+        return fix
+
+    # -- error reporting ---------------------------------------------------------------
+
+    def _report(self, error: GnssError) -> None:
+        name = error.counter
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+        self.last_error = error
+        if error.reason not in self._warned:
+            self._warned.add(error.reason)
+            log.warning("GNSS input rejected (%s, first of its kind): %s", error.reason, _describe(error))
+        else:
+            log.debug("GNSS input rejected (%s): %s", error.reason, _describe(error))
+        if self.on_error is not None:
+            self.on_error(error)
+
+
+def _describe(error: GnssError) -> str:
+    line = getattr(error, "line", None)
+    return f"{error} in {line!r}" if line else str(error)
+
+
+def _position(data: list[str], index: int) -> tuple[float, float] | None:
+    lat_text, lat_hemi = _field(data, index), _field(data, index + 1)
+    lon_text, lon_hemi = _field(data, index + 2), _field(data, index + 3)
+    if not lat_text or not lon_text:
+        return None
+    return _coordinate(lat_text, lat_hemi, lat=True), _coordinate(lon_text, lon_hemi, lat=False)
+
+
+def _gsa_applier(talker: str, data: list[str]) -> Callable[[_Epoch], None]:
+    """Validate a GSA's fields now; return what applies them to an epoch."""
+    mode = _integer(_field(data, 1), "GSA fix type", 1, 3)
+    prns = [_integer(p, "GSA PRN", 1, 999) for p in data[2:14]]
+    hdop = _number(_field(data, 15), "GSA HDOP", 0.0, 999.99)
+    system = _field(data, 17) or talker  # NMEA 4.10 adds a system id after VDOP
+
+    def apply(ep: _Epoch) -> None:
+        if mode is not None:
+            ep.gsa_mode = mode if ep.gsa_mode is None else max(ep.gsa_mode, mode)
+        ep.used.update((system, prn) for prn in prns if prn is not None)
+        if hdop is not None:
+            ep.gsa_hdop = hdop
+
+    return apply
+
+
+def _gsv_applier(talker: str, data: list[str]) -> Callable[[_Epoch], None]:
+    """Validate a GSV's fields now; return what applies them to an epoch."""
+    _integer(_field(data, 0), "GSV message count", 1, 99)
+    _integer(_field(data, 1), "GSV message number", 1, 99)
+    _integer(_field(data, 2), "GSV satellites in view", 0, 999)
+    blocks = (len(data) - 3) // 4  # a remainder of one field is the NMEA 4.10 signal id
+    parsed = []
+    for k in range(blocks):
+        base = 3 + 4 * k
+        prn = _integer(data[base], "GSV PRN", 0, 999)
+        _number(data[base + 1], "GSV elevation", -90.0, 90.0)
+        _number(data[base + 2], "GSV azimuth", 0.0, 360.0)
+        snr = _integer(data[base + 3], "GSV SNR", 0, 99)
+        if prn is not None:
+            parsed.append((prn, snr))
+
+    def apply(ep: _Epoch) -> None:
+        ep.gsv_seen = True
+        for prn, snr in parsed:
+            key = (talker, prn)
+            ep.snr[key] = max(ep.snr.get(key, 0), snr or 0)
+
+    return apply
+
+
+def read_nmea_file(path: str | PathLike[str], *, decoder: NmeaDecoder | None = None) -> Iterator[GnssRecord]:
+    """Yield the records of a plain NMEA log (one sentence a line, as receivers and gpsd test logs store them).
+
+    Lines starting with ``#`` are comments and skipped. Pass a ``decoder`` to read its
+    counters afterwards.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    decoder = decoder or NmeaDecoder()
+    with Path(path).open("rb") as fh:
+        for line in fh:
+            if line.lstrip().startswith(b"#"):
+                continue
+            yield from decoder.feed_line(line)
+    yield from decoder.flush()
