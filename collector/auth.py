@@ -1,0 +1,74 @@
+"""Bearer API keys and roles.
+
+Each key maps to one role (``admin``, ``risk_analyst``, ``collections``, ``auditor``) in
+``Settings.api_keys``, which holds SHA-256 hashes only. ``require_role(*roles)`` is a
+FastAPI dependency: no key or an unknown key -> 401 (with ``WWW-Authenticate: Bearer``),
+a known key of another role -> 403. It returns the :class:`Principal` for auditing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .settings import ROLES, Settings, get_settings, hash_api_key
+
+__all__ = ["ROLES", "Principal", "authenticate", "require_role"]
+
+_bearer = HTTPBearer(auto_error=False, description="LienWatch API key")
+MAX_KEY_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who called: the role of the key and a short, non-secret key id (hash prefix)."""
+
+    role: str
+    key_id: str
+
+
+def authenticate(api_key: str, settings: Settings) -> Principal | None:
+    """The principal for ``api_key``, or ``None`` when the key is not configured."""
+    if not api_key or len(api_key) > MAX_KEY_CHARS:
+        return None
+    digest = hash_api_key(api_key)
+    for known, role in settings.api_keys.items():
+        if hmac.compare_digest(known, digest):
+            return Principal(role=role, key_id=digest[:12])
+    return None
+
+
+def require_role(*roles: str) -> Callable[..., Principal]:
+    """A dependency admitting only bearer keys whose role is one of ``roles``.
+
+    Raises:
+        ValueError: a role name that does not exist (a bug in the route declaration).
+    """
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise ValueError(f"require_role needs roles from {ROLES}, got {roles!r}")
+
+    def dependency(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        settings: Annotated[Settings, Depends(get_settings)],
+    ) -> Principal:
+        principal = authenticate(credentials.credentials, settings) if credentials is not None else None
+        if principal is None:
+            raise HTTPException(
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                detail="missing or unknown API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if principal.role not in roles:
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"role {principal.role!r} may not do this (needs {' or '.join(roles)})",
+            )
+        return principal
+
+    return dependency

@@ -1,0 +1,54 @@
+"""The collector's error tree.
+
+Every error names the input it refused and the limit or rule it broke. Foreign exceptions
+(SQLAlchemy, cryptography, tomllib) are translated at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CollectorError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "DeviceExistsError",
+    "DeviceNotFoundError",
+    "InvalidPublicKeyError",
+    "RegistryError",
+    "StorageError",
+]
+
+
+class CollectorError(Exception):
+    """Root of every error raised by :mod:`collector`."""
+
+
+class ConfigError(CollectorError):
+    """collector.toml or a ``LIENWATCH_*`` variable is missing, unknown or of the wrong type."""
+
+
+class RegistryError(CollectorError):
+    """A device registry operation was refused."""
+
+
+class InvalidPublicKeyError(RegistryError):
+    """A device public key is not a PEM SubjectPublicKeyInfo holding an Ed25519 key."""
+
+
+class DeviceExistsError(RegistryError):
+    """The device already has an active key (revoke it before adding another)."""
+
+
+class DeviceNotFoundError(RegistryError):
+    """No device with that id is registered."""
+
+
+class StorageError(CollectorError):
+    """The database refused or failed an operation."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The database cannot be reached right now (connection refused, locked, restarting).
+
+    The ingest path never dead-letters on this error: it keeps the message unacknowledged
+    and retries with backoff, so the broker still holds it.
+    """

@@ -1,0 +1,377 @@
+"""The ingest through a real private Mosquitto, on SQLite and PostgreSQL.
+
+In-process tests run :class:`collector.ingest_service.IngestService` on threads; the crash
+and scale-out tests run ``lienwatch collector serve --ingest-only`` as subprocesses. Every
+wait is on a condition with a bounded timeout (a poll of the database or a counter).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import sqlalchemy as sa
+from firmware_sim.services import Mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.database import create_engine, migrate
+from collector.errors import DatabaseUnavailableError
+from collector.ingest import Ingestor, IngestResult
+from collector.ingest_service import IngestService
+from collector.models import Base
+from collector.settings import Limits, MqttSettings
+from protocol import state_topic
+from tests.test_ingest import NOW, T0, FakeDevice, count, database_url, register, status_row
+
+pytestmark = pytest.mark.mqtt
+__all__ = ["database_url"]  # the fixture, re-used from test_ingest
+
+WAIT_S = 60.0  # generous: two shared cores, eight engineers
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Publisher:
+    """A device-side MQTT 5 publisher that records which messages the broker acknowledged."""
+
+    def __init__(self, broker: Mosquitto, client_id: str = "test-publisher") -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(100)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=1, retain=retain)
+
+    def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        info = self.publish(topic, payload, retain=retain)
+        info.wait_for_publish(WAIT_S)
+        return info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    db = create_engine(database_url)
+    migrate(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def publisher(mosquitto: Mosquitto) -> Iterator[Publisher]:
+    pub = Publisher(mosquitto)
+    yield pub
+    pub.close()
+
+
+def mqtt_settings(broker: Mosquitto, client_id: str = "collector-test") -> MqttSettings:
+    return MqttSettings(host="127.0.0.1", port=broker.port, client_id=client_id, group="test")
+
+
+FAST_LIMITS = Limits(key_cache_ttl_s=0, db_retry_initial_s=0.01, db_retry_max_s=0.05)
+
+
+@pytest.fixture
+def service(engine: sa.Engine, mosquitto: Mosquitto) -> Iterator[IngestService]:
+    ingest = IngestService(Ingestor(engine, FAST_LIMITS), mqtt_settings(mosquitto), FAST_LIMITS)
+    ingest.start()
+    assert ingest.ready.wait(WAIT_S), "collector did not subscribe"
+    yield ingest
+    ingest.stop()
+
+
+def stored_seqs(engine: sa.Engine, device_id: str) -> list[int]:
+    t = Base.metadata.tables["batches"]
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.select(t.c.seq).where(t.c.device_id == device_id)).scalars())
+
+
+# ------------------------------------------------------------------ in-process
+
+
+def test_same_batch_published_three_times_is_stored_once(
+    engine: sa.Engine, service: IngestService, publisher: Publisher
+) -> None:
+    truck = FakeDevice("truck-1")
+    register(engine, truck)
+    message = truck.sealed(1, fixes=600)
+    assert all(publisher.publish_acked(truck.topic, message) for _ in range(3))
+    wait_until(lambda: service.acked == 3, what="3 acknowledgements")
+    assert count(engine, "batches") == 1
+    assert count(engine, "fixes") == 600
+    assert (service.ingestor.counters["stored"], service.ingestor.counters["duplicates"]) == (1, 2)
+    assert status_row(engine, "truck-1")["duplicates"] == 2
+
+
+def test_poisoned_messages_are_dead_lettered_while_valid_traffic_flows(
+    engine: sa.Engine, service: IngestService, publisher: Publisher
+) -> None:
+    truck, other, ghost = FakeDevice("truck-1"), FakeDevice("truck-2"), FakeDevice("ghost")
+    revoked = FakeDevice("revoked-1")
+    register(engine, truck, other, revoked)
+    from collector.registry import DeviceRegistry
+
+    DeviceRegistry(engine).revoke("revoked-1")
+    good = truck.sealed(1)
+    poison = [
+        (truck.topic, seal_with(other, truck), "bad_signature"),
+        (ghost.topic, ghost.sealed(1), "unknown_device"),
+        (revoked.topic, revoked.sealed(1), "unknown_device"),
+        (other.topic, truck.sealed(1), "device_mismatch"),  # replayed onto another device's topic
+        (truck.topic, b"\xd2" + b"\x00" * (1 << 20), "oversized"),
+        (truck.topic, good[: len(good) // 2], "truncated"),
+        (truck.topic, b"\x00garbage\xff", "invalid_envelope"),
+        (truck.topic, b"\xd2" + b"\x81" * 5000 + b"\x00", "too_deep"),
+    ]
+    expected_seqs = []
+    seq = 1
+    for topic, payload, _reason in poison:
+        assert publisher.publish_acked(truck.topic, truck.sealed(seq))
+        expected_seqs.append(seq)
+        seq += 1
+        assert publisher.publish_acked(topic, payload)
+    # More poison than the broker's in-flight window: acked dead letters never stall delivery.
+    for i in range(120):
+        assert publisher.publish_acked(truck.topic, b"junk %d" % i)
+    assert publisher.publish_acked(truck.topic, truck.sealed(seq))
+    expected_seqs.append(seq)
+    total = 2 * len(poison) + 121
+    wait_until(lambda: service.acked == total, what=f"{total} acknowledgements")
+    assert stored_seqs(engine, "truck-1") == expected_seqs
+    t = Base.metadata.tables["dead_letters"]
+    with engine.connect() as conn:
+        reasons = list(conn.execute(sa.select(t.c.reason).order_by(t.c.id).limit(len(poison))).scalars())
+    assert reasons == [reason for _, _, reason in poison]
+    assert count(engine, "dead_letters") == len(poison) + 120
+
+
+def seal_with(signer: FakeDevice, device: FakeDevice) -> bytes:
+    """``device``'s batch signed with ``signer``'s key (a forgery)."""
+    from protocol import seal_batch
+
+    return seal_batch(device.batch(99), signer.key, device.topic)
+
+
+def test_state_messages_set_online_and_offline(
+    engine: sa.Engine, mosquitto: Mosquitto, publisher: Publisher
+) -> None:
+    truck = FakeDevice("truck-1")
+    register(engine, truck)
+    # A retained birth published before the collector ever connected is still applied.
+    assert publisher.publish_acked(state_topic("truck-1"), truck.state(True, T0), retain=True)
+    with IngestService(Ingestor(engine, FAST_LIMITS), mqtt_settings(mosquitto), FAST_LIMITS) as ingest:
+        wait_until(lambda: ingest.acked == 1, what="the retained birth")
+        assert status_row(engine, "truck-1")["online"] is True
+        assert publisher.publish_acked(state_topic("truck-1"), truck.state(False, T0))
+        wait_until(lambda: ingest.acked == 2, what="the will")
+        assert status_row(engine, "truck-1")["online"] is False
+
+
+class FlakyIngestor(Ingestor):
+    """Reports the database as unreachable for the first ``failures`` calls."""
+
+    def __init__(self, *args: object, failures: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.failures = failures
+        self.release = threading.Event()
+
+    def handle(self, topic: str, payload: bytes, *, received_ms: int | None = None) -> IngestResult:
+        if self.failures > 0:
+            self.failures -= 1
+            if self.failures == 0:
+                self.release.wait(WAIT_S)
+            raise DatabaseUnavailableError("database unreachable (simulated)")
+        return super().handle(topic, payload, received_ms=received_ms)
+
+
+def test_database_outage_holds_the_ack_and_retries(
+    engine: sa.Engine, mosquitto: Mosquitto, publisher: Publisher
+) -> None:
+    truck = FakeDevice("truck-1")
+    register(engine, truck)
+    flaky = FlakyIngestor(engine, FAST_LIMITS, failures=3, clock_ms=lambda: NOW)
+    with IngestService(flaky, mqtt_settings(mosquitto), FAST_LIMITS) as ingest:
+        assert ingest.ready.wait(WAIT_S)
+        assert publisher.publish_acked(truck.topic, truck.sealed(1))
+        assert publisher.publish_acked(truck.topic, truck.sealed(2))
+        wait_until(lambda: flaky.failures == 0, what="three failed attempts")
+        # While the database is "down" nothing is acknowledged and nothing dead-lettered.
+        assert (ingest.acked, count(engine, "dead_letters"), count(engine, "batches")) == (0, 0, 0)
+        flaky.release.set()
+        wait_until(lambda: ingest.acked == 2, what="both acknowledgements")
+    assert stored_seqs(engine, "truck-1") == [1, 2]
+    assert flaky.counters["db_retries"] == 3
+    assert flaky.metrics.registry.get_sample_value("lienwatch_ingest_db_retries_total") == 3.0
+
+
+# ------------------------------------------------------------------ separate processes
+
+
+def lienwatch_command() -> list[str]:
+    script = Path(sys.executable).with_name("lienwatch")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
+
+
+class CollectorProcess:
+    """``lienwatch collector serve --ingest-only`` in a subprocess; stderr kept for asserts."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*lienwatch_command(), "collector", "serve", "--ingest-only", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace"))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: "subscribed to" in self.log or self.proc.poll() is not None, what="collector ready")
+        assert self.proc.poll() is None, f"collector exited:\n{self.log}"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(WAIT_S)
+        self._reader.join(WAIT_S)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(WAIT_S)
+        self._reader.join(WAIT_S)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+def write_config(path: Path, database_url: str, broker: Mosquitto, client_id: str) -> Path:
+    path.write_text(
+        f"""database_url = "{database_url}"
+data_dir = "{path.parent / "data"}"
+log_level = "INFO"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+group = "collectors"
+client_id = "{client_id}"
+
+[api]
+port = 0
+
+[limits]
+key_cache_ttl_s = 0
+max_clock_skew_s = 315360000
+"""
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_collector_killed_mid_stream_loses_nothing(
+    engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
+) -> None:
+    truck = FakeDevice("truck-1")
+    register(engine, truck)
+    config = write_config(tmp_path / "collector.toml", database_url, mosquitto, "collector-a")
+    messages = {seq: truck.sealed(seq, t0=T0 + seq * 60_000, fixes=600) for seq in range(1, 121)}
+    accepted: set[int] = set()
+    infos: dict[int, mqtt.MQTTMessageInfo] = {}
+
+    first = CollectorProcess(config)
+    try:
+        first.wait_ready()
+        for seq in range(1, 61):
+            infos[seq] = publisher.publish(truck.topic, messages[seq])
+        wait_until(lambda: count(engine, "batches") >= 5, what="the first stored batches")
+        first.kill()  # SIGKILL mid-stream: some batches in flight, unacknowledged
+    finally:
+        first.close()
+    stored_at_kill = count(engine, "batches")
+    for seq in range(61, 121):  # published while no collector runs
+        infos[seq] = publisher.publish(truck.topic, messages[seq])
+    for seq, info in infos.items():
+        info.wait_for_publish(WAIT_S)
+        if info.is_published():
+            accepted.add(seq)
+    assert accepted == set(range(1, 121))
+
+    second = CollectorProcess(config)
+    try:
+        second.wait_ready()
+        wait_until(lambda: count(engine, "batches") == 120, what="all 120 batches")
+        wait_until(lambda: "metrics on http" in second.log, what="the metrics endpoint")
+        port = re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", second.log).group(1)  # type: ignore[union-attr]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT_S).read().decode()
+        assert "lienwatch_ingest_batches_stored_total" in metrics
+        assert second.terminate() == 0
+    finally:
+        second.close()
+    assert stored_at_kill < 120
+    assert stored_seqs(engine, "truck-1") == sorted(accepted)
+    assert count(engine, "fixes") == 120 * 600
+    assert "ingest stopped" in second.log
+
+
+@pytest.mark.slow
+def test_two_collectors_on_one_shared_subscription_store_each_batch_once(
+    engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
+) -> None:
+    trucks = [FakeDevice("truck-1"), FakeDevice("truck-2")]
+    register(engine, *trucks)
+    configs = [write_config(tmp_path / f"c-{name}.toml", database_url, mosquitto, f"collector-{name}") for name in "ab"]
+    collectors = [CollectorProcess(config) for config in configs]
+    try:
+        for c in collectors:
+            c.wait_ready()
+        infos = [
+            publisher.publish(truck.topic, truck.sealed(seq, t0=T0 + seq * 60_000, fixes=60))
+            for seq in range(1, 101)
+            for truck in trucks
+        ]
+        for info in infos:
+            info.wait_for_publish(WAIT_S)
+        assert all(info.is_published() for info in infos)
+        wait_until(lambda: count(engine, "batches") == 200, what="200 batches")
+        codes = [c.terminate() for c in collectors]
+    finally:
+        for c in collectors:
+            c.close()
+    assert codes == [0, 0]
+    for truck in trucks:
+        assert stored_seqs(engine, truck.device_id) == list(range(1, 101))
+    stored = [int(re.search(r"'stored': (\d+)", c.log).group(1)) for c in collectors]  # type: ignore[union-attr]
+    assert sum(stored) == 200
+    assert all(n > 0 for n in stored), f"one collector did all the work: {stored}"

@@ -1,0 +1,235 @@
+"""The loans API through the real app, auth and database: roles, redaction, audit, markets, SSE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from collector.api_loans import ConfigMessage, LoansSettings, redact_coordinates, router, sse_frame
+from collector.app import create_app
+from collector.database import create_engine, migrate
+from collector.loan_csv import import_loans, parse_loans
+from collector.loan_models import AuditEntry, WebhookDelivery
+from collector.models import AlertRecord, BatchRecord, Device, FixRecord
+from collector.settings import Settings, hash_api_key
+from protocol import config_topic, open_config
+
+SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
+NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
+DAY = 86_400_000
+KEYS = {"admin": "k-admin", "risk_analyst": "k-analyst", "collections": "k-collections", "auditor": "k-auditor"}
+
+
+class Api:
+    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage]) -> None:
+        self.client = client
+        self.engine = engine
+        self.published = published
+
+    def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
+        return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    with Session(engine) as session:
+        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
+        session.add(Device(device_id="tbox-0002", created_ms=NOW - 100 * DAY))
+        session.flush()
+        batch = BatchRecord(device_id="tbox-0002", seq=1, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
+                            fix_count=1, sample_count=0, alert_count=1, stats_count=0, first_time_ms=None,
+                            last_time_ms=None, counters={}, message_bytes=0)
+        session.add(batch)
+        session.flush()
+        session.add(AlertRecord(batch_id=batch.id, device_id="tbox-0002", rule="stationary_near_market", severity=2,
+                                state=0, time_ms=NOW - 3 * DAY, episode="dwell-1",
+                                evidence={"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456}))
+        session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=NOW - 3 * DAY, lat=31.302,
+                              lon=121.2456, speed_mps=0.0, mode=3))
+        session.commit()
+    settings = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()})
+    app = create_app(settings, engine=engine, routers=[router])
+    published: list[ConfigMessage] = []
+    app.state.clock_ms = lambda: NOW
+    app.state.loans_settings = LoansSettings(webhook_urls=("http://127.0.0.1:9/hook",))
+    app.state.collector_signing_key = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
+    app.state.config_publisher = published.extend
+    with TestClient(app) as client:
+        yield Api(client, engine, published)
+    engine.dispose()
+
+
+def audit_actions(api: Api) -> list[tuple[str, str, str]]:
+    with Session(api.engine) as session:
+        entries = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id))
+        return [(e.role, e.action, e.subject_id) for e in entries]
+
+
+def test_assess_then_list_and_filter(api: Api) -> None:
+    assessed = api.call("POST", "/v1/loans/L-1002/assess", "risk_analyst").json()
+    assert (assessed["level"], assessed["next_step"], assessed["changed"]) == ("high", "on_site_check", True)
+    api.call("POST", "/v1/loans/L-1003/assess", "admin")
+    loans = api.call("GET", "/v1/loans", "collections").json()
+    top_two = [(x["loan_id"], x["level"]) for x in loans][:2]
+    assert top_two == [("L-1002", "high"), ("L-1003", "watch")]
+    high = api.call("GET", "/v1/loans", "admin", params={"level": "high"}).json()
+    assert [x["loan_id"] for x in high] == ["L-1002"]
+    normal = api.call("GET", "/v1/loans", "admin", params={"level": "normal"}).json()
+    assert [x["loan_id"] for x in normal] == ["L-1001", "L-1004", "L-1005"]
+    assert api.call("GET", "/v1/loans", "admin", params={"level": "panic"}).status_code == 422
+    with Session(api.engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 2  # one per level change
+
+
+def test_roles(api: Api) -> None:
+    assert api.client.get("/v1/loans").status_code == 401
+    assert api.client.get("/v1/loans", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert api.call("GET", "/v1/loans", "auditor").status_code == 403
+    assert api.call("GET", "/v1/audit", "collections").status_code == 403
+    track = {"from_ms": NOW - 7 * DAY, "to_ms": NOW}
+    assert api.call("GET", "/v1/loans/L-1002/track", "collections", params=track).status_code == 403
+    assert api.call("GET", "/v1/loans/L-1002/track", "risk_analyst", params=track).status_code == 200
+    assert api.call("POST", "/v1/loans/L-1003/repayments", "risk_analyst",
+                    json={"payment_id": "x", "paid_on": "2026-11-20", "amount": "1.00"}).status_code == 403
+    assert api.call("PUT", "/v1/markets/m1", "risk_analyst",
+                    json={"name": "m", "lat": 1, "lon": 1, "radius_m": 100, "datum": "wgs84"}).status_code == 403
+
+
+def test_collections_see_no_coordinates(api: Api) -> None:
+    api.call("POST", "/v1/loans/L-1002/assess", "admin")
+    analyst = api.call("GET", "/v1/loans/L-1002", "risk_analyst").json()
+    collections = api.call("GET", "/v1/loans/L-1002", "collections").json()
+    market_evidence = analyst["risk"]["reasons"][0]["evidence"]["alert"]["evidence"]
+    assert market_evidence == {"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456}
+    assert collections["risk"]["reasons"][0]["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm"}
+    assert collections["repayment"]["consecutive_late"] == 3
+    assert collections["risk"]["next_step"] == "on_site_check"
+    alerts = api.call("GET", "/v1/loans/L-1002/alerts", "collections").json()
+    assert alerts[0]["evidence"] == {"market_id": "sh-jiading-ucm"}
+    events = api.call("GET", "/v1/loans/L-1002/risk-events", "collections").json()
+    assert "centre_lat" not in str(events)
+    assert "centre_lat" in str(api.call("GET", "/v1/loans/L-1002/risk-events", "admin").json())
+
+
+def test_redact_coordinates() -> None:
+    doc = {"lat": 1, "market_lon": 2, "latency_ms": 3, "long_name": 4, "items": [{"centre_lat": 5, "x": 6}],
+           "Position": 7, "track": [1], "dwell_s": 8}
+    assert redact_coordinates(doc) == {"latency_ms": 3, "long_name": 4, "items": [{"x": 6}], "dwell_s": 8}
+
+
+def test_track_and_range_limits(api: Api) -> None:
+    body = api.call("GET", "/v1/loans/L-1002/track", "risk_analyst",
+                    params={"from_ms": NOW - 7 * DAY, "to_ms": NOW}).json()
+    assert body["points"] == [{"time_ms": NOW - 3 * DAY, "lat": 31.302, "lon": 121.2456, "speed_mps": 0.0}]
+    assert body["truncated"] is False
+    too_long = {"from_ms": NOW - 40 * DAY, "to_ms": NOW}
+    assert api.call("GET", "/v1/loans/L-1002/track", "admin", params=too_long).status_code == 422
+    backwards = {"from_ms": NOW, "to_ms": NOW - 1}
+    assert api.call("GET", "/v1/loans/L-1002/track", "admin", params=backwards).status_code == 422
+    assert api.call("GET", "/v1/loans/L-404/track", "admin", params=too_long).status_code == 404
+
+
+def test_repayments_idempotent_over_http(api: Api) -> None:
+    api.call("POST", "/v1/loans/L-1003/assess", "admin")
+    payment = {"payment_id": "P-web-1", "paid_on": "2026-11-27", "amount": "3500.00"}
+    first = api.call("POST", "/v1/loans/L-1003/repayments", "collections", json=payment)
+    assert first.status_code == 201
+    assert (first.json()["created"], first.json()["level"]) == (True, "normal")
+    replay = api.call("POST", "/v1/loans/L-1003/repayments", "collections", json=payment)
+    assert (replay.status_code, replay.json()["created"]) == (200, False)
+    conflict = api.call("POST", "/v1/loans/L-1003/repayments", "collections", json=payment | {"amount": "3400.00"})
+    assert conflict.status_code == 409
+    for bad in ({"amount": "-1"}, {"amount": "1e9"}, {"payment_id": "bad id"}, {"paid_on": "2026-02-30"},
+                {"amount": "9" * 30}):
+        assert api.call("POST", "/v1/loans/L-1003/repayments", "collections", json=payment | bad).status_code == 422
+    assert api.call("POST", "/v1/loans/L-404/repayments", "collections", json=payment).status_code == 404
+
+
+def test_create_loan_json(api: Api) -> None:
+    loan = {
+        "loan_id": "L-2001", "device_id": "tbox-2001", "vin": "1M8GDM9AXKP042788", "borrower_ref": "B-2001",
+        "principal": "7000.00",
+        "schedule": [{"due_date": "2026-10-01", "amount": "3500.00"}, {"due_date": "2026-11-01", "amount": "3500.00"}],
+        "payments": [{"payment_id": "P1", "paid_on": "2026-10-01", "amount": "3500.00"}],
+    }
+    created = api.call("POST", "/v1/loans", "admin", json=loan)
+    assert created.status_code == 201
+    assert created.json() == {"loan_id": "L-2001", "level": "watch", "next_step": "reminder"}
+    assert api.call("POST", "/v1/loans", "admin", json=loan).status_code == 409
+    bad = api.call("POST", "/v1/loans", "admin", json=loan | {"loan_id": "L-2002", "vin": "1M8GDM9A0KP042788"})
+    assert bad.status_code == 422
+    assert [e["reason"] for e in bad.json()["detail"]] == ["bad_vin"]
+    same_device = api.call("POST", "/v1/loans", "admin",
+                           json=loan | {"loan_id": "L-2003", "vin": "11111111111111111"})
+    assert same_device.status_code == 409
+    assert api.call("POST", "/v1/loans", "collections", json=loan).status_code == 403
+
+
+def test_every_personal_read_is_audited(api: Api) -> None:
+    api.call("GET", "/v1/loans/L-1001", "collections")
+    api.call("GET", "/v1/loans/L-1002/track", "risk_analyst", params={"from_ms": NOW - DAY, "to_ms": NOW})
+    api.call("GET", "/v1/loans/L-1002/alerts", "admin")
+    api.call("GET", "/v1/loans/L-1002/condition", "collections")
+    assert audit_actions(api) == [
+        ("collections", "read_loan", "L-1001"),
+        ("risk_analyst", "read_track", "L-1002"),
+        ("admin", "read_alerts", "L-1002"),
+        ("collections", "read_condition", "L-1002"),
+    ]
+    log = api.call("GET", "/v1/audit", "auditor", params={"subject_id": "L-1002"}).json()
+    assert [e["action"] for e in log] == ["read_condition", "read_alerts", "read_track"]
+    assert log[2]["detail"] == {"from_ms": NOW - DAY, "to_ms": NOW, "points": 0}
+    assert log[2]["actor"] == hash_api_key(KEYS["risk_analyst"])[:12]
+
+
+def test_markets_are_signed_for_every_device(api: Api) -> None:
+    market = {"name": "Jiading used cars", "lat": 31.3, "lon": 121.25, "radius_m": 400, "datum": "gcj02"}
+    put = api.call("PUT", "/v1/markets/sh-jiading-ucm", "admin", json=market).json()
+    assert put == {"market_id": "sh-jiading-ucm", "configs_signed": 5, "published": True}
+    assert api.call("PUT", "/v1/markets/bad id", "admin", json=market).status_code == 422
+    assert api.call("PUT", "/v1/markets/m2", "admin", json=market | {"datum": "osgb"}).status_code == 422
+    assert api.call("PUT", "/v1/markets/m2", "admin", json=market | {"lat": 91}).status_code == 422
+    assert api.call("GET", "/v1/markets", "risk_analyst").json() == [
+        {"id": "sh-jiading-ucm", "name": "Jiading used cars", "lat": 31.3, "lon": 121.25, "radius_m": 400.0,
+         "datum": "gcj02"}
+    ]
+    deleted = api.call("DELETE", "/v1/markets/sh-jiading-ucm", "admin").json()
+    assert deleted["configs_signed"] == 5
+    assert api.call("DELETE", "/v1/markets/sh-jiading-ucm", "admin").status_code == 404
+
+    public = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32).public_key()
+    mine = [m for m in api.published if m.device_id == "tbox-0002"]
+    assert [m.version for m in mine] == [1, 2]
+    assert mine[0].topic == config_topic("tbox-0002")
+    first = open_config(mine[0].payload, mine[0].topic, public)
+    assert (first.version, first.issued_ms, first.body["markets"][0]["id"]) == (1, NOW, "sh-jiading-ucm")
+    assert open_config(mine[1].payload, mine[1].topic, public).body == {"markets": []}
+
+
+def test_sse_backlog(api: Api) -> None:
+    api.call("POST", "/v1/loans/L-1002/assess", "admin")
+    api.call("POST", "/v1/loans/L-1003/assess", "admin")
+    response = api.call("GET", "/v1/risk/stream", "collections", params={"follow": "false"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    frames = response.text.split("\n\n")
+    assert frames[0] == "retry: 2000"
+    assert frames[1].startswith("id: 1\nevent: risk\ndata: {")
+    assert '"new_level":"high"' in frames[1]
+    assert "centre_lat" not in response.text
+    resumed = api.client.get("/v1/risk/stream", params={"follow": "false"},
+                             headers={"Authorization": f"Bearer {KEYS['admin']}", "Last-Event-ID": "1"})
+    assert [f.split("\n")[0] for f in resumed.text.split("\n\n") if f.startswith("id:")] == ["id: 2"]
+
+
+def test_sse_frame() -> None:
+    assert sse_frame(7, "risk", {"b": 1, "a": "x"}) == b'id: 7\nevent: risk\ndata: {"a":"x","b":1}\n\n'
