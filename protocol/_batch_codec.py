@@ -8,6 +8,7 @@ two bytes per value. numpy does the scaling and (de)differencing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import starmap
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,15 @@ from ._records import (
     Severity,
     SignalSample,
 )
-from ._strict_cbor import decode_strict, encode
-from .errors import InvalidRecord, InvalidValue, LocalProtocolError, SchemaError, UnsupportedVersion
+from ._strict_cbor import decode_strict, encode_deterministic
+from .errors import (
+    ColumnLengthMismatch,
+    InvalidRecord,
+    InvalidValue,
+    LocalProtocolError,
+    SchemaError,
+    UnsupportedVersion,
+)
 
 __all__ = ["LIMITS", "SCHEMA_VERSION", "decode_batch", "encode_batch"]
 
@@ -88,7 +96,7 @@ def _encode_fixes(fixes: Sequence[Fix]) -> dict[int, list[Any]]:
             arr = np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64)
             columns[key] = _delta(arr)
         elif any(v is None for v in raw):
-            columns[key] = [None if v is None else int(round(float(v) * scale)) for v in raw]
+            columns[key] = [None if v is None else round(float(v) * scale) for v in raw]
         else:
             columns[key] = np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64).tolist()
     return columns
@@ -167,7 +175,7 @@ def encode_batch(batch: Batch) -> bytes:
         payload[K_STATS] = [_encode_stats(s) for s in batch.stats]
     if batch.counters:
         payload[K_COUNTERS] = dict(batch.counters)
-    data = encode(payload)
+    data = encode_deterministic(payload)
     if len(data) > LIMITS.MAX_PAYLOAD_BYTES:
         raise LocalProtocolError(f"encoded batch is {len(data)} bytes, over {LIMITS.MAX_PAYLOAD_BYTES}")
     return data
@@ -197,12 +205,21 @@ def _map(value: object, where: str, allowed: set[int], required: set[int]) -> di
     return value
 
 
+_INT_ONLY = frozenset({int})
+_INT_OR_NULL = frozenset({int, type(None)})
+#: Bound on every entry of a delta-coded column: 36,000 such values cannot overflow int64
+#: when summed (36,000 * 2**47 < 2**63), and real data stays far below it.
+MAX_DELTA_ENTRY = 2**47
+_FIX_MODES = {int(FixMode.TWO_D): FixMode.TWO_D, int(FixMode.THREE_D): FixMode.THREE_D}
+
+
 def _int_list(value: object, where: str, n: int | None, *, nullable: bool = False) -> list[Any]:
-    _expect(isinstance(value, list), f"{where} must be an array")
+    _expect(type(value) is list, f"{where} must be an array")
     assert isinstance(value, list)
-    _expect(n is None or len(value) == n, f"{where} has {len(value)} items, expected {n}")
-    ok = (lambda v: v is None or _is_int(v)) if nullable else _is_int
-    _expect(all(map(ok, value)), f"{where} must hold only integers")
+    if n is not None and len(value) != n:
+        raise ColumnLengthMismatch(f"{where} has {len(value)} items, expected {n} like the first column")
+    # set(map(type, ...)) runs in C; exact types also keep bools out of integer columns.
+    _expect(set(map(type, value)) <= (_INT_OR_NULL if nullable else _INT_ONLY), f"{where} must hold only integers")
     return value
 
 
@@ -211,44 +228,44 @@ def _undelta(values: list[int], where: str) -> np.ndarray:
         arr = np.asarray(values, dtype=np.int64)
     except OverflowError as exc:
         raise InvalidValue(f"{where} holds an integer outside 64 bits") from exc
-    with np.errstate(over="raise"):
-        try:
-            return np.cumsum(arr)
-        except FloatingPointError as exc:  # pragma: no cover - numpy wraps ints silently
-            raise InvalidValue(f"{where} overflows") from exc
+    if arr.size and (int(arr.min()) < -MAX_DELTA_ENTRY or int(arr.max()) > MAX_DELTA_ENTRY):
+        raise InvalidValue(f"{where} holds a value outside +-2**47 (the delta-coding limit)")
+    return np.cumsum(arr)
 
 
 def _decode_fixes(value: object) -> tuple[Fix, ...]:
     cols = _map(value, "fixes", {c[0] for c in FIX_COLUMNS}, _REQUIRED_FIX_KEYS)
-    n = len(cols[0]) if isinstance(cols[0], list) else -1
+    n = len(cols[0]) if type(cols[0]) is list else -1
     _expect(0 < n <= LIMITS.MAX_FIXES, f"fixes count {n} is outside 1..{LIMITS.MAX_FIXES}")
-    decoded: dict[str, list[Any]] = {}
+    columns: list[list[Any]] = []
     for key, attr, scale, delta, optional in FIX_COLUMNS:
         if key not in cols:
-            decoded[attr] = [None] * n
+            columns.append([None] * n)
             continue
         where = f"fix column {attr}"
         raw = _int_list(cols[key], where, n, nullable=optional and not delta)
         if delta:
-            arr = _undelta(raw, where)
             if attr == "time_ms":
-                if n > 1 and int(np.min(np.asarray(raw[1:]))) < 0:
-                    raise InvalidValue("fix times must not go backwards")
-                decoded[attr] = arr.tolist()
+                if n > 1 and min(raw[1:]) < 0:
+                    raise InvalidValue("fix times must not go backwards (negative time delta)")
+                columns.append(_undelta(raw, where).tolist())
             else:
-                decoded[attr] = (arr / scale).tolist()
-        elif attr in ("mode", "sats_used"):
-            decoded[attr] = raw
+                columns.append((_undelta(raw, where) / scale).tolist())
+        elif attr == "mode":
+            try:
+                columns.append([_FIX_MODES[m] for m in raw])
+            except KeyError as exc:
+                raise InvalidValue(f"fix mode {exc.args[0]!r:.20} is not 2 (2D) or 3 (3D)") from None
+        elif attr == "sats_used":
+            columns.append(raw)
+        elif None in raw:
+            columns.append([None if v is None else v / scale for v in raw])
         else:
-            decoded[attr] = [None if v is None else v / scale for v in raw]
+            columns.append((np.asarray(raw, dtype=np.float64) / scale).tolist())
+    # FIX_COLUMNS lists the Fix fields in declaration order, so rows go in positionally;
+    # Fix.__post_init__ validates every row (ranges, finiteness).
     try:
-        modes = [FixMode(m) for m in decoded["mode"]]
-    except ValueError as exc:
-        raise InvalidValue(f"fix mode must be 2 or 3: {exc}") from exc
-    decoded["mode"] = modes
-    attrs = [c[1] for c in FIX_COLUMNS]
-    try:
-        return tuple(Fix(**dict(zip(attrs, row))) for row in zip(*(decoded[a] for a in attrs)))
+        return tuple(starmap(Fix, zip(*columns, strict=True)))
     except InvalidRecord as exc:
         raise InvalidValue(f"fix: {exc}") from exc
 
@@ -256,25 +273,30 @@ def _decode_fixes(value: object) -> tuple[Fix, ...]:
 def _decode_samples(value: object) -> tuple[SignalSample, ...]:
     cols = _map(value, "samples", {S_NAMES, S_INDEX, S_TIME, S_VALUE}, {S_NAMES, S_INDEX, S_TIME, S_VALUE})
     names = cols[S_NAMES]
-    _expect(isinstance(names, list) and 0 < len(names) <= LIMITS.MAX_SIGNAL_NAMES, "sample names must be 1..1024 texts")
-    _expect(all(isinstance(s, str) for s in names), "sample names must be text")
+    _expect(
+        type(names) is list and 0 < len(names) <= LIMITS.MAX_SIGNAL_NAMES,
+        f"sample names must be an array of 1..{LIMITS.MAX_SIGNAL_NAMES} texts",
+    )
+    _expect(set(map(type, names)) == {str}, "sample names must be text")
     _expect(len(set(names)) == len(names), "sample names must be unique")
     index = cols[S_INDEX]
-    n = len(index) if isinstance(index, list) else -1
+    n = len(index) if type(index) is list else -1
     _expect(0 < n <= LIMITS.MAX_SAMPLES, f"sample count {n} is outside 1..{LIMITS.MAX_SAMPLES}")
     _int_list(index, "sample name index", n)
-    _expect(all(0 <= i < len(names) for i in index), "sample name index out of range")
+    _expect(min(index) >= 0 and max(index) < len(names), "sample name index out of range")
     times = _undelta(_int_list(cols[S_TIME], "sample times", n), "sample times").tolist()
     values = cols[S_VALUE]
-    _expect(isinstance(values, list) and len(values) == n, "sample values must have one item per sample")
-    _expect(
-        all(isinstance(v, (bool, int, float, str)) for v in values),
-        "sample values must be bool, int, float or text",
-    )
+    _expect(type(values) is list, "sample values must be an array")
+    if len(values) != n:
+        raise ColumnLengthMismatch(f"sample values has {len(values)} items, expected {n} like the index column")
+    _expect(set(map(type, values)) <= _SAMPLE_VALUE_TYPES, "sample values must be bool, int, float or text")
     try:
-        return tuple(SignalSample(names[i], t, v) for i, t, v in zip(index, times, values))
+        return tuple(map(SignalSample, map(names.__getitem__, index), times, values))
     except InvalidRecord as exc:
         raise InvalidValue(f"sample: {exc}") from exc
+
+
+_SAMPLE_VALUE_TYPES = frozenset({bool, int, float, str})
 
 
 def _enum(kind: Callable[[int], Any], value: object, where: str) -> Any:

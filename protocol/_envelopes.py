@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ._batch_codec import decode_batch, encode_batch
 from ._records import Batch, _check_evidence, check_device_id
-from ._strict_cbor import decode_strict, encode
+from ._strict_cbor import decode_strict, encode_deterministic
 from .cose import ALG, ALG_EDDSA, KID, Sign1Message, decode_sign1, sign1
 from .errors import (
     DeviceMismatch,
@@ -149,7 +149,7 @@ class DeviceState:
             raise InvalidRecord("boot_id must be 16 bytes")
         if not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 64 for k, v in self.versions.items()):
             raise InvalidRecord("versions must map text to text")
-        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in self.counters.items()):
+        if not all(type(k) is str and type(v) is int for k, v in self.counters.items()):
             raise InvalidRecord("counters must map text to int")
         if len(self.versions) > 32 or len(self.counters) > 256:
             raise InvalidRecord("too many versions or counters")
@@ -158,7 +158,7 @@ class DeviceState:
 def seal_state(state: DeviceState, private_key: Ed25519PrivateKey, topic: str) -> bytes:
     """Sign a device state message for ``lw/v1/{device}/state``."""
     _local_topic(topic, state.device_id, TopicKind.STATE)
-    payload = encode(
+    payload = encode_deterministic(
         {
             0: state.device_id,
             1: state.online,
@@ -228,7 +228,7 @@ class DeviceConfig:
 def seal_config(config: DeviceConfig, private_key: Ed25519PrivateKey, topic: str, *, kid: str = "collector") -> bytes:
     """Sign a device configuration with the collector's key."""
     _local_topic(topic, config.device_id, TopicKind.CONFIG)
-    payload = encode({0: config.device_id, 1: config.version, 2: config.issued_ms, 3: dict(config.body)})
+    payload = encode_deterministic({0: config.device_id, 1: config.version, 2: config.issued_ms, 3: dict(config.body)})
     if len(payload) > MAX_CONFIG_BYTES:
         raise LocalProtocolError(f"config is {len(payload)} bytes, over {MAX_CONFIG_BYTES}")
     return _seal(payload, private_key, kid, topic)

@@ -13,7 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Union
+from functools import lru_cache
+from itertools import repeat
 
 from .errors import InvalidRecord
 
@@ -45,7 +46,7 @@ MAX_TEXT = 1024
 MAX_EVIDENCE_DEPTH = 4
 MAX_EVIDENCE_ITEMS = 256
 
-SampleValue = Union[bool, int, float, str]
+SampleValue = bool | int | float | str
 Evidence = Mapping[str, object]
 
 
@@ -70,6 +71,12 @@ def _check_float(name: str, value: object, lo: float, hi: float, *, optional: bo
         raise InvalidRecord(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value) or not lo <= value <= hi:
         raise InvalidRecord(f"{name}={value!r} is outside [{lo}, {hi}]")
+
+
+@lru_cache(maxsize=4096)
+def _is_signal_name(name: str) -> bool:
+    """Whether ``name`` is a dotted VSS-style path (cached: a vehicle uses a few dozen)."""
+    return len(name) <= 128 and SIGNAL_NAME_RE.fullmatch(name) is not None
 
 
 def _check_int(name: str, value: object, lo: int, hi: int, *, optional: bool) -> None:
@@ -147,6 +154,30 @@ class Fix:
     mean_snr: float | None = None
 
     def __post_init__(self) -> None:
+        # Fast path: one expression accepts the common, valid fix (a decoded minute holds
+        # hundreds). NaN fails every comparison, bool fails the exact type tests, so
+        # anything doubtful falls through to the checks below, which name the culprit.
+        t, lat, lon, sats = self.time_ms, self.lat, self.lon, self.sats_used
+        if (
+            type(t) is int
+            and MIN_TIME_MS <= t <= MAX_TIME_MS
+            and type(lat) is float
+            and -90.0 <= lat <= 90.0
+            and type(lon) is float
+            and -180.0 <= lon <= 180.0
+            and (self.alt_m is None or (type(self.alt_m) is float and -1000.0 <= self.alt_m <= 100_000.0))
+            and (self.speed_mps is None or (type(self.speed_mps) is float and 0.0 <= self.speed_mps <= 1000.0))
+            and (self.course_deg is None or (type(self.course_deg) is float and 0.0 <= self.course_deg <= 360.0))
+            and (self.mode is FixMode.THREE_D or self.mode is FixMode.TWO_D)
+            and (self.hdop is None or (type(self.hdop) is float and 0.0 <= self.hdop <= 100.0))
+            and (sats is None or (type(sats) is int and 0 <= sats <= 255))
+            and (self.mean_snr is None or (type(self.mean_snr) is float and 0.0 <= self.mean_snr <= 99.0))
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Full validation with a message naming the field (the fast path's reference)."""
         _check_time("fix time_ms", self.time_ms)
         _check_float("lat", self.lat, -90.0, 90.0, optional=False)
         _check_float("lon", self.lon, -180.0, 180.0, optional=False)
@@ -192,7 +223,26 @@ class SignalSample:
     value: SampleValue
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or len(self.name) > 128 or not SIGNAL_NAME_RE.fullmatch(self.name):
+        name, t, value = self.name, self.time_ms, self.value
+        # Fast path for the common case (same checks, exact types, no messages to build).
+        if (
+            type(t) is int
+            and MIN_TIME_MS <= t <= MAX_TIME_MS
+            and type(name) is str
+            and _is_signal_name(name)
+            and (
+                (type(value) is float and math.isfinite(value))
+                or type(value) is bool
+                or (type(value) is int and -(2**63) <= value < 2**63)
+                or (type(value) is str and len(value) <= 256)
+            )
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Full validation with a message naming the field (the fast path's reference)."""
+        if not isinstance(self.name, str) or not _is_signal_name(self.name):
             raise InvalidRecord(f"signal name {self.name!r} is not a dotted VSS-style path")
         _check_time("sample time_ms", self.time_ms)
         value = self.value
@@ -351,9 +401,9 @@ class Batch:
             ("alerts", self.alerts, Alert),
             ("stats", self.stats, DailyStats),
         ):
-            if not isinstance(items, tuple) or not all(isinstance(i, kind) for i in items):
+            if not isinstance(items, tuple) or not all(map(isinstance, items, repeat(kind))):
                 raise InvalidRecord(f"{name} must be a tuple of {kind.__name__}")
-        for prev, cur in zip(self.fixes, self.fixes[1:]):
+        for prev, cur in zip(self.fixes, self.fixes[1:], strict=False):
             if cur.time_ms < prev.time_ms:
                 raise InvalidRecord(f"fixes must be in time order ({cur.time_ms} after {prev.time_ms})")
         if not isinstance(self.counters, Mapping):

@@ -24,28 +24,38 @@ from .errors import (
     TruncatedMessage,
 )
 
-__all__ = ["MAX_DEPTH", "decode_strict", "encode"]
+__all__ = ["MAX_DEPTH", "decode_strict", "encode", "encode_deterministic"]
 
 MAX_DEPTH = 8
 
 
-class _TagRefused(Exception):
-    pass
+class _TagRefusedError(Exception):
+    """Raised inside cbor2 by the tag hooks; translated to ForbiddenTag."""
 
 
 def _refuse(decoder: object, *_: object) -> object:
-    raise _TagRefused("CBOR tags are not allowed here")
+    raise _TagRefusedError("CBOR tags are not allowed here")
 
 
 # cbor2 decodes well-known tags itself (tag_hook sees only unknown ones), so every
 # tag number it might know is overridden with a refusal.
-_REFUSE_ALL = {tag: _refuse for tag in range(0, 65536)}
+_REFUSE_ALL = dict.fromkeys(range(65536), _refuse)
 _REFUSE_ALL[55799] = _refuse
 
 
 def encode(value: Any) -> bytes:
     """Encode with definite lengths and map keys in insertion order."""
     return cbor2.dumps(value)
+
+
+def encode_deterministic(value: Any) -> bytes:
+    """Encode a message payload in CBOR deterministic form (RFC 8949 section 4.2.1).
+
+    Shortest heads, map keys sorted by their encoded bytes, and every float in the
+    shortest of half/single/double precision that keeps its value exactly (50.5 takes
+    3 bytes, 12.6 still 9). Decoders must accept every float width anyway.
+    """
+    return cbor2.dumps(value, canonical=True)
 
 
 def decode_strict(data: bytes, *, what: str, max_size: int, max_depth: int = MAX_DEPTH) -> Any:
@@ -89,7 +99,7 @@ def _translate(exc: BaseException, what: str, max_depth: int) -> Exception:
     while cur is not None and len(chain) < 8:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
-    if any(isinstance(e, _TagRefused) for e in chain):
+    if any(isinstance(e, _TagRefusedError) for e in chain):
         return ForbiddenTag(f"{what} contains a CBOR tag; this schema allows none there")
     text = " ".join(str(e) for e in chain).lower()
     if "indefinite" in text:

@@ -16,7 +16,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._strict_cbor import decode_strict, encode
-from .errors import BadSignature, InvalidEnvelope, LocalProtocolError, UnsupportedAlgorithm
+from .errors import (
+    BadSignature,
+    DetachedPayload,
+    InvalidEnvelope,
+    LocalProtocolError,
+    MisplacedHeader,
+    OversizedMessage,
+    UnsupportedAlgorithm,
+)
 
 __all__ = [
     "ALG",
@@ -129,8 +137,6 @@ def decode_sign1(message: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Sign1M
     if not isinstance(message, bytes):
         raise InvalidEnvelope(f"message must be bytes, got {type(message).__name__}")
     if len(message) > max_size:
-        from .errors import OversizedMessage
-
         raise OversizedMessage(f"message is {len(message)} bytes, over the {max_size}-byte limit")
     if not message.startswith(_SIGN1_PREFIX):
         raise InvalidEnvelope("message does not start with COSE_Sign1 tag 18 (0xD2)")
@@ -143,7 +149,7 @@ def decode_sign1(message: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Sign1M
     if not isinstance(unprotected, dict):
         raise InvalidEnvelope("unprotected header must be a map")
     if payload is None:
-        raise InvalidEnvelope("detached payloads are not accepted")
+        raise DetachedPayload("COSE_Sign1 payload is nil (detached); this profile requires it attached")
     if not isinstance(payload, bytes):
         raise InvalidEnvelope("payload must be a bstr")
     if not isinstance(signature, bytes) or len(signature) != 64:
@@ -155,9 +161,9 @@ def decode_sign1(message: bytes, *, max_size: int = MAX_MESSAGE_BYTES) -> Sign1M
     else:
         protected = {}
     if set(protected) & set(unprotected):
-        raise InvalidEnvelope("a header label appears in both protected and unprotected buckets")
+        raise MisplacedHeader("a header label appears in both protected and unprotected buckets")
     if ALG in unprotected:
-        raise InvalidEnvelope("alg must be in the protected header")
+        raise MisplacedHeader("alg (1) must be in the protected header, found it in the unprotected one")
     alg = protected.get(ALG)
     if alg != ALG_EDDSA or isinstance(alg, bool):
         raise UnsupportedAlgorithm(f"alg {alg!r:.40} is not EdDSA (-8)")

@@ -8,11 +8,18 @@ and whose message names the input and the limit it broke.
 ``RemoteProtocolError`` means the bytes we were handed are bad (the sender's fault).
 """
 
+# The class names are a published contract (docs/interfaces.md) that predates the
+# "Error" suffix convention, so N818 is waived for this module only.
+# ruff: noqa: N818
+
 from __future__ import annotations
 
 __all__ = [
+    "REASONS",
     "BadSignature",
+    "ColumnLengthMismatch",
     "DepthExceeded",
+    "DetachedPayload",
     "DeviceMismatch",
     "DuplicateKey",
     "ForbiddenTag",
@@ -22,6 +29,7 @@ __all__ = [
     "InvalidValue",
     "LocalProtocolError",
     "MalformedCBOR",
+    "MisplacedHeader",
     "OversizedMessage",
     "ProtocolError",
     "RemoteProtocolError",
@@ -107,6 +115,18 @@ class InvalidEnvelope(RemoteProtocolError):
     reason = "invalid_envelope"
 
 
+class DetachedPayload(InvalidEnvelope):
+    """The COSE_Sign1 payload is ``nil`` (detached); this profile always attaches it."""
+
+    reason = "detached_payload"
+
+
+class MisplacedHeader(InvalidEnvelope):
+    """``alg`` sits in the unprotected bucket, or a label appears in both buckets."""
+
+    reason = "misplaced_header"
+
+
 class UnsupportedAlgorithm(RemoteProtocolError):
     """The protected header names an algorithm other than EdDSA (-8)."""
 
@@ -155,7 +175,24 @@ class InvalidValue(SchemaError):
     reason = "invalid_value"
 
 
+class ColumnLengthMismatch(SchemaError):
+    """The columns of a column-wise table (fixes, samples) hold different numbers of items."""
+
+    reason = "column_mismatch"
+
+
 class InvalidRecord(LocalProtocolError, ValueError):
     """A record was constructed with an impossible value (raised by ``__post_init__``)."""
 
     reason = "invalid_record"
+
+
+def _all_subclasses(cls: type[ProtocolError]) -> list[type[ProtocolError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+#: Every ``reason`` slug this package can raise, e.g. to pre-register metric labels.
+REASONS: tuple[str, ...] = tuple(dict.fromkeys(c.reason for c in _all_subclasses(ProtocolError)))

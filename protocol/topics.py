@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ._records import DEVICE_ID_RE
 from .errors import TopicError
@@ -13,7 +13,7 @@ __all__ = ["PREFIX", "Topic", "TopicKind", "batch_topic", "config_topic", "parse
 PREFIX = "lw/v1"
 
 
-class TopicKind(str, Enum):
+class TopicKind(StrEnum):
     """The message kinds a device topic carries."""
 
     BATCH = "batch"
