@@ -46,17 +46,22 @@ _db_lock = threading.Lock()
 
 
 @pytest.fixture
-def postgres_url(postgres_server: str) -> str:
-    """A new empty database on the session's PostgreSQL server; yields its URL."""
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A new empty database on the session's PostgreSQL server, dropped afterwards."""
     import sqlalchemy as sa
 
     with _db_lock:
         name = f"lw_test_{os.getpid()}_{next(_db_counter)}"
-    engine = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return postgres_server.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield postgres_server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            # WITH (FORCE) ends sessions a test left open (PostgreSQL 13+).
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(autouse=True)

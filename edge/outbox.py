@@ -1,0 +1,416 @@
+"""The durable outbox: signed batches wait here until the broker acknowledges them.
+
+How this works
+--------------
+* One SQLite file in WAL mode. A batch is inserted (with its sequence number, priority,
+  record counts and a SHA-256 of the message) in one transaction committed with
+  ``synchronous=FULL`` *before* anything publishes it; the publisher deletes the row only
+  on a successful PUBACK (those deletes run with ``synchronous=NORMAL``: losing one after
+  a power cut means one harmless duplicate under QoS 1).
+* The store is bounded by bytes. When an insert goes over the budget, rows are evicted in
+  the same transaction, lowest priority first and oldest first: routine telemetry
+  (fixes/samples only), then daily statistics. Batches that carry an alert are never
+  evicted; if only they are left, the budget is exceeded and that is counted.
+* Every eviction and every corruption found is added to *unreported* counters kept in the
+  same file. The agent copies them into the counters of the next batch it closes and
+  passes them back to :meth:`Outbox.put`, which subtracts them in the same transaction
+  that stores that batch, so a report is neither lost nor sent twice.
+* Corruption: on open, ``PRAGMA quick_check``; a file that fails it (or is not a database
+  at all) is moved aside with its -wal/-shm files and a fresh one is started. Each row's
+  checksum is verified before the row is handed out; a bad row moves to a quarantine
+  table. Either case is counted (``outbox_quarantined_files``, ``outbox_corrupt_rows``)
+  and reported; neither is a crash. A database error at run time is handled the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Container, Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import TypeVar
+
+from .config import AgentError
+
+__all__ = ["Outbox", "OutboxError", "Priority", "StoredBatch"]
+
+_T = TypeVar("_T")
+#: bytes counted per row on top of the message (row header, index entry, checksum)
+ROW_OVERHEAD = 96
+REPORT_KEYS = (
+    "evicted_batches",
+    "evicted_fixes",
+    "evicted_samples",
+    "evicted_stats",
+    "outbox_corrupt_rows",
+    "outbox_quarantined_files",
+    "outbox_over_budget",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    priority INTEGER NOT NULL,
+    fixes INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    stats INTEGER NOT NULL,
+    alerts INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    checksum BLOB NOT NULL,
+    report TEXT NOT NULL,
+    message BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_eviction ON batches (priority, seq);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER,
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    message BLOB
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class OutboxError(AgentError):
+    """The outbox cannot store or hand out batches (the disk failed, not the data)."""
+
+    reason = "outbox_error"
+
+
+class Priority(IntEnum):
+    """Eviction order: lower goes first; ALERT is never evicted."""
+
+    ROUTINE = 0
+    STATS = 1
+    ALERT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """A signed batch waiting for its PUBACK."""
+
+    seq: int
+    message: bytes
+    priority: Priority
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.seq < 2**64 or not isinstance(self.message, bytes):
+            raise OutboxError(f"stored batch seq {self.seq} / message type {type(self.message).__name__} is invalid")
+
+
+def _report_of(text: object) -> dict[str, int]:
+    """The counters a stored row carries upstream (its ``report`` column)."""
+    try:
+        raw = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if k in REPORT_KEYS and isinstance(v, int) and v > 0}
+
+
+class Outbox:
+    """A bounded, durable, priority-evicting queue of signed batches (thread-safe).
+
+    Args:
+        path: the SQLite file (its folder is created).
+        max_bytes: byte budget of stored messages (plus a per-row overhead).
+        clock_ms: host clock, epoch milliseconds (quarantine timestamps only).
+
+    Attributes:
+        events: human-readable notes of corruption handled (for logs and the state message).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        if max_bytes < 1024:
+            raise OutboxError(f"outbox max_bytes={max_bytes} must be at least 1024")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._clock_ms = clock_ms
+        self._lock = threading.RLock()
+        self.events: list[str] = []
+        self.totals: dict[str, int] = dict.fromkeys(("stored", "acked", *REPORT_KEYS), 0)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = self._open_checked()
+
+    # ------------------------------------------------------------------ open / recover
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _open_checked(self) -> sqlite3.Connection:
+        reason = "unknown"
+        db: sqlite3.Connection | None = None
+        try:
+            db = self._connect()
+            row = db.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                reason = f"quick_check: {row[0] if row else 'no answer'}"
+                db.close()
+            else:
+                db.executescript(_SCHEMA)
+                return db
+        except sqlite3.DatabaseError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    db.close()
+        return self._quarantine_file(reason)
+
+    def _quarantine_file(self, reason: str) -> sqlite3.Connection:
+        stamp = self._clock_ms()
+        moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.replace(Path(f"{moved}{suffix}"))
+        self.events.append(f"outbox file {self.path} failed its check ({reason}); moved aside to {moved}")
+        self.totals["outbox_quarantined_files"] += 1
+        db = self._connect()
+        db.executescript(_SCHEMA)
+        self._bump(db, {"outbox_quarantined_files": 1})
+        return db
+
+    def _guard(self, action: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``action``; on a database error, quarantine the file and try once more."""
+        with self._lock:
+            try:
+                return action(self._db)
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                self._db = self._quarantine_file(f"{type(exc).__name__} at run time: {exc}")
+                try:
+                    return action(self._db)
+                except sqlite3.Error as again:
+                    raise OutboxError(f"outbox {self.path} fails even after a fresh start: {again}") from again
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(db: sqlite3.Connection, *, durable: bool) -> Iterator[None]:
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, deltas: Mapping[str, int]) -> None:
+        for key, delta in deltas.items():
+            if delta:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + ?",
+                    (key, delta, delta),
+                )
+
+    # ------------------------------------------------------------------ public API
+
+    def put(
+        self,
+        seq: int,
+        message: bytes,
+        *,
+        priority: Priority,
+        fixes: int = 0,
+        samples: int = 0,
+        stats: int = 0,
+        alerts: int = 0,
+        reported: Mapping[str, int] | None = None,
+    ) -> list[int]:
+        """Store a signed batch durably, evicting routine rows if over budget.
+
+        Args:
+            seq: the batch's sequence number (unique).
+            message: the sealed COSE_Sign1 bytes.
+            priority: eviction class of this batch.
+            fixes: number of fixes in it (for eviction counters).
+            samples: number of samples in it.
+            stats: number of daily-stats records in it.
+            alerts: number of alerts in it.
+            reported: counters this batch carries upstream (from :meth:`unreported`);
+                they are subtracted from the unreported counters in the same transaction,
+                and added back if this batch is itself evicted later.
+
+        Returns:
+            The sequence numbers evicted to make room (possibly including ``seq``).
+
+        Raises:
+            OutboxError: a duplicate ``seq`` or an unusable disk.
+        """
+        digest = hashlib.sha256(message).digest()
+        carried = {k: int(v) for k, v in (reported or {}).items() if k in REPORT_KEYS and v}
+        report = json.dumps(carried, sort_keys=True)
+        size = len(message) + ROW_OVERHEAD
+
+        def action(db: sqlite3.Connection) -> list[int]:
+            evicted: list[int] = []
+            counts = dict.fromkeys(REPORT_KEYS, 0)
+            with self._transaction(db, durable=True):
+                try:
+                    db.execute(
+                        "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (seq, int(priority), fixes, samples, stats, alerts, size, digest, report, message),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise OutboxError(f"sequence number {seq} is already in the outbox") from exc
+                total = db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
+                while total > self.max_bytes:
+                    victim = db.execute(
+                        "SELECT seq, size, fixes, samples, stats, report FROM batches WHERE priority < ? "
+                        "ORDER BY priority, seq LIMIT 1",
+                        (int(Priority.ALERT),),
+                    ).fetchone()
+                    if victim is None:
+                        counts["outbox_over_budget"] += 1
+                        break
+                    db.execute("DELETE FROM batches WHERE seq = ?", (victim[0],))
+                    evicted.append(victim[0])
+                    total -= victim[1]
+                    counts["evicted_batches"] += 1
+                    counts["evicted_fixes"] += victim[2]
+                    counts["evicted_samples"] += victim[3]
+                    counts["evicted_stats"] += victim[4]
+                    for key, value in _report_of(victim[5]).items():
+                        counts[key] += value  # the victim's own report goes back to unreported
+                deltas = {k: v - int(carried.get(k, 0)) for k, v in counts.items()}
+                self._bump(db, deltas)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('high_seq', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                    (seq,),
+                )
+            self.totals["stored"] += 1
+            for key, value in counts.items():
+                self.totals[key] += value
+            return evicted
+
+        return self._guard(action)
+
+    def pending(self, limit: int, *, exclude: Container[int] = ()) -> list[StoredBatch]:
+        """Up to ``limit`` stored batches, oldest (lowest seq) first, skipping ``exclude``.
+
+        Rows whose checksum does not match are moved to the quarantine table and counted.
+        """
+        if limit <= 0:
+            return []
+
+        def action(db: sqlite3.Connection) -> list[StoredBatch]:
+            out: list[StoredBatch] = []
+            bad: list[tuple[int, bytes | None, str]] = []
+            offset = 0
+            while len(out) < limit:
+                rows = db.execute(
+                    "SELECT seq, priority, checksum, message FROM batches ORDER BY seq LIMIT ? OFFSET ?",
+                    (limit * 2 + 16, offset),
+                ).fetchall()
+                if not rows:
+                    break
+                offset += len(rows)
+                for seq, priority, checksum, message in rows:
+                    if seq in exclude:
+                        continue
+                    problem = self._row_problem(priority, checksum, message)
+                    if problem:
+                        bad.append((seq, message if isinstance(message, bytes) else None, problem))
+                        continue
+                    out.append(StoredBatch(seq, bytes(message), Priority(priority)))
+                    if len(out) == limit:
+                        break
+            if bad:
+                self._quarantine_rows(db, bad)
+            return out
+
+        return self._guard(action)
+
+    @staticmethod
+    def _row_problem(priority: object, checksum: object, message: object) -> str | None:
+        if not isinstance(message, bytes) or not isinstance(checksum, bytes):
+            return "message or checksum is not a blob"
+        if hashlib.sha256(message).digest() != checksum:
+            return "checksum mismatch"
+        if priority not in (0, 1, 2):
+            return f"unknown priority {priority!r}"
+        return None
+
+    def _quarantine_rows(self, db: sqlite3.Connection, bad: list[tuple[int, bytes | None, str]]) -> None:
+        now = self._clock_ms()
+        with self._transaction(db, durable=True):
+            for seq, message, problem in bad:
+                db.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?)", (seq, problem, now, message))
+                db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            self._bump(db, {"outbox_corrupt_rows": len(bad)})
+        self.totals["outbox_corrupt_rows"] += len(bad)
+        self.events.extend(f"outbox row seq={seq} quarantined: {problem}" for seq, _, problem in bad)
+
+    def ack(self, seq: int) -> bool:
+        """Delete a batch the broker acknowledged; False if it was not (or no longer) stored."""
+
+        def action(db: sqlite3.Connection) -> bool:
+            with self._transaction(db, durable=False):
+                cursor = db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            return cursor.rowcount > 0
+
+        deleted = self._guard(action)
+        if deleted:
+            self.totals["acked"] += 1
+        return deleted
+
+    def unreported(self) -> dict[str, int]:
+        """Eviction and corruption counters not yet carried upstream by a stored batch."""
+
+        def action(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute(
+                f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(REPORT_KEYS))})", REPORT_KEYS
+            ).fetchall()
+            return {key: int(value) for key, value in rows if value > 0}
+
+        return self._guard(action)
+
+    @property
+    def committed_high(self) -> int:
+        """The highest sequence number ever committed to this file (0 if none)."""
+
+        def action(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT value FROM meta WHERE key = 'high_seq'").fetchone()
+            stored = db.execute("SELECT COALESCE(MAX(seq), 0) FROM batches").fetchone()[0]
+            return max(int(row[0]) if row else 0, int(stored))
+
+        return self._guard(action)
+
+    def stats(self) -> dict[str, int]:
+        """Rows and bytes currently stored (``outbox_batches``, ``outbox_bytes``)."""
+
+        def action(db: sqlite3.Connection) -> dict[str, int]:
+            count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches").fetchone()
+            return {"outbox_batches": int(count), "outbox_bytes": int(size)}
+
+        return self._guard(action)
+
+    def quarantined(self) -> list[tuple[int | None, str]]:
+        """(seq, reason) of every quarantined row, oldest first."""
+        return self._guard(lambda db: db.execute("SELECT seq, reason FROM quarantine ORDER BY rowid").fetchall())
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the file."""
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
