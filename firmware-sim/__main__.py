@@ -1,0 +1,8 @@
+# ruff: noqa: N999  (the folder name firmware-sim is fixed by the product layout)
+"""``python -m firmware_sim run|load|list|show ...`` (same as ``lienwatch sim``)."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main(sys.argv[1:]))
