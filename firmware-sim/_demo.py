@@ -31,6 +31,8 @@ SAMPLE_LOANS = Path(__file__).resolve().parent.parent / "collector" / "data" / "
 DEVICE_ID = "tbox-0002"
 LOAN_ID = "L-1002"
 LEVELS = ("normal", "watch", "high", "critical")
+#: after the scenario ends, how long the rest of the chain gets to deliver and assess
+END_GRACE_S = 30.0
 
 #: scenario -> (what it shows, the level the late loan must reach, the alert rule expected)
 DEMOS: dict[str, tuple[str, str, str]] = {
@@ -69,8 +71,9 @@ class _Follower:
         self.rig = rig
         self.events_seen = 0
         self.last_clock_print = 0.0
-        self.alerts_seen: set[tuple[str, str, int]] = set()
+        self.alerts_seen: set[tuple[str, str]] = set()
         self.batches_seen = -1
+        self.last_batch_print = 0.0
         self.level: str | None = None
         self.sim_done = False
 
@@ -94,40 +97,39 @@ class _Follower:
                 yield f"vehicle    {kind}: {json.dumps(detail, default=str)[:160]}"
 
     def api_lines(self) -> Iterator[str]:
-        device = self.rig.get(f"/v1/devices/{DEVICE_ID}")
-        batches = _batches_count(device)
-        if batches is not None and batches != self.batches_seen:
+        status = self.rig.get(f"/v1/devices/{DEVICE_ID}").get("status") or {}
+        batches = status.get("batches_stored")
+        now = time.monotonic()
+        if isinstance(batches, int) and batches != self.batches_seen and now - self.last_batch_print >= 3.0:
+            self.last_batch_print = now
             self.batches_seen = batches
-            yield f"collector  {batches} batches stored from {DEVICE_ID}"
-        for alert in self.rig.get(f"/v1/loans/{LOAN_ID}/alerts", role="risk_analyst").get("items", []):
-            key = (alert.get("rule", "?"), str(alert.get("episode")), int(alert.get("state", 0) == "cleared"))
+            yield (
+                f"collector  {batches} batches stored from {DEVICE_ID} "
+                f"({status.get('fixes_stored', 0)} fixes, {status.get('alerts_stored', 0)} alert records, "
+                f"{status.get('duplicates', 0)} duplicates ignored)"
+            )
+        for alert in self.rig.get(f"/v1/loans/{LOAN_ID}/alerts", role="risk_analyst"):
+            key = (str(alert.get("rule")), str(alert.get("episode")))
             if key not in self.alerts_seen:
                 self.alerts_seen.add(key)
+                evidence = json.dumps(alert.get("evidence", {}), default=str)
                 yield (
-                    f"alert      {alert.get('rule')} ({alert.get('severity')}, {alert.get('state', 'raised')}) "
-                    f"raised on the vehicle at {_fmt_time(alert.get('time_ms', alert.get('time')))}"
+                    f"alert      {alert.get('rule')} ({alert.get('severity')}) raised on the vehicle at "
+                    f"{_fmt_time(alert.get('raised_ms', alert.get('time_ms')))}; evidence {evidence[:200]}"
                 )
         loan = self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")
-        level = loan.get("risk", {}).get("level") or loan.get("level")
+        risk = loan.get("risk", {})
+        level = risk.get("level")
         if level != self.level:
             old, self.level = self.level, level
-            yield f"risk       loan {LOAN_ID}: {old or 'normal'} -> {level.upper() if level else level}"
-            for reason in loan.get("risk", {}).get("reasons", loan.get("reasons", [])):
-                yield f"             reason: {reason.get('code')}: {reason.get('summary', reason.get('text', ''))}"
-            step = loan.get("risk", {}).get("next_step") or loan.get("next_step")
-            if step:
-                yield f"             next step: {step}"
-
-
-def _batches_count(device: dict[str, Any]) -> int | None:
-    for key in ("batches", "batch_count", "batches_stored"):
-        if isinstance(device.get(key), int):
-            return int(device[key])
-    state = device.get("state") or device.get("latest") or {}
-    for key in ("batches", "batch_count", "batches_stored", "last_seq"):
-        if isinstance(state.get(key), int):
-            return int(state[key])
-    return None
+            facts = loan.get("repayment", {})
+            yield (
+                f"risk       loan {LOAN_ID}: {old or 'normal'} -> {str(level).upper()}  "
+                f"(next step: {risk.get('next_step')}; {facts.get('consecutive_late', '?')} consecutive late, "
+                f"{facts.get('days_past_due', '?')} days past due)"
+            )
+            for reason in risk.get("reasons", []):
+                yield f"             reason {reason.get('code')} [{reason.get('level')}]"
 
 
 def _check_alive(rig: ChainRig) -> None:
@@ -156,6 +158,7 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
         rig.start_sim(scenario, speed=speed)
         rig.start_agent()
         reached = False
+        sim_done_at: float | None = None
         deadline = started + timeout
         while time.monotonic() < deadline:
             for line in follower.sim_lines():
@@ -166,6 +169,10 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
                 reached = True
                 break
             _check_alive(rig)
+            if follower.sim_done:
+                sim_done_at = sim_done_at or time.monotonic()
+                if time.monotonic() - sim_done_at > END_GRACE_S:
+                    break
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         if not reached:

@@ -70,6 +70,7 @@ class Mosquitto:
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lw-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mosquitto.log"
