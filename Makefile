@@ -34,7 +34,7 @@ lint: venv
 	$(BIN)/ruff check protocol edge collector firmware-sim tests hil-tests bench
 
 typecheck: venv
-	$(BIN)/mypy protocol
+	$(BIN)/mypy protocol edge collector
 
 test: venv system lint typecheck
 	$(BIN)/python -m pytest -q
