@@ -1,7 +1,9 @@
 """``lienwatch collector``: run and administer the cloud collector.
 
-Subcommands: ``serve`` (MQTT ingest + HTTP API, or one of them), ``migrate``,
-``devices add|list|revoke``, ``dead-letters``, ``api-key new``. Every subcommand reads
+Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
+``migrate``, ``devices add|list|revoke``, ``dead-letters``, ``api-key new``, and (in
+collector._loans_cli) ``loans import|list|show``, ``repayments add``, ``retention run``,
+``markets import``. Every subcommand reads
 ``--config`` (or the file named by ``LIENWATCH_CONFIG``) and the ``LIENWATCH_*``
 environment; see docs/collector.md.
 """
@@ -66,29 +68,23 @@ def _serve(args: argparse.Namespace) -> int:
             delay = min(delay * 2, settings.limits.db_retry_max_s)
     log.info("database ready: %s", engine.url.render_as_string(hide_password=True))
 
-    service = None
+    runtime = None
     metrics_server = None
     server = None
     server_thread = None
-    registry = None
     try:
-        if not args.api_only:
-            from .ingest import Ingestor
-            from .ingest_service import IngestService
-            from .metrics import IngestMetrics
+        from .runtime import CollectorRuntime
 
-            metrics = IngestMetrics()
-            registry = metrics.registry
-            service = IngestService(Ingestor(engine, settings.limits, metrics=metrics), settings.mqtt, settings.limits)
-            service.start()
+        runtime = CollectorRuntime(settings, engine, ingest=not args.api_only)
+        runtime.start()
         if args.ingest_only:
-            metrics_server = _serve_metrics_only(settings, registry)
+            metrics_server = _serve_metrics_only(settings, runtime.metrics.registry)
         else:
             import uvicorn
 
-            from .app import create_app, discover_routers
+            from .app import discover_routers
 
-            app = create_app(settings, engine=engine, metrics_registry=registry, routers=discover_routers())
+            app = runtime.create_app(routers=discover_routers())
             config = uvicorn.Config(
                 app, host=settings.api.host, port=settings.api.port, log_level=settings.log_level.lower()
             )
@@ -103,15 +99,18 @@ def _serve(args: argparse.Namespace) -> int:
                 return 1
         return 0
     finally:
-        if service is not None:
-            service.stop()
-            log.info("ingest stopped: %s acknowledged; counters %s", service.acked, dict(service.ingestor.counters))
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
         if server is not None and server_thread is not None:
             server.should_exit = True
             server_thread.join(15)
+        if runtime is not None:
+            runtime.stop()
+            if runtime.ingest is not None:
+                service = runtime.ingest
+                log.info("ingest stopped: %s acknowledged; counters %s", service.acked, dict(service.ingestor.counters))
+            log.info("risk worker counters %s", dict(runtime.risk.counters))
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         engine.dispose()
 
 
@@ -222,6 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=50)
     dead.add_argument("--reason", help="only this reason slug")
     dead.set_defaults(func=_dead_letters)
+
+    from ._loans_cli import add_subcommands
+
+    add_subcommands(sub, common, _settings)
 
     api_key = sub.add_parser("api-key", help="API keys")
     ksub = api_key.add_subparsers(dest="action", required=True)

@@ -12,11 +12,12 @@ role               may
 ``auditor``        the audit log only
 =================  =====================================================================
 
-Every read of personal data writes an audit row (:mod:`collector.audit`) in the same
-transaction as nothing else, committed before the answer leaves. Optional wiring the app
-can put on ``app.state``: ``loans_settings`` (:class:`LoansSettings`), ``clock_ms``
-(a ``() -> int``), ``collector_signing_key`` (Ed25519 private key for downlink configs)
-and ``config_publisher`` (called with the list of :class:`ConfigMessage` to publish).
+Every read of personal data writes an audit row (:mod:`collector.audit`), committed before
+the answer leaves. ``collector.app.create_app`` puts the wiring on ``app.state`` from the
+settings: ``loans_settings`` (:class:`LoansSettings`: ``[risk]`` + ``[webhooks]``),
+``clock_ms`` (a ``() -> int``), ``collector_signing_key`` (``[downlink] signing_key``) and
+``config_publisher`` (called with the :class:`ConfigMessage` list after the commit; in
+``serve`` it wakes :class:`collector.downlink.ConfigPublisher`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 from typing import Annotated, Any
 
@@ -38,14 +38,19 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from protocol import DeviceConfig, config_topic, seal_config
-
 from .audit import entry_as_dict, query_audit_log, record_access
 from .auth import Principal, require_role
 from .database import get_engine, get_session
+from .downlink import (
+    ConfigMessage,
+    MarketFileError,
+    build_market_configs,
+    check_market_item,
+    config_targets,
+    market_items,
+)
 from .loan_csv import loan_from_fields
 from .loan_models import (
-    ConfigVersion,
     LoanRecord,
     LoansSettings,
     MarketRecord,
@@ -435,61 +440,19 @@ class MarketIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    radius_m: float = Field(gt=0, le=50_000)
+    radius_m: float = Field(ge=1, le=50_000)
     datum: str = Field(pattern="^(wgs84|gcj02|bd09)$")
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigMessage:
-    """A signed configuration ready to publish (retained, QoS 1) on ``topic``."""
-
-    device_id: str
-    topic: str
-    version: int
-    payload: bytes
-
-
-def market_items(session: Session) -> list[dict[str, Any]]:
-    """Every market as an item of the agent's markets list."""
-    rows = session.scalars(sa.select(MarketRecord).order_by(MarketRecord.market_id))
-    return [
-        {"id": m.market_id, "name": m.name, "lat": m.lat, "lon": m.lon, "radius_m": m.radius_m, "datum": m.datum}
-        for m in rows
-    ]
-
-
-def build_market_configs(
-    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
-) -> list[ConfigMessage]:
-    """Sign the current market list for each device, bumping its config version.
-
-    The version goes up by one per device per call (the agent refuses anything not newer)
-    and is kept in ``config_versions`` in the caller's transaction.
-    """
-    body = {"markets": market_items(session)}
-    out = []
-    for device_id in sorted(set(device_ids)):
-        row = session.get(ConfigVersion, device_id)
-        if row is None:
-            row = ConfigVersion(device_id=device_id, version=0, issued_ms=issued_ms)
-            session.add(row)
-        row.version += 1
-        row.issued_ms = issued_ms
-        topic = config_topic(device_id)
-        payload = seal_config(DeviceConfig(device_id, row.version, issued_ms, body), private_key, topic)
-        out.append(ConfigMessage(device_id, topic, row.version, payload))
-    session.flush()
-    return out
-
-
 def _push_markets(request: Request, session: Session) -> dict[str, Any]:
+    """Sign the new list for every device (outbox rows in this transaction), commit, publish."""
     key = getattr(request.app.state, "collector_signing_key", None)
     if not isinstance(key, Ed25519PrivateKey):
+        session.commit()
         return {"configs_signed": 0, "note": "no collector signing key configured; devices not updated"}
-    device_ids = session.scalars(sa.select(LoanRecord.device_id)).all()
-    messages = build_market_configs(session, key, device_ids, _now_ms(request))
-    publisher: Callable[[Sequence[ConfigMessage]], None] | None = getattr(request.app.state, "config_publisher", None)
+    messages = build_market_configs(session, key, config_targets(session), _now_ms(request))
     session.commit()
+    publisher: Callable[[Sequence[ConfigMessage]], None] | None = getattr(request.app.state, "config_publisher", None)
     if publisher is not None:
         publisher(messages)
     return {"configs_signed": len(messages), "published": publisher is not None}
@@ -513,6 +476,10 @@ def put_market(
     """Create or replace a market, then sign the new list for every loan's device."""
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", market_id):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "market id must match [A-Za-z0-9_-]{1,64}")
+    try:
+        check_market_item({"id": market_id, **body.model_dump()})
+    except MarketFileError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     row = session.get(MarketRecord, market_id) or MarketRecord(market_id=market_id)
     row.name, row.lat, row.lon, row.radius_m, row.datum = body.name, body.lat, body.lon, body.radius_m, body.datum
     row.updated_ms = _now_ms(request)

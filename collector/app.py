@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response, status
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from .auth import Principal, require_role
 from .database import get_engine, open_database
@@ -27,6 +30,9 @@ from .errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyErro
 from .models import Base
 from .registry import DeviceRegistry
 from .settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from .downlink import ConfigMessage
 
 __all__ = ["OPTIONAL_ROUTER_MODULES", "create_app", "discover_routers"]
 
@@ -69,6 +75,33 @@ def discover_routers(modules: Iterable[str] = OPTIONAL_ROUTER_MODULES) -> list[A
     return routers
 
 
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _send_current_markets(request: Request, engine: Engine, device_id: str) -> int:
+    """Sign the current market list for a newly registered device; publish it after the commit.
+
+    Nothing when no signing key is configured or the collector has no markets yet (the
+    device keeps its local markets file). Returns how many configurations were signed.
+    """
+    from .downlink import build_market_configs
+    from .loan_models import MarketRecord
+
+    key = request.app.state.collector_signing_key
+    if key is None:
+        return 0
+    with Session(engine) as session:
+        if session.scalar(sa.select(sa.func.count()).select_from(MarketRecord)) == 0:
+            return 0
+        messages = build_market_configs(session, key, [device_id], request.app.state.clock_ms())
+        session.commit()
+    publisher = request.app.state.config_publisher
+    if publisher is not None:
+        publisher(messages)
+    return len(messages)
+
+
 def _devices_router() -> APIRouter:
     router = APIRouter(prefix="/v1/devices", tags=["devices"])
     admin = Depends(require_role("admin"))  # for routes that do not need the principal itself
@@ -81,18 +114,21 @@ def _devices_router() -> APIRouter:
     @router.post("", status_code=status.HTTP_201_CREATED)
     def add_device(
         body: DeviceIn,
+        request: Request,
         engine: EngineDep,
         principal: AdminPrincipal,
     ) -> dict[str, Any]:
         """Register a device with its PEM Ed25519 public key."""
         try:
-            info = DeviceRegistry(engine).add(body.device_id, body.public_key_pem, label=body.label)
+            info = DeviceRegistry(engine, clock_ms=request.app.state.clock_ms).add(
+                body.device_id, body.public_key_pem, label=body.label
+            )
         except DeviceExistsError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         except (InvalidPublicKeyError, RegistryError) as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         log.info("device %s added by key %s", body.device_id, principal.key_id)
-        return info.as_dict()
+        return info.as_dict() | {"configs_signed": _send_current_markets(request, engine, body.device_id)}
 
     @router.get("/{device_id}", dependencies=[admin])
     def get_device(device_id: str, engine: EngineDep) -> dict[str, Any]:
@@ -162,8 +198,15 @@ def create_app(
     engine: Engine | None = None,
     metrics_registry: CollectorRegistry | None = None,
     routers: Iterable[APIRouter] = (),
+    clock_ms: Callable[[], int] | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+    config_publisher: Callable[[Sequence[ConfigMessage]], None] | None = None,
 ) -> FastAPI:
     """Build the collector API.
+
+    The loan routes find their wiring on ``app.state``, set here: ``loans_settings`` (from
+    ``[risk]`` and ``[webhooks]``), ``clock_ms``, ``collector_signing_key`` and
+    ``config_publisher``.
 
     Args:
         settings: injected as the ``get_settings`` dependency.
@@ -171,7 +214,20 @@ def create_app(
             and disposed when the app shuts down.
         metrics_registry: served at ``/metrics`` (the ingest's, when both run in one process).
         routers: further routers to mount (loans, repayments, risk, ...).
+        clock_ms: the collector clock (wall clock when ``None``).
+        signing_key: the downlink signing key; when ``None`` it is loaded from
+            ``[downlink] signing_key`` if that is set.
+        config_publisher: called with the configurations signed by a request, after its
+            commit (``serve`` passes :meth:`collector.downlink.ConfigPublisher.submit`).
+
+    Raises:
+        ConfigError: ``[downlink] signing_key`` is set but cannot be loaded.
     """
+    from .downlink import load_signing_key
+    from .loan_models import LoansSettings
+
+    if signing_key is None and settings.downlink.signing_key is not None:
+        signing_key = load_signing_key(settings.downlink.signing_key)
     owns_engine = engine is None
     db = engine if engine is not None else open_database(settings)
     registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
@@ -185,6 +241,10 @@ def create_app(
     app = FastAPI(title="LienWatch collector", version="0.1.0", lifespan=lifespan)
     app.state.engine = db
     app.state.settings = settings
+    app.state.loans_settings = LoansSettings.from_settings(settings)
+    app.state.clock_ms = clock_ms if clock_ms is not None else _wall_clock_ms
+    app.state.collector_signing_key = signing_key
+    app.state.config_publisher = config_publisher
     app.dependency_overrides[get_settings] = lambda: settings
 
     @app.get("/healthz", tags=["ops"])

@@ -3,23 +3,27 @@
 Each key maps to one role (``admin``, ``risk_analyst``, ``collections``, ``auditor``) in
 ``Settings.api_keys``, which holds SHA-256 hashes only. ``require_role(*roles)`` is a
 FastAPI dependency: no key or an unknown key -> 401 (with ``WWW-Authenticate: Bearer``),
-a known key of another role -> 403. It returns the :class:`Principal` for auditing.
+a known key of another role -> 403 (written to the audit log as ``access_denied``). It
+returns the :class:`Principal` for auditing.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .settings import ROLES, Settings, get_settings, hash_api_key
 
 __all__ = ["ROLES", "Principal", "authenticate", "require_role"]
 
+log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="LienWatch API key")
 MAX_KEY_CHARS = 512
 
@@ -43,6 +47,39 @@ def authenticate(api_key: str, settings: Settings) -> Principal | None:
     return None
 
 
+def _audit_denied(request: Request, principal: Principal, roles: tuple[str, ...]) -> None:
+    """Write an ``access_denied`` audit row for a known key refused by its role.
+
+    A key trying what its role may not do (a collections key asking for a track) is worth a
+    record; the refusal stands even if the audit write fails (that is logged).
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    from .audit import record_access
+
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        return
+    clock = getattr(request.app.state, "clock_ms", None)
+    now = clock() if clock is not None else time.time_ns() // 1_000_000
+    try:
+        with Session(engine) as session:
+            record_access(
+                session,
+                actor=principal.key_id,
+                role=principal.role,
+                action="access_denied",
+                subject_type="route",
+                subject_id=request.url.path[:128],
+                time_ms=now,
+                detail={"method": request.method, "needs": list(roles)},
+            )
+            session.commit()
+    except sa.exc.SQLAlchemyError:
+        log.exception("could not audit a refused %s %s by key %s", request.method, request.url.path, principal.key_id)
+
+
 def require_role(*roles: str) -> Callable[..., Principal]:
     """A dependency admitting only bearer keys whose role is one of ``roles``.
 
@@ -54,6 +91,7 @@ def require_role(*roles: str) -> Callable[..., Principal]:
         raise ValueError(f"require_role needs roles from {ROLES}, got {roles!r}")
 
     def dependency(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         settings: Annotated[Settings, Depends(get_settings)],
     ) -> Principal:
@@ -65,6 +103,7 @@ def require_role(*roles: str) -> Callable[..., Principal]:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if principal.role not in roles:
+            _audit_denied(request, principal, roles)
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
                 detail=f"role {principal.role!r} may not do this (needs {' or '.join(roles)})",

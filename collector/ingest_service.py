@@ -45,7 +45,7 @@ from .errors import DatabaseUnavailableError, StorageError
 from .ingest import Ingestor
 from .settings import Limits, MqttSettings
 
-__all__ = ["IngestService", "batch_subscription", "state_subscription"]
+__all__ = ["IngestService", "batch_subscription", "make_mqtt_client", "state_subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,30 @@ def batch_subscription(group: str) -> str:
 def state_subscription() -> str:
     """Device state topics (not shared: every collector applies them, idempotently)."""
     return "lw/v1/+/state"
+
+
+def make_mqtt_client(settings: MqttSettings, client_id: str, *, manual_ack: bool) -> mqtt.Client:
+    """An MQTT 5 paho client with the broker credentials and TLS of ``[mqtt]``.
+
+    Reconnects by itself (1 s .. 30 s backoff) once ``connect_async`` + ``loop_start`` ran.
+    """
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,23 +123,7 @@ class IngestService:
     # ------------------------------------------------------------ paho side
 
     def _make_client(self) -> mqtt.Client:
-        s = self.settings
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            client.tls_set(
-                ca_certs=str(s.ca_file) if s.ca_file else None,
-                certfile=str(s.cert_file) if s.cert_file else None,
-                keyfile=str(s.key_file) if s.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = make_mqtt_client(self.settings, self.settings.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message

@@ -26,7 +26,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm.util import identity_key
 
 from .models import AlertRecord, Base, DailyStatsRecord, FixRecord
 from .models import DeviceStatus as DeviceStatusRecord
@@ -54,6 +56,7 @@ from .risk import (
 
 if TYPE_CHECKING:
     from .loan_csv import LoanRow
+    from .settings import Settings
 
 __all__ = [
     "MOVING_MPS",
@@ -69,6 +72,7 @@ __all__ = [
     "RepaymentOutcome",
     "RepaymentRecord",
     "RiskEventRecord",
+    "RiskStateConflictError",
     "RiskStateRecord",
     "WebhookDelivery",
     "existing_loan_conflicts",
@@ -95,6 +99,13 @@ class LoanNotFoundError(LoanError):
 
 class RepaymentConflictError(LoanError):
     """A payment id was recorded before with a different date or amount."""
+
+
+class RiskStateConflictError(LoanError):
+    """A loan's risk state was changed by other writers on every attempt to write it."""
+
+
+_CAS_ATTEMPTS = 5
 
 
 class LoanRecord(Base):
@@ -221,13 +232,20 @@ class MarketRecord(Base):
 
 
 class ConfigVersion(Base):
-    """The last configuration version signed for a device (versions must strictly increase)."""
+    """The last configuration signed for a device (versions must strictly increase).
+
+    ``payload`` is the signed message (kept so it can be published, and re-published
+    retained after a broker lost it); ``published_ms`` is set once the broker acknowledged
+    it (NULL = still to publish). Migration 0003 added both.
+    """
 
     __tablename__ = "config_versions"
 
     device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     version: Mapped[int]
     issued_ms: Mapped[int]
+    payload: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    published_ms: Mapped[int | None]
 
 
 class FixDaySummary(Base):
@@ -465,6 +483,12 @@ def load_risk_input(
     )
 
 
+def _states_insert(session: Session) -> Any:
+    bind = session.get_bind()
+    module = postgresql if bind.dialect.name == "postgresql" else sqlite
+    return module.insert(Base.metadata.tables["risk_states"])
+
+
 def reassess_loan(
     session: Session,
     loan_id: str,
@@ -477,41 +501,72 @@ def reassess_loan(
     """Assess a loan, keep its state, and on a level change store an event and queue webhooks.
 
     The caller commits: state, event and outbox rows land in one transaction.
-    """
-    inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
-    assessment = assess(inp, config)
-    state = session.get(RiskStateRecord, loan_id)
-    previous = RiskLevel.from_label(state.level) if state is not None else None
-    change = level_change(previous, assessment)
-    reasons = [r.as_dict() for r in assessment.reasons]
-    if state is None:
-        state = RiskStateRecord(loan_id=loan_id, changed_ms=now_ms)
-        session.add(state)
-    state.level = assessment.level.label
-    state.next_step = assessment.next_step.label
-    state.reasons = reasons
-    state.facts = inp.facts.as_dict()
-    state.evaluated_ms = now_ms
-    if change is not None:
-        state.changed_ms = now_ms
-        event_id = str(uuid.uuid4())
-        session.add(
-            RiskEventRecord(
-                event_id=event_id,
-                loan_id=loan_id,
-                time_ms=now_ms,
-                old_level=change.old_level.label,
-                new_level=change.new_level.label,
-                next_step=change.next_step.label,
-                reasons=reasons,
-            )
-        )
-        if webhook_urls:
-            from .webhooks import enqueue_risk_change
 
-            enqueue_risk_change(session, event_id, change, webhook_urls, now_ms=now_ms)
-    session.flush()
-    return assessment, change
+    Concurrent reassessments of one loan (the risk worker, an API request, another collector
+    process) must not record the same change twice, so the state row is written with a
+    compare-and-set on the level read before assessing (``UPDATE ... WHERE level = :seen``,
+    ``INSERT ... ON CONFLICT DO NOTHING`` for a first assessment). When another writer got
+    there first the loan is assessed again against what it wrote. An evaluation older than
+    the stored one (``evaluated_ms`` later than ``now_ms``) changes nothing.
+    """
+    states = Base.metadata.tables["risk_states"]
+    for _attempt in range(_CAS_ATTEMPTS):
+        inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
+        assessment = assess(inp, config)
+        stored = session.execute(
+            sa.select(states.c.level, states.c.evaluated_ms).where(states.c.loan_id == loan_id)
+        ).first()
+        if stored is not None and stored.evaluated_ms > now_ms:
+            return assessment, None
+        previous = RiskLevel.from_label(stored.level) if stored is not None else None
+        change = level_change(previous, assessment)
+        reasons = [r.as_dict() for r in assessment.reasons]
+        values: dict[str, Any] = {
+            "level": assessment.level.label,
+            "next_step": assessment.next_step.label,
+            "reasons": reasons,
+            "facts": inp.facts.as_dict(),
+            "evaluated_ms": now_ms,
+        }
+        if stored is None:
+            insert = _states_insert(session).values(loan_id=loan_id, changed_ms=now_ms, **values)
+            statement: Any = insert.on_conflict_do_nothing(index_elements=["loan_id"])
+        else:
+            if change is not None:
+                values["changed_ms"] = now_ms
+            statement = (
+                sa.update(states)
+                .where(states.c.loan_id == loan_id, states.c.level == stored.level, states.c.evaluated_ms <= now_ms)
+                .values(**values)
+            )
+        # RETURNING says portably whether this writer won (rowcount of an upsert is not reliable).
+        if session.execute(statement.returning(states.c.loan_id)).first() is None:
+            continue  # another writer changed the state in between: look again
+        cached = session.identity_map.get(identity_key(RiskStateRecord, loan_id))
+        if cached is not None:
+            session.expire(cached)
+        if change is not None:
+            event_id = str(uuid.uuid4())
+            session.add(
+                RiskEventRecord(
+                    event_id=event_id,
+                    loan_id=loan_id,
+                    time_ms=now_ms,
+                    old_level=change.old_level.label,
+                    new_level=change.new_level.label,
+                    next_step=change.next_step.label,
+                    reasons=reasons,
+                )
+            )
+            if webhook_urls:
+                from .webhooks import enqueue_risk_change
+
+                enqueue_risk_change(session, event_id, change, webhook_urls, now_ms=now_ms)
+        session.flush()
+        return assessment, change
+    raise RiskStateConflictError(
+        f"risk state of loan {loan_id} kept changing under {_CAS_ATTEMPTS} reassessments at {now_ms} ms"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +576,11 @@ class LoansSettings:
     grace_days: int = DEFAULT_GRACE_DAYS
     risk: RiskConfig = field(default_factory=RiskConfig)
     webhook_urls: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoansSettings:
+        """The loan side's view of the collector settings (``[risk]`` and ``[webhooks]``)."""
+        return cls(settings.risk.grace_days, settings.risk.config, tuple(settings.webhooks.urls))
 
 
 def reassess_loans(

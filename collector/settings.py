@@ -28,14 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .repayments import DEFAULT_GRACE_DAYS
+from .risk import RiskConfig, RiskConfigError
 
 __all__ = [
     "ENV_PREFIX",
     "ROLES",
     "ApiSettings",
+    "DownlinkSettings",
     "Limits",
     "MqttSettings",
+    "RetentionSettings",
+    "RiskSettings",
     "Settings",
+    "WebhookSettings",
     "get_settings",
     "hash_api_key",
     "load_settings",
@@ -155,6 +161,121 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class RiskSettings:
+    """``[risk]``: the risk table's thresholds and how often every loan is reassessed.
+
+    Attributes:
+        config: thresholds of the risk table (every other key of ``[risk]``, see
+            :meth:`collector.risk.RiskConfig.from_dict` and docs/risk.md).
+        grace_days: days after a due date before an unpaid instalment counts as late.
+        reassess_interval_s: how often the collector reassesses every loan (days past due
+            grow and devices go quiet with time alone, without any new message).
+    """
+
+    config: RiskConfig = field(default_factory=RiskConfig)
+    grace_days: int = DEFAULT_GRACE_DAYS
+    reassess_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check_range("risk.grace_days", self.grace_days, 0, 60)
+        _check_range("risk.reassess_interval_s", self.reassess_interval_s, 0.01, 86_400)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """``[webhooks]``: where risk level changes are POSTed and how deliveries are retried.
+
+    Attributes:
+        urls: absolute http(s) URLs; every level change is delivered to each.
+        secret: HMAC-SHA256 key of the ``X-LienWatch-Signature`` header (at least 16
+            bytes; better set by ``LIENWATCH_WEBHOOKS_SECRET`` than in the file). Never
+            logged, never part of ``repr``.
+        retry_initial_s: wait after the first failed attempt (doubles after each failure).
+        retry_max_s: longest wait between attempts.
+        max_attempts: attempts before a delivery is marked ``failed`` (kept).
+        timeout_s: HTTP timeout of one attempt.
+        poll_interval_s: how often the worker looks for due deliveries when not woken.
+    """
+
+    urls: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    retry_initial_s: float = 2.0
+    retry_max_s: float = 3600.0
+    max_attempts: int = 12
+    timeout_s: float = 10.0
+    poll_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        from .webhooks import WebhookError, check_webhook_url
+
+        for url in self.urls:
+            try:
+                check_webhook_url(url)
+            except WebhookError as exc:
+                raise ConfigError(f"webhooks.urls: {exc}") from exc
+        if self.urls and (self.secret is None or len(self.secret.encode()) < 16):
+            raise ConfigError(
+                "webhooks.secret must be set (at least 16 bytes; LIENWATCH_WEBHOOKS_SECRET) when webhooks.urls is set"
+            )
+        _check_range("webhooks.retry_initial_s", self.retry_initial_s, 0.01, 3_600)
+        _check_range("webhooks.retry_max_s", self.retry_max_s, self.retry_initial_s, 86_400)
+        _check_range("webhooks.max_attempts", self.max_attempts, 1, 1_000)
+        _check_range("webhooks.timeout_s", self.timeout_s, 0.1, 120)
+        _check_range("webhooks.poll_interval_s", self.poll_interval_s, 0.01, 3_600)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """``[retention]``: how long precise locations and loan records are kept.
+
+    Attributes:
+        fix_days: precise fixes are kept this many days.
+        fix_mode: ``summarize`` (keep per-day summaries without coordinates) or ``delete``.
+        record_years: loans, repayments, alerts and risk events are kept this many years.
+        interval_s: time between runs; the first run happens one interval after start
+            (never at start, so a restart loop cannot hammer the database).
+        enabled: run the job in ``serve`` at all.
+    """
+
+    fix_days: int = 90
+    fix_mode: str = "summarize"
+    record_years: int = 5
+    interval_s: float = 86_400.0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        from .retention import RetentionError, RetentionPolicy
+
+        try:
+            RetentionPolicy(self.fix_days, self.fix_mode, self.record_years)
+        except RetentionError as exc:
+            raise ConfigError(str(exc)) from exc
+        _check_range("retention.interval_s", self.interval_s, 0.01, 366 * 86_400)
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkSettings:
+    """``[downlink]``: signed configuration messages (market lists) for the devices.
+
+    Attributes:
+        signing_key: the collector's Ed25519 private key (``lienwatch keys generate
+            --collector --out DIR`` makes ``DIR/collector.key``, mode 0600). Unset: no
+            configuration is signed or published.
+        resync_interval_s: how often the publisher looks for devices whose configuration is
+            missing, outdated or not yet acknowledged by the broker.
+        publish_timeout_s: how long one publish waits for the broker's PUBACK.
+    """
+
+    signing_key: Path | None = None
+    resync_interval_s: float = 30.0
+    publish_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_range("downlink.resync_interval_s", self.resync_interval_s, 0.01, 86_400)
+        _check_range("downlink.publish_timeout_s", self.publish_timeout_s, 0.1, 300)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the collector reads from its configuration.
 
@@ -166,6 +287,10 @@ class Settings:
         mqtt: ``[mqtt]``.
         api: ``[api]``.
         limits: ``[limits]``.
+        risk: ``[risk]``.
+        webhooks: ``[webhooks]``.
+        retention: ``[retention]``.
+        downlink: ``[downlink]``.
     """
 
     data_dir: Path = Path("collector-data")
@@ -175,6 +300,10 @@ class Settings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     limits: Limits = field(default_factory=Limits)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
 
     def __post_init__(self) -> None:
         for digest, role in self.api_keys.items():
@@ -198,7 +327,15 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(f"{name}={value!r} is outside [{lo}, {hi}]")
 
 
-_SECTIONS: dict[str, type] = {"mqtt": MqttSettings, "api": ApiSettings, "limits": Limits}
+_SECTIONS: dict[str, type] = {
+    "mqtt": MqttSettings,
+    "api": ApiSettings,
+    "limits": Limits,
+    "risk": RiskSettings,
+    "webhooks": WebhookSettings,
+    "retention": RetentionSettings,
+    "downlink": DownlinkSettings,
+}
 
 
 def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
@@ -221,6 +358,12 @@ def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
     if annotation is Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else base_dir / path
+    if typing.get_origin(annotation) in (tuple, frozenset):
+        # A TOML array, or comma-separated text from the environment.
+        items = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ValueError(value)
+        return typing.get_origin(annotation)(items)
     raise TypeError(f"unsupported setting type {annotation!r}")
 
 
@@ -237,7 +380,34 @@ def _coerce(name: str, value: Any, annotation: Any, base_dir: Path) -> Any:
         raise ConfigError(f"{name}={value!r} is not a valid {getattr(annotation, '__name__', annotation)}") from exc
 
 
+def _build_risk(raw: Mapping[str, Any], base_dir: Path) -> RiskSettings:
+    """``[risk]``: ``grace_days`` and ``reassess_interval_s`` here, every other key is a threshold."""
+    own = {k: raw[k] for k in ("grace_days", "reassess_interval_s") if k in raw}
+    thresholds: dict[str, Any] = {}
+    config_hints = typing.get_type_hints(RiskConfig)
+    for key, value in raw.items():
+        if key in own:
+            continue
+        if key not in config_hints:
+            known = ", ".join(sorted([*config_hints, *own, "grace_days", "reassess_interval_s"]))
+            raise ConfigError(f"unknown setting(s) in [risk]: {key} (known: {known})")
+        if isinstance(value, str):  # from the environment: coerce like any other setting
+            coerced = _coerce(f"risk.{key}", value, config_hints[key], base_dir)
+            thresholds[key] = sorted(coerced) if isinstance(coerced, frozenset) else coerced
+        else:
+            thresholds[key] = value
+    try:
+        config = RiskConfig.from_dict(thresholds)
+    except RiskConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    hints = typing.get_type_hints(RiskSettings)
+    kwargs = {key: _coerce(f"risk.{key}", value, hints[key], base_dir) for key, value in own.items()}
+    return RiskSettings(config=config, **kwargs)
+
+
 def _build(cls: type, section: str, raw: Mapping[str, Any], base_dir: Path) -> Any:
+    if cls is RiskSettings:
+        return _build_risk(raw, base_dir)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)

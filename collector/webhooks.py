@@ -342,10 +342,10 @@ class WebhookWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the round: a wake() during it triggers the next one at once
             try:
                 self.sender.deliver_due(self._clock_ms())
             except sa.exc.SQLAlchemyError:
                 self.sender.counters["database_error"] += 1
                 log.exception("webhook delivery round failed; retrying next interval")
             self._wake.wait(self.interval_s)
-            self._wake.clear()

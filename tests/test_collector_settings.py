@@ -109,3 +109,97 @@ def test_documented_example_loads() -> None:
     assert isinstance(settings, Settings)
     assert set(settings.api_keys.values()) == {"admin", "risk_analyst", "collections", "auditor"}
     assert settings.mqtt.group == "collectors"
+
+
+# ------------------------------------------------------------------ [risk] [webhooks] [retention] [downlink]
+
+
+def test_loan_side_sections(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[risk]
+grace_days = 5
+reassess_interval_s = 30
+offline_hours = 72
+market_rules = ["stationary_near_market", "parked_near_dealer"]
+[webhooks]
+urls = ["https://hooks.example.com/lienwatch"]
+secret = "file-secret-0123456789"
+retry_initial_s = 1
+[retention]
+fix_days = 30
+fix_mode = "delete"
+interval_s = 3600
+[downlink]
+signing_key = "keys/collector.key"
+""",
+    )
+    secret = "env-secret-abcdefghijklmnop"
+    settings = load_settings(path, environ={"LIENWATCH_WEBHOOKS_SECRET": secret, "LIENWATCH_RISK_LATE_STREAK": "2"})
+    risk = settings.risk
+    assert (risk.grace_days, risk.reassess_interval_s) == (5, 30.0)
+    assert (risk.config.offline_hours, risk.config.late_streak, risk.config.dpd_call) == (72, 2, 30)
+    assert risk.config.market_rules == frozenset({"stationary_near_market", "parked_near_dealer"})
+    assert settings.webhooks.urls == ("https://hooks.example.com/lienwatch",)
+    assert settings.webhooks.secret == secret  # the environment wins
+    assert (settings.webhooks.retry_initial_s, settings.webhooks.max_attempts) == (1.0, 12)
+    retention = settings.retention
+    assert (retention.fix_days, retention.fix_mode, retention.record_years) == (30, "delete", 5)
+    assert settings.retention.interval_s == 3600.0
+    assert settings.downlink.signing_key == tmp_path / "keys" / "collector.key"
+    assert secret not in repr(settings)
+    assert "file-secret" not in repr(settings)
+
+
+def test_loan_side_defaults() -> None:
+    settings = load_settings(None, environ={})
+    assert (settings.risk.grace_days, settings.risk.reassess_interval_s) == (3, 60.0)
+    assert settings.webhooks.urls == ()
+    assert settings.webhooks.secret is None
+    assert settings.retention.interval_s == 86_400.0  # first run one day after start
+    assert settings.downlink.signing_key is None
+
+
+def test_lists_from_the_environment() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "LIENWATCH_WEBHOOKS_URLS": "http://127.0.0.1:9000/a, http://127.0.0.1:9000/b",
+            "LIENWATCH_WEBHOOKS_SECRET": "0123456789abcdef",
+            "LIENWATCH_RISK_GNSS_RULES": "gnss_jamming",
+        },
+    )
+    assert settings.webhooks.urls == ("http://127.0.0.1:9000/a", "http://127.0.0.1:9000/b")
+    assert settings.risk.config.gnss_rules == frozenset({"gnss_jamming"})
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[risk]\nofline_hours = 3\n", {}, "unknown setting(s) in [risk]: ofline_hours"),
+        ("[risk]\noffline_hours = 0\n", {}, "risk offline_hours=0 must be a number in [1, 2160]"),
+        ("[risk]\ndpd_call = 100\n", {}, "dpd_on_site=90 must be >= dpd_call=100"),
+        ("[risk]\nmarket_rules = 3\n", {}, "[risk] market_rules must be a list of rule names"),
+        ("[risk]\ngrace_days = 99\n", {}, "risk.grace_days=99 is outside [0, 60]"),
+        ("", {"LIENWATCH_RISK_OFFLINE_HOURS": "soon"}, "risk.offline_hours='soon' is not a valid float"),
+        ("[webhooks]\nurls = ['ftp://x/y']\n", {"LIENWATCH_WEBHOOKS_SECRET": "0123456789abcdef"},
+         "must be an absolute http(s) URL"),
+        ("[webhooks]\nurls = ['http://x/y']\n", {}, "webhooks.secret must be set"),
+        ("[webhooks]\nurls = ['http://x/y']\nsecret = 'short'\n", {}, "webhooks.secret must be set (at least 16"),
+        ("[webhooks]\nurls = [1]\n", {}, "webhooks.urls=[1] is not a valid tuple"),
+        ("[retention]\nfix_mode = 'shred'\n", {}, "fix_mode='shred' must be 'summarize' or 'delete'"),
+        ("[retention]\nfix_days = 0\n", {}, "fix_days=0 must be an int in 1..3650"),
+        ("[downlink]\nkey = 'x'\n", {}, "unknown setting(s) in [downlink]: key"),
+    ],
+)
+def test_bad_loan_side_settings(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ=env)
+    assert message in str(info.value)
+
+
+def test_secret_is_never_in_an_error_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "[webhooks]\nurls = ['http://x/y']\nsecret = 'tiny-secret'\n"), environ={})
+    assert "tiny-secret" not in str(info.value)

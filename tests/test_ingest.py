@@ -150,7 +150,7 @@ def _tables_in(diff: object) -> set[str]:
     """Table names an Alembic autogenerate diff entry talks about."""
     names: set[str] = set()
     for item in diff if isinstance(diff, list) else [diff]:
-        for part in item:  # type: ignore[attr-defined]
+        for part in item:  # type: ignore[union-attr]
             if isinstance(part, sa.Table):
                 names.add(part.name)
             elif isinstance(part, (sa.Index, sa.Column, sa.Constraint)) and part.table is not None:

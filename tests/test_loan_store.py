@@ -45,17 +45,17 @@ def _my_tables_diff(engine: sa.Engine) -> list[object]:
     return [d for d in diff if any(t in repr(d) for t in mine)]
 
 
-def test_migration_0002_matches_the_models_on_sqlite(tmp_path: Path) -> None:
+def test_migrations_match_the_models_on_sqlite(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrate(engine)
     assert _my_tables_diff(engine) == []
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     engine.dispose()
 
 
 @pytest.mark.postgres
-def test_migration_0002_on_postgres(postgres_url: str) -> None:
+def test_migrations_on_postgres(postgres_url: str) -> None:
     engine = create_engine(postgres_url)
     migrate(engine)
     assert _my_tables_diff(engine) == []

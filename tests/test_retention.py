@@ -158,3 +158,51 @@ def test_delete_mode_and_boundary(session: Session) -> None:
 def test_bad_policy(kwargs: dict[str, object]) -> None:
     with pytest.raises(RetentionError):
         RetentionPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the job in serve
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def migrated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    from collector.database import create_engine, migrate
+
+    url = (
+        f"sqlite:///{tmp_path_factory.mktemp('db') / 'c.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    engine = create_engine(url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def retention_runs(engine: sa.Engine) -> list[AuditEntry]:
+    with Session(engine) as s:
+        return list(s.scalars(sa.select(AuditEntry).where(AuditEntry.action == "retention_run")))
+
+
+def test_serve_runs_retention_one_interval_after_start(migrated: sa.Engine) -> None:
+    from collector.runtime import CollectorRuntime
+    from collector.settings import RetentionSettings, RiskSettings, Settings
+
+    with Session(migrated) as s:
+        seed(s)
+        s.commit()
+    settings = Settings(retention=RetentionSettings(interval_s=0.3), risk=RiskSettings(reassess_interval_s=3600))
+    runtime = CollectorRuntime(settings, migrated, ingest=False, clock_ms=lambda: NOW)
+    runtime.start()
+    try:
+        assert retention_runs(migrated) == []  # not at start
+        assert runtime.retention is not None
+        assert runtime.retention.ran.wait(30)
+    finally:
+        runtime.stop()
+    runs = retention_runs(migrated)
+    assert len(runs) >= 1
+    assert runs[0].detail["fixes_deleted"] == 3
+    assert runtime.retention.counters["errors"] == 0
+    with Session(migrated) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(FixRecord)) == 2  # the two recent ones
+        assert s.scalar(sa.select(sa.func.count()).select_from(FixDaySummary)) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+import collector.loan_models  # noqa: F401 - registers the loan tables on Base.metadata
 from collector.models import Base
 
 config = context.config

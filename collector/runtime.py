@@ -1,0 +1,201 @@
+"""Everything ``lienwatch collector serve`` runs besides the HTTP server, built from Settings.
+
+How this works
+--------------
+:class:`CollectorRuntime` assembles the long-running parts and starts/stops them in an order
+that loses nothing:
+
+* the MQTT ingest (:class:`~collector.ingest_service.IngestService`) with the risk worker's
+  ``on_commit`` hook, so every stored batch or applied state message queues its device's loan
+  for reassessment (unless ``ingest=False``, i.e. ``--api-only``);
+* the :class:`~collector.risk_worker.RiskWorker` (those devices soon, every loan every
+  ``[risk] reassess_interval_s``), which wakes the webhook worker on each level change;
+* the :class:`~collector.webhooks.WebhookWorker` delivering the persisted outbox (when a
+  ``[webhooks] secret`` is configured);
+* the retention job (:class:`~collector.periodic.PeriodicJob`, first run one
+  ``[retention] interval_s`` after start);
+* the :class:`~collector.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set).
+
+Start order: workers first, the ingest last (so no hook fires into a stopped worker). Stop
+order: the ingest first (it finishes the message in hand, commits and acks it), then the
+workers, each finishing its current round; queued work stays in the database (webhook and
+downlink outboxes) or is redone by the next start's first full risk run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import APIRouter, FastAPI
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .loan_models import LoansSettings
+from .metrics import IngestMetrics
+from .periodic import PeriodicJob
+from .retention import RetentionPolicy, run_retention
+from .risk_worker import RiskWorker
+from .settings import Settings
+from .webhooks import RetryPolicy, WebhookSender, WebhookWorker
+
+__all__ = ["CollectorRuntime", "wall_clock_ms"]
+
+log = logging.getLogger(__name__)
+
+_RETENTION_LOCK = 0x4C57_0002  # "LW" + 2: advisory lock held by the collector running retention
+
+
+def wall_clock_ms() -> int:
+    """The collector clock: epoch milliseconds UTC."""
+    return time.time_ns() // 1_000_000
+
+
+class CollectorRuntime:
+    """The ingest and background workers of one collector process.
+
+    Args:
+        settings: the collector settings.
+        engine: a migrated database.
+        ingest: run the MQTT ingest (False for ``--api-only``).
+        clock_ms: the collector clock (risk evaluation, webhooks, retention, signing).
+        metrics: the ingest metrics (their registry also carries the risk metrics and is
+            what ``/metrics`` serves).
+
+    Raises:
+        ConfigError: the downlink signing key cannot be loaded.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        ingest: bool = True,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
+        from .downlink import ConfigPublisher, load_signing_key
+
+        self.settings = settings
+        self.engine = engine
+        self.clock_ms = clock_ms
+        self.metrics = metrics or IngestMetrics()
+        self.loans_settings = LoansSettings.from_settings(settings)
+
+        hooks = settings.webhooks
+        self.webhooks: WebhookWorker | None = None
+        if hooks.secret is not None:
+            policy = RetryPolicy(
+                initial_s=hooks.retry_initial_s,
+                max_s=hooks.retry_max_s,
+                max_attempts=hooks.max_attempts,
+                timeout_s=hooks.timeout_s,
+            )
+            sender = WebhookSender(lambda: Session(engine), hooks.secret.encode(), policy=policy)
+            self.webhooks = WebhookWorker(sender, interval_s=hooks.poll_interval_s, clock_ms=clock_ms)
+
+        self.risk = RiskWorker(
+            engine,
+            self.loans_settings,
+            interval_s=settings.risk.reassess_interval_s,
+            clock_ms=clock_ms,
+            on_change=self._wake_webhooks,
+            registry=self.metrics.registry,
+        )
+
+        self.retention: PeriodicJob | None = None
+        if settings.retention.enabled:
+            r = settings.retention
+            self.retention_policy = RetentionPolicy(r.fix_days, r.fix_mode, r.record_years)
+            self.retention = PeriodicJob("retention", r.interval_s, self.run_retention)
+
+        self.signing_key: Ed25519PrivateKey | None = None
+        self.publisher: ConfigPublisher | None = None
+        if settings.downlink.signing_key is not None:
+            self.signing_key = load_signing_key(settings.downlink.signing_key)
+            self.publisher = ConfigPublisher(
+                engine,
+                self.signing_key,
+                settings.mqtt,
+                resync_interval_s=settings.downlink.resync_interval_s,
+                publish_timeout_s=settings.downlink.publish_timeout_s,
+                clock_ms=clock_ms,
+            )
+
+        self.ingest = None
+        if ingest:
+            from .ingest import Ingestor
+            from .ingest_service import IngestService
+
+            ingestor = Ingestor(engine, settings.limits, metrics=self.metrics, on_commit=[self.risk.on_commit])
+            self.ingest = IngestService(ingestor, settings.mqtt, settings.limits)
+        self._started: list[Any] = []
+
+    def _wake_webhooks(self, _changes: object) -> None:
+        if self.webhooks is not None:
+            self.webhooks.wake()
+
+    def run_retention(self) -> dict[str, Any]:
+        """One retention run now (what the periodic job calls); returns its report.
+
+        On PostgreSQL a transaction-scoped advisory lock makes concurrent runs of several
+        collectors skip instead of summarising the same fixes twice.
+        """
+        with Session(self.engine) as session:
+            if self.engine.dialect.name == "postgresql":
+                locked = session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _RETENTION_LOCK})
+                if not locked.scalar():
+                    return {"skipped": "another collector is running retention"}
+            report = run_retention(session, self.clock_ms(), self.retention_policy)
+            session.commit()
+        return report.as_dict()
+
+    def create_app(self, routers: Iterable[APIRouter] = ()) -> FastAPI:
+        """The HTTP API wired to this runtime (settings, clock, signing key, config publisher)."""
+        from .app import create_app
+
+        return create_app(
+            self.settings,
+            engine=self.engine,
+            metrics_registry=self.metrics.registry,
+            routers=routers,
+            clock_ms=self.clock_ms,
+            signing_key=self.signing_key,
+            config_publisher=self.publisher.submit if self.publisher is not None else None,
+        )
+
+    def start(self) -> None:
+        """Start the workers, then the ingest."""
+        parts = [self.risk, self.webhooks, self.retention, self.publisher, self.ingest]
+        for part in parts:
+            if part is not None:
+                part.start()
+                self._started.append(part)
+        log.info(
+            "collector running: ingest=%s webhooks=%s retention=%s downlink=%s",
+            self.ingest is not None,
+            self.webhooks is not None,
+            self.retention is not None,
+            self.publisher is not None,
+        )
+
+    def stop(self) -> None:
+        """Stop the ingest first (it commits and acks the message in hand), then the workers."""
+        for part in reversed(self._started):
+            try:
+                part.stop()
+            except Exception:  # stop the rest whatever one of them does
+                log.exception("stopping %s failed", type(part).__name__)
+        self._started.clear()
+
+    def __enter__(self) -> CollectorRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

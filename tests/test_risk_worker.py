@@ -1,0 +1,166 @@
+"""collector.risk_worker: ingest commits -> reassessment, failures that never touch the ingest,
+idempotent (compare-and-set) risk state writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session
+
+import collector.loan_models as loan_models
+from collector.database import create_engine, migrate
+from collector.ingest import Ingestor, Outcome
+from collector.loan_csv import import_loans, parse_loans
+from collector.loan_models import RiskEventRecord, RiskStateRecord, reassess_loan
+from collector.risk import RiskAssessment, RiskConfig, RiskInput, assess
+from collector.risk_worker import RiskWorker
+from protocol import Alert, Batch, Fix, Severity
+from tests.test_ingest import BOOT_A, FakeDevice, register
+
+SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
+NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
+DAY = 86_400_000
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    db = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(db)
+    with Session(db) as session:
+        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
+        session.commit()
+    yield db
+    db.dispose()
+
+
+def market_alert_batch(device: FakeDevice, seq: int = 1) -> bytes:
+    alert = Alert("stationary_near_market", Severity.HIGH, NOW - DAY, "dwell-1",
+                  evidence={"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456})
+    batch = Batch(device.device_id, BOOT_A, seq, NOW - 1000, fixes=(Fix(NOW - 2000, 31.302, 121.2456, speed_mps=0.0),),
+                  alerts=(alert,))
+    from protocol import seal_batch
+
+    return seal_batch(batch, device.key, device.topic)
+
+
+def levels(engine: sa.Engine) -> dict[str, str]:
+    with Session(engine) as session:
+        return {s.loan_id: s.level for s in session.scalars(sa.select(RiskStateRecord))}
+
+
+def events(engine: sa.Engine, loan_id: str) -> list[tuple[str, str]]:
+    with Session(engine) as session:
+        rows = session.scalars(
+            sa.select(RiskEventRecord).where(RiskEventRecord.loan_id == loan_id).order_by(RiskEventRecord.id)
+        )
+        return [(e.old_level, e.new_level) for e in rows]
+
+
+def test_stored_batches_queue_their_device_and_duplicates_do_not(engine: sa.Engine) -> None:
+    device = FakeDevice("tbox-0002")
+    register(engine, device)
+    registry = CollectorRegistry()
+    worker = RiskWorker(engine, clock_ms=lambda: NOW, registry=registry)
+    ingestor = Ingestor(engine, on_commit=[worker.on_commit], clock_ms=lambda: NOW)
+
+    assert worker.run_once() != []  # the first round is a full run: every overdue loan -> watch
+    assert levels(engine)["L-1002"] == "watch"
+
+    message = market_alert_batch(device)
+    assert ingestor.handle(device.topic, message).outcome is Outcome.STORED
+    assert ingestor.handle(device.topic, message).outcome is Outcome.DUPLICATE
+    assert worker._pending == {"tbox-0002"}  # queued once; the ingest did not wait for it
+    changes = worker.run_once()
+    assert [(c.loan_id, c.old_level.label, c.new_level.label) for c in changes] == [("L-1002", "watch", "high")]
+    assert worker.run_once() == []  # nothing pending, no full run due
+    assert worker.counters["loans_ingest"] == 1
+    assert registry.get_sample_value("lienwatch_risk_level_changes_total") == 4.0
+    assert registry.get_sample_value("lienwatch_risk_reassessments_total", {"trigger": "ingest"}) == 1.0
+    assert events(engine, "L-1002") == [("normal", "watch"), ("watch", "high")]
+
+
+def test_a_failing_round_keeps_its_devices_and_never_reaches_the_ingest(engine: sa.Engine, tmp_path: Path) -> None:
+    device = FakeDevice("tbox-0002")
+    register(engine, device)
+    broken = create_engine(f"sqlite:///{tmp_path / 'not-migrated.db'}")  # "no such table" on every query
+    worker = RiskWorker(broken, clock_ms=lambda: NOW, retry_s=0.01)
+    ingestor = Ingestor(engine, on_commit=[worker.on_commit], clock_ms=lambda: NOW)
+    assert ingestor.handle(device.topic, market_alert_batch(device)).outcome is Outcome.STORED
+    assert ingestor.counters["hook_errors"] == 0
+    with pytest.raises(sa.exc.OperationalError):
+        worker.run_once()
+    assert worker._pending == {"tbox-0002"}
+    assert worker._full_due  # the full run it held is due again
+
+    worker.start()  # on the thread: counted, logged, retried, the thread lives on
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while worker.counters["errors"] < 3:
+            assert time.monotonic() < deadline, "no retries counted"
+            worker.round_done.wait(0.05)
+    finally:
+        worker.stop()
+    broken.dispose()
+    assert worker._pending == {"tbox-0002"}
+
+
+def test_the_thread_reassesses_soon_after_a_commit(engine: sa.Engine) -> None:
+    device = FakeDevice("tbox-0002")
+    register(engine, device)
+    seen: list[str] = []
+    worker = RiskWorker(engine, interval_s=3600, clock_ms=lambda: NOW,
+                        on_change=lambda changes: seen.extend(c.loan_id for c in changes))
+    ingestor = Ingestor(engine, on_commit=[worker.on_commit], clock_ms=lambda: NOW)
+    worker.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while levels(engine).get("L-1002") != "watch":
+            assert time.monotonic() < deadline, "the start-up full run did not happen"
+            time.sleep(0.02)
+        ingestor.handle(device.topic, market_alert_batch(device))
+        while levels(engine).get("L-1002") != "high":
+            assert time.monotonic() < deadline, "the commit did not trigger a reassessment"
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+    assert seen.count("L-1002") == 2
+
+
+def test_a_concurrent_writer_never_doubles_an_event(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    interfered: list[bool] = []
+
+    def assess_with_a_rival(inp: RiskInput, config: RiskConfig | None = None) -> RiskAssessment:
+        result = assess(inp, config)
+        if not interfered:  # another process writes the same change between our read and our write
+            interfered.append(True)
+            with Session(engine) as rival:
+                reassess_loan(rival, "L-1003", NOW)
+                rival.commit()
+        return result
+
+    monkeypatch.setattr(loan_models, "assess", assess_with_a_rival)
+    with Session(engine) as session:
+        assessment, change = reassess_loan(session, "L-1003", NOW)
+        session.commit()
+    assert assessment.level.label == "watch"
+    assert change is None  # the rival recorded normal -> watch; we saw it on the second look
+    assert events(engine, "L-1003") == [("normal", "watch")]
+
+
+def test_an_older_evaluation_does_not_overwrite_a_newer_one(engine: sa.Engine) -> None:
+    with Session(engine) as session:
+        reassess_loan(session, "L-1002", NOW + 2 * DAY)  # 90 days past due: high
+        session.commit()
+        assessment, change = reassess_loan(session, "L-1002", NOW)  # a late round: watch by its clock
+        session.commit()
+        assert (assessment.level.label, change) == ("watch", None)
+        state = session.get(RiskStateRecord, "L-1002")
+        assert state is not None
+        assert (state.level, state.evaluated_ms) == ("high", NOW + 2 * DAY)
+    assert events(engine, "L-1002") == [("normal", "high")]
