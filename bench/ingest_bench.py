@@ -35,13 +35,13 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from firmware_sim.services import Mosquitto, Postgres
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.database import create_engine, migrate
 from collector.ingest import Ingestor
 from collector.registry import DeviceRegistry
 from collector.settings import Limits
+from firmware_sim.services import Mosquitto, Postgres
 from protocol import Batch, Fix, batch_topic, open_batch, seal_batch
 
 T0 = 1_700_000_000_000

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from firmware_sim.services import Mosquitto
 
 from edge import keys
 from edge.agent import Agent, ObservationClock, StructuredFormatter
 from edge.config import AgentConfig, load_config
 from edge.outbox import Outbox
+from firmware_sim.services import Mosquitto
 from protocol import (
     Alert,
     AlertState,

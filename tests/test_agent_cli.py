@@ -12,9 +12,9 @@ from functools import reduce
 from pathlib import Path
 
 import pytest
-from firmware_sim.services import Mosquitto
 
 from edge import keys
+from firmware_sim.services import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from tests.test_uplink import Collector, wait_until
 

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from firmware_sim.services import Mosquitto
 
 from edge import keys
 from edge.outbox import Outbox
+from firmware_sim.services import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from tests.test_uplink import Collector
 

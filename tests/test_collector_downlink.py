@@ -12,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
-from firmware_sim.services import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
@@ -34,6 +33,7 @@ from collector.loan_models import ConfigVersion
 from collector.registry import DeviceRegistry
 from collector.settings import MqttSettings, Settings, hash_api_key
 from edge.keys import generate
+from firmware_sim.services import Mosquitto
 from protocol import config_topic, open_config
 from tests.test_ingest import FakeDevice
 

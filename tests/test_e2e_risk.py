@@ -24,7 +24,6 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
-from firmware_sim.services import Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
@@ -37,6 +36,7 @@ from collector.runtime import CollectorRuntime
 from collector.settings import load_settings
 from collector.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify_signature
 from edge.keys import generate, load_private_key, load_public_key
+from firmware_sim.services import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]

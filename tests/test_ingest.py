@@ -16,7 +16,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from firmware_sim.services import free_port
 
 from collector.database import create_engine, migrate
 from collector.errors import DatabaseUnavailableError
@@ -24,6 +23,7 @@ from collector.ingest import Ingestor, Outcome, StoredBatch, StoredState
 from collector.models import Base
 from collector.registry import DeviceRegistry
 from collector.settings import Limits
+from firmware_sim.services import free_port
 from protocol import (
     Alert,
     Batch,

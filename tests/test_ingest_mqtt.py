@@ -21,7 +21,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
-from firmware_sim.services import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.database import create_engine, migrate
@@ -30,6 +29,7 @@ from collector.ingest import Ingestor, IngestResult
 from collector.ingest_service import IngestService
 from collector.models import Base
 from collector.settings import Limits, MqttSettings
+from firmware_sim.services import Mosquitto
 from protocol import state_topic
 from tests.test_ingest import NOW, T0, FakeDevice, count, database_url, register, status_row
 

@@ -25,6 +25,7 @@ import cantools
 import pynmea2
 import pytest
 import serial
+
 from firmware_sim import distance_m
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ from typing import cast
 
 import cantools
 import pytest
+
 from firmware_sim import CanCatalog, LinkError, LoadPattern, PtyLink, ScenarioError
 from firmware_sim._cli import main as sim_main
 

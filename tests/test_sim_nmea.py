@@ -7,6 +7,7 @@ from functools import reduce
 
 import pynmea2
 import pytest
+
 from firmware_sim import Epoch, GnssReceiver, Satellite, SkyConditions, Truth
 from firmware_sim._gnss import DEFAULT_DATE_MS
 from firmware_sim._nmea import (

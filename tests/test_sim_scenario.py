@@ -7,6 +7,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from firmware_sim import (
     Pace,
     ScenarioError,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from firmware_sim import CanFrame, SlcanAdapter, encode_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from firmware_sim import CanFrame, SlcanAdapter, encode_frame
 
 BEL = b"\a"
 

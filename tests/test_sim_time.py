@@ -19,6 +19,7 @@ from typing import cast
 import cantools
 import pynmea2
 import pytest
+
 from firmware_sim import CanCatalog, Scenario, Simulation, Step, distance_m, load_scenario, parse_scenario
 
 _LOADED = cantools.database.load_file(

@@ -15,7 +15,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from firmware_sim.services import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -24,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import MqttSettings
 from edge.outbox import Outbox, Priority
 from edge.uplink import Backoff, ConfigGate, DownlinkRejectedError, Uplink, UplinkError
+from firmware_sim.services import Mosquitto
 from protocol import (
     Batch,
     DeviceConfig,
