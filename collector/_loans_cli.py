@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +115,24 @@ def _reassess(session: Session, settings: Settings, loan_ids: list[str], progres
 
 
 def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
-    from .loan_csv import LoanImportError, import_loans, parse_loans
+    from .loan_csv import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
 
-    path = Path(args.file)
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            parsed = parse_loans(handle)
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"lienwatch collector loans import: cannot read {path}: {exc}", file=sys.stderr)
+    if args.sample == (args.file is not None):
+        print("lienwatch collector loans import: give a FILE or --sample (not both)", file=sys.stderr)
         return 2
+    if args.sample:
+        as_of = args.as_of or datetime.now(UTC).date()
+        path = SAMPLE_BOOK_PATH
+        parsed = parse_loans(sample_loan_book(as_of))
+        print(f"sample loan book re-dated to {as_of.isoformat()}", file=sys.stderr)
+    else:
+        path = Path(args.file)
+        try:
+            with path.open(encoding="utf-8", newline="") as handle:
+                parsed = parse_loans(handle)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"lienwatch collector loans import: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
     with _session(settings) as session:
         progress = _Progress(2 * len(parsed.rows), "importing")
         try:
@@ -311,7 +320,15 @@ def add_subcommands(
     loans = sub.add_parser("loans", help="the loan book")
     lsub = loans.add_subparsers(dest="action", required=True)
     imp = lsub.add_parser("import", parents=[common], help="import loans from a CSV file (docs/risk.md)")
-    imp.add_argument("file", help="loan CSV: loan_id,device_id,vin,borrower_ref,principal,schedule,payments")
+    imp.add_argument(
+        "file", nargs="?", help="loan CSV: loan_id,device_id,vin,borrower_ref,principal,schedule,payments"
+    )
+    imp.add_argument(
+        "--sample", action="store_true", help="import the shipped sample loan book, re-dated to --as-of (demo)"
+    )
+    imp.add_argument(
+        "--as-of", type=date.fromisoformat, help="with --sample: the day the book describes (default: today, UTC)"
+    )
     imp.add_argument("--skip-bad-rows", action="store_true", help="import the good rows of a file with errors")
     imp.set_defaults(func=bind(_loans_import))
     lst = lsub.add_parser("list", parents=[common], help="loans with their risk level as JSON lines")

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from protocol import check_device_id
@@ -496,3 +497,27 @@ def import_loans(session: Session, parsed: LoanImport, *, now_ms: int, skip_bad_
                 payments += 1
     session.flush()
     return ImportReport(tuple(created), tuple(unchanged), payments, tuple(sorted(skipped)), tuple(errors))
+
+
+# ------------------------------------------------------------------ the sample loan book
+
+#: The shipped sample book (collector/data/sample_loans.csv) describes the loans as of this day.
+SAMPLE_BOOK_AS_OF = date(2026, 11, 28)
+SAMPLE_BOOK_PATH = Path(__file__).resolve().parent / "data" / "sample_loans.csv"
+_ISO_DATE = re.compile(r"(?<![0-9])(\d{4})-(\d{2})-(\d{2})(?![0-9])")
+
+
+def sample_loan_book(as_of: date) -> str:
+    """The sample loan book re-dated so that ``as_of`` plays the role of its reference day.
+
+    Every date in the file moves by ``as_of - SAMPLE_BOOK_AS_OF`` days, so the facts the demo
+    and the tests rely on hold on any day: L-1002 is three instalments late and 88 days past
+    due, L-1001 is paid up, and so on (docs/risk.md).
+    """
+    shift = as_of - SAMPLE_BOOK_AS_OF
+
+    def move(match: re.Match[str]) -> str:
+        day = date(int(match[1]), int(match[2]), int(match[3])) + shift
+        return day.isoformat()
+
+    return _ISO_DATE.sub(move, SAMPLE_BOOK_PATH.read_text(encoding="utf-8"))

@@ -27,7 +27,6 @@ from .rig import API_KEYS, ChainRig, RigError
 
 __all__ = ["DEMOS", "main"]
 
-SAMPLE_LOANS = Path(__file__).resolve().parent.parent / "collector" / "data" / "sample_loans.csv"
 DEVICE_ID = "tbox-0002"
 LOAN_ID = "L-1002"
 LEVELS = ("normal", "watch", "high", "critical")
@@ -151,7 +150,8 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
         rig.write_collector_config(downlink={"signing_key": str(rig.keys_dir / "collector.key")})
         rig.start_collector()
         rig.provision_device()
-        rig.import_loans(SAMPLE_LOANS)
+        out = rig.run_cli("collector", "loans", "import", "--sample", "--config", str(rig.collector_config))
+        _say(f"loans      sample loan book imported (re-dated to today): {out.strip()}")
         follower = _Follower(rig)
         for line in follower.api_lines():
             _say(line)

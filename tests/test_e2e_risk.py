@@ -314,7 +314,7 @@ def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
     api_port = free_port()
     config = write_config(tmp_path, database_url, mosquitto, api_port, receiver.url)
 
-    imported = lienwatch("loans", "import", str(SAMPLE), config=config)
+    imported = lienwatch("loans", "import", "--sample", config=config)
     assert imported.stdout == (
         "imported 5, unchanged 0, errors 0; payments recorded 21; at risk: L-1002 watch, L-1003 watch, L-1005 watch\n"
     )
@@ -407,7 +407,7 @@ def test_webhooks_queued_while_the_receiver_is_down_arrive_after_a_restart(
     url = f"sqlite:///{tmp_path / 'collector.db'}"
     api_port = free_port()
     config = write_config(tmp_path, url, mosquitto, api_port, receiver.url)  # receiver not started: refused
-    lienwatch("loans", "import", str(SAMPLE), config=config)  # L-1002, L-1003, L-1005 -> watch: 3 deliveries
+    lienwatch("loans", "import", "--sample", config=config)  # L-1002, L-1003, L-1005 -> watch: 3 deliveries
     engine = create_engine(url)
 
     def deliveries() -> list[tuple[str, int]]:

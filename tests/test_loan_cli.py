@@ -50,12 +50,13 @@ def count(config: Path, table: type) -> int:
 
 
 def test_import_the_sample_book_twice(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "loans", "import", str(SAMPLE), "--config", str(config))
-    assert (code, err) == (0, "")
+    code, out, err = run(capsys, "loans", "import", "--sample", "--config", str(config))
+    assert code == 0
+    assert err.startswith("sample loan book re-dated to ")
     assert out == "imported 5, unchanged 0, errors 0; payments recorded 21; at risk: L-1002 watch, L-1003 watch, " \
                   "L-1005 watch\n"
     assert count(config, WebhookDelivery) == 3  # one per level change, delivered by the running collector
-    code, out, _ = run(capsys, "loans", "import", str(SAMPLE), "--config", str(config))
+    code, out, _ = run(capsys, "loans", "import", "--sample", "--config", str(config))
     assert (code, out.split(";")[0]) == (0, "imported 0, unchanged 5, errors 0")
     assert count(config, WebhookDelivery) == 3  # nothing changed, nothing queued
 
@@ -86,7 +87,7 @@ def test_a_file_with_errors_imports_nothing_unless_told(
 
 
 def test_list_show_and_repayments(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "loans", "import", str(SAMPLE), "--config", str(config))
+    run(capsys, "loans", "import", "--sample", "--config", str(config))
     code, out, _ = run(capsys, "loans", "list", "--level", "watch", "--config", str(config))
     assert code == 0
     listed = [json.loads(line) for line in out.splitlines()]
@@ -124,7 +125,7 @@ def test_list_show_and_repayments(config: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_retention_run_and_dry_run(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "loans", "import", str(SAMPLE), "--config", str(config))
+    run(capsys, "loans", "import", "--sample", "--config", str(config))
     engine = engine_of(config)
     with Session(engine) as session:
         session.execute(sa.text("INSERT INTO devices (device_id, created_ms) VALUES ('tbox-0001', 0)"))
@@ -180,3 +181,26 @@ def test_a_long_import_shows_progress_on_stderr(
     assert out == "imported 600, unchanged 0, errors 0; payments recorded 0; at risk: 600 high\n"  # 180 days past due
     assert "importing:" in err
     assert "0/1200 [" in err  # a tqdm bar: parse/write, then reassess, one step per loan each
+
+
+def test_sample_book_keeps_its_facts_on_any_day() -> None:
+    """The demo's loan book is re-dated: L-1002 is three late and 88 days past due whatever the date."""
+    from datetime import date
+
+    from collector.loan_csv import parse_loans, sample_loan_book
+    from collector.repayments import repayment_facts
+
+    for as_of in (date(2026, 11, 28), date(2027, 3, 1), date(2031, 12, 31)):
+        parsed = parse_loans(sample_loan_book(as_of))
+        assert not parsed.errors
+        row = next(r for r in parsed.rows if r.loan_id == "L-1002")
+        facts = repayment_facts(row.schedule, row.payments, as_of)
+        assert (facts.consecutive_late, facts.days_past_due) == (3, 88)
+
+
+def test_import_needs_a_file_or_sample(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path}"\n')
+    code, _, err = run(capsys, "loans", "import", "--config", str(config))
+    assert code == 2
+    assert "give a FILE or --sample" in err
