@@ -10,8 +10,12 @@ on the same queue as records, so the engine is only ever touched by one thread.
 
 Observation clock: rules and batches run on observation time, not host time. GNSS fixes
 carry their own time; CAN frames do not (python-can stamps them with the host clock), so
-CAN samples are stamped on a GNSS-disciplined clock: the time of the last fix plus the host
-*monotonic* time elapsed since that fix arrived (host wall time before the first fix).
+CAN samples are stamped on a GNSS-disciplined clock: the time of the last GNSS epoch plus the
+host *monotonic* time elapsed since that epoch arrived. Until the first GNSS epoch, CAN samples
+are held (at most ``HOLD_S`` seconds and ``HOLD_MAX`` samples) and then stamped at the first
+epoch's time, and the engine gets no clock ticks: feeding it host time first would put its
+clock ahead of GNSS time and make it refuse every later fix as stale. A box with no GNSS at
+all falls back to host time after ``HOLD_S``.
 Why: host clocks on a T-BOX drift or are simply wrong after a cold start, and the
 simulator plays scenarios with time acceleration: GNSS time runs at the scenario's speed
 while the host clock does not. Anchoring on the last fix keeps CAN and GNSS on one time
@@ -26,6 +30,7 @@ then publishes a signed offline state. Anything unsent stays in the outbox for n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -154,34 +159,53 @@ class RulesEngine(Protocol):
         ...
 
 
+#: CAN samples held while waiting for the first GNSS epoch (time and count bounds).
+HOLD_S = 10.0
+HOLD_MAX = 10_000
+
+
 class ObservationClock:
     """GNSS-disciplined clock (see the module docstring for why).
 
     Args:
         monotonic: host monotonic clock, seconds.
         wall: host wall clock, seconds since the epoch.
+        hold_s: how long to wait for a first GNSS epoch before running on host time.
     """
 
     def __init__(
-        self, monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+        self,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        hold_s: float = HOLD_S,
     ) -> None:
         self._monotonic = monotonic
         self._wall = wall
-        self._anchor: tuple[int, float] | None = None  # (fix time_ms, monotonic at arrival)
-        self._last_out = 0
+        self._lock = threading.Lock()
+        self._anchor: tuple[int, float] | None = None  # (epoch time_ms, monotonic at arrival)
+        self._started = monotonic()
+        self._hold_s = hold_s
+        self.free_running = False  # True when anchored on host time for want of GNSS
 
     @property
     def anchored(self) -> bool:
-        """True once a fix has been seen."""
-        return self._anchor is not None
+        """True once a GNSS epoch has been seen, or the hold time ran out (host time then)."""
+        with self._lock:
+            if self._anchor is None and self._monotonic() - self._started >= self._hold_s:
+                self._anchor = (int(self._wall() * 1000), self._monotonic())
+                self.free_running = True
+            return self._anchor is not None
 
     def on_fix(self, time_ms: int) -> None:
-        """Re-anchor on a fix that just arrived."""
-        self._anchor = (time_ms, self._monotonic())
+        """Re-anchor on a GNSS epoch (fix or no-fix with a valid time) that just arrived."""
+        with self._lock:
+            self._anchor = (time_ms, self._monotonic())
+            self.free_running = False
 
     def now_ms(self) -> int:
-        """Observation time now, epoch milliseconds."""
-        anchor = self._anchor
+        """Observation time now, epoch milliseconds (host time while not anchored)."""
+        with self._lock:
+            anchor = self._anchor
         if anchor is None:
             return int(self._wall() * 1000)
         fix_ms, at = anchor
@@ -195,6 +219,11 @@ class ObservationClock:
         """
         age = min(max(self._wall() - host_ts, 0.0), 10.0)
         return self.now_ms() - int(age * 1000)
+
+    def first_epoch_ms(self) -> int | None:
+        """Time of the current anchor (what held samples are stamped with)."""
+        with self._lock:
+            return None if self._anchor is None else self._anchor[0]
 
 
 @dataclass
@@ -535,7 +564,7 @@ class Agent:
                 self._stop.wait(1.0)
                 continue
             for record in records:
-                if isinstance(record, Fix):
+                if isinstance(record, (Fix, NoFix)):
                     self.clock.on_fix(record.time_ms)
                 src.records += 1
                 self._offer(_Message("record", record))
@@ -619,6 +648,8 @@ class Agent:
         self._add_produced(produced, now, active)
 
     def _feed_engine_tick(self) -> None:
+        if not self.clock.anchored:
+            return  # no observation time yet (see the module docstring)
         try:
             produced = self.engine.tick(self.clock.now_ms())
         except Exception as exc:  # noqa: BLE001 - see _feed_record
@@ -710,15 +741,36 @@ class Agent:
 
 
 class _StampedCan:
-    """A CanSource whose samples are stamped on the observation clock."""
+    """A CanSource whose samples are stamped on the observation clock.
+
+    Before the clock is anchored, samples are held (bounded) and released stamped with the
+    anchor's time, so the first ignition/door states of a boot are not lost or misdated.
+    """
 
     def __init__(self, source: Any, clock: ObservationClock) -> None:
         self._source = source
         self._clock = clock
+        self._held: list[SignalSample] = []
+        self.dropped_before_clock = 0
         self.counters = getattr(source, "counters", None)
 
     def read(self, timeout: float = 1.0) -> list[Any]:
-        return list(self._source.read(timeout, time_ms=self._clock.stamp))
+        if self._clock.anchored:
+            samples = list(self._source.read(timeout, time_ms=self._clock.stamp))
+            if self._held:
+                first = self._clock.first_epoch_ms() or self._clock.now_ms()
+                held, self._held = self._held, []
+                # Held samples happened before the first epoch: stamp them at it, in order.
+                samples = [dataclasses.replace(s, time_ms=first) for s in held] + [
+                    s if s.time_ms >= first else dataclasses.replace(s, time_ms=first) for s in samples
+                ]
+            return samples
+        for sample in self._source.read(timeout, time_ms=lambda ts: int(ts * 1000)):
+            if len(self._held) < HOLD_MAX:
+                self._held.append(sample)
+            else:
+                self.dropped_before_clock += 1
+        return []
 
     def close(self) -> None:
         self._source.close()

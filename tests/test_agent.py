@@ -393,3 +393,50 @@ def test_world_readable_key_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> 
     config.device.key_file.chmod(0o644)
     with pytest.raises(keys.KeyFileError):
         Agent(config, engine=ScriptedEngine(), sources={})
+
+
+def test_observation_clock_holds_until_the_first_gnss_epoch_then_falls_back_to_host_time() -> None:
+    mono, wall = [100.0], [1_700_000_000.0]
+    clock = ObservationClock(monotonic=lambda: mono[0], wall=lambda: wall[0], hold_s=10.0)
+    mono[0] += 9.9
+    assert not clock.anchored
+    mono[0] += 0.2  # no GNSS for 10 s: run on host time
+    assert clock.anchored
+    assert clock.free_running
+    assert clock.now_ms() == int(wall[0] * 1000)
+    clock.on_fix(T0)  # GNSS appears later: it wins
+    assert not clock.free_running
+    assert clock.now_ms() == T0
+
+
+def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None:
+    """Feeding host-stamped CAN first would put the engine ahead of GNSS time (and drop every fix)."""
+    from edge.agent import _StampedCan
+
+    class FakeCan:
+        def __init__(self) -> None:
+            self.batches: list[list[tuple[str, float]]] = [
+                [("Vehicle.LowVoltageSystemState", 1_700_000_000.0)],
+                [("Vehicle.Speed", 1_700_000_000.5)],
+                [("Vehicle.Speed", 1_700_000_001.0)],
+            ]
+
+        def read(self, timeout: float = 1.0, time_ms: Any = None) -> list[SignalSample]:
+            batch = self.batches.pop(0) if self.batches else []
+            return [SignalSample(name, time_ms(ts), "ON" if "State" in name else 10.0) for name, ts in batch]
+
+        def close(self) -> None:
+            pass
+
+    mono, wall = [0.0], [1_700_000_001.0]
+    clock = ObservationClock(monotonic=lambda: mono[0], wall=lambda: wall[0], hold_s=10.0)
+    can = _StampedCan(FakeCan(), clock)
+    assert can.read() == []  # held: no observation time yet
+    assert can.read() == []
+    clock.on_fix(T0)
+    released = can.read()
+    assert [(s.name, s.time_ms) for s in released] == [
+        ("Vehicle.LowVoltageSystemState", T0),
+        ("Vehicle.Speed", T0),
+        ("Vehicle.Speed", T0),
+    ]
