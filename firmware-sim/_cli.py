@@ -1,4 +1,4 @@
-"""``lienwatch sim``: run a scenario, generate a constant load, list or inspect scenarios."""
+"""``lienwatch sim``: run a scenario, record it to log files, generate a constant load, list or inspect scenarios."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import TextIO
 
 from ._errors import SimError
 from ._load import run_load
+from ._record import RecordPlan, record_to_files
 from ._runner import iso_utc, run_scenario, stop_on_signals
 from ._scenario import list_scenarios, load_scenario
 
@@ -48,6 +49,38 @@ def _parser() -> argparse.ArgumentParser:
         help="hold the scenario clock until the host opens the SLCAN channel (at most SECONDS)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log SLCAN errors and signals to stderr")
+
+    defaults = RecordPlan()
+    record = sub.add_parser(
+        "record",
+        help="render a scenario offline into an NMEA log and a candump log (scenario clock, no ptys)",
+        description="Render a whole scenario as fast as the CPU allows into a plain NMEA log and a candump "
+        "log stamped on the scenario clock. Dense (every receiver epoch, one CAN round per epoch) while "
+        "moving, idling or near an event; sparse while parked (one epoch per --parked-interval, the bus "
+        "every min(interval, 20 s); beyond 90 s a box that sleeps between wakes). Prints a JSON summary. "
+        "See docs/simulator.md.",
+    )
+    record.add_argument("--scenario", required=True, help="shipped scenario NAME or a TOML file")
+    record.add_argument("--nmea", required=True, type=Path, help="NMEA log to write (one sentence a line)")
+    record.add_argument("--can", required=True, type=Path, help="candump log to write (python-can LogReader reads it)")
+    record.add_argument(
+        "--gnss-hz", type=float, help="epochs per scenario second while dense, 0.1-10 (default: the scenario's rate)"
+    )
+    record.add_argument(
+        "--parked-interval",
+        type=float,
+        default=defaults.parked_interval_s,
+        metavar="SECONDS",
+        help=f"one epoch per SECONDS while parked away from events, 1-3600 (default {defaults.parked_interval_s:g})",
+    )
+    record.add_argument(
+        "--event-margin",
+        type=float,
+        default=defaults.event_margin_s,
+        metavar="SECONDS",
+        help=f"dense recording this long either side of every event, 0-3600 (default {defaults.event_margin_s:g})",
+    )
+    record.add_argument("--channel", default=defaults.channel, help="CAN interface name in the candump log")
 
     load = sub.add_parser("load", help="constant CAN (and GNSS) load for benchmarks; prints JSON at the end")
     load.add_argument("--can-link", required=True, type=Path, help="symlink path for the SLCAN pty")
@@ -120,6 +153,16 @@ def main(argv: list[str]) -> int:
             except BrokenPipeError:  # `lienwatch sim show X | head`: the reader has seen enough
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return 0
+        if args.command == "record":
+            plan = RecordPlan(
+                gnss_hz=args.gnss_hz,
+                parked_interval_s=args.parked_interval,
+                event_margin_s=args.event_margin,
+                channel=args.channel,
+            )
+            recorded = record_to_files(load_scenario(args.scenario), args.nmea, args.can, plan)
+            print(json.dumps(recorded.as_dict()), flush=True)
+            return 0
         stop = threading.Event()
         if args.command == "run":
             scenario = load_scenario(args.scenario)
