@@ -1,4 +1,3 @@
-# ruff: noqa: N999  (the folder name firmware-sim is fixed by the product layout; setuptools maps it)
 """Vehicle + receiver simulator: NMEA and an SLCAN adapter on pseudo-terminals.
 
 An independent peer of the agent: it shares no parsing code with ``edge``. The vehicle's
@@ -19,6 +18,7 @@ from ._load import LoadPattern, LoadReport, run_load
 from ._nmea import CONSTELLATIONS, Epoch, Satellite, encode_epoch, nmea_checksum, sentence
 from ._pace import Pace, PacePiece
 from ._pty import PtyLink
+from ._record import RecordError, RecordPlan, RecordReport, candump_line, record_scenario, record_to_files
 from ._route import Route, distance_m
 from ._runner import RunReport, run_scenario
 from ._scenario import (
@@ -48,6 +48,9 @@ __all__ = [
     "Pace",
     "PacePiece",
     "PtyLink",
+    "RecordError",
+    "RecordPlan",
+    "RecordReport",
     "Route",
     "RunReport",
     "Satellite",
@@ -63,6 +66,7 @@ __all__ = [
     "TimelineEvent",
     "Truth",
     "VehicleModel",
+    "candump_line",
     "distance_m",
     "encode_epoch",
     "encode_frame",
@@ -71,6 +75,8 @@ __all__ = [
     "nmea_checksum",
     "parse_duration_ms",
     "parse_scenario",
+    "record_scenario",
+    "record_to_files",
     "resolve_scenario",
     "run_load",
     "run_scenario",

@@ -1,4 +1,3 @@
-# ruff: noqa: N999  (the folder name firmware-sim is fixed by the product layout)
 """``python -m firmware_sim run|load|list|show ...`` (same as ``lienwatch sim``)."""
 
 import sys
