@@ -31,7 +31,7 @@ system:
 	@bash .ci/system-packages.sh
 
 lint: venv
-	$(BIN)/ruff check protocol edge collector firmware-sim tests hil-tests bench
+	$(BIN)/ruff check protocol edge collector firmware-sim tests $(wildcard hil-tests) bench
 
 typecheck: venv
 	$(BIN)/mypy protocol edge collector
