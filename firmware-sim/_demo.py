@@ -32,6 +32,8 @@ LOAN_ID = "L-1002"
 LEVELS = ("normal", "watch", "high", "critical")
 #: after the scenario ends, how long the rest of the chain gets to deliver and assess
 END_GRACE_S = 30.0
+#: a normal week: how long after the end to watch for late alerts before declaring success
+QUIET_WAIT_S = 10.0
 
 #: scenario -> (what it shows, the level the late loan must reach, the alert rule expected)
 DEMOS: dict[str, tuple[str, str, str]] = {
@@ -40,7 +42,7 @@ DEMOS: dict[str, tuple[str, str, str]] = {
     "night_doors": ("doors opened again and again in the middle of the night", "watch", "night_door_openings"),
     "unplug": ("the T-BOX unplugged from the car's 12 V supply", "critical", "power_cut"),
     "tow_away": ("towed away with the ignition off", "critical", "towing"),
-    "gnss_jamming": ("GNSS jammed while driving", "high", "gnss_jamming"),
+    "gnss_jamming": ("GNSS jammed while driving", "critical", "gnss_jamming"),
     "commute_week": ("a normal commute week (nothing should happen on the vehicle)", "watch", ""),
 }  # fmt: skip
 
@@ -71,6 +73,7 @@ class _Follower:
         self.events_seen = 0
         self.last_clock_print = 0.0
         self.alerts_seen: set[tuple[str, str]] = set()
+        self.rules_seen: set[str] = set()
         self.batches_seen = -1
         self.last_batch_print = 0.0
         self.level: str | None = None
@@ -111,6 +114,7 @@ class _Follower:
             key = (str(alert.get("rule")), str(alert.get("episode")))
             if key not in self.alerts_seen:
                 self.alerts_seen.add(key)
+                self.rules_seen.add(key[0])
                 evidence = json.dumps(alert.get("evidence", {}), default=str)
                 yield (
                     f"alert      {alert.get('rule')} ({alert.get('severity')}) raised on the vehicle at "
@@ -138,7 +142,7 @@ def _check_alive(rig: ChainRig) -> None:
 
 
 def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: float, keep: bool) -> int:
-    story, expected, _rule = DEMOS.get(scenario, (scenario, "high", ""))
+    story, expected, rule = DEMOS.get(scenario, (scenario, "high", ""))
     _say(f"LienWatch demo: a car {story}.")
     _say(f"The car's T-BOX is {DEVICE_ID}; its loan {LOAN_ID} is three instalments late.")
     _say(f"Expected: the loan reaches '{expected}' within {timeout:.0f} s. Work directory: {workdir}")
@@ -165,18 +169,31 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
                 _say(line)
             for line in follower.api_lines():
                 _say(line)
-            if follower.level and LEVELS.index(follower.level) >= LEVELS.index(expected):
+            level_ok = bool(follower.level) and LEVELS.index(str(follower.level)) >= LEVELS.index(expected)
+            if rule and level_ok and rule in follower.rules_seen:
                 reached = True
                 break
+            if not rule and follower.rules_seen:
+                break  # a normal week must raise nothing
+
             _check_alive(rig)
             if follower.sim_done:
                 sim_done_at = sim_done_at or time.monotonic()
-                if time.monotonic() - sim_done_at > END_GRACE_S:
+                waited = time.monotonic() - sim_done_at
+                if not rule and waited > QUIET_WAIT_S:
+                    # A normal week: success is the scenario ending with no alert and no escalation.
+                    reached = follower.level == expected
+                    break
+                if waited > END_GRACE_S:
                     break
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         if not reached:
-            _say(f"FAILED: loan {LOAN_ID} is '{follower.level}' after {elapsed:.0f} s, expected '{expected}'.")
+            wanted = f"'{expected}'" + (f" with a {rule} alert" if rule else " and no alert")
+            _say(
+                f"FAILED: loan {LOAN_ID} is '{follower.level}' after {elapsed:.0f} s "
+                f"(alerts: {sorted(follower.rules_seen) or 'none'}), expected {wanted}."
+            )
             print(rig.logs(), file=sys.stderr)
             return 1
         _say(f"OK: loan {LOAN_ID} reached '{follower.level}' {elapsed:.0f} s after start.")
