@@ -468,3 +468,38 @@ def test_arbitrary_bytes_never_raise(blob: bytes) -> None:
     records = decoder.feed(blob) + decoder.flush()
     assert records == []  # random bytes never carry a valid checksummed, dated epoch
     assert decoder.counters.bytes_discarded <= len(blob)
+
+
+def _rmc_gga(second: int) -> bytes:
+    t = f"1235{second:02d}"
+    return nmea(f"GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230324,003.1,W") + nmea(
+        f"GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
+    )
+
+
+def test_the_cycle_ender_is_learnt_and_closes_later_epochs_at_once() -> None:
+    """As gpsd does: once two cycles ended with the same sentence, an epoch is emitted at it."""
+    decoder = NmeaDecoder()
+    assert decoder.feed(_rmc_gga(10)) == []  # nothing known yet: wait for the next epoch
+    assert [r.time_ms % 60_000 for r in decoder.feed(_rmc_gga(11))] == [10_000]
+    # GGA ended 10 and 11: from now on an epoch is emitted at its GGA, not one cycle later.
+    assert [r.time_ms % 60_000 for r in decoder.feed(_rmc_gga(12))] == [11_000, 12_000]
+    assert [r.time_ms % 60_000 for r in decoder.feed(_rmc_gga(13))] == [13_000]
+    assert decoder.counters.epochs_closed_early == 2
+    assert decoder.flush() == []
+
+
+def test_a_wrong_cycle_ender_is_unlearnt() -> None:
+    decoder = NmeaDecoder()
+    for second in (10, 11, 12):
+        decoder.feed(_rmc_gga(second))
+    assert decoder.counters.epochs_closed_early == 1  # 12 closed at its GGA
+    # The receiver changes its output: a VTG now follows the GGA in the same epoch.
+    vtg = nmea("GPVTG,084.4,T,,M,022.4,N,041.5,K,A")
+    t = "123513"
+    out = decoder.feed(nmea(f"GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230324,003.1,W"))
+    out += decoder.feed(nmea(f"GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,") + vtg)
+    assert [r.time_ms % 60_000 for r in out] == [13_000]  # closed at the GGA; the VTG is untimed
+    out = decoder.feed(_rmc_gga(14))
+    assert decoder.counters.cycle_ender_resets == 0  # an untimed VTG cannot be told apart
+    assert all(r.time_ms % 60_000 != 13_000 for r in out)

@@ -130,6 +130,8 @@ class GnssCounters:
     invalid_dates: int = 0
     stale_epochs: int = 0
     incomplete_epochs: int = 0
+    epochs_closed_early: int = 0
+    cycle_ender_resets: int = 0
     bytes_discarded: int = 0
     open_failures: int = 0
     reopen_attempts: int = 0
@@ -167,6 +169,7 @@ class _Epoch:
     used: set[tuple[str, int]] = field(default_factory=set)
     gsv_seen: bool = False
     snr: dict[tuple[str, int], int] = field(default_factory=dict)
+    last_sig: str | None = None  # talker+type of the last sentence applied (GSV: only its last part)
 
 
 # -- strict field converters (raise ValueError with the offending text) -----------------
@@ -278,6 +281,13 @@ class NmeaDecoder:
         self._last_tod_ms = 0
         self._last_time_ms: int | None = None
         self._warned: set[str] = set()
+        # End-of-cycle detection (as gpsd does): the sentence that ended the last two epochs
+        # closes the next one at once, instead of one receiver cycle later when the next
+        # epoch's first sentence arrives. Cuts the latency of every fix by one cycle.
+        self._ender_candidate: str | None = None
+        self._cycle_ender: str | None = None
+        self._closed_tod: int | None = None
+        self._pending: list[GnssRecord] = []
 
     # -- input ------------------------------------------------------------------------
 
@@ -301,6 +311,9 @@ class NmeaDecoder:
                 record = self._take_line(line)
                 if record is not None:
                     out.append(record)
+                if self._pending:
+                    out.extend(self._pending)
+                    self._pending.clear()
         return out
 
     def feed_line(self, line: str | bytes) -> list[GnssRecord]:
@@ -310,7 +323,11 @@ class NmeaDecoder:
         if not raw:
             return []
         record = self._take_line(raw)
-        return [] if record is None else [record]
+        out = [] if record is None else [record]
+        if self._pending:
+            out.extend(self._pending)
+            self._pending.clear()
+        return out
 
     def flush(self) -> list[GnssRecord]:
         """End of input: decode an unterminated last line, then emit the open epoch."""
@@ -390,7 +407,14 @@ class NmeaDecoder:
             self._report(UnparsableSentence(f"pynmea2 cannot parse the sentence: {exc}", raw))
             return None
         try:
-            return self._merge(kind_text, msg.talker, msg.data)
+            record = self._merge(kind_text, msg.talker, msg.data)
+            early = self._end_of_cycle(kind_text, msg.talker, msg.data)
+            if early is not None:
+                if record is not None:  # cannot happen with one ender per cycle; never drop a fix
+                    self._pending.append(early)
+                    return record
+                return early
+            return record
         except ValueError as exc:
             counters.bytes_discarded += len(raw)
             self._report(InvalidField(f"{kind_text}: {exc}", raw))
@@ -514,13 +538,41 @@ class NmeaDecoder:
             ep.timeless = True
             ep.timeless_kinds.add(kind)
         elif ep.tod_ms is None and not ep.timeless:
+            if tod == self._closed_tod and self._cycle_ender is not None:
+                # More of an epoch we closed early: the ender was wrong; learn it again.
+                self._cycle_ender = self._ender_candidate = None
+                self.counters.cycle_ender_resets += 1
             ep.tod_ms, ep.tod_text = tod, tod_text
         elif ep.tod_ms != tod:
+            self._learn_ender(ep.last_sig)
             record = self._close(ep)
             ep = self._epoch = _Epoch(tod_ms=tod, tod_text=tod_text)
         apply(ep)
         self.counters.sentences_parsed += 1
         return record
+
+    # -- end-of-cycle detection --------------------------------------------------------
+
+    def _learn_ender(self, sig: str | None) -> None:
+        """An epoch was closed by the next one's time: its last sentence may end every cycle."""
+        if sig is not None and sig == self._ender_candidate:
+            self._cycle_ender = sig
+        self._ender_candidate = sig
+
+    def _end_of_cycle(self, kind: str, talker: str, data: list[str]) -> GnssRecord | None:
+        ep = self._epoch
+        if ep is None:
+            return None
+        if kind == "GSV" and _field(data, 0) != _field(data, 1):
+            return None  # not the last part of the GSV group: cannot end a cycle
+        sig = talker + kind
+        ep.last_sig = sig
+        if sig != self._cycle_ender or ep.tod_ms is None:
+            return None
+        self._epoch = None
+        self._closed_tod = ep.tod_ms
+        self.counters.epochs_closed_early += 1
+        return self._close(ep)
 
     # -- closing an epoch into a record ------------------------------------------------
 
