@@ -49,6 +49,9 @@ __all__ = ["Backoff", "ConfigGate", "DownlinkRejectedError", "Uplink", "UplinkEr
 log = logging.getLogger("lienwatch.uplink")
 
 
+#: PUBACK reason code 0x10 (MQTT 5): accepted, but nobody was subscribed, so nothing was delivered.
+NO_MATCHING_SUBSCRIBERS = 0x10
+
 class UplinkError(AgentError):
     """The uplink was used wrongly (started twice, bad settings)."""
 
@@ -232,6 +235,7 @@ class Uplink:
                 "batches_published",
                 "batches_acked",
                 "puback_failures",
+                "puback_no_subscribers",
                 "config_messages",
             ),
             0,
@@ -418,8 +422,13 @@ class Uplink:
         if seq is None:
             return
         self._dirty = True
-        if reason.is_failure:
-            self.counters["puback_failures"] += 1
+        # 0x10 "No matching subscribers" is a success code in MQTT 5, but the broker has
+        # dropped the message: no collector is subscribed right now (e.g. Mosquitto does not
+        # restore shared subscriptions after a restart until the collector resubscribes).
+        # Keep the batch and publish it again later.
+        no_subscribers = reason.value == NO_MATCHING_SUBSCRIBERS
+        if reason.is_failure or no_subscribers:
+            self.counters["puback_no_subscribers" if no_subscribers else "puback_failures"] += 1
             delay = self._backoff.delay(min(self._attempt + 3, 10), self._rng)
             self._deferred[seq] = time.monotonic() + delay
             log.warning(
