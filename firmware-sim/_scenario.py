@@ -585,7 +585,7 @@ def _parse_gnss(reader: _Reader) -> GnssSettings:
         noise_m=reader.number("noise_m", 2.0, 0.0, 100.0),
         corrupt_share=reader.number("corrupt_share", 0.0, 0.0, 0.5),
         constellations=tuple(constellations),
-        max_epochs_per_wall_s=reader.number("max_epochs_per_wall_s", 10.0, 1.0, 10.0),
+        max_epochs_per_wall_s=reader.number("max_epochs_per_wall_s", 10.0, 1.0, 50.0),
         geoid_sep_m=reader.number("geoid_sep_m", 9.0, -120.0, 90.0),
     )
 

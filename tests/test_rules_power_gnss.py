@@ -117,3 +117,16 @@ def test_loss_without_snr_collapse_is_not_jamming() -> None:
     out = run(engine, [NoFix(T0 + (10 + i) * S, sats_in_view=0) for i in range(1, 40)])
     out += run(engine, [NoFix(T0 + (50 + i) * S, sats_in_view=6, mean_snr=30.0) for i in range(1, 40)])
     assert [a.rule for a in raised_of(out)] == ["gnss_lost"]
+
+
+def test_a_gap_between_fixes_found_only_when_the_next_fix_arrives_is_not_a_loss() -> None:
+    """A box that slept (or a sparse log) while the last CAN speed said "moving": the next fix
+    shows GNSS working, so nothing is raised (and nothing needs clearing)."""
+    engine = Engine(RulesConfig())
+    run(engine, merged(drive(T0, *MARKET_WGS, 10, 15.0), [sig(SPEED, T0 + 5 * S, 54.0)]))
+    out = run(engine, [fix(T0 + 4000 * S, *MARKET_WGS, speed_mps=0.0)])
+    assert alerts(out) == []
+    assert engine.active_rules == frozenset()
+    # The same gap seen while it lasts (a tick, as the agent sends every second) does raise.
+    [alert] = alerts(engine.tick(T0 + 4100 * S))
+    assert alert.rule == "gnss_lost"

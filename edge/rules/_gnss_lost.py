@@ -71,12 +71,15 @@ class GnssWatch(Rule):
             return True
         return s.baseline_snr is not None and s.baseline_snr - s.outage_snr > self.config.snr_drop_db
 
-    def advance(self, now: int) -> list[Alert]:
+    def advance(self, now: int, *, fix_arriving: bool = False) -> list[Alert]:
         s = self.state
         if s.first_seen_ms is None:
             s.first_seen_ms = now
         alerts: list[Alert] = []
-        if s.lost_episode is None and self.config.enabled and s.moving_since_ms is not None:
+        # A loss found only when the next fix arrives is a reporting gap (a box that slept, a
+        # sparse log), not an outage anyone could act on: the fix is back. Real outages are
+        # seen while they last (the agent ticks every second; receivers send no-fix epochs).
+        if s.lost_episode is None and self.config.enabled and s.moving_since_ms is not None and not fix_arriving:
             since = max(s.last_fix_ms if s.last_fix_ms is not None else s.first_seen_ms, s.moving_since_ms)
             if now - since >= self.config.lost_after_s * 1000:
                 s.lost_since_ms = since

@@ -94,7 +94,7 @@ class NightDoorOpenings(Rule):
         self.signals = frozenset(config.doors)
         self.state = NightDoorsState()
 
-    def advance(self, now: int) -> list[Alert]:
+    def advance(self, now: int, *, fix_arriving: bool = False) -> list[Alert]:
         s = self.state
         if s.episode is None or s.night_end_ms is None or s.last_opening_ms is None:
             return []

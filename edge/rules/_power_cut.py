@@ -69,7 +69,7 @@ class PowerCut(Rule):
         }
         return [raised(NAME, Severity.PANIC, now, s.episode, evidence)]
 
-    def advance(self, now: int) -> list[Alert]:
+    def advance(self, now: int, *, fix_arriving: bool = False) -> list[Alert]:
         s = self.state
         missing_ms = self.config.missing_after_s * 1000
         silent = s.observed_ms is not None and now - s.observed_ms > missing_ms

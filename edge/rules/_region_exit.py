@@ -61,7 +61,7 @@ class RegionExit(Rule):
                 return True
         return False
 
-    def advance(self, now: int) -> list[Alert]:
+    def advance(self, now: int, *, fix_arriving: bool = False) -> list[Alert]:
         s = self.state
         if self.regions or s.episode is None:
             return []

@@ -61,7 +61,7 @@ class Rule:
     def __init__(self, counters: Counter[str]) -> None:
         self.counters = counters
 
-    def advance(self, now: int) -> list[Alert]:
+    def advance(self, now: int, *, fix_arriving: bool = False) -> list[Alert]:
         """Time has reached ``now`` (called before each event and on tick)."""
         return []
 

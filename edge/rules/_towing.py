@@ -1,7 +1,7 @@
 """``towing``: the car moves while its ignition is off (severity high).
 
 How this works: when ``Vehicle.LowVoltageSystemState`` leaves ON/START (or is first seen
-in another state), the rule takes the last good fix (if at most a minute old, else the
+in another state), the rule takes the last good fix (if at most 5 s old, else the
 next good fix) as the *reference*: where the car was left. While the ignition stays off,
 a good fix more than ``max_move_m`` from the reference, or ``speed_fixes`` consecutive
 good fixes with GNSS speed above ``speed_kmh``, raises one episode
@@ -29,7 +29,7 @@ __all__ = ["Towing", "TowingState"]
 NAME = "towing"
 IGNITION_ON = frozenset({"ON", "START"})
 SETTLE_RADIUS_M = 50.0
-REFERENCE_MAX_AGE_MS = 60_000
+REFERENCE_MAX_AGE_MS = 5_000  # a fix older than this may be metres of driving away from where the car stopped
 
 
 @dataclass(slots=True)
@@ -63,7 +63,7 @@ class Towing(Rule):
         self.signals = frozenset({IGNITION_SIGNAL})
         self.state = TowingState()
 
-    def advance(self, now: int) -> list[Alert]:
+    def advance(self, now: int, *, fix_arriving: bool = False) -> list[Alert]:
         s = self.state
         if s.episode is None or s.move_ms is None or now - s.move_ms < self.config.settle_s * 1000:
             return []

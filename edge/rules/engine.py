@@ -324,12 +324,12 @@ class Engine:
         self.counters["stale_events"] += 1
         return None
 
-    def _advance(self, now: int) -> Output:
+    def _advance(self, now: int, *, fix_arriving: bool = False) -> Output:
         out: Output = []
         if self._stats_on:
             out.extend(self._stats.advance(now))
         for rule in self._timed:
-            alerts = rule.advance(now)
+            alerts = rule.advance(now, fix_arriving=fix_arriving)
             if alerts:
                 out.extend(alerts)
         return out
@@ -343,7 +343,7 @@ class Engine:
         if now is None:
             return self._drain([])
         stream.gnss_ms = event.time_ms
-        out = self._advance(now)
+        out = self._advance(now, fix_arriving=isinstance(event, Fix))
         if isinstance(event, Fix):
             self.counters["fixes"] += 1
             cfg = self._config

@@ -1,0 +1,209 @@
+"""Drives one chain (simulator or real T-BOX -> agent -> broker -> collector -> API) for a HIL test.
+
+How this works
+--------------
+:class:`Chain` wraps a :class:`firmware_sim.rig.ChainRig`: :meth:`Chain.setup` starts the
+broker and the collector, registers the device and imports the sample loan book;
+:meth:`Chain.play` starts the simulator (or, with a real T-BOX configured through the
+environment, only the agent on the real ports), then polls the API for the loan's risk
+level while the scenario plays, firing the test's faults at wall offsets from the scenario
+start; :meth:`Chain.finish` stops the agent cleanly (it flushes its open batch and drains
+its outbox) and waits until the collector has stored the highest sequence number the agent
+ever committed, so the checks that follow see the final state. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chain_checks import LEVELS, agent_committed_high, stored_seq_count
+
+from firmware_sim.rig import ChainRig, RigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_ID = "tbox-0002"  # the T-BOX of the late loan L-1002 in the sample book
+LOAN_ID = "L-1002"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A real T-BOX's ports instead of the simulator (``LIENWATCH_HIL_*`` environment)."""
+
+    gnss_url: str
+    can_interface: str
+    can_channel: str
+    seconds: float
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Hardware | None:
+        """The configured hardware, or None when the simulator is to be used."""
+        env = dict(os.environ if environ is None else environ)
+        url = env.get("LIENWATCH_HIL_GNSS_URL")
+        if not url:
+            return None
+        return cls(
+            gnss_url=url,
+            can_interface=env.get("LIENWATCH_HIL_CAN_INTERFACE", "socketcan"),
+            can_channel=env.get("LIENWATCH_HIL_CAN_CHANNEL", "can0"),
+            seconds=float(env.get("LIENWATCH_HIL_SECONDS", "40")),
+        )
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something done to the chain ``at_s`` wall seconds after the scenario clock started."""
+
+    at_s: float
+    name: str
+    action: Callable[[ChainRig], object]
+
+
+@dataclass
+class PlayResult:
+    """What :meth:`Chain.play` saw."""
+
+    scenario_start_wall: float
+    level_first_seen: dict[str, float] = field(default_factory=dict)
+    reason_first_seen: dict[str, float] = field(default_factory=dict)
+    faults_done: list[tuple[str, float]] = field(default_factory=list)
+
+
+class Chain:
+    """One chain for one test; see the module docstring."""
+
+    def __init__(self, rig: ChainRig, hardware: Hardware | None) -> None:
+        self.rig = rig
+        self.hardware = hardware
+
+    @property
+    def db(self) -> Path:
+        return self.rig.database_path
+
+    def setup(
+        self, keys: Path, *, agent_extra: dict[str, dict[str, Any]] | None = None, relay_agent_link: bool = False
+    ) -> None:
+        """Broker, keys, collector, device registration, loan book (and the agent's cuttable link)."""
+        rig = self.rig
+        rig.start_broker()
+        if relay_agent_link:
+            rig.relay_agent_link()
+        rig.generate_keys(keys)
+        rig.write_collector_config()
+        rig.start_collector()
+        rig.provision_device()
+        rig.import_sample_loans()
+        for section, values in (agent_extra or {}).items():
+            rig.agent_extra.setdefault(section, {}).update(values)
+
+    def level(self) -> str:
+        """The loan's risk level as the API shows it."""
+        return str(self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]["level"])
+
+    def play(
+        self,
+        scenario: str,
+        *,
+        speed_factor: float | None = None,
+        faults: Sequence[Fault] = (),
+        timeout: float = 180.0,
+    ) -> PlayResult:
+        """Play ``scenario`` to its end (hardware: run ``seconds``), firing ``faults`` on the way."""
+        rig = self.rig
+        if self.hardware is None:
+            rig.write_agent_config()
+            rig.start_sim(scenario, speed_factor=speed_factor)
+        else:
+            hw = self.hardware
+            rig.write_agent_config(gnss_url=hw.gnss_url, can_interface=hw.can_interface, can_channel=hw.can_channel)
+        rig.start_agent()
+        start_event = rig.sim_event("start") if self.hardware is None else None
+        result = PlayResult(scenario_start_wall=float(start_event["wall_time"]) if start_event else time.time())
+        pending = sorted(faults, key=lambda f: f.at_s)
+        deadline = time.monotonic() + timeout
+        end_wall = result.scenario_start_wall + (self.hardware.seconds if self.hardware else 0.0)
+        next_poll = 0.0
+        while True:
+            now = time.time()
+            if pending and now >= result.scenario_start_wall + pending[0].at_s:
+                fault = pending.pop(0)
+                fault.action(rig)
+                result.faults_done.append((fault.name, time.time() - result.scenario_start_wall))
+                continue
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 0.25
+                self._poll_level(result)
+            if self.hardware is None:
+                if not rig.processes["sim"].running and not pending:
+                    break
+            elif now >= end_wall and not pending:
+                break
+            if time.monotonic() > deadline:
+                raise RigError(f"{scenario} did not finish within {timeout:.0f} s (faults left: {pending})")
+            time.sleep(0.05)
+        sim = rig.processes.get("sim")
+        if sim is not None and sim.proc is not None and sim.proc.returncode not in (0, None):
+            raise RigError(f"the simulator exited with {sim.proc.returncode}:\n{sim.tail()}")
+        return result
+
+    def _poll_level(self, result: PlayResult) -> None:
+        collector = self.rig.processes.get("collector")
+        if collector is None or not collector.running:
+            return  # a fault test killed it on purpose
+        try:
+            risk = self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]
+        except Exception:
+            return
+        seen = time.time()
+        result.level_first_seen.setdefault(str(risk["level"]), seen)
+        for reason in risk["reasons"]:
+            result.reason_first_seen.setdefault(str(reason["code"]), seen)
+
+    def finish(self, *, timeout: float = 90.0) -> int:
+        """Stop the agent cleanly and wait until the collector stored its last batch; return that seq."""
+        rig = self.rig
+        if "sim" in rig.processes:
+            rig.processes["sim"].stop()
+        agent = rig.processes["agent"]
+        agent.stop(timeout=30)
+        high, waiting = agent_committed_high(rig.agent_data_dir)
+        if waiting:
+            raise RigError(f"the agent stopped with {waiting} batches still in its outbox (broker unreachable?)")
+        deadline = time.monotonic() + timeout
+        last = (-1, -1)
+        stable_since = time.monotonic()
+        while True:
+            count, stored_high = stored_seq_count(rig.database_path, rig.device_id)
+            if (count, stored_high) != last:
+                last, stable_since = (count, stored_high), time.monotonic()
+            if stored_high >= high and time.monotonic() - stable_since >= 1.0:
+                return high
+            if time.monotonic() > deadline:
+                raise RigError(
+                    f"the collector stored up to seq {stored_high} ({count} batches), agent committed {high}"
+                )
+            time.sleep(0.1)
+
+    def wait_level(self, expected: str, *, timeout: float = 60.0) -> str:
+        """Wait until the API shows ``expected`` (returns the last level seen)."""
+        deadline = time.monotonic() + timeout
+        level = self.level()
+        while level != expected and time.monotonic() < deadline:
+            time.sleep(0.25)
+            level = self.level()
+        return level
+
+    def risk_event_time(self, level: str) -> float | None:
+        """Collector wall time (s) at which the loan first changed to ``level`` (its risk event)."""
+        events = self.rig.get(f"/v1/loans/{LOAN_ID}/risk-events", role="risk_analyst")
+        times = [e["time_ms"] / 1000 for e in events if e["new_level"] == level]
+        return min(times) if times else None
+
+
+def level_at_least(level: str, floor: str) -> bool:
+    """True if ``level`` is at least as severe as ``floor``."""
+    return LEVELS.index(level) >= LEVELS.index(floor)
