@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
+from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ __all__ = ["DEMOS", "main"]
 DEVICE_ID = "tbox-0002"
 LOAN_ID = "L-1002"
 LEVELS = ("normal", "watch", "high", "critical")
+LOCAL_ZONE = "Asia/Shanghai"
+#: simulator events not worth a line in the demo
+QUIET_EVENTS = frozenset({"idle_start", "idle_end", "drive_start", "door_close", "stop_end"})
 #: after the scenario ends, how long the rest of the chain gets to deliver and assess
 END_GRACE_S = 30.0
 #: a normal week: how long after the end to watch for late alerts before declaring success
@@ -39,11 +43,12 @@ QUIET_WAIT_S = 10.0
 DEMOS: dict[str, tuple[str, str, str]] = {
     "parked_in_market": ("driven into a used-car market and parked there for three days", "high",
                          "stationary_near_market"),
-    "night_doors": ("doors opened again and again in the middle of the night", "watch", "night_door_openings"),
-    "unplug": ("the T-BOX unplugged from the car's 12 V supply", "critical", "power_cut"),
+    "night_doors": ("whose doors are opened again and again in the middle of the night", "watch",
+                    "night_door_openings"),
+    "unplug": ("whose T-BOX is unplugged from the 12 V supply", "critical", "power_cut"),
     "tow_away": ("towed away with the ignition off", "critical", "towing"),
-    "gnss_jamming": ("GNSS jammed while driving", "critical", "gnss_jamming"),
-    "commute_week": ("a normal commute week (nothing should happen on the vehicle)", "watch", ""),
+    "gnss_jamming": ("whose GNSS is jammed while it drives", "critical", "gnss_jamming"),
+    "commute_week": ("driven through a normal commute week (nothing should happen)", "watch", ""),
 }  # fmt: skip
 
 
@@ -60,8 +65,9 @@ def _say(text: str) -> None:
 
 
 def _fmt_time(value: Any) -> str:
+    """Observation time in the scenarios' zone, as the simulator prints its events."""
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return datetime.fromtimestamp(value / 1000, tz=ZoneInfo(LOCAL_ZONE)).isoformat(timespec="seconds")
     return str(value)
 
 
@@ -83,7 +89,7 @@ class _Follower:
         events = list(self.rig.sim_events())
         new, self.events_seen = events[self.events_seen :], len(events)
         for event in new:
-            kind = event.get("event") or event.get("type") or "?"
+            kind = event.get("type") or "?"
             if kind in ("clock", "progress"):
                 now = time.monotonic()
                 if now - self.last_clock_print >= 2.0:
@@ -94,9 +100,13 @@ class _Follower:
             elif kind in ("end", "done", "finished", "scenario_end"):
                 self.sim_done = True
                 yield "scenario   finished"
-            else:
-                detail = {k: v for k, v in event.items() if k not in ("event", "type", "wall_time", "wall")}
-                yield f"vehicle    {kind}: {json.dumps(detail, default=str)[:160]}"
+            elif kind == "event":
+                name = event.get("event", "?")
+                if name in QUIET_EVENTS:
+                    continue
+                extra = {k: event[k] for k in ("door", "state", "duration_s", "lat", "lon") if k in event}
+                details = " ".join(f"{k}={v}" for k, v in extra.items())
+                yield f"vehicle    {name:<14} at {event.get('local_time', event.get('scenario_time', '?'))} {details}"
 
     def api_lines(self) -> Iterator[str]:
         status = self.rig.get(f"/v1/devices/{DEVICE_ID}").get("status") or {}
