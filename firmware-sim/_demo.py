@@ -20,9 +20,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .rig import API_KEYS, ChainRig, RigError
 
