@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from chain_checks import (
+    INFLIGHT_WINDOW,
     agent_logged_alerts,
     alert_rows,
     check_ledger,
@@ -133,7 +134,9 @@ def test_outbox_fills_during_a_long_outage(
     ledger = check_ledger(chain.db, chain.rig.device_id, expected_high=high)
     assert not ledger.problems, f"{ledger.summary()}: {ledger.problems}"
     assert ledger.evicted_batches > 0, f"nothing was evicted: the outage did not fill the outbox ({ledger.summary()})"
-    assert len(ledger.missing) == ledger.evicted_batches
+    # every missing batch was reported evicted; a few evicted ones may still have arrived
+    # (their PUBACK was lost in the outage): see chain_checks.check_ledger
+    assert len(ledger.missing) <= ledger.evicted_batches <= len(ledger.missing) + INFLIGHT_WINDOW
     logged = agent_logged_alerts(chain.rig.processes["agent"].log_path.read_text())
     assert stored_alerts(chain.db, chain.rig.device_id) == logged, "alerts were lost or doubled"
     if hardware is None:

@@ -96,8 +96,8 @@ shutdown_grace_s = 5
         assert [b.seq for b in got] == [1, 2]
         times = [f.time_ms for b in got for f in b.fixes]
         lats = [round(f.lat, 7) for b in got for f in b.fixes]
-        assert [len(b.fixes) for b in got] == [5, 3]  # epoch 8 was still open at SIGTERM
-        assert times == [T_2026 + i * 1000 for i in range(8)]
+        assert [len(b.fixes) for b in got] == [5, 4]  # epoch 8 too: emitted at its last sentence
+        assert times == [T_2026 + i * 1000 for i in range(9)]
         assert lats[:3] == [round(31 + 18.0 / 60, 7), round(31 + 18.001 / 60, 7), round(31 + 18.002 / 60, 7)]
         assert {f.lon for b in got for f in b.fixes} == {121.25}
         states = [open_state(bytes(m.payload), m.topic, public) for m in collector.on(state_topic(DEVICE))]
