@@ -23,7 +23,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .settings import Settings
@@ -172,18 +171,9 @@ def _at_risk(levels: dict[str, str]) -> str:
 
 
 def _loans_list(args: argparse.Namespace, settings: Settings) -> int:
-    from .loan_models import LoanRecord, RiskStateRecord
+    from .loan_models import loans_with_risk
 
     with _session(settings) as session:
-        query = (
-            sa.select(LoanRecord, RiskStateRecord)
-            .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
-            .order_by(LoanRecord.loan_id)
-        )
-        if args.level == "normal":
-            query = query.where(sa.or_(RiskStateRecord.level.is_(None), RiskStateRecord.level == "normal"))
-        elif args.level is not None:
-            query = query.where(RiskStateRecord.level == args.level)
         out = [
             {
                 "loan_id": loan.loan_id,
@@ -193,7 +183,7 @@ def _loans_list(args: argparse.Namespace, settings: Settings) -> int:
                 "next_step": state.next_step if state else "monitor",
                 "evaluated_ms": state.evaluated_ms if state else None,
             }
-            for loan, state in session.execute(query).all()
+            for loan, state in loans_with_risk(session, level=args.level)
         ]
         _audit(session, "list_loans", "loan", "*", level=args.level, count=len(out))
         session.commit()

@@ -58,6 +58,7 @@ from .loan_models import (
     RiskEventRecord,
     RiskStateRecord,
     loan_facts,
+    loans_with_risk,
     open_alerts,
     reassess_loan,
     record_repayment,
@@ -67,7 +68,6 @@ from .loan_models import (
 )
 from .models import FixRecord
 from .repayments import Payment, RepaymentError, format_cents, parse_amount
-from .risk import RiskLevel
 
 __all__ = [
     "ConfigMessage",
@@ -191,20 +191,6 @@ def list_loans(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
     """Loans with their risk level and next step, most severe first."""
-    level_rank = sa.case(
-        {label.label: int(label) for label in RiskLevel}, value=RiskStateRecord.level, else_=0
-    )
-    query = (
-        sa.select(LoanRecord, RiskStateRecord)
-        .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
-        .order_by(level_rank.desc(), LoanRecord.loan_id)
-        .limit(limit)
-        .offset(offset)
-    )
-    if level == "normal":
-        query = query.where(sa.or_(RiskStateRecord.level.is_(None), RiskStateRecord.level == "normal"))
-    elif level is not None:
-        query = query.where(RiskStateRecord.level == level)
     out = [
         {
             "loan_id": loan.loan_id,
@@ -214,7 +200,7 @@ def list_loans(
             "next_step": state.next_step if state else "monitor",
             "facts": state.facts if state else None,
         }
-        for loan, state in session.execute(query).all()
+        for loan, state in loans_with_risk(session, level=level, most_severe_first=True, limit=limit, offset=offset)
     ]
     _audit(session, request, principal, "list_loans", kind="loan", subject="*", level=level, count=len(out))
     session.commit()

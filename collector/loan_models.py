@@ -78,6 +78,7 @@ __all__ = [
     "existing_loan_conflicts",
     "load_risk_input",
     "loan_facts",
+    "loans_with_risk",
     "reassess_loan",
     "reassess_loans",
     "record_repayment",
@@ -395,6 +396,41 @@ def record_repayment(session: Session, loan_id: str, payment: Payment, *, now_ms
             raise
         return outcome(found)
     return RepaymentOutcome(payment, True, now_ms)
+
+
+def loans_with_risk(
+    session: Session,
+    *,
+    level: str | None = None,
+    most_severe_first: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[tuple[LoanRecord, RiskStateRecord | None]]:
+    """Loans with their stored risk state (None: never assessed, i.e. ``normal``).
+
+    Args:
+        level: only loans at this level (``normal`` includes loans never assessed).
+        most_severe_first: order by level (critical first), then loan id; else by loan id.
+        limit: at most this many rows.
+        offset: rows to skip (paging).
+    """
+    order: list[Any] = [LoanRecord.loan_id]
+    if most_severe_first:
+        rank = sa.case({label.label: int(label) for label in RiskLevel}, value=RiskStateRecord.level, else_=0)
+        order.insert(0, rank.desc())
+    query = (
+        sa.select(LoanRecord, RiskStateRecord)
+        .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .order_by(*order)
+        .offset(offset)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    if level == "normal":
+        query = query.where(sa.or_(RiskStateRecord.level.is_(None), RiskStateRecord.level == "normal"))
+    elif level is not None:
+        query = query.where(RiskStateRecord.level == level)
+    return [(loan, state) for loan, state in session.execute(query).all()]
 
 
 def utc_date(time_ms: int) -> date:
