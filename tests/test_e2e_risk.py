@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,11 +36,11 @@ from collector.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify_signature
 from edge.keys import generate, load_private_key, load_public_key
 from firmware_sim.services import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
+from tests.collector_process import WAIT_S, CollectorProcess, lienwatch_command, wait_until
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
-WAIT_S = 60.0  # generous: two shared cores, eight engineers
 SECRET = "e2e-webhook-secret-0123456789"
 KEYS = {
     "admin": "e2e-admin-key-0123456789",
@@ -55,20 +53,8 @@ DAY = 24 * HOUR
 BOOT = bytes(range(16))
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def lienwatch(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).with_name("lienwatch")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
+    command = lienwatch_command()
     env = {**os.environ, "LIENWATCH_WEBHOOKS_SECRET": SECRET}
     done = subprocess.run(
         [*command, "collector", *args, "--config", str(config)],
@@ -130,55 +116,20 @@ def receiver() -> Iterator[Receiver]:
 # ------------------------------------------------------------------ the collector process
 
 
-class Serve:
-    """``lienwatch collector serve`` in a subprocess, stderr kept for asserts."""
+class Serve(CollectorProcess):
+    """``lienwatch collector serve`` (ingest + API) with the webhook secret."""
 
     def __init__(self, config: Path) -> None:
-        script = Path(sys.executable).with_name("lienwatch")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
-        self.proc = subprocess.Popen(
-            [*command, "collector", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "LIENWATCH_WEBHOOKS_SECRET": SECRET},
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(config, env={"LIENWATCH_WEBHOOKS_SECRET": SECRET})
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self, api: httpx.Client) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"collector exited:\n{self.log}")
-            if "subscribed to" not in self.log:
-                return False
+    def wait_ready(self, api: httpx.Client) -> None:  # type: ignore[override]
+        def healthy() -> bool:
             try:
                 return api.get("/healthz").status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, what="collector ready")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(WAIT_S)
-        self._reader.join(WAIT_S)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT_S)
-        self._reader.join(WAIT_S)
+        super().wait_ready(healthy)
 
 
 def write_config(tmp_path: Path, database_url: str, broker: Mosquitto, api_port: int, hook_url: str) -> Path:

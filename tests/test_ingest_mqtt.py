@@ -7,15 +7,10 @@ wait is on a condition with a bounded timeout (a poll of the database or a count
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -31,21 +26,12 @@ from collector.models import Base
 from collector.settings import Limits, MqttSettings
 from firmware_sim.services import Mosquitto
 from protocol import state_topic
+from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.test_ingest import NOW, T0, FakeDevice, count, database_url, register, status_row
 
 pytestmark = pytest.mark.mqtt
 __all__ = ["database_url"]  # the fixture, re-used from test_ingest
 
-WAIT_S = 60.0  # generous: two shared cores, eight engineers
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Publisher:
@@ -228,54 +214,6 @@ def test_database_outage_holds_the_ack_and_retries(
 # ------------------------------------------------------------------ separate processes
 
 
-def lienwatch_command() -> list[str]:
-    script = Path(sys.executable).with_name("lienwatch")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
-
-
-class CollectorProcess:
-    """``lienwatch collector serve --ingest-only`` in a subprocess; stderr kept for asserts."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*lienwatch_command(), "collector", "serve", "--ingest-only", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self) -> None:
-        wait_until(lambda: "subscribed to" in self.log or self.proc.poll() is not None, what="collector ready")
-        assert self.proc.poll() is None, f"collector exited:\n{self.log}"
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(WAIT_S)
-        self._reader.join(WAIT_S)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(WAIT_S)
-        self._reader.join(WAIT_S)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-
-
 def write_config(path: Path, database_url: str, broker: Mosquitto, client_id: str) -> Path:
     path.write_text(
         f"""database_url = "{database_url}"
@@ -310,7 +248,7 @@ def test_collector_killed_mid_stream_loses_nothing(
     accepted: set[int] = set()
     infos: dict[int, mqtt.MQTTMessageInfo] = {}
 
-    first = CollectorProcess(config)
+    first = CollectorProcess(config, "--ingest-only")
     try:
         first.wait_ready()
         for seq in range(1, 61):
@@ -328,7 +266,7 @@ def test_collector_killed_mid_stream_loses_nothing(
             accepted.add(seq)
     assert accepted == set(range(1, 121))
 
-    second = CollectorProcess(config)
+    second = CollectorProcess(config, "--ingest-only")
     try:
         second.wait_ready()
         wait_until(lambda: count(engine, "batches") == 120, what="all 120 batches")
@@ -352,7 +290,7 @@ def test_two_collectors_on_one_shared_subscription_store_each_batch_once(
     trucks = [FakeDevice("truck-1"), FakeDevice("truck-2")]
     register(engine, *trucks)
     configs = [write_config(tmp_path / f"c-{name}.toml", database_url, mosquitto, f"collector-{name}") for name in "ab"]
-    collectors = [CollectorProcess(config) for config in configs]
+    collectors = [CollectorProcess(config, "--ingest-only") for config in configs]
     try:
         for c in collectors:
             c.wait_ready()
