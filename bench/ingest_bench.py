@@ -3,7 +3,7 @@
 Measured in one run, on the same pre-sealed one-minute batches (600 fixes each, 10 Hz):
 
 1. ``protocol.open_batch`` alone (verify + strict decode), in this process;
-2. ``collector.ingest.Ingestor.handle`` alone (open + one transaction), in this process,
+2. ``collector.ingest.ingestor.Ingestor.handle`` alone (open + one transaction), in this process,
    on SQLite and on PostgreSQL: the database cost without MQTT;
 3. a bare paho subscriber (QoS 1, auto ack) receiving the batches through a private
    Mosquitto: the transport ceiling;
@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor
-from collector.registry import DeviceRegistry
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
+from collector.storage.database import create_engine, migrate
 from firmware_sim.services import Mosquitto, Postgres
 from protocol import Batch, Fix, batch_topic, open_batch, seal_batch
 
