@@ -32,9 +32,9 @@ from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import MqttSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import ConfigVersion
-from edge.keys import generate
 from firmware_sim.services import Mosquitto
 from protocol import config_topic, open_config
+from protocol.cli.key_files import generate
 from tests.test_ingest import FakeDevice
 
 REPO = Path(__file__).parents[1]
