@@ -46,7 +46,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from protocol import DeviceConfig, config_topic, seal_config
-from protocol.errors import ProtocolError
+from protocol.cli.key_files import load_private_key
+from protocol.errors import KeyFileError, PlacesError, ProtocolError
+from protocol.places import load_places
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError, ConfigError
@@ -101,9 +103,6 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     Raises:
         ConfigError: missing, unreadable, insecure mode, or not an Ed25519 private key.
     """
-    from protocol.cli.key_files import load_private_key  # one key format for every program
-    from protocol.errors import KeyFileError
-
     try:
         return load_private_key(path)
     except KeyFileError as exc:
@@ -140,7 +139,7 @@ def _market_document_items(document: object, where: str) -> list[object]:
 def load_market_file(path: Path) -> list[dict[str, Any]]:
     """Read a markets file (TOML ``[[market]]`` tables or JSON, like edge/data/markets.sample.toml).
 
-    Every item is checked with the agent's own loader (:func:`edge.rules.load_markets`), so
+    Every item is checked with the shared place loader (:func:`protocol.places.load_places`), so
     the collector never signs a list the devices would refuse; ids must also match
     ``[A-Za-z0-9_-]{1,64}`` and names be 1..200 characters (the API's rules).
 
@@ -151,9 +150,6 @@ def load_market_file(path: Path) -> list[dict[str, Any]]:
         MarketFileError: unreadable, too large, not TOML/JSON, or an invalid item (the
             message names the item and the key).
     """
-    from protocol.errors import PlacesError
-    from protocol.places import load_places as load_markets
-
     try:
         text = read_bounded(path, MAX_MARKET_FILE_BYTES, "markets file").decode("utf-8")
     except FileReadError as exc:
@@ -166,12 +162,12 @@ def load_market_file(path: Path) -> list[dict[str, Any]]:
         raise MarketFileError(f"markets file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
     items = _market_document_items(document, f"markets file {path}")
     try:
-        load_markets(items)  # type: ignore[arg-type]
+        load_places(items)  # type: ignore[arg-type]
     except PlacesError as exc:
         raise MarketFileError(f"markets file {path}: {exc}") from exc
     out = []
     for index, item in enumerate(items):
-        assert isinstance(item, Mapping)  # load_markets checked it
+        assert isinstance(item, Mapping)  # load_places checked it
         where = f"markets file {path} item {index}"
         market_id = item["id"]
         if not isinstance(market_id, str) or not MARKET_ID_RE.fullmatch(market_id):
@@ -196,13 +192,10 @@ def check_market_item(item: Mapping[str, Any]) -> None:
     """Refuse a market the agents' loader would refuse (API bodies go through this too).
 
     Raises:
-        MarketFileError: the item breaks a rule of :func:`edge.rules.load_markets`.
+        MarketFileError: the item breaks a rule of :func:`protocol.places.load_places`.
     """
-    from protocol.errors import PlacesError
-    from protocol.places import load_places as load_markets
-
     try:
-        load_markets([item])
+        load_places([item])
     except PlacesError as exc:
         raise MarketFileError(str(exc)) from exc
 
