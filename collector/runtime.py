@@ -96,7 +96,8 @@ class CollectorRuntime:
 
         self.risk = RiskWorker(
             engine,
-            settings,
+            settings.risk,
+            webhook_urls=settings.webhooks.urls,
             interval_s=settings.risk.reassess_interval_s,
             clock_ms=clock_ms,
             on_change=self._wake_webhooks,

@@ -33,7 +33,7 @@ from .ingest.settings import Limits, MqttSettings
 from .jobs.retention import RetentionError, RetentionPolicy
 from .jobs.webhooks import WebhookError, check_webhook_url
 from .risk.engine import RiskConfig, RiskConfigError
-from .risk.repayments import DEFAULT_GRACE_DAYS
+from .risk.settings import RiskSettings
 
 __all__ = [
     "CONFIG_VARIABLE",
@@ -81,27 +81,6 @@ class ApiSettings:
 
     def __post_init__(self) -> None:
         check_range("api.port", self.port, 0, 65_535)
-
-
-@dataclass(frozen=True, slots=True)
-class RiskSettings:
-    """``[risk]``: the risk table's thresholds and how often every loan is reassessed.
-
-    Attributes:
-        config: thresholds of the risk table (every other key of ``[risk]``, see
-            :meth:`collector.risk.engine.RiskConfig.from_dict` and docs/risk.md).
-        grace_days: days after a due date before an unpaid instalment counts as late.
-        reassess_interval_s: how often the collector reassesses every loan (days past due
-            grow and devices go quiet with time alone, without any new message).
-    """
-
-    config: RiskConfig = field(default_factory=RiskConfig)
-    grace_days: int = DEFAULT_GRACE_DAYS
-    reassess_interval_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        check_range("risk.grace_days", self.grace_days, 0, 60)
-        check_range("risk.reassess_interval_s", self.reassess_interval_s, 0.01, 86_400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ transaction (outbox pattern, :func:`collector.jobs.webhooks.enqueue_risk_change`
 crash never leaves an event without its notifications or the reverse. Re-running it on the
 same data is harmless: no level change, no event.
 
-Thresholds, grace days and webhook targets come from the one :class:`collector.settings.Settings`
-(``[risk]`` and ``[webhooks]``).
+Thresholds and grace days come from ``[risk]`` (:class:`collector.risk.settings.RiskSettings`),
+webhook targets from ``[webhooks] urls``: sections of the one :class:`collector.settings.Settings`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from sqlalchemy.orm.util import identity_key
 
 from ..clock import utc_date
 from ..jobs.webhooks import enqueue_risk_change
-from ..settings import Settings
 from ..storage.tables import (
     AlertRecord,
     Base,
@@ -54,6 +53,7 @@ from .engine import (
     level_change,
 )
 from .repayments import DEFAULT_GRACE_DAYS, Installment, LoanError, Payment, RepaymentFacts, repayment_facts
+from .settings import RiskSettings
 
 __all__ = [
     "MOVING_MPS",
@@ -274,16 +274,11 @@ def reassess_loan(
 
 
 def reassess_loan_as_configured(
-    session: Session, loan_id: str, now_ms: int, settings: Settings
+    session: Session, loan_id: str, now_ms: int, risk: RiskSettings, webhook_urls: Sequence[str] = ()
 ) -> tuple[RiskAssessment, RiskChange | None]:
-    """:func:`reassess_loan` with ``[risk]`` thresholds and grace days and ``[webhooks] urls``."""
+    """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (and ``[webhooks] urls``)."""
     return reassess_loan(
-        session,
-        loan_id,
-        now_ms,
-        config=settings.risk.config,
-        grace_days=settings.risk.grace_days,
-        webhook_urls=settings.webhooks.urls,
+        session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls
     )
 
 
@@ -291,20 +286,21 @@ def reassess_loans(
     session: Session,
     now_ms: int,
     *,
-    settings: Settings | None = None,
+    risk: RiskSettings | None = None,
+    webhook_urls: Sequence[str] = (),
     device_ids: Iterable[str] | None = None,
 ) -> list[RiskChange]:
     """Reassess every loan (the periodic job: days past due grow with time) or those of ``device_ids``.
 
     The caller commits. Returns the level changes.
     """
-    settings = settings or Settings()
+    risk = risk or RiskSettings()
     query = sa.select(LoanRecord.loan_id).order_by(LoanRecord.loan_id)
     if device_ids is not None:
         query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
     changes = []
     for loan_id in session.scalars(query).all():
-        _, change = reassess_loan_as_configured(session, loan_id, now_ms, settings)
+        _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls)
         if change is not None:
             changes.append(change)
     return changes
@@ -313,7 +309,8 @@ def reassess_loans(
 def risk_commit_hook(
     engine: sa.Engine,
     *,
-    settings: Settings | None = None,
+    risk: RiskSettings | None = None,
+    webhook_urls: Sequence[str] = (),
     on_change: Callable[[list[RiskChange]], None] | None = None,
 ) -> Callable[[object], None]:
     """An ``Ingestor.on_commit`` hook: reassess the loans of a device after its data committed.
@@ -331,7 +328,9 @@ def risk_commit_hook(
         if getattr(event, "duplicate", False) or getattr(event, "applied", True) is False:
             return
         with Session(engine) as session:
-            changes = reassess_loans(session, received_ms, settings=settings, device_ids=[device_id])
+            changes = reassess_loans(
+                session, received_ms, risk=risk, webhook_urls=webhook_urls, device_ids=[device_id]
+            )
             session.commit()
         if changes and on_change is not None:
             on_change(changes)

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,10 +39,10 @@ from sqlalchemy.orm import Session
 
 from ..clock import ClockMs, wall_clock_ms
 from ..jobs.worker_loop import WorkerLoop
-from ..settings import Settings
 from ..storage.tables import LoanRecord
 from .assessment import reassess_loan_as_configured
 from .engine import RiskChange
+from .settings import RiskSettings
 
 __all__ = ["RiskWorker"]
 
@@ -57,7 +57,8 @@ class RiskWorker:
 
     Args:
         engine: the collector database.
-        settings: the collector settings (``[risk]`` thresholds and grace days, ``[webhooks] urls``).
+        risk: ``[risk]`` (thresholds, grace days) of the collector settings.
+        webhook_urls: ``[webhooks] urls``: level changes queue a delivery to each.
         interval_s: time between runs over every loan (``[risk] reassess_interval_s``).
         retry_s: wait after a failed round.
         clock_ms: collector clock, epoch ms.
@@ -68,8 +69,9 @@ class RiskWorker:
     def __init__(
         self,
         engine: Engine,
-        settings: Settings | None = None,
+        risk: RiskSettings | None = None,
         *,
+        webhook_urls: Sequence[str] = (),
         interval_s: float = 60.0,
         retry_s: float = 1.0,
         clock_ms: ClockMs = wall_clock_ms,
@@ -77,7 +79,8 @@ class RiskWorker:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.engine = engine
-        self.settings = settings or Settings()
+        self.risk = risk or RiskSettings()
+        self.webhook_urls = tuple(webhook_urls)
         self.interval_s = interval_s
         self.retry_s = retry_s
         self.on_change = on_change
@@ -170,7 +173,7 @@ class RiskWorker:
                 for loan_id in loan_ids[start : start + CHUNK]:
                     if session.get(LoanRecord, loan_id) is None:
                         continue  # removed by retention meanwhile
-                    _, change = reassess_loan_as_configured(session, loan_id, now_ms, self.settings)
+                    _, change = reassess_loan_as_configured(session, loan_id, now_ms, self.risk, self.webhook_urls)
                     if change is not None:
                         changes.append(change)
                 session.commit()
