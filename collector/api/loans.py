@@ -44,9 +44,16 @@ from ..jobs.downlink import (
     market_items,
 )
 from ..loans.csv_import import loan_from_fields
-from ..loans.store import RepaymentConflictError, loan_summaries, record_repayment, store_loan, vehicle_condition
-from ..risk.assessment import loan_facts, open_alerts, reassess_loan_as_configured
-from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
+from ..loans.store import (
+    RepaymentConflictError,
+    loan_details,
+    loan_summaries,
+    record_repayment,
+    store_loan,
+    vehicle_condition,
+)
+from ..risk.assessment import open_alerts, reassess_loan_as_configured
+from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log, record_access
 from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
 from .auth import Principal, require_role
@@ -211,16 +218,8 @@ def get_loan(
 ) -> dict[str, Any]:
     """A loan with its repayment facts (per instalment), risk level, next step and reasons."""
     loan = _loan_or_404(session, loan_id)
-    facts = loan_facts(session, loan_id, utc_date(clock_ms()), grace_days=settings.risk.grace_days)
-    out = {
-        "loan_id": loan.loan_id,
-        "device_id": loan.device_id,
-        "vin": loan.vin,
-        "borrower_ref": loan.borrower_ref,
-        "principal": format_cents(loan.principal_cents),
-        "repayment": facts.as_dict(with_installments=True),
-        "risk": _state_dict(session.get(RiskStateRecord, loan_id), principal),
-    }
+    out = loan_details(session, loan, utc_date(clock_ms()), grace_days=settings.risk.grace_days)
+    out["risk"] = _state_dict(session.get(RiskStateRecord, loan_id), principal)
     _audit(session, clock_ms(), principal, "read_loan", kind="loan", subject=loan_id)
     session.commit()
     return out

@@ -28,9 +28,9 @@ from ..clock import utc_date, wall_clock_ms
 from ..jobs.downlink import MarketFileError, load_market_file, upsert_markets
 from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
-from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_summaries, record_repayment
-from ..risk.assessment import loan_facts, reassess_loan_as_configured
-from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
+from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
+from ..risk.assessment import reassess_loan_as_configured
+from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
 from ..storage.tables import LoanRecord, RiskStateRecord
@@ -168,16 +168,10 @@ def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
         if loan is None:
             print(f"lienwatch collector loans show: loan {args.loan_id!r} does not exist", file=sys.stderr)
             return 1
-        facts = loan_facts(session, loan.loan_id, utc_date(wall_clock_ms()), grace_days=settings.risk.grace_days)
+        out = loan_details(session, loan, utc_date(wall_clock_ms()), grace_days=settings.risk.grace_days)
         state = session.get(RiskStateRecord, loan.loan_id)
-        out = {
-            "loan_id": loan.loan_id,
-            "device_id": loan.device_id,
-            "vin": loan.vin,
-            "borrower_ref": loan.borrower_ref,
-            "principal": format_cents(loan.principal_cents),
-            "repayment": facts.as_dict(with_installments=True),
-            "risk": None
+        out["risk"] = (
+            None
             if state is None
             else {
                 "level": state.level,
@@ -185,8 +179,8 @@ def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
                 "reasons": state.reasons,
                 "evaluated_ms": state.evaluated_ms,
                 "changed_ms": state.changed_ms,
-            },
-        }
+            }
+        )
         _audit(session, "read_loan", "loan", loan.loan_id)
         session.commit()
     _print_json(out)

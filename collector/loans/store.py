@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule
+from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
 from ..risk.engine import RiskLevel
 from ..risk.repayments import Installment, LoanError, Payment, format_cents
 from ..storage.tables import DailyStatsRecord, InstallmentRecord, LoanRecord, RepaymentRecord, RiskStateRecord
@@ -25,6 +25,7 @@ __all__ = [
     "RepaymentConflictError",
     "RepaymentOutcome",
     "existing_loan_conflicts",
+    "loan_details",
     "loan_summaries",
     "loans_with_risk",
     "record_repayment",
@@ -238,6 +239,23 @@ class LoanSummary:
             "facts": self.facts,
             "evaluated_ms": self.evaluated_ms,
         }
+
+
+def loan_details(session: Session, loan: LoanRecord, as_of: date, *, grace_days: int) -> dict[str, Any]:
+    """A loan with its repayment facts on ``as_of`` (per instalment), JSON-ready.
+
+    What ``GET /v1/loans/{id}`` and ``loans show`` share; each adds the risk state as its
+    reader may see it.
+    """
+    facts = loan_facts(session, loan.loan_id, as_of, grace_days=grace_days)
+    return {
+        "loan_id": loan.loan_id,
+        "device_id": loan.device_id,
+        "vin": loan.vin,
+        "borrower_ref": loan.borrower_ref,
+        "principal": format_cents(loan.principal_cents),
+        "repayment": facts.as_dict(with_installments=True),
+    }
 
 
 def loan_summaries(
