@@ -44,7 +44,7 @@ from protocol.errors import ProtocolError, UnknownDevice
 from protocol.topics import TopicKind
 
 from ..clock import ClockMs, wall_clock_ms
-from ..errors import DatabaseUnavailableError, StorageError
+from ..errors import CollectorError, DatabaseUnavailableError, StorageError
 from ..json_values import json_ready
 from ..storage.database import is_transient
 from ..storage.tables import Base
@@ -150,7 +150,7 @@ class StoredState:
 CommitHook = Callable[[StoredBatch | StoredState], None]
 
 
-class _RefusedError(Exception):
+class _RefusedError(CollectorError):
     """Internal: the message is refused with a reason slug and a detail message."""
 
     def __init__(self, reason: str, detail: str) -> None:
