@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.cli import main
 from collector.errors import ConfigError
 from collector.settings import Limits, MqttSettings, Settings, hash_api_key, load_settings
 
@@ -276,3 +277,13 @@ def test_durations_and_booleans_from_the_environment_are_checked(env: dict[str, 
     with pytest.raises(ConfigError) as info:
         load_settings(None, environ=env)
     assert message in str(info.value)
+
+
+def test_the_command_line_refuses_an_unknown_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LIENWATCH_MQQT_PORT", "x")
+    monkeypatch.setenv("LIENWATCH_DATA_DIR", str(tmp_path))
+    assert main(["migrate"]) == 1
+    assert "LIENWATCH_MQQT_PORT" in capsys.readouterr().err
+    assert not (tmp_path / "collector.db").exists()
