@@ -32,6 +32,9 @@ system:
 
 lint: venv
 	$(BIN)/ruff check protocol edge collector firmware-sim tests $(wildcard hil-tests) bench
+	$(BIN)/lint-imports
+	@# No collector function at cyclomatic grade D or worse (radon lists them; the list must be empty).
+	@complex="$$($(BIN)/radon cc -n D collector)"; if [ -n "$$complex" ]; then echo "$$complex"; exit 1; fi
 
 typecheck: venv
 	$(BIN)/mypy protocol edge collector

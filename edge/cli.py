@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("edge._keys_cli", "generate Ed25519 device or collector keys"),
     "inspect": ("edge._inspect_cli", "verify and pretty-print a captured signed batch"),
     "sim": ("firmware_sim._cli", "run the vehicle simulator (NMEA + SLCAN on pseudo-terminals)"),
-    "collector": ("collector._cli", "run and administer the cloud collector"),
+    "collector": ("collector.cli", "run and administer the cloud collector"),
     "demo": ("firmware_sim._demo", "run the whole chain on embedded defaults"),
 }
 

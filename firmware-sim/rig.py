@@ -226,7 +226,13 @@ class LinkCutter:
 
 
 def lienwatch_argv(*args: str) -> list[str]:
-    """argv that runs ``lienwatch ARGS`` with this interpreter."""
+    """argv that runs ``lienwatch ARGS`` with this interpreter.
+
+    ``lienwatch collector ...`` runs as ``python -m collector ...`` (the collector owns its
+    commands); everything else through ``python -m edge``.
+    """
+    if args and args[0] == "collector":
+        return [sys.executable, "-m", "collector", *args[1:]]
     return [sys.executable, "-m", "edge", *args]
 
 

@@ -29,7 +29,7 @@ from chain_checks import (
 )
 from chain_driver import LOAN_ID, Chain, Hardware
 
-from collector.loan_csv import sample_loan_book
+from collector.loans.csv_import import sample_loan_book
 
 pytestmark = pytest.mark.hil
 

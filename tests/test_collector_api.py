@@ -1,4 +1,4 @@
-"""collector.app + collector.auth + the ``lienwatch collector`` command (SQLite and PostgreSQL)."""
+"""collector.api.app + collector.api.auth + the ``lienwatch collector`` command (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
 
-from collector import _cli
-from collector.app import create_app, discover_routers
-from collector.auth import Principal, require_role
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor
-from collector.metrics import IngestMetrics
+from collector.api.app import create_app, discover_routers
+from collector.api.auth import Principal, require_role
+from collector.cli import commands as _cli
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.metrics import IngestMetrics
 from collector.settings import Settings, hash_api_key
+from collector.storage.database import create_engine, migrate
 from tests.test_ingest import NOW, FakeDevice, database_url
 
 __all__ = ["database_url"]

@@ -1,4 +1,4 @@
-"""collector.downlink: market files, the config outbox, signing targets, and the MQTT publisher."""
+"""collector.jobs.downlink: market files, the config outbox, signing targets, and the MQTT publisher."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
-from collector.app import create_app
-from collector.database import create_engine, migrate
-from collector.downlink import (
+from collector.api.app import create_app
+from collector.errors import ConfigError
+from collector.ingest.registry import DeviceRegistry
+from collector.jobs.downlink import (
     ConfigMessage,
     ConfigPublisher,
     MarketFileError,
@@ -27,14 +28,13 @@ from collector.downlink import (
     load_signing_key,
     upsert_markets,
 )
-from collector.errors import ConfigError
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import ConfigVersion
-from collector.registry import DeviceRegistry
+from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import MqttSettings, Settings, hash_api_key
-from edge.keys import generate
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import ConfigVersion
 from firmware_sim.services import Mosquitto
 from protocol import config_topic, open_config
+from protocol.cli.key_files import generate
 from tests.test_ingest import FakeDevice
 
 REPO = Path(__file__).parents[1]

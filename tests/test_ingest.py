@@ -1,4 +1,4 @@
-"""The ingest core (collector.ingest.Ingestor) on SQLite and PostgreSQL, no broker.
+"""The ingest core (collector.ingest.ingestor.Ingestor) on SQLite and PostgreSQL, no broker.
 
 Every test runs twice through the ``engine`` fixture: a SQLite file and a fresh
 PostgreSQL database. Times are fixed (the Ingestor gets an injected clock).
@@ -17,12 +17,12 @@ from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from collector.database import create_engine, migrate
 from collector.errors import DatabaseUnavailableError
-from collector.ingest import Ingestor, Outcome, StoredBatch, StoredState
-from collector.models import Base
-from collector.registry import DeviceRegistry
+from collector.ingest.ingestor import Ingestor, Outcome, StoredBatch, StoredState
+from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import Base
 from firmware_sim.services import free_port
 from protocol import (
     Alert,

@@ -1,6 +1,6 @@
 """The ingest through a real private Mosquitto, on SQLite and PostgreSQL.
 
-In-process tests run :class:`collector.ingest_service.IngestService` on threads; the crash
+In-process tests run :class:`collector.ingest.service.IngestService` on threads; the crash
 and scale-out tests run ``lienwatch collector serve --ingest-only`` as subprocesses. Every
 wait is on a condition with a bounded timeout (a poll of the database or a counter).
 """
@@ -18,12 +18,12 @@ import pytest
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.database import create_engine, migrate
 from collector.errors import DatabaseUnavailableError
-from collector.ingest import Ingestor, IngestResult
-from collector.ingest_service import IngestService
-from collector.models import Base
+from collector.ingest.ingestor import Ingestor, IngestResult
+from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import Base
 from firmware_sim.services import Mosquitto
 from protocol import state_topic
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
@@ -116,7 +116,7 @@ def test_poisoned_messages_are_dead_lettered_while_valid_traffic_flows(
     truck, other, ghost = FakeDevice("truck-1"), FakeDevice("truck-2"), FakeDevice("ghost")
     revoked = FakeDevice("revoked-1")
     register(engine, truck, other, revoked)
-    from collector.registry import DeviceRegistry
+    from collector.ingest.registry import DeviceRegistry
 
     DeviceRegistry(engine).revoke("revoked-1")
     good = truck.sealed(1)

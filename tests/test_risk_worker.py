@@ -1,4 +1,4 @@
-"""collector.risk_worker: ingest commits -> reassessment, failures that never touch the ingest,
+"""collector.risk.worker: ingest commits -> reassessment, failures that never touch the ingest,
 idempotent (compare-and-set) risk state writes."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
 
-import collector.loan_models as loan_models
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor, Outcome
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import RiskEventRecord, RiskStateRecord, reassess_loan
-from collector.risk import RiskAssessment, RiskConfig, RiskInput, assess
-from collector.risk_worker import RiskWorker
+import collector.risk.assessment as assessment_module
+from collector.ingest.ingestor import Ingestor, Outcome
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.risk.assessment import reassess_loan
+from collector.risk.engine import RiskAssessment, RiskConfig, RiskInput, assess
+from collector.risk.worker import RiskWorker
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import RiskEventRecord, RiskStateRecord
 from protocol import Alert, Batch, Fix, Severity
 from tests.test_ingest import BOOT_A, FakeDevice, register
 
@@ -144,7 +145,7 @@ def test_a_concurrent_writer_never_doubles_an_event(engine: sa.Engine, monkeypat
                 rival.commit()
         return result
 
-    monkeypatch.setattr(loan_models, "assess", assess_with_a_rival)
+    monkeypatch.setattr(assessment_module, "assess", assess_with_a_rival)
     with Session(engine) as session:
         assessment, change = reassess_loan(session, "L-1003", NOW)
         session.commit()

@@ -14,10 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.loan_models import WebhookDelivery
-from collector.models import Base
-from collector.risk import NextStep, Reason, RiskChange, RiskLevel
-from collector.webhooks import (
+from collector.jobs.webhooks import (
     EVENT_HEADER,
     SIGNATURE_HEADER,
     DeliveryRound,
@@ -32,6 +29,8 @@ from collector.webhooks import (
     sign_body,
     verify_signature,
 )
+from collector.risk.engine import NextStep, Reason, RiskChange, RiskLevel
+from collector.storage.tables import Base, WebhookDelivery
 
 SECRET = b"0123456789abcdef-test-secret"
 T0 = 1_780_000_000_000
