@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge import keys  # noqa: E402
-from firmware_sim.services import Mosquitto  # noqa: E402
+from firmware_sim.rig import Mosquitto  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEVICE = "bench-car"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from firmware_sim.services import Mosquitto, Postgres
+from firmware_sim.rig import Mosquitto, Postgres
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from edge import keys
 from edge.agent import Agent, ObservationClock, StructuredFormatter
 from edge.config import AgentConfig, load_config
 from edge.outbox import Outbox
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import (
     Alert,
     AlertState,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge import keys
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from tests.test_uplink import Collector, wait_until
 

@@ -18,7 +18,7 @@ import pytest
 
 from edge import keys
 from edge.outbox import Outbox
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from tests.test_uplink import Collector
 

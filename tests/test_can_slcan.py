@@ -28,8 +28,8 @@ TIMEOUT = 30.0  # generous: the machine is shared
 
 PEER = r"""
 import os, select, sys
-from firmware_sim._pty import PtyLink
-from firmware_sim._slcan import CanFrame, SlcanAdapter
+from firmware_sim.pty import PtyLink
+from firmware_sim.slcan import CanFrame, SlcanAdapter
 
 def say(word):
     sys.stdout.write(word + "\n")

@@ -68,7 +68,7 @@ def test_healthz_needs_no_key(client: TestClient) -> None:
 
 
 def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
-    from firmware_sim.services import free_port
+    from firmware_sim.rig import free_port
 
     dead = create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
     with TestClient(create_app(settings, engine=dead)) as test_client:

@@ -33,7 +33,7 @@ from collector.loan_models import ConfigVersion
 from collector.registry import DeviceRegistry
 from collector.settings import MqttSettings, Settings, hash_api_key
 from edge.keys import generate
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import config_topic, open_config
 from tests.test_ingest import FakeDevice
 

@@ -23,7 +23,7 @@ from collector.ingest import Ingestor, Outcome, StoredBatch, StoredState
 from collector.models import Base
 from collector.registry import DeviceRegistry
 from collector.settings import Limits
-from firmware_sim.services import free_port
+from firmware_sim.rig import free_port
 from protocol import (
     Alert,
     Batch,

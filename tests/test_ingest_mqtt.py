@@ -24,7 +24,7 @@ from collector.ingest import Ingestor, IngestResult
 from collector.ingest_service import IngestService
 from collector.models import Base
 from collector.settings import Limits, MqttSettings
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import state_topic
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.test_ingest import NOW, T0, FakeDevice, count, database_url, register, status_row

@@ -1,6 +1,6 @@
 """Every shipped scenario, recorded by the simulator, replayed through ``lienwatch replay``.
 
-``lienwatch sim record`` (firmware_sim._record) renders each scenario offline into a
+``lienwatch sim record`` (firmware_sim.record) renders each scenario offline into a
 plain NMEA log and a candump log on the scenario clock; ``lienwatch replay`` (the agent's
 own decoders and rules engine) reads them back with an agent.toml that points at the
 sample DBC, signal map and market list (Asia/Shanghai). A normal week must raise nothing;
@@ -33,8 +33,8 @@ import pytest
 from edge._replay_cli import main as replay_main
 from edge.gnss import read_nmea_file
 from firmware_sim import CanFrame, Scenario, load_scenario
-from firmware_sim import _cli as sim_cli
-from firmware_sim._record import (
+from firmware_sim import cli as sim_cli
+from firmware_sim.record import (
     RecordError,
     RecordPlan,
     candump_line,

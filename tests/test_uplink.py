@@ -23,7 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import MqttSettings
 from edge.outbox import Outbox, Priority
 from edge.uplink import Backoff, ConfigGate, DownlinkRejectedError, Uplink, UplinkError
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import (
     Batch,
     DeviceConfig,
@@ -250,7 +250,7 @@ def test_puback_failure_keeps_the_batch_and_defers_it(key: Ed25519PrivateKey, tm
 
 
 def test_connect_failures_back_off_and_stop_is_clean(key: Ed25519PrivateKey, tmp_path: Path) -> None:
-    from firmware_sim.services import free_port
+    from firmware_sim.rig import free_port
 
     outbox = Outbox(tmp_path / "o.db")
     outbox.put(1, b"m1", priority=Priority.ROUTINE)
