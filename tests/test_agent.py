@@ -32,7 +32,7 @@ from protocol import (
     seal_config,
     state_topic,
 )
-from tests.test_uplink import Collector, wait_until
+from tests.mqtt_subscriber import Collector, wait_until
 
 DEVICE = "car-0042"
 T0 = 1_767_225_600_000

@@ -20,7 +20,7 @@ from edge import keys
 from edge.outbox import Outbox
 from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
-from tests.test_uplink import Collector
+from tests.mqtt_subscriber import Collector
 
 DEVICE = "car-kill"
 

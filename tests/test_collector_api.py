@@ -18,9 +18,7 @@ from collector.database import create_engine, migrate
 from collector.ingest import Ingestor
 from collector.metrics import IngestMetrics
 from collector.settings import Settings, hash_api_key
-from tests.test_ingest import NOW, FakeDevice, database_url
-
-__all__ = ["database_url"]
+from tests.fake_devices import NOW, FakeDevice
 
 KEYS = {role: f"{role}-key-0123456789abcdef" for role in ("admin", "risk_analyst", "collections", "auditor")}
 

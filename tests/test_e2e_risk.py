@@ -38,8 +38,6 @@ from firmware_sim.rig import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
 from tests.collector_process import WAIT_S, CollectorProcess, lienwatch_command, wait_until
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
-
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 SECRET = "e2e-webhook-secret-0123456789"
 KEYS = {

@@ -9,7 +9,7 @@ from typing import Any
 from edge.rules import Engine, RulesConfig, load_markets
 from edge.rules.geo import distance_m
 from protocol import AlertState, Severity
-from tests.test_rules_timeline import MARKET_WGS, MIN, T0, H, alerts, fix, offset, parked, raised_of, run
+from tests.timeline import MARKET_WGS, MIN, T0, H, alerts, fix, offset, parked, raised_of, run
 
 RULE = "stationary_near_market"
 SAMPLE_MARKETS = Path(__file__).resolve().parents[1] / "edge" / "data" / "markets.sample.toml"

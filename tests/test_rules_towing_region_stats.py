@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edge.rules import Engine, RulesConfig, load_regions
 from protocol import AlertState, DailyStats, Severity
-from tests.test_rules_timeline import (
+from tests.timeline import (
     IGNITION,
     MARKET_WGS,
     ODOMETER,
