@@ -243,12 +243,16 @@ def test_connect_failures_back_off_and_stop_is_clean(key: Ed25519PrivateKey, tmp
 
 def test_starting_twice_is_an_error(key: Ed25519PrivateKey, tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.db")
-    uplink = make_uplink(1, outbox, key)
-    uplink._thread = threading.current_thread()  # as if running
-    with pytest.raises(UplinkError, match="already started"):
-        uplink.start()
-    uplink._thread = None
+    uplink = make_uplink(1, outbox, key)  # nothing listens on port 1: the thread keeps retrying
     assert uplink.stop() is False  # never started: nothing to stop
+    uplink.start()
+    try:
+        assert uplink.alive
+        with pytest.raises(UplinkError, match="already started"):
+            uplink.start()
+    finally:
+        uplink.stop()
+    assert not uplink.alive
     outbox.close()
 
 
