@@ -209,6 +209,6 @@ def demo_main(argv: list[str]) -> int:
     """Entry point of ``lienwatch demo`` (the whole chain; needs the ``edge`` and ``collector`` packages)."""
     # Imported here, not at the top: ``lienwatch sim`` runs where only the simulator is
     # installed, and the rig looks for the agent's data files when it is imported.
-    from .rig.demo import main as run_demo
+    from .rig import demo
 
-    return run_demo(argv)
+    return demo.main(argv)

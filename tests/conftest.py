@@ -8,7 +8,8 @@ ports and stop them afterwards, so a test using any of them is in the ``process`
 Helper modules (no tests in them; a test module never imports another test module):
 ``tests.fake_devices`` (signed messages from a device with a known key, registry rows),
 ``tests.timeline`` (rules-engine timelines: fixes, signals, NMEA), ``tests.mqtt_subscriber``
-(a recording MQTT subscriber), ``tests.collector_process`` (``lienwatch collector serve``).
+(a recording MQTT subscriber), ``tests.collector_process`` (``lienwatch collector serve``),
+``tests.child_processes`` (what the ``processes`` fixture hands out).
 """
 
 from __future__ import annotations
