@@ -41,7 +41,7 @@ from collector.ingest.ingestor import Ingestor
 from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
 from collector.storage.database import create_engine, migrate
-from firmware_sim.services import Mosquitto, Postgres
+from firmware_sim.rig import Mosquitto, Postgres
 from protocol import Batch, Fix, batch_topic, open_batch, seal_batch
 
 T0 = 1_700_000_000_000

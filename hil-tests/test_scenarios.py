@@ -31,8 +31,6 @@ from chain_driver import LOAN_ID, Chain, Hardware
 
 from collector.loans.csv_import import sample_loan_book
 
-pytestmark = pytest.mark.hil
-
 
 @dataclass(frozen=True)
 class Expect:
@@ -131,7 +129,6 @@ def test_scenario_end_to_end(
         assert visible is not None, f"{expect.reason} never seen in the API while the scenario played: {played}"
         assert event_wall is not None
         assert 0 <= visible - event_wall < 30, row  # a sanity bound, not a target: see the report table
-
 
 
 def _diff(later: float | None, earlier: float | None) -> float | None:

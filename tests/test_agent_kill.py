@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from edge.outbox import Outbox
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from protocol.cli import key_files as keys
-from tests.test_uplink import Collector
+from tests.mqtt_subscriber import Collector
 
 DEVICE = "car-kill"
 

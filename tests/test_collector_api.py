@@ -18,9 +18,7 @@ from collector.ingest.ingestor import Ingestor
 from collector.ingest.metrics import IngestMetrics
 from collector.settings import Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
-from tests.test_ingest import NOW, FakeDevice, database_url
-
-__all__ = ["database_url"]
+from tests.fake_devices import NOW, FakeDevice
 
 KEYS = {role: f"{role}-key-0123456789abcdef" for role in ("admin", "risk_analyst", "collections", "auditor")}
 
@@ -68,7 +66,7 @@ def test_healthz_needs_no_key(client: TestClient) -> None:
 
 
 def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
-    from firmware_sim.services import free_port
+    from firmware_sim.rig import free_port
 
     dead = create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
     with TestClient(create_app(settings, engine=dead)) as test_client:

@@ -32,10 +32,10 @@ from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import MqttSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import ConfigVersion
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import config_topic, open_config
 from protocol.cli.key_files import generate
-from tests.test_ingest import FakeDevice
+from tests.fake_devices import FakeDevice
 
 REPO = Path(__file__).parents[1]
 SAMPLE_MARKETS = REPO / "edge" / "data" / "markets.sample.toml"
@@ -172,7 +172,6 @@ def wait_until(condition: object, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.mqtt
 def test_publisher_signs_for_a_cli_registered_device_and_publishes_retained(
     engine: sa.Engine, mosquitto: Mosquitto
 ) -> None:

@@ -33,12 +33,10 @@ from collector.runtime import CollectorRuntime
 from collector.settings import load_settings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import RiskEventRecord, RiskStateRecord, WebhookDelivery
-from firmware_sim.services import Mosquitto, free_port
+from firmware_sim.rig import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
 from protocol.cli.key_files import generate, load_private_key, load_public_key
 from tests.collector_process import WAIT_S, CollectorProcess, collector_command, wait_until
-
-pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 SECRET = "e2e-webhook-secret-0123456789"

@@ -24,14 +24,10 @@ from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import Base
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import state_topic
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
-from tests.test_ingest import NOW, T0, FakeDevice, count, database_url, register, status_row
-
-pytestmark = pytest.mark.mqtt
-__all__ = ["database_url"]  # the fixture, re-used from test_ingest
-
+from tests.fake_devices import NOW, T0, FakeDevice, count, register, status_row
 
 
 class Publisher:
@@ -237,7 +233,6 @@ max_clock_skew_s = 315360000
     return path
 
 
-@pytest.mark.slow
 def test_collector_killed_mid_stream_loses_nothing(
     engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
 ) -> None:
@@ -283,7 +278,6 @@ def test_collector_killed_mid_stream_loses_nothing(
     assert "ingest stopped" in second.log
 
 
-@pytest.mark.slow
 def test_two_collectors_on_one_shared_subscription_store_each_batch_once(
     engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
 ) -> None:

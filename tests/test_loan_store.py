@@ -55,7 +55,6 @@ def test_migrations_match_the_models_on_sqlite(tmp_path: Path) -> None:
     engine.dispose()
 
 
-@pytest.mark.postgres
 def test_migrations_on_postgres(postgres_url: str) -> None:
     engine = create_engine(postgres_url)
     migrate(engine)

@@ -11,7 +11,7 @@ from edge.rules import Engine, RulesConfig
 from protocol import AlertState, Severity
 from protocol.geo import distance_m
 from protocol.places import load_places
-from tests.test_rules_timeline import MARKET_WGS, MIN, T0, H, alerts, fix, offset, parked, raised_of, run
+from tests.timeline import MARKET_WGS, MIN, T0, H, alerts, fix, offset, parked, raised_of, run
 
 RULE = "stationary_near_market"
 SAMPLE_MARKETS = Path(__file__).resolve().parents[1] / "edge" / "data" / "markets.sample.toml"

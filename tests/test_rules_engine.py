@@ -20,7 +20,7 @@ from edge.rules import (
     StateError,
 )
 from protocol import AlertState, NoFix
-from tests.test_rules_timeline import (
+from tests.timeline import (
     DOOR_FL,
     IGNITION,
     MARKET_WGS,

@@ -7,7 +7,7 @@ from pathlib import Path
 from edge.place_files import load_regions_file
 from edge.rules import Engine, RulesConfig
 from protocol import AlertState, DailyStats, Severity
-from tests.test_rules_timeline import (
+from tests.timeline import (
     IGNITION,
     MARKET_WGS,
     ODOMETER,

@@ -18,7 +18,7 @@ import tty
 from collections import Counter
 from pathlib import Path
 
-from ._errors import LinkError
+from .errors import LinkError
 
 __all__ = ["PtyLink"]
 

@@ -2,10 +2,10 @@
 
 simulator (NMEA + SLCAN ptys) -> agent -> private Mosquitto -> collector (SQLite) -> HTTP API
 
-Used by ``lienwatch demo`` and the HIL suite (hil-tests/). Each process is started with
-``python -m edge ...`` (the ``lienwatch`` command), in its own session so that a stop kills
-its whole tree, with stdout/stderr in a log file under the rig's work directory; the logs
-are what a failing HIL test prints. Everything listens on free loopback ports only.
+Used by ``lienwatch demo`` (:mod:`firmware_sim.rig.demo`) and the HIL suite (hil-tests/).
+Each process is started with ``python -m edge ...`` (the ``lienwatch`` command), in its own
+session so that a stop kills its whole tree, with stdout/stderr in a log file under the
+rig's work directory; the logs are what a failing HIL test prints. Everything listens on free loopback ports only.
 
 GNSS first, then CAN (why the agent's CAN channel is a second symlink): the agent stamps CAN
 samples on its GNSS-disciplined observation clock, which falls back to the *host* wall clock
@@ -42,9 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .services import Mosquitto, ServiceError, free_port
+from .errors import RigError, ServiceError
+from .services import Mosquitto, free_port
 
-__all__ = ["API_KEYS", "ChainRig", "LinkCutter", "ManagedProcess", "RigError"]
+__all__ = ["API_KEYS", "ChainRig", "LinkCutter", "ManagedProcess"]
 
 #: Demo/test bearer keys per role (plain keys are hashed by the collector when loaded).
 API_KEYS = {
@@ -53,8 +54,6 @@ API_KEYS = {
     "collections": "rig-collections-key-0123456789",
     "auditor": "rig-auditor-key-0123456789",
 }
-class RigError(RuntimeError):
-    """A part of the chain did not start or did not behave; the message names the part."""
 
 
 def _edge_data() -> Path:

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import ScenarioError
-from ._gnss import SkyConditions, Truth
-from ._scenario import DOORS, Scenario, Segment, TimelineEvent
-from ._slcan import CanFrame
+from .errors import ScenarioError
+from .gnss import SkyConditions, Truth
+from .scenario import DOORS, Scenario, Segment, TimelineEvent
+from .slcan import CanFrame
 
 __all__ = ["DEFAULT_DBC", "CanCatalog", "MessageSpec", "VehicleModel"]
 

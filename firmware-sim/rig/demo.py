@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .rig import API_KEYS, ChainRig, RigError
+from .chain import API_KEYS, ChainRig, RigError
 
 __all__ = ["DEMOS", "main"]
 
@@ -228,6 +228,7 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
 
 
 def main(argv: list[str]) -> int:
+    """``lienwatch demo [--scenario NAME] ...``; returns the exit status (0: the expected level was reached)."""
     parser = argparse.ArgumentParser(prog="lienwatch demo", description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="parked_in_market", choices=sorted(DEMOS), help="scenario to play")
     parser.add_argument("--speed", type=float, help="override the scenario's time acceleration")

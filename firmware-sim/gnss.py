@@ -17,7 +17,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from ._nmea import CONSTELLATIONS, Epoch, Satellite, encode_epoch, encode_txt
+from .nmea import CONSTELLATIONS, Epoch, Satellite, encode_epoch, encode_txt
 
 __all__ = ["DEFAULT_DATE_MS", "GnssReceiver", "SkyConditions", "Truth"]
 

@@ -20,11 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import ServiceError
+
 __all__ = ["Mosquitto", "Postgres", "ServiceError", "find_binary", "free_port", "wait_for_port"]
-
-
-class ServiceError(RuntimeError):
-    """A private service could not be started (missing binary, crash at start, timeout)."""
 
 
 def free_port() -> int:

@@ -19,13 +19,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ._errors import ScenarioError
-from ._gnss import GnssReceiver
-from ._nmea import corrupt_sentence
-from ._pace import Pace
-from ._scenario import Scenario, TimelineEvent
-from ._slcan import CanFrame
-from ._vehicle import CanCatalog, VehicleModel
+from .errors import ScenarioError
+from .gnss import GnssReceiver
+from .nmea import corrupt_sentence
+from .pace import Pace
+from .scenario import Scenario, TimelineEvent
+from .slcan import CanFrame
+from .vehicle import CanCatalog, VehicleModel
 
 __all__ = ["Simulation", "Step"]
 

@@ -1,4 +1,8 @@
-"""``lienwatch sim``: run a scenario, record it to log files, generate a constant load, list or inspect scenarios."""
+"""The simulator package's command line: ``lienwatch sim`` and ``lienwatch demo``.
+
+``lienwatch sim``: run a scenario, record it to log files, generate a constant load, list or
+inspect scenarios. ``lienwatch demo``: the whole chain, run by :mod:`firmware_sim.rig.demo`.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ._errors import SimError
-from ._load import run_load
-from ._record import RecordPlan, record_to_files
-from ._runner import iso_utc, run_scenario, stop_on_signals
-from ._scenario import list_scenarios, load_scenario
+from .errors import SimError
+from .load import run_load
+from .record import RecordPlan, record_to_files
+from .runner import iso_utc, run_scenario, stop_on_signals
+from .scenario import list_scenarios, load_scenario
 
-__all__ = ["main"]
+__all__ = ["demo_main", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,3 +203,12 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"lienwatch sim: {exc}", file=sys.stderr)
         return 2
+
+
+def demo_main(argv: list[str]) -> int:
+    """Entry point of ``lienwatch demo`` (the whole chain; needs the ``edge`` and ``collector`` packages)."""
+    # Imported here, not at the top: ``lienwatch sim`` runs where only the simulator is
+    # installed, and the rig looks for the agent's data files when it is imported.
+    from .rig import demo
+
+    return demo.main(argv)

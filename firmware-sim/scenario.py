@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._errors import ScenarioError
-from ._nmea import CONSTELLATIONS
-from ._pace import MAX_SPEED, Pace
-from ._route import Route
+from .errors import ScenarioError
+from .nmea import CONSTELLATIONS
+from .pace import MAX_SPEED, Pace
+from .route import Route
 
 __all__ = [
     "DOORS",

@@ -51,12 +51,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from ._errors import SimError
-from ._pace import Pace
-from ._scenario import Scenario
-from ._simulation import Simulation
-from ._slcan import CanFrame
-from ._vehicle import CanCatalog
+from .errors import SimError
+from .pace import Pace
+from .scenario import Scenario
+from .simulation import Simulation
+from .slcan import CanFrame
+from .vehicle import CanCatalog
 
 __all__ = [
     "MAX_CAN_INTERVAL_S",

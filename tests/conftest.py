@@ -1,7 +1,15 @@
-"""Pytest plugin (loaded with ``-p tests.services``): private Mosquitto and PostgreSQL.
+"""Fixtures shared by the tests in ``tests/``; helpers they import live in plain modules beside it.
 
-Fixtures start real processes on free loopback ports and stop them afterwards. Set
+Which tier a test is in follows from the fixtures below (tests/tiers.py): ``mosquitto``,
+``postgres_server``/``postgres_url`` and ``processes`` start real processes on free loopback
+ports and stop them afterwards, so a test using any of them is in the ``process`` tier. Set
 ``LIENWATCH_TEST_POSTGRES_URL`` to use an existing PostgreSQL instead (a SQLAlchemy URL).
+
+Helper modules (no tests in them; a test module never imports another test module):
+``tests.fake_devices`` (signed messages from a device with a known key, registry rows),
+``tests.timeline`` (rules-engine timelines: fixes, signals, NMEA), ``tests.mqtt_subscriber``
+(a recording MQTT subscriber), ``tests.collector_process`` (``lienwatch collector serve``),
+``tests.child_processes`` (what the ``processes`` fixture hands out).
 """
 
 from __future__ import annotations
@@ -12,7 +20,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from firmware_sim.services import Mosquitto, Postgres
+from firmware_sim.rig import Mosquitto, Postgres
+from tests.child_processes import ChildProcesses
+
+
+@pytest.fixture
+def processes() -> Iterator[ChildProcesses]:
+    """Start child processes (``python -m edge ...``, the simulator, scripts); leftovers fail the test."""
+    children = ChildProcesses()
+    yield children
+    left = children.kill_leftovers()
+    assert not left, f"test left child processes running (killed): {left}"
 
 
 @pytest.fixture
@@ -64,13 +82,10 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves non-daemon threads running."""
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
-    for t in leaked:
-        t.join(timeout=5)
-    leaked = [t.name for t in leaked if t.is_alive()]
-    assert not leaked, f"test leaked threads: {leaked}"
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same test on a SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'collector.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

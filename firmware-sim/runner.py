@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from ._pty import PtyLink
-from ._scenario import Scenario, TimelineEvent
-from ._simulation import Simulation, Step
-from ._slcan import SlcanAdapter
-from ._vehicle import CanCatalog
+from .pty import PtyLink
+from .scenario import Scenario, TimelineEvent
+from .simulation import Simulation, Step
+from .slcan import SlcanAdapter
+from .vehicle import CanCatalog
 
 __all__ = ["RunReport", "iso_utc", "run_scenario", "stop_on_signals"]
 

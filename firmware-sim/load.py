@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ._gnss import GnssReceiver, Truth
-from ._pty import PtyLink
-from ._route import EARTH_RADIUS_M
-from ._scenario import DEFAULT_BACKGROUND_IDS
-from ._slcan import SlcanAdapter, encode_frame
-from ._vehicle import CanCatalog
+from .gnss import GnssReceiver, Truth
+from .pty import PtyLink
+from .route import EARTH_RADIUS_M
+from .scenario import DEFAULT_BACKGROUND_IDS
+from .slcan import SlcanAdapter, encode_frame
+from .vehicle import CanCatalog
 
 __all__ = ["LoadPattern", "LoadReport", "run_load"]
 
