@@ -99,7 +99,8 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     Raises:
         ConfigError: missing, unreadable, insecure mode, or not an Ed25519 private key.
     """
-    from edge.keys import KeyFileError, load_private_key  # one key format for every program
+    from protocol.cli.key_files import load_private_key  # one key format for every program
+    from protocol.errors import KeyFileError
 
     try:
         return load_private_key(path)
@@ -148,7 +149,8 @@ def load_market_file(path: Path) -> list[dict[str, Any]]:
         MarketFileError: unreadable, too large, not TOML/JSON, or an invalid item (the
             message names the item and the key).
     """
-    from edge.rules import PlacesError, load_markets
+    from protocol.errors import PlacesError
+    from protocol.places import load_places as load_markets
 
     try:
         size = path.stat().st_size
@@ -197,7 +199,8 @@ def check_market_item(item: Mapping[str, Any]) -> None:
     Raises:
         MarketFileError: the item breaks a rule of :func:`edge.rules.load_markets`.
     """
-    from edge.rules import PlacesError, load_markets
+    from protocol.errors import PlacesError
+    from protocol.places import load_places as load_markets
 
     try:
         load_markets([item])

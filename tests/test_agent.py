@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge import keys
 from edge.agent import Agent, ObservationClock, StructuredFormatter
 from edge.config import AgentConfig, load_config
 from edge.outbox import Outbox
@@ -32,6 +31,8 @@ from protocol import (
     seal_config,
     state_topic,
 )
+from protocol.cli import key_files as keys
+from protocol.errors import KeyFileError
 from tests.test_uplink import Collector, wait_until
 
 DEVICE = "car-0042"
@@ -391,7 +392,7 @@ def test_real_rules_engine_is_used_by_default(mosquitto: Mosquitto, tmp_path: Pa
 def test_world_readable_key_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = make_config(tmp_path, mosquitto.port)
     config.device.key_file.chmod(0o644)
-    with pytest.raises(keys.KeyFileError):
+    with pytest.raises(KeyFileError):
         Agent(config, engine=ScriptedEngine(), sources={})
 
 

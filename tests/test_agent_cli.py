@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge import keys
 from firmware_sim.services import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
+from protocol.cli import key_files as keys
 from tests.test_uplink import Collector, wait_until
 
 DEVICE = "car-cli"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from edge import keys
 from edge.outbox import Outbox
 from firmware_sim.services import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
+from protocol.cli import key_files as keys
 from tests.test_uplink import Collector
 
 DEVICE = "car-kill"

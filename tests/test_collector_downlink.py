@@ -32,9 +32,9 @@ from collector.loan_csv import import_loans, parse_loans
 from collector.loan_models import ConfigVersion
 from collector.registry import DeviceRegistry
 from collector.settings import MqttSettings, Settings, hash_api_key
-from edge.keys import generate
 from firmware_sim.services import Mosquitto
 from protocol import config_topic, open_config
+from protocol.cli.key_files import generate
 from tests.test_ingest import FakeDevice
 
 REPO = Path(__file__).parents[1]

@@ -33,9 +33,9 @@ from collector.registry import DeviceRegistry
 from collector.runtime import CollectorRuntime
 from collector.settings import load_settings
 from collector.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify_signature
-from edge.keys import generate, load_private_key, load_public_key
 from firmware_sim.services import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
+from protocol.cli.key_files import generate, load_private_key, load_public_key
 from tests.collector_process import WAIT_S, CollectorProcess, lienwatch_command, wait_until
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]

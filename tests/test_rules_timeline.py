@@ -181,7 +181,7 @@ def test_nmea_sentences_have_valid_checksums_and_coordinates() -> None:
 
 
 def test_offset_moves_by_the_requested_metres() -> None:
-    from edge.rules.geo import distance_m
+    from protocol.geo import distance_m
 
     lat, lon = offset(*MARKET_WGS, 300.0, 400.0)
     assert abs(distance_m(*MARKET_WGS, lat, lon) - 500.0) < 1.0

@@ -1,10 +1,14 @@
-"""Used-car markets and allowed regions: validated, converted to WGS-84 on load.
+"""Places (used-car markets and other typed places) and allowed regions, converted to WGS-84 once.
 
-Loaders are layered (file -> parsed document -> items): :func:`load_markets` and
-:func:`load_regions` take a path (TOML, JSON or GeoJSON) or already-parsed items (for
-example the ``markets`` section of a collector-pushed DeviceConfig). Every item declares
-its datum (``wgs84``, ``gcj02`` or ``bd09``); positions are converted to WGS-84 once, here,
-so the rules only ever compare WGS-84 with WGS-84.
+The place item schema is shared by both sides: the collector checks and pushes place
+lists, the agent's rules compare positions with them. Every item declares its datum
+(``wgs84``, ``gcj02`` or ``bd09``); positions are converted to WGS-84 here, once, so the
+rules only ever compare WGS-84 with WGS-84 (the declared datum is kept for evidence).
+
+Loaders are layered and do no I/O (cantools style): ``*_from_text`` takes the bytes or
+text of a TOML / JSON / GeoJSON document, :func:`load_places` and :func:`load_regions`
+take an already-parsed document or item list (for example the ``markets`` section of a
+collector-pushed DeviceConfig). Reading a file is the caller's job.
 """
 
 from __future__ import annotations
@@ -15,17 +19,47 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from enum import StrEnum
 
 from .errors import PlacesError
 from .geo import DATUMS, point_in_ring, to_wgs84
 
-__all__ = ["MAX_PLACES", "MAX_RING_POINTS", "Market", "Region", "load_markets", "load_regions"]
+__all__ = [
+    "DOCUMENT_FORMATS",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_PLACES",
+    "MAX_RING_POINTS",
+    "Place",
+    "PlaceType",
+    "Region",
+    "decode_document",
+    "load_places",
+    "load_regions",
+    "places_from_text",
+    "regions_from_text",
+]
 
 MAX_PLACES = 100_000
 MAX_RING_POINTS = 20_000
-MAX_FILE_BYTES = 32 * 1024 * 1024
+#: Largest places/regions document accepted, bytes (checked before decoding).
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
+#: Document formats the text loaders understand (a file suffix without the dot).
+DOCUMENT_FORMATS = frozenset({"toml", "json", "geojson"})
 _ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+class PlaceType(StrEnum):
+    """What kind of place an item is; the rules pick the places of the types they watch."""
+
+    USED_CAR_MARKET = "used_car_market"
+
+    @property
+    def noun(self) -> str:
+        """The word error messages use for a place of this type."""
+        return _NOUNS[self]
+
+
+_NOUNS = {PlaceType.USED_CAR_MARKET: "market"}
 
 
 def _check_id(what: str, value: object) -> None:
@@ -47,16 +81,17 @@ def _check_lat_lon(what: str, lat: object, lon: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Market:
-    """A used-car market (a place where a financed car must not sit for days).
+class Place:
+    """A typed place, e.g. a used-car market (where a financed car must not sit for days).
 
     Attributes:
         id: stable identifier, ``[A-Za-z0-9_.:-]{1,64}``.
         name: human-readable name.
         lat: WGS-84 latitude of the centre (converted from the declared datum).
         lon: WGS-84 longitude of the centre.
-        radius_m: the market's extent around its centre, metres (1 .. 50 km).
+        radius_m: the place's extent around its centre, metres (1 .. 50 km).
         datum: the datum the source declared (kept for evidence and audits).
+        type: what kind of place this is (default: a used-car market).
     """
 
     id: str
@@ -65,16 +100,23 @@ class Market:
     lon: float
     radius_m: float
     datum: str = "wgs84"
+    type: PlaceType = PlaceType.USED_CAR_MARKET
 
     def __post_init__(self) -> None:
-        _check_id("market", self.id)
-        _check_name(f"market {self.id}", self.name)
-        _check_lat_lon(f"market {self.id}", self.lat, self.lon)
+        try:
+            object.__setattr__(self, "type", PlaceType(self.type))  # a plain string from a caller is fine
+        except ValueError:
+            message = f"place {self.id!r:.80} type {self.type!r:.40} must be one of {sorted(PlaceType)}"
+            raise ValueError(message) from None
+        noun = self.type.noun
+        _check_id(noun, self.id)
+        _check_name(f"{noun} {self.id}", self.name)
+        _check_lat_lon(f"{noun} {self.id}", self.lat, self.lon)
         radius = self.radius_m
         if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 1.0 <= radius <= 50_000.0:
-            raise ValueError(f"market {self.id} radius_m={radius!r} must be a number in [1, 50000]")
+            raise ValueError(f"{noun} {self.id} radius_m={radius!r} must be a number in [1, 50000]")
         if self.datum not in DATUMS:
-            raise ValueError(f"market {self.id} datum {self.datum!r} must be one of {sorted(DATUMS)}")
+            raise ValueError(f"{noun} {self.id} datum {self.datum!r} must be one of {sorted(DATUMS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,23 +169,6 @@ class Region:
         return False
 
 
-def _read_document(path: Path, what: str) -> object:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise PlacesError(f"{what} file {path} is {size} bytes, over the {MAX_FILE_BYTES} byte limit")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PlacesError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-        if path.suffix.lower() == ".toml":
-            return tomllib.loads(text)
-        return json.loads(text)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise PlacesError(f"{what} file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
-
-
 def _items_of(document: object, keys: Sequence[str], where: str) -> list[object]:
     if isinstance(document, Mapping):
         for key in keys:
@@ -174,65 +199,117 @@ def _datum(item: Mapping[str, object], where: str, default: str | None) -> str:
     return datum.lower()
 
 
-_MARKET_KEYS = frozenset({"id", "name", "lat", "lon", "radius_m", "datum"})
+def decode_document(data: bytes | str, fmt: str, source: str) -> object:
+    """Decode a TOML or JSON document (size limit first), naming ``source`` in errors.
+
+    Raises:
+        PlacesError: over :data:`MAX_DOCUMENT_BYTES`, an unknown format, not UTF-8, or not
+            valid TOML/JSON.
+    """
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in DOCUMENT_FORMATS:
+        raise PlacesError(f"{source}: format {fmt!r} is not one of {sorted(DOCUMENT_FORMATS)}")
+    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+    if size > MAX_DOCUMENT_BYTES:
+        raise PlacesError(f"{source} is {size} bytes, over the {MAX_DOCUMENT_BYTES} byte limit")
+    try:
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        return tomllib.loads(text) if fmt == "toml" else json.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise PlacesError(f"{source} is not valid {fmt}: {exc}") from exc
 
 
-def _market(item: object, where: str) -> Market:
-    if isinstance(item, Market):
+def _document_source(document: object, label: str) -> Mapping[str, object] | list[Mapping[str, object]]:
+    """A decoded document as a loader source (a table, or a JSON list whose items are checked later)."""
+    if isinstance(document, Mapping):
+        return document
+    if isinstance(document, list):
+        return document
+    raise PlacesError(f"{label} must hold a table or a list, got {type(document).__name__}")
+
+
+_PLACE_KEYS = frozenset({"id", "name", "lat", "lon", "radius_m", "datum", "type"})
+_PLACE_DOCUMENT_KEYS = ("market", "markets", "place", "places")
+
+
+def _place_type(item: Mapping[str, object], where: str) -> PlaceType:
+    value = item.get("type", PlaceType.USED_CAR_MARKET.value)
+    try:
+        return PlaceType(str(value))
+    except ValueError:
+        raise PlacesError(f"{where} type {value!r:.40} must be one of {sorted(PlaceType)}") from None
+
+
+def _place(item: object, where: str) -> Place:
+    if isinstance(item, Place):
         return item
     if not isinstance(item, Mapping):
         raise PlacesError(f"{where} must be a table/map, got {type(item).__name__}")
-    unknown = sorted(set(item) - _MARKET_KEYS)
+    unknown = sorted(set(item) - _PLACE_KEYS)
     if unknown:
-        raise PlacesError(f"{where} has unknown key {unknown[0]!r} (known: {', '.join(sorted(_MARKET_KEYS))})")
+        raise PlacesError(f"{where} has unknown key {unknown[0]!r} (known: {', '.join(sorted(_PLACE_KEYS))})")
     datum = _datum(item, where, None)
+    place_type = _place_type(item, where)
     lat, lon = _get(item, "lat", where), _get(item, "lon", where)
     try:
         _check_lat_lon(where, lat, lon)
         wlat, wlon = to_wgs84(float(lat), float(lon), datum)  # type: ignore[arg-type]
-        return Market(
+        return Place(
             id=_get(item, "id", where),  # type: ignore[arg-type]
             name=_get(item, "name", where),  # type: ignore[arg-type]
             lat=wlat,
             lon=wlon,
             radius_m=_get(item, "radius_m", where),  # type: ignore[arg-type]
             datum=datum,
+            type=place_type,
         )
     except ValueError as exc:
         raise PlacesError(f"{where}: {exc}") from exc
 
 
-def load_markets(source: str | Path | Iterable[Mapping[str, object] | Market]) -> list[Market]:
-    """Load a market list and convert every position to WGS-84.
+def load_places(
+    source: Mapping[str, object] | Iterable[Mapping[str, object] | Place], *, label: str = "markets"
+) -> list[Place]:
+    """Check a place list and convert every position to WGS-84.
 
     Args:
-        source: a ``.toml`` file (``[[market]]`` tables), a ``.json`` file (a list or
-            ``{"markets": [...]}``), or already-parsed items, each with ``id``, ``name``,
-            ``lat``, ``lon``, ``radius_m`` and ``datum`` (``wgs84`` | ``gcj02`` | ``bd09``).
+        source: a parsed document (a mapping with a ``market``/``markets``/``place``/``places``
+            list) or an iterable of items (mappings or :class:`Place`), each item with ``id``,
+            ``name``, ``lat``, ``lon``, ``radius_m``, ``datum`` (``wgs84`` | ``gcj02`` |
+            ``bd09``) and optionally ``type`` (default ``used_car_market``).
+        label: names the source in error messages (e.g. ``markets file /etc/x.toml``).
 
     Returns:
-        Markets with WGS-84 centres, in input order.
+        Places with WGS-84 centres, in input order.
 
     Raises:
-        PlacesError: unreadable file, malformed document, a missing/unknown key, a bad
-            value, or a repeated id (the message names the file/item and the key).
+        PlacesError: a malformed document, a missing/unknown key, a bad value, or a repeated
+            id (the message names the item and the key).
     """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        items = _items_of(_read_document(path, "markets"), ("market", "markets"), f"markets file {path}")
-        label = str(path)
+    if isinstance(source, Mapping):
+        items = _items_of(source, _PLACE_DOCUMENT_KEYS, label)
+    elif isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
+        items = _items_of(list(source), (), label)
     else:
-        items = _items_of(list(source), (), "markets")
-        label = "markets"
-    markets: list[Market] = []
+        raise PlacesError(f"{label} must be a document or a list of places, got {type(source).__name__}")
+    places: list[Place] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
-        market = _market(item, f"{label} item {index}")
-        if market.id in seen:
-            raise PlacesError(f"{label} item {index}: market id {market.id!r} is repeated")
-        seen.add(market.id)
-        markets.append(market)
-    return markets
+        place = _place(item, f"{label} item {index}")
+        if place.id in seen:
+            raise PlacesError(f"{label} item {index}: {place.type.noun} id {place.id!r} is repeated")
+        seen.add(place.id)
+        places.append(place)
+    return places
+
+
+def places_from_text(data: bytes | str, fmt: str = "toml", *, label: str = "markets") -> list[Place]:
+    """Decode a TOML (``[[market]]`` tables) or JSON places document and check it.
+
+    Raises:
+        PlacesError: see :func:`decode_document` and :func:`load_places`.
+    """
+    return load_places(_document_source(decode_document(data, fmt, label), label), label=label)
 
 
 def _ring(points: object, datum: str, where: str) -> tuple[tuple[float, float], ...]:
@@ -323,45 +400,56 @@ def _region_from_feature(item: Mapping[str, object], where: str) -> Region:
         raise PlacesError(f"{where}: {exc}") from exc
 
 
-def load_regions(source: str | Path | Iterable[Mapping[str, object] | Region]) -> list[Region]:
-    """Load allowed regions and convert every vertex to WGS-84.
+def _region(item: object, where: str) -> Region:
+    if isinstance(item, Region):
+        return item
+    if isinstance(item, Mapping) and item.get("type") == "Feature":
+        return _region_from_feature(item, where)
+    if isinstance(item, Mapping):
+        return _region_from_table(item, where)
+    raise PlacesError(f"{where} must be a table/map, got {type(item).__name__}")
+
+
+def load_regions(
+    source: Mapping[str, object] | Iterable[Mapping[str, object] | Region], *, label: str = "regions"
+) -> list[Region]:
+    """Check allowed regions and convert every vertex to WGS-84.
 
     Args:
-        source: a ``.toml`` file (``[[region]]`` tables with ``id``, ``name``, ``datum``
-            and ``polygon = [[lon, lat], ...]``, optional ``holes``), a ``.json``/``.geojson``
-            file (a GeoJSON FeatureCollection of Polygon/MultiPolygon features with ``id``,
-            ``name`` and optional ``datum`` properties, or a list of tables), or items.
-            A flat ``coords = [lon, lat, lon, lat, ...]`` replaces ``polygon`` where nesting
-            is limited (DeviceConfig bodies allow depth 4).
+        source: a parsed document (``[[region]]`` tables with ``id``, ``name``, ``datum``
+            and ``polygon = [[lon, lat], ...]``, optional ``holes``; or a GeoJSON
+            FeatureCollection of Polygon/MultiPolygon features with ``id``, ``name`` and
+            optional ``datum`` properties) or an iterable of items. A flat
+            ``coords = [lon, lat, lon, lat, ...]`` replaces ``polygon`` where nesting is
+            limited (DeviceConfig bodies allow depth 4).
+        label: names the source in error messages.
 
     Raises:
-        PlacesError: unreadable or malformed input (the message names the item and key).
+        PlacesError: malformed input (the message names the item and key).
     """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        document = _read_document(path, "regions")
-        if isinstance(document, Mapping) and document.get("type") == "FeatureCollection":
-            items = _items_of(document, ("features",), f"regions file {path}")
-        else:
-            items = _items_of(document, ("region", "regions"), f"regions file {path}")
-        label = str(path)
+    if isinstance(source, Mapping):
+        keys = ("features",) if source.get("type") == "FeatureCollection" else ("region", "regions")
+        items = _items_of(source, keys, label)
+    elif isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
+        items = _items_of(list(source), (), label)
     else:
-        items = _items_of(list(source), (), "regions")
-        label = "regions"
+        raise PlacesError(f"{label} must be a document or a list of regions, got {type(source).__name__}")
     regions: list[Region] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         where = f"{label} item {index}"
-        if isinstance(item, Region):
-            region = item
-        elif isinstance(item, Mapping) and item.get("type") == "Feature":
-            region = _region_from_feature(item, where)
-        elif isinstance(item, Mapping):
-            region = _region_from_table(item, where)
-        else:
-            raise PlacesError(f"{where} must be a table/map, got {type(item).__name__}")
+        region = _region(item, where)
         if region.id in seen:
             raise PlacesError(f"{where}: region id {region.id!r} is repeated")
         seen.add(region.id)
         regions.append(region)
     return regions
+
+
+def regions_from_text(data: bytes | str, fmt: str = "toml", *, label: str = "regions") -> list[Region]:
+    """Decode a TOML, JSON or GeoJSON regions document and check it.
+
+    Raises:
+        PlacesError: see :func:`decode_document` and :func:`load_regions`.
+    """
+    return load_regions(_document_source(decode_document(data, fmt, label), label), label=label)

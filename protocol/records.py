@@ -19,7 +19,10 @@ from itertools import repeat
 from .errors import InvalidRecord
 
 __all__ = [
+    "DEVICE_ID_RE",
     "MAX_SEQ",
+    "MAX_TIME_MS",
+    "MIN_TIME_MS",
     "Alert",
     "AlertState",
     "Batch",
