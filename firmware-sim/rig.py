@@ -3,7 +3,7 @@
 simulator (NMEA + SLCAN ptys) -> agent -> private Mosquitto -> collector (SQLite) -> HTTP API
 
 Used by ``lienwatch demo`` and the HIL suite (hil-tests/). Each process is started with
-``python -m edge ...`` (the ``lienwatch`` command), in its own session so that a stop kills
+``python -m protocol ...`` (the ``lienwatch`` command), in its own session so that a stop kills
 its whole tree, with stdout/stderr in a log file under the rig's work directory; the logs
 are what a failing HIL test prints. Everything listens on free loopback ports only.
 
@@ -227,7 +227,7 @@ class LinkCutter:
 
 def lienwatch_argv(*args: str) -> list[str]:
     """argv that runs ``lienwatch ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "edge", *args]
+    return [sys.executable, "-m", "protocol", *args]
 
 
 class ChainRig:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import _agent_cli
+from edge.cli import agent as agent_cli
 from edge.config import ConfigError, load_config, parse_config, validate_delegated_sections
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -128,12 +128,12 @@ def test_delegated_sections_are_checked_by_their_owners(tmp_path: Path) -> None:
 
 def test_agent_check_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, MINIMAL)
-    assert _agent_cli.main(["check", "--config", str(path)]) == 0
+    assert agent_cli.main(["check", "--config", str(path)]) == 0
     out, err = capsys.readouterr()
     resolved = json.loads(out)
     assert resolved["device"]["key_file"] == str(tmp_path.resolve() / "k" / "car-7.key")
     assert resolved["outbox"]["max_bytes"] == 67108864
     assert "[rules] ok" in err
     bad = write(tmp_path, MINIMAL + "[mqtt]\nhots = 1\n")
-    assert _agent_cli.main(["check", "--config", str(bad)]) == 2
+    assert agent_cli.main(["check", "--config", str(bad)]) == 2
     assert "unknown key 'hots'" in capsys.readouterr().err

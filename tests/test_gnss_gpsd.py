@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edge._gnss_cli import record_to_json
+from edge.cli.gnss import record_to_json
 from edge.gnss import NmeaDecoder, read_nmea_file
 
 DATA = Path(__file__).parent / "data" / "nmea"

@@ -15,7 +15,7 @@ import signal
 import sys
 from types import FrameType
 
-from .config import AgentError, ConfigError, load_config, validate_delegated_sections
+from edge.config import AgentError, ConfigError, load_config, validate_delegated_sections
 
 __all__ = ["main"]
 
@@ -45,7 +45,7 @@ def _check(path: str) -> int:
 
 
 def _run(path: str, level: str) -> int:
-    from .agent import Agent, StructuredFormatter
+    from edge.agent import Agent, StructuredFormatter
 
     try:
         config = load_config(path)

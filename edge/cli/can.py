@@ -21,9 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from protocol import SignalSample
-
-from .canbus import (
+from edge.canbus import (
     SAMPLE_DBC,
     SAMPLE_MAP,
     CanCounters,
@@ -32,6 +30,7 @@ from .canbus import (
     SignalDecoder,
     read_can_log,
 )
+from protocol import SignalSample
 
 __all__ = ["format_sample", "main"]
 
