@@ -62,6 +62,7 @@ from protocol.errors import LocalProtocolError
 from .batcher import Batcher, ClosedBatch
 from .config import AgentConfig, AgentError, load_config
 from .outbox import Outbox
+from .place_files import load_rules_places
 from .sequence import SequenceAllocator, write_atomically
 from .uplink import ConfigGate, DownlinkRejectedError, Uplink
 
@@ -72,7 +73,6 @@ __all__ = [
     "RulesEngine",
     "StructuredFormatter",
     "build_engine",
-    "load_rules_places",
 ]
 
 log = logging.getLogger("lienwatch.agent")
@@ -243,22 +243,12 @@ class _SourceThread:
     last_error: str | None = None
 
 
-def load_rules_places(config: Any) -> tuple[list[Any], list[Any]]:
-    """Markets and regions named by a RulesConfig (``markets_file``/``regions_file``)."""
-    from edge.place_files import load_markets_file, load_regions_file
-
-    markets = load_markets_file(config.markets_file) if config.markets_file else []
-    regions = load_regions_file(config.regions_file) if config.regions_file else []
-    return list(markets), list(regions)
-
-
 def build_engine(config: AgentConfig, state: Mapping[str, Any] | None) -> RulesEngine:
     """The real rules engine from [rules] (markets and regions loaded from their files)."""
-    from edge.rules import Engine, RulesConfig
+    from edge.rules import Engine
 
-    rules_config = RulesConfig.from_dict(config.rules, config.base_dir)
-    markets, regions = load_rules_places(rules_config)
-    engine: RulesEngine = Engine(rules_config, markets=markets, regions=regions, state=state)
+    markets, regions = load_rules_places(config.rules)
+    engine: RulesEngine = Engine(config.rules, markets=markets, regions=regions, state=state)
     return engine
 
 
@@ -463,7 +453,6 @@ class Agent:
 
     def _apply_config_body(self, config: DeviceConfig) -> None:
         """Validate every known section of a config body first, then apply them together."""
-        from edge.rules import RulesConfig
         from protocol.places import load_places, load_regions
 
         body = config.body
@@ -476,7 +465,7 @@ class Agent:
         if "rules" in body:
             if not isinstance(body["rules"], Mapping):
                 raise AgentError("configuration body 'rules' must be a map")
-            rules = RulesConfig.from_dict(_deep_merge(self.config.rules, body["rules"]), self.config.base_dir)
+            rules = self.config.rules.merged(body["rules"], self.config.base_dir)
         if rules is not None:
             self.engine.set_config(rules)
         if markets is not None:
@@ -514,9 +503,7 @@ class Agent:
             return
         try:
             new = load_config(self.config.source)
-            from edge.rules import RulesConfig
-
-            rules = RulesConfig.from_dict(new.rules, new.base_dir)
+            rules = new.rules
             markets, regions = load_rules_places(rules)
         except Exception as exc:  # noqa: BLE001 - keep running on the old settings
             self.counters["reload_failures"] += 1
@@ -545,11 +532,11 @@ class Agent:
         if self.config.gnss is not None:
             from edge.gnss import source_from_config as gnss_source
 
-            self._sources["gnss"] = _SourceThread("gnss", gnss_source(self.config.gnss, self.config.base_dir))
+            self._sources["gnss"] = _SourceThread("gnss", gnss_source(self.config.gnss))
         if self.config.can is not None:
             from edge.canbus import source_from_config as can_source
 
-            can = can_source(self.config.can, self.config.base_dir)
+            can = can_source(self.config.can)
             self._sources["can"] = _SourceThread("can", _StampedCan(can, self.clock))
 
     def _read_loop(self, src: _SourceThread) -> None:
@@ -793,14 +780,3 @@ def _source_counters(source: object) -> dict[str, int]:
 
 def _section_of(config: AgentConfig, name: str) -> Any:
     return getattr(config, name)
-
-
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import ConfigError, GnssSettings, parse_config
 from edge.gnss import GnssConfigError, GnssSource, NmeaDecoder, PortUnavailable, source_from_config
 from protocol import Fix, NoFix
 
@@ -199,18 +200,25 @@ def test_invalid_source_arguments(kwargs: dict[str, object], match: str) -> None
         GnssSource(**kwargs)  # type: ignore[arg-type]
 
 
+def gnss_settings(section: dict[str, object], base_dir: Path) -> GnssSettings:
+    """The [gnss] section as agent.toml's one loader parses it."""
+    config = parse_config({"device": {"id": "a", "key_file": "k"}, "gnss": section}, base_dir, environ={})
+    assert config.gnss is not None
+    return config.gnss
+
+
 def test_source_from_config(tmp_path: Path) -> None:
     section = tomllib.loads('url = "links/gnss"\nbaud = 115200\nearliest_date = 2023-01-01\nbackoff_max_s = 2\n')
-    source = source_from_config(section, tmp_path)
+    source = source_from_config(gnss_settings(section, tmp_path))
     assert source.url == str(tmp_path / "links" / "gnss")
     assert source.baud == 115200
     assert source.decoder.earliest_date == dt.date(2023, 1, 1)
     assert source.backoff_max_s == 2.0
-    assert source_from_config({"url": "/dev/ttyS1"}, tmp_path).url == "/dev/ttyS1"
-    assert source_from_config({"url": "socket://127.0.0.1:1"}, tmp_path).url == "socket://127.0.0.1:1"
-    assert source_from_config({"url": "loop://", "earliest_date": "2021-05-01"}, tmp_path).decoder.earliest_date == (
-        dt.date(2021, 5, 1)
-    )
+    assert source_from_config(gnss_settings({"url": "/dev/ttyS1"}, tmp_path)).url == "/dev/ttyS1"
+    assert source_from_config(gnss_settings({"url": "socket://127.0.0.1:1"}, tmp_path)).url == "socket://127.0.0.1:1"
+    assert source_from_config(
+        gnss_settings({"url": "loop://", "earliest_date": "2021-05-01"}, tmp_path)
+    ).decoder.earliest_date == dt.date(2021, 5, 1)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +226,7 @@ def test_source_from_config(tmp_path: Path) -> None:
     [
         ({}, "url"),
         ({"url": 5}, "url"),
-        ({"url": "loop://", "bauds": 9600}, "unknown keys"),
+        ({"url": "loop://", "bauds": 9600}, "has unknown key 'bauds'"),
         ({"url": "loop://", "baud": "fast"}, "baud"),
         ({"url": "loop://", "earliest_date": "yesterday"}, "earliest_date"),
         ({"url": "loop://", "earliest_date": dt.date(1980, 1, 6)}, "earliest_date"),
@@ -227,8 +235,8 @@ def test_source_from_config(tmp_path: Path) -> None:
     ],
 )
 def test_source_from_config_rejects_bad_sections(section: dict[str, object], match: str, tmp_path: Path) -> None:
-    with pytest.raises(GnssConfigError, match=match):
-        source_from_config(section, tmp_path)
+    with pytest.raises((ConfigError, GnssConfigError), match=match):
+        source_from_config(gnss_settings(section, tmp_path))
 
 
 def test_decoder_is_shared_with_the_source() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,7 @@ from typing import Any
 
 import can
 
+from edge.config import CanSettings
 from protocol import SignalSample
 
 from ._decoder import CanCounters, SignalDecoder
@@ -45,9 +46,6 @@ _DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SAMPLE_DBC = _DATA_DIR / "generic_car.dbc"
 #: The sample signal map for :data:`SAMPLE_DBC`.
 SAMPLE_MAP = _DATA_DIR / "generic_car_map.toml"
-
-_SECTION_KEYS = frozenset({"interface", "channel", "bitrate", "dbc", "signal_map", "bus_options"})
-
 
 @dataclass(slots=True)
 class Backoff:
@@ -248,60 +246,27 @@ class CanSource:
         self.close()
 
 
-def _check_section(section: Mapping[str, Any]) -> None:
-    unknown = sorted(set(section) - _SECTION_KEYS)
-    if unknown:
-        raise BusConfigError(f"[can]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SECTION_KEYS))}")
-
-
-def _resolve(base_dir: Path, value: object, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise BusConfigError(f"[can] {key}: expected a file path, got {value!r}")
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
-
-
-def decoder_from_config(section: Mapping[str, Any], base_dir: Path) -> SignalDecoder:
-    """Build the decoder from ``agent.toml``'s ``[can]`` section.
-
-    Keys: ``dbc`` (a path or a list of paths) and ``signal_map`` (a path); relative paths
-    are resolved against ``base_dir`` (the config file's folder).
+def decoder_from_config(settings: CanSettings) -> SignalDecoder:
+    """Build the decoder from ``agent.toml``'s ``[can]`` section (parsed by :mod:`edge.config`).
 
     Raises:
-        BusConfigError: a key is missing or of the wrong type.
         DbcError, SignalMapError: the files are unreadable or do not match.
     """
-    _check_section(section)
-    if "dbc" not in section or "signal_map" not in section:
-        raise BusConfigError("[can]: 'dbc' and 'signal_map' are required")
-    dbc = section["dbc"]
-    dbc_list = [dbc] if isinstance(dbc, str) else dbc
-    if not isinstance(dbc_list, list) or not dbc_list:
-        raise BusConfigError(f"[can] dbc: expected a path or a non-empty list of paths, got {dbc!r}")
-    paths = [_resolve(base_dir, item, "dbc") for item in dbc_list]
-    return SignalDecoder.from_files(paths, _resolve(base_dir, section["signal_map"], "signal_map"))
+    return SignalDecoder.from_files(list(settings.dbc), settings.signal_map)
 
 
-def source_from_config(section: Mapping[str, Any], base_dir: Path) -> CanSource:
+def source_from_config(settings: CanSettings) -> CanSource:
     """Build the CAN source from ``agent.toml``'s ``[can]`` section.
 
-    Keys: ``interface`` and ``channel`` (required), ``bitrate`` (int, optional),
-    ``bus_options`` (table of extra ``can.Bus`` keyword arguments, optional), plus the
-    decoder's keys (:func:`decoder_from_config`).
-
     Raises:
-        BusConfigError: a key is missing, unknown or of the wrong type, or python-can
-            rejects the interface settings.
+        BusConfigError: ``interface`` or ``channel`` is missing, or python-can rejects the
+            interface settings.
+        DbcError, SignalMapError: see :func:`decoder_from_config`.
     """
-    decoder = decoder_from_config(section, base_dir)
-    interface = section.get("interface")
-    channel = section.get("channel")
-    if not isinstance(interface, str) or not isinstance(channel, str):
-        raise BusConfigError(f"[can]: 'interface' and 'channel' must be strings, got {interface!r}, {channel!r}")
-    options = section.get("bus_options", {})
-    if not isinstance(options, Mapping):
-        raise BusConfigError(f"[can] bus_options: expected a table, got {options!r}")
-    reserved = sorted({"interface", "channel", "bitrate", "can_filters", "decoder", "backoff"} & set(options))
-    if reserved:
-        raise BusConfigError(f"[can] bus_options: {', '.join(reserved)} cannot be set here")
-    return CanSource(interface, channel, bitrate=section.get("bitrate"), decoder=decoder, **dict(options))
+    decoder = decoder_from_config(settings)
+    if settings.interface is None or settings.channel is None:
+        raise BusConfigError(
+            f"[can]: 'interface' and 'channel' must be strings, got {settings.interface!r}, {settings.channel!r}"
+        )
+    options: dict[str, Any] = dict(settings.bus_options)  # python-can's own keyword arguments, passed through
+    return CanSource(settings.interface, settings.channel, bitrate=settings.bitrate, decoder=decoder, **options)

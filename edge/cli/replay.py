@@ -14,8 +14,7 @@ import argparse
 import heapq
 import json
 import sys
-import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,18 +72,6 @@ def _can_samples(path: Path, decoder: Any, counters: Any) -> Iterator[SignalSamp
         yield from decoder.decode(message)
 
 
-def _load_sections(path: Path) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh)
-    rules = raw.get("rules", {})
-    can_section = raw.get("can")
-    if not isinstance(rules, Mapping):
-        raise TypeError(f"{path}: [rules] must be a table")
-    if can_section is not None and not isinstance(can_section, Mapping):
-        raise TypeError(f"{path}: [can] must be a table")
-    return rules, can_section
-
-
 def _print_record(record: Alert | DailyStats, out: TextIO, jsonl: bool) -> None:
     if isinstance(record, Alert):
         data = alert_json(record)
@@ -127,22 +114,21 @@ def main(argv: list[str]) -> int:
     """Entry point of ``lienwatch replay`` (0 ok, 1 a log failed mid-way, 2 bad arguments/config)."""
     args = _parser().parse_args(argv)
     from edge.canbus import CanCounters, CanSourceError, decoder_from_config
+    from edge.config import ConfigError, load_replay_config
     from edge.gnss import NmeaDecoder, read_nmea_file
-    from edge.place_files import load_markets_file, load_regions_file
-    from edge.rules import Engine, RulesConfig, RulesError
+    from edge.place_files import load_rules_places
+    from edge.rules import Engine
     from protocol.errors import PlacesError
 
     config_path: Path = args.config
     try:
-        rules_section, can_section = _load_sections(config_path)
-        base_dir = config_path.resolve().parent
-        rules_config = RulesConfig.from_dict(rules_section, base_dir)
-        markets = load_markets_file(rules_config.markets_file) if rules_config.markets_file else []
-        regions = load_regions_file(rules_config.regions_file) if rules_config.regions_file else []
+        config = load_replay_config(config_path)
+        rules_config = config.rules
+        markets, regions = load_rules_places(rules_config)
         decoder = None
-        if args.can is not None and can_section is not None:
-            decoder = decoder_from_config(can_section, base_dir)
-    except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError, RulesError, PlacesError, CanSourceError) as exc:
+        if args.can is not None and config.can is not None:
+            decoder = decoder_from_config(config.can)
+    except (ConfigError, PlacesError, CanSourceError) as exc:
         print(f"lienwatch replay: {exc}", file=sys.stderr)
         return 2
     if args.can is not None and decoder is None:

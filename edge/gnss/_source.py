@@ -12,17 +12,16 @@ injected so the backoff schedule is testable without waiting.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 
 import serial
 
-from ._decoder import DEFAULT_EARLIEST_DATE, DEFAULT_MAX_SENTENCE, GnssCounters, GnssRecord, NmeaDecoder
+from edge.config import GnssSettings
+
+from ._decoder import GnssCounters, GnssRecord, NmeaDecoder
 from .errors import GnssConfigError, PortUnavailable
 
 __all__ = ["GnssSource", "source_from_config"]
@@ -228,53 +227,20 @@ class GnssSource:
                 port.close()
 
 
-_CONFIG_KEYS = frozenset({"url", "baud", "earliest_date", "max_sentence", "backoff_initial_s", "backoff_max_s"})
-
-
-def source_from_config(section: Mapping[str, object], base_dir: Path) -> GnssSource:
-    """Build the agent's GNSS source from the ``[gnss]`` section of agent.toml.
-
-    Keys: ``url`` (required; a relative device path is taken relative to ``base_dir``),
-    ``baud`` (9600), ``earliest_date`` (TOML date or ``YYYY-MM-DD``, 2020-01-01),
-    ``max_sentence`` (200), ``backoff_initial_s`` (0.1), ``backoff_max_s`` (5.0).
+def source_from_config(settings: GnssSettings) -> GnssSource:
+    """Build the agent's GNSS source from the ``[gnss]`` section of agent.toml (parsed by :mod:`edge.config`).
 
     Raises:
-        GnssConfigError: a key is unknown, missing or has an invalid value.
+        GnssConfigError: the decoder refuses a setting (e.g. an ``earliest_date`` before GPS time).
     """
-    unknown = set(section) - _CONFIG_KEYS
-    if unknown:
-        raise GnssConfigError(f"[gnss] has unknown keys {sorted(unknown)}; allowed: {sorted(_CONFIG_KEYS)}")
-    url = section.get("url")
-    if not isinstance(url, str) or not url:
-        raise GnssConfigError(f"[gnss] url must be a non-empty string, got {url!r}")
-    if "://" not in url and not os.path.isabs(url):
-        url = str(Path(base_dir) / url)
-    earliest = section.get("earliest_date", DEFAULT_EARLIEST_DATE)
-    if isinstance(earliest, str):
-        try:
-            earliest = dt.date.fromisoformat(earliest)
-        except ValueError as exc:
-            raise GnssConfigError(f"[gnss] earliest_date {earliest!r} is not YYYY-MM-DD") from exc
-    if isinstance(earliest, dt.datetime) or not isinstance(earliest, dt.date):
-        raise GnssConfigError(f"[gnss] earliest_date {earliest!r} must be a date")
-    max_sentence = section.get("max_sentence", DEFAULT_MAX_SENTENCE)
-    if isinstance(max_sentence, bool) or not isinstance(max_sentence, int) or not 16 <= max_sentence <= 4096:
-        raise GnssConfigError(f"[gnss] max_sentence {max_sentence!r} must be an integer within 16..4096")
     try:
-        decoder = NmeaDecoder(earliest_date=earliest, max_sentence=max_sentence)
+        decoder = NmeaDecoder(earliest_date=settings.earliest_date, max_sentence=settings.max_sentence)
     except ValueError as exc:
         raise GnssConfigError(f"[gnss] {exc}") from exc
-    baud = section.get("baud", 9600)
-    floats = {}
-    for key, default in (("backoff_initial_s", 0.1), ("backoff_max_s", 5.0)):
-        value = section.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise GnssConfigError(f"[gnss] {key} {value!r} must be a number of seconds")
-        floats[key] = float(value)
     return GnssSource(
-        url,
-        baud,  # type: ignore[arg-type]  # validated by GnssSource
+        settings.url,
+        settings.baud,
         decoder=decoder,
-        backoff_initial_s=floats["backoff_initial_s"],
-        backoff_max_s=floats["backoff_max_s"],
+        backoff_initial_s=settings.backoff_initial_s,
+        backoff_max_s=settings.backoff_max_s,
     )
