@@ -57,10 +57,11 @@ from protocol import (
     seal_state,
     state_topic,
 )
-from protocol.errors import LocalProtocolError
+from protocol.errors import LocalProtocolError, ProtocolError
 
 from .batcher import Batcher, ClosedBatch
-from .config import AgentConfig, AgentError, load_config
+from .config import AgentConfig, load_config
+from .errors import ConfigError, EdgeError, InputError
 from .outbox import Outbox
 from .place_files import load_rules_places
 from .sequence import SequenceAllocator, write_atomically
@@ -340,7 +341,7 @@ class Agent:
             if self.gate.current is not None:
                 try:
                     self._apply_config_body(self.gate.current)
-                except Exception as exc:  # noqa: BLE001 - the stored body verified but no longer applies: say so, go on
+                except (EdgeError, ProtocolError) as exc:  # the stored body verified but no longer applies: say so
                     _event(logging.WARNING, "stored_config_not_applied", version=self.gate.version, error=str(exc))
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -384,7 +385,7 @@ class Agent:
             return factory(self.config, None)
         try:
             return factory(self.config, snapshot)
-        except Exception as exc:  # noqa: BLE001 - the owner's error tree: a snapshot it refuses is lost state
+        except InputError as exc:  # a snapshot the engine refuses (StateError) is lost state
             self.counters["rule_state_lost"] += 1
             _event(logging.ERROR, "rule_state_lost", path=str(self.snapshot_path), error=str(exc))
             return factory(self.config, None)
@@ -458,13 +459,13 @@ class Agent:
         body = config.body
         unknown = set(body) - {"markets", "regions", "rules"}
         if unknown:
-            raise AgentError(f"configuration body has unknown sections {sorted(unknown)}")
+            raise DownlinkRejectedError("invalid_body", f"configuration body has unknown sections {sorted(unknown)}")
         markets = load_places(body["markets"]) if "markets" in body else None
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
         if "rules" in body:
             if not isinstance(body["rules"], Mapping):
-                raise AgentError("configuration body 'rules' must be a map")
+                raise DownlinkRejectedError("invalid_body", "configuration body 'rules' must be a map")
             rules = self.config.rules.merged(body["rules"], self.config.base_dir)
         if rules is not None:
             self.engine.set_config(rules)
@@ -484,7 +485,7 @@ class Agent:
             return
         try:
             self._apply_config_body(config)
-        except Exception as exc:  # noqa: BLE001 - owner-specific validation errors: refuse, count, report
+        except (EdgeError, ProtocolError) as exc:  # a body the rules or the place schema refuse: refuse, count
             rejected = self.gate.refuse("invalid_body", f"configuration version {config.version} not applied: {exc}")
             _event(logging.WARNING, "config_rejected", reason=rejected.reason, detail=str(rejected))
             return
@@ -505,7 +506,7 @@ class Agent:
             new = load_config(self.config.source)
             rules = new.rules
             markets, regions = load_rules_places(rules)
-        except Exception as exc:  # noqa: BLE001 - keep running on the old settings
+        except (ConfigError, ProtocolError) as exc:  # keep running on the old settings
             self.counters["reload_failures"] += 1
             _event(logging.ERROR, "reload_failed", error=str(exc))
             return
@@ -543,7 +544,7 @@ class Agent:
         while not self._stop.is_set():
             try:
                 records = src.source.read(0.5)
-            except Exception as exc:  # noqa: BLE001 - a source failure must not kill the agent: count, log, retry
+            except Exception as exc:  # noqa: BLE001 - thread boundary: a source thread must survive any failure
                 src.errors += 1
                 self.counters["source_errors"] += 1
                 if src.last_error != str(exc):
@@ -623,12 +624,7 @@ class Agent:
 
     def _feed_record(self, record: SourceRecord) -> None:
         self.counters["records_in"] += 1
-        try:
-            produced = self.engine.feed(record)
-        except Exception as exc:  # noqa: BLE001 - a rules bug must not stop telemetry: count and log it
-            self.counters["engine_errors"] += 1
-            _event(logging.ERROR, "engine_error", error=str(exc), record=type(record).__name__)
-            produced = []
+        produced = self._run_engine(lambda: self.engine.feed(record), type(record).__name__)
         now = time.monotonic()
         active = bool(self.engine.active_rules)
         if isinstance(record, (Fix, SignalSample)):
@@ -638,13 +634,18 @@ class Agent:
     def _feed_engine_tick(self) -> None:
         if not self.clock.anchored:
             return  # no observation time yet (see the module docstring)
-        try:
-            produced = self.engine.tick(self.clock.now_ms())
-        except Exception as exc:  # noqa: BLE001 - see _feed_record
-            self.counters["engine_errors"] += 1
-            _event(logging.ERROR, "engine_error", error=str(exc), record="tick")
-            return
+        now_ms = self.clock.now_ms()
+        produced = self._run_engine(lambda: self.engine.tick(now_ms), "tick")
         self._add_produced(produced, time.monotonic(), bool(self.engine.active_rules))
+
+    def _run_engine(self, call: Callable[[], list[Any]], what: str) -> list[Any]:
+        """One call into the rules engine; a rules bug is counted and logged, telemetry goes on."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - boundary of the engine thread: it must outlive a rules bug
+            self.counters["engine_errors"] += 1
+            _event(logging.ERROR, "engine_error", error=str(exc), record=what)
+            return []
 
     def _add_produced(self, produced: Iterable[Any], now: float, active: bool) -> None:
         for item in produced:
@@ -717,7 +718,7 @@ class Agent:
         for src in self._sources.values():
             if src.thread is not None:
                 src.thread.join(timeout=5.0)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError, EdgeError):
                 src.source.close()
         self._drain_queue(limit=self._queue.qsize() + 1)
         self._store_all(self.batcher.flush())

@@ -26,9 +26,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError
 from edge.rules import RulesConfig
-from edge.rules import RulesError as _RulesError
 from protocol import LIMITS, check_device_id
 from protocol.config_values import ConfigValueError, UnknownVariableError, env_overrides, parse_bool, parse_duration
 from protocol.errors import InvalidRecord, PlacesError
@@ -36,7 +35,6 @@ from protocol.errors import InvalidRecord, PlacesError
 __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
-    "AgentError",
     "BatchSettings",
     "CanSettings",
     "ConfigError",
@@ -59,12 +57,6 @@ DEFAULT_EARLIEST_DATE = dt.date(2020, 1, 1)
 DEFAULT_MAX_SENTENCE = 200
 #: ``bus_options`` keys that the [can] section sets itself.
 RESERVED_BUS_OPTIONS = frozenset({"interface", "channel", "bitrate", "can_filters", "decoder", "backoff"})
-
-
-class AgentError(EdgeError):
-    """Root of the errors raised by the edge agent's own modules (outbox, uplink, ...)."""
-
-    reason = "agent_error"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -561,7 +553,7 @@ def _rules(raw: Mapping[str, Any], base: Path) -> RulesConfig:
         raise ConfigError("[rules] must be a table")
     try:
         return RulesConfig.from_dict(table, base)
-    except _RulesError as exc:
+    except ConfigError as exc:
         raise ConfigError(f"[rules] rejected: {exc}") from exc
 
 
@@ -662,7 +654,7 @@ def validate_delegated_sections(config: AgentConfig) -> list[str]:
     Raises:
         ConfigError: a file named by a section is unusable (the message names the section).
     """
-    from edge.canbus import CanSourceError, decoder_from_config
+    from edge.canbus import decoder_from_config
     from edge.place_files import load_rules_places
 
     try:
@@ -673,7 +665,7 @@ def validate_delegated_sections(config: AgentConfig) -> list[str]:
     if config.can is not None:
         try:
             decoder_from_config(config.can)
-        except CanSourceError as exc:
+        except ConfigError as exc:
             raise ConfigError(f"[can] rejected: {exc}") from exc
         notes.append("[can] ok (DBC and signal map load; the bus is opened at run time)")
     if config.gnss is not None:

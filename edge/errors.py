@@ -4,8 +4,10 @@
   a file it names: DBC, signal map, markets); the message names the key or file.
 * :class:`DeviceError`: a device or file on the box failed at run time (a serial port that
   vanished, a CAN bus that will not open, an unreadable log, a full disk).
-* :class:`InputError`: data read from a device or log is malformed (an NMEA sentence, a CAN
-  frame, a persisted snapshot); counted and skipped, never a crash.
+* :class:`InputError`: data read from a device, a log, a state file or the downlink is
+  malformed or refused (an NMEA sentence, a CAN log, a rules snapshot, a pushed
+  configuration); counted and skipped, never a crash.
+* :class:`UsageError`: a caller inside the edge used an API wrongly (a bug on this side).
 
 Foreign exceptions (OSError, tomllib, python-can, pyserial, cantools) are translated at the
 boundary with ``raise ... from exc``. Errors of :mod:`protocol` (shared formats: records,
@@ -14,7 +16,7 @@ keys, places) keep their own tree and are translated where the edge adds context
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DeviceError", "EdgeError", "InputError"]
+__all__ = ["ConfigError", "DeviceError", "EdgeError", "InputError", "UsageError"]
 
 
 class EdgeError(Exception):
@@ -40,3 +42,9 @@ class InputError(EdgeError, ValueError):
 
     reason = "bad_input"
 
+
+
+class UsageError(EdgeError, TypeError):
+    """A caller inside the edge passed something an API does not take (a bug on this side)."""
+
+    reason = "usage_error"

@@ -36,7 +36,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import TypeVar
 
-from .config import AgentError
+from .errors import DeviceError
 
 __all__ = ["Outbox", "OutboxError", "Priority", "StoredBatch"]
 
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-class OutboxError(AgentError):
+class OutboxError(DeviceError):
     """The outbox cannot store or hand out batches (the disk failed, not the data)."""
 
     reason = "outbox_error"

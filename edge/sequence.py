@@ -46,7 +46,7 @@ from pathlib import Path
 
 from protocol import MAX_SEQ
 
-from .config import AgentError
+from .errors import DeviceError
 
 __all__ = ["SequenceAllocator", "SequenceError", "SkippedRange", "write_atomically"]
 
@@ -55,7 +55,7 @@ _MAGIC = "lienwatch-seq-v1"
 _SANE_CLOCK_MS = 1_577_836_800_000
 
 
-class SequenceError(AgentError):
+class SequenceError(DeviceError):
     """The sequence space is exhausted or the sequence file cannot be written."""
 
     reason = "sequence_error"

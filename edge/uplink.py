@@ -40,7 +40,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from protocol import DeviceConfig, batch_topic, config_topic, open_config, state_topic
 from protocol.errors import ProtocolError
 
-from .config import AgentError, MqttSettings
+from .config import MqttSettings
+from .errors import InputError, UsageError
 from .outbox import Outbox
 from .sequence import write_atomically
 
@@ -52,13 +53,13 @@ log = logging.getLogger("lienwatch.uplink")
 #: PUBACK reason code 0x10 (MQTT 5): accepted, but nobody was subscribed, so nothing was delivered.
 NO_MATCHING_SUBSCRIBERS = 0x10
 
-class UplinkError(AgentError):
+class UplinkError(UsageError):
     """The uplink was used wrongly (started twice, bad settings)."""
 
     reason = "uplink_error"
 
 
-class DownlinkRejectedError(AgentError):
+class DownlinkRejectedError(InputError):
     """A configuration message was refused; ``reason`` says why (a stable slug)."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -15,16 +15,15 @@ from edge.canbus import (
     SAMPLE_DBC,
     SAMPLE_MAP,
     Backoff,
-    BusConfigError,
     CanSource,
-    CanSourceError,
     DbcError,
     SignalDecoder,
     SignalMapError,
     decoder_from_config,
     source_from_config,
 )
-from edge.config import CanSettings, ConfigError, parse_config
+from edge.config import CanSettings, parse_config
+from edge.errors import ConfigError, DeviceError
 from protocol import SignalSample
 
 _channels = itertools.count()
@@ -88,7 +87,7 @@ def test_read_after_close_is_an_error(channel: str) -> None:
     source = CanSource("virtual", channel, decoder=decoder())
     source.close()
     source.close()
-    with pytest.raises(CanSourceError, match="is closed"):
+    with pytest.raises(DeviceError, match="is closed"):
         source.read(timeout=0)
 
 
@@ -181,7 +180,7 @@ def test_bus_kwargs_and_slcan_sleep_default(monkeypatch: pytest.MonkeyPatch) -> 
     ],
 )
 def test_impossible_bus_settings_raise(interface: str, kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(BusConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         CanSource(interface, "x", decoder=decoder(), **kwargs)
 
 
@@ -190,7 +189,7 @@ def test_backoff_doubles_to_the_cap_and_resets() -> None:
     assert [backoff.next_delay() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     backoff.reset()
     assert backoff.next_delay() == 0.1
-    with pytest.raises(BusConfigError, match="backoff needs"):
+    with pytest.raises(ConfigError, match="backoff needs"):
         Backoff(initial_s=2, max_s=1)
 
 
@@ -235,7 +234,7 @@ def test_decoder_from_config_takes_a_list_of_dbcs(config_dir: Path) -> None:
         ({"dbc": "car.dbc", "signal_map": "car_map.toml", "bitrte": 5}, ConfigError, r"unknown key 'bitrte'"),
         ({"dbc": "other.dbc", "signal_map": "car_map.toml"}, DbcError, r"other\.dbc: cannot read DBC"),
         ({"dbc": "car.dbc", "signal_map": "none.toml"}, SignalMapError, r"none\.toml: cannot read signal map"),
-        ({"dbc": "car.dbc", "signal_map": "car_map.toml", "channel": "x"}, BusConfigError, "must be strings"),
+        ({"dbc": "car.dbc", "signal_map": "car_map.toml", "channel": "x"}, ConfigError, "must be strings"),
         (
             {"dbc": "car.dbc", "signal_map": "car_map.toml", "interface": "virtual", "channel": "x",
              "bus_options": {"can_filters": []}},

@@ -25,10 +25,10 @@ from typing import Any
 import can
 
 from edge.config import CanSettings
+from edge.errors import ConfigError, DeviceError
 from protocol import SignalSample
 
 from ._decoder import CanCounters, SignalDecoder
-from .errors import BusConfigError, CanSourceError
 
 __all__ = [
     "SAMPLE_DBC",
@@ -64,7 +64,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_s <= self.max_s or self.factor < 1:
-            raise BusConfigError(
+            raise ConfigError(
                 "backoff needs 0 < initial_s <= max_s and factor >= 1, "
                 f"got {self.initial_s}, {self.max_s}, {self.factor}"
             )
@@ -95,7 +95,7 @@ class CanSource:
             defaults to 0 instead of python-can's 2 s).
 
     Raises:
-        BusConfigError: the interface is unknown or the settings are invalid. A bus that
+        ConfigError: the interface is unknown or the settings are invalid. A bus that
             merely cannot be opened yet (adapter absent) does not raise: see
             :attr:`is_open` and :attr:`last_error`; :meth:`read` keeps trying.
     """
@@ -111,9 +111,9 @@ class CanSource:
         **bus_kwargs: Any,
     ) -> None:
         if not isinstance(interface, str) or not interface:
-            raise BusConfigError(f"CAN interface must be a non-empty string, got {interface!r}")
+            raise ConfigError(f"CAN interface must be a non-empty string, got {interface!r}")
         if bitrate is not None and (isinstance(bitrate, bool) or not isinstance(bitrate, int) or bitrate <= 0):
-            raise BusConfigError(f"CAN bitrate must be a positive int (bit/s), got {bitrate!r}")
+            raise ConfigError(f"CAN bitrate must be a positive int (bit/s), got {bitrate!r}")
         self.interface = interface
         self.channel = channel
         self.bitrate = bitrate
@@ -150,9 +150,9 @@ class CanSource:
                 interface=self.interface, channel=self.channel, can_filters=self.decoder.can_filters, **kwargs
             )
         except can.CanInterfaceNotImplementedError as exc:
-            raise BusConfigError(f"{where}: not available in python-can: {exc}") from exc
+            raise ConfigError(f"{where}: not available in python-can: {exc}") from exc
         except (ValueError, TypeError) as exc:
-            raise BusConfigError(f"{where}: invalid settings {kwargs!r}: {exc}") from exc
+            raise ConfigError(f"{where}: invalid settings {kwargs!r}: {exc}") from exc
         except (can.CanError, OSError) as exc:
             self.counters.bus_open_failures += 1
             delay = self._backoff.next_delay()
@@ -193,7 +193,7 @@ class CanSource:
             or an empty list on timeout or while the bus is down.
         """
         if self._closed:
-            raise CanSourceError(f"CAN source on {self.channel!r} is closed")
+            raise DeviceError(f"CAN source on {self.channel!r} is closed")
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             now = time.monotonic()
@@ -259,13 +259,13 @@ def source_from_config(settings: CanSettings) -> CanSource:
     """Build the CAN source from ``agent.toml``'s ``[can]`` section.
 
     Raises:
-        BusConfigError: ``interface`` or ``channel`` is missing, or python-can rejects the
+        ConfigError: ``interface`` or ``channel`` is missing, or python-can rejects the
             interface settings.
         DbcError, SignalMapError: see :func:`decoder_from_config`.
     """
     decoder = decoder_from_config(settings)
     if settings.interface is None or settings.channel is None:
-        raise BusConfigError(
+        raise ConfigError(
             f"[can]: 'interface' and 'channel' must be strings, got {settings.interface!r}, {settings.channel!r}"
         )
     options: dict[str, Any] = dict(settings.bus_options)  # python-can's own keyword arguments, passed through

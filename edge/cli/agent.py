@@ -15,7 +15,9 @@ import signal
 import sys
 from types import FrameType
 
-from edge.config import AgentError, ConfigError, load_config, validate_delegated_sections
+from edge.config import ConfigError, load_config, validate_delegated_sections
+from edge.errors import EdgeError
+from protocol.errors import ProtocolError
 
 __all__ = ["main"]
 
@@ -59,10 +61,9 @@ def _run(path: str, level: str) -> int:
     root.setLevel(level.upper())
     try:
         agent = Agent(config)
-    except Exception as exc:  # noqa: BLE001 - key/source/rules errors from other modules: say which, exit 1
-        kind = "" if isinstance(exc, (AgentError, OSError)) else f"{type(exc).__name__}: "
+    except (EdgeError, ProtocolError, OSError) as exc:  # key file, data folder, outbox, markets: say which, exit 1
         logging.getLogger("lienwatch.agent").error(  # noqa: TRY400 - one line, no traceback, for operators
-            "start_failed", extra={"fields": {"error": f"{kind}{exc}"}}
+            "start_failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}}
         )
         return 1
 

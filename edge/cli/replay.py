@@ -113,8 +113,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``lienwatch replay`` (0 ok, 1 a log failed mid-way, 2 bad arguments/config)."""
     args = _parser().parse_args(argv)
-    from edge.canbus import CanCounters, CanSourceError, decoder_from_config
-    from edge.config import ConfigError, load_replay_config
+    from edge.canbus import CanCounters, decoder_from_config
+    from edge.config import load_replay_config
+    from edge.errors import EdgeError
     from edge.gnss import NmeaDecoder, read_nmea_file
     from edge.place_files import load_rules_places
     from edge.rules import Engine
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
         decoder = None
         if args.can is not None and config.can is not None:
             decoder = decoder_from_config(config.can)
-    except (ConfigError, PlacesError, CanSourceError) as exc:
+    except (EdgeError, PlacesError) as exc:
         print(f"lienwatch replay: {exc}", file=sys.stderr)
         return 2
     if args.can is not None and decoder is None:
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> int:
                 _print_record(record, out, args.jsonl)
             if progress is not None and events % 1000 == 0:
                 progress.update(1000)
-    except (OSError, CanSourceError) as exc:
+    except (OSError, EdgeError) as exc:
         print(f"lienwatch replay: {exc}", file=sys.stderr)
         status = 1
     finally:

@@ -20,9 +20,10 @@ from types import TracebackType
 import serial
 
 from edge.config import GnssSettings
+from edge.errors import ConfigError
 
 from ._decoder import GnssCounters, GnssRecord, NmeaDecoder
-from .errors import GnssConfigError, PortUnavailable
+from .errors import PortUnavailable
 
 __all__ = ["GnssSource", "source_from_config"]
 
@@ -65,15 +66,15 @@ class GnssSource:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not isinstance(url, str) or not url:
-            raise GnssConfigError(f"GNSS url {url!r} must be a non-empty pyserial URL or device path")
+            raise ConfigError(f"GNSS url {url!r} must be a non-empty pyserial URL or device path")
         if isinstance(baud, bool) or not isinstance(baud, int) or not 50 <= baud <= 4_000_000:
-            raise GnssConfigError(f"GNSS baud {baud!r} must be an integer within 50..4000000")
+            raise ConfigError(f"GNSS baud {baud!r} must be an integer within 50..4000000")
         if not 0 < backoff_initial_s <= backoff_max_s <= 3600:
-            raise GnssConfigError(
+            raise ConfigError(
                 f"reopen backoff {backoff_initial_s!r}..{backoff_max_s!r} s must satisfy 0 < initial <= max <= 3600"
             )
         if not 0 < poll_s <= 10:
-            raise GnssConfigError(f"poll_s={poll_s!r} must be within (0, 10] seconds")
+            raise ConfigError(f"poll_s={poll_s!r} must be within (0, 10] seconds")
         self.url = url
         self.baud = baud
         self.decoder = decoder or NmeaDecoder()
@@ -112,7 +113,7 @@ class GnssSource:
 
         Raises:
             PortUnavailable: the URL cannot be opened (counted in ``open_failures``).
-            GnssConfigError: the URL's scheme is unknown to pyserial.
+            ConfigError: the URL's scheme is unknown to pyserial.
         """
         if self._port is None:
             error = self._try_open()
@@ -183,7 +184,7 @@ class GnssSource:
         try:
             port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=self.poll_s)
         except ValueError as exc:
-            raise GnssConfigError(f"GNSS url {self.url!r} is not a valid pyserial URL: {exc}") from exc
+            raise ConfigError(f"GNSS url {self.url!r} is not a valid pyserial URL: {exc}") from exc
         except (serial.SerialException, OSError) as exc:
             counters.open_failures += 1
             error = PortUnavailable(f"cannot open GNSS port {self.url!r}: {exc}")
@@ -231,12 +232,12 @@ def source_from_config(settings: GnssSettings) -> GnssSource:
     """Build the agent's GNSS source from the ``[gnss]`` section of agent.toml (parsed by :mod:`edge.config`).
 
     Raises:
-        GnssConfigError: the decoder refuses a setting (e.g. an ``earliest_date`` before GPS time).
+        ConfigError: the decoder refuses a setting (e.g. an ``earliest_date`` before GPS time).
     """
     try:
         decoder = NmeaDecoder(earliest_date=settings.earliest_date, max_sentence=settings.max_sentence)
     except ValueError as exc:
-        raise GnssConfigError(f"[gnss] {exc}") from exc
+        raise ConfigError(f"[gnss] {exc}") from exc
     return GnssSource(
         settings.url,
         settings.baud,

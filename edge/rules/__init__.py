@@ -25,13 +25,12 @@ from .config import (
     TowingConfig,
 )
 from .engine import RULE_NAMES, SNAPSHOT_FORMAT, Engine, RulesCounters
-from .errors import ConfigError, EventError, RulesError, StateError
+from .errors import EventError, StateError
 
 __all__ = [
     "DEFAULT_DOORS",
     "RULE_NAMES",
     "SNAPSHOT_FORMAT",
-    "ConfigError",
     "DailyStatsConfig",
     "DwellConfig",
     "Engine",
@@ -42,7 +41,6 @@ __all__ = [
     "RegionExitConfig",
     "RulesConfig",
     "RulesCounters",
-    "RulesError",
     "StateError",
     "TowingConfig",
     "local_day_bounds",

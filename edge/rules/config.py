@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from edge.errors import ConfigError
+
 from ._typed_values import build_dataclass, dump_dataclass
-from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_DOORS",
