@@ -395,6 +395,11 @@ class Outbox:
 
         return self._guard(action)
 
+    def totals_snapshot(self) -> dict[str, int]:
+        """A copy of :attr:`totals` taken under the outbox lock (the uplink thread updates them too)."""
+        with self._lock:
+            return dict(self.totals)
+
     def stats(self) -> dict[str, int]:
         """Rows and bytes currently stored (``outbox_batches``, ``outbox_bytes``)."""
 
