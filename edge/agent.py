@@ -43,7 +43,7 @@ from .config import AgentConfig, load_config
 from .counter_board import OMITTED, PublishedCounters, counter_values, state_counters
 from .downlink_apply import DownlinkApplier
 from .errors import ConfigError, EdgeError, InputError
-from .observation_clock import ObservationClock
+from .observation_clock import ObservationClock, host_wall_ms
 from .outbox import Outbox
 from .place_files import load_rules_places
 from .rule_state_file import RuleStateFile
@@ -276,7 +276,7 @@ class Agent:
         state = DeviceState(
             device_id=self.device_id,
             online=online,
-            time_ms=int(time.time() * 1000),
+            time_ms=host_wall_ms(),
             boot_id=self.boot_id,
             versions={"agent": lienwatch_version(), "protocol": "1"},
             counters=self.all_counters(),

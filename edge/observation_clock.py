@@ -22,7 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["HOLD_MAX", "HOLD_S", "ObservationClock"]
+__all__ = ["HOLD_MAX", "HOLD_S", "ObservationClock", "host_wall_ms"]
+
+
+def host_wall_ms() -> int:
+    """The host's wall clock, epoch milliseconds (batch creation times, sequence-file stamps)."""
+    return int(time.time() * 1000)
 
 
 #: CAN samples held while waiting for the first GNSS epoch (time and count bounds).

@@ -29,7 +29,6 @@ import hashlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import DeviceError
+from .observation_clock import host_wall_ms
 
 __all__ = ["Outbox", "OutboxError", "Priority", "StoredBatch"]
 
@@ -132,7 +132,7 @@ class Outbox:
         path: Path,
         *,
         max_bytes: int = 64 * 1024 * 1024,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = host_wall_ms,
     ) -> None:
         if max_bytes < 1024:
             raise OutboxError(f"outbox max_bytes={max_bytes} must be at least 1024")

@@ -10,7 +10,6 @@ new numbers; the skipped number is announced like any other skipped range.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +18,7 @@ from protocol import Batch, batch_topic, seal_batch
 from protocol.errors import LocalProtocolError
 
 from .batcher import ClosedBatch
+from .observation_clock import host_wall_ms
 from .outbox import Outbox
 from .sequence import SequenceAllocator
 from .structured_log import log_event
@@ -54,7 +54,7 @@ class BatchSealer:
         stored: Callable[[], None],
         boot_counters: Mapping[str, int],
         counters: dict[str, int],
-        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wall_ms: Callable[[], int] = host_wall_ms,
     ) -> None:
         self.device_id = device_id
         self.boot_id = boot_id

@@ -47,6 +47,7 @@ from pathlib import Path
 from protocol import MAX_SEQ
 
 from .errors import DeviceError
+from .observation_clock import host_wall_ms
 
 __all__ = ["SequenceAllocator", "SequenceError", "SkippedRange", "write_atomically"]
 
@@ -132,7 +133,7 @@ class SequenceAllocator:
         *,
         committed_high: int = 0,
         block: int = 16,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = host_wall_ms,
     ) -> None:
         if block < 1:
             raise SequenceError(f"block={block} must be at least 1")

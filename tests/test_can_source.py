@@ -11,10 +11,10 @@ from typing import Any
 import can
 import pytest
 
+from edge.backoff import Backoff
 from edge.canbus import (
     SAMPLE_DBC,
     SAMPLE_MAP,
-    Backoff,
     CanSource,
     DbcError,
     SignalDecoder,

@@ -13,18 +13,17 @@ work (unknown interface, invalid bitrate) raise.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import can
 
+from edge.backoff import Backoff
 from edge.config import CanSettings
+from edge.device_source import CounterNames, DeviceLost, DeviceSource, DeviceUnavailable
 from edge.errors import ConfigError, DeviceError
 from protocol import SignalSample
 
@@ -33,7 +32,6 @@ from ._decoder import CanCounters, SignalDecoder
 __all__ = [
     "SAMPLE_DBC",
     "SAMPLE_MAP",
-    "Backoff",
     "CanSource",
     "decoder_from_config",
     "source_from_config",
@@ -47,43 +45,11 @@ SAMPLE_DBC = _DATA_DIR / "generic_car.dbc"
 #: The sample signal map for :data:`SAMPLE_DBC`.
 SAMPLE_MAP = _DATA_DIR / "generic_car_map.toml"
 
-@dataclass(slots=True)
-class Backoff:
-    """Exponential reopen delays: ``initial_s``, doubled per failure, capped at ``max_s``.
-
-    Attributes:
-        initial_s: first delay in seconds.
-        max_s: longest delay in seconds.
-        factor: growth per consecutive failure.
-    """
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-    factor: float = 2.0
-    _failures: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial_s <= self.max_s or self.factor < 1:
-            raise ConfigError(
-                "backoff needs 0 < initial_s <= max_s and factor >= 1, "
-                f"got {self.initial_s}, {self.max_s}, {self.factor}"
-            )
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call counts one more failure."""
-        delay = min(self.max_s, self.initial_s * self.factor**self._failures)
-        self._failures += 1
-        return delay
-
-    def reset(self) -> None:
-        """Start again from ``initial_s`` (after a successful open)."""
-        self._failures = 0
-
-
-class CanSource:
+class CanSource(DeviceSource[can.BusABC, SignalSample]):
     """Canonical samples from a live CAN interface, surviving adapter loss.
 
-    Not thread-safe: one thread calls :meth:`read`.
+    Not thread-safe: one thread calls :meth:`read`. Reopening, backoff and the bus counters
+    are :class:`~edge.device_source.DeviceSource`'s.
 
     Args:
         interface: python-can interface name (``socketcan``, ``slcan``, ``virtual``, ...).
@@ -118,16 +84,12 @@ class CanSource:
         self.channel = channel
         self.bitrate = bitrate
         self.decoder = decoder
-        self._backoff = backoff or Backoff()
         if interface == "slcan":
             bus_kwargs.setdefault("sleep_after_open", 0)
         self._bus_kwargs = bus_kwargs
-        self._bus: can.BusABC | None = None
-        self._opens = 0
-        self._next_open_at = 0.0
-        self._closed = False
-        #: Text of the last open or read failure (None when the last open succeeded).
-        self.last_error: str | None = None
+        self._where = f"CAN interface {interface!r} channel {channel!r}"
+        self._time_ms: Callable[[float], int] | None = None
+        super().__init__(self._where, decoder.counters, _COUNTER_NAMES, backoff=backoff or Backoff())
         self._try_open()
 
     @property
@@ -138,47 +100,12 @@ class CanSource:
     @property
     def is_open(self) -> bool:
         """True while the bus is open."""
-        return self._bus is not None
+        return self._device is not None
 
-    def _try_open(self) -> bool:
-        kwargs = dict(self._bus_kwargs)
-        if self.bitrate is not None:
-            kwargs["bitrate"] = self.bitrate
-        where = f"CAN interface {self.interface!r} channel {self.channel!r}"
-        try:
-            bus = can.Bus(
-                interface=self.interface, channel=self.channel, can_filters=self.decoder.can_filters, **kwargs
-            )
-        except can.CanInterfaceNotImplementedError as exc:
-            raise ConfigError(f"{where}: not available in python-can: {exc}") from exc
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}: invalid settings {kwargs!r}: {exc}") from exc
-        except (can.CanError, OSError) as exc:
-            self.counters.bus_open_failures += 1
-            delay = self._backoff.next_delay()
-            self._next_open_at = time.monotonic() + delay
-            self.last_error = f"{where}: cannot open: {exc}"
-            logger.warning("%s; retrying in %.1f s", self.last_error, delay)
-            return False
-        self._bus = bus
-        self._backoff.reset()
-        self.last_error = None
-        if self._opens:
-            self.counters.bus_reopens += 1
-            logger.info("%s reopened", where)
-        self._opens += 1
-        return True
-
-    def _lose_bus(self, exc: BaseException) -> None:
-        self.counters.bus_errors += 1
-        self.last_error = f"CAN interface {self.interface!r} channel {self.channel!r}: read failed: {exc}"
-        bus, self._bus = self._bus, None
-        if bus is not None:
-            with contextlib.suppress(Exception):  # the adapter is already gone; shutdown may fail too
-                bus.shutdown()
-        delay = self._backoff.next_delay()
-        self._next_open_at = time.monotonic() + delay
-        logger.warning("%s; reopening in %.1f s", self.last_error, delay)
+    @property
+    def last_error(self) -> str | None:
+        """Text of the last open or read failure (None when the last open succeeded)."""
+        return None if self.last_failure is None else str(self.last_failure)
 
     def read(self, timeout: float = 1.0, time_ms: Callable[[float], int] | None = None) -> list[SignalSample]:
         """Receive frames until some yield samples or ``timeout`` seconds pass.
@@ -191,51 +118,14 @@ class CanSource:
         Returns:
             The samples of the first frame that produced any (often one frame's worth),
             or an empty list on timeout or while the bus is down.
-        """
-        if self._closed:
-            raise DeviceError(f"CAN source on {self.channel!r} is closed")
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            now = time.monotonic()
-            bus = self._bus
-            if bus is None:
-                if now < self._next_open_at:
-                    wait = min(deadline, self._next_open_at) - now
-                    if wait > 0:
-                        time.sleep(wait)
-                    if time.monotonic() >= deadline:
-                        return []
-                    continue
-                if not self._try_open():
-                    continue
-                bus = self._bus
-                assert bus is not None
-            try:
-                msg = bus.recv(timeout=max(0.0, deadline - time.monotonic()))
-            except (can.CanOperationError, OSError) as exc:
-                self._lose_bus(exc)
-                continue
-            except (ValueError, IndexError, UnicodeDecodeError) as exc:
-                # python-can's slcan parser raises these on a garbled line; the line is gone.
-                self.counters.malformed_frames += 1
-                logger.debug("malformed frame from %s: %s", self.channel, exc)
-                if time.monotonic() >= deadline:
-                    return []
-                continue
-            if msg is None:
-                return []
-            stamp = time_ms(msg.timestamp) if time_ms is not None else None
-            samples = self.decoder.decode(msg, stamp)
-            if samples or time.monotonic() >= deadline:
-                return samples
 
-    def close(self) -> None:
-        """Shut the bus down (idempotent)."""
-        self._closed = True
-        bus, self._bus = self._bus, None
-        if bus is not None:
-            with contextlib.suppress(Exception):
-                bus.shutdown()
+        Raises:
+            DeviceError: the source was closed.
+        """
+        if self.at_end:
+            raise DeviceError(f"CAN source on {self.channel!r} is closed")
+        self._time_ms = time_ms
+        return super().read(timeout)
 
     def __enter__(self) -> CanSource:
         return self
@@ -244,6 +134,44 @@ class CanSource:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # -- DeviceSource --------------------------------------------------------------------
+
+    def _open_internal(self) -> can.BusABC:
+        kwargs = dict(self._bus_kwargs)
+        if self.bitrate is not None:
+            kwargs["bitrate"] = self.bitrate
+        try:
+            return can.Bus(
+                interface=self.interface, channel=self.channel, can_filters=self.decoder.can_filters, **kwargs
+            )
+        except can.CanInterfaceNotImplementedError as exc:
+            raise ConfigError(f"{self._where}: not available in python-can: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self._where}: invalid settings {kwargs!r}: {exc}") from exc
+        except (can.CanError, OSError) as exc:
+            raise DeviceUnavailable(f"{self._where}: cannot open: {exc}") from exc
+
+    def _read_internal(self, device: can.BusABC, deadline: float) -> list[SignalSample]:
+        try:
+            msg = device.recv(timeout=max(0.0, deadline - self._clock()))
+        except (can.CanOperationError, OSError) as exc:
+            raise DeviceLost(f"{self._where}: read failed: {exc}") from exc
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            # python-can's slcan parser raises these on a garbled line; the line is gone.
+            self.counters.malformed_frames += 1
+            logger.debug("malformed frame from %s: %s", self.channel, exc)
+            return []
+        if msg is None:
+            return []
+        stamp = self._time_ms(msg.timestamp) if self._time_ms is not None else None
+        return self.decoder.decode(msg, stamp)
+
+    def _close_internal(self, device: can.BusABC) -> None:
+        device.shutdown()
+
+
+_COUNTER_NAMES = CounterNames(open_failures="bus_open_failures", reopens="bus_reopens", losses="bus_errors")
 
 
 def decoder_from_config(settings: CanSettings) -> SignalDecoder:

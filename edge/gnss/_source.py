@@ -1,25 +1,25 @@
 """pyserial adapter around :class:`NmeaDecoder`: any serial URL, reopened with backoff when it goes away.
 
-How this works: ``read(timeout)`` is the only blocking call. While the port is open it reads
-whatever bytes are waiting (at least one, so it wakes up as soon as the receiver speaks),
-feeds them to the decoder and returns as soon as an epoch completes. When a read fails
-(a closed pty gives EIO, an unplugged USB adapter ENODEV/EIO, a socket peer hangs up) the
-port is closed, the open epoch is flushed and returned, and the next open is tried at once,
-then after ``backoff_initial_s``, doubling up to ``backoff_max_s``. Clock and sleep are
-injected so the backoff schedule is testable without waiting.
+How this works: ``read(timeout)`` (from :class:`~edge.device_source.DeviceSource`) is the
+only blocking call. While the port is open it reads whatever bytes are waiting (at least
+one, so it wakes up as soon as the receiver speaks), feeds them to the decoder and returns
+as soon as an epoch completes. When a read fails (a closed pty gives EIO, an unplugged USB
+adapter ENODEV/EIO, a socket peer hangs up) the port is closed, the open epoch is flushed
+and returned, and the next open is tried at once, then after ``backoff_initial_s``,
+doubling up to ``backoff_max_s``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
 
 import serial
 
+from edge.backoff import Backoff
 from edge.config import GnssSettings
+from edge.device_source import CounterNames, DeviceLost, DeviceSource
 from edge.errors import ConfigError
 
 from ._decoder import GnssCounters, GnssRecord, NmeaDecoder
@@ -27,17 +27,16 @@ from .errors import PortUnavailable
 
 __all__ = ["GnssSource", "source_from_config"]
 
-log = logging.getLogger("edge.gnss")
-
 #: Largest single read; a burst larger than this is simply read in several calls.
 MAX_READ = 65_536
 
 
-class GnssSource:
+class GnssSource(DeviceSource[serial.SerialBase, GnssRecord]):
     """NMEA receiver on any pyserial URL (``/dev/ttyS1``, a pty path, ``socket://``, ``loop://``).
 
     The port is opened lazily by :meth:`read` (or eagerly by :meth:`open`), so an agent can
-    start before its receiver is plugged in.
+    start before its receiver is plugged in. Reopening, backoff and the port counters are
+    :class:`~edge.device_source.DeviceSource`'s.
 
     Args:
         url: pyserial URL or device path.
@@ -78,20 +77,21 @@ class GnssSource:
         self.url = url
         self.baud = baud
         self.decoder = decoder or NmeaDecoder()
-        self.reopen = reopen
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.poll_s = poll_s
-        self.last_port_error: PortUnavailable | None = None
-        self._clock = clock
-        self._sleep = sleep
-        self._port: serial.SerialBase | None = None
         self._port_timeout: float | None = None
-        self._opened_before = False
-        self._ended = False
-        self._closed = False
-        self._next_open = clock()
-        self._backoff = backoff_initial_s
+        self._last_port_error: PortUnavailable | None = None
+        super().__init__(
+            f"GNSS port {url!r}",
+            self.decoder.counters,
+            _COUNTER_NAMES,
+            backoff=Backoff(backoff_initial_s, backoff_max_s),
+            reopen=reopen,
+            retry_at_once=True,
+            clock=clock,
+            sleep=sleep,
+        )
 
     @property
     def counters(self) -> GnssCounters:
@@ -101,12 +101,12 @@ class GnssSource:
     @property
     def port(self) -> serial.SerialBase | None:
         """The open pyserial port, or None (useful to write into ``loop://`` in tests)."""
-        return self._port
+        return self._device
 
     @property
-    def at_end(self) -> bool:
-        """True once the port closed for good (``reopen=False``) or :meth:`close` was called."""
-        return self._ended or self._closed
+    def last_port_error(self) -> PortUnavailable | None:
+        """Why the last open failed (kept after a later success, for diagnostics)."""
+        return self._last_port_error
 
     def open(self) -> None:
         """Open the port now.
@@ -115,57 +115,14 @@ class GnssSource:
             PortUnavailable: the URL cannot be opened (counted in ``open_failures``).
             ConfigError: the URL's scheme is unknown to pyserial.
         """
-        if self._port is None:
+        if self._device is None:
             error = self._try_open()
             if error is not None:
                 raise error
 
-    def read(self, timeout: float = 1.0) -> list[GnssRecord]:
-        """Wait up to ``timeout`` seconds (plus at most ``poll_s``) for completed epochs.
-
-        Returns as soon as at least one record is ready, or an empty list when the time is up
-        or the source is at its end. Never raises on port trouble: it reopens with backoff.
-        """
-        if self.at_end:
-            return []
-        deadline = self._clock() + max(0.0, timeout)
-        while True:
-            now = self._clock()
-            port = self._port
-            if port is None:
-                if self._ended:
-                    return []
-                if now >= self._next_open:
-                    self._try_open()
-                    continue
-                if now >= deadline:
-                    return []
-                self._sleep(min(self._next_open, deadline) - now)
-                continue
-            try:
-                waiting = port.in_waiting
-                if not waiting:
-                    wait = max(0.0, min(self.poll_s, deadline - now))
-                    if wait != self._port_timeout:
-                        port.timeout = self._port_timeout = wait
-                data = port.read(min(max(waiting, 1), MAX_READ))
-            except (serial.SerialException, OSError, ValueError, TypeError) as exc:
-                # TypeError/ValueError: pyserial internals touching a descriptor closed under them.
-                records = self._lose_port(exc)
-                if records:
-                    return records
-                continue
-            if data:
-                records = self.decoder.feed(data)
-                if records:
-                    return records
-            elif self._clock() >= deadline:
-                return []
-
     def close(self) -> None:
         """Close the port; the pending epoch is discarded (call ``decoder.flush()`` first to keep it)."""
-        self._closed = True
-        self._close_port()
+        super().close()
 
     def __enter__(self) -> GnssSource:
         return self
@@ -175,57 +132,42 @@ class GnssSource:
     ) -> None:
         self.close()
 
-    # -- private -------------------------------------------------------------------------
+    # -- DeviceSource --------------------------------------------------------------------
 
-    def _try_open(self) -> PortUnavailable | None:
-        counters = self.counters
-        if self._opened_before or counters.open_failures:
-            counters.reopen_attempts += 1
+    def _open_internal(self) -> serial.SerialBase:
         try:
             port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=self.poll_s)
         except ValueError as exc:
             raise ConfigError(f"GNSS url {self.url!r} is not a valid pyserial URL: {exc}") from exc
         except (serial.SerialException, OSError) as exc:
-            counters.open_failures += 1
-            error = PortUnavailable(f"cannot open GNSS port {self.url!r}: {exc}")
-            self.last_port_error = error
-            if not self.reopen and not self._opened_before:
-                self._ended = True
-            self._next_open = self._clock() + self._backoff
-            log.log(
-                logging.WARNING if counters.open_failures == 1 else logging.DEBUG,
-                "%s (attempt %d, next in %.2f s)",
-                error,
-                counters.open_failures,
-                self._backoff,
-            )
-            self._backoff = min(self._backoff * 2, self.backoff_max_s)
-            return error
-        self._port = port
+            self._last_port_error = PortUnavailable(f"cannot open GNSS port {self.url!r}: {exc}")
+            raise self._last_port_error from exc
         self._port_timeout = self.poll_s
-        if self._opened_before:
-            counters.port_reopens += 1
-            log.info("GNSS port %s reopened", self.url)
-        self._opened_before = True
-        self._backoff = self.backoff_initial_s
-        return None
+        return port
 
-    def _lose_port(self, exc: BaseException) -> list[GnssRecord]:
-        self.counters.port_losses += 1
-        log.warning("GNSS port %s lost: %s", self.url, exc)
-        self._close_port()
-        records = self.decoder.flush()
-        if self.reopen:
-            self._next_open = self._clock()  # first retry at once, then back off
-        else:
-            self._ended = True
-        return records
+    def _read_internal(self, device: serial.SerialBase, deadline: float) -> list[GnssRecord]:
+        try:
+            waiting = device.in_waiting
+            if not waiting:
+                wait = max(0.0, min(self.poll_s, deadline - self._clock()))
+                if wait != self._port_timeout:
+                    device.timeout = self._port_timeout = wait
+            data = device.read(min(max(waiting, 1), MAX_READ))
+        except (serial.SerialException, OSError, ValueError, TypeError) as exc:
+            # TypeError/ValueError: pyserial internals touching a descriptor closed under them.
+            raise DeviceLost(str(exc)) from exc
+        return self.decoder.feed(data) if data else []
 
-    def _close_port(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            with contextlib.suppress(Exception):
-                port.close()
+    def _close_internal(self, device: serial.SerialBase) -> None:
+        device.close()
+
+    def _records_at_loss(self) -> list[GnssRecord]:
+        return self.decoder.flush()
+
+
+_COUNTER_NAMES = CounterNames(
+    open_failures="open_failures", reopens="port_reopens", losses="port_losses", reopen_attempts="reopen_attempts"
+)
 
 
 def source_from_config(settings: GnssSettings) -> GnssSource:

@@ -14,7 +14,8 @@ handed to the decoder's ``on_error`` hook and logged. Only the adapter's port er
 
 from __future__ import annotations
 
-from edge.errors import DeviceError, InputError
+from edge.device_source import DeviceUnavailable
+from edge.errors import InputError
 
 __all__ = [
     "BadChecksum",
@@ -164,7 +165,7 @@ class IncompleteEpoch(EpochDropped):
     counter = "incomplete_epochs"
 
 
-class PortUnavailable(DeviceError, OSError):
+class PortUnavailable(DeviceUnavailable, OSError):
     """The serial URL cannot be opened (no such device, permission denied, refused connection)."""
 
     reason = "port_unavailable"
