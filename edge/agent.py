@@ -116,6 +116,13 @@ class _SourceThread:
     records: int = 0
     last_error: str | None = None
     published: PublishedCounters = field(default_factory=PublishedCounters)
+    next_publish: float = 0.0
+
+    def publish_due(self, now: float) -> None:
+        """Publish if the last snapshot is older than COUNTER_PUBLISH_S (keeps the read loop cheap)."""
+        if now >= self.next_publish:
+            self.next_publish = now + COUNTER_PUBLISH_S
+            self.publish()
 
     def publish(self) -> None:
         counters = {f"{self.name}_records": self.records, f"{self.name}_errors": self.errors}
@@ -349,7 +356,8 @@ class Agent:
                     self.clock.on_fix(record.time_ms)
                 src.records += 1
                 self._offer(_Message(MessageKind.RECORD, record=record))
-            src.publish()
+            src.publish_due(time.monotonic())
+        src.publish()
 
     # ------------------------------------------------------------------ the engine thread
 
