@@ -194,7 +194,7 @@ def _loans_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
     from .loan_models import LoanRecord, LoansSettings, RiskStateRecord, loan_facts, utc_date
-    from .repayments import format_cents
+    from .risk.repayments import format_cents
 
     with _session(settings) as session:
         loan = session.get(LoanRecord, args.loan_id)
@@ -232,7 +232,7 @@ def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
     from .loan_models import LoanNotFoundError, RepaymentConflictError, record_repayment
-    from .repayments import Payment, RepaymentError, parse_amount
+    from .risk.repayments import Payment, RepaymentError, parse_amount
 
     try:
         paid_on = date.fromisoformat(args.date)

@@ -67,7 +67,7 @@ from .loan_models import (
     vehicle_condition,
 )
 from .models import FixRecord
-from .repayments import Payment, RepaymentError, format_cents, parse_amount
+from .risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 
 __all__ = [
     "ConfigMessage",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TextIO
 from protocol import check_device_id
 from protocol.errors import InvalidRecord
 
-from .repayments import Installment, LoanError, Payment, RepaymentError, parse_amount
+from .risk.repayments import Installment, LoanError, Payment, RepaymentError, parse_amount
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -9,7 +9,7 @@ like the protocol, dates (due dates, payment value dates) are SQL ``DATE``.
 
 :func:`reassess_loan` is the seam between storage and the pure engine: it reads the
 schedule, payments, open alerts, device status and recent movement of one loan, runs
-:func:`collector.repayments.repayment_facts` and :func:`collector.risk.assess`, keeps the
+:func:`collector.risk.repayments.repayment_facts` and :func:`collector.risk.engine.assess`, keeps the
 current state in ``risk_states``, and on a level change appends a ``risk_events`` row and
 queues the webhook deliveries in the same transaction (outbox pattern) - so a crash never
 leaves an event without its notifications or the reverse. Re-running it on the same data
@@ -32,7 +32,7 @@ from sqlalchemy.orm.util import identity_key
 
 from .models import AlertRecord, Base, DailyStatsRecord, FixRecord
 from .models import DeviceStatus as DeviceStatusRecord
-from .repayments import (
+from .risk.repayments import (
     DEFAULT_GRACE_DAYS,
     Installment,
     LoanError,
@@ -41,7 +41,7 @@ from .repayments import (
     format_cents,
     repayment_facts,
 )
-from .risk import (
+from .risk.engine import (
     DeviceStatus,
     Movement,
     OpenAlert,

@@ -8,7 +8,7 @@ that loses nothing:
 * the MQTT ingest (:class:`~collector.ingest_service.IngestService`) with the risk worker's
   ``on_commit`` hook, so every stored batch or applied state message queues its device's loan
   for reassessment (unless ``ingest=False``, i.e. ``--api-only``);
-* the :class:`~collector.risk_worker.RiskWorker` (those devices soon, every loan every
+* the :class:`~collector.risk.worker.RiskWorker` (those devices soon, every loan every
   ``[risk] reassess_interval_s``), which wakes the webhook worker on each level change;
 * the :class:`~collector.webhooks.WebhookWorker` delivering the persisted outbox (when a
   ``[webhooks] secret`` is configured);
@@ -39,7 +39,7 @@ from .loan_models import LoansSettings
 from .metrics import IngestMetrics
 from .periodic import PeriodicJob
 from .retention import RetentionPolicy, run_retention
-from .risk_worker import RiskWorker
+from .risk.worker import RiskWorker
 from .settings import Settings
 from .webhooks import RetryPolicy, WebhookSender, WebhookWorker
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .repayments import DEFAULT_GRACE_DAYS
-from .risk import RiskConfig, RiskConfigError
+from .risk.repayments import DEFAULT_GRACE_DAYS
+from .risk.engine import RiskConfig, RiskConfigError
 
 __all__ = [
     "ENV_PREFIX",
@@ -166,7 +166,7 @@ class RiskSettings:
 
     Attributes:
         config: thresholds of the risk table (every other key of ``[risk]``, see
-            :meth:`collector.risk.RiskConfig.from_dict` and docs/risk.md).
+            :meth:`collector.risk.engine.RiskConfig.from_dict` and docs/risk.md).
         grace_days: days after a due date before an unpaid instalment counts as late.
         reassess_interval_s: how often the collector reassesses every loan (days past due
             grow and devices go quiet with time alone, without any new message).

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from .errors import CollectorError
 from .loan_models import WebhookDelivery
-from .risk import RiskChange
+from .risk.engine import RiskChange
 
 __all__ = [
     "EVENT_HEADER",

@@ -188,7 +188,7 @@ def test_sample_book_keeps_its_facts_on_any_day() -> None:
     from datetime import date
 
     from collector.loan_csv import parse_loans, sample_loan_book
-    from collector.repayments import repayment_facts
+    from collector.risk.repayments import repayment_facts
 
     for as_of in (date(2026, 11, 28), date(2027, 3, 1), date(2031, 12, 31)):
         parsed = parse_loans(sample_loan_book(as_of))

@@ -15,7 +15,7 @@ from collector import loan_csv
 from collector.loan_csv import LoanImportError, import_loans, parse_loans, vin_check_digit
 from collector.loan_models import LoanRecord, RepaymentRecord, loan_facts
 from collector.models import Base
-from collector.repayments import Installment, Payment
+from collector.risk.repayments import Installment, Payment
 
 HEADER = "loan_id,device_id,vin,borrower_ref,principal,schedule,payments\n"
 GOOD = "L-1,tbox-1,LSVAU218XN2183294,B-1,6000.00,2026-01-01:3500.00;2026-02-01:3500.00,P1:2026-01-01:3500.00\n"

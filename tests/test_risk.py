@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from collector.repayments import Installment, Payment, RepaymentFacts, repayment_facts
-from collector.risk import (
+from collector.risk.repayments import Installment, Payment, RepaymentFacts, repayment_facts
+from collector.risk.engine import (
     RULES,
     DeviceStatus,
     Movement,

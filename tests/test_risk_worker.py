@@ -1,4 +1,4 @@
-"""collector.risk_worker: ingest commits -> reassessment, failures that never touch the ingest,
+"""collector.risk.worker: ingest commits -> reassessment, failures that never touch the ingest,
 idempotent (compare-and-set) risk state writes."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collector.database import create_engine, migrate
 from collector.ingest import Ingestor, Outcome
 from collector.loan_csv import import_loans, parse_loans
 from collector.loan_models import RiskEventRecord, RiskStateRecord, reassess_loan
-from collector.risk import RiskAssessment, RiskConfig, RiskInput, assess
-from collector.risk_worker import RiskWorker
+from collector.risk.engine import RiskAssessment, RiskConfig, RiskInput, assess
+from collector.risk.worker import RiskWorker
 from protocol import Alert, Batch, Fix, Severity
 from tests.test_ingest import BOOT_A, FakeDevice, register
 

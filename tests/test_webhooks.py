@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from collector.loan_models import WebhookDelivery
 from collector.models import Base
-from collector.risk import NextStep, Reason, RiskChange, RiskLevel
+from collector.risk.engine import NextStep, Reason, RiskChange, RiskLevel
 from collector.webhooks import (
     EVENT_HEADER,
     SIGNATURE_HEADER,

@@ -38,7 +38,7 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from itertools import pairwise
 
-from .errors import CollectorError
+from ..errors import CollectorError
 
 __all__ = [
     "DEFAULT_GRACE_DAYS",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from .errors import CollectorError
+from ..errors import CollectorError
 from .repayments import RepaymentFacts, format_cents
 
 __all__ = [

@@ -37,9 +37,9 @@ from prometheus_client import Counter as PromCounter
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .errors import CollectorError
-from .loan_models import LoanRecord, LoansSettings, reassess_loan
-from .risk import RiskChange
+from ..errors import CollectorError
+from ..loan_models import LoanRecord, LoansSettings, reassess_loan
+from .engine import RiskChange
 
 __all__ = ["RiskWorker"]
 
