@@ -127,9 +127,29 @@ def _loan_or_404(session: Session, loan_id: str) -> LoanRecord:
     return loan
 
 
+def _score_dict(state: RiskStateRecord | None) -> dict[str, Any] | None:
+    """The v2 score of a stored state: score, expected loss, both axes with their reasons and
+    contributions, tier (None until the loan is reassessed by a v2 collector)."""
+    if state is None or state.assessment is None:
+        return None
+    stored = state.assessment
+    return {
+        "model_version": state.model_version,
+        "score": state.score,
+        "expected_loss": format_cents(state.expected_loss_cents or 0),
+        "outstanding": format_cents(int(stored.get("outstanding_cents", 0))),
+        "level": stored.get("level"),
+        "credit": stored.get("credit"),
+        "collateral": stored.get("collateral"),
+        "tier": state.tier,
+        "monitoring": stored.get("monitoring"),
+    }
+
+
 def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str, Any]:
     if state is None:
-        return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None}
+        return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None,
+                "score": None}
     reasons = state.reasons if _may_see_location(principal) else redact_coordinates(state.reasons)
     return {
         "level": state.level,
@@ -137,6 +157,8 @@ def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str
         "reasons": reasons,
         "evaluated_ms": state.evaluated_ms,
         "changed_ms": state.changed_ms,
+        # v2 reasons carry codes, values, contributions and episode ids, never coordinates.
+        "score": _score_dict(state),
     }
 
 
@@ -187,10 +209,16 @@ def list_loans(
     session: Db,
     principal: LoanReader,
     level: Annotated[str | None, Query(pattern="^(normal|watch|high|critical)$")] = None,
+    order: Annotated[str, Query(pattern="^(severity|expected_loss)$")] = "severity",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    """Loans with their risk level and next step, most severe first."""
+    """Loans with their risk level, next step and v2 score; most severe first, or with
+    ``order=expected_loss`` largest expected loss first (the worklist)."""
+    rows = loans_with_risk(
+        session, level=level, most_severe_first=True, largest_expected_loss_first=order == "expected_loss",
+        limit=limit, offset=offset,
+    )
     out = [
         {
             "loan_id": loan.loan_id,
@@ -199,10 +227,19 @@ def list_loans(
             "level": state.level if state else "normal",
             "next_step": state.next_step if state else "monitor",
             "facts": state.facts if state else None,
+            "score": state.score if state else None,
+            "expected_loss": format_cents(state.expected_loss_cents)
+            if state and state.expected_loss_cents is not None else None,
+            "credit": {"level": state.credit_level, "next_step": state.credit_next_step}
+            if state and state.credit_level else None,
+            "collateral": {"level": state.collateral_level, "next_step": state.collateral_next_step}
+            if state and state.collateral_level else None,
+            "tier": state.tier if state else None,
         }
-        for loan, state in loans_with_risk(session, level=level, most_severe_first=True, limit=limit, offset=offset)
+        for loan, state in rows
     ]
-    _audit(session, request, principal, "list_loans", kind="loan", subject="*", level=level, count=len(out))
+    _audit(session, request, principal, "list_loans", kind="loan", subject="*", level=level, order=order,
+           count=len(out))
     session.commit()
     return out
 
@@ -306,7 +343,8 @@ def assess_loan(loan_id: str, request: Request, session: Db, principal: Analyst)
     )
     _audit(session, request, principal, "assess_loan", kind="loan", subject=loan_id)
     session.commit()
-    return assessment.as_dict() | {"changed": change is not None}
+    score = _score_dict(session.get(RiskStateRecord, loan_id))
+    return assessment.as_dict() | {"changed": change is not None, "score": score}
 
 
 @router.get("/loans/{loan_id}/risk-events")

@@ -32,15 +32,6 @@ from sqlalchemy.orm.util import identity_key
 
 from .models import AlertRecord, Base, DailyStatsRecord, FixRecord
 from .models import DeviceStatus as DeviceStatusRecord
-from .risk.repayments import (
-    DEFAULT_GRACE_DAYS,
-    Installment,
-    LoanError,
-    Payment,
-    RepaymentFacts,
-    format_cents,
-    repayment_facts,
-)
 from .risk.engine import (
     DeviceStatus,
     Movement,
@@ -53,6 +44,17 @@ from .risk.engine import (
     assess,
     level_change,
 )
+from .risk.features import FeatureConfig, exposure_of
+from .risk.repayments import (
+    DEFAULT_GRACE_DAYS,
+    Installment,
+    LoanError,
+    Payment,
+    RepaymentFacts,
+    format_cents,
+    repayment_facts,
+)
+from .risk.score import ScoreAssessment, assess_v2
 
 if TYPE_CHECKING:
     from .loan_csv import LoanRow
@@ -83,6 +85,8 @@ __all__ = [
     "reassess_loans",
     "record_repayment",
     "risk_commit_hook",
+    "score_columns",
+    "score_loan",
     "store_loan",
     "vehicle_condition",
 ]
@@ -163,6 +167,16 @@ class RiskStateRecord(Base):
     facts: Mapped[dict[str, Any]]
     evaluated_ms: Mapped[int]
     changed_ms: Mapped[int]
+    # v2 score (migration 0005): NULL until the loan is reassessed by a v2 collector.
+    score: Mapped[float | None] = mapped_column(sa.Double)
+    expected_loss_cents: Mapped[int | None] = mapped_column(index=True)
+    credit_level: Mapped[str | None] = mapped_column(sa.String(16))
+    credit_next_step: Mapped[str | None] = mapped_column(sa.String(32))
+    collateral_level: Mapped[str | None] = mapped_column(sa.String(16))
+    collateral_next_step: Mapped[str | None] = mapped_column(sa.String(32))
+    tier: Mapped[str | None] = mapped_column(sa.String(24))
+    model_version: Mapped[str | None] = mapped_column(sa.String(32))
+    assessment: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class RiskEventRecord(Base):
@@ -403,6 +417,7 @@ def loans_with_risk(
     *,
     level: str | None = None,
     most_severe_first: bool = False,
+    largest_expected_loss_first: bool = False,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[tuple[LoanRecord, RiskStateRecord | None]]:
@@ -411,6 +426,8 @@ def loans_with_risk(
     Args:
         level: only loans at this level (``normal`` includes loans never assessed).
         most_severe_first: order by level (critical first), then loan id; else by loan id.
+        largest_expected_loss_first: order by the v2 expected loss (largest first, loans
+            without a score last), before any level order.
         limit: at most this many rows.
         offset: rows to skip (paging).
     """
@@ -418,6 +435,9 @@ def loans_with_risk(
     if most_severe_first:
         rank = sa.case({label.label: int(label) for label in RiskLevel}, value=RiskStateRecord.level, else_=0)
         order.insert(0, rank.desc())
+    if largest_expected_loss_first:
+        missing = sa.case((RiskStateRecord.expected_loss_cents.is_(None), 1), else_=0)
+        order[:0] = [missing, RiskStateRecord.expected_loss_cents.desc()]
     query = (
         sa.select(LoanRecord, RiskStateRecord)
         .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
@@ -492,13 +512,17 @@ def device_status(session: Session, device_id: str) -> DeviceStatus:
 
 
 def movement(session: Session, device_id: str, until_ms: int) -> Movement:
-    """Last time the vehicle moved (a fix at >= :data:`MOVING_MPS`) and the distance of the last 24 h."""
-    last_moved = session.scalar(
-        sa.select(sa.func.max(FixRecord.time_ms)).where(
-            FixRecord.device_id == device_id, FixRecord.time_ms <= until_ms, FixRecord.speed_mps >= MOVING_MPS
+    """Last time the vehicle moved (a fix at >= :data:`MOVING_MPS`) and the newest fix, both vehicle time."""
+    moving = sa.case((FixRecord.speed_mps >= MOVING_MPS, FixRecord.time_ms), else_=None)
+    last_moved, last_fix = session.execute(
+        sa.select(sa.func.max(moving), sa.func.max(FixRecord.time_ms)).where(
+            FixRecord.device_id == device_id, FixRecord.time_ms <= until_ms
         )
+    ).one()
+    return Movement(
+        last_moved_ms=int(last_moved) if last_moved is not None else None,
+        last_fix_ms=int(last_fix) if last_fix is not None else None,
     )
-    return Movement(last_moved_ms=int(last_moved) if last_moved is not None else None)
 
 
 def load_risk_input(
@@ -517,6 +541,30 @@ def load_risk_input(
         device_status(session, loan.device_id),
         movement(session, loan.device_id, now_ms),
     )
+
+
+def score_loan(session: Session, inp: RiskInput, config: RiskConfig | None = None) -> ScoreAssessment:
+    """The v2 score of a stored loan (the vehicle's value is not stored: LTV is imputed)."""
+    loan = session.get(LoanRecord, inp.loan_id)
+    if loan is None:
+        raise LoanNotFoundError(f"loan {inp.loan_id!r:.80} does not exist")
+    features = FeatureConfig(risk=config or RiskConfig())
+    return assess_v2(inp, exposure_of(loan.principal_cents, inp.facts), None, features)
+
+
+def score_columns(scored: ScoreAssessment) -> dict[str, Any]:
+    """The ``risk_states`` columns of a v2 assessment."""
+    return {
+        "score": scored.score,
+        "expected_loss_cents": scored.expected_loss_cents,
+        "credit_level": scored.credit.level.label,
+        "credit_next_step": scored.credit.next_step,
+        "collateral_level": scored.collateral.level.label,
+        "collateral_next_step": scored.collateral.next_step,
+        "tier": scored.tier.value,
+        "model_version": scored.model_version,
+        "assessment": scored.as_dict(),
+    }
 
 
 def _states_insert(session: Session) -> Any:
@@ -549,6 +597,7 @@ def reassess_loan(
     for _attempt in range(_CAS_ATTEMPTS):
         inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
         assessment = assess(inp, config)
+        scored = score_loan(session, inp, config)
         stored = session.execute(
             sa.select(states.c.level, states.c.evaluated_ms).where(states.c.loan_id == loan_id)
         ).first()
@@ -563,7 +612,7 @@ def reassess_loan(
             "reasons": reasons,
             "facts": inp.facts.as_dict(),
             "evaluated_ms": now_ms,
-        }
+        } | score_columns(scored)
         if stored is None:
             insert = _states_insert(session).values(loan_id=loan_id, changed_ms=now_ms, **values)
             statement: Any = insert.on_conflict_do_nothing(index_elements=["loan_id"])

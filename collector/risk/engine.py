@@ -194,10 +194,8 @@ class Movement:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        out: dict[str, Any] = {"last_moved_ms": self.last_moved_ms, "distance_24h_m": self.distance_24h_m}
-        if self.last_fix_ms is not None:
-            out["last_fix_ms"] = self.last_fix_ms
-        return out
+        # The v1 table's evidence; last_fix_ms is read by the v2 features only.
+        return {"last_moved_ms": self.last_moved_ms, "distance_24h_m": self.distance_24h_m}
 
 
 @dataclass(frozen=True, slots=True)
