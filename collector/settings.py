@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .risk.repayments import DEFAULT_GRACE_DAYS
 from .risk.engine import RiskConfig, RiskConfigError
+from .risk.repayments import DEFAULT_GRACE_DAYS
 
 __all__ = [
     "ENV_PREFIX",

@@ -28,8 +28,8 @@ from collector.loan_models import (
     vehicle_condition,
 )
 from collector.models import AlertRecord, Base, BatchRecord, DailyStatsRecord, Device, DeviceStatus, FixRecord
-from collector.risk.repayments import Payment
 from collector.risk.engine import RiskChange
+from collector.risk.repayments import Payment
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
