@@ -225,7 +225,7 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
     bucket = delinquency_bucket(dpd)
     if bucket:
         v[("dpd_1_29", "dpd_30_59", "dpd_60_89", "dpd_90_plus")[bucket - 1]] = 1.0
-    if bucket > delinquency_bucket(_dpd_on(facts, facts.as_of - timedelta(days=30))):
+    if bucket and bucket > delinquency_bucket(_dpd_on(facts, facts.as_of - timedelta(days=30))):
         v["rolled_forward"] = 1.0
     year_ago = facts.as_of - timedelta(days=365)
     lates = [s for s in facts.installments if s.late]
@@ -251,7 +251,7 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
         if alert.raised_ms <= now:
             unique.setdefault((alert.rule, alert.episode), alert)
     episodes: dict[str, tuple[str, ...]] = {}
-    for kind, rules in _alert_kinds(risk):
+    for kind, rules in _alert_kinds(risk) if unique else ():
         matching = [a for a in unique.values() if a.rule in rules]
         if not matching:
             continue
@@ -271,10 +271,13 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
         if stationary_days >= risk.stationary_days:
             v["stationary"] = 1.0
 
+    if overdue:
+        v["offline_while_overdue"] = v["offline"]
+    if not episodes:  # no open alert: every alert feature and combination stays 0
+        return FeatureRow(tuple(v.values()), episodes, stationary_days, offline_hours)
     v["theft_signature"] = min(v["power_cut"], v["towing"])
     v["night_doors_relocation"] = min(v["night_doors"], v["region_exit"])
     if overdue:
-        v["offline_while_overdue"] = v["offline"]
         v["market_while_overdue"] = v["market"]
         v["gnss_loss_while_overdue"] = v["gnss_loss"]
     v["night_doors_late_streak"] = v["night_doors"] * v["late_streak_active"]
@@ -287,7 +290,7 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
     ):
         if v[combo] > 0:
             episodes[combo] = tuple(e for part in parts for e in episodes.get(part, ()))
-    return FeatureRow(tuple(v[name] for name in FEATURE_NAMES), episodes, stationary_days, offline_hours)
+    return FeatureRow(tuple(v.values()), episodes, stationary_days, offline_hours)
 
 
 def feature_rows(

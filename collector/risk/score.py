@@ -15,7 +15,7 @@ with numpy over all loans at once:
   the floor of any **hard rule** that matches (:data:`HARD_RULES`: a theft signature is
   critical on the collateral axis whatever the score).
 
-:func:`explain` turns one row into a :class:`ScoreAssessment`: every non-zero feature is a
+:func:`explain_all` turns the rows into :class:`ScoreAssessment` values: every non-zero feature is a
 reason with its contribution to the axis log-odds (``weight * value``) and in probability
 points (how much lower the axis probability would be without it,
 ``p - sigmoid(logit - contribution)``); hard rules come first. Each axis has its own next
@@ -63,7 +63,7 @@ __all__ = [
     "Tier",
     "assess_many",
     "assess_v2",
-    "explain",
+    "explain_all",
     "score_matrix",
     "tier_of",
 ]
@@ -335,59 +335,75 @@ class ScoreAssessment:
         }
 
 
-def _sigmoid(z: float) -> float:
-    return float(0.5 * (1.0 + np.tanh(0.5 * z)))
-
-
-def explain(
+def explain_all(
     scores: BatchScores,
-    index: int,
-    x_row: Array,
-    row: FeatureRow,
+    x: Array,
+    rows: Sequence[FeatureRow],
     model: RiskModel,
     *,
-    loan_id: str,
-    evaluated_ms: int,
-    outstanding_cents: int,
-    tier: Tier,
-) -> ScoreAssessment:
-    """The :class:`ScoreAssessment` of row ``index`` of a :func:`score_matrix` result."""
-    axes: dict[str, AxisResult] = {}
+    loan_ids: Sequence[str],
+    evaluated_ms: Sequence[int],
+    outstanding_cents: Sequence[int],
+    tiers: Sequence[Tier],
+) -> list[ScoreAssessment]:
+    """The :class:`ScoreAssessment` of every row of a :func:`score_matrix` result.
+
+    The contributions, the leave-one-out probabilities and the reason order are computed
+    for all rows at once; only building the reason values is per loan.
+    """
+    n = len(rows)
+    reasons: dict[str, list[list[ScoreReason]]] = {}
     for name in AXES:
         axis = model.axis(name)
-        logit = float(scores.logits[name][index])
-        p = float(scores.probability[name][index])
-        reasons: list[ScoreReason] = [
-            ScoreReason(rule.code, name, "rule", rule.summary, 1.0, 0.0, 0.0, rule.level,
-                        _rule_episodes(rule.code, row))
-            for i, rule in enumerate(HARD_RULES)
-            if rule.axis == name and scores.hard[index, i]
-        ]
-        contributions = x_row * axis.weights
-        order = np.argsort(-np.abs(contributions), kind="stable")
-        for j in order:
-            c = float(contributions[j])
-            if abs(c) < MIN_CONTRIBUTION:
-                break
+        per_loan: list[list[ScoreReason]] = [[] for _ in range(n)]
+        for i, rule in enumerate(HARD_RULES):
+            if rule.axis != name:
+                continue
+            for loan in np.flatnonzero(scores.hard[:, i]).tolist():
+                per_loan[loan].append(
+                    ScoreReason(rule.code, name, "rule", rule.summary, 1.0, 0.0, 0.0, rule.level,
+                                _rule_episodes(rule.code, rows[loan]))
+                )
+        contributions = x * axis.weights
+        without = 0.5 * (1.0 + np.tanh(0.5 * (scores.logits[name][:, None] - contributions)))
+        points = scores.probability[name][:, None] - without
+        loans, features = np.nonzero(np.abs(contributions) >= MIN_CONTRIBUTION)
+        order = np.lexsort((features, -np.abs(contributions[loans, features]), loans))
+        loans, features = loans[order], features[order]
+        for loan, j, c, value, pts in zip(
+            loans.tolist(), features.tolist(), contributions[loans, features].tolist(),
+            x[loans, features].tolist(), points[loans, features].tolist(), strict=True,
+        ):
             feature = FEATURE_NAMES[j]
-            reasons.append(
-                ScoreReason(feature, name, "feature", FEATURE_SUMMARIES[feature], float(x_row[j]), c,
-                            p - _sigmoid(logit - c), None, tuple(row.episodes.get(feature, ())))
+            per_loan[loan].append(
+                ScoreReason(feature, name, "feature", FEATURE_SUMMARIES[feature], value, c, pts, None,
+                            tuple(rows[loan].episodes.get(feature, ())))
             )
-        level = RiskLevel(int(scores.levels[name][index]))
-        steps = CREDIT_STEPS if name == "credit" else COLLATERAL_STEPS
-        axes[name] = AxisResult(name, p, level, steps[int(level)], tuple(reasons))
-    return ScoreAssessment(
-        loan_id,
-        evaluated_ms,
-        model.version,
-        float(scores.score[index]),
-        round(float(scores.expected_loss_cents[index])),
-        outstanding_cents,
-        axes["credit"],
-        axes["collateral"],
-        tier,
-    )
+        reasons[name] = per_loan
+    probability = {name: scores.probability[name].tolist() for name in AXES}
+    levels = {name: scores.levels[name].tolist() for name in AXES}
+    score = scores.score.tolist()
+    expected = scores.expected_loss_cents.tolist()
+    out = []
+    for i in range(n):
+        credit_level = RiskLevel(levels["credit"][i])
+        collateral_level = RiskLevel(levels["collateral"][i])
+        out.append(
+            ScoreAssessment(
+                loan_ids[i],
+                evaluated_ms[i],
+                model.version,
+                score[i],
+                round(expected[i]),
+                outstanding_cents[i],
+                AxisResult("credit", probability["credit"][i], credit_level, CREDIT_STEPS[credit_level],
+                           tuple(reasons["credit"][i])),
+                AxisResult("collateral", probability["collateral"][i], collateral_level,
+                           COLLATERAL_STEPS[collateral_level], tuple(reasons["collateral"][i])),
+                tiers[i],
+            )
+        )
+    return out
 
 
 def _rule_episodes(code: str, row: FeatureRow) -> tuple[str, ...]:
@@ -412,16 +428,15 @@ def assess_many(
     config = config or FeatureConfig()
     rows = [feature_row(inp, exp, config) for inp, exp in zip(inputs, exposures, strict=True)]
     x = feature_matrix(rows)
-    outstanding = np.array([e.outstanding_cents for e in exposures], dtype=np.float64)
-    scores = score_matrix(x, outstanding, model)
-    return [
-        explain(
-            scores, i, x[i], rows[i], model,
-            loan_id=inp.loan_id, evaluated_ms=inp.evaluated_ms, outstanding_cents=exp.outstanding_cents,
-            tier=tier_of(inp.facts, cure_days=15),
-        )
-        for i, (inp, exp) in enumerate(zip(inputs, exposures, strict=True))
-    ]
+    outstanding = [e.outstanding_cents for e in exposures]
+    scores = score_matrix(x, np.array(outstanding, dtype=np.float64), model)
+    return explain_all(
+        scores, x, rows, model,
+        loan_ids=[i.loan_id for i in inputs],
+        evaluated_ms=[i.evaluated_ms for i in inputs],
+        outstanding_cents=outstanding,
+        tiers=[tier_of(i.facts) for i in inputs],
+    )
 
 
 def assess_v2(
