@@ -26,7 +26,7 @@ from collector.risk.features import FEATURE_NAMES, Exposure, exposure_of, featur
 from collector.risk.model import DEFAULT_MODEL_VERSION, default_model, fit_logistic, load_model, model_from_dict
 from collector.risk.repayments import Installment, Payment, RepaymentFacts, repayment_facts
 from collector.risk.score import HARD_RULES, Tier, assess_v2, score_matrix, tier_of
-from collector.risk.synthetic_book import BAD_OUTCOMES, generate_book
+from collector.risk.synthetic_book import BAD_OUTCOMES, SyntheticBookError, generate_book
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -333,6 +333,8 @@ def test_synthetic_book_is_seeded_and_labelled() -> None:
     assert generate_book(300, seed=4).loans != a.loans
     big = generate_book(3000, seed=3)
     assert {loan.outcome for loan in big.loans} == {"good", *BAD_OUTCOMES}
+    with pytest.raises(SyntheticBookError):
+        generate_book(0)
 
 
 def test_inputs_at_sees_nothing_after_the_date() -> None:

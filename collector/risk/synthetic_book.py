@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from ..errors import CollectorError
 from .repayments import Installment, Payment
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "Outage",
     "ParkedSpell",
     "SyntheticBook",
+    "SyntheticBookError",
     "add_months",
     "generate_book",
 ]
@@ -74,6 +76,10 @@ DEFAULT_SNAPSHOT = date(2026, 9, 1)
 WINDOW_DAYS = 90
 BAD_OUTCOMES = ("default", "theft", "flight", "second_lien")
 _DAY_MS = 86_400_000
+
+
+class SyntheticBookError(CollectorError, ValueError):
+    """A book size or argument out of range (the message names it and the limit)."""
 
 
 def add_months(day: date, months: int) -> date:
@@ -340,5 +346,5 @@ def generate_book(
 ) -> SyntheticBook:
     """Generate ``n_loans`` loans (see the module docstring); the same arguments give the same book."""
     if not 1 <= n_loans <= 1_000_000:
-        raise ValueError(f"n_loans={n_loans} must be in 1..1,000,000")
+        raise SyntheticBookError(f"n_loans={n_loans} must be in 1..1,000,000")
     return SyntheticBook(tuple(_LoanSim(i, seed, snapshot).run() for i in range(n_loans)), snapshot, seed)
