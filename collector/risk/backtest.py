@@ -51,8 +51,8 @@ import numpy.typing as npt
 
 from ..errors import CollectorError
 from .engine import DeviceStatus, Movement, OpenAlert, RiskInput, RiskLevel, assess
-from .features import Exposure, FeatureConfig, exposure_of, feature_matrix, feature_row
-from .model import DEFAULT_MODEL_VERSION, AxisModel, RiskModel, default_model, fit_logistic, load_model
+from .features import FEATURE_NAMES, Exposure, FeatureConfig, exposure_of, feature_matrix, feature_row
+from .model import DEFAULT_MODEL_VERSION, AxisModel, RiskModel, default_model, fit_logistic_signed, load_model
 from .repayments import RepaymentFacts, repayment_facts
 from .score import score_matrix
 from .synthetic_book import (
@@ -83,6 +83,15 @@ TRAIN_SHARE = 0.7
 DEFAULT_LOANS = 12_000
 L2 = 2.0
 THRESHOLDS = {"credit": (0.1, 0.25, 0.6), "collateral": (0.1, 0.2, 0.5)}
+_REPAYMENT_RISK = ("dpd_1_29", "dpd_30_59", "dpd_60_89", "dpd_90_plus", "rolled_forward", "lates_decayed",
+                   "late_streak_active", "arrears_installments")
+_VEHICLE_RISK = ("market", "power_cut", "towing", "night_doors", "region_exit", "gnss_loss", "offline", "stationary",
+                 "theft_signature", "night_doors_relocation", "offline_while_overdue", "market_while_overdue",
+                 "night_doors_late_streak", "gnss_loss_while_overdue")
+#: Weights that may not be negative: repayment trouble on the credit axis, repayment trouble and
+#: vehicle signals on the collateral axis (a vehicle signal may lower the credit probability: a
+#: stolen car is a collateral loss, not a default).
+NONNEGATIVE = {"credit": _REPAYMENT_RISK, "collateral": _REPAYMENT_RISK + _VEHICLE_RISK}
 COLLATERAL_OUTCOMES = frozenset({"theft", "flight", "second_lien"})
 Array = npt.NDArray[np.float64]
 
@@ -306,10 +315,12 @@ def fit_model(train: Evaluated, *, version: str, training: Mapping[str, Any]) ->
     """Fit both axes on ``train`` with the documented penalty and thresholds."""
     axes = {}
     for name, y in (("credit", train.y_credit), ("collateral", train.y_collateral)):
-        intercept, weights = fit_logistic(train.x, y, l2=L2)
+        positive = [FEATURE_NAMES.index(f) for f in NONNEGATIVE[name]]
+        intercept, weights = fit_logistic_signed(train.x, y, nonnegative=positive, l2=L2)
         axes[name] = AxisModel(intercept, weights, THRESHOLDS[name])
     info = dict(training) | {
         "l2": L2,
+        "nonnegative": {axis: list(features) for axis, features in NONNEGATIVE.items()},
         "train_loans": len(train.loan_ids),
         "train_bad_credit": int(train.y_credit.sum()),
         "train_bad_collateral": int(train.y_collateral.sum()),

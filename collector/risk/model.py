@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,6 +43,7 @@ __all__ = [
     "RiskModel",
     "default_model",
     "fit_logistic",
+    "fit_logistic_signed",
     "load_model",
     "model_from_dict",
 ]
@@ -106,6 +107,28 @@ def fit_logistic(
         if float(np.max(np.abs(scale * step))) < tol:
             break
     return float(beta[0]), beta[1:].copy()
+
+
+def fit_logistic_signed(
+    x: Array, y: Array, *, nonnegative: Sequence[int] = (), l2: float = 1.0
+) -> tuple[float, Array]:
+    """:func:`fit_logistic` with the weights at ``nonnegative`` constrained to be >= 0.
+
+    Active-set by exclusion: fit, and while a constrained weight is negative, pin the most
+    negative one to 0 (drop its column) and fit again. Deterministic; at most one refit per
+    constrained feature. Used so that evidence that can only mean more risk (a late, a
+    bucket, an open alert on the collateral axis) never shows as lowering it.
+    """
+    free = list(range(x.shape[1]))
+    constrained = set(nonnegative)
+    while True:
+        intercept, fitted = fit_logistic(x[:, free], y, l2=l2)
+        negative = [(w, i) for w, i in zip(fitted.tolist(), free, strict=True) if i in constrained and w < 0]
+        if not negative:
+            weights = np.zeros(x.shape[1])
+            weights[free] = fitted
+            return intercept, weights
+        free.remove(min(negative)[1])
 
 
 @dataclass(frozen=True, slots=True)
