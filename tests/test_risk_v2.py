@@ -23,7 +23,14 @@ from collector.risk.backtest import (
 )
 from collector.risk.engine import DeviceStatus, Movement, OpenAlert, RiskConfigError, RiskInput, RiskLevel, assess
 from collector.risk.features import FEATURE_NAMES, Exposure, exposure_of, feature_row
-from collector.risk.model import DEFAULT_MODEL_VERSION, default_model, fit_logistic, load_model, model_from_dict
+from collector.risk.model import (
+    DEFAULT_MODEL_VERSION,
+    default_model,
+    fit_logistic,
+    fit_logistic_signed,
+    load_model,
+    model_from_dict,
+)
 from collector.risk.repayments import Installment, Payment, RepaymentFacts, repayment_facts
 from collector.risk.score import HARD_RULES, Tier, assess_v2, score_matrix, tier_of
 from collector.risk.synthetic_book import BAD_OUTCOMES, SyntheticBookError, generate_book
@@ -299,6 +306,26 @@ def test_fit_logistic_recovers_known_weights() -> None:
     intercept, weights = fit_logistic(x, y, l2=0.1)
     assert intercept == pytest.approx(-1.0, abs=0.1)
     assert weights == pytest.approx(true, abs=0.1)
+
+
+def test_fit_logistic_signed_keeps_constrained_weights_nonnegative() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5_000, 3))
+    y = (rng.random(5_000) < 1 / (1 + np.exp(-(x @ np.array([1.0, -1.0, -0.5]))))).astype(float)
+    _, free = fit_logistic(x, y, l2=0.1)
+    assert free[1] < 0
+    assert free[2] < 0
+    _, signed = fit_logistic_signed(x, y, nonnegative=[1], l2=0.1)
+    assert signed[1] == 0.0
+    assert signed[0] > 0.5
+    assert signed[2] < 0
+
+
+def test_shipped_model_respects_its_sign_constraints() -> None:
+    model = default_model()
+    for axis, features in model.training["nonnegative"].items():
+        weights = model.axis(axis).weights
+        assert all(weights[FEATURE_NAMES.index(f)] >= 0 for f in features)
 
 
 def test_fit_logistic_survives_separable_data() -> None:
