@@ -12,13 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector.cli.risk import backtest_main
+from collector.loans.csv_import import sample_loan_book
 from collector.risk.backtest import (
     auc,
     compare,
     evaluate_book,
     fit_from_book,
     inputs_at,
-    main,
     split,
 )
 from collector.risk.engine import DeviceStatus, Movement, OpenAlert, RiskConfigError, RiskInput, RiskLevel, assess
@@ -409,14 +410,13 @@ def test_v2_beats_v1_on_every_figure_on_the_test_split(default_run: tuple[object
 
 
 def test_backtest_cli_on_a_small_book(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--loans", "1500", "--seed", "11", "--refit", "--json"]) == 0
+    assert backtest_main(["--loans", "1500", "--seed", "11", "--refit", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"book", "model", "split", "v1", "v2"}
     assert report["v1"]["loans"] == report["v2"]["loans"] > 300
 
 
 def test_backtest_cli_on_a_real_book_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from collector.loan_csv import sample_loan_book
 
     loans = tmp_path / "loans.csv"
     loans.write_text(sample_loan_book(date(2026, 11, 28)))
@@ -424,11 +424,11 @@ def test_backtest_cli_on_a_real_book_export(tmp_path: Path, capsys: pytest.Captu
     outcomes.write_text(
         "loan_id,outcome,outcome_date\nL-1002,default,2027-01-20\nL-1003,good,\nL-1001,good,\n"
     )
-    assert main(["--book", str(loans), "--outcomes", str(outcomes), "--as-of", "2026-11-28", "--json"]) == 0
+    assert backtest_main(["--book", str(loans), "--outcomes", str(outcomes), "--as-of", "2026-11-28", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "all"
     assert report["v2"]["loans"] == 5
     assert report["v2"]["bad"] == 1
     outcomes.write_text("loan_id,outcome,outcome_date\nL-1002,stolen,2027-01-20\n")
-    assert main(["--book", str(loans), "--outcomes", str(outcomes), "--as-of", "2026-11-28"]) == 2
+    assert backtest_main(["--book", str(loans), "--outcomes", str(outcomes), "--as-of", "2026-11-28"]) == 2
     assert "stolen" in capsys.readouterr().err

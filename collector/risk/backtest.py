@@ -25,26 +25,21 @@ model file) and every figure is computed on test:
 * **false-high rate on cured borrowers**: among borrowers with lates in the last 12 months
   and nothing overdue at the snapshot whose outcome was good, the share at high or above.
 
-Commands (``main`` for ``lienwatch risk backtest``, ``fit_main`` for ``... risk fit``; also
-``python -m collector.risk backtest|fit``)::
+Commands (the command line is :mod:`collector.cli.risk`, which reads the files)::
 
-    python -m collector.risk fit --out collector/risk/models/risk-v2-2026.12.1.json
-    python -m collector.risk backtest
-    python -m collector.risk backtest --book loans.csv --outcomes outcomes.csv --as-of 2026-09-01
+    lienwatch risk fit --out collector/risk/models/risk-v2-2026.12.1.json
+    lienwatch risk backtest
+    lienwatch risk backtest --book loans.csv --outcomes outcomes.csv --as-of 2026-09-01
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -52,8 +47,8 @@ import numpy.typing as npt
 from ..errors import CollectorError
 from .engine import DeviceStatus, Movement, OpenAlert, RiskInput, RiskLevel, assess
 from .features import FEATURE_NAMES, Exposure, FeatureConfig, exposure_of, feature_matrix, feature_row
-from .model import DEFAULT_MODEL_VERSION, AxisModel, RiskModel, default_model, fit_logistic_signed, load_model
-from .repayments import RepaymentFacts, repayment_facts
+from .model import DEFAULT_MODEL_VERSION, AxisModel, RiskModel, default_model, fit_logistic_signed
+from .repayments import Installment, Payment, RepaymentFacts, repayment_facts
 from .score import score_matrix
 from .synthetic_book import (
     BAD_OUTCOMES,
@@ -68,13 +63,16 @@ __all__ = [
     "BacktestError",
     "Evaluated",
     "Figures",
+    "LoanTerms",
     "auc",
+    "backtest_real_book",
     "evaluate_book",
     "figures",
     "fit_from_book",
-    "fit_main",
     "inputs_at",
-    "main",
+    "markdown_table",
+    "parse_day",
+    "read_real_book",
     "run_backtest",
 ]
 
@@ -335,7 +333,7 @@ def fit_from_book(book: SyntheticBook, evaluated: Evaluated, *, version: str = D
         evaluated.subset(train),
         version=version,
         training={
-            "command": f"python -m collector.risk fit --loans {len(book.loans)} --seed {book.seed}",
+            "command": f"lienwatch risk fit --loans {len(book.loans)} --seed {book.seed}",
             "book": "collector.risk.synthetic_book",
             "loans": len(book.loans),
             "seed": book.seed,
@@ -348,7 +346,7 @@ def fit_from_book(book: SyntheticBook, evaluated: Evaluated, *, version: str = D
 # ------------------------------------------------------------------ a lender's own book
 
 
-def _parse_day(text: str, what: str) -> int:
+def parse_day(text: str, what: str) -> int:
     try:
         day = date.fromisoformat(text.strip()[:10])
     except ValueError:
@@ -356,21 +354,34 @@ def _parse_day(text: str, what: str) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
-def read_real_book(loans_csv: str, outcomes_csv: str) -> tuple[list[BookLoan], dict[str, tuple[str, int | None]]]:
-    """Loans in the CSV layout of docs/risk.md and an outcomes file (``loan_id,outcome,outcome_date``).
+class LoanTerms(Protocol):
+    """What the backtest reads of a lender's loan (a parsed loan CSV row has it)."""
+
+    @property
+    def loan_id(self) -> str: ...
+
+    @property
+    def principal_cents(self) -> int: ...
+
+    @property
+    def schedule(self) -> tuple[Installment, ...]: ...
+
+    @property
+    def payments(self) -> tuple[Payment, ...]: ...
+
+
+def read_real_book(
+    rows: Sequence[LoanTerms], outcomes_csv: str
+) -> tuple[list[BookLoan], dict[str, tuple[str, int | None]]]:
+    """Loans parsed from the CSV layout of docs/risk.md and an outcomes file (``loan_id,outcome,outcome_date``).
 
     Raises:
-        BacktestError: rows with errors (listed), unknown outcomes, bad dates.
+        BacktestError: unknown outcomes, bad dates.
     """
-    from ..loan_csv import parse_loans
-
-    parsed = parse_loans(loans_csv)
-    if parsed.errors:
-        raise BacktestError("loan file has errors: " + "; ".join(str(e) for e in parsed.errors[:10]))
     loans = [
         BookLoan(row.loan_id, "", row.principal_cents, None, row.schedule[0].due_date, row.schedule, row.payments,
                  (), (), (), "good", None)
-        for row in parsed.rows
+        for row in rows
     ]
     outcomes: dict[str, tuple[str, int | None]] = {}
     for n, record in enumerate(csv.DictReader(io.StringIO(outcomes_csv)), 2):
@@ -379,12 +390,37 @@ def read_real_book(loans_csv: str, outcomes_csv: str) -> tuple[list[BookLoan], d
             raise BacktestError(f"outcomes line {n}: outcome {outcome!r:.40} is not good/{'/'.join(BAD_OUTCOMES)}")
         when = (record.get("outcome_date") or "").strip()
         outcomes[(record.get("loan_id") or "").strip()] = (
-            outcome, _parse_day(when, f"outcomes line {n} outcome_date") if when else None
+            outcome, parse_day(when, f"outcomes line {n} outcome_date") if when else None
         )
     return loans, outcomes
 
 
-# ------------------------------------------------------------------ command line
+def backtest_real_book(
+    loans: Sequence[BookLoan],
+    outcomes: Mapping[str, tuple[str, int | None]],
+    as_of: str,
+    *,
+    file: str,
+    model: RiskModel | None = None,
+) -> dict[str, Any]:
+    """Report v1 and v2 on every loan of a lender's book at ``as_of`` (ISO-8601 date).
+
+    Raises:
+        BacktestError: ``as_of`` is not a date.
+    """
+    ev = evaluate_book(loans, parse_day(as_of, "--as-of"), outcomes)
+    model = model or default_model()
+    result = compare(ev, model)
+    return {
+        "book": {"file": file, "as_of": as_of, "population": len(ev.loan_ids)},
+        "model": model.version,
+        "split": "all",
+        "v1": result["v1"].as_dict(),
+        "v2": result["v2"].as_dict(),
+    }
+
+
+# ------------------------------------------------------------------ the synthetic book
 
 
 def run_backtest(
@@ -425,68 +461,3 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     lines.append(f"| loans in the test split (bad outcomes) | {report['v1']['loans']} ({report['v1']['bad']}) | "
                  f"{report['v2']['loans']} ({report['v2']['bad']}) | |")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lienwatch risk backtest``: v1 and v2 on the same book, as a table or JSON."""
-    parser = argparse.ArgumentParser(prog="lienwatch risk backtest", description=__doc__.split("\n")[0])
-    parser.add_argument("--loans", type=int, default=DEFAULT_LOANS, help="synthetic book size (default 12000)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"book seed (default {DEFAULT_SEED})")
-    parser.add_argument("--model", type=Path, help="model file (default: the packaged one)")
-    parser.add_argument("--refit", action="store_true", help="fit on this book's train split instead of loading")
-    parser.add_argument("--book", type=Path, help="a lender's loan CSV (docs/risk.md layout), not the synthetic book")
-    parser.add_argument("--outcomes", type=Path, help="with --book: loan_id,outcome,outcome_date CSV")
-    parser.add_argument("--as-of", help="with --book: the scoring date (ISO-8601)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
-    args = parser.parse_args(argv)
-    try:
-        model = load_model(args.model) if args.model else None
-        if args.book is not None and (args.outcomes is None or args.as_of is None):
-            parser.error("--book needs --outcomes and --as-of")
-        if args.book is not None:
-            loans, outcomes = read_real_book(
-                args.book.read_text(encoding="utf-8-sig"), args.outcomes.read_text(encoding="utf-8-sig")
-            )
-            as_of_ms = _parse_day(args.as_of, "--as-of")
-            ev = evaluate_book(loans, as_of_ms, outcomes)
-            result = compare(ev, model or default_model())
-            report: dict[str, Any] = {
-                "book": {"file": str(args.book), "as_of": args.as_of, "population": len(ev.loan_ids)},
-                "model": (model or default_model()).version,
-                "split": "all",
-                "v1": result["v1"].as_dict(),
-                "v2": result["v2"].as_dict(),
-            }
-        else:
-            if args.refit:
-                book = generate_book(args.loans, seed=args.seed)
-                model = fit_from_book(book, evaluate_book(book.loans, book.snapshot_ms))
-            report = run_backtest(loans=args.loans, seed=args.seed, model=model)
-    except (BacktestError, OSError, ValueError) as exc:
-        print(f"lienwatch risk backtest: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(f"book: {json.dumps(report['book'], sort_keys=True)}; model {report['model']}; split {report['split']}")
-        print(markdown_table(report))
-    return 0
-
-
-def fit_main(argv: Sequence[str] | None = None) -> int:
-    """``lienwatch risk fit``: fit the model on the seeded synthetic book's train split and write it."""
-    parser = argparse.ArgumentParser(prog="lienwatch risk fit", description=fit_main.__doc__)
-    parser.add_argument("--loans", type=int, default=DEFAULT_LOANS)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--version", default=DEFAULT_MODEL_VERSION)
-    parser.add_argument("--out", type=Path, required=True, help="model file to write")
-    args = parser.parse_args(argv)
-    try:
-        book = generate_book(args.loans, seed=args.seed)
-        model = fit_from_book(book, evaluate_book(book.loans, book.snapshot_ms), version=args.version)
-        args.out.write_text(model.to_json(), encoding="utf-8")
-    except (BacktestError, OSError, ValueError) as exc:
-        print(f"lienwatch risk fit: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} (model {model.version}, {model.training['train_loans']} training loans)")
-    return 0

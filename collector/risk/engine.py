@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from protocol.rule_names import RuleName
+
 from ..errors import CollectorError
+from ..json_values import json_ready
 from .repayments import RepaymentFacts, format_cents
 
 __all__ = [
@@ -241,12 +244,12 @@ class RiskConfig:
     dpd_call: int = 30
     dpd_on_site: int = 90
     stationary_days: float = 7.0
-    market_rules: frozenset[str] = frozenset({"stationary_near_market"})
-    power_cut_rules: frozenset[str] = frozenset({"power_cut"})
-    towing_rules: frozenset[str] = frozenset({"towing"})
-    night_door_rules: frozenset[str] = frozenset({"night_door_openings"})
-    region_rules: frozenset[str] = frozenset({"region_exit"})
-    gnss_rules: frozenset[str] = frozenset({"gnss_lost", "gnss_jamming"})
+    market_rules: frozenset[str] = frozenset({RuleName.STATIONARY_NEAR_MARKET})
+    power_cut_rules: frozenset[str] = frozenset({RuleName.POWER_CUT})
+    towing_rules: frozenset[str] = frozenset({RuleName.TOWING})
+    night_door_rules: frozenset[str] = frozenset({RuleName.NIGHT_DOOR_OPENINGS})
+    region_rules: frozenset[str] = frozenset({RuleName.REGION_EXIT})
+    gnss_rules: frozenset[str] = frozenset({RuleName.GNSS_LOST, RuleName.GNSS_JAMMING})
 
     def __post_init__(self) -> None:
         for name, lo, hi in (
@@ -305,16 +308,8 @@ class Reason:
             "level": self.level.label,
             "next_step": self.next_step.label,
             "alert_episode": self.alert_episode,
-            "evidence": _plain(self.evidence),
+            "evidence": json_ready(self.evidence),
         }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True, slots=True)

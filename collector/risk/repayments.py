@@ -232,6 +232,60 @@ def _check_schedule(schedule: Sequence[Installment]) -> None:
             )
 
 
+def _installment_statuses(
+    schedule: Sequence[Installment], paid: Sequence[Payment], as_of: date, grace: timedelta
+) -> list[InstallmentStatus]:
+    """Each instalment: when cumulative payments covered it, and whether it was late by its deadline."""
+
+    def paid_by(day: date) -> int:
+        return sum(p.amount_cents for p in paid if p.paid_on <= day)
+
+    def covered_on(cumulative_due: int) -> date | None:
+        running = 0
+        for p in paid:
+            running += p.amount_cents
+            if running >= cumulative_due:
+                return p.paid_on
+        return None
+
+    statuses: list[InstallmentStatus] = []
+    cumulative_due = 0
+    for inst in schedule:
+        cumulative_due += inst.amount_cents
+        deadline = inst.due_date + grace
+        assessable = as_of > deadline
+        statuses.append(
+            InstallmentStatus(
+                due_date=inst.due_date,
+                amount_cents=inst.amount_cents,
+                covered_on=covered_on(cumulative_due),
+                late=assessable and paid_by(deadline) < cumulative_due,
+                assessable=assessable,
+            )
+        )
+    return statuses
+
+
+def _consecutive_late(assessed: Sequence[InstallmentStatus]) -> int:
+    """Late instalments in a row, counted back from the latest assessable one."""
+    consecutive = 0
+    for status in reversed(assessed):
+        if not status.late:
+            break
+        consecutive += 1
+    return consecutive
+
+
+def _next_due(statuses: Sequence[InstallmentStatus], as_of: date, total_paid: int) -> tuple[date | None, int]:
+    """The first uncovered instalment due on or after ``as_of``, and what is still owed on it."""
+    cumulative_due = 0
+    for status in statuses:
+        cumulative_due += status.amount_cents
+        if status.due_date >= as_of and status.covered_on is None:
+            return status.due_date, min(status.amount_cents, cumulative_due - total_paid)
+    return None, 0
+
+
 def repayment_facts(
     schedule: Sequence[Installment],
     payments: Iterable[Payment],
@@ -255,65 +309,20 @@ def repayment_facts(
         raise RepaymentError(f"grace_days={grace_days!r} must be an int in 0..60")
     _check_schedule(schedule)
     paid = [p for p in _dedupe_payments(payments) if p.paid_on <= as_of]
-
-    def paid_by(day: date) -> int:
-        return sum(p.amount_cents for p in paid if p.paid_on <= day)
-
-    def covered_on(cumulative_due: int) -> date | None:
-        running = 0
-        for p in paid:
-            running += p.amount_cents
-            if running >= cumulative_due:
-                return p.paid_on
-        return None
-
-    grace = timedelta(days=grace_days)
-    total_paid = paid_by(as_of)
-    statuses: list[InstallmentStatus] = []
-    cumulative_due = 0
-    for inst in schedule:
-        cumulative_due += inst.amount_cents
-        deadline = inst.due_date + grace
-        assessable = as_of > deadline
-        statuses.append(
-            InstallmentStatus(
-                due_date=inst.due_date,
-                amount_cents=inst.amount_cents,
-                covered_on=covered_on(cumulative_due),
-                late=assessable and paid_by(deadline) < cumulative_due,
-                assessable=assessable,
-            )
-        )
-
+    total_paid = sum(p.amount_cents for p in paid)
+    statuses = _installment_statuses(schedule, paid, as_of, timedelta(days=grace_days))
     assessed = [s for s in statuses if s.assessable]
-    consecutive = 0
-    for status in reversed(assessed):
-        if not status.late:
-            break
-        consecutive += 1
-
     oldest_open = next((s for s in statuses if s.covered_on is None), None)
     days_past_due = max(0, (as_of - oldest_open.due_date).days) if oldest_open else 0
-
-    assessed_due = sum(s.amount_cents for s in assessed)
-    total_overdue = max(0, assessed_due - total_paid)
+    total_overdue = max(0, sum(s.amount_cents for s in assessed) - total_paid)
     total_due = sum(s.amount_cents for s in statuses if s.due_date <= as_of)
-
-    next_due_date: date | None = None
-    next_due_cents = 0
-    cumulative_due = 0
-    for status in statuses:
-        cumulative_due += status.amount_cents
-        if status.due_date >= as_of and status.covered_on is None:
-            next_due_date = status.due_date
-            next_due_cents = min(status.amount_cents, cumulative_due - total_paid)
-            break
+    next_due_date, next_due_cents = _next_due(statuses, as_of, total_paid)
 
     return RepaymentFacts(
         as_of=as_of,
         grace_days=grace_days,
         days_past_due=days_past_due,
-        consecutive_late=consecutive,
+        consecutive_late=_consecutive_late(assessed),
         late_installments=sum(1 for s in assessed if s.late),
         total_overdue_cents=total_overdue,
         total_due_cents=total_due,

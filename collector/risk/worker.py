@@ -16,7 +16,7 @@ Evaluation time is the collector clock (injected in tests). A round that fails (
 down, a bug) is logged and counted, the devices it held go back into the set and the round
 is retried after ``retry_s``; the periodic run catches up with anything missed even if the
 process died between an ingest commit and the evaluation. Reassessing is idempotent
-(:func:`collector.loan_models.reassess_loan` writes with a compare-and-set on the level and
+(:func:`collector.risk.assessment.reassess_loan` writes with a compare-and-set on the level and
 records an event only on a real change), so several collector processes may run it side by
 side. Level changes are passed to ``on_change`` after they committed (serve wakes the webhook
 worker with it).
@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,9 +37,12 @@ from prometheus_client import Counter as PromCounter
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from ..errors import CollectorError
-from ..loan_models import LoanRecord, LoansSettings, reassess_loan
+from ..clock import ClockMs, wall_clock_ms
+from ..jobs.worker_loop import WorkerLoop
+from ..storage.tables import LoanRecord
+from .assessment import reassess_loan_as_configured
 from .engine import RiskChange
+from .settings import RiskSettings
 
 __all__ = ["RiskWorker"]
 
@@ -49,16 +52,13 @@ log = logging.getLogger(__name__)
 CHUNK = 200
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class RiskWorker:
     """Reassesses the loans of devices that sent data, and every loan periodically.
 
     Args:
         engine: the collector database.
-        settings: grace days, risk thresholds, webhook URLs.
+        risk: ``[risk]`` (thresholds, grace days) of the collector settings.
+        webhook_urls: ``[webhooks] urls``: level changes queue a delivery to each.
         interval_s: time between runs over every loan (``[risk] reassess_interval_s``).
         retry_s: wait after a failed round.
         clock_ms: collector clock, epoch ms.
@@ -69,16 +69,18 @@ class RiskWorker:
     def __init__(
         self,
         engine: Engine,
-        settings: LoansSettings | None = None,
+        risk: RiskSettings | None = None,
         *,
+        webhook_urls: Sequence[str] = (),
         interval_s: float = 60.0,
         retry_s: float = 1.0,
-        clock_ms: Callable[[], int] = _wall_clock_ms,
+        clock_ms: ClockMs = wall_clock_ms,
         on_change: Callable[[list[RiskChange]], None] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.engine = engine
-        self.settings = settings or LoansSettings()
+        self.risk = risk or RiskSettings()
+        self.webhook_urls = tuple(webhook_urls)
         self.interval_s = interval_s
         self.retry_s = retry_s
         self.on_change = on_change
@@ -87,9 +89,8 @@ class RiskWorker:
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._full_due = True
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._next_full = 0.0
+        self._loop = WorkerLoop("lw-risk", self._round, on_error=self._failed)
         #: Set after each round (successful or not); tests wait on it.
         self.round_done = threading.Event()
         self._metrics: dict[str, Any] = {}
@@ -121,13 +122,13 @@ class RiskWorker:
             self._pending.update(device_ids)
             if "pending" in self._metrics:
                 self._metrics["pending"].set(len(self._pending))
-        self._wake.set()
+        self._loop.wake()
 
     def request_full_run(self) -> None:
         """Reassess every loan soon (instead of at the next interval)."""
         with self._lock:
             self._full_due = True
-        self._wake.set()
+        self._loop.wake()
 
     # ------------------------------------------------------------ the work
 
@@ -167,15 +168,12 @@ class RiskWorker:
         with Session(self.engine) as session:
             loan_ids = list(session.scalars(query))
         changes: list[RiskChange] = []
-        s = self.settings
         for start in range(0, len(loan_ids), CHUNK):
             with Session(self.engine) as session:
                 for loan_id in loan_ids[start : start + CHUNK]:
                     if session.get(LoanRecord, loan_id) is None:
                         continue  # removed by retention meanwhile
-                    _, change = reassess_loan(
-                        session, loan_id, now_ms, config=s.risk, grace_days=s.grace_days, webhook_urls=s.webhook_urls
-                    )
+                    _, change = reassess_loan_as_configured(session, loan_id, now_ms, self.risk, self.webhook_urls)
                     if change is not None:
                         changes.append(change)
                 session.commit()
@@ -188,43 +186,36 @@ class RiskWorker:
     # ------------------------------------------------------------ thread
 
     def start(self) -> None:
-        """Start the thread (its first round reassesses every loan)."""
-        if self._thread is not None:
-            raise CollectorError("risk worker already started")
-        self._thread = threading.Thread(target=self._run, name="lw-risk", daemon=False)
-        self._thread.start()
+        """Start the thread (its first round reassesses every loan).
+
+        Raises:
+            WorkerLoopError: already started.
+        """
+        self._next_full = time.monotonic() + self.interval_s
+        self._loop.start()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop after the current round (pending devices are caught up by the next start's full run)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("risk worker did not stop within %.0f s", timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        next_full = time.monotonic() + self.interval_s
-        while not self._stop.is_set():
-            self._wake.clear()  # before the round: a notify() during it triggers the next one at once
-            if time.monotonic() >= next_full:
-                self.request_full_run()
-                next_full = time.monotonic() + self.interval_s
-            try:
-                changes = self.run_once()
-            except Exception:  # a bad round must not end risk evaluation: count, log, retry
-                self.counters["errors"] += 1
-                if "errors" in self._metrics:
-                    self._metrics["errors"].inc()
-                log.exception("risk reassessment round failed; retrying in %.1f s", self.retry_s)
-                self.round_done.set()
-                self._stop.wait(self.retry_s)
-                continue
-            self.round_done.set()
-            if changes:
-                self._report(changes)
-            self._wake.wait(max(0.0, next_full - time.monotonic()))
+    def _round(self) -> float:
+        if time.monotonic() >= self._next_full:
+            self.request_full_run()
+            self._next_full = time.monotonic() + self.interval_s
+        changes = self.run_once()
+        self.round_done.set()
+        if changes:
+            self._report(changes)
+        return self._next_full - time.monotonic()
+
+    def _failed(self, exc: Exception) -> float:
+        # A bad round must not end risk evaluation: count, log, retry.
+        self.counters["errors"] += 1
+        if "errors" in self._metrics:
+            self._metrics["errors"].inc()
+        log.error("risk reassessment round failed; retrying in %.1f s", self.retry_s, exc_info=exc)
+        self.round_done.set()
+        return self.retry_s
 
     def _report(self, changes: list[RiskChange]) -> None:
         for change in changes:
