@@ -212,14 +212,8 @@ def _alert_kinds(config: RiskConfig) -> tuple[tuple[str, frozenset[str]], ...]:
     )
 
 
-def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None = None) -> FeatureRow:
-    """The features of one loan at ``inp.evaluated_ms`` (see the module docstring)."""
-    config = config or FeatureConfig()
-    risk = config.risk
-    facts = inp.facts
-    now = inp.evaluated_ms
-    v = dict.fromkeys(FEATURE_NAMES, 0.0)
-
+def _repayment_features(v: dict[str, float], facts: RepaymentFacts, config: FeatureConfig) -> None:
+    """Delinquency bucket, roll-forward, decayed lates, streak, cure and arrears into ``v``."""
     overdue = facts.overdue
     dpd = facts.days_past_due if overdue else 0
     bucket = delinquency_bucket(dpd)
@@ -232,7 +226,7 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
     v["lates_decayed"] = float(
         sum(0.5 ** ((facts.as_of - s.due_date).days / config.late_half_life_days) for s in lates)
     )
-    if overdue and facts.consecutive_late >= risk.late_streak:
+    if overdue and facts.consecutive_late >= config.risk.late_streak:
         v["late_streak_active"] = 1.0
     if not overdue and any(s.due_date > year_ago for s in lates):
         v["cured"] = 1.0
@@ -240,26 +234,29 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
         typical = max(1, max((s.amount_cents for s in facts.installments), default=1))
         v["arrears_installments"] = min(6.0, facts.total_overdue_cents / typical)
 
-    ltv = exposure.ltv
-    v["ltv"] = min(2.0, DEFAULT_LTV if ltv is None else ltv)
-    if exposure.months_on_book < 6:
-        v["early_months_on_book"] = 1.0
 
+def _alert_features(v: dict[str, float], inp: RiskInput, config: FeatureConfig) -> dict[str, tuple[str, ...]]:
+    """Each alert kind's decayed weight into ``v``; returns the episodes behind each kind."""
+    now = inp.evaluated_ms
     # Alerts raised after the evaluation time do not exist yet; a duplicate episode counts once.
     unique: dict[tuple[str, str], OpenAlert] = {}
     for alert in inp.alerts:
         if alert.raised_ms <= now:
             unique.setdefault((alert.rule, alert.episode), alert)
     episodes: dict[str, tuple[str, ...]] = {}
-    for kind, rules in _alert_kinds(risk) if unique else ():
+    for kind, rules in _alert_kinds(config.risk) if unique else ():
         matching = [a for a in unique.values() if a.rule in rules]
         if not matching:
             continue
         newest = max(a.raised_ms for a in matching)
         v[kind] = 0.5 ** ((now - newest) / DAY_MS / config.half_life_days[kind])
         episodes[kind] = tuple(sorted(a.episode for a in matching))
+    return episodes
 
-    offline_ms = inp.device.offline_ms(now)
+
+def _device_features(v: dict[str, float], inp: RiskInput, risk: RiskConfig) -> tuple[float | None, float | None]:
+    """Offline and stationary into ``v``; returns (stationary days, offline hours)."""
+    offline_ms = inp.device.offline_ms(inp.evaluated_ms)
     offline_hours = None if offline_ms is None else offline_ms / HOUR_MS
     offline = offline_hours is not None and offline_hours > risk.offline_hours
     if offline:
@@ -270,11 +267,11 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
         stationary_days = max(0, last_fix - last_moved) / DAY_MS
         if stationary_days >= risk.stationary_days:
             v["stationary"] = 1.0
+    return stationary_days, offline_hours
 
-    if overdue:
-        v["offline_while_overdue"] = v["offline"]
-    if not episodes:  # no open alert: every alert feature and combination stays 0
-        return FeatureRow(tuple(v.values()), episodes, stationary_days, offline_hours)
+
+def _combination_features(v: dict[str, float], episodes: dict[str, tuple[str, ...]], overdue: bool) -> None:
+    """The combinations of alert kinds (and repayment trouble) into ``v``, with their episodes."""
     v["theft_signature"] = min(v["power_cut"], v["towing"])
     v["night_doors_relocation"] = min(v["night_doors"], v["region_exit"])
     if overdue:
@@ -290,6 +287,26 @@ def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None
     ):
         if v[combo] > 0:
             episodes[combo] = tuple(e for part in parts for e in episodes.get(part, ()))
+
+
+def feature_row(inp: RiskInput, exposure: Exposure, config: FeatureConfig | None = None) -> FeatureRow:
+    """The features of one loan at ``inp.evaluated_ms`` (see the module docstring)."""
+    config = config or FeatureConfig()
+    overdue = inp.facts.overdue
+    v = dict.fromkeys(FEATURE_NAMES, 0.0)
+    _repayment_features(v, inp.facts, config)
+
+    ltv = exposure.ltv
+    v["ltv"] = min(2.0, DEFAULT_LTV if ltv is None else ltv)
+    if exposure.months_on_book < 6:
+        v["early_months_on_book"] = 1.0
+
+    episodes = _alert_features(v, inp, config)
+    stationary_days, offline_hours = _device_features(v, inp, config.risk)
+    if overdue:
+        v["offline_while_overdue"] = v["offline"]
+    if episodes:  # no open alert: every alert feature and combination stays 0
+        _combination_features(v, episodes, overdue)
     return FeatureRow(tuple(v.values()), episodes, stationary_days, offline_hours)
 
 

@@ -168,6 +168,25 @@ def _ms(snapshot: date, day: float) -> int:
     return int(base.timestamp() * 1000) + round(day * _DAY_MS)
 
 
+class _PaymentBook:
+    """The payments and missed instalments of one simulated loan while :meth:`_LoanSim.pay` runs."""
+
+    def __init__(self, horizon: date, behaviour: str) -> None:
+        self.horizon = horizon
+        self.behaviour = behaviour
+        self.payments: list[Payment] = []
+        self.missed: list[Installment] = []  # missed instalments, oldest first
+        self.cure_month: int | None = None
+        self.missed_run = 0
+
+    def catch_up(self, day: date, extra_cents: int = 0) -> None:
+        """Pay every missed instalment plus ``extra_cents`` on ``day`` (nothing after the window)."""
+        cents = sum(a.amount_cents for a in self.missed) + extra_cents
+        if day <= self.horizon and cents > 0:
+            self.payments.append(Payment(f"P{len(self.payments) + 1}", day, cents))
+        self.missed.clear()
+
+
 class _LoanSim:
     """Simulates one loan (see the module docstring for the mechanics)."""
 
@@ -247,62 +266,66 @@ class _LoanSim:
         fraud_stop_day: float | None,
     ) -> tuple[Payment, ...]:
         """Payments up to the end of the window; records a default when arrears reach 90 days."""
-        r = self.r
         horizon = self.snapshot + timedelta(days=WINDOW_DAYS)
-        stops_paying = fraud_stop_day is not None and r.random() < 0.7
-        payments: list[Payment] = []
-        arrears: list[Installment] = []  # missed instalments, oldest first
-        behaviour = segment
-        cure_month: int | None = None
-        missed_run = 0
-
-        def pay_on(day: date, cents: int) -> None:
-            if day <= horizon and cents > 0:
-                payments.append(Payment(f"P{len(payments) + 1}", day, cents))
-
+        stops_paying = fraud_stop_day is not None and self.r.random() < 0.7
+        book = _PaymentBook(horizon, segment)
         for k, inst in enumerate(schedule):
             if inst.due_date > horizon:
                 break
             due_day = self.day_of(inst.due_date)
-            if arrears and (inst.due_date - arrears[0].due_date).days >= 90:
+            if book.missed and (inst.due_date - book.missed[0].due_date).days >= 90:
                 break  # defaulted: recorded below, nothing paid any more
             if stops_paying and fraud_stop_day is not None and due_day >= fraud_stop_day:
-                arrears.append(inst)
+                book.missed.append(inst)
                 continue
-            if stress_month is not None and k >= stress_month and behaviour == "distressed":
-                if cures and cure_month is None:
-                    cure_month = k + r.randint(1, 3)
-                if cure_month is not None and k >= cure_month:
-                    behaviour = "wobbly"
-                    catch_up = inst.due_date + timedelta(days=r.randint(0, 12))
-                    pay_on(catch_up, sum(a.amount_cents for a in arrears) + inst.amount_cents)
-                    arrears.clear()
-                    continue
-                if r.random() < 0.85:
-                    arrears.append(inst)
-                    continue
-            if behaviour == "wobbly" and not arrears and r.random() < 0.06:
-                missed_run = r.randint(2, 3)
-            if missed_run > 0:
-                missed_run -= 1
-                arrears.append(inst)
-                if missed_run == 0:
-                    catch_up = inst.due_date + timedelta(days=r.randint(3, 20))
-                    pay_on(catch_up, sum(a.amount_cents for a in arrears))
-                    arrears.clear()
+            distressed = stress_month is not None and k >= stress_month and book.behaviour == "distressed"
+            if distressed and self._distressed(book, k, inst, cures):
                 continue
-            late_p = {"steady": 0.035, "wobbly": 0.25}.get(behaviour, 0.035)
-            if r.random() < late_p:
-                delay = r.randint(5, 20) if behaviour == "steady" else r.randint(5, 40)
-            else:
-                delay = r.randint(-5, 2)
-            pay_on(inst.due_date + timedelta(days=delay), sum(a.amount_cents for a in arrears) + inst.amount_cents)
-            arrears.clear()
-        if arrears:
-            default_day = self.day_of(arrears[0].due_date) + 90
+            if self._missed_run(book, inst):
+                continue
+            self._pay_installment(book, inst)
+        if book.missed:
+            default_day = self.day_of(book.missed[0].due_date) + 90
             if default_day <= WINDOW_DAYS:
                 self.bad.append((float(default_day), "default"))
-        return tuple(payments)
+        return tuple(book.payments)
+
+    def _distressed(self, book: _PaymentBook, k: int, inst: Installment, cures: bool) -> bool:
+        """A distressed month: cure (catch up, become wobbly) or, mostly, miss; False: paid as usual."""
+        r = self.r
+        if cures and book.cure_month is None:
+            book.cure_month = k + r.randint(1, 3)
+        if book.cure_month is not None and k >= book.cure_month:
+            book.behaviour = "wobbly"
+            book.catch_up(inst.due_date + timedelta(days=r.randint(0, 12)), inst.amount_cents)
+            return True
+        if r.random() < 0.85:
+            book.missed.append(inst)
+            return True
+        return False
+
+    def _missed_run(self, book: _PaymentBook, inst: Installment) -> bool:
+        """A wobbly borrower's run of 2-3 missed instalments, caught up at its end; False: none."""
+        r = self.r
+        if book.behaviour == "wobbly" and not book.missed and r.random() < 0.06:
+            book.missed_run = r.randint(2, 3)
+        if book.missed_run <= 0:
+            return False
+        book.missed_run -= 1
+        book.missed.append(inst)
+        if book.missed_run == 0:
+            book.catch_up(inst.due_date + timedelta(days=r.randint(3, 20)))
+        return True
+
+    def _pay_installment(self, book: _PaymentBook, inst: Installment) -> None:
+        """Pay the instalment (and any arrears), on time or a little late."""
+        r = self.r
+        late_p = {"steady": 0.035, "wobbly": 0.25}.get(book.behaviour, 0.035)
+        if r.random() < late_p:
+            delay = r.randint(5, 20) if book.behaviour == "steady" else r.randint(5, 40)
+        else:
+            delay = r.randint(-5, 2)
+        book.catch_up(inst.due_date + timedelta(days=delay), inst.amount_cents)
 
     def noise(self, segment: str) -> None:
         """Benign events that look like the bad ones."""
