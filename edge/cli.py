@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("edge._inspect_cli", "verify and pretty-print a captured signed batch"),
     "sim": ("firmware_sim.cli", "run the vehicle simulator (NMEA + SLCAN on pseudo-terminals)"),
     "collector": ("collector.cli", "run and administer the cloud collector"),
+    "risk": ("collector.cli.risk", "backtest or fit the v2 loan risk score (lienwatch risk backtest|fit)"),
     "demo": ("firmware_sim.rig.demo", "run the whole chain on embedded defaults"),
 }
 
