@@ -15,6 +15,7 @@ that pass are handed to cbor2. Both paths raise the same typed errors.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +46,17 @@ def _refuse(decoder: object, *_: object) -> object:
     raise _TagRefusedError("CBOR tags are not allowed here")
 
 
-# cbor2 decodes well-known tags itself (tag_hook sees only unknown ones), so every
-# tag number it might know is overridden with a refusal.
-_REFUSE_ALL = dict.fromkeys(range(65536), _refuse)
-_REFUSE_ALL[55799] = _refuse
+@functools.cache
+def _refuse_all() -> dict[int, Any]:
+    """The ``semantic_decoders`` table that refuses every tag cbor2 6 knows.
+
+    cbor2 decodes well-known tags itself (tag_hook sees only unknown ones), so every tag
+    number it might know is overridden with a refusal. Built on first use: the table holds
+    65,537 entries (about 5 MiB), which an agent that never decodes never pays for.
+    """
+    table: dict[int, Any] = dict.fromkeys(range(65536), _refuse)
+    table[55799] = _refuse
+    return table
 
 
 def _native_strictness_available() -> bool:
@@ -105,7 +113,7 @@ def decode_strict(data: bytes, *, what: str, max_size: int, max_depth: int = MAX
         decoder = cbor2.CBORDecoder(
             fp,
             tag_hook=_refuse,
-            semantic_decoders=_REFUSE_ALL,
+            semantic_decoders=_refuse_all(),
             allow_indefinite=False,
             allow_duplicate_keys=False,
             max_depth=max_depth,
