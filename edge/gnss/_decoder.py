@@ -167,6 +167,8 @@ class _Epoch:
     no_fix: bool = False
     pos: tuple[float, float] | None = None  # from the last RMC/GGA/GLL that carried one (as gpsd)
     rmc_fix: bool = False
+    position_before_date: bool = False  # a GGA/GLL position came before any valid date was known
+    dated_by_rmc: bool = False
     gga_zero_sats: bool = False
     alt_m: float | None = None
     rmc_speed: float | None = None
@@ -311,6 +313,7 @@ class NmeaDecoder:
         # "cycle ender"): an epoch still open at the end of input without it is incomplete.
         self._timed_ender_candidate: str | None = None
         self._timed_ender: str | None = None
+        self._fix_dated = False
         self._pending: list[GnssRecord] = []
 
     # -- input ------------------------------------------------------------------------
@@ -486,6 +489,10 @@ class NmeaDecoder:
                 ep.has_position_sentence = True
                 ep.no_fix |= no_fix
                 ep.rmc_fix = not no_fix
+                if not tod_text:
+                    # A receiver that sends RMC without a time (Quectel, before its first
+                    # fix) has no cycle to learn yet: forget the ender, as gpsd does.
+                    self._timed_ender = self._timed_ender_candidate = None
                 if pos is not None:
                     ep.pos = pos
                 if speed is not None:
@@ -493,6 +500,7 @@ class NmeaDecoder:
                 ep.rmc_course = course if course is not None else ep.rmc_course
                 if date_text:
                     self._set_date(ep, date_text, None)
+                    ep.dated_by_rmc = ep.date is not None
 
             return self._apply_timed("RMC", tod_text, apply_rmc, talker)
         if kind == "GGA":
@@ -505,6 +513,7 @@ class NmeaDecoder:
 
             def apply_gga(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
+                ep.position_before_date |= ep.date is None and not self._fix_dated
                 ep.no_fix |= not quality
                 ep.gga_zero_sats = sats == 0
                 if pos is not None:
@@ -519,6 +528,7 @@ class NmeaDecoder:
 
             def apply_gll(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
+                ep.position_before_date |= ep.date is None and not self._fix_dated
                 ep.no_fix |= no_fix
                 if pos is not None:
                     ep.pos = pos
@@ -647,7 +657,16 @@ class NmeaDecoder:
             self._report(StaleEpoch(message, ep.tod_text))
             return None
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
-        return self._record(ep, time_ms)
+        record = self._record(ep, time_ms)
+        if isinstance(record, Fix) and not self._fix_dated:
+            self._fix_dated = True
+            if ep.position_before_date and ep.dated_by_rmc and self._timed_ender is not None:
+                self.counters.fixes_emitted -= 1
+                self._report(
+                    UndatedEpoch("first fix: its date came after its position (gpsd does not date it)", ep.tod_text)
+                )
+                return None
+        return record
 
     def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
         snrs = [s for s in ep.snr.values() if s > 0]
