@@ -24,7 +24,10 @@ How this works:
    (counter ``undated_epochs``: at most the first second or so after start-up). A date before
    ``earliest_date`` (receivers report 1980-01-06 or 2000-01-01 before their first fix) makes
    the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time;
-   an epoch not later than the last one emitted is dropped (``stale_epochs``).
+   an epoch not later than the last one emitted is dropped (``stale_epochs``). As in gpsd,
+   the first fix is not dated by an RMC that follows its GGA/GLL once the receiver's cycle
+   is known, and an epoch cut off by the end of input (without the time-stamped sentence
+   that ended the earlier epochs) is dropped (``incomplete_epochs``).
 
 Every rejected line or epoch is a typed :mod:`edge.gnss.errors` error: counted, passed to
 ``on_error`` and logged (the first of each kind at WARNING, the rest at DEBUG).
@@ -657,25 +660,21 @@ class NmeaDecoder:
             self._report(StaleEpoch(message, ep.tod_text))
             return None
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
-        record = self._record(ep, time_ms)
-        if isinstance(record, Fix) and not self._fix_dated:
+        if not self._fix_dated and not _is_no_fix(ep):
             self._fix_dated = True
             if ep.position_before_date and ep.dated_by_rmc and self._timed_ender is not None:
-                self.counters.fixes_emitted -= 1
-                self._report(
-                    UndatedEpoch("first fix: its date came after its position (gpsd does not date it)", ep.tod_text)
-                )
+                # The first fix once the cycle is known: its GGA/GLL came before the RMC that
+                # dates it, and earlier dates came from status-V RMCs (receiver guesses).
+                message = "first fix: its position came before the RMC that dates it"
+                self._report(UndatedEpoch(message, ep.tod_text))
                 return None
-        return record
+        return self._record(ep, time_ms)
 
     def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
         snrs = [s for s in ep.snr.values() if s > 0]
         mean_snr = round(sum(snrs) / len(snrs), 1) if snrs else None
         pos = ep.pos
-        # A GGA "fix" with zero satellites used and nothing else to confirm it is no fix (gpsd
-        # agrees: hemi.log); RMC status A or a GSA mode outranks it (furuno_gl_ga.log).
-        unconfirmed = ep.gga_zero_sats and ep.gsa_mode is None and not ep.rmc_fix
-        if ep.no_fix or unconfirmed or ep.gsa_mode == 1 or pos is None or pos == (0.0, 0.0):
+        if pos is None or _is_no_fix(ep):
             self.counters.no_fix_epochs += 1
             return NoFix(time_ms=time_ms, sats_in_view=len(ep.snr) if ep.gsv_seen else None, mean_snr=mean_snr)
         if ep.gsa_mode in (2, 3):
@@ -717,6 +716,14 @@ class NmeaDecoder:
             log.debug("GNSS input rejected (%s): %s", error.reason, _describe(error))
         if self.on_error is not None:
             self.on_error(error)
+
+
+def _is_no_fix(ep: _Epoch) -> bool:
+    """Any sign of "no fix" in the epoch (a position alone is not a fix)."""
+    # A GGA "fix" with zero satellites used and nothing else to confirm it is no fix (gpsd
+    # agrees: hemi.log); RMC status A or a GSA mode outranks it (furuno_gl_ga.log).
+    unconfirmed = ep.gga_zero_sats and ep.gsa_mode is None and not ep.rmc_fix
+    return ep.no_fix or unconfirmed or ep.gsa_mode == 1 or ep.pos is None or ep.pos == (0.0, 0.0)
 
 
 def _describe(error: GnssError) -> str:
