@@ -12,8 +12,16 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from edge.gnss import DEFAULT_EARLIEST_DATE, GnssRecord, GnssSource, NmeaDecoder, PortUnavailable, read_nmea_file
-from edge.gnss._decoder import EARLIEST_ALLOWED_DATE, LATEST_DATE
+from edge.gnss import (
+    DEFAULT_EARLIEST_DATE,
+    EARLIEST_ALLOWED_DATE,
+    LATEST_DATE,
+    GnssRecord,
+    GnssSource,
+    NmeaDecoder,
+    PortUnavailable,
+    read_nmea_file,
+)
 from edge.gnss.errors import GnssConfigError
 from protocol import Fix
 

@@ -13,21 +13,12 @@ hence byte-identical payloads (IEEE-754 products and quotients, round half to ev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from itertools import accumulate, pairwise, starmap
 from types import ModuleType
 from typing import Any
 
-from ._records import (
-    Alert,
-    AlertState,
-    Batch,
-    DailyStats,
-    Fix,
-    FixMode,
-    Severity,
-    SignalSample,
-)
 from ._strict_cbor import decode_strict, encode_deterministic
 from .errors import (
     ColumnLengthMismatch,
@@ -36,6 +27,16 @@ from .errors import (
     LocalProtocolError,
     SchemaError,
     UnsupportedVersion,
+)
+from .records import (
+    Alert,
+    AlertState,
+    Batch,
+    DailyStats,
+    Fix,
+    FixMode,
+    Severity,
+    SignalSample,
 )
 
 __all__ = ["LIMITS", "SCHEMA_VERSION", "decode_batch", "encode_batch"]
@@ -84,23 +85,21 @@ D_DAY, D_TIME, D_DISTANCE, D_DRIVING, D_ACCEL, D_BRAKE, D_ODOMETER, D_FINAL = 0,
 #: Columns at least this long use numpy when it is installed; shorter ones (every batch an
 #: agent sends) use plain Python and never import it.
 NUMPY_MIN_VALUES = 2048
-_numpy_module: ModuleType | None = None
-_numpy_missing = False
+
+
+@functools.cache
+def _numpy() -> ModuleType | None:
+    """numpy, imported on first need, or None when it is not installed (T-BOX)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
 
 
 def _numpy_for(count: int) -> ModuleType | None:
     """numpy for a column of ``count`` values, or None: too short to pay off, or not installed."""
-    global _numpy_module, _numpy_missing
-    if count < NUMPY_MIN_VALUES or _numpy_missing:
-        return None
-    if _numpy_module is None:
-        try:
-            import numpy
-        except ImportError:
-            _numpy_missing = True
-            return None
-        _numpy_module = numpy
-    return _numpy_module
+    return _numpy() if count >= NUMPY_MIN_VALUES else None
 
 
 def _scaled(raw: Sequence[float], scale: float) -> list[int]:

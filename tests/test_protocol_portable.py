@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import protocol
 from protocol import _batch_codec, _strict_cbor, decode_batch, encode_batch
 from protocol import errors as e
 from protocol.examples import minute_batch, tiny_batch
+from tests.child_processes import ChildProcesses
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,11 +134,11 @@ def test_scan_path_accepts_every_example_payload(monkeypatch: pytest.MonkeyPatch
         assert _outcome(False, payload, monkeypatch) == _outcome(True, payload, monkeypatch)
 
 
-def test_hostile_input_suite_passes_without_numpy_on_the_cbor2_5_path() -> None:
+def test_hostile_input_suite_passes_without_numpy_on_the_cbor2_5_path(processes: ChildProcesses) -> None:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     modules = ["tests/test_protocol_hostile.py", "tests/test_protocol_batch.py", "tests/test_protocol_cose.py"]
     probe = "tests/tbox_mode_probe.py"
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.tbox_mode", "-p", "no:cacheprovider", *modules, probe],
         cwd=ROOT,
         env=env,
