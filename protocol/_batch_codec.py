@@ -2,16 +2,22 @@
 
 Fixes travel column-wise as scaled integers; time, latitude and longitude columns hold the
 first value absolute and the rest as deltas, so a parked or slowly moving car costs one or
-two bytes per value. numpy does the scaling and (de)differencing.
+two bytes per value.
+
+The scaling and (de)differencing run in plain Python for the columns an agent sends (a
+one-minute batch is a few hundred values), so the edge never needs numpy; numpy is imported
+lazily, when installed, for columns of :data:`NUMPY_MIN_VALUES` values or more (collector
+ingest, long replays), where it is several times faster. Both paths give the same integers,
+hence byte-identical payloads (IEEE-754 products and quotients, round half to even).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from itertools import starmap
+from itertools import accumulate, pairwise, starmap
+from types import ModuleType
 from typing import Any
-
-import numpy as np
 
 from ._strict_cbor import decode_strict, encode_deterministic
 from .errors import (
@@ -75,16 +81,72 @@ A_RULE, A_SEVERITY, A_TIME, A_EPISODE, A_STATE, A_EVIDENCE = 0, 1, 2, 3, 4, 5
 D_DAY, D_TIME, D_DISTANCE, D_DRIVING, D_ACCEL, D_BRAKE, D_ODOMETER, D_FINAL = 0, 1, 2, 3, 4, 5, 6, 7
 
 
-# ---------------------------------------------------------------- encoding
+# ---------------------------------------------------------------- column arithmetic
+
+#: Columns at least this long use numpy when it is installed; shorter ones (every batch an
+#: agent sends) use plain Python and never import it.
+NUMPY_MIN_VALUES = 2048
 
 
-def _delta(values: np.ndarray) -> list[int]:
-    if values.size == 0:
+@functools.cache
+def _numpy() -> ModuleType | None:
+    """numpy, imported on first need, or None when it is not installed (T-BOX)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def _numpy_for(count: int) -> ModuleType | None:
+    """numpy for a column of ``count`` values, or None: too short to pay off, or not installed."""
+    return _numpy() if count >= NUMPY_MIN_VALUES else None
+
+
+def _scaled(raw: Sequence[float], scale: float) -> list[int]:
+    """``round(v * scale)`` for each value (half to even, like ``numpy.rint``)."""
+    np = _numpy_for(len(raw))
+    if np is not None:
+        return np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64).tolist()  # type: ignore[no-any-return]
+    return [round(float(v) * scale) for v in raw]
+
+
+def _delta(values: list[int]) -> list[int]:
+    """First value absolute, then differences."""
+    np = _numpy_for(len(values))
+    if np is not None:
+        arr = np.asarray(values, dtype=np.int64)
+        out = np.empty_like(arr)
+        out[0] = arr[0]
+        np.subtract(arr[1:], arr[:-1], out=out[1:])
+        return out.tolist()  # type: ignore[no-any-return]
+    return values[:1] + [b - a for a, b in pairwise(values)]
+
+
+def _undelta(values: list[int], where: str) -> list[int]:
+    """Running sums of a delta-coded column, each entry bounded first (no int64 overflow)."""
+    if not values:
         return []
-    out = np.empty_like(values)
-    out[0] = values[0]
-    np.subtract(values[1:], values[:-1], out=out[1:])
-    return out.tolist()  # type: ignore[no-any-return]
+    lo, hi = min(values), max(values)
+    if lo < -(2**63) or hi >= 2**63:
+        raise InvalidValue(f"{where} holds an integer outside 64 bits")
+    if lo < -MAX_DELTA_ENTRY or hi > MAX_DELTA_ENTRY:
+        raise InvalidValue(f"{where} holds a value outside +-2**47 (the delta-coding limit)")
+    np = _numpy_for(len(values))
+    if np is not None:
+        return np.cumsum(np.asarray(values, dtype=np.int64)).tolist()  # type: ignore[no-any-return]
+    return list(accumulate(values))
+
+
+def _unscaled(values: list[int], scale: float) -> list[float]:
+    """``v / scale`` for each integer (rounded to the nearest double, then IEEE division)."""
+    np = _numpy_for(len(values))
+    if np is not None:
+        return (np.asarray(values, dtype=np.float64) / scale).tolist()  # type: ignore[no-any-return]
+    return [v / scale for v in values]
+
+
+# ---------------------------------------------------------------- encoding
 
 
 def _encode_fixes(fixes: Sequence[Fix]) -> dict[int, list[Any]]:
@@ -94,20 +156,19 @@ def _encode_fixes(fixes: Sequence[Fix]) -> dict[int, list[Any]]:
         if optional and all(v is None for v in raw):
             continue
         if delta:
-            arr = np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64)
-            columns[key] = _delta(arr)
+            columns[key] = _delta(_scaled(raw, scale))
         elif any(v is None for v in raw):
             columns[key] = [None if v is None else round(float(v) * scale) for v in raw]
         else:
-            columns[key] = np.rint(np.asarray(raw, dtype=np.float64) * scale).astype(np.int64).tolist()
+            columns[key] = _scaled(raw, scale)
     return columns
 
 
 def _encode_samples(samples: Sequence[SignalSample]) -> dict[int, list[Any]]:
     names: dict[str, int] = {}
     index = [names.setdefault(s.name, len(names)) for s in samples]
-    times = np.asarray([s.time_ms for s in samples], dtype=np.int64)
-    return {S_NAMES: list(names), S_INDEX: index, S_TIME: _delta(times), S_VALUE: [s.value for s in samples]}
+    times = _delta([s.time_ms for s in samples])
+    return {S_NAMES: list(names), S_INDEX: index, S_TIME: times, S_VALUE: [s.value for s in samples]}
 
 
 def _encode_alert(alert: Alert) -> dict[int, Any]:
@@ -224,16 +285,6 @@ def _int_list(value: object, where: str, n: int | None, *, nullable: bool = Fals
     return value
 
 
-def _undelta(values: list[int], where: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.int64)
-    except OverflowError as exc:
-        raise InvalidValue(f"{where} holds an integer outside 64 bits") from exc
-    if arr.size and (int(arr.min()) < -MAX_DELTA_ENTRY or int(arr.max()) > MAX_DELTA_ENTRY):
-        raise InvalidValue(f"{where} holds a value outside +-2**47 (the delta-coding limit)")
-    return np.cumsum(arr)
-
-
 def _decode_fixes(value: object) -> tuple[Fix, ...]:
     cols = _map(value, "fixes", {c[0] for c in FIX_COLUMNS}, _REQUIRED_FIX_KEYS)
     n = len(cols[0]) if type(cols[0]) is list else -1
@@ -249,9 +300,9 @@ def _decode_fixes(value: object) -> tuple[Fix, ...]:
             if attr == "time_ms":
                 if n > 1 and min(raw[1:]) < 0:
                     raise InvalidValue("fix times must not go backwards (negative time delta)")
-                columns.append(_undelta(raw, where).tolist())
+                columns.append(_undelta(raw, where))
             else:
-                columns.append((_undelta(raw, where) / scale).tolist())
+                columns.append(_unscaled(_undelta(raw, where), scale))
         elif attr == "mode":
             try:
                 columns.append([_FIX_MODES[m] for m in raw])
@@ -262,7 +313,7 @@ def _decode_fixes(value: object) -> tuple[Fix, ...]:
         elif None in raw:
             columns.append([None if v is None else v / scale for v in raw])
         else:
-            columns.append((np.asarray(raw, dtype=np.float64) / scale).tolist())
+            columns.append(_unscaled(raw, scale))
     # FIX_COLUMNS lists the Fix fields in declaration order, so rows go in positionally;
     # Fix.__post_init__ validates every row (ranges, finiteness).
     try:
@@ -285,7 +336,7 @@ def _decode_samples(value: object) -> tuple[SignalSample, ...]:
     _expect(0 < n <= LIMITS.MAX_SAMPLES, f"sample count {n} is outside 1..{LIMITS.MAX_SAMPLES}")
     _int_list(index, "sample name index", n)
     _expect(min(index) >= 0 and max(index) < len(names), "sample name index out of range")
-    times = _undelta(_int_list(cols[S_TIME], "sample times", n), "sample times").tolist()
+    times = _undelta(_int_list(cols[S_TIME], "sample times", n), "sample times")
     values = cols[S_VALUE]
     _expect(type(values) is list, "sample values must be an array")
     if len(values) != n:
@@ -385,4 +436,3 @@ def decode_batch(data: bytes) -> Batch:
         )
     except InvalidRecord as exc:
         raise InvalidValue(f"batch: {exc}") from exc
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import select
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli.gnss import main
+from edge.gnss import GnssConfigError, NmeaDecoder
 from tests.child_processes import ChildProcesses
 
 DATA = Path(__file__).parent / "data" / "nmea"
@@ -125,3 +127,33 @@ def test_lienwatch_gnss_reads_a_pty_until_the_receiver_goes_away(tmp_path: Path,
     counters = json.loads(err.decode().strip().splitlines()[-1])["counters"]
     assert counters["port_losses"] == 1
     assert counters["fixes_emitted"] == 1 + len(out.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1990-01-01", "1990-01-01 is outside 2000-01-01..2099-12-31 (records cannot carry earlier times)"),
+        ("2100-01-01", "2100-01-01 is outside 2000-01-01..2099-12-31"),
+        ("19x0", "'19x0' is not a date (YYYY-MM-DD)"),
+    ],
+)
+def test_earliest_date_out_of_range_is_a_usage_error_not_a_traceback(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--file", str(DATA / "nofix_periods.nmea"), "--earliest-date", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --earliest-date: {message}" in err
+    assert "Traceback" not in err
+
+
+def test_earliest_date_at_the_lower_bound_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--file", str(DATA / "nofix_periods.nmea"), "--earliest-date", "2000-01-01", "--jsonl"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0])["time"] == "2024-05-15T08:15:40.000Z"
+
+
+def test_decoder_refuses_an_unrepresentable_earliest_date_with_a_typed_error() -> None:
+    with pytest.raises(GnssConfigError, match=r"within 2000-01-01\.\.2099-12-31"):
+        NmeaDecoder(earliest_date=dt.date(1990, 1, 1))

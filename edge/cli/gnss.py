@@ -13,7 +13,15 @@ from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from edge.errors import EdgeError
-from edge.gnss import DEFAULT_EARLIEST_DATE, GnssRecord, GnssSource, NmeaDecoder, read_nmea_file
+from edge.gnss import (
+    DEFAULT_EARLIEST_DATE,
+    EARLIEST_ALLOWED_DATE,
+    LATEST_DATE,
+    GnssRecord,
+    GnssSource,
+    NmeaDecoder,
+    read_nmea_file,
+)
 from protocol import Fix
 
 __all__ = ["main", "record_to_json"]
@@ -75,6 +83,19 @@ def _text_line(record: GnssRecord) -> str:
     )
 
 
+def _earliest_date(text: str) -> dt.date:
+    """``--earliest-date``: an ISO date within the range records can carry."""
+    try:
+        value = dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    if not EARLIEST_ALLOWED_DATE <= value <= LATEST_DATE:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside {EARLIEST_ALLOWED_DATE}..{LATEST_DATE} (records cannot carry earlier times)"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lienwatch gnss",
@@ -98,10 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--earliest-date",
-        type=dt.date.fromisoformat,
+        type=_earliest_date,
         default=DEFAULT_EARLIEST_DATE,
         metavar="YYYY-MM-DD",
-        help=f"dates before this are receiver defaults, not time (default {DEFAULT_EARLIEST_DATE})",
+        help=(
+            f"dates before this are receiver defaults, not time (default {DEFAULT_EARLIEST_DATE}; "
+            f"at least {EARLIEST_ALLOWED_DATE})"
+        ),
     )
     return parser
 

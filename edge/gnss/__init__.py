@@ -5,12 +5,22 @@
 :func:`read_nmea_file` reads a plain sentence log. See docs/gnss.md.
 """
 
-from ._decoder import DEFAULT_EARLIEST_DATE, SUPPORTED_TYPES, GnssCounters, GnssRecord, NmeaDecoder, read_nmea_file
+from ._decoder import (
+    DEFAULT_EARLIEST_DATE,
+    EARLIEST_ALLOWED_DATE,
+    LATEST_DATE,
+    SUPPORTED_TYPES,
+    GnssCounters,
+    GnssRecord,
+    NmeaDecoder,
+    read_nmea_file,
+)
 from ._source import GnssSource, source_from_config
 from .errors import (
     BadChecksum,
     EpochDropped,
     GarbageLine,
+    GnssConfigError,
     GnssError,
     ImplausibleDate,
     IncompleteEpoch,
@@ -29,10 +39,13 @@ from .errors import (
 
 __all__ = [
     "DEFAULT_EARLIEST_DATE",
+    "EARLIEST_ALLOWED_DATE",
+    "LATEST_DATE",
     "SUPPORTED_TYPES",
     "BadChecksum",
     "EpochDropped",
     "GarbageLine",
+    "GnssConfigError",
     "GnssCounters",
     "GnssError",
     "GnssRecord",

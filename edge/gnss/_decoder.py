@@ -24,7 +24,10 @@ How this works:
    (counter ``undated_epochs``: at most the first second or so after start-up). A date before
    ``earliest_date`` (receivers report 1980-01-06 or 2000-01-01 before their first fix) makes
    the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time;
-   an epoch not later than the last one emitted is dropped (``stale_epochs``).
+   an epoch not later than the last one emitted is dropped (``stale_epochs``). As in gpsd,
+   the first fix is not dated by an RMC that follows its GGA/GLL once the receiver's cycle
+   is known, and an epoch cut off by the end of input (without the time-stamped sentence
+   that ended the earlier epochs) is dropped (``incomplete_epochs``).
 
 Every rejected line or epoch is a typed :mod:`edge.gnss.errors` error: counted, passed to
 ``on_error`` and logged (the first of each kind at WARNING, the rest at DEBUG).
@@ -50,6 +53,7 @@ from protocol.errors import InvalidRecord
 from .errors import (
     BadChecksum,
     GarbageLine,
+    GnssConfigError,
     GnssError,
     ImplausibleDate,
     IncompleteEpoch,
@@ -64,7 +68,14 @@ from .errors import (
     UntimedEpoch,
 )
 
-__all__ = ["DEFAULT_EARLIEST_DATE", "GnssCounters", "GnssRecord", "NmeaDecoder", "read_nmea_file"]
+__all__ = [
+    "DEFAULT_EARLIEST_DATE",
+    "EARLIEST_ALLOWED_DATE",
+    "GnssCounters",
+    "GnssRecord",
+    "NmeaDecoder",
+    "read_nmea_file",
+]
 
 log = logging.getLogger("edge.gnss")
 
@@ -74,6 +85,8 @@ GnssRecord = Fix | NoFix
 #: first fix; anything earlier than this is treated as "time unknown".
 DEFAULT_EARLIEST_DATE = dt.date(2020, 1, 1)
 LATEST_DATE = dt.date(2099, 12, 31)
+#: The lowest ``earliest_date`` accepted: records carry times from 2000-01-01 on.
+EARLIEST_ALLOWED_DATE = dt.date(2000, 1, 1)
 #: NMEA 0183 allows 82 characters; proprietary and NMEA 4.11 sentences run longer.
 DEFAULT_MAX_SENTENCE = 200
 MPS_PER_KNOT = 1852 / 3600
@@ -155,8 +168,11 @@ class _Epoch:
     bad_date: str | None = None
     has_position_sentence: bool = False
     no_fix: bool = False
-    gga_pos: tuple[float, float] | None = None
-    other_pos: tuple[float, float] | None = None
+    pos: tuple[float, float] | None = None  # from the last RMC/GGA/GLL that carried one (as gpsd)
+    rmc_fix: bool = False
+    position_before_date: bool = False  # a GGA/GLL position came before any valid date was known
+    dated_by_rmc: bool = False
+    gga_zero_sats: bool = False
     alt_m: float | None = None
     rmc_speed: float | None = None
     rmc_course: float | None = None
@@ -170,6 +186,8 @@ class _Epoch:
     gsv_seen: bool = False
     snr: dict[tuple[str, int], int] = field(default_factory=dict)
     last_sig: str | None = None  # talker+type of the last sentence applied (GSV: only its last part)
+    timed_sigs: set[str] = field(default_factory=set)  # talker+type of every time-stamped sentence seen
+    last_timed_sig: str | None = None
 
 
 # -- strict field converters (raise ValueError with the offending text) -----------------
@@ -250,9 +268,13 @@ class NmeaDecoder:
     :meth:`flush`.
 
     Args:
-        earliest_date: dates before this are receiver defaults, not real time.
+        earliest_date: dates before this are receiver defaults, not real time (at least
+            :data:`EARLIEST_ALLOWED_DATE`).
         max_sentence: longest accepted sentence in bytes, ``$`` to checksum.
         on_error: called with each rejected line or dropped epoch (after counting it).
+
+    Raises:
+        GnssConfigError: ``earliest_date`` or ``max_sentence`` out of range.
 
     Attributes:
         counters: :class:`GnssCounters`, shared with a :class:`GnssSource` wrapping it.
@@ -266,10 +288,13 @@ class NmeaDecoder:
         max_sentence: int = DEFAULT_MAX_SENTENCE,
         on_error: Callable[[GnssError], None] | None = None,
     ) -> None:
-        if not isinstance(earliest_date, dt.date) or not dt.date(2000, 1, 1) <= earliest_date <= LATEST_DATE:
-            raise ValueError(f"earliest_date {earliest_date!r} must be a date within 2000-01-01..{LATEST_DATE}")
+        if not isinstance(earliest_date, dt.date) or not EARLIEST_ALLOWED_DATE <= earliest_date <= LATEST_DATE:
+            raise GnssConfigError(
+                f"earliest_date {earliest_date} must be a date within {EARLIEST_ALLOWED_DATE}..{LATEST_DATE} "
+                "(records cannot carry times before 2000)"
+            )
         if not 16 <= max_sentence <= 4096:
-            raise ValueError(f"max_sentence={max_sentence} must be within 16..4096 bytes")
+            raise GnssConfigError(f"max_sentence={max_sentence} must be within 16..4096 bytes")
         self.earliest_date = earliest_date
         self.max_sentence = max_sentence
         self.on_error = on_error
@@ -287,6 +312,11 @@ class NmeaDecoder:
         self._ender_candidate: str | None = None
         self._cycle_ender: str | None = None
         self._closed_tod: int | None = None
+        # The time-stamped sentence that ended the last two epochs a new time closed (gpsd's
+        # "cycle ender"): an epoch still open at the end of input without it is incomplete.
+        self._timed_ender_candidate: str | None = None
+        self._timed_ender: str | None = None
+        self._fix_dated = False
         self._pending: list[GnssRecord] = []
 
     # -- input ------------------------------------------------------------------------
@@ -338,7 +368,12 @@ class NmeaDecoder:
             if record is not None:
                 out.append(record)
         epoch, self._epoch = self._epoch, None
-        if epoch is not None:
+        ender = self._timed_ender
+        if epoch is not None and epoch.tod_ms is not None and ender is not None and ender not in epoch.timed_sigs:
+            # Earlier epochs ended with this time-stamped sentence and this one never got it:
+            # the input stopped mid-epoch. Like gpsd, report nothing rather than half an epoch.
+            self._report(IncompleteEpoch(f"input ended before the epoch's {ender}", epoch.tod_text))
+        elif epoch is not None:
             record = self._close(epoch)
             if record is not None:
                 out.append(record)
@@ -456,15 +491,21 @@ class NmeaDecoder:
             def apply_rmc(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
                 ep.no_fix |= no_fix
+                ep.rmc_fix = not no_fix
+                if not tod_text:
+                    # A receiver that sends RMC without a time (Quectel, before its first
+                    # fix) has no cycle to learn yet: forget the ender, as gpsd does.
+                    self._timed_ender = self._timed_ender_candidate = None
                 if pos is not None:
-                    ep.other_pos = pos
+                    ep.pos = pos
                 if speed is not None:
                     ep.rmc_speed = speed * MPS_PER_KNOT
                 ep.rmc_course = course if course is not None else ep.rmc_course
                 if date_text:
                     self._set_date(ep, date_text, None)
+                    ep.dated_by_rmc = ep.date is not None
 
-            return self._apply_timed("RMC", tod_text, apply_rmc)
+            return self._apply_timed("RMC", tod_text, apply_rmc, talker)
         if kind == "GGA":
             tod_text = _field(data, 0)
             pos = _position(data, 1)
@@ -475,12 +516,14 @@ class NmeaDecoder:
 
             def apply_gga(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
+                ep.position_before_date |= ep.date is None and not self._fix_dated
                 ep.no_fix |= not quality
+                ep.gga_zero_sats = sats == 0
                 if pos is not None:
-                    ep.gga_pos = pos
+                    ep.pos = pos
                 ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
 
-            return self._apply_timed("GGA", tod_text, apply_gga)
+            return self._apply_timed("GGA", tod_text, apply_gga, talker)
         if kind == "GLL":
             pos = _position(data, 0)
             tod_text = _field(data, 4)
@@ -488,11 +531,12 @@ class NmeaDecoder:
 
             def apply_gll(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
+                ep.position_before_date |= ep.date is None and not self._fix_dated
                 ep.no_fix |= no_fix
-                if pos is not None and ep.other_pos is None:
-                    ep.other_pos = pos
+                if pos is not None:
+                    ep.pos = pos
 
-            return self._apply_timed("GLL", tod_text, apply_gll)
+            return self._apply_timed("GLL", tod_text, apply_gll, talker)
         # ZDA: hhmmss.ss, day, month, year
         tod_text = _field(data, 0)
         day, month, year = _field(data, 1), _field(data, 2), _field(data, 3)
@@ -504,8 +548,8 @@ class NmeaDecoder:
             def apply_zda(ep: _Epoch) -> None:
                 self._set_date(ep, f"{day}/{month}/{year}", date_key)
 
-            return self._apply_timed("ZDA", tod_text, apply_zda)
-        return self._apply_timed("ZDA", tod_text, lambda ep: None)
+            return self._apply_timed("ZDA", tod_text, apply_zda, talker)
+        return self._apply_timed("ZDA", tod_text, lambda ep: None, talker)
 
     def _set_date(self, ep: _Epoch, text: str, ymd: tuple[int, int, int] | None) -> None:
         try:
@@ -524,7 +568,7 @@ class NmeaDecoder:
         apply(self._epoch)
         self.counters.sentences_parsed += 1
 
-    def _apply_timed(self, kind: str, tod_text: str, apply: Callable[[_Epoch], None]) -> GnssRecord | None:
+    def _apply_timed(self, kind: str, tod_text: str, apply: Callable[[_Epoch], None], talker: str) -> GnssRecord | None:
         tod = _time_of_day_ms(tod_text) if tod_text else None
         record = None
         ep = self._epoch
@@ -545,11 +589,21 @@ class NmeaDecoder:
             ep.tod_ms, ep.tod_text = tod, tod_text
         elif ep.tod_ms != tod:
             self._learn_ender(ep.last_sig)
+            if ep.has_position_sentence and ep.last_timed_sig is not None:
+                if ep.last_timed_sig == self._timed_ender_candidate:
+                    self._timed_ender = ep.last_timed_sig
+                self._timed_ender_candidate = ep.last_timed_sig
             record = self._close(ep)
             ep = self._epoch = _Epoch(tod_ms=tod, tod_text=tod_text)
         apply(ep)
+        self._note_timed(ep, talker + kind)
         self.counters.sentences_parsed += 1
         return record
+
+    @staticmethod
+    def _note_timed(ep: _Epoch, sig: str) -> None:
+        ep.timed_sigs.add(sig)
+        ep.last_timed_sig = sig
 
     # -- end-of-cycle detection --------------------------------------------------------
 
@@ -606,13 +660,21 @@ class NmeaDecoder:
             self._report(StaleEpoch(message, ep.tod_text))
             return None
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
+        if not self._fix_dated and not _is_no_fix(ep):
+            self._fix_dated = True
+            if ep.position_before_date and ep.dated_by_rmc and self._timed_ender is not None:
+                # The first fix once the cycle is known: its GGA/GLL came before the RMC that
+                # dates it, and earlier dates came from status-V RMCs (receiver guesses).
+                message = "first fix: its position came before the RMC that dates it"
+                self._report(UndatedEpoch(message, ep.tod_text))
+                return None
         return self._record(ep, time_ms)
 
     def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
         snrs = [s for s in ep.snr.values() if s > 0]
         mean_snr = round(sum(snrs) / len(snrs), 1) if snrs else None
-        pos = ep.gga_pos or ep.other_pos
-        if ep.no_fix or ep.gsa_mode == 1 or pos is None or pos == (0.0, 0.0):
+        pos = ep.pos
+        if pos is None or _is_no_fix(ep):
             self.counters.no_fix_epochs += 1
             return NoFix(time_ms=time_ms, sats_in_view=len(ep.snr) if ep.gsv_seen else None, mean_snr=mean_snr)
         if ep.gsa_mode in (2, 3):
@@ -654,6 +716,14 @@ class NmeaDecoder:
             log.debug("GNSS input rejected (%s): %s", error.reason, _describe(error))
         if self.on_error is not None:
             self.on_error(error)
+
+
+def _is_no_fix(ep: _Epoch) -> bool:
+    """Any sign of "no fix" in the epoch (a position alone is not a fix)."""
+    # A GGA "fix" with zero satellites used and nothing else to confirm it is no fix (gpsd
+    # agrees: hemi.log); RMC status A or a GSA mode outranks it (furuno_gl_ga.log).
+    unconfirmed = ep.gga_zero_sats and ep.gsa_mode is None and not ep.rmc_fix
+    return ep.no_fix or unconfirmed or ep.gsa_mode == 1 or ep.pos is None or ep.pos == (0.0, 0.0)
 
 
 def _describe(error: GnssError) -> str:

@@ -15,12 +15,13 @@ handed to the decoder's ``on_error`` hook and logged. Only the adapter's port er
 from __future__ import annotations
 
 from edge.device_source import DeviceUnavailable
-from edge.errors import InputError
+from edge.errors import ConfigError, InputError
 
 __all__ = [
     "BadChecksum",
     "EpochDropped",
     "GarbageLine",
+    "GnssConfigError",
     "GnssError",
     "ImplausibleDate",
     "IncompleteEpoch",
@@ -170,3 +171,9 @@ class PortUnavailable(DeviceUnavailable, OSError):
 
     reason = "port_unavailable"
     counter = "open_failures"
+
+
+class GnssConfigError(ConfigError):
+    """A decoder or ``[gnss]`` setting out of range (names the setting and the rule it broke)."""
+
+    reason = "config"
