@@ -3,7 +3,7 @@
 Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
 ``migrate``, ``devices add|list|revoke``, ``dead-letters``, ``api-key new``, and (in
 collector._loans_cli) ``loans import|list|show``, ``repayments add``, ``retention run``,
-``markets import``. Every subcommand reads
+``markets import``, and (in collector.people_cli) ``users add|list|passwd``. Every subcommand reads
 ``--config`` (or the file named by ``LIENWATCH_CONFIG``) and the ``LIENWATCH_*``
 environment; see docs/collector.md.
 """
@@ -225,6 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     from ._loans_cli import add_subcommands
 
     add_subcommands(sub, common, _settings)
+
+    from .people_cli import add_subcommands as add_people_subcommands
+
+    add_people_subcommands(sub, common, _settings)
 
     api_key = sub.add_parser("api-key", help="API keys")
     ksub = api_key.add_subparsers(dest="action", required=True)

@@ -35,6 +35,7 @@ __all__ = [
     "ENV_PREFIX",
     "ROLES",
     "ApiSettings",
+    "ConsoleSettings",
     "DownlinkSettings",
     "Limits",
     "MqttSettings",
@@ -276,6 +277,37 @@ class DownlinkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """``[console]``: the web console's sessions and map (docs/console.md).
+
+    Attributes:
+        session_idle_minutes: a session unused for longer than this is ended.
+        session_max_hours: a session ends this long after sign-in whatever its use.
+        secure_cookie: mark the session cookie ``Secure`` (set it behind HTTPS).
+        tile_url: optional map tile server (``{z}/{x}/{y}`` template) drawn under the track;
+            unset = the plain projected background only (works with no internet).
+        tile_datum: datum of the tiles: ``wgs84`` or ``gcj02`` (Chinese providers; the
+            track is shifted onto the tiles' datum).
+    """
+
+    session_idle_minutes: float = 30.0
+    session_max_hours: float = 12.0
+    secure_cookie: bool = False
+    tile_url: str | None = None
+    tile_datum: str = "wgs84"
+
+    def __post_init__(self) -> None:
+        _check_range("console.session_idle_minutes", self.session_idle_minutes, 1, 24 * 60)
+        _check_range("console.session_max_hours", self.session_max_hours, 0.1, 24 * 30)
+        if self.tile_datum not in ("wgs84", "gcj02"):
+            raise ConfigError(f"console.tile_datum {self.tile_datum!r} must be wgs84 or gcj02")
+        if self.tile_url is not None and (
+            not re.match(r"^https?://", self.tile_url) or not all(p in self.tile_url for p in ("{z}", "{x}", "{y}"))
+        ):
+            raise ConfigError("console.tile_url must be an http(s) URL template with {z}, {x} and {y}")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the collector reads from its configuration.
 
@@ -291,6 +323,7 @@ class Settings:
         webhooks: ``[webhooks]``.
         retention: ``[retention]``.
         downlink: ``[downlink]``.
+        console: ``[console]``.
     """
 
     data_dir: Path = Path("collector-data")
@@ -304,6 +337,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
         for digest, role in self.api_keys.items():
@@ -335,6 +369,7 @@ _SECTIONS: dict[str, type] = {
     "webhooks": WebhookSettings,
     "retention": RetentionSettings,
     "downlink": DownlinkSettings,
+    "console": ConsoleSettings,
 }
 
 
