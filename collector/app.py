@@ -39,7 +39,7 @@ __all__ = ["OPTIONAL_ROUTER_MODULES", "create_app", "discover_routers"]
 log = logging.getLogger(__name__)
 
 #: Modules whose ``router`` (an APIRouter) ``serve`` mounts when the module exists.
-OPTIONAL_ROUTER_MODULES: tuple[str, ...] = ("collector.api_loans",)
+OPTIONAL_ROUTER_MODULES: tuple[str, ...] = ("collector.api_loans", "collector.api_alerts")
 
 _status = Base.metadata.tables["device_status"]
 _dead = Base.metadata.tables["dead_letters"]
@@ -238,7 +238,8 @@ def create_app(
         if owns_engine:
             db.dispose()
 
-    app = FastAPI(title="LienWatch collector", version="0.1.0", lifespan=lifespan)
+    # /docs is served from local files (collector.offline_docs); ReDoc would need a CDN.
+    app = FastAPI(title="LienWatch collector", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = db
     app.state.settings = settings
     app.state.loans_settings = LoansSettings.from_settings(settings)
@@ -267,4 +268,9 @@ def create_app(
     app.include_router(_dead_letters_router())
     for router in routers:
         app.include_router(router)
+    from .console.web import install as install_console
+    from .offline_docs import install_offline_docs
+
+    install_offline_docs(app)
+    install_console(app)
     return app
