@@ -1,4 +1,4 @@
-"""``/docs`` without the internet: Swagger UI's files come from the ``swagger-ui-bundle`` pip
+"""``/docs`` without the internet: Swagger UI's files come from the ``swagger-ui-bundle-v2`` pip
 package (installed with the collector, never copied into the repository) and are served by
 the collector itself at ``/docs/assets``; FastAPI's default page would load them from a CDN.
 """

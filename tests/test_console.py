@@ -334,3 +334,15 @@ def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert authenticate_user(session, "mei", "second password 2") is not None
         assert "scrypt$" in session.scalar(sa.text("SELECT password_hash FROM users"))
     engine.dispose()
+
+
+def test_worklist_pages_run_across_levels_in_order(world: tuple) -> None:
+    from collector.console.queries import WorklistFilter, worklist
+
+    _, engine, _ = world
+    with Session(engine) as session:
+        everything = worklist(session, WorklistFilter(), page=1, size=50).rows
+        pages = [worklist(session, WorklistFilter(), page=n, size=2) for n in (1, 2, 3)]
+    assert [r["loan_id"] for r in everything][:2] == ["L-1002", "L-1003"]
+    assert [r["loan_id"] for p in pages for r in p.rows] == [r["loan_id"] for r in everything]
+    assert [p.has_next for p in pages] == [True, True, False]

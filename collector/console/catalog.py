@@ -243,10 +243,12 @@ def reason_sentence(reason: Mapping[str, Any], locale: str, zone_name: str, *, s
     place = ""
     if show_places and isinstance(market_name, str) and market_name:
         place = f"“{market_name}”" if locale == "zh-CN" else f" ({market_name})"
+    # A dwell is told from its start; other alerts from when they were raised.
+    since_ms = alert_evidence.get("dwell_start_ms", alert.get("raised_ms"))
     threshold = evidence.get("threshold_days", evidence.get("threshold_installments", ""))
     values = {
         "code": code,
-        "alert_time": format_time(alert.get("raised_ms"), zone_name, seconds=False) if alert.get("raised_ms") else "?",
+        "alert_time": format_time(since_ms, zone_name, seconds=False) if isinstance(since_ms, int) else "?",
         "total_overdue": _money(repayment.get("total_overdue")),
         "dpd": repayment.get("days_past_due", "?"),
         "late": repayment.get("consecutive_late", "?"),

@@ -84,8 +84,35 @@ def _dpd() -> sa.ColumnElement[Any]:
     return sa.func.coalesce(RiskStateRecord.facts["days_past_due"].as_integer(), 0)
 
 
-def worklist_statement(filters: WorklistFilter) -> sa.Select[Any]:
-    """The worklist's SELECT (without paging), most urgent first."""
+def _level_condition(level: str) -> sa.ColumnElement[bool]:
+    if level == "normal":
+        return sa.or_(RiskStateRecord.level.is_(None), RiskStateRecord.level == "normal")
+    return RiskStateRecord.level == level
+
+
+def _prefix(column: sa.orm.InstrumentedAttribute[str], term: str) -> sa.ColumnElement[bool]:
+    """``column`` starts with ``term``, as a range an index can serve (LIKE often cannot)."""
+    return sa.and_(column >= term, column < term + "\U0010ffff")
+
+
+#: A search looks at most this many matches per key (a prefix of one or two characters matches many).
+MAX_SEARCH_MATCHES = 1000
+
+
+def _search_ids(term: str) -> sa.CompoundSelect[Any]:
+    """Loan ids whose id, VIN or device id starts with ``term`` or whose borrower reference is it;
+    one indexed lookup per key, united."""
+    lookups = [
+        sa.select(LoanRecord.loan_id).where(LoanRecord.borrower_ref == term),
+        sa.select(LoanRecord.loan_id).where(_prefix(LoanRecord.loan_id, term)),
+        sa.select(LoanRecord.loan_id).where(_prefix(LoanRecord.vin, term.upper())),
+        sa.select(LoanRecord.loan_id).where(_prefix(LoanRecord.device_id, term)),
+    ]
+    return sa.union(*(q.limit(MAX_SEARCH_MATCHES).subquery().select() for q in lookups))
+
+
+def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> sa.Select[Any]:
+    """The worklist's SELECT (without paging), most urgent first; ``level`` narrows to one level."""
     query = sa.select(
         LoanRecord.loan_id,
         LoanRecord.device_id,
@@ -97,10 +124,9 @@ def worklist_statement(filters: WorklistFilter) -> sa.Select[Any]:
         RiskStateRecord.facts,
         RiskStateRecord.changed_ms,
     ).outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
-    if filters.level == "normal":
-        query = query.where(sa.or_(RiskStateRecord.level.is_(None), RiskStateRecord.level == "normal"))
-    elif filters.level is not None:
-        query = query.where(RiskStateRecord.level == filters.level)
+    for wanted in (filters.level, level):
+        if wanted is not None:
+            query = query.where(_level_condition(wanted))
     if filters.next_step == "monitor":
         query = query.where(sa.or_(RiskStateRecord.next_step.is_(None), RiskStateRecord.next_step == "monitor"))
     elif filters.next_step is not None:
@@ -110,19 +136,7 @@ def worklist_statement(filters: WorklistFilter) -> sa.Select[Any]:
         # as the value of a "code" key (not inside evidence, where rule names also appear).
         query = query.where(sa.cast(RiskStateRecord.reasons, sa.Text).like(f'%"code": "{filters.reason}"%'))
     if filters.search is not None:
-        term = filters.search
-        prefix = term.replace("_", r"\_").replace("%", r"\%") + "%"
-        query = query.where(
-            sa.or_(
-                LoanRecord.loan_id == term,
-                LoanRecord.device_id == term,
-                LoanRecord.vin == term.upper(),
-                LoanRecord.borrower_ref == term,
-                LoanRecord.loan_id.like(prefix, escape="\\"),
-                LoanRecord.vin.like(prefix.upper(), escape="\\"),
-                LoanRecord.device_id.like(prefix, escape="\\"),
-            )
-        )
+        query = query.where(LoanRecord.loan_id.in_(_search_ids(filters.search)))
     return query.order_by(_level_rank().desc(), _exposure().desc(), _dpd().desc(), LoanRecord.loan_id)
 
 
@@ -137,11 +151,30 @@ class Page:
 
 
 def worklist(session: Session, filters: WorklistFilter, *, page: int = 1, size: int = 50) -> Page:
-    """One page of the worklist (``page`` from 1)."""
+    """One page of the worklist (``page`` from 1).
+
+    Read level by level, most severe first: each level is one indexed query sorted on its own
+    (a first page usually comes from the few critical and high loans, without sorting the
+    whole book); levels wholly before the page are only counted.
+    """
     page, size = max(1, page), max(1, min(MAX_PAGE, size))
-    statement = worklist_statement(filters).limit(size + 1).offset((page - 1) * size)
+    skip, want = (page - 1) * size, size + 1
+    found: list[Any] = []
+    # A search or a single level is one small query; the whole book is read level by level.
+    levels: list[str | None] = [None] if filters.level is not None or filters.search is not None else list(LEVELS)
+    for level in levels:
+        statement = worklist_statement(filters, level=level)
+        if skip:
+            in_level = session.scalar(sa.select(sa.func.count()).select_from(statement.order_by(None).subquery()))
+            if in_level is not None and in_level <= skip:
+                skip -= in_level
+                continue
+        found.extend(session.execute(statement.offset(skip).limit(want - len(found))).mappings())
+        skip = 0
+        if len(found) >= want:
+            break
     rows = []
-    for r in session.execute(statement).mappings():
+    for r in found:
         facts = r["facts"] or {}
         rows.append({
             "loan_id": r["loan_id"],

@@ -6,7 +6,8 @@ Create Date: 2026-12-02
 
 ``users`` holds one row per person (scrypt password hash, role, locale, time zone);
 ``console_sessions`` the SHA-256 of each session cookie with the principal it stands for,
-its CSRF token, last use (idle expiry) and absolute expiry. See docs/people.md.
+its CSRF token, last use (idle expiry) and absolute expiry. See docs/people.md. An index on
+``loans.borrower_ref`` serves the worklist's search.
 """
 from typing import Sequence, Union
 
@@ -55,10 +56,13 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_console_sessions_username'), 'console_sessions', ['username'], unique=False)
     op.create_index(op.f('ix_console_sessions_last_seen_ms'), 'console_sessions', ['last_seen_ms'], unique=False)
+    # The console's worklist search looks loans up by borrower reference too.
+    op.create_index(op.f('ix_loans_borrower_ref'), 'loans', ['borrower_ref'], unique=False)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_index(op.f('ix_loans_borrower_ref'), table_name='loans')
     op.drop_index(op.f('ix_console_sessions_last_seen_ms'), table_name='console_sessions')
     op.drop_index(op.f('ix_console_sessions_username'), table_name='console_sessions')
     op.drop_table('console_sessions')
