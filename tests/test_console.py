@@ -346,3 +346,32 @@ def test_worklist_pages_run_across_levels_in_order(world: tuple) -> None:
     assert [r["loan_id"] for r in everything][:2] == ["L-1002", "L-1003"]
     assert [r["loan_id"] for p in pages for r in p.rows] == [r["loan_id"] for r in everything]
     assert [p.has_next for p in pages] == [True, True, False]
+
+
+def test_hostile_input_gets_a_clean_refusal(world: tuple) -> None:
+    client, engine, _ = world
+    for cookie in ("forged", "x" * 5000, "", "%FF%00"):
+        client.cookies.set("lw_session", cookie)
+        assert client.get("/console/worklist", follow_redirects=False).status_code == 303
+        assert client.get("/v1/loans").status_code == 401
+    client.cookies.clear()
+    for fields in ({"username": "a" * 10_000, "password": "p" * 100_000}, {"api_key": "k" * 10_000},
+                   {"username": "ana", "password": ""}, {}):
+        form = client.get("/console/sign-in").text  # each answer hands out a new sign-in token
+        token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+        answer = client.post("/console/sign-in", data={"login_token": token, **fields})
+        assert answer.status_code == 401
+    user(client, "ana")
+    for params in ({"q": "' OR 1=1 --"}, {"q": "x" * 100}, {"reason": "nope"}, {"next_step": "x"}):
+        assert client.get("/console/worklist", params=params).status_code == 422, params
+    assert client.get("/console/worklist", params={"page": "-3"}).status_code == 200
+    assert client.get("/console/worklist", params={"page": "9" * 40}).status_code == 200
+    for params in ({"from": "yesterday"}, {"from": "2026-11-28T10:00Z", "to": "2026-11-28T09:00Z"},
+                   {"from": "2026-01-01", "to": "2026-11-28"}, {"to": "9" * 30}):
+        assert client.get("/console/loans/L-1002", params=params).status_code == 422, params
+    assert client.get("/console/alerts", params={"severity": "apocalyptic"}).status_code == 422
+    assert client.get("/console/loans/L-404").status_code == 404
+    with Session(engine) as session:
+        failed = session.scalar(sa.select(sa.func.count()).select_from(AuditEntry)
+                                .where(AuditEntry.action == "sign_in_failed"))
+    assert failed == 4

@@ -61,6 +61,7 @@ from ..people import (
     end_session,
     find_session,
     open_session,
+    purge_sessions,
     update_session_locale,
 )
 from ..repayments import format_cents
@@ -290,9 +291,11 @@ async def sign_in(request: Request) -> Response:
     console = _console_settings(request)
     now = _now_ms(request)
     max_age = int(console.session_max_hours * 3_600_000)
-    username, password = fields.get("username", "").strip(), fields.get("password", "")
-    api_key = fields.get("api_key", "").strip()
+    username, password = fields.get("username", "").strip()[:64], fields.get("password", "")[:1025]
+    api_key = fields.get("api_key", "").strip()[:513]
+    idle_ms = int(console.session_idle_minutes * 60_000)
     with Session(_engine(request)) as session:
+        purge_sessions(session, now_ms=now, idle_ms=idle_ms)  # sign-ins sweep the sessions that ended
         token = None
         if username:
             user = authenticate_user(session, username, password)
