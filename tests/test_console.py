@@ -375,3 +375,49 @@ def test_hostile_input_gets_a_clean_refusal(world: tuple) -> None:
         failed = session.scalar(sa.select(sa.func.count()).select_from(AuditEntry)
                                 .where(AuditEntry.action == "sign_in_failed"))
     assert failed == 4
+
+
+def test_map_tiles_are_placed_by_their_datum() -> None:
+    from collector.console.track_map import MapPoint, TileLayer, _projection, distance_m, tile_images
+    from edge.rules.geo import gcj02_to_wgs84
+
+    points = [MapPoint(0, 31.28, 121.26), MapPoint(1, MARKET[0], MARKET[1])]
+    proj = _projection([(p.lat, p.lon, 0.0) for p in points])
+    plain = tile_images(proj, TileLayer("https://tiles.invalid/{z}/{x}/{y}.png"))
+    shifted = tile_images(proj, TileLayer("https://tiles.invalid/{z}/{x}/{y}.png", gcj02_to_wgs84))
+    assert plain
+    assert all(re.fullmatch(r"https://tiles\.invalid/1[0-9]/\d+/\d+\.png", url) for url, *_ in plain)
+    by_url = {url: (x, y) for url, x, y, _, _ in plain}
+    moved = [(x - by_url[url][0], y - by_url[url][1]) for url, x, y, _, _ in shifted if url in by_url]
+    metres_per_px = 1 / proj.scale
+    for dx, dy in moved:
+        offset_m = ((dx * metres_per_px) ** 2 + (dy * metres_per_px) ** 2) ** 0.5
+        assert 300 < offset_m < 700  # GCJ-02 tiles drawn where their places really are
+    lat, lon = gcj02_to_wgs84(31.3, 121.25)
+    assert 300 < distance_m(lat, lon, 31.3, 121.25) < 700
+
+
+def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    with Session(engine) as session:
+        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW - DAY)
+        add_user(session, username="ana", display_name="Ana", role="risk_analyst", password=PASSWORD, now_ms=NOW)
+        session.add(Device(device_id="tbox-0002", created_ms=NOW))
+        session.flush()
+        batch = BatchRecord(device_id="tbox-0002", seq=1, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
+                            fix_count=1, sample_count=0, alert_count=0, stats_count=0, first_time_ms=None,
+                            last_time_ms=None, counters={}, message_bytes=0)
+        session.add(batch)
+        session.flush()
+        session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=NOW - MIN, lat=MARKET[0],
+                              lon=MARKET[1], speed_mps=0.0, mode=3))
+        session.commit()
+    settings = Settings(console=ConsoleSettings(tile_url="https://tiles.invalid/{z}/{x}/{y}.png", tile_datum="gcj02"))
+    app = create_app(settings, engine=engine, clock_ms=lambda: NOW)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        user(client, "ana")
+        page = client.get("/console/loans/L-1002")
+        assert '<image class="tile" href="https://tiles.invalid/' in page.text
+        assert "img-src 'self' data: https://tiles.invalid;" in page.headers["content-security-policy"]
+    engine.dispose()

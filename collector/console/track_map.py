@@ -10,16 +10,22 @@ check the geometry; text is escaped.
 
 Markets and regions arrive in WGS-84 (the caller converts a GCJ-02/BD-09 market once with
 the datum conversion code).
+
+Optional map tiles (:class:`TileLayer`, ``[console] tile_url``): the slippy-map tiles
+covering the drawing are placed under everything else, each stretched between its corners.
+Tiles of Chinese providers are drawn in GCJ-02; the layer's ``to_wgs84`` moves each tile
+corner to where that place really is (WGS-84), so the GNSS track lands on the right street
+(the offset is 300-700 m).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from html import escape
 
-__all__ = ["MapMarket", "MapPoint", "Stop", "find_stops", "render_track_svg"]
+__all__ = ["MapMarket", "MapPoint", "Stop", "TileLayer", "find_stops", "render_track_svg", "tile_images"]
 
 EARTH_RADIUS_M = 6_371_008.8
 WIDTH, HEIGHT, MARGIN = 880, 560, 24
@@ -55,6 +61,26 @@ class MapAlert:
     time_ms: int
     lat: float
     lon: float
+
+
+def _same_place(lat: float, lon: float) -> tuple[float, float]:
+    return lat, lon
+
+
+@dataclass(frozen=True, slots=True)
+class TileLayer:
+    """A slippy-map tile server drawn under the track.
+
+    Attributes:
+        url: template with ``{z}``, ``{x}`` and ``{y}``.
+        to_wgs84: converts a position of the tiles' datum to WGS-84 (identity for WGS-84 tiles,
+            the GCJ-02 inverse for Chinese providers).
+        max_tiles: at most this many tiles per map.
+    """
+
+    url: str
+    to_wgs84: Callable[[float, float], tuple[float, float]] = field(default=_same_place)
+    max_tiles: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +153,49 @@ class _Projection:
         y_m = math.radians(lat - self.lat0) * EARTH_RADIUS_M
         return (self.cx + (x_m - self.mx) * self.scale, self.cy - (y_m - self.my) * self.scale)
 
+    def latlon(self, x: float, y: float) -> tuple[float, float]:
+        """Inverse of :meth:`xy`."""
+        x_m = (x - self.cx) / self.scale + self.mx
+        y_m = (self.cy - y) / self.scale + self.my
+        lat = self.lat0 + math.degrees(y_m / EARTH_RADIUS_M)
+        lon = self.lon0 + math.degrees(x_m / (EARTH_RADIUS_M * math.cos(math.radians(self.lat0))))
+        return lat, lon
+
+
+def _tile_corner(x: int, y: int, z: int) -> tuple[float, float]:
+    """North-west corner (lat, lon) of slippy tile ``x, y`` at zoom ``z`` (Web Mercator)."""
+    n = 2.0**z
+    return math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n)))), x / n * 360.0 - 180.0
+
+
+def _tile_index(lat: float, lon: float, z: int) -> tuple[int, int]:
+    n = 2.0**z
+    lat = max(-85.0511, min(85.0511, lat))
+    x = int((lon + 180.0) / 360.0 * n)
+    y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+    return max(0, min(int(n) - 1, x)), max(0, min(int(n) - 1, y))
+
+
+def tile_images(proj: _Projection, layer: TileLayer) -> list[tuple[str, float, float, float, float]]:
+    """``(url, x, y, width, height)`` of every tile covering the drawing (SVG pixels)."""
+    z = round(math.log2(156_543.034 * math.cos(math.radians(proj.lat0)) * proj.scale))
+    z = max(1, min(19, z))
+    corners = [proj.latlon(0, 0), proj.latlon(WIDTH, HEIGHT)]
+    # The tiles' datum is off by up to ~700 m: widen by a tile on every side.
+    (x0, y0), (x1, y1) = (_tile_index(lat, lon, z) for lat, lon in corners)
+    out = []
+    for tx in range(x0 - 1, x1 + 2):
+        for ty in range(y0 - 1, y1 + 2):
+            nw = proj.xy(*layer.to_wgs84(*_tile_corner(tx, ty, z)))
+            se = proj.xy(*layer.to_wgs84(*_tile_corner(tx + 1, ty + 1, z)))
+            if se[0] < 0 or se[1] < 0 or nw[0] > WIDTH or nw[1] > HEIGHT:
+                continue
+            url = layer.url.replace("{z}", str(z)).replace("{x}", str(tx)).replace("{y}", str(ty))
+            out.append((url, nw[0], nw[1], se[0] - nw[0], se[1] - nw[1]))
+            if len(out) >= layer.max_tiles:
+                return out
+    return out
+
 
 def _projection(points: Sequence[tuple[float, float, float]]) -> _Projection:
     """Fit ``(lat, lon, radius_m)`` items into the drawing area (at least 400 m across)."""
@@ -173,6 +242,7 @@ def render_track_svg(
     stops: Sequence[Stop] = (),
     stop_labels: Sequence[str] = (),
     title: str = "track",
+    tiles: TileLayer | None = None,
 ) -> str:
     """The SVG document fragment of the map (``<svg class="track-map" ...>``)."""
     items = [(p.lat, p.lon, 0.0) for p in points]
@@ -187,6 +257,12 @@ def render_track_svg(
         f'data-metres-per-px="{1 / proj.scale:.4f}">',
         f'<rect class="map-bg" x="0" y="0" width="{WIDTH}" height="{HEIGHT}"/>',
     ]
+    if tiles is not None:
+        parts.extend(
+            f'<image class="tile" href="{escape(url)}" x="{_f(x)}" y="{_f(y)}" width="{_f(w)}" height="{_f(h)}" '
+            f'preserveAspectRatio="none"/>'
+            for url, x, y, w, h in tile_images(proj, tiles)
+        )
     grid_m = _nice_length((WIDTH / proj.scale) / 6)
     grid_px = grid_m * proj.scale
     offset_x = (proj.cx - proj.mx * proj.scale) % grid_px

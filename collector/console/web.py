@@ -82,7 +82,7 @@ from .queries import (
     device_rows,
     worklist,
 )
-from .track_map import MapAlert, MapMarket, MapPoint, find_stops, render_track_svg
+from .track_map import MapAlert, MapMarket, MapPoint, TileLayer, find_stops, render_track_svg
 
 __all__ = ["install", "router"]
 
@@ -219,6 +219,11 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
     }
     response = templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
     response.headers.update(_SECURITY_HEADERS)
+    tile_url = _console_settings(request).tile_url
+    if tile_url is not None:  # the browser fetches the configured tiles itself
+        origin = "/".join(tile_url.split("/", 3)[:3])
+        response.headers["Content-Security-Policy"] = _SECURITY_HEADERS["Content-Security-Policy"].replace(
+            "img-src 'self' data:", f"img-src 'self' data: {origin}")
     return response
 
 
@@ -541,6 +546,17 @@ def market_circles(session: Session) -> list[MapMarket]:
     return out
 
 
+def _tile_layer(console: ConsoleSettings) -> TileLayer | None:
+    """The configured tile server, with the datum conversion its tiles need."""
+    if console.tile_url is None:
+        return None
+    if console.tile_datum == "gcj02":
+        from edge.rules.geo import gcj02_to_wgs84  # the datum conversion code (protocol.geo after the split)
+
+        return TileLayer(console.tile_url, gcj02_to_wgs84)
+    return TileLayer(console.tile_url)
+
+
 def _alert_positions(rows: list[dict[str, Any]]) -> list[MapAlert]:
     out = []
     for r in rows:
@@ -599,6 +615,7 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             svg = render_track_svg(
                 points, markets=[*market_circles(session), *_region_circles(alert_rows)],
                 alerts=_alert_positions(in_window), stops=stops, stop_labels=stop_labels, title=f"track {loan_id}",
+                tiles=_tile_layer(_console_settings(request)),
             )
             window = urlencode({"from": iso_utc(since), "to": iso_utc(until)})
             track = {
