@@ -421,3 +421,25 @@ def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_pa
         assert '<image class="tile" href="https://tiles.invalid/' in page.text
         assert "img-src 'self' data: https://tiles.invalid;" in page.headers["content-security-policy"]
     engine.dispose()
+
+
+def test_vehicle_condition_report(world: tuple) -> None:
+    from collector.models import DailyStatsRecord, SampleRecord
+
+    client, engine, _ = world
+    with Session(engine) as session:
+        batch_id = session.scalar(sa.select(BatchRecord.id))
+        for day, km in (("2026-11-26", 42.0), ("2026-11-27", 7.5)):
+            session.add(DailyStatsRecord(device_id="tbox-0002", day=day, batch_id=batch_id, time_ms=NOW,
+                                         distance_m=km * 1000, driving_s=3600, harsh_accel=1, harsh_brake=2,
+                                         odometer_km=61_234.5, final=True))
+        session.add(SampleRecord(batch_id=batch_id, device_id="tbox-0002", time_ms=NOW - DAY,
+                                 name="Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed", value=64.0))
+        session.commit()
+    user(client, "cole")  # no location in it: collections may read it
+    page = client.get("/console/loans/L-1002/condition").text
+    bars = re.findall(r'<svg class="chart distance".*?</svg>', page, flags=re.S)[0]
+    assert re.findall(r'data-value="([\d.]+)"', bars) == ["42", "7.5"]
+    assert "61234.5 km (2026-11-27)" in page
+    assert '<svg class="chart soc"' in page
+    assert re.search(r'data-day="2026-11-27">.*?<td class="num">64.0</td>', page, flags=re.S)

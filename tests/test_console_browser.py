@@ -275,6 +275,10 @@ def test_the_loan_page_tells_the_reason_in_english_and_chinese(browser: Any, wor
                                "market (Demo used-car market (Shanghai Jiading)) for ")
     assert "(Asia/Shanghai)" in sentence
     shot(page, "loan-en")
+    page.click("#condition-link")
+    page.wait_for_load_state()
+    assert page.locator("svg.chart.distance rect.bar").count() >= 1  # the drive into the market
+    shot(page, "condition")
     page.context.close()
     page = signed_in(browser, world, "li")
     page.goto("/console/loans/L-1002")

@@ -116,6 +116,18 @@ _UI: dict[str, tuple[str, str]] = {
     "cleared": ("cleared", "解除"),
     "alert_positions": ("Alert positions", "告警位置"),
     "start": ("start", "起点"),
+    "condition": ("Vehicle condition, last 30 days", "车况报告（近 30 天）"),
+    "condition_link": ("Vehicle condition report", "车况报告"),
+    "day": ("Day", "日期"),
+    "distance_km": ("Distance (km)", "里程（公里）"),
+    "driving_h": ("Driving (h)", "驾驶时长（小时）"),
+    "harsh_accel": ("Harsh accelerations", "急加速"),
+    "harsh_brake": ("Harsh brakings", "急刹车"),
+    "odometer": ("Odometer", "总里程"),
+    "soc": ("Battery (SoC %)", "电量（%）"),
+    "volts": ("12 V battery (V)", "12 V 电瓶（伏）"),
+    "totals": ("30-day totals", "30 天合计"),
+    "print": ("Print or save as PDF from the browser.", "可通过浏览器打印或另存为 PDF。"),
     "end": ("end", "终点"),
 }
 

@@ -27,6 +27,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -50,8 +51,9 @@ from ..loan_models import (
     loan_facts,
     reassess_loan,
     utc_date,
+    vehicle_condition,
 )
-from ..models import AlertRecord, FixRecord
+from ..models import AlertRecord, FixRecord, SampleRecord
 from ..models import DeviceStatus as DeviceStatusRecord
 from ..people import (
     LOCALES,
@@ -67,7 +69,9 @@ from ..people import (
 from ..repayments import format_cents
 from ..settings import ConsoleSettings
 from ..timefmt import TimeFormatError, format_time, iso_utc, local_input_value, parse_time
+from ..timefmt import zone as zone_info
 from . import catalog
+from .charts import bar_chart
 from .exports import alerts_csv, track_geojson, track_gpx, worklist_csv
 from .queries import (
     LEVELS,
@@ -717,6 +721,57 @@ def track_gpx_export(loan_id: str, request: Request, principal: PagePrincipal) -
     loan_id, points = _export_track(request, principal, loan_id, "gpx")
     return Response(track_gpx(loan_id, points), media_type="application/gpx+xml", headers={
         "Content-Disposition": f'attachment; filename="{loan_id}-track.gpx"', "Cache-Control": "no-store"})
+
+
+# ------------------------------------------------------------------ vehicle condition
+
+SOC_SIGNAL = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
+LOW_VOLTAGE_SIGNAL = "Vehicle.LowVoltageBattery.CurrentVoltage"
+
+
+def _daily_last_values(session: Session, device_id: str, name: str, since_ms: int, zone_name: str) -> dict[str, float]:
+    """The last numeric reading of a signal on each day (in ``zone_name``) since ``since_ms``."""
+    rows = session.execute(
+        sa.select(SampleRecord.time_ms, SampleRecord.value)
+        .where(SampleRecord.device_id == device_id, SampleRecord.name == name, SampleRecord.time_ms >= since_ms)
+        .order_by(SampleRecord.time_ms)
+    )
+    zone = zone_info(zone_name)
+    out: dict[str, float] = {}
+    for time_ms, value in rows:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[datetime.fromtimestamp(time_ms / 1000, tz=zone).date().isoformat()] = float(value)
+    return out
+
+
+@router.get("/loans/{loan_id}/condition", response_model=None)
+def condition_page(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
+    """The vehicle over the last 30 days: distance, driving hours, harsh events, odometer, battery."""
+    _allow(principal, "loan")
+    now = _now_ms(request)
+    with Session(_engine(request)) as session:
+        loan = session.get(LoanRecord, loan_id)
+        if loan is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
+        zone_name = _loan_zone(loan)
+        report = vehicle_condition(session, loan.device_id, utc_date(now))
+        since = now - 30 * 86_400_000
+        soc = _daily_last_values(session, loan.device_id, SOC_SIGNAL, since, zone_name)
+        volts = _daily_last_values(session, loan.device_id, LOW_VOLTAGE_SIGNAL, since, zone_name)
+        _audit(session, request, principal, "view_condition", "loan", subject_id=loan_id)
+        session.commit()
+    days = [d["day"] for d in report["days"]]
+    charts = {
+        "distance": bar_chart(days, [d["distance_km"] for d in report["days"]], unit="km", css_class="distance"),
+        "driving": bar_chart(days, [d["driving_h"] for d in report["days"]], unit="h", css_class="driving"),
+        "harsh": bar_chart(days, [d["harsh_accel"] + d["harsh_brake"] for d in report["days"]],
+                           unit="harsh events", css_class="harsh"),
+        "soc": bar_chart(days, [soc.get(d) for d in days], unit="% SoC", css_class="soc") if soc else "",
+    }
+    return _render(request, "condition.html", principal, {
+        "loan_id": loan_id, "report": report, "charts": charts, "zone": zone_name,
+        "rows": [{**d, "soc": soc.get(d["day"]), "volts": volts.get(d["day"])} for d in report["days"]],
+    })
 
 
 # ------------------------------------------------------------------ audit and devices
