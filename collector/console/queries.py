@@ -173,23 +173,35 @@ def worklist(session: Session, filters: WorklistFilter, *, page: int = 1, size: 
         skip = 0
         if len(found) >= want:
             break
-    rows = []
-    for r in found:
-        facts = r["facts"] or {}
-        rows.append({
-            "loan_id": r["loan_id"],
-            "device_id": r["device_id"],
-            "vin": r["vin"],
-            "borrower_ref": r["borrower_ref"],
-            "level": r["level"] or "normal",
-            "next_step": r["next_step"] or "monitor",
-            "reason_codes": [x.get("code") for x in (r["reasons"] or []) if isinstance(x, dict)],
-            "total_overdue": facts.get("total_overdue", "0.00"),
-            "days_past_due": facts.get("days_past_due", 0),
-            "consecutive_late": facts.get("consecutive_late", 0),
-            "changed_ms": r["changed_ms"],
-        })
+    rows = [_worklist_row(r) for r in found]
     return Page(rows[:size], page, size, len(rows) > size)
+
+
+def _worklist_row(r: Any) -> dict[str, Any]:
+    facts = r["facts"] or {}
+    return {
+        "loan_id": r["loan_id"],
+        "device_id": r["device_id"],
+        "vin": r["vin"],
+        "borrower_ref": r["borrower_ref"],
+        "level": r["level"] or "normal",
+        "next_step": r["next_step"] or "monitor",
+        "reason_codes": [x.get("code") for x in (r["reasons"] or []) if isinstance(x, dict)],
+        "total_overdue": facts.get("total_overdue", "0.00"),
+        "days_past_due": facts.get("days_past_due", 0),
+        "consecutive_late": facts.get("consecutive_late", 0),
+        "changed_ms": r["changed_ms"],
+    }
+
+
+def worklist_export_rows(session: Session, filters: WorklistFilter, *, limit: int) -> list[dict[str, Any]]:
+    """The whole filtered worklist (at most ``limit`` rows) in one ordered query, for exports."""
+    return [_worklist_row(r) for r in session.execute(worklist_statement(filters).limit(limit)).mappings()]
+
+
+def alert_export_rows(session: Session, filters: AlertFilter, *, limit: int) -> list[dict[str, Any]]:
+    """The whole filtered alert feed (at most ``limit`` rows, newest first) in one query."""
+    return [alert_row(r) for r in session.execute(alert_statement(filters).limit(limit)).mappings()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,10 +81,12 @@ from .queries import (
     AlertFilter,
     QueryError,
     WorklistFilter,
+    alert_export_rows,
     alert_feed,
     alert_rules,
     device_rows,
     worklist,
+    worklist_export_rows,
 )
 from .track_map import MapAlert, MapMarket, MapPoint, TileLayer, find_stops, render_track_svg
 
@@ -418,24 +420,12 @@ def worklist_export(request: Request, principal: PagePrincipal) -> Response:
     _allow(principal, "worklist")
     filters = _worklist_filter(request)
     with Session(_engine(request)) as session:
-        rows = _all_worklist_rows(session, filters)
+        rows = worklist_export_rows(session, filters, limit=MAX_EXPORT_ROWS)
         _audit(session, request, principal, "export_worklist_csv", "loan", subject_id="*", rows=len(rows),
                **filters.as_params())
         session.commit()
     return Response(worklist_csv(rows), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="worklist.csv"', "Cache-Control": "no-store"})
-
-
-def _all_worklist_rows(session: Session, filters: WorklistFilter) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    page_no = 1
-    while len(rows) < MAX_EXPORT_ROWS:
-        page = worklist(session, filters, page=page_no, size=500)
-        rows.extend(page.rows)
-        if not page.has_next:
-            break
-        page_no += 1
-    return rows[:MAX_EXPORT_ROWS]
 
 
 # ------------------------------------------------------------------ alerts
@@ -498,15 +488,8 @@ def alerts_export(request: Request, principal: PagePrincipal) -> Response:
     """The filtered alert feed as CSV (evidence redacted for collections), audited."""
     _allow(principal, "alerts")
     filters = _alert_filter(request, DEFAULT_LOAN_ZONE)
-    rows: list[dict[str, Any]] = []
     with Session(_engine(request)) as session:
-        page_no = 1
-        while len(rows) < MAX_EXPORT_ROWS:
-            page = alert_feed(session, filters, page=page_no, size=500)
-            rows.extend(_shown_alert(r, principal) for r in page.rows)
-            if not page.has_next:
-                break
-            page_no += 1
+        rows = [_shown_alert(r, principal) for r in alert_export_rows(session, filters, limit=MAX_EXPORT_ROWS)]
         _audit(session, request, principal, "export_alerts_csv", "alert", subject_id="*", rows=len(rows))
         session.commit()
     return Response(alerts_csv(rows), media_type="text/csv; charset=utf-8",
