@@ -45,13 +45,17 @@ __all__ = [
     "SessionRecord",
     "UserRecord",
     "add_user",
+    "authenticate_user",
     "check_password",
+    "check_time_zone",
     "end_session",
     "find_session",
     "hash_password",
     "list_users",
     "open_session",
+    "purge_sessions",
     "set_password",
+    "update_session_locale",
     "verify_password",
 ]
 
@@ -117,17 +121,6 @@ class ConsoleSession:
     time_zone: str
     csrf_token: str
     last_seen_ms: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form, without the CSRF token."""
-        return {
-            "actor": self.actor,
-            "role": self.role,
-            "username": self.username,
-            "display_name": self.display_name,
-            "locale": self.locale,
-            "time_zone": self.time_zone,
-        }
 
 
 def _b64(data: bytes) -> str:
