@@ -443,3 +443,21 @@ def test_vehicle_condition_report(world: tuple) -> None:
     assert "61234.5 km (2026-11-27)" in page
     assert '<svg class="chart soc"' in page
     assert re.search(r'data-day="2026-11-27">.*?<td class="num">64.0</td>', page, flags=re.S)
+
+
+def test_the_demo_users_can_sign_in(tmp_path: Path) -> None:
+    from collector.people import authenticate_user
+    from firmware_sim._demo_console import DEMO_PASSWORD, DEMO_USERS, add_demo_users, console_lines
+
+    config = tmp_path / "collector.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path / "c.db"}"\n')
+    add_demo_users(config)
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with Session(engine) as session:
+        signed = [authenticate_user(session, name, DEMO_PASSWORD) for name, *_ in DEMO_USERS]
+        assert [(u.username, u.role, u.locale) for u in signed if u is not None] == [
+            (name, role, locale) for name, role, locale, _ in DEMO_USERS]
+    engine.dispose()
+    lines = console_lines("http://127.0.0.1:8080")
+    assert lines[0].startswith("Console: http://127.0.0.1:8080/console   users: analyst (risk_analyst)")
+    assert DEMO_PASSWORD in lines[1]
