@@ -244,7 +244,7 @@ def test_collections_see_no_map_no_coordinates_and_no_place_names(world: tuple) 
 
 
 def test_auditor_sees_the_audit_log_with_filters_and_admin_the_devices(world: tuple) -> None:
-    client, _, _ = world
+    client, engine, _ = world
     user(client, "ana")
     client.get("/console/loans/L-1002")
     client.cookies.clear()
@@ -256,9 +256,15 @@ def test_auditor_sees_the_audit_log_with_filters_and_admin_the_devices(world: tu
     assert client.get("/console/devices").status_code == 403
     client.cookies.clear()
     user(client, "root")
+    with Session(engine) as session:  # seq 1 is stored; 4 arrives: 2 and 3 are missing
+        session.add(BatchRecord(device_id="tbox-0002", seq=4, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
+                                fix_count=0, sample_count=0, alert_count=0, stats_count=0, first_time_ms=None,
+                                last_time_ms=None, counters={}, message_bytes=0))
+        session.commit()
     devices = client.get("/console/devices").text
     assert 'data-device="tbox-0002"' in devices
     assert "L-1002" in devices
+    assert re.search(r'data-device="tbox-0002">.*?<td class="num seq-gaps">2</td>', devices, flags=re.S)
 
 
 def test_v1_alerts_filters_iso_times_and_redaction(world: tuple) -> None:

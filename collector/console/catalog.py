@@ -102,6 +102,7 @@ _UI: dict[str, tuple[str, str]] = {
     "key_status": ("Key", "密钥"),
     "batches": ("Batches", "批次"),
     "duplicates": ("Duplicates", "重复"),
+    "seq_gaps": ("Missing batches", "缺失批次"),
     "agent_version": ("Agent version", "终端版本"),
     "since": ("From", "起"),
     "until": ("To", "止"),

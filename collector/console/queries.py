@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..loan_models import LoanRecord, RiskStateRecord
-from ..models import AlertRecord, Device, DeviceKey, DeviceStatus
+from ..models import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus
 from ..risk import RULES, NextStep, RiskLevel
 
 __all__ = [
@@ -286,11 +286,21 @@ def alert_rules(session: Session) -> list[str]:
 
 def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 60_000) -> list[dict[str, Any]]:
     """Every registered device: online (state message, else data within ``online_window_ms``), last
-    seen, key status, batches and duplicates, its loan."""
+    seen, key status, batches, duplicates and sequence gaps, its loan."""
     keys: dict[str, list[DeviceKey]] = {}
     for key in session.scalars(sa.select(DeviceKey).order_by(DeviceKey.added_ms)):
         keys.setdefault(key.device_id, []).append(key)
     statuses = {s.device_id: s for s in session.scalars(sa.select(DeviceStatus))}
+    # Sequence numbers never repeat on a device: the numbers missing between its lowest and
+    # highest stored batch are batches not (yet) received.
+    ledger = {
+        row.device_id: int(row.high) - int(row.low) + 1 - int(row.stored)
+        for row in session.execute(
+            sa.select(BatchRecord.device_id, sa.func.min(BatchRecord.seq).label("low"),
+                      sa.func.max(BatchRecord.seq).label("high"), sa.func.count().label("stored"))
+            .group_by(BatchRecord.device_id)
+        )
+    }
     pairs = session.execute(sa.select(LoanRecord.device_id, LoanRecord.loan_id))
     loans: dict[str, str] = {row.device_id: row.loan_id for row in pairs}
     out = []
@@ -315,6 +325,7 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
             "key_fingerprint": active[0].fingerprint[:16] if active else None,
             "batches_stored": status.batches_stored if status is not None else 0,
             "duplicates": status.duplicates if status is not None else 0,
+            "seq_gaps": ledger.get(device.device_id, 0),
             "agent_version": counters.get("agent_version"),
         })
     return out
