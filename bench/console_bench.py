@@ -3,7 +3,7 @@
 Measured in one run on one SQLite file with ``--loans`` loans (default 100,000; a fifth of
 them assessed above normal, with repayment facts like the risk engine stores):
 
-1. the worklist query alone (``collector.console.queries.worklist``): the first page (50 rows,
+1. the worklist query alone (``collector.loans.queries.worklist``): the first page (50 rows,
    level, then overdue amount, then days past due), a level filter, and searches by loan id,
    VIN prefix and device id;
 2. the same through the whole app in this process (``GET /console/worklist`` with a signed-in
@@ -33,12 +33,13 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from collector.app import create_app
-from collector.console.queries import WorklistFilter, worklist
-from collector.database import create_engine, migrate
-from collector.loan_models import LoanRecord, RiskStateRecord
-from collector.people import add_user
+from collector.api.app import create_app
+from collector.console.web import router as console_router
+from collector.loans.queries import WorklistFilter, worklist
 from collector.settings import Settings
+from collector.storage.database import create_engine, migrate
+from collector.storage.people import add_user
+from collector.storage.tables import LoanRecord, RiskStateRecord
 
 VIN_CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
 LEVELS = (("normal", "monitor"), ("watch", "call"), ("high", "on_site_check"), ("critical", "recovery"))
@@ -108,7 +109,7 @@ def main() -> int:
             "search VIN prefix (8)": (WorklistFilter(search=probe.vin[:8]), {"q": probe.vin[:8]}),
             "search device id": (WorklistFilter(search=probe.device_id), {"q": probe.device_id}),
         }
-        app = create_app(Settings(), engine=engine, clock_ms=lambda: NOW)
+        app = create_app(Settings(), engine=engine, routers=[console_router], clock_ms=lambda: NOW)
         rows_out: dict[str, Any] = {}
         with TestClient(app, base_url="http://127.0.0.1") as client:
             form = client.get("/console/sign-in").text

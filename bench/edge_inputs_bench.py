@@ -68,7 +68,7 @@ def nmea_lines() -> list[bytes]:
         lines = [ln for ln in NMEA_SAMPLE.read_bytes().splitlines() if ln.startswith(b"$")]
         if lines:
             return lines
-    from firmware_sim._gnss import GnssReceiver, Truth  # the simulator's receiver as a fallback
+    from firmware_sim.gnss import GnssReceiver, Truth  # the simulator's receiver as a fallback
 
     receiver = GnssReceiver(seed=1, noise_m=1.5)
     out: list[bytes] = []

@@ -36,10 +36,10 @@ from protocol import (
     open_state,
     parse_topic,
 )
+from protocol.cli.key_files import load_public_key
 from protocol.cose import MAX_MESSAGE_BYTES, decode_sign1
+from protocol.errors import KeyFileError
 from protocol.topics import TopicKind
-
-from .keys import KeyFileError, load_public_key
 
 __all__ = ["main", "message_as_json"]
 

@@ -16,7 +16,9 @@ import sys
 
 from cryptography.hazmat.primitives import serialization
 
-from .keys import COLLECTOR_KEY_NAME, KeyFileError, generate
+from protocol.cli.key_files import generate
+from protocol.errors import KeyFileError
+from protocol.keys import COLLECTOR_KEY_NAME
 
 __all__ = ["main"]
 

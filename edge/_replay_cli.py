@@ -128,19 +128,21 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from edge.canbus import CanCounters, CanSourceError, decoder_from_config
     from edge.gnss import NmeaDecoder, read_nmea_file
-    from edge.rules import Engine, RulesConfig, RulesError, load_markets, load_regions
+    from edge.place_files import load_markets_file, load_regions_file
+    from edge.rules import Engine, RulesConfig, RulesError
+    from protocol.errors import PlacesError
 
     config_path: Path = args.config
     try:
         rules_section, can_section = _load_sections(config_path)
         base_dir = config_path.resolve().parent
         rules_config = RulesConfig.from_dict(rules_section, base_dir)
-        markets = load_markets(rules_config.markets_file) if rules_config.markets_file else []
-        regions = load_regions(rules_config.regions_file) if rules_config.regions_file else []
+        markets = load_markets_file(rules_config.markets_file) if rules_config.markets_file else []
+        regions = load_regions_file(rules_config.regions_file) if rules_config.regions_file else []
         decoder = None
         if args.can is not None and can_section is not None:
             decoder = decoder_from_config(can_section, base_dir)
-    except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError, RulesError, CanSourceError) as exc:
+    except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError, RulesError, PlacesError, CanSourceError) as exc:
         print(f"lienwatch replay: {exc}", file=sys.stderr)
         return 2
     if args.can is not None and decoder is None:

@@ -245,10 +245,10 @@ class _SourceThread:
 
 def load_rules_places(config: Any) -> tuple[list[Any], list[Any]]:
     """Markets and regions named by a RulesConfig (``markets_file``/``regions_file``)."""
-    from edge.rules import load_markets, load_regions
+    from edge.place_files import load_markets_file, load_regions_file
 
-    markets = load_markets(config.markets_file) if config.markets_file else []
-    regions = load_regions(config.regions_file) if config.regions_file else []
+    markets = load_markets_file(config.markets_file) if config.markets_file else []
+    regions = load_regions_file(config.regions_file) if config.regions_file else []
     return list(markets), list(regions)
 
 
@@ -277,7 +277,7 @@ class Agent:
 
     Args:
         config: the settings.
-        private_key: device signing key (default: loaded with edge.keys.load_private_key,
+        private_key: device signing key (default: loaded with protocol.cli.key_files.load_private_key,
             which refuses a key file readable by others).
         engine: the rules engine (default: edge.rules.Engine built from [rules] and the
             persisted snapshot).
@@ -323,7 +323,7 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.snapshot_path = data_dir / "rules_state.json"
         if private_key is None:
-            from edge.keys import load_private_key
+            from protocol.cli.key_files import load_private_key
 
             private_key = load_private_key(config.device.key_file)
         self._key = private_key
@@ -341,7 +341,7 @@ class Agent:
         self.batcher = Batcher(config.batch)
         self.gate: ConfigGate | None = None
         if config.downlink.enabled:
-            from edge.keys import load_public_key
+            from protocol.cli.key_files import load_public_key
 
             assert config.downlink.collector_public_key is not None
             self.gate = ConfigGate(
@@ -463,13 +463,14 @@ class Agent:
 
     def _apply_config_body(self, config: DeviceConfig) -> None:
         """Validate every known section of a config body first, then apply them together."""
-        from edge.rules import RulesConfig, load_markets, load_regions
+        from edge.rules import RulesConfig
+        from protocol.places import load_places, load_regions
 
         body = config.body
         unknown = set(body) - {"markets", "regions", "rules"}
         if unknown:
             raise AgentError(f"configuration body has unknown sections {sorted(unknown)}")
-        markets = load_markets(body["markets"]) if "markets" in body else None
+        markets = load_places(body["markets"]) if "markets" in body else None
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
         if "rules" in body:

@@ -21,9 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("edge._replay_cli", "run recorded NMEA/CAN logs through the rules and print alerts"),
     "keys": ("edge._keys_cli", "generate Ed25519 device or collector keys"),
     "inspect": ("edge._inspect_cli", "verify and pretty-print a captured signed batch"),
-    "sim": ("firmware_sim._cli", "run the vehicle simulator (NMEA + SLCAN on pseudo-terminals)"),
-    "collector": ("collector._cli", "run and administer the cloud collector"),
-    "demo": ("firmware_sim._demo", "run the whole chain on embedded defaults"),
+    "sim": ("firmware_sim.cli", "run the vehicle simulator (NMEA + SLCAN on pseudo-terminals)"),
+    "collector": ("collector.cli", "run and administer the cloud collector"),
+    "demo": ("firmware_sim.rig.demo", "run the whole chain on embedded defaults"),
 }
 
 

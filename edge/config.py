@@ -480,11 +480,12 @@ def validate_delegated_sections(config: AgentConfig) -> list[str]:
     """
     notes: list[str] = []
     try:
-        from edge.rules import RulesConfig, load_markets, load_regions
+        from edge.place_files import load_markets_file, load_regions_file
+        from edge.rules import RulesConfig
 
         rules = RulesConfig.from_dict(config.rules, config.base_dir)
-        markets = load_markets(rules.markets_file) if rules.markets_file else []
-        regions = load_regions(rules.regions_file) if rules.regions_file else []
+        markets = load_markets_file(rules.markets_file) if rules.markets_file else []
+        regions = load_regions_file(rules.regions_file) if rules.regions_file else []
     except ImportError as exc:
         notes.append(f"[rules] not checked: edge.rules is not importable ({exc})")
     except Exception as exc:  # the owner's error tree, re-raised as ours naming the section

@@ -15,7 +15,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._batch_codec import decode_batch, encode_batch
-from ._records import Batch, _check_evidence, check_device_id
 from ._strict_cbor import decode_strict, encode_deterministic
 from .cose import ALG, ALG_EDDSA, KID, Sign1Message, decode_sign1, sign1
 from .errors import (
@@ -28,6 +27,7 @@ from .errors import (
     TopicError,
     UnknownDevice,
 )
+from .records import Batch, _check_evidence, check_device_id
 from .topics import Topic, TopicKind, parse_topic
 
 __all__ = [

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from edge.cli import COMMANDS, main
+from tests.child_processes import ChildProcesses
 
 
 def test_usage_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,7 +35,7 @@ def test_every_command_module_has_a_main(name: str) -> None:
     assert callable(module.main)
 
 
-def test_edge_side_never_imports_the_collector_stack() -> None:
+def test_edge_side_never_imports_the_collector_stack(processes: ChildProcesses) -> None:
     """A vehicle terminal installs only the edge extra: nothing on the agent's path may need FastAPI."""
     code = (
         "import sys\n"
@@ -45,14 +45,14 @@ def test_edge_side_never_imports_the_collector_stack() -> None:
         " if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = processes.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 
 
-def test_importing_edge_is_light() -> None:
+def test_importing_edge_is_light(processes: ChildProcesses) -> None:
     code = (
         "import sys, edge, edge.cli\n"
         "print(','.join(m for m in ('can', 'cantools', 'numpy', 'serial') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = processes.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""

@@ -15,15 +15,17 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from collector.api_alerts import router as alerts_router
-from collector.api_loans import router as loans_router
-from collector.app import create_app
-from collector.database import create_engine, migrate
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import AuditEntry, MarketRecord, reassess_loan
-from collector.models import AlertRecord, BatchRecord, Device, FixRecord
-from collector.people import SessionRecord, add_user
+from collector.api.alerts import router as alerts_router
+from collector.api.app import create_app
+from collector.api.loans import router as loans_router
+from collector.console.web import router as console_router
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
+from collector.storage.database import create_engine, migrate
+from collector.storage.people import SessionRecord, add_user
+from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, MarketRecord
+from tests.child_processes import ChildProcesses
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:40:00Z
@@ -85,7 +87,7 @@ def world(tmp_path: Path) -> Iterator[tuple[TestClient, sa.Engine, Clock]]:
     settings = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()},
                         console=ConsoleSettings(session_idle_minutes=30))
     clock = Clock()
-    app = create_app(settings, engine=engine, routers=[loans_router, alerts_router], clock_ms=clock)
+    app = create_app(settings, engine=engine, routers=[loans_router, alerts_router, console_router], clock_ms=clock)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, engine, clock
     engine.dispose()
@@ -314,8 +316,8 @@ def test_docs_are_served_offline(world: tuple) -> None:
 
 def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from collector._cli import main
-    from collector.people import authenticate_user
+    from collector.cli.commands import main
+    from collector.storage.people import authenticate_user
 
     config = tmp_path / "collector.toml"
     config.write_text(f'database_url = "sqlite:///{tmp_path / "c.db"}"\n')
@@ -343,7 +345,7 @@ def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_worklist_pages_run_across_levels_in_order(world: tuple) -> None:
-    from collector.console.queries import WorklistFilter, worklist
+    from collector.loans.queries import WorklistFilter, worklist
 
     _, engine, _ = world
     with Session(engine) as session:
@@ -385,7 +387,7 @@ def test_hostile_input_gets_a_clean_refusal(world: tuple) -> None:
 
 def test_map_tiles_are_placed_by_their_datum() -> None:
     from collector.console.track_map import MapPoint, TileLayer, _projection, distance_m, tile_images
-    from edge.rules.geo import gcj02_to_wgs84
+    from protocol.geo import gcj02_to_wgs84
 
     points = [MapPoint(0, 31.28, 121.26), MapPoint(1, MARKET[0], MARKET[1])]
     proj = _projection([(p.lat, p.lon, 0.0) for p in points])
@@ -420,7 +422,7 @@ def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_pa
                               lon=MARKET[1], speed_mps=0.0, mode=3))
         session.commit()
     settings = Settings(console=ConsoleSettings(tile_url="https://tiles.invalid/{z}/{x}/{y}.png", tile_datum="gcj02"))
-    app = create_app(settings, engine=engine, clock_ms=lambda: NOW)
+    app = create_app(settings, engine=engine, routers=[console_router], clock_ms=lambda: NOW)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         user(client, "ana")
         page = client.get("/console/loans/L-1002")
@@ -430,7 +432,7 @@ def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_pa
 
 
 def test_vehicle_condition_report(world: tuple) -> None:
-    from collector.models import DailyStatsRecord, SampleRecord
+    from collector.storage.tables import DailyStatsRecord, SampleRecord
 
     client, engine, _ = world
     with Session(engine) as session:
@@ -451,9 +453,10 @@ def test_vehicle_condition_report(world: tuple) -> None:
     assert re.search(r'data-day="2026-11-27">.*?<td class="num">64.0</td>', page, flags=re.S)
 
 
-def test_the_demo_users_can_sign_in(tmp_path: Path) -> None:
-    from collector.people import authenticate_user
-    from firmware_sim._demo_console import DEMO_PASSWORD, DEMO_USERS, add_demo_users, console_lines
+def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -> None:
+    # add_demo_users runs ``lienwatch collector users add`` as child processes (the process tier)
+    from collector.storage.people import authenticate_user
+    from firmware_sim.rig.demo_console import DEMO_PASSWORD, DEMO_USERS, add_demo_users, console_lines
 
     config = tmp_path / "collector.toml"
     config.write_text(f'database_url = "sqlite:///{tmp_path / "c.db"}"\n')

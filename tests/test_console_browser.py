@@ -8,7 +8,9 @@ batches and published over a private Mosquitto to ``lienwatch collector serve`` 
 subprocess, SQLite), which stores them and raises L-1002 (three instalments late) to high.
 
 Every test signs in through the form as a named user (users made with ``lienwatch collector
-users add``) and takes a screenshot into docs/console/ for docs/console.md.
+users add``) and takes screenshots: into a temporary directory by default, into the directory
+named by ``LIENWATCH_TEST_SCREENSHOTS_DIR`` when it is set (``docs/console/`` refreshes the
+pictures of docs/console.md, see there).
 """
 
 from __future__ import annotations
@@ -32,17 +34,19 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.keys import generate, load_private_key
-from firmware_sim.services import Mosquitto, free_port
+from firmware_sim.rig.chain import lienwatch_argv
+from firmware_sim.rig.services import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, DailyStats, Fix, Severity, batch_topic, seal_batch
-from tests.collector_process import WAIT_S, CollectorProcess, lienwatch_command, wait_until
+from protocol.cli.key_files import generate, load_private_key
+from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 
-pytestmark = [pytest.mark.browser, pytest.mark.mqtt, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.mqtt]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "firmware-sim" / "scenarios" / "parked_in_market.toml"
 EDGE_DATA = ROOT / "edge" / "data"
-SHOTS = ROOT / "docs" / "console"
+#: where the screenshots go when set (``docs/console`` refreshes docs/console.md); else a tmp dir
+SCREENSHOTS_VARIABLE = "LIENWATCH_TEST_SCREENSHOTS_DIR"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -62,6 +66,7 @@ SCENARIO_S = 266_800  # the scenario lasts 3 d 2 h 6 min 22 s (idle + drive + pa
 @dataclass
 class World:
     base: str
+    shots: Path
     api: httpx.Client
     collector: CollectorProcess
     broker: Mosquitto
@@ -70,7 +75,7 @@ class World:
 
 
 def _lienwatch(*args: str, config: Path, stdin: str | None = None) -> str:
-    done = subprocess.run([*lienwatch_command(), *args, "--config", str(config)], input=stdin, capture_output=True,
+    done = subprocess.run(lienwatch_argv(*args, "--config", str(config)), input=stdin, capture_output=True,
                           text=True, timeout=WAIT_S, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -81,7 +86,8 @@ def _record_scenario(tmp: Path, end_ms: int) -> tuple[list[Fix], list[Alert], li
     from edge._replay_cli import merge_streams
     from edge.canbus import decoder_from_config, read_can_log
     from edge.gnss import NmeaDecoder, read_nmea_file
-    from edge.rules import Engine, RulesConfig, load_markets
+    from edge.place_files import load_markets_file
+    from edge.rules import Engine, RulesConfig
 
     start = datetime.fromtimestamp((end_ms / 1000) - SCENARIO_S, tz=UTC).astimezone(
         datetime.now().astimezone().tzinfo).replace(microsecond=0)
@@ -89,11 +95,11 @@ def _record_scenario(tmp: Path, end_ms: int) -> tuple[list[Fix], list[Alert], li
     text = SCENARIO.read_text(encoding="utf-8")
     shifted.write_text(re.sub(r"(?m)^start = \S+", f"start = {start.isoformat()}", text), encoding="utf-8")
     nmea, can_log = tmp / "scenario.nmea", tmp / "scenario.log"
-    subprocess.run([*lienwatch_command(), "sim", "record", "--scenario", str(shifted), "--nmea", str(nmea),
-                    "--can", str(can_log)], check=True, capture_output=True, timeout=300)
+    subprocess.run(lienwatch_argv("sim", "record", "--scenario", str(shifted), "--nmea", str(nmea),
+                                 "--can", str(can_log)), check=True, capture_output=True, timeout=300)
     rules = RulesConfig.from_dict({"timezone": "Asia/Shanghai", "markets_file": str(EDGE_DATA / "markets.sample.toml")},
                                   EDGE_DATA)
-    engine = Engine(rules, markets=load_markets(rules.markets_file) if rules.markets_file else [])
+    engine = Engine(rules, markets=load_markets_file(rules.markets_file) if rules.markets_file else [])
     decoder = decoder_from_config({"interface": "virtual", "channel": "replay",
                                    "dbc": [str(EDGE_DATA / "generic_car.dbc")],
                                    "signal_map": str(EDGE_DATA / "generic_car_map.toml")}, EDGE_DATA)
@@ -192,8 +198,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert [a.rule for a in alerts if a.state is AlertState.RAISED].count("stationary_near_market") == 1
         _publish(broker, _batches("tbox-0002", keys["tbox-0002"], fixes, alerts, stats))
         wait_until(lambda: api.get("/v1/loans/L-1002").json()["risk"]["level"] == "high", what="L-1002 high")
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        yield World(base, api, collector, broker, tmp, keys["tbox-0005"])
+        shots = Path(os.environ.get(SCREENSHOTS_VARIABLE) or tmp / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        yield World(base, shots, api, collector, broker, tmp, keys["tbox-0005"])
     finally:
         api.close()
         collector.close()
@@ -202,7 +209,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
-    """Like tests.services' check, but Playwright's driver keeps two executor threads
+    """Like tests.tiers' check, but Playwright's driver keeps two executor threads
     (``asyncio_N``) for the module's browser, started inside the first test."""
     before = set(threading.enumerate())
     yield
@@ -234,15 +241,15 @@ def signed_in(browser: Any, world: World, name: str) -> Any:
     return page
 
 
-def shot(target: Any, name: str, *, full: bool = True) -> None:
-    """Screenshot of a page (whole length unless ``full=False``) or of one element."""
+def shot(shots: Path, target: Any, name: str, *, full: bool = True) -> None:
+    """Screenshot of a page (whole length unless ``full=False``) or of one element into ``shots``."""
     if hasattr(target, "goto"):
-        target.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
+        target.screenshot(path=str(shots / f"{name}.png"), full_page=full)
     else:
-        target.screenshot(path=str(SHOTS / f"{name}.png"))
+        target.screenshot(path=str(shots / f"{name}.png"))
 
 
-def test_every_role_signs_in_to_its_page_and_the_worklist_shows_L1002_high(browser: Any, world: World) -> None:
+def test_every_role_signs_in_to_its_page_and_the_worklist_shows_l1002_high(browser: Any, world: World) -> None:
     landing = {"ana": "/console/worklist", "cole": "/console/worklist", "audrey": "/console/audit",
                "root": "/console/worklist"}
     for name, path in landing.items():
@@ -252,7 +259,7 @@ def test_every_role_signs_in_to_its_page_and_the_worklist_shows_L1002_high(brows
         page.context.close()
     sign_in_page = browser.new_page(base_url=world.base)
     sign_in_page.goto("/console/sign-in")
-    shot(sign_in_page, "sign-in")
+    shot(world.shots, sign_in_page, "sign-in")
     sign_in_page.close()
 
     page = signed_in(browser, world, "ana")
@@ -260,7 +267,7 @@ def test_every_role_signs_in_to_its_page_and_the_worklist_shows_L1002_high(brows
     assert first.get_attribute("data-loan") == "L-1002"
     assert first.locator(".level .badge").get_attribute("data-level") == "high"
     assert "On-site check".lower() in first.inner_text().lower()
-    shot(page, "worklist")
+    shot(world.shots, page, "worklist")
     page.fill("input[name=q]", "tbox-0002")
     page.click(".filters button[type=submit]")
     assert page.locator("#worklist tbody tr").count() == 1
@@ -274,11 +281,11 @@ def test_the_loan_page_tells_the_reason_in_english_and_chinese(browser: Any, wor
     assert sentence.startswith("3 instalments in a row were paid late and the vehicle has been parked near a used-car "
                                "market (Demo used-car market (Shanghai Jiading)) for ")
     assert "(Asia/Shanghai)" in sentence
-    shot(page, "loan-en")
+    shot(world.shots, page, "loan-en")
     page.click("#condition-link")
     page.wait_for_load_state()
     assert page.locator("svg.chart.distance rect.bar").count() >= 1  # the drive into the market
-    shot(page, "condition")
+    shot(world.shots, page, "condition")
     page.context.close()
     page = signed_in(browser, world, "li")
     page.goto("/console/loans/L-1002")
@@ -286,7 +293,7 @@ def test_the_loan_page_tells_the_reason_in_english_and_chinese(browser: Any, wor
     market = "“Demo used-car market (Shanghai Jiading)”"
     assert sentence_zh.startswith(f"连续 3 期还款逾期，且车辆已在二手车市场{market}附近停放 ")
     assert page.locator("html").get_attribute("lang") == "zh-Hans"
-    shot(page, "loan-zh")
+    shot(world.shots, page, "loan-zh")
     page.context.close()
 
 
@@ -313,7 +320,7 @@ def test_the_tracks_dwell_cluster_is_inside_the_market_circle(browser: Any, worl
     assert ((longest[0] - mx) ** 2 + (longest[1] - my) ** 2) ** 0.5 < r
     assert page.locator("svg.track-map .scale-bar").count() == 1
     page.goto("/console/loans/L-1002?from=" + _iso_ago(days=3, hours=3) + "&to=" + _iso_ago(days=2, hours=20))
-    shot(page.locator("#track"), "track")  # the drive in and the start of the stay
+    shot(world.shots, page.locator("#track"), "track")  # the drive in and the start of the stay
     page.context.close()
 
 
@@ -327,7 +334,7 @@ def test_collections_see_no_map_no_coordinates_no_place_names(browser: Any, worl
         assert "jiading" not in source.lower(), path
     page.goto("/console/loans/L-1002")
     assert "parked near a used-car market for" in page.locator("#reasons").inner_text()
-    shot(page, "loan-collections")
+    shot(world.shots, page, "loan-collections")
     assert page.request.get("/console/loans/L-1002/track.geojson").status == 403
     page.context.close()
 
@@ -351,9 +358,9 @@ def test_a_risk_change_reaches_an_open_worklist_within_two_seconds(browser: Any,
     assert (events[0]["old_level"], events[0]["new_level"]) == ("watch", "critical")
     assert shown_ms - events[0]["time_ms"] <= 2_000, f"{shown_ms - events[0]['time_ms']} ms from event to page"
     assert page.locator('#worklist tbody tr').first.get_attribute("data-loan") == "L-1005"
-    shot(page, "worklist-live")
+    shot(world.shots, page, "worklist-live")
     page.goto("/console/alerts")
-    shot(page, "alerts")
+    shot(world.shots, page, "alerts")
     page.context.close()
 
 
@@ -398,7 +405,7 @@ def test_audit_and_devices_pages(browser: Any, world: World) -> None:
     actions = page.locator("#audit-log tbody td:nth-child(4)").all_inner_texts()
     assert "view_loan" in actions
     assert "view_track" in actions
-    shot(page, "audit", full=False)
+    shot(world.shots, page, "audit", full=False)
     page.goto("/console/devices")
     assert "may not" in page.content()
     page.context.close()
@@ -406,8 +413,8 @@ def test_audit_and_devices_pages(browser: Any, world: World) -> None:
     page.goto("/console/devices")
     assert page.locator('#devices tr[data-device="tbox-0002"] .badge').inner_text() in ("Online", "Offline", "unknown")
     assert "active" in page.locator('#devices tr[data-device="tbox-0002"]').inner_text()
-    shot(page, "devices")
+    shot(world.shots, page, "devices")
     page.goto("/docs")
     page.wait_for_selector(".swagger-ui .info", timeout=WAIT_S * 1000)
-    shot(page, "api-docs", full=False)
+    shot(world.shots, page, "api-docs", full=False)
     page.context.close()

@@ -1,4 +1,4 @@
-"""edge.keys and ``lienwatch keys``: file formats, modes, refusals."""
+"""protocol.keys, protocol.cli.key_files and ``lienwatch keys``: file formats, modes, refusals."""
 
 from __future__ import annotations
 
@@ -12,18 +12,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
 from edge import _keys_cli
-from edge.keys import (
-    InsecureKeyFile,
-    InvalidKeyFile,
-    KeyFileError,
-    KeyFileExists,
-    generate,
-    load_private_key,
-    load_public_key,
-    private_key_from_pem,
-    public_key_from_pem,
-)
+from protocol.cli.key_files import generate, load_private_key, load_public_key
+from protocol.errors import InsecureKeyFile, InvalidKeyFile, KeyFileError, KeyFileExists
 from protocol.examples import EXAMPLE_KEY_SEED, example_key
+from protocol.keys import (
+    check_private_key_mode,
+    private_key_from_pem,
+    private_key_to_pem,
+    public_key_from_pem,
+    public_key_to_pem,
+)
 
 # RFC 8410 section 10.3 private key and section 10.1 public key, as OpenSSL writes them.
 RFC8410_PRIVATE_PEM = b"""-----BEGIN PRIVATE KEY-----
@@ -159,6 +157,20 @@ def test_example_key_pem_is_stable() -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     assert private_key_from_pem(pem).private_bytes_raw() == EXAMPLE_KEY_SEED
+
+
+def test_format_is_pure_bytes_in_bytes_out() -> None:
+    key = example_key()
+    assert private_key_to_pem(private_key_from_pem(private_key_to_pem(key))) == private_key_to_pem(key)
+    assert public_key_to_pem(public_key_from_pem(public_key_to_pem(key.public_key()))).startswith(
+        b"-----BEGIN PUBLIC KEY-----\n"
+    )
+    check_private_key_mode(0o600, "k")
+    check_private_key_mode(0o400, "k")
+    with pytest.raises(InsecureKeyFile, match="k has mode 0640"):
+        check_private_key_mode(0o640, "k")
+    with pytest.raises(InvalidKeyFile, match="20000 bytes, over 16384"):
+        private_key_from_pem(b"A" * 20_000, source="big")
 
 
 # ------------------------------------------------------------------ the CLI

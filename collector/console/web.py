@@ -6,9 +6,9 @@ Server-rendered Jinja2 pages (``templates/``) with our own small script and styl
 (``static/``); no third-party JS or CSS, nothing loaded from another origin (the Content
 Security Policy says ``'self'`` only, so no inline script either).
 
-Who: :func:`install` puts a ``session_principal`` resolver on ``app.state``; it turns the
-``lw_session`` cookie into a :class:`collector.auth.Principal` (``collector.people``). The
-same resolver lets the API's ``require_role`` accept the session (so the worklist's
+Who: :func:`collector.api.auth.session_principal` turns the ``lw_session`` cookie into a
+:class:`collector.api.auth.Principal` (``collector.storage.people``). The same resolver lets
+the API's ``require_role`` accept the session (so the worklist's
 ``EventSource`` on ``/v1/risk/stream`` works with the cookie), with the CSRF token required
 on every write there too. Console writes (sign-out, language, reassess) are HTML forms that
 carry the token in a hidden field; a write without it is refused with 403.
@@ -25,55 +25,25 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from ..audit import query_audit_log, record_access
-from ..auth import Principal, authenticate, csrf_matches
-from ..loan_models import (
-    LoanRecord,
-    LoansSettings,
-    MarketRecord,
-    RepaymentRecord,
-    RiskEventRecord,
-    RiskStateRecord,
-    loan_facts,
-    reassess_loan,
-    utc_date,
-    vehicle_condition,
-)
-from ..models import AlertRecord, FixRecord, SampleRecord
-from ..models import DeviceStatus as DeviceStatusRecord
-from ..people import (
-    LOCALES,
-    SESSION_COOKIE,
-    PeopleError,
-    authenticate_user,
-    end_session,
-    find_session,
-    open_session,
-    purge_sessions,
-    update_session_locale,
-)
-from ..repayments import format_cents
-from ..settings import ConsoleSettings
-from ..timefmt import TimeFormatError, format_time, iso_utc, local_input_value, parse_time
-from ..timefmt import zone as zone_info
-from . import catalog
-from .charts import bar_chart
-from .exports import alerts_csv, track_geojson, track_gpx, worklist_csv
-from .queries import (
+from protocol.geo import gcj02_to_wgs84, to_wgs84
+
+from ..api.auth import Principal, authenticate, console_session, csrf_matches
+from ..api.dependencies import ClockDep, EngineDep, SettingsDep
+from ..clock import ClockMs, utc_date
+from ..loans.queries import (
     LEVELS,
     NEXT_STEPS,
     REASON_CODES,
@@ -88,11 +58,44 @@ from .queries import (
     worklist,
     worklist_export_rows,
 )
+from ..loans.store import vehicle_condition
+from ..risk.assessment import loan_facts, reassess_loan_as_configured
+from ..risk.repayments import format_cents
+from ..settings import ConsoleSettings, Settings
+from ..storage.audit import query_audit_log, record_access
+from ..storage.people import (
+    LOCALES,
+    SESSION_COOKIE,
+    PeopleError,
+    authenticate_user,
+    end_session,
+    open_session,
+    purge_sessions,
+    update_session_locale,
+)
+from ..storage.tables import (
+    AlertRecord,
+    FixRecord,
+    LoanRecord,
+    MarketRecord,
+    RepaymentRecord,
+    RiskEventRecord,
+    RiskStateRecord,
+    SampleRecord,
+)
+from ..storage.tables import DeviceStatus as DeviceStatusRecord
+from ..timefmt import TimeFormatError, format_time, iso_utc, local_input_value, parse_time
+from ..timefmt import zone as zone_info
+from . import catalog
+from .charts import bar_chart
+from .exports import alerts_csv, track_geojson, track_gpx, worklist_csv
 from .track_map import MapAlert, MapMarket, MapPoint, TileLayer, find_stops, render_track_svg
 
-__all__ = ["install", "router"]
+__all__ = ["router"]
 
 HERE = Path(__file__).resolve().parent
+#: the files of ``static/`` and their media types
+STATIC_FILES = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 DEFAULT_LOAN_ZONE = "Asia/Shanghai"
 LOGIN_COOKIE = "lw_login"
 MAX_TRACK_MS = 31 * 86_400_000
@@ -120,63 +123,55 @@ _SECURITY_HEADERS = {
 }
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 # ------------------------------------------------------------------ wiring
 
 
+@dataclass(frozen=True, slots=True)
+class _Wiring:
+    """What a console request works with (the API's dependencies, kept on ``request.state``)."""
+
+    settings: Settings
+    engine: sa.Engine
+    clock_ms: ClockMs
+
+
+def _wire(request: Request, settings: SettingsDep, engine: EngineDep, clock_ms: ClockDep) -> None:
+    """Router dependency: keep the injected settings, engine and clock for the page helpers."""
+    request.state.console_wiring = _Wiring(settings, engine, clock_ms)
+
+
+def _wiring(request: Request) -> _Wiring:
+    wiring: _Wiring = request.state.console_wiring
+    return wiring
+
+
 def _now_ms(request: Request) -> int:
-    clock: Callable[[], int] | None = getattr(request.app.state, "clock_ms", None)
-    return clock() if clock is not None else time.time_ns() // 1_000_000
+    return _wiring(request).clock_ms()
 
 
 def _console_settings(request: Request) -> ConsoleSettings:
-    settings = getattr(request.app.state, "settings", None)
-    found = getattr(settings, "console", None)
-    return found if isinstance(found, ConsoleSettings) else ConsoleSettings()
+    return _wiring(request).settings.console
 
 
 def _engine(request: Request) -> sa.Engine:
-    engine: sa.Engine = request.app.state.engine
-    return engine
+    return _wiring(request).engine
 
 
-def resolve_session(request: Request) -> Principal | None:
-    """The principal of the request's ``lw_session`` cookie (cached on the request)."""
-    if hasattr(request.state, "console_principal"):
-        cached: Principal | None = request.state.console_principal
-        return cached
-    token = request.cookies.get(SESSION_COOKIE)
-    principal = None
-    if token:
-        idle_ms = int(_console_settings(request).session_idle_minutes * 60_000)
-        with Session(_engine(request)) as session:
-            found = find_session(session, token, now_ms=_now_ms(request), idle_ms=idle_ms)
-            session.commit()
-        if found is not None:
-            principal = Principal(
-                role=found.role,
-                key_id=found.actor,
-                username=found.username,
-                display_name=found.display_name,
-                locale=found.locale,
-                time_zone=found.time_zone,
-                csrf_token=found.csrf_token,
-            )
-    request.state.console_principal = principal
-    return principal
+SessionPrincipal = Annotated[Principal | None, Depends(console_session)]
+router = APIRouter(prefix="/console", include_in_schema=False, dependencies=[Depends(_wire)])
 
 
-def install(app: FastAPI) -> None:
-    """Mount the console, its static files and the session resolver on ``app``."""
-    app.state.session_principal = resolve_session
-    app.mount("/console/static", StaticFiles(directory=str(HERE / "static")), name="console-static")
-    app.include_router(router)
+@router.get("/static/{name}", response_model=None)
+def static_file(name: str) -> Response:
+    """The console's own script and style sheet (``static/``; nothing else is served)."""
+    if name not in STATIC_FILES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file")
+    return FileResponse(HERE / "static" / name, media_type=STATIC_FILES[name])
 
 
-def _page_principal(request: Request) -> Principal:
-    principal = resolve_session(request)
+def _page_principal(principal: SessionPrincipal) -> Principal:
     if principal is None:
         raise HTTPException(status.HTTP_303_SEE_OTHER, "sign in first", headers={"Location": "/console/sign-in"})
     return principal
@@ -261,19 +256,13 @@ def _loan_zone(loan: LoanRecord) -> str:
     return zone if isinstance(zone, str) and zone else DEFAULT_LOAN_ZONE
 
 
-def _loans_settings(request: Request) -> LoansSettings:
-    found = getattr(request.app.state, "loans_settings", None)
-    return found if isinstance(found, LoansSettings) else LoansSettings()
-
-
 # ------------------------------------------------------------------ sign-in
 
 
 @router.get("", response_model=None)
 @router.get("/", response_model=None)
-def console_home(request: Request) -> Response:
+def console_home(principal: SessionPrincipal) -> Response:
     """To the role's first page, or to the sign-in form."""
-    principal = resolve_session(request)
     return RedirectResponse(_home(principal.role) if principal else "/console/sign-in", status.HTTP_303_SEE_OTHER)
 
 
@@ -317,7 +306,7 @@ async def sign_in(request: Request) -> Response:
                     time_zone=user.time_zone,
                 )
         elif api_key:
-            key_principal = authenticate(api_key, request.app.state.settings)
+            key_principal = authenticate(api_key, _wiring(request).settings)
             if key_principal is not None:
                 locale = fields.get("locale", "en")
                 token, opened = open_session(
@@ -524,8 +513,6 @@ def _track_points(session: Session, device_id: str, since: int, until: int) -> t
 
 def market_circles(session: Session) -> list[MapMarket]:
     """Every market as a WGS-84 circle (GCJ-02 / BD-09 markets converted once)."""
-    from edge.rules.geo import to_wgs84  # the datum conversion code (protocol.geo after the split)
-
     out = []
     for m in session.scalars(sa.select(MarketRecord).order_by(MarketRecord.market_id)):
         lat, lon = to_wgs84(m.lat, m.lon, m.datum)
@@ -538,8 +525,6 @@ def _tile_layer(console: ConsoleSettings) -> TileLayer | None:
     if console.tile_url is None:
         return None
     if console.tile_datum == "gcj02":
-        from edge.rules.geo import gcj02_to_wgs84  # the datum conversion code (protocol.geo after the split)
-
         return TileLayer(console.tile_url, gcj02_to_wgs84)
     return TileLayer(console.tile_url)
 
@@ -574,13 +559,13 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
     _allow(principal, "loan")
     show_places = principal.role in LOCATION_ROLES
     now = _now_ms(request)
-    settings = _loans_settings(request)
+    settings = _wiring(request).settings
     with Session(_engine(request)) as session:
         loan = session.get(LoanRecord, loan_id)
         if loan is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
         zone_name = _loan_zone(loan)
-        facts = loan_facts(session, loan_id, utc_date(now), grace_days=settings.grace_days)
+        facts = loan_facts(session, loan_id, utc_date(now), grace_days=settings.risk.grace_days)
         state = session.get(RiskStateRecord, loan_id)
         payments = list(session.scalars(
             sa.select(RepaymentRecord).where(RepaymentRecord.loan_id == loan_id).order_by(RepaymentRecord.paid_on)
@@ -664,12 +649,11 @@ async def assess_from_console(loan_id: str, request: Request, principal: PagePri
     """Reassess the loan now (analysts and admins; CSRF token required)."""
     _allow(principal, "assess")
     await _checked_form(request, principal)
-    settings = _loans_settings(request)
+    settings = _wiring(request).settings
     with Session(_engine(request)) as session:
         if session.get(LoanRecord, loan_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
-        reassess_loan(session, loan_id, _now_ms(request), config=settings.risk, grace_days=settings.grace_days,
-                      webhook_urls=settings.webhook_urls)
+        reassess_loan_as_configured(session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls)
         _audit(session, request, principal, "assess_loan", "loan", subject_id=loan_id)
         session.commit()
     return RedirectResponse(f"/console/loans/{loan_id}", status.HTTP_303_SEE_OTHER)

@@ -35,7 +35,7 @@ from cantools.database.can import Signal as DbcSignal
 from cantools.database.namedsignalvalue import NamedSignalValue
 
 from protocol import SignalSample
-from protocol._records import MAX_TIME_MS, MIN_TIME_MS, SampleValue
+from protocol.records import MAX_TIME_MS, MIN_TIME_MS, SampleValue
 
 from ._signal_map import SignalMap, SignalMapEntry, SignalType, load_signal_map
 from .errors import DbcError, SignalMapError

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from protocol import SignalSample
-from protocol._records import MIN_TIME_MS, SampleValue
 from protocol.errors import InvalidRecord
+from protocol.records import MIN_TIME_MS, SampleValue
 
 from .errors import SignalMapError
 

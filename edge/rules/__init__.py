@@ -3,7 +3,7 @@
 Typical use::
 
     config = RulesConfig.from_dict(agent_toml["rules"], base_dir)
-    engine = Engine(config, markets=load_markets(config.markets_file), state=saved)
+    engine = Engine(config, markets=markets, regions=regions, state=saved)
     for event in events:                 # Fix | NoFix | SignalSample, in time order
         for record in engine.feed(event):  # Alert | DailyStats
             ...
@@ -12,7 +12,6 @@ Typical use::
 See docs/rules.md for every rule, its thresholds and how ordering is handled.
 """
 
-from . import geo
 from ._daily_stats import local_day_bounds
 from .config import (
     DEFAULT_DOORS,
@@ -26,8 +25,7 @@ from .config import (
     TowingConfig,
 )
 from .engine import RULE_NAMES, SNAPSHOT_FORMAT, Engine, RulesCounters
-from .errors import ConfigError, EventError, PlacesError, RulesError, StateError
-from .places import Market, Region, load_markets, load_regions
+from .errors import ConfigError, EventError, RulesError, StateError
 
 __all__ = [
     "DEFAULT_DOORS",
@@ -39,19 +37,13 @@ __all__ = [
     "Engine",
     "EventError",
     "GnssLostConfig",
-    "Market",
     "NightDoorsConfig",
-    "PlacesError",
     "PowerCutConfig",
-    "Region",
     "RegionExitConfig",
     "RulesConfig",
     "RulesCounters",
     "RulesError",
     "StateError",
     "TowingConfig",
-    "geo",
-    "load_markets",
-    "load_regions",
     "local_day_bounds",
 ]

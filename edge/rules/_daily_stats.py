@@ -26,10 +26,10 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from protocol import DailyStats, Fix
+from protocol.geo import distance_m
 
 from ._rule import SampleValue
 from .config import ODOMETER_SIGNAL, SPEED_SIGNAL, DailyStatsConfig
-from .geo import distance_m
 
 __all__ = ["DailyStatsState", "DailyStatsTracker", "local_day_bounds"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "EventError",
-    "PlacesError",
     "RulesError",
     "StateError",
 ]
@@ -26,12 +25,6 @@ class ConfigError(RulesError, ValueError):
     """The ``[rules]`` section (or a value in it) is not acceptable."""
 
     reason = "bad_rules_config"
-
-
-class PlacesError(RulesError, ValueError):
-    """A markets or regions list (file or items) is malformed."""
-
-    reason = "bad_places"
 
 
 class StateError(RulesError, ValueError):
