@@ -15,24 +15,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from ..loans.queries import SEVERITIES, AlertFilter, QueryError, alert_row, alert_statement
 from ..storage.audit import record_access
-from ..timefmt import TimeFormatError, parse_time
 from .auth import Principal, require_role
 from .dependencies import ClockDep, SessionDep
-from .loans import redact_coordinates
+from .loans import redact_coordinates, time_param
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
 LoanReader = Annotated[Principal, Depends(require_role("admin", "risk_analyst", "collections"))]
-
-
-def _time(value: str | None, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return parse_time(value)
-    except TimeFormatError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {exc}") from exc
 
 
 @router.get("/alerts")
@@ -51,8 +41,8 @@ def list_alerts(
 ) -> list[dict[str, Any]]:
     """Alert records (raised and cleared) across every loan, newest first."""
     try:
-        filters = AlertFilter(rule=rule, severity=severity, since_ms=_time(from_, "from"), until_ms=_time(to, "to"),
-                              loan_id=loan_id)
+        filters = AlertFilter(rule=rule, severity=severity, since_ms=time_param(from_, "from"),
+                              until_ms=time_param(to, "to"), loan_id=loan_id)
     except QueryError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     rows = [alert_row(r) for r in session.execute(alert_statement(filters).limit(limit).offset(offset)).mappings()]

@@ -67,6 +67,7 @@ __all__ = [
     "redact_coordinates",
     "router",
     "sse_frame",
+    "time_param",
 ]
 
 MAX_TRACK_MS = 31 * 86_400_000
@@ -101,7 +102,7 @@ def _audit(session: Session, now_ms: int, principal: Principal, action: str, *, 
     )
 
 
-def _time_param(value: str | None, name: str) -> int | None:
+def time_param(value: str | None, name: str) -> int | None:
     """An ISO-8601 or epoch-ms query value as epoch ms (422 when it is neither)."""
     if value is None or value == "":
         return None
@@ -335,9 +336,9 @@ def track(
     or epoch ms; ``to`` defaults to now and ``from`` to 24 hours before ``to``.
     """
     loan = _loan_or_404(session, loan_id)
-    end = _time_param(to if to is not None else to_ms, "to")
+    end = time_param(to if to is not None else to_ms, "to")
     end_ms = end if end is not None else clock_ms()
-    start = _time_param(from_ if from_ is not None else from_ms, "from")
+    start = time_param(from_ if from_ is not None else from_ms, "from")
     start_ms = start if start is not None else end_ms - 86_400_000
     if not 0 <= end_ms - start_ms <= MAX_TRACK_MS:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "to - from must be within 0..31 days")
@@ -400,7 +401,7 @@ def audit_log(
 ) -> list[dict[str, Any]]:
     """The audit log, newest first (times as ISO-8601 or epoch ms)."""
     rows = query_audit_log(
-        session, since_ms=_time_param(since_ms, "since_ms"), until_ms=_time_param(until_ms, "until_ms"), actor=actor,
+        session, since_ms=time_param(since_ms, "since_ms"), until_ms=time_param(until_ms, "until_ms"), actor=actor,
         subject_id=subject_id, limit=limit,
     )
     return [entry_as_dict(r) for r in rows]
