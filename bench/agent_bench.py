@@ -102,7 +102,7 @@ def proc_memory_mib(pid: int) -> tuple[float, float]:
 def start_load(workdir: Path, seconds: float) -> tuple[subprocess.Popen[str], Path, Path]:
     can_link, gnss_link = workdir / "can.pty", workdir / "gnss.pty"
     command = [
-        sys.executable, "-m", "edge", "sim", "load", "--can-link", str(can_link), "--fps", "2000",
+        sys.executable, "-m", "firmware_sim", "load", "--can-link", str(can_link), "--fps", "2000",
         "--mapped-share", "0.05", "--gnss-link", str(gnss_link), "--gnss-hz", "10",
         "--seconds", str(seconds), "--open-timeout", "60",
     ]  # fmt: skip

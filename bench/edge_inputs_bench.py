@@ -173,7 +173,7 @@ class SlcanRun:
 
 
 def start_feeder(link: Path, fps: int, seconds: float) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "edge", "sim", "load", "--can-link", str(link), "--fps", str(fps),
+    command = [sys.executable, "-m", "firmware_sim", "load", "--can-link", str(link), "--fps", str(fps),
                "--seconds", str(seconds), "--open-timeout", "30"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.monotonic() + 30

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge.rules import RulesConfig
 from protocol.errors import PlacesError
 from protocol.places import MAX_DOCUMENT_BYTES, Place, Region, places_from_text, regions_from_text
 
-__all__ = ["load_markets_file", "load_regions_file"]
+__all__ = ["load_markets_file", "load_regions_file", "load_rules_places"]
 
 
 def _read(path: Path, what: str) -> tuple[bytes, str]:
@@ -47,3 +48,14 @@ def load_regions_file(path: str | Path) -> list[Region]:
     file = Path(path)
     data, fmt = _read(file, "regions")
     return regions_from_text(data, fmt, label=f"regions file {file}")
+
+
+def load_rules_places(rules: RulesConfig) -> tuple[list[Place], list[Region]]:
+    """The markets and regions named by ``[rules]`` (``markets_file``/``regions_file``; none if unset).
+
+    Raises:
+        PlacesError: a named file is unreadable or invalid.
+    """
+    markets = load_markets_file(rules.markets_file) if rules.markets_file else []
+    regions = load_regions_file(rules.regions_file) if rules.regions_file else []
+    return markets, regions

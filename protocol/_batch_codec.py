@@ -49,6 +49,7 @@ class LIMITS:
     MAX_ALERTS = 256
     MAX_STATS = 62
     MAX_COUNTERS = 64
+    MAX_STATE_COUNTERS = 256
 
 
 # Top-level keys.

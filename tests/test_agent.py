@@ -418,9 +418,11 @@ def test_observation_clock_holds_until_the_first_gnss_epoch_then_falls_back_to_h
 
 def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None:
     """Feeding host-stamped CAN first would put the engine ahead of GNSS time (and drop every fix)."""
-    from edge.agent import _StampedCan
+    from edge.stamped_can import StampedCanSource
 
     class FakeCan:
+        counters = None
+
         def __init__(self) -> None:
             self.batches: list[list[tuple[str, float]]] = [
                 [("Vehicle.LowVoltageSystemState", 1_700_000_000.0)],
@@ -437,7 +439,7 @@ def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None
 
     mono, wall = [0.0], [1_700_000_001.0]
     clock = ObservationClock(monotonic=lambda: mono[0], wall=lambda: wall[0], hold_s=10.0)
-    can = _StampedCan(FakeCan(), clock)
+    can = StampedCanSource(FakeCan(), clock)
     assert can.read() == []  # held: no observation time yet
     assert can.read() == []
     clock.on_fix(T0)

@@ -52,6 +52,7 @@ class Ticker:
 
 class NullEngine:
     active_rules = frozenset()
+    counters = {}
 
     def feed(self, event):
         return []

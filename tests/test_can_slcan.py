@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.canbus import SAMPLE_DBC, SAMPLE_MAP, Backoff, CanSource, SignalDecoder
+from edge.backoff import Backoff
+from edge.canbus import SAMPLE_DBC, SAMPLE_MAP, CanSource, SignalDecoder
 from protocol import SignalSample
 from tests.child_processes import ChildProcesses
 

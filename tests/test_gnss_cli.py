@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge._gnss_cli import main
+from edge.cli.gnss import main
 from tests.child_processes import ChildProcesses
 
 DATA = Path(__file__).parent / "data" / "nmea"

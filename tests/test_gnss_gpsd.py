@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge._gnss_cli import record_to_json
+from edge.cli.gnss import record_to_json
 from edge.gnss import NmeaDecoder, read_nmea_file
 from tests.child_processes import ChildProcesses
 

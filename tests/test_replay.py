@@ -19,7 +19,7 @@ import can
 import cantools
 import pytest
 
-from edge._replay_cli import main
+from edge.cli.replay import main
 from protocol import Fix, NoFix
 from protocol.geo import distance_m
 from tests.timeline import MARKET_WGS, SHANGHAI, S, local_ms, nmea_epoch, offset

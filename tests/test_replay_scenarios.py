@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import can
 import pytest
 
-from edge._replay_cli import main as replay_main
+from edge.cli.replay import main as replay_main
 from edge.gnss import read_nmea_file
 from firmware_sim import CanFrame, Scenario, load_scenario
 from firmware_sim import cli as sim_cli
@@ -506,9 +506,9 @@ def test_sim_record_cli_errors_exit_2_and_leave_nothing(tmp_path: Path, capsys: 
 
 def test_real_commands_record_and_replay_in_subprocesses(tmp_path: Path, processes: ChildProcesses) -> None:
     nmea, can_log = tmp_path / "jam.nmea", tmp_path / "jam.log"
-    lienwatch = [sys.executable, "-m", "edge"]
     recorded = processes.run(
-        [*lienwatch, "sim", "record", "--scenario", "gnss_jamming", "--nmea", str(nmea), "--can", str(can_log)],
+        [sys.executable, "-m", "firmware_sim", "record", "--scenario", "gnss_jamming",
+         "--nmea", str(nmea), "--can", str(can_log)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -518,7 +518,8 @@ def test_real_commands_record_and_replay_in_subprocesses(tmp_path: Path, process
     assert json.loads(recorded.stdout)["scenario"] == "gnss_jamming"
     config = write_agent_toml(tmp_path)
     replayed = processes.run(
-        [*lienwatch, "replay", "--config", str(config), "--nmea", str(nmea), "--can", str(can_log), "--jsonl"],
+        [sys.executable, "-m", "edge", "replay", "--config", str(config),
+         "--nmea", str(nmea), "--can", str(can_log), "--jsonl"],
         capture_output=True,
         text=True,
         timeout=120,

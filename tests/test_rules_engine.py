@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.errors import ConfigError
 from edge.place_files import load_markets_file
 from edge.rules import (
-    ConfigError,
     Engine,
     EventError,
     RulesConfig,

@@ -18,9 +18,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.backoff import Backoff
 from edge.config import MqttSettings
+from edge.errors import ConfigError
 from edge.outbox import Outbox, Priority
-from edge.uplink import Backoff, ConfigGate, DownlinkRejectedError, Uplink, UplinkError
+from edge.uplink import ConfigGate, DownlinkRejectedError, Uplink, UplinkError
 from firmware_sim.rig import Mosquitto
 from protocol import (
     Batch,
@@ -264,7 +266,7 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
     assert len({round(d, 6) for d in delays[4:]}) == 4  # jittered, not all equal at the cap
     assert backoff.delay(10_000, rng) <= 8.0
-    with pytest.raises(UplinkError):
+    with pytest.raises(ConfigError):
         Backoff(0, 1)
 
 

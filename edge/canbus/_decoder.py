@@ -375,6 +375,8 @@ class SignalDecoder:
         time_ms = round(stamp * 1000)
         return time_ms if MIN_TIME_MS <= time_ms <= MAX_TIME_MS else None
 
+    # radon grade D: the per-frame hot path (2,000+ frames/s on a T-BOX); every hostile-frame
+    # case is counted inline rather than through helper calls.
     def decode(self, msg: can.Message, time_ms: int | None = None) -> list[SignalSample]:
         """Decode one frame and return the samples the map lets through.
 

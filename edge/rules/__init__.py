@@ -1,13 +1,17 @@
 """On-device anomaly rules: a pure engine fed GNSS epochs and CAN signals (sans-I/O).
 
-Typical use::
+Typical use (what :func:`edge.agent.build_engine` does)::
 
-    config = RulesConfig.from_dict(agent_toml["rules"], base_dir)
-    engine = Engine(config, markets=markets, regions=regions, state=saved)
+    config = edge.config.load_config("agent.toml")          # [rules] is a RulesConfig already
+    markets, regions = edge.place_files.load_rules_places(config.rules)
+    engine = Engine(config.rules, markets=markets, regions=regions, state=saved)
     for event in events:                 # Fix | NoFix | SignalSample, in time order
         for record in engine.feed(event):  # Alert | DailyStats
             ...
     saved = engine.snapshot()            # JSON-ready; persist it
+
+The engine reads no file and no clock: places come in as :mod:`protocol.places` values and
+time from the events.
 
 See docs/rules.md for every rule, its thresholds and how ordering is handled.
 """
@@ -25,13 +29,12 @@ from .config import (
     TowingConfig,
 )
 from .engine import RULE_NAMES, SNAPSHOT_FORMAT, Engine, RulesCounters
-from .errors import ConfigError, EventError, RulesError, StateError
+from .errors import EventError, StateError
 
 __all__ = [
     "DEFAULT_DOORS",
     "RULE_NAMES",
     "SNAPSHOT_FORMAT",
-    "ConfigError",
     "DailyStatsConfig",
     "DwellConfig",
     "Engine",
@@ -42,7 +45,6 @@ __all__ = [
     "RegionExitConfig",
     "RulesConfig",
     "RulesCounters",
-    "RulesError",
     "StateError",
     "TowingConfig",
     "local_day_bounds",

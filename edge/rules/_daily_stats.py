@@ -124,6 +124,8 @@ class DailyStatsTracker:
             out.append(self._record(final=False))
         return out
 
+    # radon grade D: the per-fix arithmetic of the daily statistics (gaps, speed sanity,
+    # distance, driving time, harsh events without CAN speed) reads best top to bottom.
     def on_fix(self, fix: Fix, good: bool, now: int) -> None:
         """Fold a fix into distance, driving time and (without CAN speed) harsh events."""
         if not good:

@@ -2,10 +2,10 @@
 
 simulator (NMEA + SLCAN ptys) -> agent -> private Mosquitto -> collector (SQLite) -> HTTP API
 
-Used by ``lienwatch demo`` (:mod:`firmware_sim.rig.demo`) and the HIL suite (hil-tests/).
-Each process is started with ``python -m edge ...`` (the ``lienwatch`` command), in its own
-session so that a stop kills its whole tree, with stdout/stderr in a log file under the
-rig's work directory; the logs are what a failing HIL test prints. Everything listens on free loopback ports only.
+Used by ``lienwatch demo`` and the HIL suite (hil-tests/). Each process is started with
+``python -m protocol ...`` (the ``lienwatch`` command), in its own session so that a stop kills
+its whole tree, with stdout/stderr in a log file under the rig's work directory; the logs
+are what a failing HIL test prints. Everything listens on free loopback ports only.
 
 GNSS first, then CAN (why the agent's CAN channel is a second symlink): the agent stamps CAN
 samples on its GNSS-disciplined observation clock, which falls back to the *host* wall clock
@@ -225,14 +225,8 @@ class LinkCutter:
 
 
 def lienwatch_argv(*args: str) -> list[str]:
-    """argv that runs ``lienwatch ARGS`` with this interpreter.
-
-    ``lienwatch collector ...`` runs as ``python -m collector ...`` (the collector owns its
-    commands); everything else through ``python -m edge``.
-    """
-    if args and args[0] == "collector":
-        return [sys.executable, "-m", "collector", *args[1:]]
-    return [sys.executable, "-m", "edge", *args]
+    """argv that runs ``lienwatch ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "protocol", *args]
 
 
 class ChainRig:

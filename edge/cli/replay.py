@@ -14,13 +14,18 @@ import argparse
 import heapq
 import json
 import sys
-import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from edge.errors import ConfigError, EdgeError
 from protocol import Alert, AlertState, DailyStats, Fix, NoFix, SignalSample
+from protocol.errors import PlacesError
+
+if TYPE_CHECKING:  # the drivers are imported when the command runs, not when it is listed
+    from edge.canbus import CanCounters, SignalDecoder
+    from edge.rules import Engine
 
 __all__ = ["alert_json", "main", "merge_streams", "stats_json"]
 
@@ -66,23 +71,11 @@ def merge_streams(*streams: Iterable[Event]) -> Iterator[Event]:
     return heapq.merge(*streams, key=lambda event: event.time_ms)
 
 
-def _can_samples(path: Path, decoder: Any, counters: Any) -> Iterator[SignalSample]:
+def _can_samples(path: Path, decoder: SignalDecoder, counters: CanCounters) -> Iterator[SignalSample]:
     from edge.canbus import read_can_log
 
     for message in read_can_log(path, counters):
         yield from decoder.decode(message)
-
-
-def _load_sections(path: Path) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh)
-    rules = raw.get("rules", {})
-    can_section = raw.get("can")
-    if not isinstance(rules, Mapping):
-        raise TypeError(f"{path}: [rules] must be a table")
-    if can_section is not None and not isinstance(can_section, Mapping):
-        raise TypeError(f"{path}: [can] must be a table")
-    return rules, can_section
 
 
 def _print_record(record: Alert | DailyStats, out: TextIO, jsonl: bool) -> None:
@@ -123,69 +116,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``lienwatch replay`` (0 ok, 1 a log failed mid-way, 2 bad arguments/config)."""
-    args = _parser().parse_args(argv)
-    from edge.canbus import CanCounters, CanSourceError, decoder_from_config
-    from edge.gnss import NmeaDecoder, read_nmea_file
-    from edge.place_files import load_markets_file, load_regions_file
-    from edge.rules import Engine, RulesConfig, RulesError
-    from protocol.errors import PlacesError
+def _inputs(args: argparse.Namespace) -> tuple[Engine, SignalDecoder | None]:
+    """The engine (from [rules] and its place files) and the CAN decoder (from [can], if --can).
+
+    Raises:
+        EdgeError, PlacesError: the configuration, a file it names or a log path is unusable.
+    """
+    from edge.canbus import decoder_from_config
+    from edge.config import load_replay_config
+    from edge.place_files import load_rules_places
+    from edge.rules import Engine
 
     config_path: Path = args.config
-    try:
-        rules_section, can_section = _load_sections(config_path)
-        base_dir = config_path.resolve().parent
-        rules_config = RulesConfig.from_dict(rules_section, base_dir)
-        markets = load_markets_file(rules_config.markets_file) if rules_config.markets_file else []
-        regions = load_regions_file(rules_config.regions_file) if rules_config.regions_file else []
-        decoder = None
-        if args.can is not None and can_section is not None:
-            decoder = decoder_from_config(can_section, base_dir)
-    except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError, RulesError, PlacesError, CanSourceError) as exc:
-        print(f"lienwatch replay: {exc}", file=sys.stderr)
-        return 2
+    config = load_replay_config(config_path)
+    markets, regions = load_rules_places(config.rules)
+    decoder = decoder_from_config(config.can) if args.can is not None and config.can is not None else None
     if args.can is not None and decoder is None:
-        print(f"lienwatch replay: {config_path}: --can needs a [can] section (dbc, signal_map)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{config_path}: --can needs a [can] section (dbc, signal_map)")
     if not args.nmea.is_file():
-        print(f"lienwatch replay: NMEA log {args.nmea} is not a readable file", file=sys.stderr)
-        return 2
+        raise ConfigError(f"NMEA log {args.nmea} is not a readable file")
     if args.can is not None and not args.can.is_file():
-        print(f"lienwatch replay: CAN log {args.can} is not a readable file", file=sys.stderr)
-        return 2
+        raise ConfigError(f"CAN log {args.can} is not a readable file")
+    return Engine(config.rules, markets=markets, regions=regions), decoder
 
-    engine = Engine(rules_config, markets=markets, regions=regions)
-    nmea_decoder = NmeaDecoder()
-    can_counters = decoder.counters if decoder is not None else CanCounters()
-    streams: list[Iterable[Event]] = [read_nmea_file(args.nmea, decoder=nmea_decoder)]
-    if decoder is not None:
-        streams.append(_can_samples(args.can, decoder, can_counters))
 
+def _replay(engine: Engine, streams: list[Iterable[Event]], args: argparse.Namespace) -> tuple[int, int]:
+    """Feed the merged streams to the engine, printing what it produces; (exit status, events)."""
     progress = None
     if args.progress or sys.stderr.isatty():
         from tqdm import tqdm
 
         progress = tqdm(unit=" events", file=sys.stderr, mininterval=0.5, disable=None if not args.progress else False)
-    out = sys.stdout
     status = 0
     events = 0
     try:
         for event in merge_streams(*streams):
             events += 1
             for record in engine.feed(event):
-                if isinstance(record, DailyStats) and args.no_stats:
-                    continue
-                _print_record(record, out, args.jsonl)
+                if not (isinstance(record, DailyStats) and args.no_stats):
+                    _print_record(record, sys.stdout, args.jsonl)
             if progress is not None and events % 1000 == 0:
                 progress.update(1000)
-    except (OSError, CanSourceError) as exc:
+    except (OSError, EdgeError) as exc:
         print(f"lienwatch replay: {exc}", file=sys.stderr)
         status = 1
     finally:
         if progress is not None:
             progress.update(events % 1000)
             progress.close()
+    return status, events
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``lienwatch replay`` (0 ok, 1 a log failed mid-way, 2 bad arguments/config)."""
+    args = _parser().parse_args(argv)
+    from edge.canbus import CanCounters
+    from edge.gnss import NmeaDecoder, read_nmea_file
+
+    try:
+        engine, decoder = _inputs(args)
+    except (EdgeError, PlacesError) as exc:
+        print(f"lienwatch replay: {exc}", file=sys.stderr)
+        return 2
+    nmea_decoder = NmeaDecoder()
+    can_counters = decoder.counters if decoder is not None else CanCounters()
+    streams: list[Iterable[Event]] = [read_nmea_file(args.nmea, decoder=nmea_decoder)]
+    if decoder is not None:
+        streams.append(_can_samples(args.can, decoder, can_counters))
+    status, events = _replay(engine, streams, args)
     summary = {
         "events": events,
         "gnss": nmea_decoder.counters.as_dict(),
@@ -193,5 +191,5 @@ def main(argv: list[str]) -> int:
         "rules": engine.counters.as_dict(),
     }
     print(json.dumps({"replay_counters": summary}, separators=(",", ":")), file=sys.stderr)
-    out.flush()
+    sys.stdout.flush()
     return status

@@ -15,7 +15,11 @@ import signal
 import sys
 from types import FrameType
 
-from .config import AgentError, ConfigError, load_config, validate_delegated_sections
+from edge.canbus import decoder_from_config
+from edge.config import AgentConfig, ConfigError, load_config
+from edge.errors import EdgeError
+from edge.place_files import load_rules_places
+from protocol.errors import PlacesError, ProtocolError
 
 __all__ = ["main"]
 
@@ -45,7 +49,7 @@ def _check(path: str) -> int:
 
 
 def _run(path: str, level: str) -> int:
-    from .agent import Agent, StructuredFormatter
+    from edge.agent import Agent, StructuredFormatter
 
     try:
         config = load_config(path)
@@ -59,10 +63,9 @@ def _run(path: str, level: str) -> int:
     root.setLevel(level.upper())
     try:
         agent = Agent(config)
-    except Exception as exc:  # noqa: BLE001 - key/source/rules errors from other modules: say which, exit 1
-        kind = "" if isinstance(exc, (AgentError, OSError)) else f"{type(exc).__name__}: "
+    except (EdgeError, ProtocolError, OSError) as exc:  # key file, data folder, outbox, markets: say which, exit 1
         logging.getLogger("lienwatch.agent").error(  # noqa: TRY400 - one line, no traceback, for operators
-            "start_failed", extra={"fields": {"error": f"{kind}{exc}"}}
+            "start_failed", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}}
         )
         return 1
 
@@ -84,3 +87,31 @@ def main(argv: list[str]) -> int:
     if args.command == "check":
         return _check(args.config)
     return _run(args.config, args.log_level)
+
+
+def validate_delegated_sections(config: AgentConfig) -> list[str]:
+    """Load what [rules] and [can] name, without opening a device.
+
+    The GNSS port opens lazily and the CAN bus is not created: only the DBC files, the
+    signal map and the market and region files are read.
+
+    Returns:
+        Lines describing what was checked (``"[rules] ok (2 markets, 0 regions)"``, ...).
+
+    Raises:
+        ConfigError: a file named by a section is unusable (the message names the section).
+    """
+    try:
+        markets, regions = load_rules_places(config.rules)
+    except PlacesError as exc:
+        raise ConfigError(f"[rules] rejected: {exc}") from exc
+    notes = [f"[rules] ok ({len(markets)} markets, {len(regions)} regions)"]
+    if config.can is not None:
+        try:
+            decoder_from_config(config.can)
+        except ConfigError as exc:
+            raise ConfigError(f"[can] rejected: {exc}") from exc
+        notes.append("[can] ok (DBC and signal map load; the bus is opened at run time)")
+    if config.gnss is not None:
+        notes.append(f"[gnss] ok (url {config.gnss.url}, opened at run time)")
+    return notes

@@ -21,17 +21,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from protocol import SignalSample
-
-from .canbus import (
+from edge.canbus import (
     SAMPLE_DBC,
     SAMPLE_MAP,
     CanCounters,
     CanSource,
-    CanSourceError,
     SignalDecoder,
     read_can_log,
 )
+from edge.errors import EdgeError
+from protocol import SignalSample
 
 __all__ = ["format_sample", "main"]
 
@@ -157,7 +156,7 @@ def main(argv: list[str]) -> int:
         counters = decoder.counters
         runner = _run_log if args.log is not None else _run_live
         code = runner(args, decoder, sys.stdout, stop)
-    except CanSourceError as exc:
+    except EdgeError as exc:
         print(f"lienwatch can: {exc}", file=sys.stderr)
         code = 1
     except BrokenPipeError:

@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from edge.gnss import DEFAULT_EARLIEST_DATE, GnssRecord, GnssSource, NmeaDecoder, PortUnavailable, read_nmea_file
-from edge.gnss.errors import GnssConfigError
+from edge.errors import EdgeError
+from edge.gnss import DEFAULT_EARLIEST_DATE, GnssRecord, GnssSource, NmeaDecoder, read_nmea_file
 from protocol import Fix
 
 __all__ = ["main", "record_to_json"]
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
             _emit(_from_device(source, idle), sys.stdout, args.jsonl)
     except BrokenPipeError:  # pragma: no cover - the reader went away (| head)
         return 0
-    except (PortUnavailable, GnssConfigError, OSError) as exc:
+    except (EdgeError, OSError) as exc:
         print(f"lienwatch gnss: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
