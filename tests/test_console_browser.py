@@ -83,11 +83,12 @@ def _lienwatch(*args: str, config: Path, stdin: str | None = None) -> str:
 
 def _record_scenario(tmp: Path, end_ms: int) -> tuple[list[Fix], list[Alert], list[DailyStats]]:
     """Render the scenario so that it ends at ``end_ms`` and run it through the agent's rules."""
-    from edge._replay_cli import merge_streams
     from edge.canbus import decoder_from_config, read_can_log
+    from edge.cli.replay import merge_streams
+    from edge.config import load_replay_config
     from edge.gnss import NmeaDecoder, read_nmea_file
-    from edge.place_files import load_markets_file
-    from edge.rules import Engine, RulesConfig
+    from edge.place_files import load_rules_places
+    from edge.rules import Engine
 
     start = datetime.fromtimestamp((end_ms / 1000) - SCENARIO_S, tz=UTC).astimezone(
         datetime.now().astimezone().tzinfo).replace(microsecond=0)
@@ -97,12 +98,18 @@ def _record_scenario(tmp: Path, end_ms: int) -> tuple[list[Fix], list[Alert], li
     nmea, can_log = tmp / "scenario.nmea", tmp / "scenario.log"
     subprocess.run(lienwatch_argv("sim", "record", "--scenario", str(shifted), "--nmea", str(nmea),
                                  "--can", str(can_log)), check=True, capture_output=True, timeout=300)
-    rules = RulesConfig.from_dict({"timezone": "Asia/Shanghai", "markets_file": str(EDGE_DATA / "markets.sample.toml")},
-                                  EDGE_DATA)
-    engine = Engine(rules, markets=load_markets_file(rules.markets_file) if rules.markets_file else [])
-    decoder = decoder_from_config({"interface": "virtual", "channel": "replay",
-                                   "dbc": [str(EDGE_DATA / "generic_car.dbc")],
-                                   "signal_map": str(EDGE_DATA / "generic_car_map.toml")}, EDGE_DATA)
+    agent_toml = tmp / "agent.toml"  # what ``lienwatch replay`` reads: [can] and [rules]
+    agent_toml.write_text(
+        f'[can]\ninterface = "virtual"\nchannel = "replay"\ndbc = ["{EDGE_DATA / "generic_car.dbc"}"]\n'
+        f'signal_map = "{EDGE_DATA / "generic_car_map.toml"}"\n'
+        f'[rules]\ntimezone = "Asia/Shanghai"\nmarkets_file = "{EDGE_DATA / "markets.sample.toml"}"\n',
+        encoding="utf-8",
+    )
+    config = load_replay_config(agent_toml)
+    assert config.can is not None
+    markets, regions = load_rules_places(config.rules)
+    engine = Engine(config.rules, markets=markets, regions=regions)
+    decoder = decoder_from_config(config.can)
 
     def samples() -> Iterator[Any]:
         for message in read_can_log(can_log, decoder.counters):
