@@ -34,6 +34,7 @@ from .jobs.retention import RetentionError, RetentionPolicy
 from .jobs.webhooks import WebhookError, check_webhook_url
 from .risk.engine import RiskConfig, RiskConfigError
 from .risk.settings import RiskSettings
+from .roles import ROLES
 
 __all__ = [
     "CONFIG_VARIABLE",
@@ -41,6 +42,7 @@ __all__ = [
     "FOREIGN_ENV_PREFIXES",
     "ROLES",
     "ApiSettings",
+    "ConsoleSettings",
     "DownlinkSettings",
     "Limits",
     "MqttSettings",
@@ -58,8 +60,6 @@ ENV_PREFIX = "LIENWATCH_"
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
 #: ``LIENWATCH_*`` namespaces of other programs: the agent, the HIL suite, the test harness.
 FOREIGN_ENV_PREFIXES = (f"{ENV_PREFIX}AGENT_", f"{ENV_PREFIX}HIL_", f"{ENV_PREFIX}TEST_")
-#: Roles a bearer API key can carry (see collector.api.auth).
-ROLES = ("admin", "risk_analyst", "collections", "auditor")
 _HASH_PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -174,6 +174,37 @@ class DownlinkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """``[console]``: the web console's sessions and map (docs/console.md).
+
+    Attributes:
+        session_idle_minutes: a session unused for longer than this is ended.
+        session_max_hours: a session ends this long after sign-in whatever its use.
+        secure_cookie: mark the session cookie ``Secure`` (set it behind HTTPS).
+        tile_url: optional map tile server (``{z}/{x}/{y}`` template) drawn under the track;
+            unset = the plain projected background only (works with no internet).
+        tile_datum: datum of the tiles: ``wgs84`` or ``gcj02`` (Chinese providers; the
+            track is shifted onto the tiles' datum).
+    """
+
+    session_idle_minutes: float = 30.0
+    session_max_hours: float = 12.0
+    secure_cookie: bool = False
+    tile_url: str | None = None
+    tile_datum: str = "wgs84"
+
+    def __post_init__(self) -> None:
+        check_range("console.session_idle_minutes", self.session_idle_minutes, 1, 24 * 60)
+        check_range("console.session_max_hours", self.session_max_hours, 0.1, 24 * 30)
+        if self.tile_datum not in ("wgs84", "gcj02"):
+            raise ConfigError(f"console.tile_datum {self.tile_datum!r} must be wgs84 or gcj02")
+        if self.tile_url is not None and (
+            not re.match(r"^https?://", self.tile_url) or not all(p in self.tile_url for p in ("{z}", "{x}", "{y}"))
+        ):
+            raise ConfigError("console.tile_url must be an http(s) URL template with {z}, {x} and {y}")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the collector reads from its configuration.
 
@@ -189,6 +220,7 @@ class Settings:
         webhooks: ``[webhooks]``.
         retention: ``[retention]``.
         downlink: ``[downlink]``.
+        console: ``[console]``.
     """
 
     data_dir: Path = Path("collector-data")
@@ -202,6 +234,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
         for digest, role in self.api_keys.items():
@@ -228,6 +261,7 @@ _SECTIONS: dict[str, type] = {
     "webhooks": WebhookSettings,
     "retention": RetentionSettings,
     "downlink": DownlinkSettings,
+    "console": ConsoleSettings,
 }
 
 

@@ -40,13 +40,14 @@ from .dependencies import (
     get_downlink,
     get_engine,
 )
+from .offline_docs import install_offline_docs
 
 __all__ = ["OPTIONAL_ROUTER_MODULES", "create_app", "discover_routers"]
 
 log = logging.getLogger(__name__)
 
 #: Modules whose ``router`` (an APIRouter) ``serve`` mounts when the module exists.
-OPTIONAL_ROUTER_MODULES: tuple[str, ...] = ("collector.api.loans",)
+OPTIONAL_ROUTER_MODULES: tuple[str, ...] = ("collector.api.loans", "collector.api.alerts", "collector.console.web")
 
 _status = Base.metadata.tables["device_status"]
 _dead = Base.metadata.tables["dead_letters"]
@@ -238,7 +239,8 @@ def create_app(
         if owns_engine:
             db.dispose()
 
-    app = FastAPI(title="LienWatch collector", version="0.1.0", lifespan=lifespan)
+    # /docs is served from local files (collector.api.offline_docs); ReDoc would need a CDN.
+    app = FastAPI(title="LienWatch collector", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     clock = clock_ms if clock_ms is not None else wall_clock_ms
     downlink = Downlink(signing_key, config_publisher)
     app.dependency_overrides[get_settings] = lambda: settings
@@ -266,4 +268,5 @@ def create_app(
     app.include_router(_dead_letters_router())
     for router in routers:
         app.include_router(router)
+    install_offline_docs(app)
     return app

@@ -44,6 +44,7 @@ from ..jobs.downlink import (
     market_items,
 )
 from ..loans.csv_import import loan_from_fields
+from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
     LoanSummary,
     RepaymentConflictError,
@@ -57,6 +58,7 @@ from ..risk.assessment import open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log, record_access
 from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
+from ..timefmt import TimeFormatError, parse_time
 from .auth import Principal, require_role
 from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
@@ -66,6 +68,7 @@ __all__ = [
     "redact_coordinates",
     "router",
     "sse_frame",
+    "time_param",
 ]
 
 MAX_TRACK_MS = 31 * 86_400_000
@@ -98,6 +101,16 @@ def _audit(session: Session, now_ms: int, principal: Principal, action: str, *, 
         time_ms=now_ms,
         detail=detail,
     )
+
+
+def time_param(value: str | None, name: str) -> int | None:
+    """An ISO-8601 or epoch-ms query value as epoch ms (422 when it is neither)."""
+    if value is None or value == "":
+        return None
+    try:
+        return parse_time(value)
+    except TimeFormatError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: {exc}") from exc
 
 
 def _loan_or_404(session: Session, loan_id: str) -> LoanRecord:
@@ -354,22 +367,32 @@ def track(
     session: Db,
     principal: Analyst,
     clock_ms: ClockDep,
-    from_ms: Annotated[int, Query(ge=0)],
-    to_ms: Annotated[int, Query(ge=0)],
+    from_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
+    to_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=64, examples=["2026-12-01T00:00:00+08:00"])] = None,
+    to: Annotated[str | None, Query(max_length=64, examples=["2026-12-02T00:00:00Z"])] = None,
 ) -> dict[str, Any]:
-    """Fixes of the loan's vehicle in ``[from_ms, to_ms]`` (at most 31 days, 20,000 points)."""
+    """Fixes of the loan's vehicle in ``[from, to]`` (at most 31 days, 20,000 points).
+
+    ``from``/``to`` (or ``from_ms``/``to_ms``) take ISO-8601 (UTC when no offset is written)
+    or epoch ms; ``to`` defaults to now and ``from`` to 24 hours before ``to``.
+    """
     loan = _loan_or_404(session, loan_id)
-    if not 0 <= to_ms - from_ms <= MAX_TRACK_MS:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "to_ms - from_ms must be within 0..31 days")
+    end = time_param(to if to is not None else to_ms, "to")
+    end_ms = end if end is not None else clock_ms()
+    start = time_param(from_ if from_ is not None else from_ms, "from")
+    start_ms = start if start is not None else end_ms - 86_400_000
+    if not 0 <= end_ms - start_ms <= MAX_TRACK_MS:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "to - from must be within 0..31 days")
     rows = session.execute(
         sa.select(FixRecord.time_ms, FixRecord.lat, FixRecord.lon, FixRecord.speed_mps)
-        .where(FixRecord.device_id == loan.device_id, FixRecord.time_ms >= from_ms, FixRecord.time_ms <= to_ms)
+        .where(FixRecord.device_id == loan.device_id, FixRecord.time_ms >= start_ms, FixRecord.time_ms <= end_ms)
         .order_by(FixRecord.time_ms)
         .limit(MAX_TRACK_POINTS + 1)
     ).all()
     _audit(
         session, clock_ms(), principal, "read_track", kind="loan", subject=loan_id,
-        from_ms=from_ms, to_ms=to_ms, points=len(rows),
+        from_ms=start_ms, to_ms=end_ms, points=len(rows),
     )
     session.commit()
     return {
@@ -412,15 +435,16 @@ def audit_log(
     *,
     session: Db,
     principal: Auditor,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
+    since_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
+    until_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     subject_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """The audit log, newest first."""
+    """The audit log, newest first (times as ISO-8601 or epoch ms)."""
     rows = query_audit_log(
-        session, since_ms=since_ms, until_ms=until_ms, actor=actor, subject_id=subject_id, limit=limit
+        session, since_ms=time_param(since_ms, "since_ms"), until_ms=time_param(until_ms, "until_ms"), actor=actor,
+        subject_id=subject_id, limit=limit,
     )
     return [entry_as_dict(r) for r in rows]
 
@@ -499,7 +523,11 @@ def delete_market(
 # ------------------------------------------------------------------ server-sent events
 
 
-def sse_frame(event_id: int, event: str, data: Any) -> bytes:
+#: How often an idle stream looks for new events (a change reaches the page within about this).
+STREAM_POLL_S = 0.4
+
+
+def sse_frame(event_id: int | str, event: str, data: Any) -> bytes:
     """One text/event-stream frame (``id``, ``event``, one ``data`` line of compact JSON)."""
     text = json.dumps(data, separators=(",", ":"), sort_keys=True)
     return f"id: {event_id}\nevent: {event}\ndata: {text}\n\n".encode()
@@ -512,17 +540,29 @@ async def risk_stream(
     principal: LoanReader,
     engine: EngineDep,
     clock_ms: ClockDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
     after_id: Annotated[int | None, Query(ge=0)] = None,
     follow: bool = True,
+    alerts: bool = False,
+    alert_after_id: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
-    """Risk level changes as server-sent events (resume with ``Last-Event-ID``).
+    """Risk level changes (``event: risk``) as server-sent events (resume with ``Last-Event-ID``).
 
+    ``alerts=true`` also sends every new alert record (``event: alert``, the ``GET /v1/alerts``
+    row; evidence without coordinates for collections); event ids are then
+    ``{risk id}:{alert id}`` and ``alert_after_id`` is where the alerts start.
     ``follow=false`` sends the backlog after ``after_id`` and ends (handy for scripts).
     """
     start = after_id if after_id is not None else 0
-    if last_event_id is not None and last_event_id.isdigit():
-        start = int(last_event_id)
+    alert_start = alert_after_id if alert_after_id is not None else 0
+    if last_event_id is not None:
+        risk_part, _, alert_part = last_event_id.partition(":")
+        if risk_part.isdigit():
+            start = int(risk_part)
+        if alert_part.isdigit():
+            alert_start = int(alert_part)
+    may_see_location = _may_see_location(principal)
+
     def fetch(after: int) -> list[RiskEventRecord]:
         with Session(engine) as session:
             return list(
@@ -531,26 +571,37 @@ async def risk_stream(
                 )
             )
 
+    def fetch_alerts(after: int) -> list[dict[str, Any]]:
+        with Session(engine) as session:
+            rows = [alert_row(r) for r in session.execute(alert_statement_after(after, 500)).mappings()]
+        return rows if may_see_location else redact_coordinates(rows)
+
     def audit_subscription() -> None:
         with Session(engine) as session:
-            _audit(session, clock_ms(), principal, "subscribe_risk_stream", kind="loan", subject="*", after_id=start)
+            _audit(session, clock_ms(), principal, "subscribe_risk_stream", kind="loan", subject="*", after_id=start,
+                   alerts=alerts)
             session.commit()
 
     await run_in_threadpool(audit_subscription)
 
     async def frames() -> AsyncIterator[bytes]:
-        after = start
+        after, alert_after = start, alert_start
         yield b"retry: 2000\n\n"
         while True:
             rows = await run_in_threadpool(fetch, after)
             for row in rows:
                 after = row.id
-                yield sse_frame(row.id, "risk", _event_dict(row, principal))
-            if not follow and not rows:
+                frame_id: int | str = f"{after}:{alert_after}" if alerts else row.id
+                yield sse_frame(frame_id, "risk", _event_dict(row, principal))
+            alert_rows = await run_in_threadpool(fetch_alerts, alert_after) if alerts else []
+            for alert in alert_rows:
+                alert_after = alert["id"]
+                yield sse_frame(f"{after}:{alert_after}", "alert", alert)
+            if not follow and not rows and not alert_rows:
                 return
-            if not rows:
+            if not rows and not alert_rows:
                 if await request.is_disconnected():
                     return
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(STREAM_POLL_S)
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

@@ -3,7 +3,7 @@
 Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
 ``migrate``, ``devices add|list|revoke``, ``dead-letters``, ``api-key new``, and (in
 collector.cli.loans) ``loans import|list|show``, ``repayments add``, ``retention run``,
-``markets import``. Every subcommand reads
+``markets import``, and (in collector.cli.people) ``users add|list|passwd``. Every subcommand reads
 ``--config`` (or the file named by ``LIENWATCH_CONFIG``) and the ``LIENWATCH_*``
 environment; see docs/collector.md.
 """
@@ -34,6 +34,7 @@ from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
 from .context import open_settings_database, settings_from_args
 from .loans import add_subcommands
+from .people import add_subcommands as add_people_subcommands
 
 __all__ = ["main"]
 
@@ -209,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     dead.set_defaults(func=_dead_letters)
 
     add_subcommands(sub, common, settings_from_args)
+
+    add_people_subcommands(sub, common, settings_from_args)
 
     api_key = sub.add_parser("api-key", help="API keys")
     ksub = api_key.add_subparsers(dest="action", required=True)

@@ -282,7 +282,7 @@ class LoanRecord(Base):
     loan_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     device_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
     vin: Mapped[str] = mapped_column(sa.String(17), unique=True)
-    borrower_ref: Mapped[str] = mapped_column(sa.String(64))
+    borrower_ref: Mapped[str] = mapped_column(sa.String(64), index=True)  # console search (migration 0004)
     principal_cents: Mapped[int]
     created_ms: Mapped[int]
 

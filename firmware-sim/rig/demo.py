@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .chain import API_KEYS, ChainRig, RigError
+from .demo_console import add_demo_users, console_lines
 
 __all__ = ["DEMOS", "main"]
 
@@ -208,6 +209,9 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
             return 1
         _say(f"OK: loan {LOAN_ID} reached '{follower.level}' {elapsed:.0f} s after start.")
         _say(f"API docs: {rig.api_url}/docs   (OpenAPI: {rig.api_url}/openapi.json)")
+        add_demo_users(rig.collector_config)  # after the timed part: five CLI runs take a while
+        for line in console_lines(rig.api_url):
+            _say(line)
         _say(f"Try:  curl -H 'Authorization: Bearer {API_KEYS['risk_analyst']}' {rig.api_url}/v1/loans/{LOAN_ID}")
         if keep:
             _say("The chain keeps running; press Ctrl-C to stop everything.")

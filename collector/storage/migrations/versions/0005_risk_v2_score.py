@@ -1,7 +1,7 @@
 """0005 risk v2 score: score, expected loss, both axes, tier and explained reasons in risk_states.
 
 Revision ID: 0005
-Revises: 0003 (on the risk-v2 branch; re-chain to 0004, the console's users migration, on merge)
+Revises: 0004 (the console's users migration)
 Create Date: 2026-12-02
 
 Every column is nullable: a state written before this migration (or by a collector without
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0005'
-down_revision: Union[str, Sequence[str], None] = '0003'
+down_revision: Union[str, Sequence[str], None] = '0004'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,0 +1,80 @@
+"""``lienwatch collector users add|list|passwd``: named people of the console (docs/people.md).
+
+Passwords are read from standard input (``--password-stdin``, one line) or asked for on the
+terminal, never taken from the command line (it shows in ``ps`` and shell history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from ..clock import wall_clock_ms
+from ..settings import ROLES, Settings
+from ..storage.people import PeopleError, add_user, list_users, set_password
+from .context import open_settings_database
+
+__all__ = ["add_subcommands"]
+
+SettingsLoader = Callable[[argparse.Namespace], Settings]
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("lienwatch collector: the two passwords differ")
+    return first
+
+
+def _run(args: argparse.Namespace, load: SettingsLoader) -> int:
+    engine = open_settings_database(load(args))
+    now = wall_clock_ms()
+    try:
+        with Session(engine) as session:
+            if args.action == "list":
+                for user in list_users(session):
+                    print(json.dumps(user, ensure_ascii=False))
+                return 0
+            try:
+                if args.action == "add":
+                    add_user(session, username=args.username, display_name=args.display_name or args.username,
+                             role=args.role, password=_read_password(args), now_ms=now, locale=args.locale,
+                             time_zone=args.time_zone)
+                    print(f"user {args.username} added ({args.role})")
+                else:
+                    set_password(session, args.username, _read_password(args), now_ms=now)
+                    print(f"password of {args.username} changed; their sessions ended")
+            except PeopleError as exc:
+                print(f"lienwatch collector: {exc}", file=sys.stderr)
+                return 1
+            session.commit()
+        return 0
+    finally:
+        engine.dispose()
+
+
+def add_subcommands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser, load: SettingsLoader
+) -> None:
+    """Add ``users`` to the ``lienwatch collector`` parser."""
+    users = sub.add_parser("users", help="named people who sign in to the console")
+    usub = users.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", parents=[common], help="add a user (password from the terminal or stdin)")
+    add.add_argument("username", help="[a-z][a-z0-9_.-]{1,63}")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--display-name", help="shown in the console (default: the user name)")
+    add.add_argument("--locale", default="en", help="en or zh-CN (the console's language)")
+    add.add_argument("--time-zone", default="Asia/Shanghai", help="IANA zone (default Asia/Shanghai)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    usub.add_parser("list", parents=[common], help="list users as JSON lines (no password hashes)")
+    passwd = usub.add_parser("passwd", parents=[common], help="set a user's password (ends their sessions)")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    users.set_defaults(func=lambda args: _run(args, load))

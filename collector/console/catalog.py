@@ -1,0 +1,302 @@
+"""The console's message catalog: every text on screen in English and Simplified Chinese.
+
+Pure. :func:`text` looks up an interface string; :func:`reason_sentence` turns a stored risk
+reason (code + evidence, see docs/risk.md) into one plain-language sentence in the reader's
+language, with the figures it rests on. Readers who may not see locations (the collections
+role) get the sentence without the place name (``show_places=False``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..timefmt import format_time
+
+__all__ = ["LOCALES", "evidence_items", "level_name", "reason_sentence", "step_name", "text"]
+
+LOCALES = ("en", "zh-CN")
+
+_UI: dict[str, tuple[str, str]] = {
+    "app": ("LienWatch console", "LienWatch 风控台"),
+    "sign_in": ("Sign in", "登录"),
+    "sign_out": ("Sign out", "退出"),
+    "username": ("User name", "用户名"),
+    "password": ("Password", "密码"),
+    "or_api_key": ("or an API key", "或使用 API 密钥"),
+    "api_key": ("API key", "API 密钥"),
+    "bad_sign_in": ("Wrong user name, password or key.", "用户名、密码或密钥不正确。"),
+    "worklist": ("Worklist", "工作清单"),
+    "alerts": ("Alerts", "告警"),
+    "audit": ("Audit log", "审计日志"),
+    "devices": ("Devices", "设备"),
+    "loan": ("Loan", "贷款"),
+    "level": ("Level", "风险等级"),
+    "next_step": ("Next step", "下一步"),
+    "reasons": ("Reasons", "原因"),
+    "reason": ("Reason", "原因"),
+    "search": ("Loan, VIN, device or borrower", "贷款号、车架号、设备或借款人"),
+    "filter": ("Filter", "筛选"),
+    "any": ("any", "全部"),
+    "exposure": ("Overdue", "逾期金额"),
+    "dpd": ("Days past due", "逾期天数"),
+    "late_streak": ("Late in a row", "连续逾期期数"),
+    "changed": ("Level since", "等级变更时间"),
+    "device": ("Device", "设备"),
+    "vin": ("VIN", "车架号"),
+    "borrower": ("Borrower ref.", "借款人编号"),
+    "previous": ("Previous", "上一页"),
+    "next": ("Next", "下一页"),
+    "page": ("Page", "第"),
+    "export_csv": ("Export CSV", "导出 CSV"),
+    "live": ("Live", "实时"),
+    "live_changes": ("changes arrived live", "条实时变更"),
+    "schedule": ("Repayment schedule", "还款计划"),
+    "due_date": ("Due date", "应还日期"),
+    "amount": ("Amount", "金额"),
+    "covered_on": ("Paid in full on", "还清日期"),
+    "late": ("Late", "逾期"),
+    "yes": ("yes", "是"),
+    "no": ("no", "否"),
+    "payments": ("Payments received", "已收还款"),
+    "payment_id": ("Payment", "还款编号"),
+    "paid_on": ("Value date", "到账日期"),
+    "timeline": ("Risk events", "风险事件"),
+    "time": ("Time", "时间"),
+    "from_to": ("From → to", "变化"),
+    "rule": ("Rule", "规则"),
+    "severity": ("Severity", "严重程度"),
+    "state": ("State", "状态"),
+    "evidence": ("Evidence", "证据"),
+    "device_status": ("Device status", "设备状态"),
+    "online": ("Online", "在线"),
+    "offline": ("Offline", "离线"),
+    "unknown": ("unknown", "未知"),
+    "last_seen": ("Last seen", "最后通信"),
+    "last_fix": ("Last position fix", "最后定位时间"),
+    "track": ("Track", "轨迹"),
+    "track_period": ("Period", "时间段"),
+    "show": ("Show", "显示"),
+    "stops": ("Stops", "停留点"),
+    "duration": ("Duration", "时长"),
+    "markets": ("Used-car markets", "二手车市场"),
+    "export_geojson": ("GeoJSON", "GeoJSON"),
+    "export_gpx": ("GPX", "GPX"),
+    "no_points": ("No position in this period.", "该时间段内没有定位。"),
+    "points": ("positions", "个定位点"),
+    "truncated": ("(first 20,000 shown)", "（仅显示前 20,000 个）"),
+    "facts": ("Repayment facts", "还款概况"),
+    "principal": ("Principal", "本金"),
+    "total_due": ("Due so far", "累计应还"),
+    "total_paid": ("Paid", "已还"),
+    "next_due": ("Next due", "下期应还"),
+    "assess": ("Reassess now", "立即重新评估"),
+    "language": ("Language", "语言"),
+    "save": ("Save", "保存"),
+    "actor": ("Who", "操作人"),
+    "role": ("Role", "角色"),
+    "action": ("Action", "操作"),
+    "subject": ("Subject", "对象"),
+    "detail": ("Detail", "详情"),
+    "key_status": ("Key", "密钥"),
+    "batches": ("Batches", "批次"),
+    "duplicates": ("Duplicates", "重复"),
+    "seq_gaps": ("Missing batches", "缺失批次"),
+    "agent_version": ("Agent version", "终端版本"),
+    "since": ("From", "起"),
+    "until": ("To", "止"),
+    "no_rows": ("Nothing matches.", "没有符合条件的记录。"),
+    "times_in": ("Times are shown in the borrower's time zone, named after each time.",
+                 "时间按借款人所在时区显示，并在每个时间后注明时区。"),
+    "scale": ("Scale", "比例尺"),
+    "forbidden": ("Your role may not see this page.", "您的角色无权查看此页面。"),
+    "not_found": ("Not found.", "未找到。"),
+    "signed_in_as": ("Signed in as", "当前用户"),
+    "raised": ("raised", "触发"),
+    "cleared": ("cleared", "解除"),
+    "alert_positions": ("Alert positions", "告警位置"),
+    "start": ("start", "起点"),
+    "condition": ("Vehicle condition, last 30 days", "车况报告（近 30 天）"),
+    "condition_link": ("Vehicle condition report", "车况报告"),
+    "day": ("Day", "日期"),
+    "distance_km": ("Distance (km)", "里程（公里）"),
+    "driving_h": ("Driving (h)", "驾驶时长（小时）"),
+    "harsh_accel": ("Harsh accelerations", "急加速"),
+    "harsh_brake": ("Harsh brakings", "急刹车"),
+    "odometer": ("Odometer", "总里程"),
+    "soc": ("Battery (SoC %)", "电量（%）"),
+    "volts": ("12 V battery (V)", "12 V 电瓶（伏）"),
+    "totals": ("30-day totals", "30 天合计"),
+    "print": ("Print or save as PDF from the browser.", "可通过浏览器打印或另存为 PDF。"),
+    "end": ("end", "终点"),
+}
+
+_LEVELS = {"normal": ("normal", "正常"), "watch": ("watch", "关注"), "high": ("high", "高"),
+           "critical": ("critical", "严重")}
+_STEPS = {"monitor": ("monitor", "持续监控"), "reminder": ("reminder", "还款提醒"), "call": ("call", "电话联系"),
+          "on_site_check": ("on-site check", "上门核查"), "recovery": ("recovery", "收车")}
+
+_SENTENCES: dict[str, tuple[str, str]] = {
+    "power_cut_while_overdue": (
+        "The T-BOX lost main power or was unplugged ({alert_time}) while {total_overdue} is overdue "
+        "({dpd} days past due).",
+        "车载终端在逾期期间断电或被拔除（{alert_time}），逾期金额 {total_overdue}，已逾期 {dpd} 天。"),
+    "towing_while_overdue": (
+        "The vehicle was moved with the ignition off, as if towed ({alert_time}), while {total_overdue} is overdue.",
+        "车辆在熄火状态下被移动，疑似拖车（{alert_time}），当前逾期金额 {total_overdue}。"),
+    "gnss_jamming_while_overdue": (
+        "GNSS reception was jammed or lost while driving ({alert_time}) while {total_overdue} is overdue.",
+        "行驶中卫星定位信号被干扰或丢失（{alert_time}），当前逾期金额 {total_overdue}。"),
+    "late_streak_near_market": (
+        "{late} instalments in a row were paid late and the vehicle has been parked near a used-car "
+        "market{place} for {dwell} (since {alert_time}).",
+        "连续 {late} 期还款逾期，且车辆已在二手车市场{place}附近停放 {dwell}（自 {alert_time} 起）。"),
+    "offline_while_overdue": (
+        "The T-BOX has been offline for {offline_h} hours (more than {threshold_h} h) while {total_overdue} "
+        "is overdue.",
+        "车载终端已离线 {offline_h} 小时（超过 {threshold_h} 小时），当前逾期金额 {total_overdue}。"),
+    "region_exit_while_overdue": (
+        "The vehicle left its allowed region ({alert_time}) while {total_overdue} is overdue.",
+        "车辆驶出允许区域（{alert_time}），当前逾期金额 {total_overdue}。"),
+    "severely_past_due": (
+        "The oldest unpaid instalment is {dpd} days past due (an on-site check from {threshold} days); "
+        "{total_overdue} overdue.",
+        "最早一期未还款已逾期 {dpd} 天（{threshold} 天起需上门核查）；逾期金额 {total_overdue}。"),
+    "past_due": (
+        "The oldest unpaid instalment is {dpd} days past due (a call from {threshold} days); "
+        "{total_overdue} overdue.",
+        "最早一期未还款已逾期 {dpd} 天（{threshold} 天起需电话联系）；逾期金额 {total_overdue}。"),
+    "late_streak": (
+        "{late} instalments in a row were paid late (a streak counts from {threshold}).",
+        "连续 {late} 期还款逾期（{threshold} 期起计为连续逾期）。"),
+    "stationary_while_overdue": (
+        "The vehicle has not moved for {stationary} days while {total_overdue} is overdue.",
+        "车辆已 {stationary} 天未移动，当前逾期金额 {total_overdue}。"),
+    "stationary_near_market": (
+        "The vehicle has been parked near a used-car market{place} for {dwell} (since {alert_time}).",
+        "车辆已在二手车市场{place}附近停放 {dwell}（自 {alert_time} 起）。"),
+    "power_cut": ("The T-BOX lost main power or was unplugged ({alert_time}).",
+                  "车载终端断电或被拔除（{alert_time}）。"),
+    "towing": ("The vehicle was moved with the ignition off, as if towed ({alert_time}).",
+               "车辆在熄火状态下被移动，疑似拖车（{alert_time}）。"),
+    "gnss_jamming": ("GNSS reception was jammed or lost while driving ({alert_time}).",
+                     "行驶中卫星定位信号被干扰或丢失（{alert_time}）。"),
+    "region_exit": ("The vehicle left its allowed region ({alert_time}).", "车辆驶出允许区域（{alert_time}）。"),
+    "device_offline": ("The T-BOX has been offline for {offline_h} hours (more than {threshold_h} h).",
+                       "车载终端已离线 {offline_h} 小时（超过 {threshold_h} 小时）。"),
+    "night_door_openings": ("Doors were opened repeatedly at night ({alert_time}).",
+                            "夜间多次开启车门（{alert_time}）。"),
+    "overdue": ("{total_overdue} is overdue; the oldest unpaid instalment is {dpd} days past due.",
+                "逾期金额 {total_overdue}；最早一期未还款已逾期 {dpd} 天。"),
+}
+_UNKNOWN_REASON = ("Rule {code} matched.", "规则 {code} 已触发。")
+
+#: Evidence keys that reveal a location (coordinates, place names, distances to places).
+LOCATION_KEY = re.compile(
+    r"(^|_)(lat|lon|latitude|longitude|position|track|centre|center|name|market|place|region|distance|radius|datum|"
+    r"address|city)(_|$)",
+    re.IGNORECASE,
+)
+
+
+def _pick(pair: tuple[str, str], locale: str) -> str:
+    return pair[1] if locale == "zh-CN" else pair[0]
+
+
+def text(key: str, locale: str) -> str:
+    """The interface string ``key`` in ``locale`` (the key itself when unknown)."""
+    pair = _UI.get(key)
+    return _pick(pair, locale) if pair is not None else key
+
+
+def level_name(level: str, locale: str) -> str:
+    """A risk level's name on screen."""
+    pair = _LEVELS.get(level)
+    return _pick(pair, locale) if pair is not None else level
+
+
+def step_name(step: str, locale: str) -> str:
+    """A next step's name on screen."""
+    pair = _STEPS.get(step)
+    return _pick(pair, locale) if pair is not None else step
+
+
+def _duration(seconds: float, locale: str) -> str:
+    minutes = int(seconds // 60)
+    days, rest = divmod(minutes, 1440)
+    hours, mins = divmod(rest, 60)
+    if locale == "zh-CN":
+        if days:
+            return f"{days} 天 {hours} 小时"
+        return f"{hours} 小时 {mins} 分钟" if hours else f"{mins} 分钟"
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {mins} min" if hours else f"{mins} min"
+
+
+def duration_text(seconds: float, locale: str) -> str:
+    """``3 d 2 h`` / ``3 天 2 小时``."""
+    return _duration(seconds, locale)
+
+
+def _money(value: object) -> str:
+    return f"¥{value}" if isinstance(value, str) and value else "¥0.00"
+
+
+def reason_sentence(reason: Mapping[str, Any], locale: str, zone_name: str, *, show_places: bool) -> str:
+    """One plain-language sentence for a stored reason, in ``locale``, times in ``zone_name``."""
+    code = str(reason.get("code", ""))
+    evidence = reason.get("evidence") or {}
+    repayment = evidence.get("repayment") or {}
+    alert = evidence.get("alert") or {}
+    alert_evidence = alert.get("evidence") or {}
+    dwell_s = alert_evidence.get("dwell_s")
+    market_name = alert_evidence.get("market_name")
+    place = ""
+    if show_places and isinstance(market_name, str) and market_name:
+        place = f"“{market_name}”" if locale == "zh-CN" else f" ({market_name})"
+    # A dwell is told from its start; other alerts from when they were raised.
+    since_ms = alert_evidence.get("dwell_start_ms", alert.get("raised_ms"))
+    threshold = evidence.get("threshold_days", evidence.get("threshold_installments", ""))
+    values = {
+        "code": code,
+        "alert_time": format_time(since_ms, zone_name, seconds=False) if isinstance(since_ms, int) else "?",
+        "total_overdue": _money(repayment.get("total_overdue")),
+        "dpd": repayment.get("days_past_due", "?"),
+        "late": repayment.get("consecutive_late", "?"),
+        "dwell": _duration(float(dwell_s), locale) if isinstance(dwell_s, (int, float)) else "?",
+        "place": place,
+        "offline_h": evidence.get("offline_hours", "?"),
+        "threshold_h": evidence.get("threshold_hours", "?"),
+        "threshold": threshold,
+        "stationary": evidence.get("stationary_days", "?"),
+    }
+    template = _SENTENCES.get(code, _UNKNOWN_REASON)
+    return _pick(template, locale).format(**values)
+
+
+def evidence_items(evidence: Any, *, show_places: bool, prefix: str = "") -> list[tuple[str, str]]:
+    """The evidence flattened to ``(path, value)`` pairs; location keys left out unless ``show_places``."""
+    out: list[tuple[str, str]] = []
+    if isinstance(evidence, Mapping):
+        for key in sorted(evidence, key=str):
+            if not show_places and LOCATION_KEY.search(str(key)):
+                continue
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(evidence_items(evidence[key], show_places=show_places, prefix=path))
+    elif isinstance(evidence, list):
+        for i, item in enumerate(evidence):
+            out.extend(evidence_items(item, show_places=show_places, prefix=f"{prefix}[{i}]"))
+    else:
+        out.append((prefix, "" if evidence is None else str(evidence)))
+    return out
+
+
+def redact_locations(value: Any) -> Any:
+    """A copy of ``value`` without location keys (coordinates, place names, distances)."""
+    if isinstance(value, Mapping):
+        return {k: redact_locations(v) for k, v in value.items() if not LOCATION_KEY.search(str(k))}
+    if isinstance(value, list):
+        return [redact_locations(v) for v in value]
+    return value

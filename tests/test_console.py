@@ -1,0 +1,472 @@
+"""The console through the real app, sessions and database (TestClient): sign-in, CSRF, roles,
+pages, message catalog, exports, ``GET /v1/alerts``, ISO-8601 times, offline ``/docs``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from collector.api.alerts import router as alerts_router
+from collector.api.app import create_app
+from collector.api.loans import router as loans_router
+from collector.console.web import router as console_router
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.risk.assessment import reassess_loan
+from collector.settings import ConsoleSettings, Settings, hash_api_key
+from collector.storage.database import create_engine, migrate
+from collector.storage.people import SessionRecord, add_user
+from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, MarketRecord
+from tests.child_processes import ChildProcesses
+
+SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
+NOW = 1_795_858_800_000  # 2026-11-28T09:40:00Z
+MIN = 60_000
+DAY = 86_400_000
+KEYS = {"admin": "k-admin-0123456789", "risk_analyst": "k-analyst-0123456789",
+        "collections": "k-collections-0123456789", "auditor": "k-auditor-0123456789"}
+PASSWORD = "correct horse battery"
+USERS = {"ana": ("risk_analyst", "en"), "li": ("risk_analyst", "zh-CN"), "cole": ("collections", "en"),
+         "audrey": ("auditor", "en"), "root": ("admin", "en")}
+MARKET = (31.301992, 121.245568)  # WGS-84 of the demo market (stored below in WGS-84)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[TestClient, sa.Engine, Clock]]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    with Session(engine) as session:
+        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW - DAY)
+        for name, (role, locale) in USERS.items():
+            add_user(session, username=name, display_name=name.title(), role=role, password=PASSWORD, now_ms=NOW,
+                     locale=locale)
+        session.add(Device(device_id="tbox-0002", created_ms=NOW - 100 * DAY))
+        session.flush()
+        batch = BatchRecord(device_id="tbox-0002", seq=1, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
+                            fix_count=1, sample_count=0, alert_count=1, stats_count=0, first_time_ms=None,
+                            last_time_ms=None, counters={}, message_bytes=0)
+        session.add(batch)
+        session.flush()
+        # A drive from 3 km south-east into the market, then 2 h parked in it.
+        start = NOW - 4 * 3_600_000
+        for i in range(30):
+            f = i / 29
+            session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=start + i * 20_000,
+                                  lat=31.28 + f * (MARKET[0] - 31.28), lon=121.26 + f * (MARKET[1] - 121.26),
+                                  speed_mps=10.0, mode=3))
+        for i in range(120):
+            session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=start + 600_000 + i * MIN,
+                                  lat=MARKET[0] + (i % 3) * 0.00002, lon=MARKET[1] - (i % 2) * 0.00002,
+                                  speed_mps=0.0, mode=3))
+        session.add(AlertRecord(batch_id=batch.id, device_id="tbox-0002", rule="stationary_near_market", severity=2,
+                                state=0, time_ms=NOW - 3 * DAY, episode="dwell-1",
+                                evidence={"market_id": "sh-jiading-ucm", "market_name": "Jiading used-car market",
+                                          "centre_lat": MARKET[0], "centre_lon": MARKET[1], "dwell_s": 259_200.0}))
+        session.add(MarketRecord(market_id="sh-jiading-ucm", name="Jiading used-car market", lat=MARKET[0],
+                                 lon=MARKET[1], datum="wgs84", radius_m=400.0, updated_ms=NOW))
+        session.flush()
+        for loan in ("L-1002", "L-1003"):
+            reassess_loan(session, loan, NOW)
+        session.commit()
+    settings = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()},
+                        console=ConsoleSettings(session_idle_minutes=30))
+    clock = Clock()
+    app = create_app(settings, engine=engine, routers=[loans_router, alerts_router, console_router], clock_ms=clock)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield client, engine, clock
+    engine.dispose()
+
+
+def sign_in(client: TestClient, **fields: str) -> str:
+    """Sign in through the form; returns the CSRF token of the new session."""
+    form = client.get("/console/sign-in")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text)
+    assert token is not None
+    done = client.post("/console/sign-in", data={"login_token": token.group(1), **fields}, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    page = client.get(done.headers["location"])
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+    assert csrf is not None
+    return csrf.group(1)
+
+
+def user(client: TestClient, name: str) -> str:
+    return sign_in(client, username=name, password=PASSWORD)
+
+
+def test_sign_in_sets_a_strict_httponly_cookie_and_bad_passwords_are_refused(world: tuple) -> None:
+    client, engine, _ = world
+    assert client.get("/console/worklist", follow_redirects=False).headers["location"] == "/console/sign-in"
+    form = client.get("/console/sign-in")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+    bad = client.post("/console/sign-in", data={"login_token": token, "username": "ana", "password": "wrong-password"})
+    assert bad.status_code == 401
+    assert "lw_session" not in client.cookies
+    no_token = client.post("/console/sign-in", data={"username": "ana", "password": PASSWORD})
+    assert no_token.status_code == 403
+    form = client.get("/console/sign-in")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+    good = client.post("/console/sign-in", data={"login_token": token, "username": "ana", "password": PASSWORD},
+                       follow_redirects=False)
+    cookie = good.headers["set-cookie"]
+    assert "lw_session=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert PASSWORD not in good.headers["location"]
+    with Session(engine) as session:
+        stored = session.scalars(sa.select(SessionRecord)).all()
+        assert [(s.actor, s.role) for s in stored] == [("user:ana", "risk_analyst")]
+        assert client.cookies["lw_session"] not in {s.token_hash for s in stored}  # only its hash is kept
+        actions = [e.action for e in session.scalars(sa.select(AuditEntry))]
+    assert actions.count("sign_in_failed") == 1
+    assert actions.count("sign_in") == 1
+
+
+def test_an_api_key_is_exchanged_for_a_session_and_never_in_a_url(world: tuple) -> None:
+    client, _, _ = world
+    sign_in(client, api_key=KEYS["collections"], locale="zh-CN")
+    page = client.get("/console/worklist")
+    assert page.status_code == 200
+    assert "工作清单" in page.text
+    assert KEYS["collections"] not in page.text
+
+
+def test_writes_without_the_csrf_token_are_refused(world: tuple) -> None:
+    client, _, _ = world
+    csrf = user(client, "ana")
+    assert client.post("/console/loans/L-1002/assess", data={}).status_code == 403
+    assert client.post("/console/preferences", data={"locale": "zh-CN", "csrf_token": "forged"}).status_code == 403
+    assert client.post("/v1/loans/L-1002/assess").status_code == 403  # the API accepts the cookie only with the token
+    ok = client.post("/v1/loans/L-1002/assess", headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200
+    assert client.post("/console/loans/L-1002/assess", data={"csrf_token": csrf},
+                       follow_redirects=False).status_code == 303
+
+
+def test_sessions_end_after_the_idle_time_and_at_sign_out(world: tuple) -> None:
+    client, _, clock = world
+    csrf = user(client, "ana")
+    clock.now += 29 * MIN
+    assert client.get("/console/worklist").status_code == 200
+    clock.now += 31 * MIN
+    assert client.get("/console/worklist", follow_redirects=False).status_code == 303
+    csrf = user(client, "ana")
+    assert client.post("/console/sign-out", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    assert client.get("/console/worklist", follow_redirects=False).status_code == 303
+
+
+def test_worklist_order_filters_search_and_csv(world: tuple) -> None:
+    client, _, _ = world
+    user(client, "ana")
+    page = client.get("/console/worklist").text
+    order = re.findall(r'<tr data-loan="([^"]+)"', page)
+    assert order[:2] == ["L-1002", "L-1003"]
+    assert 'data-level="high"' in page
+    high = client.get("/console/worklist", params={"level": "high"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', high) == ["L-1002"]
+    by_reason = client.get("/console/worklist", params={"reason": "late_streak_near_market"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', by_reason) == ["L-1002"]
+    assert re.findall(r'<tr data-loan="([^"]+)"', client.get("/console/worklist", params={"q": "tbox-0003"}).text) == [
+        "L-1003"]
+    assert client.get("/console/worklist", params={"level": "panic"}).status_code == 422
+    exported = client.get("/console/worklist.csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [r["loan_id"] for r in rows][:2] == ["L-1002", "L-1003"]
+    assert rows[0]["level"] == "high"
+    assert rows[0]["next_step"] == "on_site_check"
+
+
+def test_loan_page_reason_sentence_in_both_languages(world: tuple) -> None:
+    client, _, _ = world
+    user(client, "ana")
+    en = client.get("/console/loans/L-1002").text
+    assert "3 instalments in a row were paid late and the vehicle has been parked near a used-car market" in en
+    assert "(Jiading used-car market) for 3 d 0 h" in en
+    assert "Asia/Shanghai" in en
+    client.cookies.clear()
+    user(client, "li")
+    zh = client.get("/console/loans/L-1002").text
+    assert "连续 3 期还款逾期，且车辆已在二手车市场“Jiading used-car market”附近停放 3 天 0 小时" in zh
+
+
+def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tuple) -> None:
+    client, engine, _ = world
+    user(client, "ana")
+    page = client.get("/console/loans/L-1002", params={"from": "2026-11-28T13:00", "to": "2026-11-28T17:40"}).text
+    market = re.search(r'<circle class="market-area" cx="([\d.]+)" cy="([\d.]+)" r="([\d.]+)"', page)
+    stops = re.findall(r'<circle class="stop" cx="([\d.]+)" cy="([\d.]+)" r="7" data-duration-s="(\d+)"', page)
+    assert market is not None
+    assert stops
+    mx, my, r = (float(v) for v in market.groups())
+    sx, sy, duration = float(stops[-1][0]), float(stops[-1][1]), int(stops[-1][2])
+    assert ((sx - mx) ** 2 + (sy - my) ** 2) ** 0.5 < r
+    assert duration >= 7000
+    assert 'class="scale-bar"' in page
+    geo = client.get("/console/loans/L-1002/track.geojson", params={"from": "2026-11-28T05:00:00Z"}).json()
+    kinds = [f["properties"]["kind"] for f in geo["features"]]
+    assert kinds[0] == "track"
+    assert "stop" in kinds
+    assert geo["features"][0]["geometry"]["coordinates"][-1] == [pytest.approx(MARKET[1], abs=1e-3),
+                                                                 pytest.approx(MARKET[0], abs=1e-3)]
+    gpx = client.get("/console/loans/L-1002/track.gpx", params={"from": "2026-11-28T05:00:00Z"}).text
+    assert gpx.count("<trkpt ") == 150
+    with Session(engine) as session:
+        actions = {e.action for e in session.scalars(sa.select(AuditEntry).where(AuditEntry.subject_id == "L-1002"))}
+    assert {"view_loan", "view_track", "export_track_geojson", "export_track_gpx"} <= actions
+
+
+def test_collections_see_no_map_no_coordinates_and_no_place_names(world: tuple) -> None:
+    client, _, _ = world
+    user(client, "cole")
+    for path in ("/console/loans/L-1002", "/console/alerts", "/console/worklist", "/console/alerts.csv"):
+        body = client.get(path).text
+        assert "<svg" not in body
+        assert "Jiading" not in body
+        assert "jiading" not in body
+        assert not re.search(r"31\.3\d|121\.2\d", body), path
+    assert client.get("/console/loans/L-1002/track.geojson").status_code == 403
+    assert client.get("/console/audit").status_code == 403
+    assert "parked near a used-car market for 3 d 0 h" in client.get("/console/loans/L-1002").text
+
+
+def test_auditor_sees_the_audit_log_with_filters_and_admin_the_devices(world: tuple) -> None:
+    client, engine, _ = world
+    user(client, "ana")
+    client.get("/console/loans/L-1002")
+    client.cookies.clear()
+    user(client, "audrey")
+    assert client.get("/console/worklist").status_code == 403
+    page = client.get("/console/audit", params={"actor": "user:ana", "subject": "L-1002"}).text
+    assert "view_loan" in page
+    assert "user:ana" in page
+    assert client.get("/console/devices").status_code == 403
+    client.cookies.clear()
+    user(client, "root")
+    with Session(engine) as session:  # seq 1 is stored; 4 arrives: 2 and 3 are missing
+        session.add(BatchRecord(device_id="tbox-0002", seq=4, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
+                                fix_count=0, sample_count=0, alert_count=0, stats_count=0, first_time_ms=None,
+                                last_time_ms=None, counters={}, message_bytes=0))
+        session.commit()
+    devices = client.get("/console/devices").text
+    assert 'data-device="tbox-0002"' in devices
+    assert "L-1002" in devices
+    assert re.search(r'data-device="tbox-0002">.*?<td class="num seq-gaps">2</td>', devices, flags=re.S)
+
+
+def test_v1_alerts_filters_iso_times_and_redaction(world: tuple) -> None:
+    client, _engine, _ = world
+
+    def get(role: str, **params: str) -> list[dict[str, object]]:
+        answer = client.get("/v1/alerts", params=params, headers={"Authorization": f"Bearer {KEYS[role]}"})
+        assert answer.status_code == 200, answer.text
+        return list(answer.json())
+
+    rows = get("risk_analyst", rule="stationary_near_market", severity="high", **{"from": "2026-11-25T00:00:00+08:00"})
+    assert [(r["loan_id"], r["rule"], r["state"]) for r in rows] == [("L-1002", "stationary_near_market", "raised")]
+    assert rows[0]["evidence"]["centre_lat"] == MARKET[0]
+    assert get("risk_analyst", to="2026-11-24") == []
+    assert get("risk_analyst", **{"from": str(NOW - 4 * DAY)})[0]["episode"] == "dwell-1"
+    assert "centre_lat" not in json.dumps(get("collections"))
+    bad = client.get("/v1/alerts", params={"from": "yesterday"}, headers={"Authorization": f"Bearer {KEYS['admin']}"})
+    assert bad.status_code == 422
+    assert client.get("/v1/alerts", headers={"Authorization": f"Bearer {KEYS['auditor']}"}).status_code == 403
+
+
+def test_track_and_audit_accept_iso_8601_and_epoch_ms(world: tuple) -> None:
+    client, _, _ = world
+    headers = {"Authorization": f"Bearer {KEYS['risk_analyst']}"}
+    iso = client.get("/v1/loans/L-1002/track", params={"from": "2026-11-28T13:00:00+08:00", "to": "2026-11-28T09:40Z"},
+                     headers=headers).json()
+    ms = client.get("/v1/loans/L-1002/track", params={"from_ms": NOW - 4 * 3_600_000, "to_ms": NOW},
+                    headers=headers).json()
+    default = client.get("/v1/loans/L-1002/track", headers=headers).json()  # the last 24 h
+    assert iso["points"] == ms["points"] == default["points"]
+    assert len(iso["points"]) == 150
+    audit = client.get("/v1/audit", params={"since_ms": "2026-11-28T00:00:00Z"},
+                       headers={"Authorization": f"Bearer {KEYS['auditor']}"})
+    assert audit.status_code == 200
+    assert audit.json()
+
+
+def test_docs_are_served_offline(world: tuple) -> None:
+    client, _, _ = world
+    page = client.get("/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets
+    assert all(a.startswith("/docs/assets/") or a.startswith("/openapi") for a in assets)
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+
+
+def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from collector.cli.commands import main
+    from collector.storage.people import authenticate_user
+
+    config = tmp_path / "collector.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path / "c.db"}"\n')
+    monkeypatch.setattr("sys.stdin", io.StringIO("first password 1\n"))
+    assert main(["users", "add", "mei", "--role", "collections", "--display-name", "Mei", "--locale", "zh-CN",
+                 "--password-stdin", "--config", str(config)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["users", "add", "bob", "--role", "admin", "--password-stdin", "--config", str(config)]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("x" * 12 + "\n"))
+    assert main(["users", "add", "bob", "--role", "admin", "--time-zone", "Mars/Base", "--password-stdin",
+                 "--config", str(config)]) == 1
+    capsys.readouterr()
+    assert main(["users", "list", "--config", str(config)]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert listed == [{"username": "mei", "display_name": "Mei", "role": "collections", "locale": "zh-CN",
+                       "time_zone": "Asia/Shanghai", "disabled": False}]
+    monkeypatch.setattr("sys.stdin", io.StringIO("second password 2\n"))
+    assert main(["users", "passwd", "mei", "--password-stdin", "--config", str(config)]) == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with Session(engine) as session:
+        assert authenticate_user(session, "mei", "first password 1") is None
+        assert authenticate_user(session, "mei", "second password 2") is not None
+        assert "scrypt$" in session.scalar(sa.text("SELECT password_hash FROM users"))
+    engine.dispose()
+
+
+def test_worklist_pages_run_across_levels_in_order(world: tuple) -> None:
+    from collector.loans.queries import WorklistFilter, worklist
+
+    _, engine, _ = world
+    with Session(engine) as session:
+        everything = worklist(session, WorklistFilter(), page=1, size=50).rows
+        pages = [worklist(session, WorklistFilter(), page=n, size=2) for n in (1, 2, 3)]
+    assert [r["loan_id"] for r in everything][:2] == ["L-1002", "L-1003"]
+    assert [r["loan_id"] for p in pages for r in p.rows] == [r["loan_id"] for r in everything]
+    assert [p.has_next for p in pages] == [True, True, False]
+
+
+def test_hostile_input_gets_a_clean_refusal(world: tuple) -> None:
+    client, engine, _ = world
+    for cookie in ("forged", "x" * 5000, "", "%FF%00"):
+        client.cookies.set("lw_session", cookie)
+        assert client.get("/console/worklist", follow_redirects=False).status_code == 303
+        assert client.get("/v1/loans").status_code == 401
+    client.cookies.clear()
+    for fields in ({"username": "a" * 10_000, "password": "p" * 100_000}, {"api_key": "k" * 10_000},
+                   {"username": "ana", "password": ""}, {}):
+        form = client.get("/console/sign-in").text  # each answer hands out a new sign-in token
+        token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+        answer = client.post("/console/sign-in", data={"login_token": token, **fields})
+        assert answer.status_code == 401
+    user(client, "ana")
+    for params in ({"q": "' OR 1=1 --"}, {"q": "x" * 100}, {"reason": "nope"}, {"next_step": "x"}):
+        assert client.get("/console/worklist", params=params).status_code == 422, params
+    assert client.get("/console/worklist", params={"page": "-3"}).status_code == 200
+    assert client.get("/console/worklist", params={"page": "9" * 40}).status_code == 200
+    for params in ({"from": "yesterday"}, {"from": "2026-11-28T10:00Z", "to": "2026-11-28T09:00Z"},
+                   {"from": "2026-01-01", "to": "2026-11-28"}, {"to": "9" * 30}):
+        assert client.get("/console/loans/L-1002", params=params).status_code == 422, params
+    assert client.get("/console/alerts", params={"severity": "apocalyptic"}).status_code == 422
+    assert client.get("/console/loans/L-404").status_code == 404
+    with Session(engine) as session:
+        failed = session.scalar(sa.select(sa.func.count()).select_from(AuditEntry)
+                                .where(AuditEntry.action == "sign_in_failed"))
+    assert failed == 4
+
+
+def test_map_tiles_are_placed_by_their_datum() -> None:
+    from collector.console.track_map import MapPoint, TileLayer, _projection, distance_m, tile_images
+    from protocol.geo import gcj02_to_wgs84
+
+    points = [MapPoint(0, 31.28, 121.26), MapPoint(1, MARKET[0], MARKET[1])]
+    proj = _projection([(p.lat, p.lon, 0.0) for p in points])
+    plain = tile_images(proj, TileLayer("https://tiles.invalid/{z}/{x}/{y}.png"))
+    shifted = tile_images(proj, TileLayer("https://tiles.invalid/{z}/{x}/{y}.png", gcj02_to_wgs84))
+    assert plain
+    assert all(re.fullmatch(r"https://tiles\.invalid/1[0-9]/\d+/\d+\.png", url) for url, *_ in plain)
+    by_url = {url: (x, y) for url, x, y, _, _ in plain}
+    moved = [(x - by_url[url][0], y - by_url[url][1]) for url, x, y, _, _ in shifted if url in by_url]
+    metres_per_px = 1 / proj.scale
+    for dx, dy in moved:
+        offset_m = ((dx * metres_per_px) ** 2 + (dy * metres_per_px) ** 2) ** 0.5
+        assert 300 < offset_m < 700  # GCJ-02 tiles drawn where their places really are
+    lat, lon = gcj02_to_wgs84(31.3, 121.25)
+    assert 300 < distance_m(lat, lon, 31.3, 121.25) < 700
+
+
+def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    with Session(engine) as session:
+        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW - DAY)
+        add_user(session, username="ana", display_name="Ana", role="risk_analyst", password=PASSWORD, now_ms=NOW)
+        session.add(Device(device_id="tbox-0002", created_ms=NOW))
+        session.flush()
+        batch = BatchRecord(device_id="tbox-0002", seq=1, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
+                            fix_count=1, sample_count=0, alert_count=0, stats_count=0, first_time_ms=None,
+                            last_time_ms=None, counters={}, message_bytes=0)
+        session.add(batch)
+        session.flush()
+        session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=NOW - MIN, lat=MARKET[0],
+                              lon=MARKET[1], speed_mps=0.0, mode=3))
+        session.commit()
+    settings = Settings(console=ConsoleSettings(tile_url="https://tiles.invalid/{z}/{x}/{y}.png", tile_datum="gcj02"))
+    app = create_app(settings, engine=engine, routers=[console_router], clock_ms=lambda: NOW)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        user(client, "ana")
+        page = client.get("/console/loans/L-1002")
+        assert '<image class="tile" href="https://tiles.invalid/' in page.text
+        assert "img-src 'self' data: https://tiles.invalid;" in page.headers["content-security-policy"]
+    engine.dispose()
+
+
+def test_vehicle_condition_report(world: tuple) -> None:
+    from collector.storage.tables import DailyStatsRecord, SampleRecord
+
+    client, engine, _ = world
+    with Session(engine) as session:
+        batch_id = session.scalar(sa.select(BatchRecord.id))
+        for day, km in (("2026-11-26", 42.0), ("2026-11-27", 7.5)):
+            session.add(DailyStatsRecord(device_id="tbox-0002", day=day, batch_id=batch_id, time_ms=NOW,
+                                         distance_m=km * 1000, driving_s=3600, harsh_accel=1, harsh_brake=2,
+                                         odometer_km=61_234.5, final=True))
+        session.add(SampleRecord(batch_id=batch_id, device_id="tbox-0002", time_ms=NOW - DAY,
+                                 name="Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed", value=64.0))
+        session.commit()
+    user(client, "cole")  # no location in it: collections may read it
+    page = client.get("/console/loans/L-1002/condition").text
+    bars = re.findall(r'<svg class="chart distance".*?</svg>', page, flags=re.S)[0]
+    assert re.findall(r'data-value="([\d.]+)"', bars) == ["42", "7.5"]
+    assert "61234.5 km (2026-11-27)" in page
+    assert '<svg class="chart soc"' in page
+    assert re.search(r'data-day="2026-11-27">.*?<td class="num">64.0</td>', page, flags=re.S)
+
+
+def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -> None:
+    # add_demo_users runs ``lienwatch collector users add`` as child processes (the process tier)
+    from collector.storage.people import authenticate_user
+    from firmware_sim.rig.demo_console import DEMO_PASSWORD, DEMO_USERS, add_demo_users, console_lines
+
+    config = tmp_path / "collector.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path / "c.db"}"\n')
+    add_demo_users(config)
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with Session(engine) as session:
+        signed = [authenticate_user(session, name, DEMO_PASSWORD) for name, *_ in DEMO_USERS]
+        assert [(u.username, u.role, u.locale) for u in signed if u is not None] == [
+            (name, role, locale) for name, role, locale, _ in DEMO_USERS]
+    engine.dispose()
+    lines = console_lines("http://127.0.0.1:8080")
+    assert lines[0].startswith("Console: http://127.0.0.1:8080/console   users: analyst (risk_analyst)")
+    assert DEMO_PASSWORD in lines[1]
