@@ -262,6 +262,52 @@ def test_gnss_jamming_raises_gnss_lost_and_gnss_jamming_and_clears_both(replayed
     assert 180 <= gnss["no_fix_epochs"] <= 200  # 3 min of nothing plus the end of the collapse
 
 
+def test_ev_battery_raises_soh_drop_then_hv_disconnect_and_counts_energy(replayed: Callable[[str], Replayed]) -> None:
+    run = replayed("ev_battery")
+    assert run.rules() == [("soh_drop", "raised"), ("hv_disconnect", "raised")]  # neither recovers
+    health, removal = run.alerts
+    # 94 % -> 86 % over 36 h: the BMS first reads 89.0 % (0.5 % steps) 21.375 h in; the EV message is
+    # heard every ~140 s while parked, and a second low reading (change or 10-min heartbeat) confirms
+    degrade = run.event_ms("battery_degrade")
+    since = health["evidence"]["since_ms"]
+    assert degrade + 76_950_000 <= since <= degrade + 76_950_000 + 180_000
+    assert health["severity"] == "warning"
+    assert health["episode"] == f"soh_drop:{since}"
+    assert (health["evidence"]["reference_percent"], health["evidence"]["soh_percent"]) == (94.0, 89.0)
+    assert 0 < health["time_ms"] - since <= 12 * 60_000
+    # the pack leaves at 02:10 with the ignition off; the body controller keeps talking
+    removed = run.event_ms("hv_disconnect")
+    assert local(removed) == "2026-05-06 02:10:00"
+    evidence = removal["evidence"]
+    assert removal["severity"] == "high"
+    assert evidence["cause"] == "bms_silent"
+    assert evidence["ignition"] == "OFF"
+    assert removed - 150_000 <= evidence["since_ms"] <= removed  # the BMS's last sample
+    assert 240_000 <= removal["time_ms"] - evidence["since_ms"] <= 300_000  # missing_after_s, next 12 V heartbeat
+    assert removal["episode"] == f"hv_disconnect:{evidence['since_ms']}"
+    monday, tuesday = [s for s in run.stats if s["final"]]
+    assert monday["day"] == "2026-05-04"
+    assert monday["charging_sessions"] == 1
+    assert monday["energy_charged_kwh"] == pytest.approx(7.0 * 1.5, abs=0.2)  # 1.5 h at 7 kW
+    assert monday["energy_used_kwh"] == pytest.approx(0.072 * monday["distance_m"] / 1000, rel=0.15)
+    assert 93.0 <= monday["soh_percent"] <= 94.0
+    assert (tuesday["charging_sessions"], tuesday["energy_charged_kwh"], tuesday["energy_used_kwh"]) == (0, 0.0, 0.0)
+    assert tuesday["soh_percent"] < 89.0
+
+
+def test_cars_in_the_other_scenarios_report_their_battery_without_an_ev_alert(
+    replayed: Callable[[str], Replayed],
+) -> None:
+    for name in ("commute_week", "parked_in_market", "unplug"):
+        run = replayed(name)
+        assert not {a["rule"] for a in run.alerts} & {"hv_disconnect", "soh_drop"}, name
+        assert all(s["soh_percent"] == 96.0 for s in run.stats), name  # the default healthy pack
+    week = [s for s in replayed("commute_week").stats if s["final"]]
+    for day in week[:5]:  # 0.072 kWh per km driven, measured through V x I at the recorded rate
+        assert day["energy_used_kwh"] == pytest.approx(0.072 * day["distance_m"] / 1000, rel=0.25), day
+        assert day["charging_sessions"] == 0
+
+
 # -- the recorder: what the logs hold ---------------------------------------------------------
 
 
