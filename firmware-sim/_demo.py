@@ -51,6 +51,8 @@ DEMOS: dict[str, tuple[str, str, str]] = {
     "commute_week": ("driven through a normal commute week (nothing should happen)", "watch", ""),
     "ev_battery": ("whose traction battery loses its health fast and is then taken out at night", "watch",
                    "hv_disconnect"),
+    "relocation": ("that stops coming home: driven to another city and kept there night after night", "watch",
+                   "relocation"),
 }  # fmt: skip
 
 

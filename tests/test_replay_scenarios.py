@@ -58,7 +58,10 @@ DAY_MS = 86_400_000
 # the bus. The 3-day dwell uses the default plan. `lienwatch sim record --scenario
 # commute_week` at the defaults also replays without an alert (checked by hand, see the
 # scenario-replay section of docs/rules.md).
-PLANS = {"commute_week": RecordPlan(gnss_hz=0.2, parked_interval_s=300.0)}
+PLANS = {
+    "commute_week": RecordPlan(gnss_hz=0.2, parked_interval_s=300.0),
+    "relocation": RecordPlan(gnss_hz=0.2, parked_interval_s=300.0),  # two weeks, the same thrifty box
+}
 
 
 @dataclass
@@ -306,6 +309,25 @@ def test_cars_in_the_other_scenarios_report_their_battery_without_an_ev_alert(
     for day in week[:5]:  # 0.072 kWh per km driven, measured through V x I at the recorded rate
         assert day["energy_used_kwh"] == pytest.approx(0.072 * day["distance_m"] / 1000, rel=0.25), day
         assert day["charging_sessions"] == 0
+
+
+def test_relocation_raises_once_at_the_end_of_the_tenth_night_away(replayed: Callable[[str], Replayed]) -> None:
+    run = replayed("relocation")
+    assert run.rules() == [("relocation", "raised")]  # the car never comes home
+    alert = run.alerts[0]
+    evidence = alert["evidence"]
+    assert alert["severity"] == "high"
+    assert evidence["cause"] == "away_nights"
+    assert evidence["away_nights"] == 10
+    # Thursday 10:00 it leaves home; the first night away is Friday 00:00-05:00 local
+    assert local(evidence["since_ms"]) == "2026-06-05 00:00:00"
+    assert alert["episode"] == f"relocation:{evidence['since_ms']}"
+    end_of_tenth = datetime(2026, 6, 14, 5, 0, tzinfo=SHANGHAI).timestamp() * 1000
+    assert end_of_tenth <= alert["time_ms"] <= end_of_tenth + 300_000  # the box wakes every 5 min
+    assert evidence["distance_km"] == 88
+    assert len(evidence["usual_place_ids"]) == 1  # home; three nights taught it
+    assert str(evidence["place_id"]).startswith("p")
+    assert not any(key.endswith(("lat", "lon")) for key in evidence)  # no coordinate leaves the box
 
 
 # -- the recorder: what the logs hold ---------------------------------------------------------

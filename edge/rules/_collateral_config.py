@@ -1,12 +1,13 @@
-"""Thresholds of the collateral-signal rules (EV traction battery), typed and validated.
+"""Thresholds of the collateral-signal rules (EV traction battery, learned home base), typed and validated.
 
 They are fields of :class:`~edge.rules.RulesConfig` (``[rules.hv_disconnect]``,
-``[rules.soh_drop]``), kept in their own module so the battery rules stay apart from the
-original rule set. Defaults are the documented defaults (docs/rules.md).
+``[rules.soh_drop]``, ``[rules.relocation]``), kept in their own module so these rules stay
+apart from the original rule set. Defaults are the documented defaults (docs/rules.md).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EV_SOH_SIGNAL",
     "EV_VOLTAGE_SIGNAL",
     "HvDisconnectConfig",
+    "RelocationConfig",
     "SohDropConfig",
 ]
 
@@ -98,3 +100,85 @@ class SohDropConfig:
             raise ValueError(f"window_days={self.window_days} must be in 1..730")
         if not 1 <= self.confirm_samples <= 100:
             raise ValueError(f"confirm_samples={self.confirm_samples} must be in 1..100")
+
+
+_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+
+
+def _minute_of_day(where: str, text: str) -> int:
+    match = _HHMM.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{where}={text!r} must be HH:MM (00:00..23:59)")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class RelocationConfig:
+    """``relocation`` (severity high) and the home-base learner behind it.
+
+    Attributes:
+        enabled: run the learner and the rule.
+        night_start, night_end: local ``HH:MM`` window whose place is "where the car spent
+            the night" (may span midnight).
+        day_start, day_end: local ``HH:MM`` window whose place is "where the car spends the day".
+        min_presence_s: a window's place is the place where the car stayed longest inside
+            it, if at least this long; otherwise the window is undetermined (neither home
+            nor away: a car driven all night proves nothing).
+        stay_radius_m: fixes within this distance of where a stay began belong to it.
+        leave_fixes: consecutive fixes outside that end a stay (one outlier never does).
+        place_radius_m: window places this close are the same place.
+        usual_min_visits: nights plus days at a place that make it usual.
+        away_nights: nights in a row (undetermined ones skipped) at no place that was
+            usual when the run began raise ``relocation`` (cause ``away_nights``).
+        far_km, far_days: local days in a row whose every fix is more than ``far_km`` from
+            every usual place raise it too (cause ``far_days``, the flight signature).
+        forget_days: a place not visited for this long is forgotten.
+        max_places: places kept at most (least used forgotten first).
+        id_salt: mixed into the hashed place ids that leave the device; set a per-device
+            secret so nobody can recompute them from candidate coordinates.
+    """
+
+    enabled: bool = True
+    night_start: str = "00:00"
+    night_end: str = "05:00"
+    day_start: str = "10:00"
+    day_end: str = "16:00"
+    min_presence_s: float = 7200.0
+    stay_radius_m: float = 200.0
+    leave_fixes: int = 3
+    place_radius_m: float = 500.0
+    usual_min_visits: int = 3
+    away_nights: int = 10
+    far_km: float = 300.0
+    far_days: int = 10
+    forget_days: int = 90
+    max_places: int = 16
+    id_salt: str = ""
+
+    def __post_init__(self) -> None:
+        for start, end in (("night_start", "night_end"), ("day_start", "day_end")):
+            if _minute_of_day(start, getattr(self, start)) == _minute_of_day(end, getattr(self, end)):
+                raise ValueError(f"{start} and {end} must differ")
+        _at_least("min_presence_s", self.min_presence_s, 60.0)
+        _at_least("stay_radius_m", self.stay_radius_m, 10.0)
+        _at_least("place_radius_m", self.place_radius_m, 10.0)
+        _at_least("far_km", self.far_km, 1.0)
+        for name, low, high in (
+            ("leave_fixes", 1, 100),
+            ("usual_min_visits", 1, 1000),
+            ("away_nights", 1, 365),
+            ("far_days", 1, 365),
+            ("forget_days", 1, 3650),
+            ("max_places", 1, 256),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name}={value} must be in {low}..{high}")
+        if len(self.id_salt) > 256:
+            raise ValueError("id_salt must be at most 256 characters")
+
+    def window_minutes(self, kind: str) -> tuple[int, int]:
+        """(start, end) minutes after local midnight of the ``night`` or ``day`` window."""
+        if kind == "night":
+            return _minute_of_day("night_start", self.night_start), _minute_of_day("night_end", self.night_end)
+        return _minute_of_day("day_start", self.day_start), _minute_of_day("day_end", self.day_end)

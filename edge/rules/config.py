@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._collateral_config import HvDisconnectConfig, SohDropConfig
+from ._collateral_config import HvDisconnectConfig, RelocationConfig, SohDropConfig
 from ._typed_values import build_dataclass
 from .errors import ConfigError
 
@@ -293,7 +293,7 @@ class RulesConfig:
             processed as if it arrived at the newest time (GNSS and CAN interleave); older
             input is counted and dropped.
         stationary_near_market, night_door_openings, power_cut, gnss_lost, towing,
-        region_exit, daily_stats, hv_disconnect, soh_drop: per-rule settings.
+        region_exit, daily_stats, hv_disconnect, soh_drop, relocation: per-rule settings.
     """
 
     timezone: str = "Asia/Shanghai"
@@ -311,6 +311,7 @@ class RulesConfig:
     daily_stats: DailyStatsConfig = field(default_factory=DailyStatsConfig)
     hv_disconnect: HvDisconnectConfig = field(default_factory=HvDisconnectConfig)
     soh_drop: SohDropConfig = field(default_factory=SohDropConfig)
+    relocation: RelocationConfig = field(default_factory=RelocationConfig)
 
     def __post_init__(self) -> None:
         try:

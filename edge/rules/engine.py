@@ -42,6 +42,7 @@ from ._gnss_lost import GnssWatch
 from ._night_door_openings import NightDoorOpenings
 from ._power_cut import PowerCut
 from ._region_exit import RegionExit
+from ._relocation import Relocation
 from ._rule import Rule, SampleValue
 from ._stationary_near_market import StationaryNearMarket
 from ._towing import Towing
@@ -64,6 +65,7 @@ RULE_NAMES = frozenset(
         "region_exit",
         "hv_disconnect",
         "soh_drop",
+        "relocation",
     }
 )
 Output = list[Alert | DailyStats]
@@ -193,6 +195,7 @@ class Engine:
             self._region,
             HvDisconnect(config.hv_disconnect, self.counters),
             SohDrop(config.soh_drop, self.counters),
+            Relocation(config.relocation, zone, self.counters),
         )
         # state holders that are not rules (restored and snapshotted like rules)
         self._holders: tuple[DailyStatsTracker | EvDayMeter, ...] = (self._stats, self._stats.ev)
@@ -210,6 +213,7 @@ class Engine:
             self._region.key: config.region_exit.enabled,
             HvDisconnect.key: config.hv_disconnect.enabled,
             SohDrop.key: config.soh_drop.enabled,
+            Relocation.key: config.relocation.enabled,
         }
         self._rules = tuple(r for r in self._all_rules if enabled[r.key])
         self._disabled = tuple(r for r in self._all_rules if not enabled[r.key])
