@@ -53,6 +53,7 @@ DEMOS: dict[str, tuple[str, str, str]] = {
                    "hv_disconnect"),
     "relocation": ("that stops coming home: driven to another city and kept there night after night", "watch",
                    "relocation"),
+    "pawn_lot_second_lien": ("left in a pawn lot as the pledge for a second loan", "high", "stationary_near_market"),
 }  # fmt: skip
 
 

@@ -94,7 +94,7 @@ def write_agent_toml(folder: Path) -> Path:
         f'signal_map = "{DATA / "generic_car_map.toml"}"\n'
         "\n[rules]\n"
         'timezone = "Asia/Shanghai"\n'
-        f'markets_file = "{DATA / "markets.sample.toml"}"\n',
+        f'markets_file = "{DATA / "places.sample.toml"}"\n',  # the sample market plus typed places (#17)
         encoding="utf-8",
     )
     return path
@@ -328,6 +328,26 @@ def test_relocation_raises_once_at_the_end_of_the_tenth_night_away(replayed: Cal
     assert len(evidence["usual_place_ids"]) == 1  # home; three nights taught it
     assert str(evidence["place_id"]).startswith("p")
     assert not any(key.endswith(("lat", "lon")) for key in evidence)  # no coordinate leaves the box
+
+
+def test_pawn_lot_second_lien_raises_after_the_pawn_lots_24_hours(replayed: Callable[[str], Replayed]) -> None:
+    run = replayed("pawn_lot_second_lien")
+    assert run.rules() == [("stationary_near_market", "raised")]  # the car stays pledged
+    alert = run.alerts[0]
+    evidence = alert["evidence"]
+    assert alert["severity"] == "high"
+    assert (evidence["place_type"], evidence["market_id"], evidence["market_datum"]) == (
+        "pawn_lot",
+        "sh-minhang-pawn",
+        "gcj02",
+    )
+    assert evidence["min_duration_s"] == 86_400.0  # a pawn lot needs a day, a used-car market three
+    assert 10.0 < evidence["distance_to_market_m"] < 40.0  # parked about 20 m from the lot's point
+    arrived = run.event_ms("stop_begin", 0)
+    assert arrived - 60_000 <= evidence["dwell_start_ms"] <= arrived + 60_000
+    assert alert["episode"] == f"stationary_near_market:{evidence['dwell_start_ms']}"
+    assert 86_400_000 <= alert["time_ms"] - evidence["dwell_start_ms"] <= 86_400_000 + 60_000
+    assert run.scenario.end_ms - alert["time_ms"] > 5 * 3_600_000  # raised well before the scenario ends
 
 
 # -- the recorder: what the logs hold ---------------------------------------------------------

@@ -19,7 +19,10 @@ __all__ = [
     "EV_SOC_SIGNAL",
     "EV_SOH_SIGNAL",
     "EV_VOLTAGE_SIGNAL",
+    "PLACE_TYPE_DEFAULTS",
+    "SEVERITY_NAMES",
     "HvDisconnectConfig",
+    "PlaceTypeConfig",
     "RelocationConfig",
     "SohDropConfig",
 ]
@@ -182,3 +185,35 @@ class RelocationConfig:
         if kind == "night":
             return _minute_of_day("night_start", self.night_start), _minute_of_day("night_end", self.night_end)
         return _minute_of_day("day_start", self.day_start), _minute_of_day("day_end", self.day_end)
+
+
+SEVERITY_NAMES = ("info", "warning", "high", "panic")
+#: dwell threshold (seconds) and severity of each place type; ``used_car_market`` takes its
+#: threshold from ``[rules.stationary_near_market] min_duration_s`` unless set here
+PLACE_TYPE_DEFAULTS: dict[str, tuple[float | None, str]] = {
+    "used_car_market": (None, "high"),
+    "pawn_lot": (24 * 3600.0, "high"),
+    "auction": (24 * 3600.0, "high"),
+    "impound_yard": (24 * 3600.0, "warning"),
+    "port": (48 * 3600.0, "high"),
+    "border_crossing": (6 * 3600.0, "high"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceTypeConfig:
+    """``[rules.stationary_near_market.place_types.TYPE]``: one place type's dwell rule.
+
+    Attributes:
+        min_duration_s: how long the car must stay in such a place (None: the type's default).
+        severity: ``info`` | ``warning`` | ``high`` | ``panic`` (None: the type's default).
+    """
+
+    min_duration_s: float | None = None
+    severity: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_duration_s is not None and not self.min_duration_s > 0:
+            raise ValueError(f"min_duration_s={self.min_duration_s!r} must be > 0")
+        if self.severity is not None and self.severity not in SEVERITY_NAMES:
+            raise ValueError(f"severity={self.severity!r} must be one of {list(SEVERITY_NAMES)}")

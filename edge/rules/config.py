@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._collateral_config import HvDisconnectConfig, RelocationConfig, SohDropConfig
+from ._collateral_config import (
+    PLACE_TYPE_DEFAULTS,
+    HvDisconnectConfig,
+    PlaceTypeConfig,
+    RelocationConfig,
+    SohDropConfig,
+)
 from ._typed_values import build_dataclass
 from .errors import ConfigError
 
@@ -71,6 +77,8 @@ class DwellConfig:
         centre_samples: positions kept for the running median centre.
         centre_sample_interval_s: at most one position per this many seconds enters the
             median buffer (so a 10 Hz burst does not flush the history).
+        place_types: per place type (``pawn_lot``, ``port``, ...) its own ``min_duration_s``
+            and ``severity``; types not listed keep their defaults (see :meth:`threshold`).
     """
 
     enabled: bool = True
@@ -79,8 +87,19 @@ class DwellConfig:
     leave_fixes: int = 3
     centre_samples: int = 31
     centre_sample_interval_s: float = 30.0
+    place_types: dict[str, PlaceTypeConfig] = field(default_factory=dict)
+
+    def threshold(self, place_type: str) -> tuple[float, str]:
+        """(dwell seconds, severity name) for a place of ``place_type``."""
+        default_s, default_severity = PLACE_TYPE_DEFAULTS[place_type]
+        chosen = self.place_types.get(place_type, PlaceTypeConfig())
+        seconds = chosen.min_duration_s or default_s or self.min_duration_s
+        return seconds, chosen.severity or default_severity
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.place_types) - set(PLACE_TYPE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"place_types.{unknown[0]} is not a place type {list(PLACE_TYPE_DEFAULTS)}")
         _positive("radius_m", self.radius_m)
         _positive("min_duration_s", self.min_duration_s)
         if not 1 <= self.leave_fixes <= 100:

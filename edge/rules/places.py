@@ -20,12 +20,15 @@ from pathlib import Path
 from .errors import PlacesError
 from .geo import DATUMS, point_in_ring, to_wgs84
 
-__all__ = ["MAX_PLACES", "MAX_RING_POINTS", "Market", "Region", "load_markets", "load_regions"]
+__all__ = ["MAX_PLACES", "MAX_RING_POINTS", "PLACE_TYPES", "Market", "Region", "load_markets", "load_regions"]
 
 MAX_PLACES = 100_000
 MAX_RING_POINTS = 20_000
 MAX_FILE_BYTES = 32 * 1024 * 1024
 _ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+#: kinds of watched place (#17); each has its own dwell threshold and severity in
+#: ``[rules.stationary_near_market.place_types]``. A market item without ``type`` is a used-car market.
+PLACE_TYPES = ("used_car_market", "pawn_lot", "impound_yard", "auction", "port", "border_crossing")
 
 
 def _check_id(what: str, value: object) -> None:
@@ -57,6 +60,7 @@ class Market:
         lon: WGS-84 longitude of the centre.
         radius_m: the market's extent around its centre, metres (1 .. 50 km).
         datum: the datum the source declared (kept for evidence and audits).
+        type: the kind of place, one of :data:`PLACE_TYPES` (default ``used_car_market``).
     """
 
     id: str
@@ -65,6 +69,7 @@ class Market:
     lon: float
     radius_m: float
     datum: str = "wgs84"
+    type: str = "used_car_market"
 
     def __post_init__(self) -> None:
         _check_id("market", self.id)
@@ -75,6 +80,8 @@ class Market:
             raise ValueError(f"market {self.id} radius_m={radius!r} must be a number in [1, 50000]")
         if self.datum not in DATUMS:
             raise ValueError(f"market {self.id} datum {self.datum!r} must be one of {sorted(DATUMS)}")
+        if self.type not in PLACE_TYPES:
+            raise ValueError(f"market {self.id} type {self.type!r} must be one of {list(PLACE_TYPES)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +181,7 @@ def _datum(item: Mapping[str, object], where: str, default: str | None) -> str:
     return datum.lower()
 
 
-_MARKET_KEYS = frozenset({"id", "name", "lat", "lon", "radius_m", "datum"})
+_MARKET_KEYS = frozenset({"id", "name", "lat", "lon", "radius_m", "datum", "type"})
 
 
 def _market(item: object, where: str) -> Market:
@@ -197,6 +204,7 @@ def _market(item: object, where: str) -> Market:
             lon=wlon,
             radius_m=_get(item, "radius_m", where),  # type: ignore[arg-type]
             datum=datum,
+            type=item.get("type", "used_car_market"),
         )
     except ValueError as exc:
         raise PlacesError(f"{where}: {exc}") from exc
@@ -208,7 +216,8 @@ def load_markets(source: str | Path | Iterable[Mapping[str, object] | Market]) -
     Args:
         source: a ``.toml`` file (``[[market]]`` tables), a ``.json`` file (a list or
             ``{"markets": [...]}``), or already-parsed items, each with ``id``, ``name``,
-            ``lat``, ``lon``, ``radius_m`` and ``datum`` (``wgs84`` | ``gcj02`` | ``bd09``).
+            ``lat``, ``lon``, ``radius_m`` and ``datum`` (``wgs84`` | ``gcj02`` | ``bd09``), and
+            optionally ``type`` (one of :data:`PLACE_TYPES`, default ``used_car_market``).
 
     Returns:
         Markets with WGS-84 centres, in input order.
