@@ -2,8 +2,9 @@
 
 How this works:
 
-* **Stays.** Good fixes within ``stay_radius_m`` of where a stay began belong to it;
-  ``leave_fixes`` consecutive fixes outside end it (the newest of them starts the next).
+* **Stays.** Good fixes (at most one per ``OBSERVE_EVERY_MS``, 30 s) within
+  ``stay_radius_m`` of where a stay began belong to it; ``leave_fixes`` consecutive fixes
+  outside end it (the newest of them starts the next).
   The time between two consecutive fixes of one stay (up to a day: a box that sleeps and
   finds the car where it left it) is time spent *there*.
 * **Windows.** That time is split over the local night window and day window it overlaps
@@ -38,6 +39,8 @@ from .geo import distance_m
 __all__ = ["HomeBaseLearner", "HomeBaseState", "PlaceState", "WindowPart", "WindowResult"]
 
 MAX_ATTRIBUTED_GAP_MS = 86_400_000
+#: the learner works in hours: one fix per 30 s is plenty (a 10 Hz drive costs nothing)
+OBSERVE_EVERY_MS = 30_000
 EXPIRE_AFTER_MS = 6 * 3_600_000
 KINDS = ("night", "day")
 
@@ -79,6 +82,7 @@ class WindowPart:
 class HomeBaseState:
     """Persisted state of the learner."""
 
+    observed_ms: int | None = None
     stay_ms: int | None = None
     stay_lat: float | None = None
     stay_lon: float | None = None
@@ -112,9 +116,25 @@ class HomeBaseLearner:
     def __init__(self, config: RelocationConfig, zone: ZoneInfo, state: HomeBaseState) -> None:
         self.config = config
         self.zone = zone
-        self.state = state
         self._windows: list[tuple[int, int, str, str]] = []  # (start_ms, end_ms, kind, key), derived
         self._covered = (0, -1)
+        self._state = state
+        self._first_end: int | None = None  # earliest end of a pending window (derived, None = recompute)
+
+    @property
+    def state(self) -> HomeBaseState:
+        """The persisted state (shared with the relocation rule's snapshot)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: HomeBaseState) -> None:
+        self._state = value
+        self._first_end = None
+
+    def _earliest_end(self) -> int | None:
+        if self._first_end is None and self._state.parts:
+            self._first_end = min(p.end_ms for p in self._state.parts)
+        return self._first_end
 
     # ------------------------------------------------------------------ windows
 
@@ -158,6 +178,7 @@ class HomeBaseLearner:
                     break
             else:
                 s.parts.append(WindowPart(kind, key, start, end, s.stay_ms, s.stay_lat, s.stay_lon, seconds))
+                self._first_end = None
 
     # ------------------------------------------------------------------ input
 
@@ -165,6 +186,9 @@ class HomeBaseLearner:
         """A good fix; returns the windows it closed, oldest first."""
         s = self.state
         cfg = self.config
+        if s.observed_ms is not None and 0 <= time_ms - s.observed_ms < OBSERVE_EVERY_MS:
+            return []
+        s.observed_ms = time_ms
         if s.stay_ms is None or s.stay_lat is None or s.stay_lon is None or s.last_ms is None:
             s.stay_ms, s.stay_lat, s.stay_lon, s.last_ms, s.out_count = time_ms, lat, lon, time_ms, 0
         elif distance_m(s.stay_lat, s.stay_lon, lat, lon) <= cfg.stay_radius_m:
@@ -180,16 +204,21 @@ class HomeBaseLearner:
 
     def expire(self, now_ms: int) -> list[WindowResult]:
         """Close windows that ended more than six hours ago without a fix since."""
+        first = self._earliest_end()
+        if first is None or first + EXPIRE_AFTER_MS > now_ms:
+            return []
         return self._close(lambda end: end + EXPIRE_AFTER_MS <= now_ms)
 
     # ------------------------------------------------------------------ places
 
     def _close(self, due: Callable[[int], bool]) -> list[WindowResult]:
         s = self.state
-        closing = [p for p in s.parts if due(p.end_ms)]
-        if not closing:
+        first = self._earliest_end()
+        if first is None or not due(first):
             return []
+        closing = [p for p in s.parts if due(p.end_ms)]
         s.parts = [p for p in s.parts if not due(p.end_ms)]
+        self._first_end = None
         windows: dict[tuple[str, str], list[WindowPart]] = {}
         for part in closing:
             windows.setdefault((part.kind, part.key), []).append(part)
