@@ -13,6 +13,7 @@ See docs/rules.md for every rule, its thresholds and how ordering is handled.
 """
 
 from . import geo
+from ._collateral_config import HvDisconnectConfig, PlaceTypeConfig, RelocationConfig, SohDropConfig
 from ._daily_stats import local_day_bounds
 from .config import (
     DEFAULT_DOORS,
@@ -27,10 +28,11 @@ from .config import (
 )
 from .engine import RULE_NAMES, SNAPSHOT_FORMAT, Engine, RulesCounters
 from .errors import ConfigError, EventError, PlacesError, RulesError, StateError
-from .places import Market, Region, load_markets, load_regions
+from .places import PLACE_TYPES, Market, Region, load_markets, load_regions
 
 __all__ = [
     "DEFAULT_DOORS",
+    "PLACE_TYPES",
     "RULE_NAMES",
     "SNAPSHOT_FORMAT",
     "ConfigError",
@@ -39,15 +41,19 @@ __all__ = [
     "Engine",
     "EventError",
     "GnssLostConfig",
+    "HvDisconnectConfig",
     "Market",
     "NightDoorsConfig",
+    "PlaceTypeConfig",
     "PlacesError",
     "PowerCutConfig",
     "Region",
     "RegionExitConfig",
+    "RelocationConfig",
     "RulesConfig",
     "RulesCounters",
     "RulesError",
+    "SohDropConfig",
     "StateError",
     "TowingConfig",
     "geo",
