@@ -209,3 +209,15 @@ def test_snapshots_carry_the_ev_state_and_older_snapshots_still_restore() -> Non
     snapshot["rules"]["soh_drop"] = {"day_index": [1], "day_max": ["x"]}
     with pytest.raises(StateError, match=r"state\.rules\.soh_drop"):
         Engine(rules.config, state=snapshot)
+
+
+def test_the_silence_counts_from_the_moment_the_car_is_switched_off() -> None:
+    """A time-compressed drive hears the 1 s BMS message rarely: switching off must not look like a removal."""
+    rules = engine()
+    out = run(rules, [sig(IGNITION, T0, "ON"), sig(PACK_V, T0, 380.0)])
+    out += run(rules, [sig(VOLTAGE, T0 + k * 40 * S, 14.0 + k % 2) for k in range(1, 9)])  # 320 s of driving
+    out += run(rules, [sig(IGNITION, T0 + 330 * S, "OFF"), sig(VOLTAGE, T0 + 340 * S, 12.6)])
+    assert alerts(out, "hv_disconnect") == []
+    out = run(rules, [sig(VOLTAGE, T0 + 330 * S + k * 60 * S, 12.6 + k % 2 * 0.3) for k in range(1, 5)])
+    [alert] = alerts(out, "hv_disconnect")  # parked and still no BMS 240 s after the switch-off
+    assert alert.episode == f"hv_disconnect:{T0 + 330 * S}"

@@ -4,8 +4,9 @@ How ``hv_disconnect`` works: the pack's BMS sends every traction-battery signal;
 that is removed (or whose connector is pulled) vanishes from the bus while the gateway and
 the body controller keep talking. So, with the ignition known to be off (parked):
 
-* ``bms_silent``: no traction-battery sample for ``missing_after_s`` while other CAN
-  samples (12 V supply, ignition, speed) keep arriving. Only CAN input counts as proof
+* ``bms_silent``: no traction-battery sample for ``missing_after_s`` (counted from the
+  later of the last one and the moment the ignition went off) while other CAN samples
+  (12 V supply, ignition, speed) keep arriving. Only CAN input counts as proof
   that the bus is alive (GNSS and ticks do not), and a stretch with no CAN input at all
   longer than ``missing_after_s`` (bus asleep, box asleep or unplugged: that is
   ``power_cut``'s business) restarts the timer. A car whose BMS was never heard (no
@@ -87,6 +88,9 @@ class HvDisconnect(Rule):
         s.bus_ms = now
         out: list[Alert] = []
         if name == IGNITION_SIGNAL:
+            parked_now = str(value) not in _IGNITION_ON
+            if parked_now and (s.ignition is None or s.ignition in _IGNITION_ON) and s.bms_ms is not None:
+                s.bms_ms = now  # "while parked": the BMS's silence counts from the moment the car is off
             s.ignition = str(value)
         elif name in EV_SIGNALS:
             s.bms_ms = now
