@@ -14,7 +14,7 @@ pack: the BMS, and with it the whole ``EV_BATTERY`` message, is silent until
 
 from __future__ import annotations
 
-from ._scenario import Scenario, TimelineEvent
+from .scenario import Scenario, TimelineEvent
 
 __all__ = ["CONSUMPTION_KWH_PER_KM", "EV_MESSAGE", "TractionBattery"]
 

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge import keys
 from edge.agent import Agent, ObservationClock, StructuredFormatter
 from edge.config import AgentConfig, load_config
 from edge.outbox import Outbox
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import (
     Alert,
     AlertState,
@@ -32,7 +31,9 @@ from protocol import (
     seal_config,
     state_topic,
 )
-from tests.test_uplink import Collector, wait_until
+from protocol.cli import key_files as keys
+from protocol.errors import KeyFileError
+from tests.mqtt_subscriber import Collector, wait_until
 
 DEVICE = "car-0042"
 T0 = 1_767_225_600_000
@@ -144,8 +145,13 @@ def collector(mosquitto: Mosquitto) -> Iterator[Collector]:
     c.close()
 
 
-def batches(collector: Collector, agent: Agent) -> dict[int, Batch]:
-    keys_ = {DEVICE: agent._key.public_key()}
+def device_keys(tmp_path: Path) -> dict[str, Ed25519PublicKey]:
+    """The device's public key as a collector has it: the ``.pub`` file ``make_config`` generated."""
+    return {DEVICE: keys.load_public_key(keys.public_key_path(tmp_path / "keys", DEVICE))}
+
+
+def batches(collector: Collector, tmp_path: Path) -> dict[int, Batch]:
+    keys_ = device_keys(tmp_path)
     return {b.seq: b for b in (open_batch(bytes(m.payload), m.topic, keys_) for m in collector.on(batch_topic(DEVICE)))}
 
 
@@ -199,7 +205,7 @@ def test_every_batch_arrives_urgent_alerts_go_alone_and_shutdown_is_clean(
         assert wait_until(lambda: agent.counters["records_in"] == 122)
     finally:
         assert run.stop() == 0
-    got = batches(collector, agent)
+    got = batches(collector, tmp_path)
     assert sorted(got) == [1, 2, 3, 4]  # the 4th is the open batch, flushed on shutdown
     assert [len(got[s].fixes) for s in (1, 2)] == [50, 50]
     assert got[3].alerts[0].severity is Severity.PANIC
@@ -209,7 +215,7 @@ def test_every_batch_arrives_urgent_alerts_go_alone_and_shutdown_is_clean(
     assert {b.boot_id for b in got.values()} == {agent.boot_id}
     assert source.closed
     assert json.loads(agent.snapshot_path.read_text()) == {"fed": 122}
-    public = {DEVICE: agent._key.public_key()}
+    public = device_keys(tmp_path)
     states = [open_state(bytes(m.payload), m.topic, public) for m in collector.on(state_topic(DEVICE))]
     assert states[0].online is True
     assert states[-1].online is False
@@ -230,7 +236,7 @@ def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquit
     box = Outbox(config.outbox.path)
     pending = box.pending(10)
     assert [p.seq for p in pending] == [1]
-    batch = open_batch(pending[0].message, batch_topic(DEVICE), {DEVICE: agent._key.public_key()})
+    batch = open_batch(pending[0].message, batch_topic(DEVICE), device_keys(tmp_path))
     assert [f.time_ms for f in batch.fixes] == [f.time_ms for f in fixes(30)]
     box.close()
     # the next run continues the sequence and still delivers the old batch first
@@ -243,7 +249,7 @@ def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquit
             assert collector.wait_for(lambda ms: len(ms) >= 2)
         finally:
             run.stop()
-        got = batches(collector, again)
+        got = batches(collector, tmp_path)
         assert sorted(got)[:2] == [1, 17]  # a crash-free restart still skips the rest of the reserved block
         assert got[17].counters == {"seq_skipped_from": 2, "seq_skipped": 15}
     finally:
@@ -269,7 +275,7 @@ def test_full_outbox_keeps_alerts_and_reports_every_eviction(
         assert collector.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/batch")]) >= expected, 60)
     finally:
         run.stop()
-    got = batches(collector, agent)
+    got = batches(collector, tmp_path)
     alert_batches = [b for b in got.values() if b.alerts]
     assert len(alert_batches) == 20  # every alert survived
     assert sorted(a.alerts[0].time_ms for a in alert_batches) == [T0 + i * 50_000 for i in range(20)]
@@ -329,7 +335,7 @@ def test_signed_config_is_applied_without_restart_and_forgeries_are_counted(
     assert agent.gate.version == 5
     assert engine.calls == [("config", 3.0), ("markets", ["m1"])]
     last_state = collector.on(state_topic(DEVICE))[-1]
-    state = open_state(bytes(last_state.payload), last_state.topic, {DEVICE: agent._key.public_key()})
+    state = open_state(bytes(last_state.payload), last_state.topic, device_keys(tmp_path))
     assert state.counters["config_version"] == 5
     assert state.counters["config_rejected"] == 4
     # after a restart the accepted configuration is applied again from the signed copy on disk
@@ -346,16 +352,17 @@ def test_sighup_reload_applies_batch_settings_and_reports_restart_needs(mosquitt
     agent = Agent(config, engine=ScriptedEngine(), sources={})
     assert config.source is not None
     config.source.write_text(config.source.read_text().replace("max_fixes = 50", "max_fixes = 7"))
-    agent.request_reload()
-    agent._drain_queue(10)
-    assert agent.batcher.settings.max_fixes == 7
-    assert agent.counters["reloads"] == 1
-    config.source.write_text("not toml [")
-    agent.request_reload()
-    agent._drain_queue(10)
-    assert agent.counters["reload_failures"] == 1
-    assert agent.batcher.settings.max_fixes == 7
-    agent.outbox.close()
+    run = Running(agent)
+    try:
+        agent.request_reload()  # what SIGHUP does
+        assert wait_until(lambda: agent.counters["reloads"] == 1)
+        assert agent.batcher.settings.max_fixes == 7
+        config.source.write_text("not toml [")
+        agent.request_reload()
+        assert wait_until(lambda: agent.counters["reload_failures"] == 1)
+        assert agent.batcher.settings.max_fixes == 7
+    finally:
+        assert run.stop() == 0
 
 
 def test_a_corrupt_rule_snapshot_is_set_aside_and_counted(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -391,7 +398,7 @@ def test_real_rules_engine_is_used_by_default(mosquitto: Mosquitto, tmp_path: Pa
 def test_world_readable_key_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = make_config(tmp_path, mosquitto.port)
     config.device.key_file.chmod(0o644)
-    with pytest.raises(keys.KeyFileError):
+    with pytest.raises(KeyFileError):
         Agent(config, engine=ScriptedEngine(), sources={})
 
 
@@ -411,9 +418,11 @@ def test_observation_clock_holds_until_the_first_gnss_epoch_then_falls_back_to_h
 
 def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None:
     """Feeding host-stamped CAN first would put the engine ahead of GNSS time (and drop every fix)."""
-    from edge.agent import _StampedCan
+    from edge.stamped_can import StampedCanSource
 
     class FakeCan:
+        counters = None
+
         def __init__(self) -> None:
             self.batches: list[list[tuple[str, float]]] = [
                 [("Vehicle.LowVoltageSystemState", 1_700_000_000.0)],
@@ -430,7 +439,7 @@ def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None
 
     mono, wall = [0.0], [1_700_000_001.0]
     clock = ObservationClock(monotonic=lambda: mono[0], wall=lambda: wall[0], hold_s=10.0)
-    can = _StampedCan(FakeCan(), clock)
+    can = StampedCanSource(FakeCan(), clock)
     assert can.read() == []  # held: no observation time yet
     assert can.read() == []
     clock.on_fix(T0)

@@ -9,16 +9,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from collector.api_loans import ConfigMessage, LoansSettings, redact_coordinates, router, sse_frame
-from collector.app import create_app
-from collector.database import create_engine, migrate
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import AuditEntry, WebhookDelivery
-from collector.models import AlertRecord, BatchRecord, Device, FixRecord
-from collector.settings import Settings, hash_api_key
+from collector.api.app import create_app
+from collector.api.dependencies import ApiNotWiredError
+from collector.api.loans import ConfigMessage, redact_coordinates, router, sse_frame
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.settings import RiskSettings, Settings, WebhookSettings, get_settings, hash_api_key
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, WebhookDelivery
 from protocol import config_topic, open_config
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
@@ -56,13 +57,19 @@ def api(tmp_path: Path) -> Iterator[Api]:
         session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=NOW - 3 * DAY, lat=31.302,
                               lon=121.2456, speed_mps=0.0, mode=3))
         session.commit()
-    settings = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()})
-    app = create_app(settings, engine=engine, routers=[router])
+    settings = Settings(
+        api_keys={hash_api_key(k): role for role, k in KEYS.items()},
+        webhooks=WebhookSettings(urls=("http://127.0.0.1:9/hook",), secret="s" * 16),
+    )
     published: list[ConfigMessage] = []
-    app.state.clock_ms = lambda: NOW
-    app.state.loans_settings = LoansSettings(webhook_urls=("http://127.0.0.1:9/hook",))
-    app.state.collector_signing_key = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
-    app.state.config_publisher = published.extend
+    app = create_app(
+        settings,
+        engine=engine,
+        routers=[router],
+        clock_ms=lambda: NOW,
+        signing_key=Ed25519PrivateKey.from_private_bytes(b"\x07" * 32),
+        config_publisher=published.extend,
+    )
     with TestClient(app) as client:
         yield Api(client, engine, published)
     engine.dispose()
@@ -88,6 +95,30 @@ def test_assess_then_list_and_filter(api: Api) -> None:
     assert api.call("GET", "/v1/loans", "admin", params={"level": "panic"}).status_code == 422
     with Session(api.engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 2  # one per level change
+
+
+def test_v2_score_in_the_loan_and_the_worklist(api: Api) -> None:
+    for loan_id in ("L-1001", "L-1002", "L-1003", "L-1004", "L-1005"):
+        api.call("POST", f"/v1/loans/{loan_id}/assess", "admin")
+    loan = api.call("GET", "/v1/loans/L-1002", "collections").json()
+    score = loan["risk"]["score"]
+    assert score["model_version"] == "2026.12.1"
+    assert 0 < score["score"] < 1
+    assert float(score["expected_loss"]) > 0
+    assert score["tier"] == "risk"
+    assert score["credit"]["level"] in ("high", "critical")
+    assert score["credit"]["next_step"] in ("call_borrower", "on_site_check")
+    assert score["collateral"]["level"] == "normal"
+    first = score["credit"]["reasons"][0]
+    assert {"code", "axis", "kind", "log_odds", "pd_points", "value"} <= set(first)
+    assert first["axis"] == "credit"
+    worklist = api.call("GET", "/v1/loans", "collections", params={"order": "expected_loss"}).json()
+    losses = [float(x["expected_loss"]) for x in worklist]
+    assert losses == sorted(losses, reverse=True)
+    assert worklist[0]["loan_id"] == "L-1002"
+    assert worklist[0]["credit"]["level"] == score["credit"]["level"]
+    assert {x["tier"] for x in worklist} <= {"on_time_12m", "minor_lates_cured", "risk", "new"}
+    assert api.call("GET", "/v1/loans", "admin", params={"order": "random"}).status_code == 422
 
 
 def test_roles(api: Api) -> None:
@@ -233,3 +264,20 @@ def test_sse_backlog(api: Api) -> None:
 
 def test_sse_frame() -> None:
     assert sse_frame(7, "risk", {"b": 1, "a": "x"}) == b'id: 7\nevent: risk\ndata: {"a":"x","b":1}\n\n'
+
+
+def test_routes_take_the_settings_from_the_dependency(api: Api) -> None:
+    strict = api.call("GET", "/v1/loans/L-1003", "admin").json()["repayment"]
+    app = api.client.app
+    assert isinstance(app, FastAPI)
+    lenient = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()}, risk=RiskSettings(grace_days=60))
+    app.dependency_overrides[get_settings] = lambda: lenient
+    relaxed = api.call("GET", "/v1/loans/L-1003", "admin").json()["repayment"]
+    assert (strict["consecutive_late"], relaxed["consecutive_late"]) == (1, 0)
+
+
+def test_a_router_outside_create_app_fails_loudly_instead_of_using_defaults() -> None:
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=True) as client, pytest.raises(ApiNotWiredError, match="create_app"):
+        client.get("/v1/loans", headers={"Authorization": f"Bearer {KEYS['admin']}"})

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from edge.rules import ConfigError, Engine, RulesConfig, StateError
+from edge.errors import ConfigError
+from edge.rules import Engine, RulesConfig, StateError
 from protocol import AlertState, DailyStats, Severity, SignalSample
-from tests.test_rules_timeline import IGNITION, MIN, SPEED, T0, VOLTAGE, H, S, alerts, engine, run, sig
+from tests.timeline import IGNITION, MIN, SPEED, T0, VOLTAGE, H, S, alerts, engine, run, sig
 
 PACK = "Vehicle.Powertrain.TractionBattery"
 SOC = f"{PACK}.StateOfCharge.Displayed"

@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from edge.rules import ConfigError, Engine, RulesConfig
+from edge.errors import ConfigError
+from edge.rules import Engine, RulesConfig
 from protocol import Alert, AlertState, Fix, Severity
-from tests.test_rules_timeline import SHANGHAI, alerts, fix
+from tests.timeline import SHANGHAI, alerts, fix
 
 Where = tuple[float, float] | None
 Life = Callable[[datetime], Where]

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.rules import ConfigError, Engine, PlacesError, RulesConfig, load_markets
+from edge.errors import ConfigError
+from edge.place_files import load_markets_file
+from edge.rules import Engine, RulesConfig
 from protocol import AlertState, Severity
-from tests.test_rules_timeline import MIN, T0, H, alerts, fix, offset, parked, run
+from protocol.errors import PlacesError
+from protocol.places import load_places
+from tests.timeline import MIN, T0, H, alerts, fix, offset, parked, run
 
 RULE = "stationary_near_market"
 SAMPLE_PLACES = Path(__file__).resolve().parents[1] / "edge" / "data" / "places.sample.toml"
@@ -23,7 +27,7 @@ def place(id_: str, place_type: str | None, lat: float = 31.0, lon: float = 121.
 
 
 def test_the_sample_places_carry_their_types_and_an_untyped_item_is_a_used_car_market() -> None:
-    market, pawn = load_markets(SAMPLE_PLACES)
+    market, pawn = load_markets_file(SAMPLE_PLACES)
     assert (market.id, market.type, pawn.id, pawn.type) == (
         "sh-jiading-ucm",
         "used_car_market",
@@ -32,15 +36,15 @@ def test_the_sample_places_carry_their_types_and_an_untyped_item_is_a_used_car_m
     )
     assert abs(pawn.lat - PAWN_WGS[0]) < 1e-5
     assert abs(pawn.lon - PAWN_WGS[1]) < 1e-5
-    [untyped] = load_markets([place("m1", None)])
+    [untyped] = load_places([place("m1", None)])
     assert untyped.type == "used_car_market"
 
 
 @pytest.mark.parametrize("bad", ["pawnshop", "", 3, None])
 def test_an_unknown_place_type_is_refused_naming_the_item(bad: object) -> None:
     item = place("m1", "x") | {"type": bad}
-    with pytest.raises(PlacesError, match=r"markets item 0: market m1 type .* must be one of \['used_car_market'"):
-        load_markets([item])
+    with pytest.raises(PlacesError, match=r"markets item 0 type .* must be one of \['used_car_market', 'pawn_lot'"):
+        load_places([item])
 
 
 def dwell(engine: Engine, spot: tuple[float, float], hours: float) -> list[object]:
@@ -48,7 +52,7 @@ def dwell(engine: Engine, spot: tuple[float, float], hours: float) -> list[objec
 
 
 def test_a_pawn_lot_raises_after_24_hours_not_72() -> None:
-    engine = Engine(RulesConfig(), markets=load_markets(SAMPLE_PLACES))
+    engine = Engine(RulesConfig(), markets=load_markets_file(SAMPLE_PLACES))
     assert alerts(dwell(engine, PAWN_WGS, 23.9)) == []
     [alert] = alerts(run(engine, [fix(T0 + 24 * H, *PAWN_WGS)]))
     assert (alert.rule, alert.severity, alert.state) == (RULE, Severity.HIGH, AlertState.RAISED)
@@ -61,7 +65,7 @@ def test_a_pawn_lot_raises_after_24_hours_not_72() -> None:
 
 def test_each_type_has_its_own_threshold_and_severity_and_the_config_overrides_them() -> None:
     spots = {t: (31.0 + 0.1 * i, 121.0) for i, t in enumerate(("impound_yard", "border_crossing", "port"))}
-    markets = load_markets([place(t, t, *spot) for t, spot in spots.items()])
+    markets = load_places([place(t, t, *spot) for t, spot in spots.items()])
     expected = {
         "impound_yard": (24, Severity.WARNING),
         "border_crossing": (6, Severity.HIGH),
@@ -84,14 +88,14 @@ def test_each_type_has_its_own_threshold_and_severity_and_the_config_overrides_t
 
 def test_used_car_markets_keep_min_duration_s() -> None:
     config = RulesConfig.from_dict({"stationary_near_market": {"min_duration_s": 7200}})
-    engine = Engine(config, markets=load_markets([place("m", None)]))
+    engine = Engine(config, markets=load_places([place("m", None)]))
     assert alerts(dwell(engine, (31.0, 121.0), 1.9)) == []
     [alert] = alerts(run(engine, [fix(T0 + 2 * H, 31.0, 121.0)]))
     assert alert.evidence["place_type"] == "used_car_market"
 
 
 def test_overlapping_places_raise_by_the_first_type_whose_dwell_is_reached() -> None:
-    markets = load_markets([place("market", "used_car_market"), place("pawn", "pawn_lot", 31.0005, 121.0)])
+    markets = load_places([place("market", "used_car_market"), place("pawn", "pawn_lot", 31.0005, 121.0)])
     engine = Engine(RulesConfig(), markets=markets)
     # nearer the market (72 h), but inside the pawn lot too (24 h): the pawn lot raises at 24 h
     spot = (31.0001, 121.0)

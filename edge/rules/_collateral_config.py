@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from protocol.places import PlaceType
+
 __all__ = [
     "EV_CHARGING_SIGNAL",
     "EV_CONNECTED_SIGNAL",
@@ -190,14 +192,15 @@ class RelocationConfig:
 SEVERITY_NAMES = ("info", "warning", "high", "panic")
 #: dwell threshold (seconds) and severity of each place type; ``used_car_market`` takes its
 #: threshold from ``[rules.stationary_near_market] min_duration_s`` unless set here
-PLACE_TYPE_DEFAULTS: dict[str, tuple[float | None, str]] = {
-    "used_car_market": (None, "high"),
-    "pawn_lot": (24 * 3600.0, "high"),
-    "auction": (24 * 3600.0, "high"),
-    "impound_yard": (24 * 3600.0, "warning"),
-    "port": (48 * 3600.0, "high"),
-    "border_crossing": (6 * 3600.0, "high"),
+PLACE_TYPE_DEFAULTS: dict[PlaceType, tuple[float | None, str]] = {
+    PlaceType.USED_CAR_MARKET: (None, "high"),
+    PlaceType.PAWN_LOT: (24 * 3600.0, "high"),
+    PlaceType.AUCTION: (24 * 3600.0, "high"),
+    PlaceType.IMPOUND_YARD: (24 * 3600.0, "warning"),
+    PlaceType.PORT: (48 * 3600.0, "high"),
+    PlaceType.BORDER_CROSSING: (6 * 3600.0, "high"),
 }
+assert set(PLACE_TYPE_DEFAULTS) == set(PlaceType), "every place type needs a default dwell and severity"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from protocol import Alert, Severity
+from protocol.rule_names import RuleName
 
 from ._collateral_config import EV_SIGNALS, EV_SOH_SIGNAL, EV_VOLTAGE_SIGNAL, HvDisconnectConfig, SohDropConfig
 from ._rule import Rule, SampleValue, cleared, episode_id, raised
@@ -38,8 +39,8 @@ from .config import IGNITION_SIGNAL, SPEED_SIGNAL, VOLTAGE_SIGNAL
 
 __all__ = ["HvDisconnect", "HvDisconnectState", "SohDrop", "SohDropState"]
 
-HV_NAME = "hv_disconnect"
-SOH_NAME = "soh_drop"
+HV_NAME = RuleName.HV_DISCONNECT.value
+SOH_NAME = RuleName.SOH_DROP.value
 DAY_MS = 86_400_000
 _IGNITION_ON = frozenset({"ON", "START"})
 
@@ -81,41 +82,59 @@ class HvDisconnect(Rule):
 
     def on_signal(self, name: str, value: SampleValue, now: int) -> list[Alert]:
         s = self.state
-        cfg = self.config
-        missing_ms = cfg.missing_after_s * 1000
+        missing_ms = self.config.missing_after_s * 1000
         if missing_ms > 0 and s.bus_ms is not None and now - s.bus_ms > missing_ms and s.bms_ms is not None:
             s.bms_ms = now  # the whole bus was silent: asleep or unplugged, not a missing pack
         s.bus_ms = now
         out: list[Alert] = []
         if name == IGNITION_SIGNAL:
-            parked_now = str(value) not in _IGNITION_ON
-            if parked_now and (s.ignition is None or s.ignition in _IGNITION_ON) and s.bms_ms is not None:
-                s.bms_ms = now  # "while parked": the BMS's silence counts from the moment the car is off
-            s.ignition = str(value)
+            self._on_ignition(str(value), now)
         elif name in EV_SIGNALS:
-            s.bms_ms = now
-            if s.episode is not None and s.cause == "bms_silent":
-                out.extend(self._clear(now, "bms_back"))
-            if name == EV_VOLTAGE_SIGNAL:
-                voltage = float(value)
-                s.pack_voltage_v = voltage
-                if voltage < cfg.min_pack_voltage_v:
-                    if s.low_since_ms is None:
-                        s.low_since_ms = now
-                else:
-                    s.low_since_ms = None
-                    if (
-                        s.episode is not None
-                        and s.cause == "pack_voltage_low"
-                        and voltage >= cfg.min_pack_voltage_v + cfg.hysteresis_v
-                    ):
-                        out.extend(self._clear(now, "voltage_back"))
+            out.extend(self._on_bms(name, value, now))
         if s.episode is None and s.ignition is not None and s.ignition not in _IGNITION_ON:
-            if missing_ms > 0 and s.bms_ms is not None and now - s.bms_ms >= missing_ms:
-                out.extend(self._raise(now, s.bms_ms, "bms_silent"))
-            elif s.low_since_ms is not None and now - s.low_since_ms >= cfg.low_for_s * 1000:
-                out.extend(self._raise(now, s.low_since_ms, "pack_voltage_low"))
+            out.extend(self._check_parked(now, missing_ms))
         return out
+
+    def _on_ignition(self, ignition: str, now: int) -> None:
+        s = self.state
+        parked_now = ignition not in _IGNITION_ON
+        if parked_now and (s.ignition is None or s.ignition in _IGNITION_ON) and s.bms_ms is not None:
+            s.bms_ms = now  # "while parked": the BMS's silence counts from the moment the car is off
+        s.ignition = ignition
+
+    def _on_bms(self, name: str, value: SampleValue, now: int) -> list[Alert]:
+        """A traction-battery signal: the BMS talks; a pack voltage may start or end a low stretch."""
+        s = self.state
+        cfg = self.config
+        s.bms_ms = now
+        out: list[Alert] = []
+        if s.episode is not None and s.cause == "bms_silent":
+            out.extend(self._clear(now, "bms_back"))
+        if name != EV_VOLTAGE_SIGNAL:
+            return out
+        voltage = float(value)
+        s.pack_voltage_v = voltage
+        if voltage < cfg.min_pack_voltage_v:
+            if s.low_since_ms is None:
+                s.low_since_ms = now
+            return out
+        s.low_since_ms = None
+        if (
+            s.episode is not None
+            and s.cause == "pack_voltage_low"
+            and voltage >= cfg.min_pack_voltage_v + cfg.hysteresis_v
+        ):
+            out.extend(self._clear(now, "voltage_back"))
+        return out
+
+    def _check_parked(self, now: int, missing_ms: float) -> list[Alert]:
+        """Parked with no open episode: raise on a silent BMS first, else on a pack voltage low long enough."""
+        s = self.state
+        if missing_ms > 0 and s.bms_ms is not None and now - s.bms_ms >= missing_ms:
+            return self._raise(now, s.bms_ms, "bms_silent")
+        if s.low_since_ms is not None and now - s.low_since_ms >= self.config.low_for_s * 1000:
+            return self._raise(now, s.low_since_ms, "pack_voltage_low")
+        return []
 
     def _raise(self, now: int, since_ms: int, cause: str) -> list[Alert]:
         s = self.state

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from protocol.geo import distance_m
+
 from ._collateral_config import RelocationConfig
-from .geo import distance_m
 
 __all__ = ["HomeBaseLearner", "HomeBaseState", "PlaceState", "WindowPart", "WindowResult"]
 

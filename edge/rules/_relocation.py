@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from protocol import Alert, Fix, Severity
+from protocol.rule_names import RuleName
 
 from ._collateral_config import RelocationConfig
 from ._daily_stats import local_day_bounds
@@ -36,7 +37,7 @@ from ._rule import Rule, cleared, episode_id, raised
 
 __all__ = ["Relocation", "RelocationState"]
 
-NAME = "relocation"
+NAME = RuleName.RELOCATION.value
 FAR_SAMPLE_MS = 60_000
 
 

@@ -30,15 +30,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from protocol import Alert, Fix, Severity
+from protocol.geo import distance_m
+from protocol.places import Place
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, cleared, episode_id, raised
 from .config import DwellConfig
-from .geo import distance_m
-from .places import Market
 
 __all__ = ["DwellState", "StationaryNearMarket"]
 
-NAME = "stationary_near_market"
+NAME = RuleName.STATIONARY_NEAR_MARKET.value
 
 
 @dataclass(slots=True)
@@ -67,14 +68,17 @@ class StationaryNearMarket(Rule):
     state_type = DwellState
     episodes = (("episode", NAME, Severity.HIGH),)
 
-    def __init__(self, config: DwellConfig, markets: Sequence[Market], counters: Counter[str]) -> None:
+    def __init__(self, config: DwellConfig, markets: Sequence[Place], counters: Counter[str]) -> None:
         super().__init__(counters)
         self.config = config
         self.state = DwellState()
         self.set_markets(markets)
 
-    def set_markets(self, markets: Sequence[Market]) -> None:
-        """Replace the market list; an open episode is re-checked at the next fix."""
+    def set_markets(self, markets: Sequence[Place]) -> None:
+        """Replace the place list; an open episode is re-checked at the next fix.
+
+        Every :class:`~protocol.places.PlaceType` is watched, each type with its own dwell.
+        """
         self.markets = tuple(markets)
         self._market_ids = frozenset(m.id for m in self.markets)
         self._types = {m.id: m.type for m in self.markets}
@@ -125,12 +129,12 @@ class StationaryNearMarket(Rule):
         place_type = self._types.get(market_id or "")
         return Severity.HIGH if place_type is None else Severity[self.config.threshold(place_type)[1].upper()]
 
-    def _nearest_market(self, dwell_ms: float | None = None) -> tuple[Market, float] | None:
+    def _nearest_market(self, dwell_ms: float | None = None) -> tuple[Place, float] | None:
         """The nearest place containing the centre (whose type's dwell ``dwell_ms`` reaches, if given)."""
         s = self.state
         assert s.centre_lat is not None
         assert s.centre_lon is not None
-        best: tuple[Market, float] | None = None
+        best: tuple[Place, float] | None = None
         for market in self.markets:
             d = distance_m(s.centre_lat, s.centre_lon, market.lat, market.lon)
             long_enough = dwell_ms is None or dwell_ms >= self.config.threshold(market.type)[0] * 1000
@@ -224,7 +228,7 @@ class StationaryNearMarket(Rule):
             "market_datum": market.datum,
             "distance_to_market_m": round(distance, 1),
             "radius_m": self.config.radius_m,
-            "place_type": market.type,
+            "place_type": market.type.value,
             "min_duration_s": min_duration_s,
         }
         return [raised(NAME, Severity[severity_name.upper()], now, s.episode, evidence)]

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from edge.errors import ConfigError
+from protocol.places import PlaceType
 
 from ._collateral_config import (
     PLACE_TYPE_DEFAULTS,
@@ -20,8 +24,7 @@ from ._collateral_config import (
     RelocationConfig,
     SohDropConfig,
 )
-from ._typed_values import build_dataclass
-from .errors import ConfigError
+from ._typed_values import build_dataclass, dump_dataclass
 
 __all__ = [
     "DEFAULT_DOORS",
@@ -89,9 +92,9 @@ class DwellConfig:
     centre_sample_interval_s: float = 30.0
     place_types: dict[str, PlaceTypeConfig] = field(default_factory=dict)
 
-    def threshold(self, place_type: str) -> tuple[float, str]:
+    def threshold(self, place_type: PlaceType | str) -> tuple[float, str]:
         """(dwell seconds, severity name) for a place of ``place_type``."""
-        default_s, default_severity = PLACE_TYPE_DEFAULTS[place_type]
+        default_s, default_severity = PLACE_TYPE_DEFAULTS[PlaceType(place_type)]
         chosen = self.place_types.get(place_type, PlaceTypeConfig())
         seconds = chosen.min_duration_s or default_s or self.min_duration_s
         return seconds, chosen.severity or default_severity
@@ -99,7 +102,7 @@ class DwellConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.place_types) - set(PLACE_TYPE_DEFAULTS))
         if unknown:
-            raise ValueError(f"place_types.{unknown[0]} is not a place type {list(PLACE_TYPE_DEFAULTS)}")
+            raise ValueError(f"place_types.{unknown[0]} is not a place type {[t.value for t in PlaceType]}")
         _positive("radius_m", self.radius_m)
         _positive("min_duration_s", self.min_duration_s)
         if not 1 <= self.leave_fixes <= 100:
@@ -303,9 +306,9 @@ class RulesConfig:
 
     Attributes:
         timezone: IANA zone for local-time rules and local days (default Asia/Shanghai).
-        markets_file: TOML/JSON list of used-car markets (loaded by the agent with
-            :func:`~edge.rules.load_markets`; the engine itself does no I/O).
-        regions_file: TOML/GeoJSON list of allowed regions (:func:`~edge.rules.load_regions`).
+        markets_file: TOML/JSON list of watched places, typed (loaded by the agent with
+            :func:`edge.place_files.load_rules_places`; the engine itself does no I/O).
+        regions_file: TOML/GeoJSON list of allowed regions (:func:`edge.place_files.load_regions_file`).
         max_hdop: fixes with a worse HDOP are ignored by the position rules.
         min_sats: fixes with fewer satellites used are ignored by the position rules.
         reorder_tolerance_ms: input up to this much older than the newest seen is
@@ -369,7 +372,25 @@ class RulesConfig:
                 if value is not None and not value.is_absolute():
                     changes[name] = base_dir / value
             if changes:
-                from dataclasses import replace
-
                 config = replace(config, **changes)  # type: ignore[arg-type]
         return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a TOML/JSON-ready table (what :meth:`from_dict` reads back)."""
+        return dump_dataclass(self)
+
+    def merged(self, overrides: Mapping[str, object], base_dir: Path | None = None) -> RulesConfig:
+        """These settings with ``overrides`` (a partial ``[rules]`` table) laid over them, key by key.
+
+        Raises:
+            ConfigError: the merged table is not acceptable (the message names the key).
+        """
+        return RulesConfig.from_dict(_deep_merge(self.to_dict(), overrides), base_dir)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        current = out.get(key)
+        out[key] = _deep_merge(current, value) if isinstance(value, Mapping) and isinstance(current, Mapping) else value
+    return out

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import Alert, DailyStats, Fix, NoFix, SignalSample
+from protocol.places import Place, Region
+from protocol.rule_names import RuleName
 
 from ._collateral_config import EV_SIGNAL_RANGES
 from ._daily_stats import DailyStatsTracker
@@ -49,25 +51,12 @@ from ._towing import Towing
 from ._typed_values import build_dataclass, dump_dataclass
 from .config import IGNITION_SIGNAL, ODOMETER_SIGNAL, SPEED_SIGNAL, VOLTAGE_SIGNAL, RulesConfig
 from .errors import EventError, StateError
-from .places import Market, Region
 
 __all__ = ["RULE_NAMES", "SNAPSHOT_FORMAT", "Engine", "RulesCounters"]
 
 SNAPSHOT_FORMAT = "lienwatch.rules/1"
-RULE_NAMES = frozenset(
-    {
-        "stationary_near_market",
-        "night_door_openings",
-        "power_cut",
-        "gnss_lost",
-        "gnss_jamming",
-        "towing",
-        "region_exit",
-        "hv_disconnect",
-        "soh_drop",
-        "relocation",
-    }
-)
+#: Every alert rule name the engine can raise.
+RULE_NAMES = frozenset(name.value for name in RuleName)
 Output = list[Alert | DailyStats]
 
 COUNTER_NAMES = (
@@ -148,8 +137,8 @@ class Engine:
 
     Args:
         config: thresholds (:class:`~edge.rules.RulesConfig`).
-        markets: used-car markets (WGS-84, see :func:`~edge.rules.load_markets`).
-        regions: allowed regions (:func:`~edge.rules.load_regions`); none = region rule off.
+        markets: watched places of every type (WGS-84, see :mod:`protocol.places`).
+        regions: allowed regions (:func:`edge.place_files.load_regions_file`); none = region rule off.
         state: a dict from :meth:`snapshot` (possibly through JSON) to continue from.
 
     Raises:
@@ -160,7 +149,7 @@ class Engine:
         self,
         config: RulesConfig,
         *,
-        markets: Sequence[Market] = (),
+        markets: Sequence[Place] = (),
         regions: Sequence[Region] = (),
         state: Mapping[str, Any] | None = None,
     ) -> None:
@@ -252,7 +241,7 @@ class Engine:
         """Names of rules with an open episode (the batcher closes batches faster then)."""
         return frozenset(name for rule in self._rules for name in rule.open_episodes())
 
-    def set_markets(self, markets: Sequence[Market]) -> None:
+    def set_markets(self, markets: Sequence[Place]) -> None:
         """Replace the market list (e.g. from a collector config); takes effect at the next fix."""
         self._markets = tuple(markets)
         self._dwell.set_markets(self._markets)
