@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge.place_files import load_markets_file, load_regions_file  # noqa: E402
-from edge.rules import Engine, RulesConfig  # noqa: E402
+from edge.rules import RULE_NAMES, Engine, RulesConfig  # noqa: E402
 from protocol import Fix, SignalSample  # noqa: E402
 from protocol.places import Place  # noqa: E402
 
@@ -142,8 +142,8 @@ def main() -> int:
 
     hours = args.hours
     print(f"data: {hours:g} h of 10 Hz driving = {len(fixes):,} fixes + {len(events) - len(fixes):,} CAN samples")
-    print(f"      rules on: all 7 ({len(markets):,} markets, {len(regions)} region); records out per run: "
-          f"{len(records) // args.repeat}")
+    print(f"      rules on: all {len(RULE_NAMES)} ({len(markets):,} markets, {len(regions)} region); "
+          f"records out per run: {len(records) // args.repeat}")
     print(f"engine : {len(events) / engine_cpu:,.0f} events/s   {engine_cpu / hours:.3f} CPU s per hour of data "
           f"({engine_cpu / hours / 36:.2f}% of one core in real time)")
     if not math.isnan(parse_cpu):

@@ -11,6 +11,7 @@ Public modules, each re-exported here (sans-I/O ones first, no clock, no files):
 * :mod:`.nmea` NMEA sentence encoders; :mod:`.gnss` :class:`GnssReceiver` (sky, fixes, jamming)
 * :mod:`.vehicle` :class:`VehicleModel` and the DBC-driven :class:`CanCatalog`
 * :mod:`.slcan` :class:`SlcanAdapter`, the Lawicel adapter's command/frame protocol
+* :mod:`.traction_battery` :class:`TractionBattery`: an EV pack (charge, degrade, disconnect)
 * :mod:`.simulation` :class:`Simulation`: the scenario stepped into NMEA lines and CAN frames
 * :mod:`.record` a scenario rendered offline into NMEA and candump logs
 * :mod:`.errors` the error tree (:class:`SimError`)
@@ -45,11 +46,13 @@ from .scenario import (
 )
 from .simulation import Simulation, Step
 from .slcan import CanFrame, SlcanAdapter, SlcanReply, encode_frame
+from .traction_battery import EV_MESSAGE, TractionBattery
 from .vehicle import DEFAULT_DBC, CanCatalog, VehicleModel
 
 __all__ = [
     "CONSTELLATIONS",
     "DEFAULT_DBC",
+    "EV_MESSAGE",
     "CanCatalog",
     "CanFrame",
     "Epoch",
@@ -76,6 +79,7 @@ __all__ = [
     "SlcanReply",
     "Step",
     "TimelineEvent",
+    "TractionBattery",
     "Truth",
     "VehicleModel",
     "candump_line",

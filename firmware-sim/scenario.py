@@ -68,6 +68,9 @@ _EVENT_KEYS: dict[str, frozenset[str]] = {
     "gnss_stop": frozenset({"duration", "ttff", "cold"}),
     "line_noise": frozenset({"link", "bytes"}),
     "can_unplug": frozenset({"duration"}),
+    "charge": frozenset({"duration", "power_kw"}),
+    "battery_degrade": frozenset({"to", "over"}),
+    "hv_disconnect": frozenset({"restore_after"}),
 }
 
 
@@ -118,6 +121,8 @@ class VehicleSettings:
     odometer_km: float = 12_000.0
     soc_percent: float = 80.0
     battery_v: float = 12.6
+    soh_percent: float = 96.0
+    pack_kwh: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,12 +430,17 @@ def parse_scenario(text: str | bytes, source: str = "<scenario>", base_dir: Path
     gnss = _parse_gnss(_Reader(source, "gnss", top.table_of("gnss"), _GNSS_KEYS))
     can = _parse_can(_Reader(source, "can", top.table_of("can"), _CAN_KEYS), base_dir)
     vehicle_reader = _Reader(
-        source, "vehicle", top.table_of("vehicle"), frozenset({"odometer_km", "soc_percent", "battery_v"})
+        source,
+        "vehicle",
+        top.table_of("vehicle"),
+        frozenset({"odometer_km", "soc_percent", "battery_v", "soh_percent", "pack_kwh"}),
     )
     vehicle = VehicleSettings(
         odometer_km=vehicle_reader.number("odometer_km", 12_000.0, 0.0, 4e8),
         soc_percent=vehicle_reader.number("soc_percent", 80.0, 0.0, 100.0),
         battery_v=vehicle_reader.number("battery_v", 12.6, 9.0, 13.5),
+        soh_percent=vehicle_reader.number("soh_percent", 96.0, 0.0, 100.0),
+        pack_kwh=vehicle_reader.number("pack_kwh", 60.0, 1.0, 500.0),
     )
     raw_segments = top.tables_of("segment", MAX_SEGMENTS)
     if not raw_segments:
@@ -679,10 +689,23 @@ def _parse_event(
         link = reader.text("link", "gnss", ("gnss", "can"))
         size = reader.integer("bytes", 64, 1, 65_536)
         add(0, "line_noise", {"link": link, "bytes": size})
-    else:  # can_unplug
+    elif kind == "can_unplug":
         duration = reader.duration_ms("duration", None, low_ms=1)
         add(0, "can_unplug", {"duration_s": duration / 1000})
         add(duration, "can_replug")
+    elif kind == "charge":
+        duration = reader.duration_ms("duration", None, low_ms=1)
+        power = reader.number("power_kw", 7.0, 0.5, 400.0)
+        add(0, "charge_start", {"power_kw": power, "duration_s": duration / 1000, "session": at_ms})
+        add(duration, "charge_end", {"session": at_ms})
+    elif kind == "battery_degrade":
+        target = reader.number("to", None, 0.0, 100.0)
+        over = reader.duration_ms("over", 0)
+        add(0, "battery_degrade", {"to": target, "over_s": over / 1000})
+    else:  # hv_disconnect
+        add(0, "hv_disconnect")
+        if "restore_after" in raw:
+            add(reader.duration_ms("restore_after", None, low_ms=1), "hv_restore")
     return events, window
 
 

@@ -179,6 +179,8 @@ class Simulation:
         if changed and self.catalog is not None and self.model.can_active:
             values = self.model.signals(event.time_ms)
             for spec in self.catalog.messages_with(changed):
+                if not self.model.sends(spec.name):
+                    continue
                 step.frames.append(self.catalog.encode(spec.name, values))
                 self.counters["can_frames_on_change"] += 1
         step.events.append(event)
@@ -220,7 +222,7 @@ class Simulation:
             period = self.catalog.spec(name).cycle_ms / 1000.0 / slow_down
             next_due = due + period
             self._can_due[name] = next_due if next_due > wall_s - period else wall_s + period
-            if not active:
+            if not active or not self.model.sends(name):
                 continue
             if values is None:
                 values = self.model.signals(target)

@@ -25,6 +25,7 @@ from .errors import ScenarioError
 from .gnss import SkyConditions, Truth
 from .scenario import DOORS, Scenario, Segment, TimelineEvent
 from .slcan import CanFrame
+from .traction_battery import EV_MESSAGE, TractionBattery
 
 __all__ = ["DEFAULT_DBC", "CanCatalog", "MessageSpec", "VehicleModel"]
 
@@ -157,6 +158,7 @@ class VehicleModel:
         self._jam_total = False
         self.sky_blocked = False
         self.unplugged = False
+        self.pack = TractionBattery(scenario)
         # course held while parked, and the ignition state each segment follows
         self._parked_course: list[float] = []
         self._previous_ignition: list[str] = []
@@ -179,6 +181,9 @@ class VehicleModel:
     def apply(self, event: TimelineEvent) -> set[str]:
         """Apply a timeline event; return the DBC signal names whose value changed."""
         name, data = event.name, event.data
+        pack_changed = self.pack.apply(event)
+        if pack_changed:
+            return pack_changed
         if name in ("door_open", "door_close"):
             door = str(data["door"])
             self.doors[door] = name == "door_open"
@@ -211,6 +216,10 @@ class VehicleModel:
         elif name == "can_replug":
             self.unplugged = False
         return set()
+
+    def sends(self, message: str) -> bool:
+        """Whether the ECU behind ``message`` is on the bus (a removed pack takes its BMS along)."""
+        return self.pack.present or message != EV_MESSAGE
 
     @property
     def can_active(self) -> bool:
@@ -293,7 +302,6 @@ class VehicleModel:
             speed = max(0.0, speed + self._rng.uniform(-0.3, 0.3))
         any_door = any(self.doors.values())
         driven_km = max(0.0, odometer - self.scenario.vehicle.odometer_km)
-        soc = max(0.0, self.scenario.vehicle.soc_percent - 0.12 * driven_km)
         values: dict[str, float] = {
             "ENGINE_RPM": (750.0 + 28.0 * speed + self._rng.uniform(-15, 15)) if running else 0.0,
             "COOLANT_TEMP": 88.0 if running else 25.0,
@@ -307,9 +315,8 @@ class VehicleModel:
             "BATTERY_VOLTAGE": self.battery_voltage(time_ms),
             "BATTERY_CURRENT": (8.0 if running else -0.3) - 1.5 * sum(self.doors.values()),
             "ODOMETER_KM": odometer,
-            "SOC_DISPLAYED": soc,
-            "HV_VOLTAGE": 350.0 + 0.5 * soc,
         }
+        values.update(self.pack.signals(time_ms, car_on=running, speed_kmh=speed, driven_km=driven_km))
         for door, signal in _DOOR_SIGNAL.items():
             values[signal] = 1 if self.doors[door] else 0
         return values

@@ -79,6 +79,13 @@ _REQUIRED_FIX_KEYS = {k for k, _, _, _, opt in FIX_COLUMNS if not opt}
 S_NAMES, S_INDEX, S_TIME, S_VALUE = 0, 1, 2, 3
 A_RULE, A_SEVERITY, A_TIME, A_EPISODE, A_STATE, A_EVIDENCE = 0, 1, 2, 3, 4, 5
 D_DAY, D_TIME, D_DISTANCE, D_DRIVING, D_ACCEL, D_BRAKE, D_ODOMETER, D_FINAL = 0, 1, 2, 3, 4, 5, 6, 7
+#: optional EV figures (absent for cars without a traction battery, so older payloads decode as before)
+D_ENERGY_USED, D_ENERGY_CHARGED, D_CHARGING_SESSIONS, D_SOH = 8, 9, 10, 11
+_STATS_OPTIONAL_FLOATS = (
+    (D_ENERGY_USED, "energy_used_kwh"),
+    (D_ENERGY_CHARGED, "energy_charged_kwh"),
+    (D_SOH, "soh_percent"),
+)
 
 
 # ---------------------------------------------------------------- column arithmetic
@@ -203,6 +210,12 @@ def _encode_stats(stats: DailyStats) -> dict[int, Any]:
     }
     if stats.odometer_km is not None:
         out[D_ODOMETER] = float(stats.odometer_km)
+    for key, name in _STATS_OPTIONAL_FLOATS:
+        value = getattr(stats, name)
+        if value is not None:
+            out[key] = float(value)
+    if stats.charging_sessions is not None:
+        out[D_CHARGING_SESSIONS] = stats.charging_sessions
     return out
 
 
@@ -378,7 +391,8 @@ def _decode_alert(value: object, i: int) -> Alert:
 
 def _decode_stats(value: object, i: int) -> DailyStats:
     required = {D_DAY, D_TIME, D_DISTANCE, D_DRIVING, D_ACCEL, D_BRAKE, D_FINAL}
-    m = _map(value, f"stats[{i}]", required | {D_ODOMETER}, required)
+    optional = {D_ODOMETER, D_ENERGY_USED, D_ENERGY_CHARGED, D_CHARGING_SESSIONS, D_SOH}
+    m = _map(value, f"stats[{i}]", required | optional, required)
     try:
         return DailyStats(
             day=m[D_DAY],
@@ -389,6 +403,10 @@ def _decode_stats(value: object, i: int) -> DailyStats:
             harsh_brake=m[D_BRAKE],
             odometer_km=m.get(D_ODOMETER),
             final=m[D_FINAL],
+            energy_used_kwh=m.get(D_ENERGY_USED),
+            energy_charged_kwh=m.get(D_ENERGY_CHARGED),
+            charging_sessions=m.get(D_CHARGING_SESSIONS),
+            soh_percent=m.get(D_SOH),
         )
     except InvalidRecord as exc:
         raise InvalidValue(f"stats[{i}]: {exc}") from exc

@@ -52,6 +52,11 @@ class PlaceType(StrEnum):
     """What kind of place an item is; the rules pick the places of the types they watch."""
 
     USED_CAR_MARKET = "used_car_market"
+    PAWN_LOT = "pawn_lot"
+    AUCTION = "auction"
+    IMPOUND_YARD = "impound_yard"
+    PORT = "port"
+    BORDER_CROSSING = "border_crossing"
 
     @property
     def noun(self) -> str:
@@ -59,7 +64,14 @@ class PlaceType(StrEnum):
         return _NOUNS[self]
 
 
-_NOUNS = {PlaceType.USED_CAR_MARKET: "market"}
+_NOUNS = {
+    PlaceType.USED_CAR_MARKET: "market",
+    PlaceType.PAWN_LOT: "pawn lot",
+    PlaceType.AUCTION: "auction",
+    PlaceType.IMPOUND_YARD: "impound yard",
+    PlaceType.PORT: "port",
+    PlaceType.BORDER_CROSSING: "border crossing",
+}
 
 
 def _check_id(what: str, value: object) -> None:
@@ -106,7 +118,7 @@ class Place:
         try:
             object.__setattr__(self, "type", PlaceType(self.type))  # a plain string from a caller is fine
         except ValueError:
-            message = f"place {self.id!r:.80} type {self.type!r:.40} must be one of {sorted(PlaceType)}"
+            message = f"place {self.id!r:.80} type {self.type!r:.40} must be one of {[t.value for t in PlaceType]}"
             raise ValueError(message) from None
         noun = self.type.noun
         _check_id(noun, self.id)
@@ -237,7 +249,7 @@ def _place_type(item: Mapping[str, object], where: str) -> PlaceType:
     try:
         return PlaceType(str(value))
     except ValueError:
-        raise PlacesError(f"{where} type {value!r:.40} must be one of {sorted(PlaceType)}") from None
+        raise PlacesError(f"{where} type {value!r:.40} must be one of {[t.value for t in PlaceType]}") from None
 
 
 def _place(item: object, where: str) -> Place:

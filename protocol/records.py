@@ -342,6 +342,10 @@ class DailyStats:
         harsh_brake: count of harsh braking events.
         odometer_km: last odometer reading that day, if the CAN map provides one.
         final: True once the day is over and the figures will not change.
+        energy_used_kwh: traction-battery energy drawn that day (EVs only, else None).
+        energy_charged_kwh: energy put into the traction battery that day (EVs only).
+        charging_sessions: charging sessions started that day (EVs only).
+        soh_percent: last traction-battery state of health reported that day (EVs only).
     """
 
     day: str
@@ -352,6 +356,10 @@ class DailyStats:
     harsh_brake: int
     odometer_km: float | None = None
     final: bool = False
+    energy_used_kwh: float | None = None
+    energy_charged_kwh: float | None = None
+    charging_sessions: int | None = None
+    soh_percent: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.day, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.day):
@@ -362,6 +370,10 @@ class DailyStats:
         _check_int("harsh_accel", self.harsh_accel, 0, 2**31, optional=False)
         _check_int("harsh_brake", self.harsh_brake, 0, 2**31, optional=False)
         _check_float("odometer_km", self.odometer_km, 0.0, 1e8, optional=True)
+        _check_float("energy_used_kwh", self.energy_used_kwh, 0.0, 1e5, optional=True)
+        _check_float("energy_charged_kwh", self.energy_charged_kwh, 0.0, 1e5, optional=True)
+        _check_int("charging_sessions", self.charging_sessions, 0, 10_000, optional=True)
+        _check_float("soh_percent", self.soh_percent, 0.0, 100.0, optional=True)
         if not isinstance(self.final, bool):
             raise InvalidRecord("final must be a bool")
 

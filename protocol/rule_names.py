@@ -21,3 +21,6 @@ class RuleName(StrEnum):
     GNSS_JAMMING = "gnss_jamming"
     TOWING = "towing"
     REGION_EXIT = "region_exit"
+    HV_DISCONNECT = "hv_disconnect"
+    SOH_DROP = "soh_drop"
+    RELOCATION = "relocation"

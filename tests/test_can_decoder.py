@@ -67,7 +67,18 @@ GOLDEN = [
     ),
     (0x3C0, "3031000000000000", [("Vehicle.LowVoltageBattery.CurrentVoltage", 12.592)]),
     (0x3D0, "40E2010000000000", [("Vehicle.TraveledDistance", 12345.6)]),
-    (0x3E0, "96100E0000000000", [("Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed", 75.0)]),
+    (
+        0x3E0,
+        "96100EB985FF0200",
+        [
+            ("Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed", 75.0),
+            ("Vehicle.Powertrain.TractionBattery.StateOfHealth", 92.5),
+            ("Vehicle.Powertrain.TractionBattery.CurrentVoltage", 360.0),
+            ("Vehicle.Powertrain.TractionBattery.CurrentCurrent", -12.3),
+            ("Vehicle.Powertrain.TractionBattery.Charging.IsCharging", False),
+            ("Vehicle.Powertrain.TractionBattery.IsPowerConnected", True),
+        ],
+    ),
 ]
 
 
@@ -159,7 +170,8 @@ def test_short_frame_missing_a_mapped_signal_is_counted() -> None:
 def test_long_frame_is_counted_and_decoded() -> None:
     decoder = sample_decoder()
     samples = decoder.decode(frame(0x3E0, bytes([200]) + bytes(63), is_fd=True))
-    assert [s.value for s in samples] == [100.0]
+    soc = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed"
+    assert [s.value for s in samples if s.name == soc] == [100.0]
     assert decoder.counters.long_frames == 1
 
 

@@ -45,7 +45,7 @@ def contract_signal_names() -> set[str]:
 def test_sample_map_covers_exactly_the_contract_names() -> None:
     signal_map = load_signal_map(SAMPLE_MAP)
     assert signal_map.names == contract_signal_names()
-    assert len(signal_map.names) == 10
+    assert len(signal_map.names) == 15  # 10, plus 5 traction-battery signals (#17)
 
 
 def test_signals_doc_lists_every_sample_name() -> None:

@@ -207,7 +207,13 @@ def test_lienwatch_can_cli_over_slcan(peer: Peer, tmp_path: Path, processes: Chi
         ("Vehicle.Cabin.Door.Row2.PassengerSide.IsOpen", False),
         ("Vehicle.Body.Trunk.Rear.IsOpen", False),
         ("Vehicle.Powertrain.TractionBattery.StateOfCharge.Displayed", 75.0),
+        # the rest of the EV_BATTERY frame (#17): --max-samples stops after the frame that reaches it
+        ("Vehicle.Powertrain.TractionBattery.StateOfHealth", 0.0),
+        ("Vehicle.Powertrain.TractionBattery.CurrentVoltage", 0.0),
+        ("Vehicle.Powertrain.TractionBattery.CurrentCurrent", 0.0),
+        ("Vehicle.Powertrain.TractionBattery.Charging.IsCharging", False),
+        ("Vehicle.Powertrain.TractionBattery.IsPowerConnected", False),
     ]
     assert all(d["time"].endswith("Z") and len(d["time"]) == 24 for d in lines)
     counters = json.loads(err.strip().splitlines()[-1])["counters"]
-    assert (counters["frames_received"], counters["samples_emitted"]) == (2, 6)
+    assert (counters["frames_received"], counters["samples_emitted"]) == (2, 11)

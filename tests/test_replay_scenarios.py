@@ -58,7 +58,10 @@ DAY_MS = 86_400_000
 # the bus. The 3-day dwell uses the default plan. `lienwatch sim record --scenario
 # commute_week` at the defaults also replays without an alert (checked by hand, see the
 # scenario-replay section of docs/rules.md).
-PLANS = {"commute_week": RecordPlan(gnss_hz=0.2, parked_interval_s=300.0)}
+PLANS = {
+    "commute_week": RecordPlan(gnss_hz=0.2, parked_interval_s=300.0),
+    "relocation": RecordPlan(gnss_hz=0.2, parked_interval_s=300.0),  # two weeks, the same thrifty box
+}
 
 
 @dataclass
@@ -91,7 +94,7 @@ def write_agent_toml(folder: Path) -> Path:
         f'signal_map = "{DATA / "generic_car_map.toml"}"\n'
         "\n[rules]\n"
         'timezone = "Asia/Shanghai"\n'
-        f'markets_file = "{DATA / "markets.sample.toml"}"\n',
+        f'markets_file = "{DATA / "places.sample.toml"}"\n',  # the sample market plus typed places (#17)
         encoding="utf-8",
     )
     return path
@@ -260,6 +263,91 @@ def test_gnss_jamming_raises_gnss_lost_and_gnss_jamming_and_clears_both(replayed
     gnss = run.counters["gnss"]
     assert gnss["bad_checksums"] + gnss["missing_checksums"] + gnss["truncated_sentences"] > 0  # corrupt_share
     assert 180 <= gnss["no_fix_epochs"] <= 200  # 3 min of nothing plus the end of the collapse
+
+
+def test_ev_battery_raises_soh_drop_then_hv_disconnect_and_counts_energy(replayed: Callable[[str], Replayed]) -> None:
+    run = replayed("ev_battery")
+    assert run.rules() == [("soh_drop", "raised"), ("hv_disconnect", "raised")]  # neither recovers
+    health, removal = run.alerts
+    # 94 % -> 86 % over 36 h: the BMS first reads 89.0 % (0.5 % steps) 21.375 h in; the EV message is
+    # heard every ~140 s while parked, and a second low reading (change or 10-min heartbeat) confirms
+    degrade = run.event_ms("battery_degrade")
+    since = health["evidence"]["since_ms"]
+    assert degrade + 76_950_000 <= since <= degrade + 76_950_000 + 180_000
+    assert health["severity"] == "warning"
+    assert health["episode"] == f"soh_drop:{since}"
+    assert (health["evidence"]["reference_percent"], health["evidence"]["soh_percent"]) == (94.0, 89.0)
+    assert 0 < health["time_ms"] - since <= 12 * 60_000
+    # the pack leaves at 02:10 with the ignition off; the body controller keeps talking
+    removed = run.event_ms("hv_disconnect")
+    assert local(removed) == "2026-05-06 02:10:00"
+    evidence = removal["evidence"]
+    assert removal["severity"] == "high"
+    assert evidence["cause"] == "bms_silent"
+    assert evidence["ignition"] == "OFF"
+    assert removed - 150_000 <= evidence["since_ms"] <= removed  # the BMS's last sample
+    assert 240_000 <= removal["time_ms"] - evidence["since_ms"] <= 300_000  # missing_after_s, next 12 V heartbeat
+    assert removal["episode"] == f"hv_disconnect:{evidence['since_ms']}"
+    monday, tuesday = [s for s in run.stats if s["final"]]
+    assert monday["day"] == "2026-05-04"
+    assert monday["charging_sessions"] == 1
+    assert monday["energy_charged_kwh"] == pytest.approx(7.0 * 1.5, abs=0.2)  # 1.5 h at 7 kW
+    assert monday["energy_used_kwh"] == pytest.approx(0.072 * monday["distance_m"] / 1000, rel=0.15)
+    assert 93.0 <= monday["soh_percent"] <= 94.0
+    assert (tuesday["charging_sessions"], tuesday["energy_charged_kwh"], tuesday["energy_used_kwh"]) == (0, 0.0, 0.0)
+    assert tuesday["soh_percent"] < 89.0
+
+
+def test_cars_in_the_other_scenarios_report_their_battery_without_an_ev_alert(
+    replayed: Callable[[str], Replayed],
+) -> None:
+    for name in ("commute_week", "parked_in_market", "unplug"):
+        run = replayed(name)
+        assert not {a["rule"] for a in run.alerts} & {"hv_disconnect", "soh_drop"}, name
+        assert all(s["soh_percent"] == 96.0 for s in run.stats), name  # the default healthy pack
+    week = [s for s in replayed("commute_week").stats if s["final"]]
+    for day in week[:5]:  # 0.072 kWh per km driven, measured through V x I at the recorded rate
+        assert day["energy_used_kwh"] == pytest.approx(0.072 * day["distance_m"] / 1000, rel=0.25), day
+        assert day["charging_sessions"] == 0
+
+
+def test_relocation_raises_once_at_the_end_of_the_tenth_night_away(replayed: Callable[[str], Replayed]) -> None:
+    run = replayed("relocation")
+    assert run.rules() == [("relocation", "raised")]  # the car never comes home
+    alert = run.alerts[0]
+    evidence = alert["evidence"]
+    assert alert["severity"] == "high"
+    assert evidence["cause"] == "away_nights"
+    assert evidence["away_nights"] == 10
+    # Thursday 10:00 it leaves home; the first night away is Friday 00:00-05:00 local
+    assert local(evidence["since_ms"]) == "2026-06-05 00:00:00"
+    assert alert["episode"] == f"relocation:{evidence['since_ms']}"
+    end_of_tenth = datetime(2026, 6, 14, 5, 0, tzinfo=SHANGHAI).timestamp() * 1000
+    assert end_of_tenth <= alert["time_ms"] <= end_of_tenth + 300_000  # the box wakes every 5 min
+    assert evidence["distance_km"] == 88
+    assert len(evidence["usual_place_ids"]) == 1  # home; three nights taught it
+    assert str(evidence["place_id"]).startswith("p")
+    assert not any(key.endswith(("lat", "lon")) for key in evidence)  # no coordinate leaves the box
+
+
+def test_pawn_lot_second_lien_raises_after_the_pawn_lots_24_hours(replayed: Callable[[str], Replayed]) -> None:
+    run = replayed("pawn_lot_second_lien")
+    assert run.rules() == [("stationary_near_market", "raised")]  # the car stays pledged
+    alert = run.alerts[0]
+    evidence = alert["evidence"]
+    assert alert["severity"] == "high"
+    assert (evidence["place_type"], evidence["market_id"], evidence["market_datum"]) == (
+        "pawn_lot",
+        "sh-minhang-pawn",
+        "gcj02",
+    )
+    assert evidence["min_duration_s"] == 86_400.0  # a pawn lot needs a day, a used-car market three
+    assert 10.0 < evidence["distance_to_market_m"] < 40.0  # parked about 20 m from the lot's point
+    arrived = run.event_ms("stop_begin", 0)
+    assert arrived - 60_000 <= evidence["dwell_start_ms"] <= arrived + 60_000
+    assert alert["episode"] == f"stationary_near_market:{evidence['dwell_start_ms']}"
+    assert 86_400_000 <= alert["time_ms"] - evidence["dwell_start_ms"] <= 86_400_000 + 60_000
+    assert run.scenario.end_ms - alert["time_ms"] > 5 * 3_600_000  # raised well before the scenario ends
 
 
 # -- the recorder: what the logs hold ---------------------------------------------------------

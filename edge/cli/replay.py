@@ -62,6 +62,10 @@ def stats_json(stats: DailyStats) -> dict[str, Any]:
             "harsh_brake": stats.harsh_brake,
             "odometer_km": stats.odometer_km,
             "final": stats.final,
+            "energy_used_kwh": stats.energy_used_kwh,
+            "energy_charged_kwh": stats.energy_charged_kwh,
+            "charging_sessions": stats.charging_sessions,
+            "soh_percent": stats.soh_percent,
         }
     }
 

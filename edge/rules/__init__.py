@@ -16,6 +16,7 @@ time from the events.
 See docs/rules.md for every rule, its thresholds and how ordering is handled.
 """
 
+from ._collateral_config import HvDisconnectConfig, PlaceTypeConfig, RelocationConfig, SohDropConfig
 from ._daily_stats import local_day_bounds
 from .config import (
     DEFAULT_DOORS,
@@ -40,11 +41,15 @@ __all__ = [
     "Engine",
     "EventError",
     "GnssLostConfig",
+    "HvDisconnectConfig",
     "NightDoorsConfig",
+    "PlaceTypeConfig",
     "PowerCutConfig",
     "RegionExitConfig",
+    "RelocationConfig",
     "RulesConfig",
     "RulesCounters",
+    "SohDropConfig",
     "StateError",
     "TowingConfig",
     "local_day_bounds",

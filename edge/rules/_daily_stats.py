@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 from protocol import DailyStats, Fix
 from protocol.geo import distance_m
 
+from ._ev_stats import EvDayMeter
 from ._rule import SampleValue
 from .config import ODOMETER_SIGNAL, SPEED_SIGNAL, DailyStatsConfig
 
@@ -82,6 +83,7 @@ class DailyStatsTracker:
         self.zone = zone
         self.counters = counters
         self.state = DailyStatsState()
+        self.ev = EvDayMeter()  # the traction battery's figures, a separate snapshot entry
 
     def _record(self, final: bool) -> DailyStats:
         s = self.state
@@ -96,6 +98,7 @@ class DailyStatsTracker:
             harsh_brake=s.harsh_brake,
             odometer_km=s.odometer_km if s.odometer_km is None or 0 <= s.odometer_km <= 1e8 else None,
             final=final,
+            **self.ev.figures(),
         )
 
     def _start_day(self, now: int) -> None:
@@ -105,6 +108,7 @@ class DailyStatsTracker:
         s.harsh_accel = s.harsh_brake = 0
         s.data_ms = now
         s.interim_ms = now
+        self.ev.start_day()
 
     def advance(self, now: int) -> list[DailyStats]:
         """Roll the day over and emit interim records as time reaches ``now``."""

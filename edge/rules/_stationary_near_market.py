@@ -16,6 +16,10 @@ When a dwell has lasted ``min_duration_s`` and its centre lies within a market's
 the rule raises once (episode ``stationary_near_market:{dwell_start_ms}``); it clears when
 the dwell ends (the car left) or the market list no longer contains that spot. Only
 fixes raise: tick() alone never proves the car is still there.
+
+Typed places (#17): each market item has a ``type`` (used-car market, pawn lot, port, ...);
+the dwell needed and the alert's severity come from that type
+(:meth:`~edge.rules.DwellConfig.threshold`), and the evidence names it (``place_type``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 
 from protocol import Alert, Fix, Severity
 from protocol.geo import distance_m
-from protocol.places import Place, PlaceType
+from protocol.places import Place
 from protocol.rule_names import RuleName
 
 from ._rule import Rule, cleared, episode_id, raised
@@ -71,9 +75,18 @@ class StationaryNearMarket(Rule):
         self.set_markets(markets)
 
     def set_markets(self, markets: Sequence[Place]) -> None:
-        """Replace the market list (other place types are ignored); an open episode is re-checked at the next fix."""
-        self.markets = tuple(m for m in markets if m.type is PlaceType.USED_CAR_MARKET)
+        """Replace the place list; an open episode is re-checked at the next fix.
+
+        Every :class:`~protocol.places.PlaceType` is watched, each type with its own dwell.
+        """
+        self.markets = tuple(markets)
         self._market_ids = frozenset(m.id for m in self.markets)
+        self._types = {m.id: m.type for m in self.markets}
+        # the shortest dwell any listed place type needs: below it no place can raise
+        self._min_dwell_ms = min(
+            (self.config.threshold(t)[0] * 1000 for t in set(self._types.values())),
+            default=self.config.min_duration_s * 1000,
+        )
         self._checked: tuple[float, float] | None = None  # centre last found to be near no market
 
     # ------------------------------------------------------------------ dwell bookkeeping
@@ -111,14 +124,21 @@ class StationaryNearMarket(Rule):
             "fixes": s.fixes,
         }
 
-    def _nearest_market(self) -> tuple[Place, float] | None:
+    def _severity(self, market_id: str | None) -> Severity:
+        """The severity of the place type of ``market_id`` (high if it is no longer listed)."""
+        place_type = self._types.get(market_id or "")
+        return Severity.HIGH if place_type is None else Severity[self.config.threshold(place_type)[1].upper()]
+
+    def _nearest_market(self, dwell_ms: float | None = None) -> tuple[Place, float] | None:
+        """The nearest place containing the centre (whose type's dwell ``dwell_ms`` reaches, if given)."""
         s = self.state
         assert s.centre_lat is not None
         assert s.centre_lon is not None
         best: tuple[Place, float] | None = None
         for market in self.markets:
             d = distance_m(s.centre_lat, s.centre_lon, market.lat, market.lon)
-            if d <= market.radius_m and (best is None or d < best[1]):
+            long_enough = dwell_ms is None or dwell_ms >= self.config.threshold(market.type)[0] * 1000
+            if d <= market.radius_m and (best is None or d < best[1]) and long_enough:
                 best = (market, d)
         return best
 
@@ -159,7 +179,7 @@ class StationaryNearMarket(Rule):
                 "market_id": s.market_id,
                 "distance_from_centre_m": round(distance_m(s.centre_lat, s.centre_lon, fix.lat, fix.lon), 1),
             }
-            alerts.append(cleared(NAME, Severity.HIGH, now, s.episode, evidence))
+            alerts.append(cleared(NAME, self._severity(s.market_id), now, s.episode, evidence))
             s.episode = None
             s.market_id = None
         self._begin(list(s.out_ms), list(s.out_lat), list(s.out_lon))
@@ -179,20 +199,24 @@ class StationaryNearMarket(Rule):
                 s.market_id = found[0].id
                 return []
             evidence = self._evidence(now) | {"reason": "market_removed", "market_id": s.market_id}
-            alert = cleared(NAME, Severity.HIGH, now, s.episode, evidence)
+            alert = cleared(NAME, self._severity(s.market_id), now, s.episode, evidence)
             s.episode = None
             s.market_id = None
             self._checked = (s.centre_lat, s.centre_lon)
             return [alert]
-        if now - s.start_ms < self.config.min_duration_s * 1000:
+        dwell_ms = now - s.start_ms
+        if dwell_ms < self._min_dwell_ms:
             return []
         if self._checked == (s.centre_lat, s.centre_lon):
             return []
-        found = self._nearest_market()
-        if found is None:
+        if self._nearest_market() is None:
             self._checked = (s.centre_lat, s.centre_lon)
             return []
+        found = self._nearest_market(dwell_ms)
+        if found is None:
+            return []  # inside a place whose type needs a longer dwell: look again at the next fix
         market, distance = found
+        min_duration_s, severity_name = self.config.threshold(market.type)
         s.episode = episode_id(NAME, s.start_ms)
         s.market_id = market.id
         evidence = self._evidence(now) | {
@@ -204,5 +228,7 @@ class StationaryNearMarket(Rule):
             "market_datum": market.datum,
             "distance_to_market_m": round(distance, 1),
             "radius_m": self.config.radius_m,
+            "place_type": market.type.value,
+            "min_duration_s": min_duration_s,
         }
-        return [raised(NAME, Severity.HIGH, now, s.episode, evidence)]
+        return [raised(NAME, Severity[severity_name.upper()], now, s.episode, evidence)]

@@ -15,7 +15,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge.errors import ConfigError
+from protocol.places import PlaceType
 
+from ._collateral_config import (
+    PLACE_TYPE_DEFAULTS,
+    HvDisconnectConfig,
+    PlaceTypeConfig,
+    RelocationConfig,
+    SohDropConfig,
+)
 from ._typed_values import build_dataclass, dump_dataclass
 
 __all__ = [
@@ -72,6 +80,8 @@ class DwellConfig:
         centre_samples: positions kept for the running median centre.
         centre_sample_interval_s: at most one position per this many seconds enters the
             median buffer (so a 10 Hz burst does not flush the history).
+        place_types: per place type (``pawn_lot``, ``port``, ...) its own ``min_duration_s``
+            and ``severity``; types not listed keep their defaults (see :meth:`threshold`).
     """
 
     enabled: bool = True
@@ -80,8 +90,19 @@ class DwellConfig:
     leave_fixes: int = 3
     centre_samples: int = 31
     centre_sample_interval_s: float = 30.0
+    place_types: dict[str, PlaceTypeConfig] = field(default_factory=dict)
+
+    def threshold(self, place_type: PlaceType | str) -> tuple[float, str]:
+        """(dwell seconds, severity name) for a place of ``place_type``."""
+        default_s, default_severity = PLACE_TYPE_DEFAULTS[PlaceType(place_type)]
+        chosen = self.place_types.get(place_type, PlaceTypeConfig())
+        seconds = chosen.min_duration_s or default_s or self.min_duration_s
+        return seconds, chosen.severity or default_severity
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.place_types) - set(PLACE_TYPE_DEFAULTS))
+        if unknown:
+            raise ValueError(f"place_types.{unknown[0]} is not a place type {[t.value for t in PlaceType]}")
         _positive("radius_m", self.radius_m)
         _positive("min_duration_s", self.min_duration_s)
         if not 1 <= self.leave_fixes <= 100:
@@ -285,16 +306,16 @@ class RulesConfig:
 
     Attributes:
         timezone: IANA zone for local-time rules and local days (default Asia/Shanghai).
-        markets_file: TOML/JSON list of used-car markets (loaded by the agent with
-            :func:`~edge.rules.load_markets`; the engine itself does no I/O).
-        regions_file: TOML/GeoJSON list of allowed regions (:func:`~edge.rules.load_regions`).
+        markets_file: TOML/JSON list of watched places, typed (loaded by the agent with
+            :func:`edge.place_files.load_rules_places`; the engine itself does no I/O).
+        regions_file: TOML/GeoJSON list of allowed regions (:func:`edge.place_files.load_regions_file`).
         max_hdop: fixes with a worse HDOP are ignored by the position rules.
         min_sats: fixes with fewer satellites used are ignored by the position rules.
         reorder_tolerance_ms: input up to this much older than the newest seen is
             processed as if it arrived at the newest time (GNSS and CAN interleave); older
             input is counted and dropped.
         stationary_near_market, night_door_openings, power_cut, gnss_lost, towing,
-        region_exit, daily_stats: per-rule settings.
+        region_exit, daily_stats, hv_disconnect, soh_drop, relocation: per-rule settings.
     """
 
     timezone: str = "Asia/Shanghai"
@@ -310,6 +331,9 @@ class RulesConfig:
     towing: TowingConfig = field(default_factory=TowingConfig)
     region_exit: RegionExitConfig = field(default_factory=RegionExitConfig)
     daily_stats: DailyStatsConfig = field(default_factory=DailyStatsConfig)
+    hv_disconnect: HvDisconnectConfig = field(default_factory=HvDisconnectConfig)
+    soh_drop: SohDropConfig = field(default_factory=SohDropConfig)
+    relocation: RelocationConfig = field(default_factory=RelocationConfig)
 
     def __post_init__(self) -> None:
         try:

@@ -36,11 +36,15 @@ from protocol import Alert, DailyStats, Fix, NoFix, SignalSample
 from protocol.places import Place, Region
 from protocol.rule_names import RuleName
 
+from ._collateral_config import EV_SIGNAL_RANGES
 from ._daily_stats import DailyStatsTracker
+from ._ev_battery import HvDisconnect, SohDrop
+from ._ev_stats import EvDayMeter
 from ._gnss_lost import GnssWatch
 from ._night_door_openings import NightDoorOpenings
 from ._power_cut import PowerCut
 from ._region_exit import RegionExit
+from ._relocation import Relocation
 from ._rule import Rule, SampleValue
 from ._stationary_near_market import StationaryNearMarket
 from ._towing import Towing
@@ -117,6 +121,7 @@ _VALUE_CHECKS: dict[str, Callable[[SampleValue], SampleValue | None]] = {
     VOLTAGE_SIGNAL: _number(0.0, 100.0),
     ODOMETER_SIGNAL: _number(0.0, 1e8),
     IGNITION_SIGNAL: _ignition,
+    **{name: _number(low, high) for name, (low, high) in EV_SIGNAL_RANGES.items()},
 }
 
 
@@ -132,8 +137,8 @@ class Engine:
 
     Args:
         config: thresholds (:class:`~edge.rules.RulesConfig`).
-        markets: used-car markets (WGS-84, see :func:`~edge.rules.load_markets`).
-        regions: allowed regions (:func:`~edge.rules.load_regions`); none = region rule off.
+        markets: watched places of every type (WGS-84, see :mod:`protocol.places`).
+        regions: allowed regions (:func:`edge.place_files.load_regions_file`); none = region rule off.
         state: a dict from :meth:`snapshot` (possibly through JSON) to continue from.
 
     Raises:
@@ -177,11 +182,17 @@ class Engine:
             self._gnss,
             self._towing,
             self._region,
+            HvDisconnect(config.hv_disconnect, self.counters),
+            SohDrop(config.soh_drop, self.counters),
+            Relocation(config.relocation, zone, self.counters),
         )
+        # state holders that are not rules (restored and snapshotted like rules)
+        self._holders: tuple[DailyStatsTracker | EvDayMeter, ...] = (self._stats, self._stats.ev)
         if keep is not None:
             for rule in self._all_rules:
                 rule.state = keep[rule.key]
-            self._stats.state = keep[self._stats.key]
+            for holder in self._holders:
+                holder.state = keep[holder.key]
         enabled = {
             self._dwell.key: config.stationary_near_market.enabled,
             self._night.key: config.night_door_openings.enabled,
@@ -189,6 +200,9 @@ class Engine:
             self._gnss.key: config.gnss_lost.enabled,
             self._towing.key: config.towing.enabled,
             self._region.key: config.region_exit.enabled,
+            HvDisconnect.key: config.hv_disconnect.enabled,
+            SohDrop.key: config.soh_drop.enabled,
+            Relocation.key: config.relocation.enabled,
         }
         self._rules = tuple(r for r in self._all_rules if enabled[r.key])
         self._disabled = tuple(r for r in self._all_rules if not enabled[r.key])
@@ -201,6 +215,8 @@ class Engine:
         if config.daily_stats.enabled:
             for name in self._stats.signals:
                 routes.setdefault(name, []).append(self._stats.on_signal)
+            for name in self._stats.ev.signals:
+                routes.setdefault(name, []).append(self._stats.ev.on_signal)
         self._routes = {name: tuple(handlers) for name, handlers in routes.items()}
         self._checks = dict(_VALUE_CHECKS)
         for door in config.night_door_openings.doors:
@@ -209,7 +225,8 @@ class Engine:
 
     def _states(self) -> dict[str, Any]:
         states = {rule.key: rule.state for rule in self._all_rules}
-        states[self._stats.key] = self._stats.state
+        for holder in self._holders:
+            states[holder.key] = holder.state
         return states
 
     # ------------------------------------------------------------------ public API
@@ -296,12 +313,13 @@ class Engine:
         rules = state.get("rules")
         if not isinstance(rules, Mapping):
             raise StateError("state.rules must be a map")
-        holders = {rule.key: rule for rule in self._all_rules}
+        holders: dict[str, Rule | DailyStatsTracker | EvDayMeter] = {rule.key: rule for rule in self._all_rules}
+        holders.update((holder.key, holder) for holder in self._holders)
         for key in rules:
-            if key not in holders and key != self._stats.key:
+            if key not in holders:
                 raise StateError(f"unknown key state.rules.{key}")
         for key, data in rules.items():
-            holder = holders.get(key, self._stats)
+            holder = holders[key]
             holder.state = build_dataclass(holder.state_type, data, f"state.rules.{key}", StateError, require_all=True)
         # Rules missing from an older snapshot simply start fresh.
 

@@ -479,7 +479,7 @@ class ChainRig:
             },
             "rules": {
                 "timezone": "Asia/Shanghai",
-                "markets_file": str(PACKAGE_DATA / "markets.sample.toml"),
+                "markets_file": str(PACKAGE_DATA / "places.sample.toml"),  # the market plus typed places (#17)
             },
             "batch": {"max_age_s": 10.0, "max_age_active_s": 5.0},
             "mqtt": {

@@ -50,6 +50,11 @@ DEMOS: dict[str, tuple[str, str, str]] = {
     "tow_away": ("towed away with the ignition off", "critical", "towing"),
     "gnss_jamming": ("whose GNSS is jammed while it drives", "critical", "gnss_jamming"),
     "commute_week": ("driven through a normal commute week (nothing should happen)", "watch", ""),
+    "ev_battery": ("whose traction battery loses its health fast and is then taken out at night", "watch",
+                   "hv_disconnect"),
+    "relocation": ("that stops coming home: driven to another city and kept there night after night", "watch",
+                   "relocation"),
+    "pawn_lot_second_lien": ("left in a pawn lot as the pledge for a second loan", "high", "stationary_near_market"),
 }  # fmt: skip
 
 
