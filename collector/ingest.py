@@ -474,20 +474,27 @@ class Ingestor:
 
     def _handle_state(self, topic: str, payload: bytes, received_ms: int) -> IngestResult:
         state = self._open(open_state, payload, topic)
+        limit = received_ms + self.limits.max_clock_skew_s * 1000
+        if state.time_ms > limit:
+            raise _RefusedError(
+                "time_in_future",
+                f"state of {state.device_id} has time {state.time_ms} ms, more than "
+                f"{self.limits.max_clock_skew_s} s after the collector clock {received_ms} ms",
+            )
         started = time.perf_counter()
-        # Newer device time wins. For the same boot, offline beats online whatever the
-        # times say: a Last Will is signed when the agent connects, so it carries the
-        # connect time, which is not after the birth message it ends.
-        newer = sa.or_(_status.c.state_time_ms.is_(None), _status.c.state_time_ms < state.time_ms)
-        if not state.online:
-            newer = sa.or_(newer, sa.and_(_status.c.state_boot_id == state.boot_id, _status.c.online.is_(True)))
+        newer = _state_is_newer(state)
         with self.engine.begin() as conn:
             self._ensure_status(conn, state.device_id)
             applied = (
                 conn.execute(
                     _status.update()
                     .where(_status.c.device_id == state.device_id, newer)
-                    .values(online=state.online, state_time_ms=state.time_ms, state_boot_id=state.boot_id)
+                    .values(
+                        online=state.online,
+                        state_time_ms=state.time_ms,
+                        state_boot_id=state.boot_id,
+                        state_connection=state.connection,
+                    )
                 ).rowcount
                 > 0
             )
@@ -539,6 +546,33 @@ class Ingestor:
                 log.exception("on_commit hook %r failed for device %s", hook, event.device_id)
                 self.metrics.hook_errors.inc()
                 self.counters["hook_errors"] += 1
+
+
+def _state_is_newer(state: DeviceState) -> sa.ColumnElement[bool]:
+    """SQL condition: ``state`` may replace the device's stored state (docs/protocol.md section 5).
+
+    A state with a connection counter wins over a strictly older connection, and its offline
+    message (Last Will, clean stop) ends the same connection's online one; every other
+    repetition is stale, so a replayed will of an earlier connection changes nothing.
+    Once a device has sent a counted state, legacy states (no counter) are stale. Legacy
+    devices keep the version-1 rule: newer device time wins and, within one boot, offline
+    beats online (a legacy will can be replayed; only the broker ACL protects them).
+    """
+    status = _status.c
+    if state.connection is not None:
+        newer_connection = sa.or_(status.state_connection.is_(None), status.state_connection < state.connection)
+        if state.online:
+            return newer_connection
+        ends_this_connection = sa.and_(status.state_connection == state.connection, status.online.is_(True))
+        return sa.or_(newer_connection, ends_this_connection)
+    newer = sa.and_(
+        status.state_connection.is_(None),
+        sa.or_(status.state_time_ms.is_(None), status.state_time_ms < state.time_ms),
+    )
+    if not state.online:
+        legacy_will = sa.and_(status.state_boot_id == state.boot_id, status.online.is_(True))
+        newer = sa.or_(newer, sa.and_(status.state_connection.is_(None), legacy_will))
+    return newer
 
 
 def _forward(column: sa.ColumnElement[Any], value: int) -> sa.ColumnElement[Any]:

@@ -62,7 +62,7 @@ from protocol.errors import LocalProtocolError
 from .batcher import Batcher, ClosedBatch
 from .config import AgentConfig, AgentError, load_config
 from .outbox import Outbox
-from .sequence import SequenceAllocator, write_atomically
+from .sequence import ConnectionCounter, SequenceAllocator, SequenceError, write_atomically
 from .uplink import ConfigGate, DownlinkRejectedError, Uplink
 
 __all__ = [
@@ -337,6 +337,10 @@ class Agent:
             self._boot.counters["seq_skipped"] = self.sequence.skipped.count
         if self.sequence.file_lost:
             self._boot.counters["seq_file_lost"] = 1
+        # State messages carry a connection counter that never repeats (docs/protocol.md
+        # section 5): a replayed Last Will of an earlier connection is stale at the collector.
+        self.connections = ConnectionCounter(data_dir / "connection")
+        self._connection: int | None = None
         self.engine = engine if engine is not None else self._build_engine(engine_factory)
         self.batcher = Batcher(config.batch)
         self.gate: ConfigGate | None = None
@@ -362,6 +366,7 @@ class Agent:
             outbox=self.outbox,
             make_state=self._state_message,
             on_config=self._on_config if self.gate is not None else None,
+            on_connecting=self._new_connection,
         )
         for note in self.outbox.events:
             _event(logging.ERROR, "outbox_corruption", detail=note)
@@ -445,6 +450,13 @@ class Agent:
         cleaned = {k: v for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
         return dict(list(cleaned.items())[:250])
 
+    def _new_connection(self) -> None:
+        """Move to a fresh state connection counter (uplink thread, before each connect)."""
+        try:
+            self._connection = self.connections.next()
+        except SequenceError as exc:  # keep the previous counter: stale states beat no states
+            _event(logging.ERROR, "connection_counter_failed", error=str(exc))
+
     def _state_message(self, online: bool) -> bytes:
         state = DeviceState(
             device_id=self.device_id,
@@ -453,6 +465,7 @@ class Agent:
             boot_id=self.boot_id,
             versions={"agent": AGENT_VERSION, "protocol": "1"},
             counters=self.all_counters(),
+            connection=self._connection,
         )
         return seal_state(state, self._key, state_topic(self.device_id))
 

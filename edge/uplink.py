@@ -189,6 +189,9 @@ class Uplink:
         on_config: called with (topic, payload) for each message on the config topic, on
             the uplink thread; must not block.
         rng: randomness for jitter (tests pass a seeded one).
+        on_connecting: called before each connection attempt, before the Last Will is
+            made (the agent moves to a new state connection counter there, so the will and
+            the birth message of one connection carry the same, never reused, counter).
     """
 
     def __init__(
@@ -200,8 +203,10 @@ class Uplink:
         make_state: Callable[[bool], bytes],
         on_config: Callable[[str, bytes], None] | None = None,
         rng: random.Random | None = None,
+        on_connecting: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_connecting = on_connecting
         self.device_id = device_id
         self.outbox = outbox
         self._make_state = make_state
@@ -354,6 +359,8 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        if self._on_connecting is not None:
+            self._on_connecting()
         try:
             client.will_set(self.state_topic, self._make_state(False), qos=1, retain=True)
             client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
