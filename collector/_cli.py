@@ -173,7 +173,8 @@ def _dead_letters(args: argparse.Namespace) -> int:
     engine = open_database(_settings(args))
     try:
         stmt = sa.select(
-            table.c.id, table.c.received_ms, table.c.topic, table.c.reason, table.c.detail, table.c.payload_bytes
+            table.c.id, table.c.received_ms, table.c.topic, table.c.device_id, table.c.reason, table.c.detail,
+            table.c.payload_bytes,
         )
         if args.reason:
             stmt = stmt.where(table.c.reason == args.reason)

@@ -81,7 +81,7 @@ class Outcome(StrEnum):
 
     STORED = "stored"
     DUPLICATE = "duplicate"
-    DEAD_LETTERED = "dead_lettered"
+    DEAD_LETTERED = "dead_lettered"  # including ``seq_conflict``: same (device, seq), other content
     STATE_APPLIED = "state_applied"
     STATE_STALE = "state_stale"
 
@@ -311,19 +311,27 @@ class Ingestor:
         batch = self._open(open_batch, payload, topic)
         self._check_times(batch, received_ms)
         started = time.perf_counter()
+        conflict: str | None = None
         with self.engine.begin() as conn:
             batch_id = self._insert_ledger(conn, batch, received_ms, len(payload))
             self._ensure_status(conn, batch.device_id)
             if batch_id is None:
+                conflict = self._seq_conflict(conn, batch, len(payload))
+                counter = _status.c.duplicates if conflict is None else _status.c.seq_conflicts
                 conn.execute(
                     _status.update()
                     .where(_status.c.device_id == batch.device_id)
-                    .values(duplicates=_status.c.duplicates + 1)
+                    .values({counter.key: counter + 1})
                 )
             else:
                 self._store_records(conn, batch, batch_id)
                 self._update_status(conn, batch, received_ms)
         self.metrics.db_seconds.observe(time.perf_counter() - started)
+        if conflict is not None:
+            self.metrics.seq_conflicts.inc()
+            self.counters["seq_conflicts"] += 1
+            # Authenticated content with nowhere else to go: kept whole, never cut to the head.
+            return self._dead_letter(topic, payload, received_ms, "seq_conflict", conflict, keep_whole=True)
         duplicate = batch_id is None
         if duplicate:
             self.metrics.duplicates.inc()
@@ -361,6 +369,34 @@ class Ingestor:
         )
         batch_id: int | None = conn.execute(stmt).scalar()
         return batch_id
+
+    @staticmethod
+    def _seq_conflict(conn: Connection, batch: Batch, size: int) -> str | None:
+        """Compare a batch whose (device, seq) is already stored with the stored one.
+
+        Ed25519 signatures are deterministic, so a redelivery is the same bytes: same boot
+        id, creation time and size. Anything else is another batch under a used number (a
+        wiped or replaced box restarting its sequence): a conflict, described for the
+        dead letter. Returns ``None`` for a plain duplicate.
+        """
+        stored = (
+            conn.execute(
+                sa.select(_batches.c.boot_id, _batches.c.created_ms, _batches.c.message_bytes).where(
+                    _batches.c.device_id == batch.device_id, _batches.c.seq == batch.seq
+                )
+            )
+            .mappings()
+            .one()
+        )
+        mine = {"boot_id": batch.boot_id, "created_ms": batch.created_ms, "message_bytes": size}
+        if all(stored[k] == v for k, v in mine.items()):
+            return None
+        return (
+            f"seq {batch.seq} of {batch.device_id} is stored with other content (stored boot "
+            f"{stored['boot_id'].hex()}, created {stored['created_ms']} ms, {stored['message_bytes']} bytes; this "
+            f"boot {batch.boot_id.hex()}, created {batch.created_ms} ms, {size} bytes): "
+            "the box reused sequence numbers (wiped or replaced?)"
+        )
 
     def _ensure_status(self, conn: Connection, device_id: str) -> None:
         conn.execute(
@@ -512,7 +548,9 @@ class Ingestor:
 
     # ------------------------------------------------------------ dead letters and hooks
 
-    def _dead_letter(self, topic: object, payload: object, received_ms: int, reason: str, detail: str) -> IngestResult:
+    def _dead_letter(
+        self, topic: object, payload: object, received_ms: int, reason: str, detail: str, *, keep_whole: bool = False
+    ) -> IngestResult:
         topic_text = topic if isinstance(topic, str) else repr(topic)
         raw = bytes(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else repr(payload).encode()
         device_id: str | None
@@ -528,7 +566,7 @@ class Ingestor:
                     device_id=device_id,
                     reason=reason[:64],
                     detail=detail[:MAX_DETAIL_CHARS],
-                    payload=raw[: self.limits.dead_letter_keep_bytes],
+                    payload=raw if keep_whole else raw[: self.limits.dead_letter_keep_bytes],
                     payload_bytes=len(raw),
                 )
             )

@@ -328,8 +328,13 @@ class Agent:
             private_key = load_private_key(config.device.key_file)
         self._key = private_key
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
+        # A missing sequence file cannot be told from a wiped data directory: start at the
+        # clock floor (docs/protocol.md, "Sequence identity") so a wiped box is never muted.
         self.sequence = SequenceAllocator(
-            data_dir / "sequence", committed_high=self.outbox.committed_high, block=config.outbox.seq_block
+            data_dir / "sequence",
+            committed_high=self.outbox.committed_high,
+            block=config.outbox.seq_block,
+            floor_when_missing=True,
         )
         self._boot = _BootReport()
         if self.sequence.skipped is not None:
@@ -337,6 +342,8 @@ class Agent:
             self._boot.counters["seq_skipped"] = self.sequence.skipped.count
         if self.sequence.file_lost:
             self._boot.counters["seq_file_lost"] = 1
+        if self.sequence.clock_floor:
+            self._boot.counters["seq_floor"] = self.sequence.peek()
         # State messages carry a connection counter that never repeats (docs/protocol.md
         # section 5): a replayed Last Will of an earlier connection is stale at the collector.
         self.connections = ConnectionCounter(data_dir / "connection")

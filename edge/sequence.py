@@ -48,7 +48,14 @@ from protocol import MAX_SEQ
 
 from .config import AgentError
 
-__all__ = ["ConnectionCounter", "SequenceAllocator", "SequenceError", "SkippedRange", "write_atomically"]
+__all__ = [
+    "ConnectionCounter",
+    "SequenceAllocator",
+    "SequenceError",
+    "SkippedRange",
+    "provision_sequence",
+    "write_atomically",
+]
 
 _MAGIC = "lienwatch-seq-v1"
 #: a host clock earlier than this (2020-01-01) is not trusted for the fallback floor
@@ -261,3 +268,19 @@ class ConnectionCounter:
             raise SequenceError(f"cannot persist the connection counter in {self.path}: {exc}") from exc
         self._last = value
         return value
+
+
+def provision_sequence(path: Path) -> bool:
+    """Mark a brand-new device: its first batch will be seq 1 instead of the clock floor.
+
+    Writes ``path`` with a reserved high-water mark of 0 unless it exists. Only a
+    provisioning step that knows the device never sent anything may call this (a factory
+    image, a test); an agent that finds no file assumes it was wiped.
+
+    Returns:
+        True when the file was written, False when it already existed.
+    """
+    if Path(path).exists():
+        return False
+    write_atomically(Path(path), _encode(0))
+    return True

@@ -15,6 +15,7 @@ from edge import keys
 from edge.agent import Agent, ObservationClock, StructuredFormatter
 from edge.config import AgentConfig, load_config
 from edge.outbox import Outbox
+from edge.sequence import provision_sequence
 from firmware_sim.services import Mosquitto
 from protocol import (
     Alert,
@@ -118,7 +119,10 @@ shutdown_grace_s = {grace}
 """
     path = tmp_path / "agent.toml"
     path.write_text(text)
-    return load_config(path, environ={})
+    config = load_config(path, environ={})
+    config.device.data_dir.mkdir(parents=True, exist_ok=True)
+    provision_sequence(config.device.data_dir / "sequence")  # a brand-new device counts from 1
+    return config
 
 
 class Running:

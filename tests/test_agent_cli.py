@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge import keys
+from edge.sequence import provision_sequence
 from firmware_sim.services import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from tests.test_uplink import Collector, wait_until
@@ -68,6 +69,8 @@ backoff_min_s = 0.05
 shutdown_grace_s = 5
 """
     )
+    (tmp_path / "data").mkdir()
+    provision_sequence(tmp_path / "data" / "sequence")  # a brand-new device counts from 1
     collector = Collector(mosquitto.port, [batch_topic(DEVICE), state_topic(DEVICE)], client_id="cli-collector")
     log_path = tmp_path / "agent.log"
     with log_path.open("wb") as log:
