@@ -24,11 +24,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .auth import Principal, require_role
+from .auth import Principal, bearer_accepted, require_role
 from .database import get_engine, open_database
 from .errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyError, RegistryError
 from .models import Base
 from .registry import DeviceRegistry
+from .request_guard import RequestGuard
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -267,4 +268,7 @@ def create_app(
     app.include_router(_dead_letters_router())
     for router in routers:
         app.include_router(router)
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.api.max_body_bytes, is_authenticated=bearer_accepted(settings)
+    )
     return app

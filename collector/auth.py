@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .settings import ROLES, Settings, get_settings, hash_api_key
 
-__all__ = ["ROLES", "Principal", "authenticate", "require_role"]
+__all__ = ["ROLES", "Principal", "authenticate", "bearer_accepted", "require_role"]
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="LienWatch API key")
@@ -45,6 +45,23 @@ def authenticate(api_key: str, settings: Settings) -> Principal | None:
         if hmac.compare_digest(known, digest):
             return Principal(role=role, key_id=digest[:12])
     return None
+
+
+def bearer_accepted(settings: Settings) -> Callable[[list[tuple[bytes, bytes]]], bool]:
+    """A header-only check for :class:`collector.request_guard.RequestGuard`.
+
+    True when the ``Authorization: Bearer`` header holds a configured key (any role: the
+    route still checks the role); nothing of the body is needed to decide.
+    """
+
+    def accepted(headers: list[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            if name.lower() == b"authorization" and len(value) <= MAX_KEY_CHARS + 7:
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and authenticate(token.strip(), settings) is not None
+        return False
+
+    return accepted
 
 
 def _audit_denied(request: Request, principal: Principal, roles: tuple[str, ...]) -> None:

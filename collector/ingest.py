@@ -14,8 +14,10 @@ collector.ingest_service) with the topic and raw bytes of a message:
    and the latest per-device state are written in the same transaction. Latest-state
    updates carry ``WHERE stored_time < :new`` so late data never moves them backwards.
 
-Anything wrong with the message lands in ``dead_letters`` (raw bytes, topic, reason slug,
-detail, time) and ``handle`` returns normally, so the caller acknowledges it and the
+Anything wrong with the message lands in ``dead_letters`` (the first
+``limits.dead_letter_keep_bytes`` of the raw bytes with the full size and SHA-256, topic,
+reason slug, detail, time; at most ``limits.dead_letters_per_device_hour`` rows per device
+id and hour, beyond that only counted) and ``handle`` returns normally, so the caller acknowledges it and the
 stream keeps flowing. A database that cannot be reached is *not* the message's fault:
 ``handle`` raises :class:`~collector.errors.DatabaseUnavailableError` and the caller must not
 acknowledge; it retries the same message later.
@@ -28,6 +30,7 @@ never un-commits anything.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +46,7 @@ from protocol import Batch, DeviceState, open_batch, open_state, parse_topic
 from protocol.errors import ProtocolError, UnknownDevice
 from protocol.topics import TopicKind
 
+from .admission import DeadLetterQuota
 from .database import is_transient
 from .errors import DatabaseUnavailableError, StorageError
 from .metrics import IngestMetrics
@@ -205,6 +209,12 @@ class Ingestor:
         self.metrics = metrics or IngestMetrics()
         self.on_commit: list[CommitHook] = list(on_commit)
         self.keys = KeyCache(self.limits.key_cache_ttl_s)
+        self.dead_letter_quota = DeadLetterQuota(self.limits.dead_letters_per_device_hour)
+        #: When True, dead-letter rows wait in memory until :meth:`flush_dead_letters` writes
+        #: them in one transaction (the MQTT service sets it and acknowledges refused
+        #: messages only after that commit: one commit per group instead of per message).
+        self.defer_dead_letters = False
+        self._pending_dead: list[dict[str, Any]] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self._clock_ms = clock_ms
         self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
@@ -558,23 +568,55 @@ class Ingestor:
             device_id = parse_topic(topic_text).device_id
         except ProtocolError:
             device_id = None
-        with self.engine.begin() as conn:
-            conn.execute(
-                _dead.insert().values(
-                    received_ms=received_ms,
-                    topic=topic_text[:MAX_TOPIC_CHARS],
-                    device_id=device_id,
-                    reason=reason[:64],
-                    detail=detail[:MAX_DETAIL_CHARS],
-                    payload=raw if keep_whole else raw[: self.limits.dead_letter_keep_bytes],
-                    payload_bytes=len(raw),
-                )
-            )
         self.metrics.dead_letters.labels(reason).inc()
         self.counters["dead_letters"] += 1
         self.counters[f"dead_letter:{reason}"] += 1
+        if not self.dead_letter_quota.allow(device_id, received_ms):
+            # Refused all the same; only the row is not written (bounded storage per sender).
+            self.metrics.dead_letters_over_quota.inc()
+            self.counters["dead_letters_over_quota"] += 1
+            return IngestResult(Outcome.DEAD_LETTERED, topic_text, device_id, reason=reason, detail=detail)
+        row = {
+            "received_ms": received_ms,
+            "topic": topic_text[:MAX_TOPIC_CHARS],
+            "device_id": device_id,
+            "reason": reason[:64],
+            "detail": detail[:MAX_DETAIL_CHARS],
+            "payload": raw if keep_whole else raw[: self.limits.dead_letter_keep_bytes],
+            "payload_bytes": len(raw),
+            "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        if self.defer_dead_letters:
+            self._pending_dead.append(row)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(_dead.insert(), [row])
         log.info("dead-lettered a message on %s: %s: %s", topic_text[:120], reason, detail[:200])
         return IngestResult(Outcome.DEAD_LETTERED, topic_text, device_id, reason=reason, detail=detail)
+
+    @property
+    def pending_dead_letters(self) -> int:
+        """Dead-letter rows waiting for :meth:`flush_dead_letters`."""
+        return len(self._pending_dead)
+
+    def flush_dead_letters(self) -> int:
+        """Write the deferred dead-letter rows in one transaction; return how many.
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached (the rows are kept).
+            StorageError: the database refused them.
+        """
+        if not self._pending_dead:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_dead.insert(), self._pending_dead)
+        except sa.exc.SQLAlchemyError as exc:
+            if is_transient(exc):
+                raise DatabaseUnavailableError(f"database unreachable while writing dead letters: {exc}") from exc
+            raise StorageError(f"cannot write {len(self._pending_dead)} dead letters: {exc}") from exc
+        written, self._pending_dead = len(self._pending_dead), []
+        return written
 
     def _run_hooks(self, event: StoredBatch | StoredState) -> None:
         for hook in self.on_commit:
