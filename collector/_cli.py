@@ -154,15 +154,37 @@ def _devices(args: argparse.Namespace) -> int:
                 print(f"lienwatch collector: cannot read {args.public_key}: {exc.strerror}", file=sys.stderr)
                 return 2
             info = registry.add(args.device, pem, label=args.label)
-            print(json.dumps(info.as_dict()))
+            out = info.as_dict()
+            if args.broker_dir:  # the device's own broker account (docs/security.md)
+                from .broker_auth import BrokerAccounts
+
+                credentials = BrokerAccounts(Path(args.broker_dir)).add_device(args.device)
+                out |= {"mqtt_username": credentials.username, "mqtt_password": credentials.password}
+            print(json.dumps(out))
         elif args.action == "revoke":
-            print(json.dumps(registry.revoke(args.device_id).as_dict()))
+            out = registry.revoke(args.device_id).as_dict()
+            if args.broker_dir:
+                from .broker_auth import BrokerAccounts
+
+                out["mqtt_account_removed"] = bool(BrokerAccounts(Path(args.broker_dir)).remove([args.device_id]))
+            print(json.dumps(out))
         else:
             for info in registry.list_devices():
                 print(json.dumps(info.as_dict()))
         return 0
     finally:
         engine.dispose()
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from .broker_auth import BrokerAccounts, mosquitto_conf_lines
+
+    accounts = BrokerAccounts(Path(args.broker_dir))
+    credentials = accounts.collector_account()
+    print(json.dumps({"mqtt_username": credentials.username, "mqtt_password": credentials.password}))
+    for line in mosquitto_conf_lines(accounts.password_file.resolve(), accounts.acl_file.resolve()):
+        print(f"mosquitto.conf: {line}", file=sys.stderr)
+    return 0
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
@@ -213,10 +235,19 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--device", required=True, help="device id ([A-Za-z0-9_-]{1,64})")
     add.add_argument("--public-key", required=True, help="PEM SubjectPublicKeyInfo file")
     add.add_argument("--label", help="free text shown in listings")
+    broker_help = "broker account folder (passwd + acl): also make/remove the device's MQTT account"
+    add.add_argument("--broker-dir", help=broker_help)
     dsub.add_parser("list", parents=[common], help="list devices as JSON lines")
     revoke = dsub.add_parser("revoke", parents=[common], help="revoke a device's key")
     revoke.add_argument("device_id")
+    revoke.add_argument("--broker-dir", help=broker_help)
     devices.set_defaults(func=_devices)
+
+    broker = sub.add_parser("broker", help="the broker's accounts and ACL (docs/security.md)")
+    bsub = broker.add_subparsers(dest="action", required=True)
+    init = bsub.add_parser("init", help="write the ACL and (re)make the collector's account; print its password")
+    init.add_argument("--broker-dir", required=True, help="folder for passwd and acl")
+    broker.set_defaults(func=_broker)
 
     dead = sub.add_parser("dead-letters", parents=[common], help="list refused messages as JSON lines")
     dead.add_argument("--limit", type=int, default=50)

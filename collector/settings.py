@@ -101,7 +101,7 @@ class MqttSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs or tracebacks
 
     def __post_init__(self) -> None:
         _check_range("mqtt.port", self.port, 1, 65_535)
