@@ -67,6 +67,7 @@ from .loan_models import (
     vehicle_condition,
 )
 from .models import FixRecord
+from .redaction import redact_for_collections
 from .repayments import Payment, RepaymentError, format_cents, parse_amount
 
 __all__ = [
@@ -80,6 +81,9 @@ __all__ = [
 
 MAX_TRACK_MS = 31 * 86_400_000
 MAX_TRACK_POINTS = 20_000
+#: query integers beyond these are refused with 422 (a database integer is 64-bit signed)
+MAX_INT64 = 2**63 - 1
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _COORDINATE_KEY = re.compile(r"(^|_)(lat|lon|latitude|longitude|position|track)$", re.IGNORECASE)
 
 
@@ -130,7 +134,7 @@ def _loan_or_404(session: Session, loan_id: str) -> LoanRecord:
 def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str, Any]:
     if state is None:
         return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None}
-    reasons = state.reasons if _may_see_location(principal) else redact_coordinates(state.reasons)
+    reasons = state.reasons if _may_see_location(principal) else redact_for_collections(state.reasons)
     return {
         "level": state.level,
         "next_step": state.next_step,
@@ -188,7 +192,7 @@ def list_loans(
     principal: LoanReader,
     level: Annotated[str | None, Query(pattern="^(normal|watch|high|critical)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> list[dict[str, Any]]:
     """Loans with their risk level and next step, most severe first."""
     out = [
@@ -335,7 +339,7 @@ def _event_dict(row: RiskEventRecord, principal: Principal) -> dict[str, Any]:
         "old_level": row.old_level,
         "new_level": row.new_level,
         "next_step": row.next_step,
-        "reasons": row.reasons if _may_see_location(principal) else redact_coordinates(row.reasons),
+        "reasons": row.reasons if _may_see_location(principal) else redact_for_collections(row.reasons),
     }
 
 
@@ -346,8 +350,8 @@ def track(
     request: Request,
     session: Db,
     principal: Analyst,
-    from_ms: Annotated[int, Query(ge=0)],
-    to_ms: Annotated[int, Query(ge=0)],
+    from_ms: Annotated[int, Query(ge=0, le=MAX_TIME_MS)],
+    to_ms: Annotated[int, Query(ge=0, le=MAX_TIME_MS)],
 ) -> dict[str, Any]:
     """Fixes of the loan's vehicle in ``[from_ms, to_ms]`` (at most 31 days, 20,000 points)."""
     loan = _loan_or_404(session, loan_id)
@@ -380,7 +384,7 @@ def alerts(loan_id: str, request: Request, session: Db, principal: LoanReader) -
     loan = _loan_or_404(session, loan_id)
     out = [a.as_dict() for a in open_alerts(session, loan.device_id, _now_ms(request))]
     if not _may_see_location(principal):
-        out = redact_coordinates(out)
+        out = redact_for_collections(out)
     _audit(session, request, principal, "read_alerts", kind="loan", subject=loan_id, count=len(out))
     session.commit()
     return out
@@ -404,8 +408,8 @@ def audit_log(
     *,
     session: Db,
     principal: Auditor,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
+    since_ms: Annotated[int | None, Query(ge=0, le=MAX_TIME_MS)] = None,
+    until_ms: Annotated[int | None, Query(ge=0, le=MAX_TIME_MS)] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     subject_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -501,7 +505,7 @@ async def risk_stream(
     request: Request,
     principal: LoanReader,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
-    after_id: Annotated[int | None, Query(ge=0)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     follow: bool = True,
 ) -> StreamingResponse:
     """Risk level changes as server-sent events (resume with ``Last-Event-ID``).
@@ -511,6 +515,8 @@ async def risk_stream(
     start = after_id if after_id is not None else 0
     if last_event_id is not None and last_event_id.isdigit():
         start = int(last_event_id)
+        if start > MAX_INT64:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "Last-Event-ID is beyond any event id")
     engine = get_engine(request)
 
     def fetch(after: int) -> list[RiskEventRecord]:

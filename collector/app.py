@@ -103,14 +103,34 @@ def _send_current_markets(request: Request, engine: Engine, device_id: str) -> i
     return len(messages)
 
 
+def _audit(
+    engine: Engine, request: Request, principal: Principal, action: str, *, kind: str, subject: str, **detail: Any
+) -> None:
+    """Append one audit row and commit it (before the answer leaves)."""
+    from .audit import record_access
+
+    with Session(engine) as session:
+        record_access(
+            session,
+            actor=principal.key_id,
+            role=principal.role,
+            action=action,
+            subject_type=kind,
+            subject_id=subject,
+            time_ms=request.app.state.clock_ms(),
+            detail=detail,
+        )
+        session.commit()
+
+
 def _devices_router() -> APIRouter:
     router = APIRouter(prefix="/v1/devices", tags=["devices"])
-    admin = Depends(require_role("admin"))  # for routes that do not need the principal itself
-
-    @router.get("", dependencies=[admin])
-    def list_devices(engine: EngineDep) -> list[dict[str, Any]]:
+    @router.get("")
+    def list_devices(engine: EngineDep, request: Request, principal: AdminPrincipal) -> list[dict[str, Any]]:
         """Every registered device with its newest key."""
-        return [d.as_dict() for d in DeviceRegistry(engine).list_devices()]
+        devices = [d.as_dict() for d in DeviceRegistry(engine).list_devices()]
+        _audit(engine, request, principal, "list_devices", kind="device", subject="*", count=len(devices))
+        return devices
 
     @router.post("", status_code=status.HTTP_201_CREATED)
     def add_device(
@@ -129,11 +149,12 @@ def _devices_router() -> APIRouter:
         except (InvalidPublicKeyError, RegistryError) as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         log.info("device %s added by key %s", body.device_id, principal.key_id)
+        _audit(engine, request, principal, "add_device", kind="device", subject=body.device_id)
         return info.as_dict() | {"configs_signed": _send_current_markets(request, engine, body.device_id)}
 
-    @router.get("/{device_id}", dependencies=[admin])
-    def get_device(device_id: str, engine: EngineDep) -> dict[str, Any]:
-        """A device, its key and its latest state."""
+    @router.get("/{device_id}")
+    def get_device(device_id: str, engine: EngineDep, request: Request, principal: AdminPrincipal) -> dict[str, Any]:
+        """A device, its key and its latest state (its last position: audited)."""
         try:
             info = DeviceRegistry(engine).get(device_id)
         except DeviceNotFoundError as exc:
@@ -143,12 +164,14 @@ def _devices_router() -> APIRouter:
         state = None
         if row is not None:
             state = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items() if k != "device_id"}
+        _audit(engine, request, principal, "read_device", kind="device", subject=device_id)
         return {**info.as_dict(), "status": state}
 
     @router.post("/{device_id}/revoke")
     def revoke_device(
         device_id: str,
         engine: EngineDep,
+        request: Request,
         principal: AdminPrincipal,
     ) -> dict[str, Any]:
         """Revoke the device's key; its messages are dead-lettered from then on."""
@@ -157,6 +180,7 @@ def _devices_router() -> APIRouter:
         except DeviceNotFoundError as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         log.info("device %s revoked by key %s", device_id, principal.key_id)
+        _audit(engine, request, principal, "revoke_device", kind="device", subject=device_id)
         return info.as_dict()
 
     return router
@@ -165,9 +189,11 @@ def _devices_router() -> APIRouter:
 def _dead_letters_router() -> APIRouter:
     router = APIRouter(prefix="/v1/dead-letters", tags=["ingest"])
 
-    @router.get("", dependencies=[Depends(require_role("admin"))])
+    @router.get("")
     def list_dead_letters(
         engine: EngineDep,
+        request: Request,
+        principal: AdminPrincipal,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         reason: Annotated[str | None, Query(max_length=64)] = None,
     ) -> list[dict[str, Any]]:
@@ -188,7 +214,10 @@ def _dead_letters_router() -> APIRouter:
         if reason is not None:
             stmt = stmt.where(_dead.c.reason == reason)
         with engine.connect() as conn:
-            return [dict(row) for row in conn.execute(stmt).mappings()]
+            letters = [dict(row) for row in conn.execute(stmt).mappings()]
+        subject = reason or "*"
+        _audit(engine, request, principal, "read_dead_letters", kind="dead_letter", subject=subject, count=len(letters))
+        return letters
 
     return router
 

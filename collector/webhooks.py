@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from .errors import CollectorError
 from .loan_models import WebhookDelivery
+from .redaction import redact_coordinates
 from .risk import RiskChange
 
 __all__ = [
@@ -143,7 +144,7 @@ def event_body(event_id: str, change: RiskChange) -> bytes:
         "id": event_id,
         "type": "risk.level_changed",
         "created_ms": change.time_ms,
-        "data": change.as_dict(),
+        "data": redact_coordinates(change.as_dict()),  # leaves the collector: no precise position
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

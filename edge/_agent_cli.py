@@ -3,7 +3,8 @@
 ``lienwatch agent run --config agent.toml`` runs until SIGTERM/SIGINT (clean shutdown:
 flush, snapshot, short publish grace, offline state); SIGHUP reloads the configuration.
 ``lienwatch agent check --config agent.toml`` validates the file (and the sections owned by
-the GNSS, CAN and rules modules) and prints it resolved as JSON.
+the GNSS, CAN and rules modules) and the key files exactly as ``run`` does (exit 2 on a
+missing, malformed or group/world-readable key) and prints it resolved as JSON.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(path: str) -> int:
+    from .keys import KeyFileError, load_private_key, load_public_key
+
     try:
         config = load_config(path)
         notes = validate_delegated_sections(config)
-    except ConfigError as exc:
+        # The key checks `agent run` makes (present, Ed25519, mode 0600): the systemd unit
+        # runs `check` as its pre-start validation, so it must refuse what `run` refuses.
+        load_private_key(config.device.key_file)
+        if config.downlink.collector_public_key is not None:
+            load_public_key(config.downlink.collector_public_key)
+    except (ConfigError, KeyFileError) as exc:
         print(f"lienwatch agent check: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(config.resolved(), indent=2, sort_keys=False))

@@ -356,7 +356,10 @@ class Agent:
 
             assert config.downlink.collector_public_key is not None
             self.gate = ConfigGate(
-                self.device_id, load_public_key(config.downlink.collector_public_key), config.downlink.state_file
+                self.device_id,
+                load_public_key(config.downlink.collector_public_key),
+                config.downlink.state_file,
+                config.downlink.floor_file,
             )
             if self.gate.current is not None:
                 try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import _agent_cli
+from edge import _agent_cli, keys
 from edge.config import ConfigError, load_config, parse_config, validate_delegated_sections
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -128,6 +128,7 @@ def test_delegated_sections_are_checked_by_their_owners(tmp_path: Path) -> None:
 
 def test_agent_check_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, MINIMAL)
+    keys.generate(tmp_path / "k", "car-7")  # `check` checks the key file as `run` does
     assert _agent_cli.main(["check", "--config", str(path)]) == 0
     out, err = capsys.readouterr()
     resolved = json.loads(out)
