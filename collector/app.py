@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from .api_schema import document_refusals
 from .auth import Principal, bearer_accepted, require_role
 from .database import get_engine, open_database
 from .errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyError, RegistryError
@@ -297,6 +298,7 @@ def create_app(
     app.include_router(_dead_letters_router())
     for router in routers:
         app.include_router(router)
+    document_refusals(app)
     app.add_middleware(
         RequestGuard, max_body_bytes=settings.api.max_body_bytes, is_authenticated=bearer_accepted(settings)
     )
