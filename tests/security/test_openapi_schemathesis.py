@@ -3,9 +3,10 @@ outside its documented schema.
 
 The app is the real one (auth, request guard, every router, SQLite with the sample loan
 book and a device with an alert and a fix). Each operation gets ``LIENWATCH_API_EXAMPLES``
-examples, each sent with every role's key and with none (default 10: 200 examples, 1,000 requests in all); ``bench/fuzz_bench.py``
-runs longer campaigns. ``/v1/risk/stream`` is left out (with ``follow=true`` it streams
-for ever); its parameters are covered by tests/security/test_finding5_smaller.py.
+examples, each sent with every role's key and with none (default 10: 200 examples, 1,000
+requests in all); ``bench/fuzz_bench.py`` runs longer campaigns. ``/v1/risk/stream`` is
+left out (with ``follow=true`` it streams for ever); its parameters are covered by
+tests/security/test_finding5_smaller.py.
 """
 
 from __future__ import annotations
