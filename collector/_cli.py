@@ -180,10 +180,13 @@ def _broker(args: argparse.Namespace) -> int:
     from .broker_auth import BrokerAccounts, mosquitto_conf_lines
 
     accounts = BrokerAccounts(Path(args.broker_dir))
-    credentials = accounts.collector_account()
+    if args.action == "device":  # a new password for a registered device (lost or leaked)
+        credentials = accounts.add_device(args.device)
+    else:
+        credentials = accounts.collector_account()
+        for line in mosquitto_conf_lines(accounts.password_file.resolve(), accounts.acl_file.resolve()):
+            print(f"mosquitto.conf: {line}", file=sys.stderr)
     print(json.dumps({"mqtt_username": credentials.username, "mqtt_password": credentials.password}))
-    for line in mosquitto_conf_lines(accounts.password_file.resolve(), accounts.acl_file.resolve()):
-        print(f"mosquitto.conf: {line}", file=sys.stderr)
     return 0
 
 
@@ -247,6 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     bsub = broker.add_subparsers(dest="action", required=True)
     init = bsub.add_parser("init", help="write the ACL and (re)make the collector's account; print its password")
     init.add_argument("--broker-dir", required=True, help="folder for passwd and acl")
+    device = bsub.add_parser("device", help="(re)make one device's account; print its new password")
+    device.add_argument("--device", required=True, help="device id (= its MQTT user name)")
+    device.add_argument("--broker-dir", required=True, help="folder for passwd and acl")
     broker.set_defaults(func=_broker)
 
     dead = sub.add_parser("dead-letters", parents=[common], help="list refused messages as JSON lines")

@@ -194,6 +194,10 @@ def test_collector_ingests_through_the_authenticated_broker(
     added = json.loads(capsys.readouterr().out)
     assert added["mqtt_username"] == "car-0002"
     assert set(accounts.accounts()) == {"lw-collector", "car-0002"}
+    old_hash = accounts.accounts()["car-0002"]
+    assert collector_main(["broker", "device", "--device", "car-0002", "--broker-dir", str(accounts.folder)]) == 0
+    assert json.loads(capsys.readouterr().out)["mqtt_password"] != added["mqtt_password"]
+    assert accounts.accounts()["car-0002"] != old_hash
     device_login = accounts.add_device("car-0001")
     broker.start()
 
