@@ -7,11 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit hil bench system venv clean help
+.PHONY: demo test lint typecheck unit process hil bench system venv clean help
 
 help:
 	@echo "make demo   - set up and run the whole chain (simulator -> agent -> broker -> collector -> API)"
-	@echo "make test   - set up and run lint, type checks and every test (unit, property, HIL)"
+	@echo "make test   - set up and run lint, type checks and every test tier (unit, process, HIL)"
+	@echo "make unit   - only the fast in-process tier (no broker, no database server, no child process)"
 	@echo "make bench  - run the benchmarks in bench/"
 
 $(STAMP): pyproject.toml
@@ -32,12 +33,25 @@ system:
 
 lint: venv
 	$(BIN)/ruff check protocol edge collector firmware-sim tests $(wildcard hil-tests) bench
+	$(BIN)/lint-imports
+	@# No collector function at cyclomatic grade D or worse (radon lists them; the list must be empty).
+	@complex="$$($(BIN)/radon cc -n D collector)"; if [ -n "$$complex" ]; then echo "$$complex"; exit 1; fi
 
 typecheck: venv
 	$(BIN)/mypy protocol edge collector
 
 test: venv system lint typecheck
 	$(BIN)/python -m pytest -q
+
+# One test tier at a time (markers applied by tests/tiers.py; README "Tests and benchmarks").
+unit: venv
+	$(BIN)/python -m pytest -q -m unit
+
+process: venv system
+	$(BIN)/python -m pytest -q -m process
+
+hil: venv system
+	$(BIN)/python -m pytest -q -m hil
 
 demo: venv system
 	$(BIN)/lienwatch demo

@@ -41,8 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge import keys  # noqa: E402
-from firmware_sim.services import Mosquitto  # noqa: E402
+from firmware_sim.rig import Mosquitto  # noqa: E402
+from protocol.cli import key_files as keys  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEVICE = "bench-car"
@@ -102,7 +102,7 @@ def proc_memory_mib(pid: int) -> tuple[float, float]:
 def start_load(workdir: Path, seconds: float) -> tuple[subprocess.Popen[str], Path, Path]:
     can_link, gnss_link = workdir / "can.pty", workdir / "gnss.pty"
     command = [
-        sys.executable, "-m", "edge", "sim", "load", "--can-link", str(can_link), "--fps", "2000",
+        sys.executable, "-m", "firmware_sim", "load", "--can-link", str(can_link), "--fps", "2000",
         "--mapped-share", "0.05", "--gnss-link", str(gnss_link), "--gnss-hz", "10",
         "--seconds", str(seconds), "--open-timeout", "60",
     ]  # fmt: skip

@@ -68,7 +68,7 @@ def nmea_lines() -> list[bytes]:
         lines = [ln for ln in NMEA_SAMPLE.read_bytes().splitlines() if ln.startswith(b"$")]
         if lines:
             return lines
-    from firmware_sim._gnss import GnssReceiver, Truth  # the simulator's receiver as a fallback
+    from firmware_sim.gnss import GnssReceiver, Truth  # the simulator's receiver as a fallback
 
     receiver = GnssReceiver(seed=1, noise_m=1.5)
     out: list[bytes] = []
@@ -173,7 +173,7 @@ class SlcanRun:
 
 
 def start_feeder(link: Path, fps: int, seconds: float) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "edge", "sim", "load", "--can-link", str(link), "--fps", str(fps),
+    command = [sys.executable, "-m", "firmware_sim", "load", "--can-link", str(link), "--fps", str(fps),
                "--seconds", str(seconds), "--open-timeout", "30"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.monotonic() + 30

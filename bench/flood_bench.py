@@ -37,9 +37,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.database import create_engine, migrate
-from collector.registry import DeviceRegistry
-from firmware_sim.services import Mosquitto
+from collector.ingest.registry import DeviceRegistry
+from collector.storage.database import create_engine, migrate
+from firmware_sim.rig import Mosquitto
 from protocol import Batch, Fix, batch_topic, seal_batch
 
 DEVICE = "bench-genuine"
@@ -146,12 +146,12 @@ def main() -> int:
         with Mosquitto(workdir=workdir / "broker", persistence=False) as broker:
             config = workdir / "collector.toml"
             config.write_text(f'database_url = "{url}"\n[mqtt]\nport = {broker.port}\nclient_id = "flood-collector"\n')
-            script = Path(sys.executable).with_name("lienwatch")
-            command = [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
             log_path = workdir / "collector.log"
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
-                    [*command, "collector", "serve", "--ingest-only", "--config", str(config)], stdout=log, stderr=log
+                    [sys.executable, "-m", "collector", "serve", "--ingest-only", "--config", str(config)],
+                    stdout=log,
+                    stderr=log,
                 )
             deadline = time.monotonic() + 60
             while "subscribed to" not in log_path.read_text(errors="replace"):

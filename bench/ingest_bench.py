@@ -3,11 +3,11 @@
 Measured in one run, on the same pre-sealed one-minute batches (600 fixes each, 10 Hz):
 
 1. ``protocol.open_batch`` alone (verify + strict decode), in this process;
-2. ``collector.ingest.Ingestor.handle`` alone (open + one transaction), in this process,
+2. ``collector.ingest.ingestor.Ingestor.handle`` alone (open + one transaction), in this process,
    on SQLite and on PostgreSQL: the database cost without MQTT;
 3. a bare paho subscriber (QoS 1, auto ack) receiving the batches through a private
    Mosquitto: the transport ceiling;
-4. one collector process (``lienwatch collector serve --ingest-only``) storing them
+4. one collector process (``python -m collector serve --ingest-only``) storing them
    through the same Mosquitto, on SQLite and on PostgreSQL: the real thing.
 
 For 3 and 4 the clock runs from the first publish to the last message received / stored;
@@ -37,11 +37,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor
-from collector.registry import DeviceRegistry
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
-from firmware_sim.services import Mosquitto, Postgres
+from collector.storage.database import create_engine, migrate
+from firmware_sim.rig import Mosquitto, Postgres
 from protocol import Batch, Fix, batch_topic, open_batch, seal_batch
 
 T0 = 1_700_000_000_000
@@ -162,12 +162,11 @@ def bench_collector(url: str, port: int, key: Ed25519PrivateKey, messages: list[
         f'database_url = "{url}"\nlog_level = "INFO"\n[mqtt]\nport = {port}\nclient_id = "bench-collector"\n'
         f"[limits]\nmax_clock_skew_s = {10 * 365 * 86_400}\n"
     )
-    script = Path(sys.executable).with_name("lienwatch")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
+    command = [sys.executable, "-m", "collector"]
     log_path = workdir / "collector.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*command, "collector", "serve", "--ingest-only", "--config", str(config)], stdout=log, stderr=log
+            [*command, "serve", "--ingest-only", "--config", str(config)], stdout=log, stderr=log
         )
     try:
         wait_for(lambda: "subscribed to" in log_path.read_text(errors="replace"), "the collector to subscribe", proc)

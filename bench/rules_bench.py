@@ -22,8 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.rules import Engine, Market, RulesConfig, load_markets, load_regions  # noqa: E402
+from edge.place_files import load_markets_file, load_regions_file  # noqa: E402
+from edge.rules import Engine, RulesConfig  # noqa: E402
 from protocol import Fix, SignalSample  # noqa: E402
+from protocol.places import Place  # noqa: E402
 
 T0 = 1_714_968_000_000  # 2024-05-06 12:00 Asia/Shanghai
 START = (31.2200, 121.4400)
@@ -104,10 +106,10 @@ def main() -> int:
     events = synthetic_hour(args.hours)
     fixes = [e for e in events if isinstance(e, Fix)]
     rng = random.Random(11)
-    markets = load_markets(ROOT / "edge" / "data" / "markets.sample.toml") + [
-        Market(f"m{i}", f"synthetic {i}", 30.0 + rng.random() * 2, 120.5 + rng.random() * 2, 400.0) for i in range(1000)
+    markets = load_markets_file(ROOT / "edge" / "data" / "markets.sample.toml") + [
+        Place(f"m{i}", f"synthetic {i}", 30.0 + rng.random() * 2, 120.5 + rng.random() * 2, 400.0) for i in range(1000)
     ]
-    regions = load_regions(ROOT / "edge" / "data" / "regions.sample.toml")
+    regions = load_regions_file(ROOT / "edge" / "data" / "regions.sample.toml")
     config = RulesConfig()
     records: list[object] = []
 

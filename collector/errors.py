@@ -15,6 +15,7 @@ __all__ = [
     "InvalidPublicKeyError",
     "RegistryError",
     "StorageError",
+    "check_range",
 ]
 
 
@@ -24,6 +25,16 @@ class CollectorError(Exception):
 
 class ConfigError(CollectorError):
     """collector.toml or a ``LIENWATCH_*`` variable is missing, unknown or of the wrong type."""
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    """Refuse a setting outside ``[lo, hi]``, naming it (every settings section uses this).
+
+    Raises:
+        ConfigError: ``value`` is below ``lo`` or above ``hi`` (or NaN).
+    """
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value!r} is outside [{lo}, {hi}]")
 
 
 class RegistryError(CollectorError):

@@ -5,16 +5,16 @@ How this works
 :class:`CollectorRuntime` assembles the long-running parts and starts/stops them in an order
 that loses nothing:
 
-* the MQTT ingest (:class:`~collector.ingest_service.IngestService`) with the risk worker's
+* the MQTT ingest (:class:`~collector.ingest.service.IngestService`) with the risk worker's
   ``on_commit`` hook, so every stored batch or applied state message queues its device's loan
   for reassessment (unless ``ingest=False``, i.e. ``--api-only``);
-* the :class:`~collector.risk_worker.RiskWorker` (those devices soon, every loan every
+* the :class:`~collector.risk.worker.RiskWorker` (those devices soon, every loan every
   ``[risk] reassess_interval_s``), which wakes the webhook worker on each level change;
-* the :class:`~collector.webhooks.WebhookWorker` delivering the persisted outbox (when a
+* the :class:`~collector.jobs.webhooks.WebhookWorker` delivering the persisted outbox (when a
   ``[webhooks] secret`` is configured);
-* the retention job (:class:`~collector.periodic.PeriodicJob`, first run one
+* the retention job (:class:`~collector.jobs.periodic.PeriodicJob`, first run one
   ``[retention] interval_s`` after start);
-* the :class:`~collector.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set).
+* the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set).
 
 Start order: workers first, the ingest last (so no hook fires into a stopped worker). Stop
 order: the ingest first (it finishes the message in hand, commits and acks it), then the
@@ -25,8 +25,7 @@ downlink outboxes) or is redone by the next start's first full risk run.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,24 +34,23 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .loan_models import LoansSettings
-from .metrics import IngestMetrics
-from .periodic import PeriodicJob
-from .retention import RetentionPolicy, run_retention
-from .risk_worker import RiskWorker
+from .api.app import create_app
+from .clock import ClockMs, wall_clock_ms
+from .ingest.ingestor import Ingestor
+from .ingest.metrics import IngestMetrics
+from .ingest.service import IngestService
+from .jobs.downlink import ConfigPublisher, load_signing_key
+from .jobs.periodic import PeriodicJob
+from .jobs.retention import RetentionPolicy, run_retention
+from .jobs.webhooks import RetryPolicy, WebhookSender, WebhookWorker
+from .risk.worker import RiskWorker
 from .settings import Settings
-from .webhooks import RetryPolicy, WebhookSender, WebhookWorker
 
 __all__ = ["CollectorRuntime", "wall_clock_ms"]
 
 log = logging.getLogger(__name__)
 
 _RETENTION_LOCK = 0x4C57_0002  # "LW" + 2: advisory lock held by the collector running retention
-
-
-def wall_clock_ms() -> int:
-    """The collector clock: epoch milliseconds UTC."""
-    return time.time_ns() // 1_000_000
 
 
 class CollectorRuntime:
@@ -76,16 +74,13 @@ class CollectorRuntime:
         engine: Engine,
         *,
         ingest: bool = True,
-        clock_ms: Callable[[], int] = wall_clock_ms,
+        clock_ms: ClockMs = wall_clock_ms,
         metrics: IngestMetrics | None = None,
     ) -> None:
-        from .downlink import ConfigPublisher, load_signing_key
-
         self.settings = settings
         self.engine = engine
         self.clock_ms = clock_ms
         self.metrics = metrics or IngestMetrics()
-        self.loans_settings = LoansSettings.from_settings(settings)
 
         hooks = settings.webhooks
         self.webhooks: WebhookWorker | None = None
@@ -101,7 +96,8 @@ class CollectorRuntime:
 
         self.risk = RiskWorker(
             engine,
-            self.loans_settings,
+            settings.risk,
+            webhook_urls=settings.webhooks.urls,
             interval_s=settings.risk.reassess_interval_s,
             clock_ms=clock_ms,
             on_change=self._wake_webhooks,
@@ -127,11 +123,8 @@ class CollectorRuntime:
                 clock_ms=clock_ms,
             )
 
-        self.ingest = None
+        self.ingest: IngestService | None = None
         if ingest:
-            from .ingest import Ingestor
-            from .ingest_service import IngestService
-
             ingestor = Ingestor(engine, settings.limits, metrics=self.metrics, on_commit=[self.risk.on_commit])
             self.ingest = IngestService(ingestor, settings.mqtt, settings.limits)
         self._started: list[Any] = []
@@ -157,8 +150,6 @@ class CollectorRuntime:
 
     def create_app(self, routers: Iterable[APIRouter] = ()) -> FastAPI:
         """The HTTP API wired to this runtime (settings, clock, signing key, config publisher)."""
-        from .app import create_app
-
         return create_app(
             self.settings,
             engine=self.engine,

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import os
 import re
-import socket
 import tomllib
 import types
 import typing
@@ -27,12 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .repayments import DEFAULT_GRACE_DAYS
-from .risk import RiskConfig, RiskConfigError
+from protocol.config_values import DurationValueError, UnknownVariableError, env_overrides, parse_bool, parse_duration
+
+from .errors import ConfigError, check_range
+from .ingest.settings import Limits, MqttSettings
+from .jobs.retention import RetentionError, RetentionPolicy
+from .jobs.webhooks import WebhookError, check_webhook_url
+from .risk.engine import RiskConfig, RiskConfigError
+from .risk.settings import RiskSettings
 
 __all__ = [
+    "CONFIG_VARIABLE",
     "ENV_PREFIX",
+    "FOREIGN_ENV_PREFIXES",
     "ROLES",
     "ApiSettings",
     "DownlinkSettings",
@@ -48,11 +54,14 @@ __all__ = [
 ]
 
 ENV_PREFIX = "LIENWATCH_"
-#: Roles a bearer API key can carry (see collector.auth).
+#: Names the settings file (read by the commands and :func:`get_settings`).
+CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+#: ``LIENWATCH_*`` namespaces of other programs: the agent, the HIL suite, the test harness.
+FOREIGN_ENV_PREFIXES = (f"{ENV_PREFIX}AGENT_", f"{ENV_PREFIX}HIL_", f"{ENV_PREFIX}TEST_")
+#: Roles a bearer API key can carry (see collector.api.auth).
 ROLES = ("admin", "risk_analyst", "collections", "auditor")
 _HASH_PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_MQTT_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def hash_api_key(key: str) -> str:
@@ -63,57 +72,6 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _default_client_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
-    return f"lw-collector-{host}"
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    """``[mqtt]``: how the ingest connects to the broker.
-
-    Attributes:
-        host: broker host.
-        port: broker port.
-        group: shared-subscription group; every collector in one group splits the stream.
-        client_id: stable client id of this process (persistent session); unique per process.
-        keepalive_s: MQTT keepalive.
-        session_expiry_s: how long the broker keeps the session (and its unacked messages)
-            while this collector is away.
-        receive_maximum: in-flight window granted to the broker (MQTT 5 Receive Maximum).
-        tls: connect with TLS.
-        ca_file: CA bundle for TLS (system default when unset).
-        cert_file: client certificate for mutual TLS.
-        key_file: client key for mutual TLS.
-        username: MQTT user name.
-        password: MQTT password.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    group: str = "collectors"
-    client_id: str = field(default_factory=_default_client_id)
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 86_400
-    receive_maximum: int = 100
-    tls: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # never in logs or tracebacks
-
-    def __post_init__(self) -> None:
-        _check_range("mqtt.port", self.port, 1, 65_535)
-        _check_range("mqtt.keepalive_s", self.keepalive_s, 5, 3_600)
-        _check_range("mqtt.session_expiry_s", self.session_expiry_s, 60, 2**32 - 1)
-        _check_range("mqtt.receive_maximum", self.receive_maximum, 1, 65_535)
-        if not _MQTT_GROUP.fullmatch(self.group):
-            raise ConfigError(f"mqtt.group {self.group!r} must match [A-Za-z0-9_-]{{1,64}}")
-        if not _MQTT_GROUP.fullmatch(self.client_id):
-            raise ConfigError(f"mqtt.client_id {self.client_id!r} must match [A-Za-z0-9_-]{{1,64}}")
-
-
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     """``[api]``: where the HTTP API listens and the largest request it reads.
@@ -122,7 +80,7 @@ class ApiSettings:
         host: listen address.
         port: listen port.
         max_body_bytes: request bodies over this get 413 before they are read
-            (collector.request_guard).
+            (collector.api.request_guard).
     """
 
     host: str = "127.0.0.1"
@@ -130,82 +88,8 @@ class ApiSettings:
     max_body_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
-        _check_range("api.port", self.port, 0, 65_535)
-        _check_range("api.max_body_bytes", self.max_body_bytes, 1024, 1 << 30)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """``[limits]``: what the ingest accepts and how it behaves under trouble.
-
-    Attributes:
-        max_message_bytes: messages above this size are dead-lettered before decoding.
-        max_clock_skew_s: observation or batch times further than this in the future
-            (collector clock) are dead-lettered as ``time_in_future``.
-        dead_letter_keep_bytes: raw bytes kept per dead letter (the head; the original size
-            and the SHA-256 of the whole message are recorded). Authenticated
-            ``seq_conflict`` batches are kept whole.
-        key_cache_ttl_s: how often (at most) the ingest checks the registry version; a
-            revoke takes effect within this time. 0 checks before every message.
-        db_retry_initial_s: first backoff when the database is unreachable.
-        db_retry_max_s: backoff ceiling.
-        sqlite_busy_timeout_ms: SQLite ``busy_timeout``.
-        dead_letters_per_device_hour: dead-letter rows one device id may add per hour
-            (messages without a device id share one pool); more are only counted.
-        device_rate_per_s: refused, dead-lettered or duplicate messages per second one
-            device id may cost before its messages are refused before verification (token
-            bucket, collector.admission; stored messages cost nothing); refused ones are
-            acknowledged and counted, not stored.
-        device_burst: bucket size of that rate limit.
-        queue_max_bytes: bytes of received messages waiting for the worker; the MQTT
-            thread waits (the broker holds the rest) when it is full.
-    """
-
-    max_message_bytes: int = 1 << 20
-    max_clock_skew_s: int = 86_400
-    dead_letter_keep_bytes: int = 4096
-    key_cache_ttl_s: float = 1.0
-    db_retry_initial_s: float = 0.2
-    db_retry_max_s: float = 10.0
-    sqlite_busy_timeout_ms: int = 10_000
-    dead_letters_per_device_hour: int = 1000
-    device_rate_per_s: float = 5.0
-    device_burst: int = 300
-    queue_max_bytes: int = 16 << 20
-
-    def __post_init__(self) -> None:
-        _check_range("limits.max_message_bytes", self.max_message_bytes, 64, 64 << 20)
-        _check_range("limits.max_clock_skew_s", self.max_clock_skew_s, 0, 10 * 365 * 86_400)
-        _check_range("limits.dead_letter_keep_bytes", self.dead_letter_keep_bytes, 0, 64 << 20)
-        _check_range("limits.key_cache_ttl_s", self.key_cache_ttl_s, 0, 3_600)
-        _check_range("limits.db_retry_initial_s", self.db_retry_initial_s, 0.001, 60)
-        _check_range("limits.db_retry_max_s", self.db_retry_max_s, self.db_retry_initial_s, 3_600)
-        _check_range("limits.sqlite_busy_timeout_ms", self.sqlite_busy_timeout_ms, 0, 600_000)
-        _check_range("limits.dead_letters_per_device_hour", self.dead_letters_per_device_hour, 1, 1_000_000)
-        _check_range("limits.device_rate_per_s", self.device_rate_per_s, 0.01, 100_000)
-        _check_range("limits.device_burst", self.device_burst, 1, 1_000_000)
-        _check_range("limits.queue_max_bytes", self.queue_max_bytes, self.max_message_bytes, 1 << 34)
-
-
-@dataclass(frozen=True, slots=True)
-class RiskSettings:
-    """``[risk]``: the risk table's thresholds and how often every loan is reassessed.
-
-    Attributes:
-        config: thresholds of the risk table (every other key of ``[risk]``, see
-            :meth:`collector.risk.RiskConfig.from_dict` and docs/risk.md).
-        grace_days: days after a due date before an unpaid instalment counts as late.
-        reassess_interval_s: how often the collector reassesses every loan (days past due
-            grow and devices go quiet with time alone, without any new message).
-    """
-
-    config: RiskConfig = field(default_factory=RiskConfig)
-    grace_days: int = DEFAULT_GRACE_DAYS
-    reassess_interval_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        _check_range("risk.grace_days", self.grace_days, 0, 60)
-        _check_range("risk.reassess_interval_s", self.reassess_interval_s, 0.01, 86_400)
+        check_range("api.port", self.port, 0, 65_535)
+        check_range("api.max_body_bytes", self.max_body_bytes, 1024, 1 << 30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +117,6 @@ class WebhookSettings:
     poll_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        from .webhooks import WebhookError, check_webhook_url
-
         for url in self.urls:
             try:
                 check_webhook_url(url)
@@ -244,11 +126,11 @@ class WebhookSettings:
             raise ConfigError(
                 "webhooks.secret must be set (at least 16 bytes; LIENWATCH_WEBHOOKS_SECRET) when webhooks.urls is set"
             )
-        _check_range("webhooks.retry_initial_s", self.retry_initial_s, 0.01, 3_600)
-        _check_range("webhooks.retry_max_s", self.retry_max_s, self.retry_initial_s, 86_400)
-        _check_range("webhooks.max_attempts", self.max_attempts, 1, 1_000)
-        _check_range("webhooks.timeout_s", self.timeout_s, 0.1, 120)
-        _check_range("webhooks.poll_interval_s", self.poll_interval_s, 0.01, 3_600)
+        check_range("webhooks.retry_initial_s", self.retry_initial_s, 0.01, 3_600)
+        check_range("webhooks.retry_max_s", self.retry_max_s, self.retry_initial_s, 86_400)
+        check_range("webhooks.max_attempts", self.max_attempts, 1, 1_000)
+        check_range("webhooks.timeout_s", self.timeout_s, 0.1, 120)
+        check_range("webhooks.poll_interval_s", self.poll_interval_s, 0.01, 3_600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,13 +153,11 @@ class RetentionSettings:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        from .retention import RetentionError, RetentionPolicy
-
         try:
             RetentionPolicy(self.fix_days, self.fix_mode, self.record_years)
         except RetentionError as exc:
             raise ConfigError(str(exc)) from exc
-        _check_range("retention.interval_s", self.interval_s, 0.01, 366 * 86_400)
+        check_range("retention.interval_s", self.interval_s, 0.01, 366 * 86_400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +178,8 @@ class DownlinkSettings:
     publish_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _check_range("downlink.resync_interval_s", self.resync_interval_s, 0.01, 86_400)
-        _check_range("downlink.publish_timeout_s", self.publish_timeout_s, 0.1, 300)
+        check_range("downlink.resync_interval_s", self.resync_interval_s, 0.01, 86_400)
+        check_range("downlink.publish_timeout_s", self.publish_timeout_s, 0.1, 300)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,11 +229,6 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'collector.db').resolve()}"
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name}={value!r} is outside [{lo}, {hi}]")
-
-
 _SECTIONS: dict[str, type] = {
     "mqtt": MqttSettings,
     "api": ApiSettings,
@@ -367,15 +242,10 @@ _SECTIONS: dict[str, type] = {
 
 def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
     """Convert one value to a scalar type; ValueError when it does not fit."""
-    if isinstance(value, bool) and annotation is not bool:
-        raise ValueError(value)
     if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError(value)
-        return text in ("1", "true", "yes", "on")
+        return parse_bool(value)
+    if isinstance(value, bool):
+        raise TypeError(value)
     if annotation in (int, float):
         return annotation(value)
     if annotation in (str, Path) and not isinstance(value, str):
@@ -395,12 +265,21 @@ def _convert(value: Any, annotation: Any, base_dir: Path) -> Any:
 
 
 def _coerce(name: str, value: Any, annotation: Any, base_dir: Path) -> Any:
-    """Convert a TOML or environment value to the annotated field type."""
+    """Convert a TOML or environment value to the annotated field type.
+
+    A ``float`` whose name ends in ``_s`` is a duration: seconds, or a number with a unit
+    (``90s``, ``5m``, ``2h``, ``7d``; :func:`protocol.config_values.parse_duration`).
+    """
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
         if (value is None or value == "") and type(None) in args:
             return None
         annotation = next(a for a in args if a is not type(None))
+    if annotation is float and name.endswith("_s"):
+        try:
+            return parse_duration(value)
+        except DurationValueError as exc:
+            raise ConfigError(f"{name}={value!r} is not a valid duration ({exc})") from exc
     try:
         return _convert(value, annotation, base_dir)
     except (TypeError, ValueError) as exc:
@@ -477,7 +356,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
             the file.
 
     Raises:
-        ConfigError: unreadable file, unknown key, wrong type, value out of range.
+        ConfigError: unreadable file, unknown key, unknown ``LIENWATCH_*`` variable, wrong
+            type, value out of range; the message names the key or variable.
     """
     env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
@@ -506,20 +386,15 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     api_keys_raw: object = data.get("api_keys", {})
 
     # The environment wins over the file.
-    env_base = Path.cwd()
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}CONFIG" or key.startswith(f"{ENV_PREFIX}TEST_"):
-            continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name == "api_keys":
+    for variable, value in _environment(env).items():
+        section_name, field_name = _ENV_TARGETS[variable]
+        if section_name == "api_keys":
             api_keys_raw = value
-            continue
-        if name in top_level:
-            top[name] = value
-            continue
-        section_name, _, field_name = name.partition("_")
-        if section_name in _SECTIONS and field_name:
+        elif section_name is None:
+            top[field_name] = value
+        else:
             sections[section_name][field_name] = value
+    env_base = Path.cwd()
     hints = typing.get_type_hints(Settings)
     kwargs: dict[str, Any] = {}
     for name, value in top.items():
@@ -531,11 +406,49 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     return Settings(**kwargs)
 
 
+def _env_targets() -> dict[str, tuple[str | None, str]]:
+    """Every variable the collector reads -> (section or ``None`` for top level, field).
+
+    ``LIENWATCH_{FIELD}`` for top-level fields, ``LIENWATCH_{SECTION}_{FIELD}`` for fields of a
+    section (for ``[risk]`` also every threshold of :class:`RiskConfig`) and ``LIENWATCH_API_KEYS``.
+    """
+    targets: dict[str, tuple[str | None, str]] = {f"{ENV_PREFIX}API_KEYS": ("api_keys", "api_keys")}
+    for item in dataclasses.fields(Settings):
+        if item.name not in _SECTIONS and item.name != "api_keys":
+            targets[f"{ENV_PREFIX}{item.name.upper()}"] = (None, item.name)
+    for section, cls in _SECTIONS.items():
+        names = [f.name for f in dataclasses.fields(cls)]
+        if cls is RiskSettings:
+            names = [n for n in names if n != "config"] + [f.name for f in dataclasses.fields(RiskConfig)]
+        for name in names:
+            targets[f"{ENV_PREFIX}{section.upper()}_{name.upper()}"] = (section, name)
+    return targets
+
+
+_ENV_TARGETS = _env_targets()
+
+
+def _environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The collector's ``LIENWATCH_*`` variables of ``env`` (``LIENWATCH_CONFIG`` aside).
+
+    Raises:
+        ConfigError: a ``LIENWATCH_*`` variable names no setting (other programs' prefixes
+            ``LIENWATCH_AGENT_``, ``LIENWATCH_HIL_`` and ``LIENWATCH_TEST_`` are left alone).
+    """
+    known = [*_ENV_TARGETS, CONFIG_VARIABLE]
+    try:
+        found = env_overrides(env, ENV_PREFIX, known, ignore_prefixes=FOREIGN_ENV_PREFIXES)
+    except UnknownVariableError as exc:
+        raise ConfigError(f"{exc} (collector settings are LIENWATCH_<SECTION>_<KEY>, see docs/collector.md)") from exc
+    found.pop(CONFIG_VARIABLE, None)
+    return found
+
+
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """FastAPI dependency: the process's settings, loaded once.
 
     Reads the file named by ``LIENWATCH_CONFIG`` (if set) and the environment.
-    ``collector.app.create_app(settings)`` overrides this dependency with its argument.
+    ``collector.api.app.create_app(settings)`` overrides this dependency with its argument.
     """
     return load_settings(os.environ.get(f"{ENV_PREFIX}CONFIG"))

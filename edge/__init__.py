@@ -5,7 +5,7 @@ The public names below are imported lazily (PEP 562), so ``python -m edge`` and 
 
 Subpackages and modules: :mod:`edge.gnss`, :mod:`edge.canbus`, :mod:`edge.rules`,
 :mod:`edge.config`, :mod:`edge.batcher`, :mod:`edge.outbox`, :mod:`edge.sequence`,
-:mod:`edge.uplink`, :mod:`edge.agent`, :mod:`edge.keys`.
+:mod:`edge.uplink`, :mod:`edge.agent`, :mod:`edge.place_files`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ _EXPORTS = {
     "SignalDecoder": "edge.canbus",
     "Engine": "edge.rules",
     "RulesConfig": "edge.rules",
-    "load_markets": "edge.rules",
-    "load_regions": "edge.rules",
+    "load_markets_file": "edge.place_files",
+    "load_regions_file": "edge.place_files",
     "Batcher": "edge.batcher",
     "Outbox": "edge.outbox",
     "SequenceAllocator": "edge.sequence",
@@ -46,8 +46,8 @@ __all__ = [
     "SignalDecoder",
     "Uplink",
     "load_config",
-    "load_markets",
-    "load_regions",
+    "load_markets_file",
+    "load_regions_file",
     "read_nmea_file",
 ]
 

@@ -1,5 +1,7 @@
+"""``python -m edge agent|gnss|can|replay ...`` (the edge's ``lienwatch`` subcommands)."""
+
 import sys
 
-from .cli import main
+from edge.cli import main
 
 sys.exit(main())

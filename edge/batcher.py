@@ -24,7 +24,8 @@ from typing import TypeVar
 
 from protocol import LIMITS, Alert, DailyStats, Fix, Severity, SignalSample
 
-from .config import AgentError, BatchSettings
+from .config import BatchSettings
+from .errors import UsageError
 from .outbox import Priority
 
 __all__ = ["BatchRecord", "Batcher", "BatcherError", "ClosedBatch", "estimate_bytes"]
@@ -39,7 +40,7 @@ _STATS_BYTES = 96
 _BASE_BYTES = 128
 
 
-class BatcherError(AgentError):
+class BatcherError(UsageError):
     """A record the batcher cannot place (not a batch record type)."""
 
     reason = "batcher_error"

@@ -1,59 +1,61 @@
-"""The agent's settings: one typed, frozen object loaded from ``agent.toml`` and the environment.
+"""The agent's settings: one typed, frozen object loaded once from ``agent.toml`` and the environment.
 
 ``load_config(path)`` reads the TOML file, resolves relative paths against the file's
 folder, applies ``LIENWATCH_AGENT_<SECTION>_<KEY>`` environment overrides (meant for
-secrets such as the MQTT password) and returns an :class:`AgentConfig`. Sections the agent
-owns ([device] [batch] [outbox] [mqtt] [downlink]) are checked here, key by key: an
-unknown key is an error naming it. Sections owned by other modules ([gnss] [can] [rules])
-are kept as plain mappings and validated by their owners (``edge.gnss.source_from_config``,
-``edge.canbus.decoder_from_config``, ``edge.rules.RulesConfig.from_dict``); see
-:func:`validate_delegated_sections`.
+secrets such as the MQTT password) and returns an :class:`AgentConfig` whose every
+section is a frozen dataclass: [device] [batch] [outbox] [mqtt] [downlink] [gnss] [can]
+and [rules] (:class:`edge.rules.RulesConfig`). An unknown section, key or
+``LIENWATCH_AGENT_*`` variable and a value of the wrong type are errors naming it
+(:class:`~edge.errors.ConfigError`). ``lienwatch replay`` reads the same file with
+:func:`load_replay_config` (the same parsers; only [rules] and [can] are used there).
 
-Every key, its default and its unit are documented in ``docs/agent.toml``.
+Values from TOML must have the key's type; values from the environment are text and are
+coerced by :mod:`protocol.config_values` (booleans, durations for ``*_s`` keys). Every key,
+its default and its unit are documented in ``docs/agent.toml``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from edge.errors import ConfigError
+from edge.rules import RulesConfig
 from protocol import LIMITS, check_device_id
+from protocol.config_values import ConfigValueError, UnknownVariableError, env_overrides, parse_bool, parse_duration
 from protocol.errors import InvalidRecord
 
 __all__ = [
     "ENV_PREFIX",
     "AgentConfig",
-    "AgentError",
     "BatchSettings",
+    "CanSettings",
     "ConfigError",
     "DeviceSettings",
     "DownlinkSettings",
+    "GnssSettings",
     "MqttSettings",
     "OutboxSettings",
+    "ReplayConfig",
     "load_config",
+    "load_replay_config",
     "parse_config",
-    "validate_delegated_sections",
 ]
 
 ENV_PREFIX = "LIENWATCH_AGENT_"
-
-
-class AgentError(Exception):
-    """Root of the errors raised by the edge agent's own modules (config, outbox, uplink, ...)."""
-
-    reason = "agent_error"
-
-
-class ConfigError(AgentError):
-    """The agent configuration is unreadable or names an unknown key or an impossible value."""
-
-    reason = "bad_config"
+#: Receiver dates before this are treated as "no time yet" (the [gnss] default).
+DEFAULT_EARLIEST_DATE = dt.date(2020, 1, 1)
+#: Longest NMEA line accepted by default, bytes.
+DEFAULT_MAX_SENTENCE = 200
+#: ``bus_options`` keys that the [can] section sets itself.
+RESERVED_BUS_OPTIONS = frozenset({"interface", "channel", "bitrate", "can_filters", "decoder", "backoff"})
 
 
 # ----------------------------------------------------------------------------- sections
@@ -211,12 +213,69 @@ class DownlinkSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """Everything the agent needs, resolved: one object, loaded once, injected.
+class GnssSettings:
+    """[gnss]: the NMEA receiver (optional section; the agent runs without GNSS if absent).
 
-    ``gnss``, ``can`` and ``rules`` are the raw sections, handed to the modules that own
-    them together with ``base_dir`` (relative paths inside them resolve against it).
+    Attributes:
+        url: any pyserial URL (``/dev/ttyS1``, a pty path, ``socket://``, ``loop://``); a
+            relative device path is resolved against the config file's folder.
+        baud: bit/s.
+        earliest_date: receiver dates before this are treated as "no time yet".
+        max_sentence: longest NMEA line accepted, bytes (16..4096).
+        backoff_initial_s: first reopen delay after the port disappears, seconds.
+        backoff_max_s: reopen delay cap, seconds.
     """
+
+    url: str
+    baud: int = 9600
+    earliest_date: dt.date = DEFAULT_EARLIEST_DATE
+    max_sentence: int = DEFAULT_MAX_SENTENCE
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ConfigError("[gnss] url must be a non-empty string")
+        _int_range("[gnss] max_sentence", self.max_sentence, 16, 4096)
+        _positive("[gnss] backoff_initial_s", self.backoff_initial_s)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError(
+                f"[gnss] backoff_max_s={self.backoff_max_s} is below backoff_initial_s={self.backoff_initial_s}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CanSettings:
+    """[can]: the CAN interface and how its frames map to canonical signals (optional section).
+
+    Attributes:
+        dbc: DBC file(s).
+        signal_map: DBC signal -> canonical (VSS) name map (docs/signals.md).
+        interface: any python-can interface (``socketcan``, ``slcan``, ``virtual``, ...);
+            needed to open the bus, not to decode a log.
+        channel: the interface's channel (for slcan the serial device).
+        bitrate: bit/s (None: the interface's own setting).
+        bus_options: extra ``can.Bus`` keyword arguments.
+    """
+
+    dbc: tuple[Path, ...]
+    signal_map: Path
+    interface: str | None = None
+    channel: str | None = None
+    bitrate: int | None = None
+    bus_options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not self.dbc:
+            raise ConfigError("[can] dbc: expected a path or a non-empty list of paths, got []")
+        reserved = sorted(RESERVED_BUS_OPTIONS & set(self.bus_options))
+        if reserved:
+            raise ConfigError(f"[can] bus_options: {', '.join(reserved)} cannot be set here")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything the agent needs, resolved: one object, loaded once, injected."""
 
     source: Path | None
     base_dir: Path
@@ -225,40 +284,43 @@ class AgentConfig:
     outbox: OutboxSettings
     mqtt: MqttSettings
     downlink: DownlinkSettings
-    gnss: Mapping[str, Any] | None = None
-    can: Mapping[str, Any] | None = None
-    rules: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    gnss: GnssSettings | None = None
+    can: CanSettings | None = None
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
     def resolved(self) -> dict[str, Any]:
         """A JSON-friendly view of the settings (secrets masked), for ``agent check``."""
+        out: dict[str, Any] = {"source": _plain(self.source), "base_dir": str(self.base_dir)}
+        for name in ("device", "gnss", "can", "rules", "batch", "outbox", "mqtt", "downlink"):
+            out[name] = _plain(getattr(self, name))
+        if out["mqtt"]["password"] is not None:
+            out["mqtt"]["password"] = "***"  # noqa: S105 - masking, not a password
+        return out
 
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, Mapping):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return value
 
-        def section(obj: Any) -> dict[str, Any]:
-            out = {name: plain(getattr(obj, name)) for name in obj.__dataclass_fields__}
-            if "password" in out and out["password"] is not None:
-                out["password"] = "***"  # noqa: S105 - masking, not a password
-            return out
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """What ``lienwatch replay`` takes from an agent.toml: the rules and the CAN decoding."""
 
-        return {
-            "source": plain(self.source),
-            "base_dir": str(self.base_dir),
-            "device": section(self.device),
-            "gnss": plain(self.gnss),
-            "can": plain(self.can),
-            "rules": plain(self.rules),
-            "batch": section(self.batch),
-            "outbox": section(self.outbox),
-            "mqtt": section(self.mqtt),
-            "downlink": section(self.downlink),
-        }
+    source: Path
+    base_dir: Path
+    rules: RulesConfig
+    can: CanSettings | None
+
+
+def _plain(value: object) -> object:
+    """JSON-friendly copy of a settings value (dataclasses, paths, dates, mappings)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (Path, dt.date)):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return str(value)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -274,110 +336,169 @@ def _int_range(name: str, value: int, lo: int, hi: int) -> None:
         raise ConfigError(f"{name}={value!r} must be in [{lo}, {hi}]")
 
 
-def _as_str(where: str, value: object) -> str:
+def _as_str(where: str, value: object, _base: Path) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, got {value!r:.80}")
     return value
 
 
-def _as_int(where: str, value: object) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ConfigError(f"{where} must be an integer, got {value!r:.80}") from None
+def _as_int(where: str, value: object, _base: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where} must be an integer, got {value!r:.80}")
     return value
 
 
-def _as_float(where: str, value: object) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ConfigError(f"{where} must be a number, got {value!r:.80}") from None
+def _as_float(where: str, value: object, _base: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} must be a number, got {value!r:.80}")
     return float(value)
 
 
-def _as_bool(where: str, value: object) -> bool:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
+def _as_bool(where: str, value: object, _base: Path) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where} must be true or false, got {value!r:.80}")
     return value
 
 
-#: key -> converter, per owned section. A converter takes (where, raw value, base_dir).
-_Converter = Callable[[str, object, Path], Any]
-
-
 def _path(where: str, value: object, base: Path) -> Path:
-    text = _as_str(where, value)
+    text = _as_str(where, value, base)
     if not text:
         raise ConfigError(f"{where} must not be empty")
     path = Path(text).expanduser()
     return path if path.is_absolute() else (base / path)
 
 
-def _conv(fn: Callable[[str, object], Any]) -> _Converter:
-    return lambda where, value, _base: fn(where, value)
+def _device_url(where: str, value: object, base: Path) -> str:
+    url = _as_str(where, value, base)
+    if not url:
+        raise ConfigError(f"{where} must be a non-empty string")
+    return url if "://" in url or os.path.isabs(url) else str(base / url)
 
 
-_SCHEMA: dict[str, dict[str, _Converter]] = {
-    "device": {
-        "id": _conv(_as_str),
-        "key_file": _path,
-        "data_dir": _path,
-        "snapshot_interval_s": _conv(_as_float),
-        "log_format": _conv(_as_str),
-    },
+def _date(where: str, value: object, _base: Path) -> dt.date:
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f"{where} {value!r:.40} is not YYYY-MM-DD") from None
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        raise ConfigError(f"{where} {value!r:.40} must be a date")
+    return value
+
+
+def _dbc_paths(where: str, value: object, base: Path) -> tuple[Path, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{where}: expected a path or a non-empty list of paths, got {value!r:.80}")
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where}: expected a file path, got {item!r:.80}")
+        out.append(_path(where, item, base))
+    return tuple(out)
+
+
+def _table(where: str, value: object, _base: Path) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {value!r:.80}")
+    return MappingProxyType(dict(value))
+
+
+def _duration_text(text: str) -> object:
+    return parse_duration(text)
+
+
+def _int_text(text: str) -> object:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text  # the converter names the key and the expected type
+
+
+def _float_text(text: str) -> object:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """How one key is read: from TOML (``convert``) and, if given, from environment text."""
+
+    convert: Callable[[str, object, Path], Any]
+    from_text: Callable[[str], object] | None = None
+
+
+_STR, _PATH = _Key(_as_str, str), _Key(_path, str)
+_INT, _FLOAT, _SECONDS = _Key(_as_int, _int_text), _Key(_as_float, _float_text), _Key(_as_float, _duration_text)
+_BOOL = _Key(_as_bool, parse_bool)
+
+#: Every section and key of agent.toml ([rules] is RulesConfig's own, nested, schema).
+_SCHEMA: dict[str, dict[str, _Key]] = {
+    "device": {"id": _STR, "key_file": _PATH, "data_dir": _PATH, "snapshot_interval_s": _SECONDS, "log_format": _STR},
     "batch": {
-        "max_age_s": _conv(_as_float),
-        "max_age_active_s": _conv(_as_float),
-        "max_bytes": _conv(_as_int),
-        "max_fixes": _conv(_as_int),
-        "max_samples": _conv(_as_int),
+        "max_age_s": _SECONDS,
+        "max_age_active_s": _SECONDS,
+        "max_bytes": _INT,
+        "max_fixes": _INT,
+        "max_samples": _INT,
     },
-    "outbox": {"path": _path, "max_bytes": _conv(_as_int), "seq_block": _conv(_as_int)},
+    "outbox": {"path": _PATH, "max_bytes": _INT, "seq_block": _INT},
     "mqtt": {
-        "host": _conv(_as_str),
-        "port": _conv(_as_int),
-        "client_id": _conv(_as_str),
-        "keepalive_s": _conv(_as_int),
-        "tls": _conv(_as_bool),
-        "ca_file": _path,
-        "cert_file": _path,
-        "key_file": _path,
-        "username": _conv(_as_str),
-        "password": _conv(_as_str),
-        "inflight": _conv(_as_int),
-        "backoff_min_s": _conv(_as_float),
-        "backoff_max_s": _conv(_as_float),
-        "shutdown_grace_s": _conv(_as_float),
+        "host": _STR,
+        "port": _INT,
+        "client_id": _STR,
+        "keepalive_s": _INT,
+        "tls": _BOOL,
+        "ca_file": _PATH,
+        "cert_file": _PATH,
+        "key_file": _PATH,
+        "username": _STR,
+        "password": _STR,
+        "inflight": _INT,
+        "backoff_min_s": _SECONDS,
+        "backoff_max_s": _SECONDS,
+        "shutdown_grace_s": _SECONDS,
     },
-    "downlink": {"collector_public_key": _path, "state_file": _path, "floor_file": _path},
+    "downlink": {"collector_public_key": _PATH, "state_file": _PATH, "floor_file": _PATH},
+    "gnss": {
+        "url": _Key(_device_url),
+        "baud": _Key(_as_int),
+        "earliest_date": _Key(_date),
+        "max_sentence": _Key(_as_int),
+        "backoff_initial_s": _Key(_as_float),
+        "backoff_max_s": _Key(_as_float),
+    },
+    "can": {
+        "interface": _Key(_as_str),
+        "channel": _Key(_as_str),
+        "bitrate": _Key(_as_int),
+        "dbc": _Key(_dbc_paths),
+        "signal_map": _Key(_path),
+        "bus_options": _Key(_table),
+    },
 }
-_DELEGATED = ("gnss", "can", "rules")
+_REQUIRED = {"device": ("id", "key_file"), "gnss": ("url",)}
+_SECTIONS = (*_SCHEMA, "rules")
+#: Every environment variable the agent reads: the keys that accept text.
+_ENV_NAMES = {
+    f"{ENV_PREFIX}{section.upper()}_{key.upper()}": (section, key)
+    for section, keys in _SCHEMA.items()
+    for key, spec in keys.items()
+    if spec.from_text is not None
+}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """``LIENWATCH_AGENT_MQTT_PASSWORD=...`` -> {"mqtt": {"password": "..."}}."""
+    """``LIENWATCH_AGENT_MQTT_PASSWORD=...`` -> {"mqtt": {"password": "..."}}; unknown names refused."""
+    try:
+        found = env_overrides(environ, ENV_PREFIX, _ENV_NAMES)
+    except UnknownVariableError as exc:
+        raise ConfigError(f"environment variable {', '.join(exc.names)} names no agent setting: {exc}") from exc
     out: dict[str, dict[str, str]] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        section, _, key = rest.partition("_")
-        if section not in _SCHEMA or key not in _SCHEMA[section]:
-            known = ", ".join(f"{ENV_PREFIX}{s.upper()}_{k.upper()}" for s in _SCHEMA for k in _SCHEMA[s])
-            raise ConfigError(f"environment variable {name} names no agent setting (known: {known})")
+    for name, value in found.items():
+        section, key = _ENV_NAMES[name]
         out.setdefault(section, {})[key] = value
     return out
 
@@ -388,11 +509,61 @@ def _section(raw: Mapping[str, Any], name: str, base: Path, env: Mapping[str, st
         raise ConfigError(f"[{name}] must be a table")
     schema = _SCHEMA[name]
     out: dict[str, Any] = {}
-    for key, value in {**table, **env}.items():
+    for key, value in table.items():
         if key not in schema:
             raise ConfigError(f"[{name}] has unknown key {key!r} (known: {', '.join(schema)})")
-        out[key] = schema[key](f"[{name}] {key}", value, base)
+        out[key] = schema[key].convert(f"[{name}] {key}", value, base)
+    for key, text in env.items():
+        parse_text = schema[key].from_text
+        assert parse_text is not None  # only keys with a text form are in _ENV_NAMES
+        where = f"[{name}] {key} (from {ENV_PREFIX}{name.upper()}_{key.upper()})"
+        try:
+            out[key] = schema[key].convert(where, parse_text(text), base)
+        except ConfigValueError as exc:
+            raise ConfigError(f"[{name}] {key} must be {_EXPECTED.get(schema[key], 'valid')}: {exc}") from exc
+    for key in _REQUIRED.get(name, ()):
+        if key not in out:
+            raise ConfigError(f"[{name}] {key} is required")
     return out
+
+
+_EXPECTED = {_BOOL: "true or false", _SECONDS: "a duration"}
+
+
+def _optional_section(raw: Mapping[str, Any], name: str, base: Path) -> dict[str, Any] | None:
+    if raw.get(name) is None:
+        return None
+    return _section(raw, name, base, {})
+
+
+def _gnss(raw: Mapping[str, Any], base: Path) -> GnssSettings | None:
+    values = _optional_section(raw, "gnss", base)
+    return None if values is None else GnssSettings(**values)
+
+
+def _can(raw: Mapping[str, Any], base: Path) -> CanSettings | None:
+    values = _optional_section(raw, "can", base)
+    if values is None:
+        return None
+    if "dbc" not in values or "signal_map" not in values:
+        raise ConfigError("[can]: 'dbc' and 'signal_map' are required")
+    return CanSettings(**values)
+
+
+def _rules(raw: Mapping[str, Any], base: Path) -> RulesConfig:
+    table = raw.get("rules", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("[rules] must be a table")
+    try:
+        return RulesConfig.from_dict(table, base)
+    except ConfigError as exc:
+        raise ConfigError(f"[rules] rejected: {exc}") from exc
+
+
+def _check_sections(raw: Mapping[str, Any]) -> None:
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)} (known: {sorted(_SECTIONS)})")
 
 
 def parse_config(
@@ -407,17 +578,12 @@ def parse_config(
         source: the file the document came from, for messages.
 
     Raises:
-        ConfigError: an unknown section or key, a missing required key, or a bad value.
+        ConfigError: an unknown section, key or variable, a missing required key, or a bad value.
     """
     env = _env_overrides(os.environ if environ is None else environ)
-    unknown = set(raw) - set(_SCHEMA) - set(_DELEGATED)
-    if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)} (known: {sorted([*_SCHEMA, *_DELEGATED])})")
+    _check_sections(raw)
     base = base_dir.resolve()
     device = _section(raw, "device", base, env.get("device", {}))
-    for required in ("id", "key_file"):
-        if required not in device:
-            raise ConfigError(f"[device] {required} is required")
     device.setdefault("data_dir", base / "data")
     device_settings = DeviceSettings(**device)
     data_dir = device_settings.data_dir
@@ -430,92 +596,51 @@ def parse_config(
     downlink.setdefault("collector_public_key", None)
     downlink.setdefault("state_file", data_dir / "downlink.cose")
     downlink.setdefault("floor_file", Path(device_settings.key_file).parent / f"{device_settings.id}.config-floor")
+    return AgentConfig(
+        source=source,
+        base_dir=base,
+        device=device_settings,
+        batch=BatchSettings(**_section(raw, "batch", base, env.get("batch", {}))),
+        outbox=OutboxSettings(**outbox),
+        mqtt=MqttSettings(**mqtt),
+        downlink=DownlinkSettings(**downlink),
+        gnss=_gnss(raw, base),
+        can=_can(raw, base),
+        rules=_rules(raw, base),
+    )
 
-    delegated: dict[str, Mapping[str, Any] | None] = {}
-    for name in _DELEGATED:
-        table = raw.get(name)
-        if table is not None and not isinstance(table, Mapping):
-            raise ConfigError(f"[{name}] must be a table")
-        delegated[name] = MappingProxyType(dict(table)) if table is not None else None
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return AgentConfig(
-            source=source,
-            base_dir=base,
-            device=device_settings,
-            batch=BatchSettings(**_section(raw, "batch", base, env.get("batch", {}))),
-            outbox=OutboxSettings(**outbox),
-            mqtt=MqttSettings(**mqtt),
-            downlink=DownlinkSettings(**downlink),
-            gnss=delegated["gnss"],
-            can=delegated["can"],
-            rules=delegated["rules"] or MappingProxyType({}),
-        )
-    except TypeError as exc:  # pragma: no cover - the schema tables and dataclasses agree
-        raise ConfigError(f"configuration does not fit the settings objects: {exc}") from exc
+        with path.open("rb") as fp:
+            return tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"agent config {path} is not valid TOML: {exc}") from exc
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Load ``agent.toml``: relative paths resolve against the file's folder.
 
     Raises:
-        ConfigError: unreadable file, TOML syntax error, unknown key or bad value.
+        ConfigError: unreadable file, TOML syntax error, unknown key or variable, or bad value.
     """
     path = Path(path)
-    try:
-        with path.open("rb") as fp:
-            raw = tomllib.load(fp)
-    except OSError as exc:
-        raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"agent config {path} is not valid TOML: {exc}") from exc
-    return parse_config(raw, path.resolve().parent, environ=environ, source=path.resolve())
+    return parse_config(_read_toml(path), path.resolve().parent, environ=environ, source=path.resolve())
 
 
-def validate_delegated_sections(config: AgentConfig) -> list[str]:
-    """Ask the owners of [gnss], [can] and [rules] to validate their sections.
+def load_replay_config(path: str | Path) -> ReplayConfig:
+    """Load the [rules] and [can] sections of an agent.toml for ``lienwatch replay``.
 
-    Nothing is opened: the GNSS port opens lazily, the CAN bus is not created (only the
-    DBC files and the signal map are loaded), the market and region files are read.
-
-    Returns:
-        Lines describing what was checked (``"[rules] ok (2 markets, 0 regions)"``, ...).
+    The file is parsed by the same section parsers as :func:`load_config`; the sections a
+    replay does not use ([device], [mqtt], ...) may be absent, unknown sections are refused.
 
     Raises:
-        ConfigError: an owner rejected its section (the message names it).
+        ConfigError: unreadable file, TOML syntax error, unknown section or key, or bad value.
     """
-    notes: list[str] = []
-    try:
-        from edge.rules import RulesConfig, load_markets, load_regions
-
-        rules = RulesConfig.from_dict(config.rules, config.base_dir)
-        markets = load_markets(rules.markets_file) if rules.markets_file else []
-        regions = load_regions(rules.regions_file) if rules.regions_file else []
-    except ImportError as exc:
-        notes.append(f"[rules] not checked: edge.rules is not importable ({exc})")
-    except Exception as exc:  # the owner's error tree, re-raised as ours naming the section
-        raise ConfigError(f"[rules] rejected: {exc}") from exc
-    else:
-        notes.append(f"[rules] ok ({len(markets)} markets, {len(regions)} regions)")
-    if config.can is not None:
-        try:
-            from edge.canbus import decoder_from_config
-
-            decoder_from_config(config.can, config.base_dir)
-        except ImportError as exc:
-            notes.append(f"[can] not checked: edge.canbus is not importable ({exc})")
-        except Exception as exc:  # see above
-            raise ConfigError(f"[can] rejected: {exc}") from exc
-        else:
-            notes.append("[can] ok (DBC and signal map load; the bus is opened at run time)")
-    if config.gnss is not None:
-        try:
-            from edge.gnss import source_from_config
-
-            source_from_config(config.gnss, config.base_dir).close()
-        except ImportError as exc:
-            notes.append(f"[gnss] not checked: edge.gnss is not importable ({exc})")
-        except Exception as exc:  # see above
-            raise ConfigError(f"[gnss] rejected: {exc}") from exc
-        else:
-            notes.append(f"[gnss] ok (url {config.gnss.get('url')}, opened at run time)")
-    return notes
+    path = Path(path)
+    raw = _read_toml(path)
+    _check_sections(raw)
+    base = path.resolve().parent
+    return ReplayConfig(source=path.resolve(), base_dir=base, rules=_rules(raw, base), can=_can(raw, base))

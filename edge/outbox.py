@@ -29,14 +29,14 @@ import hashlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import TypeVar
 
-from .config import AgentError
+from .errors import DeviceError
+from .observation_clock import host_wall_ms
 
 __all__ = ["Outbox", "OutboxError", "Priority", "StoredBatch"]
 
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-class OutboxError(AgentError):
+class OutboxError(DeviceError):
     """The outbox cannot store or hand out batches (the disk failed, not the data)."""
 
     reason = "outbox_error"
@@ -132,7 +132,7 @@ class Outbox:
         path: Path,
         *,
         max_bytes: int = 64 * 1024 * 1024,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = host_wall_ms,
     ) -> None:
         if max_bytes < 1024:
             raise OutboxError(f"outbox max_bytes={max_bytes} must be at least 1024")
@@ -394,6 +394,11 @@ class Outbox:
             return max(int(row[0]) if row else 0, int(stored))
 
         return self._guard(action)
+
+    def totals_snapshot(self) -> dict[str, int]:
+        """A copy of :attr:`totals` taken under the outbox lock (the uplink thread updates them too)."""
+        with self._lock:
+            return dict(self.totals)
 
     def stats(self) -> dict[str, int]:
         """Rows and bytes currently stored (``outbox_batches``, ``outbox_bytes``)."""

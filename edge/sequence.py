@@ -46,7 +46,8 @@ from pathlib import Path
 
 from protocol import MAX_SEQ
 
-from .config import AgentError
+from .errors import DeviceError
+from .observation_clock import host_wall_ms
 
 __all__ = [
     "ConnectionCounter",
@@ -62,7 +63,7 @@ _MAGIC = "lienwatch-seq-v1"
 _SANE_CLOCK_MS = 1_577_836_800_000
 
 
-class SequenceError(AgentError):
+class SequenceError(DeviceError):
     """The sequence space is exhausted or the sequence file cannot be written."""
 
     reason = "sequence_error"
@@ -145,7 +146,7 @@ class SequenceAllocator:
         *,
         committed_high: int = 0,
         block: int = 16,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = host_wall_ms,
         floor_when_missing: bool = False,
     ) -> None:
         if block < 1:

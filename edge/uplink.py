@@ -29,7 +29,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from protocol import DeviceConfig, batch_topic, config_topic, open_config, state_topic
 from protocol.errors import ProtocolError
 
-from .config import AgentError, MqttSettings
+from .backoff import Backoff
+from .config import MqttSettings
+from .errors import InputError, UsageError
 from .outbox import Outbox
 from .sequence import write_atomically
 
-__all__ = ["Backoff", "ConfigGate", "DownlinkRejectedError", "Uplink", "UplinkError"]
+__all__ = ["ConfigGate", "DownlinkRejectedError", "Uplink", "UplinkError"]
 
 log = logging.getLogger("lienwatch.uplink")
 
@@ -53,35 +54,18 @@ log = logging.getLogger("lienwatch.uplink")
 #: PUBACK reason code 0x10 (MQTT 5): accepted, but nobody was subscribed, so nothing was delivered.
 NO_MATCHING_SUBSCRIBERS = 0x10
 
-class UplinkError(AgentError):
+class UplinkError(UsageError):
     """The uplink was used wrongly (started twice, bad settings)."""
 
     reason = "uplink_error"
 
 
-class DownlinkRejectedError(AgentError):
+class DownlinkRejectedError(InputError):
     """A configuration message was refused; ``reason`` says why (a stable slug)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt n waits in [base/2, base], base = min * 2**n capped."""
-
-    min_s: float
-    max_s: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min_s <= self.max_s:
-            raise UplinkError(f"backoff min {self.min_s} / max {self.max_s} must satisfy 0 < min <= max")
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        base = min(self.max_s, self.min_s * 2.0 ** min(attempt, 32))
-        return float(base / 2 + rng.uniform(0, base / 2))
 
 
 # ----------------------------------------------------------------------------- downlink

@@ -1,27 +1,39 @@
 """Vehicle + receiver simulator: NMEA and an SLCAN adapter on pseudo-terminals.
 
-An independent peer of the agent: it shares no parsing code with ``edge``. The vehicle's
-DBC (``edge/data/generic_car.dbc``) is read as a data file, the car's spec.
+An independent peer of the agent: it shares no code with ``edge`` and never imports it. The
+vehicle's DBC (``edge/data/generic_car.dbc``) is read as a data file, the car's spec.
 
-Sans-I/O pieces (no clock, no files): :class:`SlcanAdapter` / :func:`encode_frame`,
-the NMEA encoders, :class:`GnssReceiver`, :func:`parse_scenario`, :class:`Pace`,
-:class:`Simulation`. Thin I/O shells: :class:`PtyLink`, :func:`run_scenario`,
-:func:`run_load` and the ``lienwatch sim`` command (``firmware_sim._cli``).
+Public modules, each re-exported here (sans-I/O ones first, no clock, no files):
 
-Importing this package stays cheap (no cantools until a DBC is loaded): the pytest
-plugin ``tests.services`` imports ``firmware_sim.services`` in every test session.
+* :mod:`.scenario` scenario files -> :class:`Scenario` (timeline, segments, route)
+* :mod:`.route` :class:`Route` along waypoints, :func:`distance_m`
+* :mod:`.pace` :class:`Pace`: scenario time <-> wall time (time acceleration)
+* :mod:`.nmea` NMEA sentence encoders; :mod:`.gnss` :class:`GnssReceiver` (sky, fixes, jamming)
+* :mod:`.vehicle` :class:`VehicleModel` and the DBC-driven :class:`CanCatalog`
+* :mod:`.slcan` :class:`SlcanAdapter`, the Lawicel adapter's command/frame protocol
+* :mod:`.simulation` :class:`Simulation`: the scenario stepped into NMEA lines and CAN frames
+* :mod:`.record` a scenario rendered offline into NMEA and candump logs
+* :mod:`.errors` the error tree (:class:`SimError`)
+
+Thin I/O shells: :mod:`.pty` (:class:`PtyLink`), :mod:`.runner` (:func:`run_scenario`),
+:mod:`.load` (:func:`run_load`) and :mod:`.cli` (``lienwatch sim`` / ``lienwatch demo``).
+Whole-chain orchestration (chain rig, private Mosquitto/PostgreSQL, the demo) lives in the
+subpackage :mod:`firmware_sim.rig`, which the simulator never imports.
+
+Importing this package stays cheap (no cantools until a DBC is loaded): the tests' fixtures
+import ``firmware_sim.rig.services`` in every test session.
 """
 
-from ._errors import LinkError, ScenarioError, SimError
-from ._gnss import GnssReceiver, SkyConditions, Truth
-from ._load import LoadPattern, LoadReport, run_load
-from ._nmea import CONSTELLATIONS, Epoch, Satellite, encode_epoch, nmea_checksum, sentence
-from ._pace import Pace, PacePiece
-from ._pty import PtyLink
-from ._record import RecordError, RecordPlan, RecordReport, candump_line, record_scenario, record_to_files
-from ._route import Route, distance_m
-from ._runner import RunReport, run_scenario
-from ._scenario import (
+from .errors import LinkError, ScenarioError, SimError
+from .gnss import GnssReceiver, SkyConditions, Truth
+from .load import LoadPattern, LoadReport, run_load
+from .nmea import CONSTELLATIONS, Epoch, Satellite, encode_epoch, nmea_checksum, sentence
+from .pace import Pace, PacePiece
+from .pty import PtyLink
+from .record import RecordError, RecordPlan, RecordReport, candump_line, record_scenario, record_to_files
+from .route import Route, distance_m
+from .runner import RunReport, run_scenario
+from .scenario import (
     Scenario,
     Segment,
     TimelineEvent,
@@ -31,9 +43,9 @@ from ._scenario import (
     parse_scenario,
     resolve_scenario,
 )
-from ._simulation import Simulation, Step
-from ._slcan import CanFrame, SlcanAdapter, SlcanReply, encode_frame
-from ._vehicle import DEFAULT_DBC, CanCatalog, VehicleModel
+from .simulation import Simulation, Step
+from .slcan import CanFrame, SlcanAdapter, SlcanReply, encode_frame
+from .vehicle import DEFAULT_DBC, CanCatalog, VehicleModel
 
 __all__ = [
     "CONSTELLATIONS",

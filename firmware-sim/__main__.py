@@ -1,7 +1,7 @@
-"""``python -m firmware_sim run|load|list|show ...`` (same as ``lienwatch sim``)."""
+"""``python -m firmware_sim run|record|load|list|show ...`` (same as ``lienwatch sim``)."""
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -59,7 +59,7 @@ def _connect(db_path: Path) -> sqlite3.Connection:
 
 
 def _seq(value: int) -> int:
-    return value + 2**64 if value < 0 else value  # collector.models.UInt64
+    return value + 2**64 if value < 0 else value  # collector.storage.tables.UInt64
 
 
 def ledger_rows(db_path: Path, device_id: str) -> list[tuple[int, dict[str, Any]]]:

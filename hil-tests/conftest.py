@@ -3,7 +3,7 @@
 * ``chain``: a fresh :class:`chain_driver.Chain` (private broker, collector on SQLite, the
   device registered, the sample loan book imported) in the test's tmp dir; torn down after
   the test, which then fails if any process the rig started is still there.
-* Every test here is marked ``hil`` (``-m "not hil"`` skips the suite).
+* Every test here is in the ``hil`` tier (marked by tests/tiers.py; ``-m "not hil"`` skips the suite).
 * A failing test gets the tail of every process log (``rig.logs()``) in its report.
 * Latency figures recorded with the ``latency_report`` fixture are printed as a table at the
   end of the session and written as JSON to ``$LIENWATCH_HIL_REPORT`` (default:
@@ -25,16 +25,9 @@ from chain_driver import DEVICE_ID, Chain, Hardware
 
 from firmware_sim.rig import ChainRig
 
-HIL_DIR = Path(__file__).resolve().parent
 _REPORT_KEY = pytest.StashKey[list[dict[str, Any]]]()
 _BASE_KEY = pytest.StashKey[Path]()
 _RIG_KEY = pytest.StashKey[ChainRig]()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HIL_DIR in item.path.parents:
-            item.add_marker(pytest.mark.hil)
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,8 @@ from chain_checks import (
 )
 from chain_driver import LOAN_ID, Chain, Fault, Hardware
 
-from collector.loan_csv import sample_loan_book
+from collector.loans.csv_import import sample_loan_book
 from firmware_sim.rig import ChainRig
-
-pytestmark = pytest.mark.hil
 
 SCENARIO = "unplug"
 SPEED_FACTOR = 2.0

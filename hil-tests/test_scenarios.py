@@ -29,9 +29,7 @@ from chain_checks import (
 )
 from chain_driver import LOAN_ID, Chain, Hardware
 
-from collector.loan_csv import sample_loan_book
-
-pytestmark = pytest.mark.hil
+from collector.loans.csv_import import sample_loan_book
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,6 @@ def test_scenario_end_to_end(
         assert visible is not None, f"{expect.reason} never seen in the API while the scenario played: {played}"
         assert event_wall is not None
         assert 0 <= visible - event_wall < 30, row  # a sanity bound, not a target: see the report table
-
 
 
 def _diff(later: float | None, earlier: float | None) -> float | None:

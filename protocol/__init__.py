@@ -15,7 +15,8 @@ from ._envelopes import (
     seal_config,
     seal_state,
 )
-from ._records import (
+from .errors import ProtocolError
+from .records import (
     MAX_SEQ,
     Alert,
     AlertState,
@@ -28,7 +29,6 @@ from ._records import (
     SignalSample,
     check_device_id,
 )
-from .errors import ProtocolError
 from .topics import batch_topic, config_topic, parse_topic, state_topic
 
 __all__ = [

@@ -13,16 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from ._records import (
-    Alert,
-    AlertState,
-    Batch,
-    DailyStats,
-    Fix,
-    FixMode,
-    Severity,
-    SignalSample,
-)
 from ._strict_cbor import decode_strict, encode_deterministic
 from .errors import (
     ColumnLengthMismatch,
@@ -31,6 +21,16 @@ from .errors import (
     LocalProtocolError,
     SchemaError,
     UnsupportedVersion,
+)
+from .records import (
+    Alert,
+    AlertState,
+    Batch,
+    DailyStats,
+    Fix,
+    FixMode,
+    Severity,
+    SignalSample,
 )
 
 __all__ = ["LIMITS", "SCHEMA_VERSION", "decode_batch", "encode_batch"]
@@ -49,6 +49,7 @@ class LIMITS:
     MAX_ALERTS = 256
     MAX_STATS = 62
     MAX_COUNTERS = 64
+    MAX_STATE_COUNTERS = 256
 
 
 # Top-level keys.

@@ -14,8 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ._batch_codec import decode_batch, encode_batch
-from ._records import Batch, _check_evidence, check_device_id
+from ._batch_codec import LIMITS, decode_batch, encode_batch
 from ._strict_cbor import decode_strict, encode_deterministic
 from .cose import ALG, ALG_EDDSA, KID, Sign1Message, decode_sign1, sign1
 from .errors import (
@@ -28,6 +27,7 @@ from .errors import (
     TopicError,
     UnknownDevice,
 )
+from .records import Batch, _check_evidence, check_device_id
 from .topics import Topic, TopicKind, parse_topic
 
 __all__ = [
@@ -158,7 +158,7 @@ class DeviceState:
             raise InvalidRecord("versions must map text to text")
         if not all(type(k) is str and type(v) is int for k, v in self.counters.items()):
             raise InvalidRecord("counters must map text to int")
-        if len(self.versions) > 32 or len(self.counters) > 256:
+        if len(self.versions) > 32 or len(self.counters) > LIMITS.MAX_STATE_COUNTERS:
             raise InvalidRecord("too many versions or counters")
         if self.connection is not None and (
             type(self.connection) is not int or not 0 < self.connection <= MAX_STATE_CONNECTION

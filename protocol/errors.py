@@ -6,6 +6,8 @@ and whose message names the input and the limit it broke.
 
 ``LocalProtocolError`` means *our* caller built something invalid (a bug on this side);
 ``RemoteProtocolError`` means the bytes we were handed are bad (the sender's fault).
+``KeyFileError`` and ``PlacesError`` are about documents both sides share (Ed25519 key
+files, place and region lists): the message names the file or item and the key.
 """
 
 # The class names are a published contract (docs/interfaces.md) that predates the
@@ -24,13 +26,18 @@ __all__ = [
     "DuplicateKey",
     "ForbiddenTag",
     "IndefiniteLength",
+    "InsecureKeyFile",
     "InvalidEnvelope",
+    "InvalidKeyFile",
     "InvalidRecord",
     "InvalidValue",
+    "KeyFileError",
+    "KeyFileExists",
     "LocalProtocolError",
     "MalformedCBOR",
     "MisplacedHeader",
     "OversizedMessage",
+    "PlacesError",
     "ProtocolError",
     "RemoteProtocolError",
     "SchemaError",
@@ -185,6 +192,36 @@ class InvalidRecord(LocalProtocolError, ValueError):
     """A record was constructed with an impossible value (raised by ``__post_init__``)."""
 
     reason = "invalid_record"
+
+
+class KeyFileError(ProtocolError):
+    """An Ed25519 key file is not acceptable; the message names the file."""
+
+    reason = "key_file"
+
+
+class InsecureKeyFile(KeyFileError):
+    """A private key file is readable or writable by group or others."""
+
+    reason = "insecure_key_file"
+
+
+class InvalidKeyFile(KeyFileError):
+    """The file is missing, unreadable, not PEM, or not an Ed25519 key of the expected kind."""
+
+    reason = "invalid_key_file"
+
+
+class KeyFileExists(KeyFileError):
+    """Writing a key would overwrite an existing key file (the caller must ask to overwrite)."""
+
+    reason = "key_file_exists"
+
+
+class PlacesError(ProtocolError, ValueError):
+    """A place or region list (document or items) is malformed; the message names the item and key."""
+
+    reason = "bad_places"
 
 
 def _all_subclasses(cls: type[ProtocolError]) -> list[type[ProtocolError]]:

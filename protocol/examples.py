@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ._records import Alert, AlertState, Batch, Fix, FixMode, Severity, SignalSample
+from .records import Alert, AlertState, Batch, Fix, FixMode, Severity, SignalSample
 
 __all__ = ["EXAMPLE_DEVICE", "EXAMPLE_KEY_SEED", "example_key", "minute_batch", "tiny_batch"]
 

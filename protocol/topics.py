@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ._records import DEVICE_ID_RE
 from .errors import TopicError
+from .records import DEVICE_ID_RE
 
 __all__ = ["PREFIX", "Topic", "TopicKind", "batch_topic", "config_topic", "parse_topic", "state_topic"]
 

@@ -27,10 +27,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = WAIT_S, what: str 
         time.sleep(0.05)
 
 
-def lienwatch_command() -> list[str]:
-    """argv prefix that runs the installed ``lienwatch`` (or ``python -m edge``)."""
-    script = Path(sys.executable).with_name("lienwatch")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "edge"]
+def collector_command() -> list[str]:
+    """argv prefix that runs ``lienwatch collector`` with this interpreter (``python -m collector``)."""
+    return [sys.executable, "-m", "collector"]
 
 
 class CollectorProcess:
@@ -38,7 +37,7 @@ class CollectorProcess:
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [*lienwatch_command(), "collector", "serve", *args, "--config", str(config)],
+            [*collector_command(), "serve", *args, "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})},

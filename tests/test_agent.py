@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge import keys
 from edge.agent import Agent, ObservationClock, StructuredFormatter
-from edge.config import AgentConfig, load_config
+from edge.config import AgentConfig
 from edge.outbox import Outbox
-from edge.sequence import provision_sequence
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import (
-    Alert,
-    AlertState,
     Batch,
     DeviceConfig,
-    Fix,
     NoFix,
     Severity,
     SignalSample,
@@ -33,96 +28,10 @@ from protocol import (
     seal_config,
     state_topic,
 )
-from tests.test_uplink import Collector, wait_until
-
-DEVICE = "car-0042"
-T0 = 1_767_225_600_000
-
-
-class ListSource:
-    """An in-memory source: hands out its records in chunks, then blocks like an idle port."""
-
-    def __init__(self, records: Sequence[Any], chunk: int = 100) -> None:
-        self._records = list(records)
-        self._chunk = chunk
-        self._idle = threading.Event()
-        self.closed = False
-
-    def read(self, timeout: float = 1.0) -> list[Any]:
-        if not self._records:
-            self._idle.wait(timeout)
-            return []
-        out, self._records = self._records[: self._chunk], self._records[self._chunk :]
-        return out
-
-    def close(self) -> None:
-        self.closed = True
-        self._idle.set()
-
-
-class ScriptedEngine:
-    """A rules-engine double: raises a WARNING alert on every fix whose time is a multiple of ``every_ms``."""
-
-    def __init__(self, every_ms: int = 0, urgent_on: str | None = None) -> None:
-        self.every_ms = every_ms
-        self.urgent_on = urgent_on
-        self.fed = 0
-        self.calls: list[tuple[str, Any]] = []
-        self.active_rules: frozenset[str] = frozenset()
-        self.counters = {"fed": 0}
-
-    def feed(self, event: Any) -> list[Any]:
-        self.fed += 1
-        self.counters["fed"] = self.fed
-        if isinstance(event, Fix) and self.every_ms and (event.time_ms - T0) % self.every_ms == 0:
-            return [Alert("night_door_openings", Severity.WARNING, event.time_ms, f"ep-{event.time_ms}")]
-        if isinstance(event, SignalSample) and event.name == self.urgent_on:
-            return [Alert("power_cut", Severity.PANIC, event.time_ms, "cut-1", AlertState.RAISED, {"voltage_v": 0.0})]
-        return []
-
-    def tick(self, time_ms: int) -> list[Any]:
-        return []
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"fed": self.fed}
-
-    def set_markets(self, markets: Any) -> None:
-        self.calls.append(("markets", [m.id for m in markets]))
-
-    def set_regions(self, regions: Any) -> None:
-        self.calls.append(("regions", [r.id for r in regions]))
-
-    def set_config(self, config: Any) -> None:
-        self.calls.append(("config", config.max_hdop))
-
-
-def fixes(n: int, step_ms: int = 100) -> list[Fix]:
-    return [Fix(time_ms=T0 + i * step_ms, lat=31.3 + i * 1e-6, lon=121.25) for i in range(n)]
-
-
-def make_config(tmp_path: Path, port: int, extra: str = "", grace: float = 5.0) -> AgentConfig:
-    keys.generate(tmp_path / "keys", DEVICE)
-    text = f"""
-[device]
-id = "{DEVICE}"
-key_file = "keys/{DEVICE}.key"
-snapshot_interval_s = 3600
-[batch]
-max_age_s = 3600
-max_fixes = 50
-[mqtt]
-port = {port}
-backoff_min_s = 0.05
-backoff_max_s = 0.5
-shutdown_grace_s = {grace}
-{extra}
-"""
-    path = tmp_path / "agent.toml"
-    path.write_text(text)
-    config = load_config(path, environ={})
-    config.device.data_dir.mkdir(parents=True, exist_ok=True)
-    provision_sequence(config.device.data_dir / "sequence")  # a brand-new device counts from 1
-    return config
+from protocol.cli import key_files as keys
+from protocol.errors import KeyFileError
+from tests.agent_harness import DEVICE, T0, ListSource, ScriptedEngine, fixes, make_config
+from tests.mqtt_subscriber import Collector, wait_until
 
 
 class Running:
@@ -148,8 +57,13 @@ def collector(mosquitto: Mosquitto) -> Iterator[Collector]:
     c.close()
 
 
-def batches(collector: Collector, agent: Agent) -> dict[int, Batch]:
-    keys_ = {DEVICE: agent._key.public_key()}
+def device_keys(tmp_path: Path) -> dict[str, Ed25519PublicKey]:
+    """The device's public key as a collector has it: the ``.pub`` file ``make_config`` generated."""
+    return {DEVICE: keys.load_public_key(keys.public_key_path(tmp_path / "keys", DEVICE))}
+
+
+def batches(collector: Collector, tmp_path: Path) -> dict[int, Batch]:
+    keys_ = device_keys(tmp_path)
     return {b.seq: b for b in (open_batch(bytes(m.payload), m.topic, keys_) for m in collector.on(batch_topic(DEVICE)))}
 
 
@@ -203,7 +117,7 @@ def test_every_batch_arrives_urgent_alerts_go_alone_and_shutdown_is_clean(
         assert wait_until(lambda: agent.counters["records_in"] == 122)
     finally:
         assert run.stop() == 0
-    got = batches(collector, agent)
+    got = batches(collector, tmp_path)
     assert sorted(got) == [1, 2, 3, 4]  # the 4th is the open batch, flushed on shutdown
     assert [len(got[s].fixes) for s in (1, 2)] == [50, 50]
     assert got[3].alerts[0].severity is Severity.PANIC
@@ -213,7 +127,7 @@ def test_every_batch_arrives_urgent_alerts_go_alone_and_shutdown_is_clean(
     assert {b.boot_id for b in got.values()} == {agent.boot_id}
     assert source.closed
     assert json.loads(agent.snapshot_path.read_text()) == {"fed": 122}
-    public = {DEVICE: agent._key.public_key()}
+    public = device_keys(tmp_path)
     states = [open_state(bytes(m.payload), m.topic, public) for m in collector.on(state_topic(DEVICE))]
     assert states[0].online is True
     assert states[-1].online is False
@@ -234,7 +148,7 @@ def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquit
     box = Outbox(config.outbox.path)
     pending = box.pending(10)
     assert [p.seq for p in pending] == [1]
-    batch = open_batch(pending[0].message, batch_topic(DEVICE), {DEVICE: agent._key.public_key()})
+    batch = open_batch(pending[0].message, batch_topic(DEVICE), device_keys(tmp_path))
     assert [f.time_ms for f in batch.fixes] == [f.time_ms for f in fixes(30)]
     box.close()
     # the next run continues the sequence and still delivers the old batch first
@@ -247,7 +161,7 @@ def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquit
             assert collector.wait_for(lambda ms: len(ms) >= 2)
         finally:
             run.stop()
-        got = batches(collector, again)
+        got = batches(collector, tmp_path)
         assert sorted(got)[:2] == [1, 17]  # a crash-free restart still skips the rest of the reserved block
         assert got[17].counters == {"seq_skipped_from": 2, "seq_skipped": 15}
     finally:
@@ -273,7 +187,7 @@ def test_full_outbox_keeps_alerts_and_reports_every_eviction(
         assert collector.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/batch")]) >= expected, 60)
     finally:
         run.stop()
-    got = batches(collector, agent)
+    got = batches(collector, tmp_path)
     alert_batches = [b for b in got.values() if b.alerts]
     assert len(alert_batches) == 20  # every alert survived
     assert sorted(a.alerts[0].time_ms for a in alert_batches) == [T0 + i * 50_000 for i in range(20)]
@@ -333,7 +247,7 @@ def test_signed_config_is_applied_without_restart_and_forgeries_are_counted(
     assert agent.gate.version == 5
     assert engine.calls == [("config", 3.0), ("markets", ["m1"])]
     last_state = collector.on(state_topic(DEVICE))[-1]
-    state = open_state(bytes(last_state.payload), last_state.topic, {DEVICE: agent._key.public_key()})
+    state = open_state(bytes(last_state.payload), last_state.topic, device_keys(tmp_path))
     assert state.counters["config_version"] == 5
     assert state.counters["config_rejected"] == 4
     # after a restart the accepted configuration is applied again from the signed copy on disk
@@ -350,16 +264,17 @@ def test_sighup_reload_applies_batch_settings_and_reports_restart_needs(mosquitt
     agent = Agent(config, engine=ScriptedEngine(), sources={})
     assert config.source is not None
     config.source.write_text(config.source.read_text().replace("max_fixes = 50", "max_fixes = 7"))
-    agent.request_reload()
-    agent._drain_queue(10)
-    assert agent.batcher.settings.max_fixes == 7
-    assert agent.counters["reloads"] == 1
-    config.source.write_text("not toml [")
-    agent.request_reload()
-    agent._drain_queue(10)
-    assert agent.counters["reload_failures"] == 1
-    assert agent.batcher.settings.max_fixes == 7
-    agent.outbox.close()
+    run = Running(agent)
+    try:
+        agent.request_reload()  # what SIGHUP does
+        assert wait_until(lambda: agent.counters["reloads"] == 1)
+        assert agent.batcher.settings.max_fixes == 7
+        config.source.write_text("not toml [")
+        agent.request_reload()
+        assert wait_until(lambda: agent.counters["reload_failures"] == 1)
+        assert agent.batcher.settings.max_fixes == 7
+    finally:
+        assert run.stop() == 0
 
 
 def test_a_corrupt_rule_snapshot_is_set_aside_and_counted(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -395,7 +310,7 @@ def test_real_rules_engine_is_used_by_default(mosquitto: Mosquitto, tmp_path: Pa
 def test_world_readable_key_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
     config = make_config(tmp_path, mosquitto.port)
     config.device.key_file.chmod(0o644)
-    with pytest.raises(keys.KeyFileError):
+    with pytest.raises(KeyFileError):
         Agent(config, engine=ScriptedEngine(), sources={})
 
 
@@ -415,9 +330,11 @@ def test_observation_clock_holds_until_the_first_gnss_epoch_then_falls_back_to_h
 
 def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None:
     """Feeding host-stamped CAN first would put the engine ahead of GNSS time (and drop every fix)."""
-    from edge.agent import _StampedCan
+    from edge.stamped_can import StampedCanSource
 
     class FakeCan:
+        counters = None
+
         def __init__(self) -> None:
             self.batches: list[list[tuple[str, float]]] = [
                 [("Vehicle.LowVoltageSystemState", 1_700_000_000.0)],
@@ -434,7 +351,7 @@ def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None
 
     mono, wall = [0.0], [1_700_000_001.0]
     clock = ObservationClock(monotonic=lambda: mono[0], wall=lambda: wall[0], hold_s=10.0)
-    can = _StampedCan(FakeCan(), clock)
+    can = StampedCanSource(FakeCan(), clock)
     assert can.read() == []  # held: no observation time yet
     assert can.read() == []
     clock.on_fix(T0)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from edge import keys
 from edge.sequence import provision_sequence
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
-from tests.test_uplink import Collector, wait_until
+from protocol.cli import key_files as keys
+from tests.child_processes import ChildProcesses
+from tests.mqtt_subscriber import Collector, wait_until
 
 DEVICE = "car-cli"
 T_2026 = 1_767_254_400_000  # 2026-01-01T08:00:00Z (the NMEA below)
@@ -113,12 +114,12 @@ shutdown_grace_s = 5
         collector.close()
 
 
-def test_agent_run_refuses_a_world_readable_key(tmp_path: Path) -> None:
+def test_agent_run_refuses_a_world_readable_key(tmp_path: Path, processes: ChildProcesses) -> None:
     generated = keys.generate(tmp_path / "keys", DEVICE)
     generated.private_path.chmod(0o644)
     config = tmp_path / "agent.toml"
     config.write_text(f'[device]\nid = "{DEVICE}"\nkey_file = "keys/{DEVICE}.key"\n')
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-m", "edge", "agent", "run", "--config", str(config)],
         capture_output=True,
         timeout=60,
@@ -129,10 +130,10 @@ def test_agent_run_refuses_a_world_readable_key(tmp_path: Path) -> None:
     assert b"car-cli.key" in result.stderr
 
 
-def test_agent_run_rejects_a_bad_config(tmp_path: Path) -> None:
+def test_agent_run_rejects_a_bad_config(tmp_path: Path, processes: ChildProcesses) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('[device]\nid = "x"\nkey_file = "k"\nkye = 1\n')
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-m", "edge", "agent", "run", "--config", str(config)],
         capture_output=True,
         timeout=60,

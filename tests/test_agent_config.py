@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from edge import _agent_cli, keys
-from edge.config import ConfigError, load_config, parse_config, validate_delegated_sections
+from edge.cli import agent as agent_cli
+from edge.cli.agent import validate_delegated_sections
+from edge.config import ConfigError, load_config, parse_config
+from edge.rules import RulesConfig
+from protocol.cli import key_files as keys
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -36,7 +39,7 @@ def test_documented_example_loads_with_every_owner_agreeing() -> None:
     assert config.mqtt.client_id == "car-0042"
     assert config.downlink.enabled is False
     assert config.gnss is not None
-    assert config.gnss["url"] == "/dev/ttyS1"
+    assert config.gnss.url == "/dev/ttyS1"
     notes = validate_delegated_sections(config)
     assert notes == [
         "[rules] ok (1 markets, 1 regions)",
@@ -60,7 +63,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.outbox.seq_block == 16
     assert config.gnss is None
     assert config.can is None
-    assert dict(config.rules) == {}
+    assert config.rules == RulesConfig()
 
 
 def test_environment_overrides_secrets(tmp_path: Path) -> None:
@@ -109,32 +112,83 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", environ={})
 
 
-def test_delegated_sections_are_checked_by_their_owners(tmp_path: Path) -> None:
-    config = parse_config({"device": {"id": "a", "key_file": "k"}, "rules": {"max_hdop": -1}}, tmp_path, environ={})
+def test_every_section_is_parsed_by_the_one_loader(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[rules\] rejected: .*max_hdop"):
-        validate_delegated_sections(config)
+        parse_config({"device": {"id": "a", "key_file": "k"}, "rules": {"max_hdop": -1}}, tmp_path, environ={})
     raw = {"device": {"id": "a", "key_file": "k"}, "gnss": {"url": "x", "speed": 1}}
+    with pytest.raises(ConfigError, match=r"\[gnss\] has unknown key 'speed'"):
+        parse_config(raw, tmp_path, environ={})
+    raw = {"device": {"id": "a", "key_file": "k"}, "rules": {"power_cut": {"min_voltage_v": "9"}}}
+    with pytest.raises(ConfigError, match=r"\[rules\] rejected: .*power_cut.min_voltage_v must be a finite number"):
+        parse_config(raw, tmp_path, environ={})
+
+
+def test_files_named_by_sections_are_checked_without_opening_devices(tmp_path: Path) -> None:
+    raw = {"device": {"id": "a", "key_file": "k"}, "rules": {"markets_file": "missing.toml"}}
     config = parse_config(raw, tmp_path, environ={})
-    with pytest.raises(ConfigError, match=r"\[gnss\] rejected: .*speed"):
+    with pytest.raises(ConfigError, match=r"\[rules\] rejected: cannot read markets file"):
         validate_delegated_sections(config)
-    config = parse_config(
-        {"device": {"id": "a", "key_file": "k"}, "can": {"interface": "virtual", "channel": "x", "dbc": ["nope.dbc"]}},
-        tmp_path,
-        environ={},
-    )
-    with pytest.raises(ConfigError, match=r"\[can\] rejected"):
+    can = {"interface": "virtual", "channel": "x", "dbc": ["nope.dbc"], "signal_map": "map.toml"}
+    config = parse_config({"device": {"id": "a", "key_file": "k"}, "can": can}, tmp_path, environ={})
+    with pytest.raises(ConfigError, match=r"\[can\] rejected: .*nope\.dbc"):
         validate_delegated_sections(config)
 
 
 def test_agent_check_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, MINIMAL)
     keys.generate(tmp_path / "k", "car-7")  # `check` checks the key file as `run` does
-    assert _agent_cli.main(["check", "--config", str(path)]) == 0
+    assert agent_cli.main(["check", "--config", str(path)]) == 0
     out, err = capsys.readouterr()
     resolved = json.loads(out)
     assert resolved["device"]["key_file"] == str(tmp_path.resolve() / "k" / "car-7.key")
     assert resolved["outbox"]["max_bytes"] == 67108864
     assert "[rules] ok" in err
     bad = write(tmp_path, MINIMAL + "[mqtt]\nhots = 1\n")
-    assert _agent_cli.main(["check", "--config", str(bad)]) == 2
+    assert agent_cli.main(["check", "--config", str(bad)]) == 2
     assert "unknown key 'hots'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ issue #11: one typed load, refusals name the key
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (MINIMAL + "[mqtt]\nprot = 1883\n", {}, "[mqtt] has unknown key 'prot'"),
+        (MINIMAL + "[can]\ndbc = 'a.dbc'\nsignal_map = 'm.toml'\nbitrte = 5\n", {}, "[can] has unknown key 'bitrte'"),
+        (MINIMAL + "[rules.power_cut]\nmin_voltag_v = 9.0\n", {}, "unknown key rules.power_cut.min_voltag_v"),
+        (MINIMAL + "[mqtt]\nport = '1883'\n", {}, "[mqtt] port must be an integer, got '1883'"),
+        (MINIMAL + "[gnss]\nurl = 'loop://'\nbaud = 9600.5\n", {}, "[gnss] baud must be an integer"),
+        (MINIMAL + "[rules]\nmin_sats = 'four'\n", {}, "rules.min_sats must be an integer"),
+        (MINIMAL, {"LIENWATCH_AGENT_MQQT_PORT": "1884"}, "LIENWATCH_AGENT_MQQT_PORT names no agent setting"),
+        (MINIMAL, {"LIENWATCH_AGENT_MQTT_PORT": "high"}, "[mqtt] port (from LIENWATCH_AGENT_MQTT_PORT) must be an"),
+        (MINIMAL, {"LIENWATCH_AGENT_BATCH_MAX_AGE_S": "soon"}, "[batch] max_age_s must be a duration"),
+    ],
+)
+def test_unknown_key_wrong_type_and_unknown_variable_are_refused_by_name(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ=env)
+    assert message in str(info.value)
+
+
+def test_environment_durations_and_the_suggested_name(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL), environ={"LIENWATCH_AGENT_BATCH_MAX_AGE_S": "2m"})
+    assert config.batch.max_age_s == 120.0
+    with pytest.raises(ConfigError, match="did you mean LIENWATCH_AGENT_MQTT_PORT"):
+        load_config(write(tmp_path, MINIMAL), environ={"LIENWATCH_AGENT_MQTT_PROT": "1"})
+
+
+def test_replay_reads_the_same_file_with_the_same_parsers(tmp_path: Path) -> None:
+    from edge.config import load_replay_config
+
+    path = write(tmp_path, "[rules]\nmax_hdop = 3.0\n[can]\ndbc = 'car.dbc'\nsignal_map = 'map.toml'\n")
+    config = load_replay_config(path)
+    assert config.rules.max_hdop == 3.0
+    assert config.can is not None
+    assert config.can.dbc == (tmp_path.resolve() / "car.dbc",)
+    with pytest.raises(ConfigError, match=r"\[can\] has unknown key 'dbcs'"):
+        load_replay_config(write(tmp_path, "[can]\ndbcs = 'car.dbc'\n"))
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['rule'\]"):
+        load_replay_config(write(tmp_path, "[rule]\n"))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from edge import keys
 from edge.outbox import Outbox
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
-from tests.test_uplink import Collector
+from protocol.cli import key_files as keys
+from tests.mqtt_subscriber import Collector
 
 DEVICE = "car-kill"
 
@@ -52,6 +52,7 @@ class Ticker:
 
 class NullEngine:
     active_rules = frozenset()
+    counters = {}
 
     def feed(self, event):
         return []

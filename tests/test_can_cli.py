@@ -8,9 +8,9 @@ from pathlib import Path
 import can
 import pytest
 
-from edge._can_cli import main
 from edge.canbus import CanCounters, CanLogError, read_can_log
 from edge.canbus._log import MAX_LOG_LINE
+from edge.cli.can import main
 
 CANDUMP = """\
 (1714550400.000000) can0 120#0208050000000000

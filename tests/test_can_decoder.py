@@ -20,7 +20,7 @@ from edge.canbus import (
     parse_signal_map,
 )
 from protocol import SignalSample
-from protocol._records import SampleValue
+from protocol.records import SampleValue
 
 T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
 T0_MS = 1_714_550_400_000

@@ -20,16 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from edge.canbus import SAMPLE_DBC, SAMPLE_MAP, Backoff, CanSource, SignalDecoder
+from edge.backoff import Backoff
+from edge.canbus import SAMPLE_DBC, SAMPLE_MAP, CanSource, SignalDecoder
 from protocol import SignalSample
+from tests.child_processes import ChildProcesses
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0  # generous: the machine is shared
 
 PEER = r"""
 import os, select, sys
-from firmware_sim._pty import PtyLink
-from firmware_sim._slcan import CanFrame, SlcanAdapter
+from firmware_sim.pty import PtyLink
+from firmware_sim.slcan import CanFrame, SlcanAdapter
 
 def say(word):
     sys.stdout.write(word + "\n")
@@ -78,8 +80,8 @@ link.close()
 class Peer:
     """The SLCAN adapter process and a reader thread for its replies."""
 
-    def __init__(self, link: Path) -> None:
-        self.proc = subprocess.Popen(
+    def __init__(self, link: Path, processes: ChildProcesses) -> None:
+        self.proc = processes.start(
             [sys.executable, "-c", PEER, str(link)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True,
         )
@@ -123,8 +125,8 @@ class Peer:
 
 
 @pytest.fixture
-def peer(tmp_path: Path) -> Iterator[Peer]:
-    adapter = Peer(tmp_path / "can0")
+def peer(tmp_path: Path, processes: ChildProcesses) -> Iterator[Peer]:
+    adapter = Peer(tmp_path / "can0", processes)
     try:
         adapter.expect("ready")
         yield adapter
@@ -181,8 +183,8 @@ def test_python_can_slcan_against_the_simulated_adapter(peer: Peer, tmp_path: Pa
         source.close()
 
 
-def test_lienwatch_can_cli_over_slcan(peer: Peer, tmp_path: Path) -> None:
-    cli = subprocess.Popen(
+def test_lienwatch_can_cli_over_slcan(peer: Peer, tmp_path: Path, processes: ChildProcesses) -> None:
+    cli = processes.start(
         [sys.executable, "-m", "edge", "can", "--interface", "slcan", "--channel", str(tmp_path / "can0"),
          "--bitrate", "500000", "--dbc", str(SAMPLE_DBC), "--map", str(SAMPLE_MAP), "--jsonl", "--max-samples", "6"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True,

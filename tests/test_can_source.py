@@ -11,19 +11,19 @@ from typing import Any
 import can
 import pytest
 
+from edge.backoff import Backoff
 from edge.canbus import (
     SAMPLE_DBC,
     SAMPLE_MAP,
-    Backoff,
-    BusConfigError,
     CanSource,
-    CanSourceError,
     DbcError,
     SignalDecoder,
     SignalMapError,
     decoder_from_config,
     source_from_config,
 )
+from edge.config import CanSettings, parse_config
+from edge.errors import ConfigError, DeviceError
 from protocol import SignalSample
 
 _channels = itertools.count()
@@ -87,7 +87,7 @@ def test_read_after_close_is_an_error(channel: str) -> None:
     source = CanSource("virtual", channel, decoder=decoder())
     source.close()
     source.close()
-    with pytest.raises(CanSourceError, match="is closed"):
+    with pytest.raises(DeviceError, match="is closed"):
         source.read(timeout=0)
 
 
@@ -180,7 +180,7 @@ def test_bus_kwargs_and_slcan_sleep_default(monkeypatch: pytest.MonkeyPatch) -> 
     ],
 )
 def test_impossible_bus_settings_raise(interface: str, kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(BusConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         CanSource(interface, "x", decoder=decoder(), **kwargs)
 
 
@@ -189,7 +189,7 @@ def test_backoff_doubles_to_the_cap_and_resets() -> None:
     assert [backoff.next_delay() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     backoff.reset()
     assert backoff.next_delay() == 0.1
-    with pytest.raises(BusConfigError, match="backoff needs"):
+    with pytest.raises(ConfigError, match="backoff needs"):
         Backoff(initial_s=2, max_s=1)
 
 
@@ -203,43 +203,50 @@ def config_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def can_settings(section: dict[str, Any], base_dir: Path) -> CanSettings:
+    """The [can] section as agent.toml's one loader parses it."""
+    config = parse_config({"device": {"id": "a", "key_file": "k"}, "can": section}, base_dir, environ={})
+    assert config.can is not None
+    return config.can
+
+
 def test_source_from_config_resolves_relative_paths(config_dir: Path, channel: str, sender: can.BusABC) -> None:
     section = {
         "interface": "virtual", "channel": channel, "dbc": "car.dbc", "signal_map": "car_map.toml",
         "bus_options": {"receive_own_messages": False},
     }
-    with source_from_config(section, config_dir) as source:
+    with source_from_config(can_settings(section, config_dir)) as source:
         send(sender, 0x3D0, (123456).to_bytes(4, "little") + bytes(4))
         assert [s.value for s in source.read(timeout=5)] == [12345.6]
 
 
 def test_decoder_from_config_takes_a_list_of_dbcs(config_dir: Path) -> None:
     section = {"dbc": [str(config_dir / "car.dbc")], "signal_map": "car_map.toml", "interface": "virtual"}
-    assert decoder_from_config(section, config_dir).can_filters == decoder().can_filters
+    assert decoder_from_config(can_settings(section, config_dir)).can_filters == decoder().can_filters
 
 
 @pytest.mark.parametrize(
     ("section", "error", "message"),
     [
-        ({"signal_map": "car_map.toml"}, BusConfigError, "'dbc' and 'signal_map' are required"),
-        ({"dbc": [], "signal_map": "car_map.toml"}, BusConfigError, "non-empty list of paths"),
-        ({"dbc": [3], "signal_map": "car_map.toml"}, BusConfigError, r"\[can\] dbc: expected a file path, got 3"),
-        ({"dbc": "car.dbc", "signal_map": "car_map.toml", "bitrte": 5}, BusConfigError, r"unknown key\(s\) bitrte"),
+        ({"signal_map": "car_map.toml"}, ConfigError, "'dbc' and 'signal_map' are required"),
+        ({"dbc": [], "signal_map": "car_map.toml"}, ConfigError, "non-empty list of paths"),
+        ({"dbc": [3], "signal_map": "car_map.toml"}, ConfigError, r"\[can\] dbc: expected a file path, got 3"),
+        ({"dbc": "car.dbc", "signal_map": "car_map.toml", "bitrte": 5}, ConfigError, r"unknown key 'bitrte'"),
         ({"dbc": "other.dbc", "signal_map": "car_map.toml"}, DbcError, r"other\.dbc: cannot read DBC"),
         ({"dbc": "car.dbc", "signal_map": "none.toml"}, SignalMapError, r"none\.toml: cannot read signal map"),
-        ({"dbc": "car.dbc", "signal_map": "car_map.toml", "channel": "x"}, BusConfigError, "must be strings"),
+        ({"dbc": "car.dbc", "signal_map": "car_map.toml", "channel": "x"}, ConfigError, "must be strings"),
         (
             {"dbc": "car.dbc", "signal_map": "car_map.toml", "interface": "virtual", "channel": "x",
              "bus_options": {"can_filters": []}},
-            BusConfigError, "can_filters cannot be set here",
+            ConfigError, "can_filters cannot be set here",
         ),
         (
             {"dbc": "car.dbc", "signal_map": "car_map.toml", "interface": "virtual", "channel": "x",
              "bus_options": 3},
-            BusConfigError, "bus_options: expected a table",
+            ConfigError, "bus_options: expected a table",
         ),
     ],
 )
 def test_bad_can_sections(config_dir: Path, section: dict[str, Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        source_from_config(section, config_dir)
+        source_from_config(can_settings(section, config_dir))

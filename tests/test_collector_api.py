@@ -1,4 +1,4 @@
-"""collector.app + collector.auth + the ``lienwatch collector`` command (SQLite and PostgreSQL)."""
+"""collector.api.app + collector.api.auth + the ``lienwatch collector`` command (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
 
-from collector import _cli
-from collector.app import create_app, discover_routers
-from collector.auth import Principal, require_role
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor
-from collector.metrics import IngestMetrics
+from collector.api.app import create_app, discover_routers
+from collector.api.auth import Principal, require_role
+from collector.cli import commands as _cli
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.metrics import IngestMetrics
 from collector.settings import Settings, hash_api_key
-from tests.test_ingest import NOW, FakeDevice, database_url
-
-__all__ = ["database_url"]
+from collector.storage.database import create_engine, migrate
+from tests.fake_devices import NOW, FakeDevice
 
 KEYS = {role: f"{role}-key-0123456789abcdef" for role in ("admin", "risk_analyst", "collections", "auditor")}
 
@@ -68,7 +66,7 @@ def test_healthz_needs_no_key(client: TestClient) -> None:
 
 
 def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
-    from firmware_sim.services import free_port
+    from firmware_sim.rig import free_port
 
     dead = create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/x")
     with TestClient(create_app(settings, engine=dead)) as test_client:

@@ -1,4 +1,4 @@
-"""collector.downlink: market files, the config outbox, signing targets, and the MQTT publisher."""
+"""collector.jobs.downlink: market files, the config outbox, signing targets, and the MQTT publisher."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
-from collector.app import create_app
-from collector.database import create_engine, migrate
-from collector.downlink import (
+from collector.api.app import create_app
+from collector.errors import ConfigError
+from collector.ingest.registry import DeviceRegistry
+from collector.jobs.downlink import (
     ConfigMessage,
     ConfigPublisher,
     MarketFileError,
@@ -27,15 +28,14 @@ from collector.downlink import (
     load_signing_key,
     upsert_markets,
 )
-from collector.errors import ConfigError
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import ConfigVersion
-from collector.registry import DeviceRegistry
+from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import MqttSettings, Settings, hash_api_key
-from edge.keys import generate
-from firmware_sim.services import Mosquitto
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import ConfigVersion
+from firmware_sim.rig import Mosquitto
 from protocol import config_topic, open_config
-from tests.test_ingest import FakeDevice
+from protocol.cli.key_files import generate
+from tests.fake_devices import FakeDevice
 
 REPO = Path(__file__).parents[1]
 SAMPLE_MARKETS = REPO / "edge" / "data" / "markets.sample.toml"
@@ -172,7 +172,6 @@ def wait_until(condition: object, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.mqtt
 def test_publisher_signs_for_a_cli_registered_device_and_publishes_retained(
     engine: sa.Engine, mosquitto: Mosquitto
 ) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.cli import main
 from collector.errors import ConfigError
 from collector.settings import Limits, MqttSettings, Settings, hash_api_key, load_settings
 
@@ -203,3 +204,86 @@ def test_secret_is_never_in_an_error_message(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, "[webhooks]\nurls = ['http://x/y']\nsecret = 'tiny-secret'\n"), environ={})
     assert "tiny-secret" not in str(info.value)
+
+
+# ------------------------------------------------------------------ one typed load: keys, types, variables
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ("[mqtt]\nprot = 1883\n", {}, "prot"),  # unknown key in a file
+        ("[risk]\nreassess_interval_s = 'soon'\n", {}, "risk.reassess_interval_s='soon'"),  # wrong type
+        ("", {"LIENWATCH_MQQT_PORT": "x"}, "LIENWATCH_MQQT_PORT"),  # unknown variable
+        ("", {"LIENWATCH_MQTT_PROT": "1883"}, "LIENWATCH_MQTT_PROT"),  # unknown key of a known section
+        ("", {"LIENWATCH_COLOUR": "red"}, "LIENWATCH_COLOUR"),
+    ],
+)
+def test_unknown_key_wrong_type_and_unknown_variable_are_refused(
+    tmp_path: Path, text: str, env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ=env)
+    assert named in str(info.value)
+
+
+def test_a_misspelled_variable_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"LIENWATCH_MQQT_PORT \(did you mean LIENWATCH_MQTT_PORT\?\)"):
+        load_settings(None, environ={"LIENWATCH_MQQT_PORT": "x"})
+
+
+def test_other_programs_variables_are_left_alone() -> None:
+    env = {
+        "LIENWATCH_AGENT_MQTT_PORT": "1",
+        "LIENWATCH_HIL_SECONDS": "60",
+        "LIENWATCH_TEST_POSTGRES_URL": "postgresql://x",
+        "LIENWATCH_CONFIG": "collector.toml",
+        "LIENWATCH_MQTT_PORT": "1884",
+    }
+    assert load_settings(None, environ=env).mqtt.port == 1884
+
+
+def test_every_setting_has_its_variable() -> None:
+    env = {
+        "LIENWATCH_LOG_LEVEL": "debug",
+        "LIENWATCH_LIMITS_DB_RETRY_MAX_S": "2m",
+        "LIENWATCH_RISK_REASSESS_INTERVAL_S": "90s",
+        "LIENWATCH_RISK_DPD_CALL": "20",
+        "LIENWATCH_RETENTION_INTERVAL_S": "1d",
+        "LIENWATCH_RETENTION_ENABLED": "off",
+        "LIENWATCH_DOWNLINK_RESYNC_INTERVAL_S": "15",
+    }
+    settings = load_settings(None, environ=env)
+    assert settings.log_level == "debug"
+    assert settings.limits.db_retry_max_s == 120.0
+    assert settings.risk.reassess_interval_s == 90.0
+    assert settings.risk.config.dpd_call == 20
+    assert (settings.retention.interval_s, settings.retention.enabled) == (86_400.0, False)
+    assert settings.downlink.resync_interval_s == 15.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"LIENWATCH_RISK_REASSESS_INTERVAL_S": "5 minutes"},
+            "risk.reassess_interval_s='5 minutes' is not a valid duration",
+        ),
+        ({"LIENWATCH_WEBHOOKS_TIMEOUT_S": "-1"}, "webhooks.timeout_s='-1' is not a valid duration"),
+        ({"LIENWATCH_RETENTION_ENABLED": "maybe"}, "retention.enabled='maybe' is not a valid bool"),
+    ],
+)
+def test_durations_and_booleans_from_the_environment_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ=env)
+    assert message in str(info.value)
+
+
+def test_the_command_line_refuses_an_unknown_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LIENWATCH_MQQT_PORT", "x")
+    monkeypatch.setenv("LIENWATCH_DATA_DIR", str(tmp_path))
+    assert main(["migrate"]) == 1
+    assert "LIENWATCH_MQQT_PORT" in capsys.readouterr().err
+    assert not (tmp_path / "collector.db").exists()

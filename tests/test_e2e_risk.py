@@ -25,20 +25,18 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import RiskEventRecord, RiskStateRecord, WebhookDelivery
-from collector.registry import DeviceRegistry
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.registry import DeviceRegistry
+from collector.jobs.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify_signature
+from collector.loans.csv_import import import_loans, parse_loans
 from collector.runtime import CollectorRuntime
 from collector.settings import load_settings
-from collector.webhooks import EVENT_HEADER, SIGNATURE_HEADER, verify_signature
-from edge.keys import generate, load_private_key, load_public_key
-from firmware_sim.services import Mosquitto, free_port
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import RiskEventRecord, RiskStateRecord, WebhookDelivery
+from firmware_sim.rig import Mosquitto, free_port
 from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
-from tests.collector_process import WAIT_S, CollectorProcess, lienwatch_command, wait_until
-
-pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
+from protocol.cli.key_files import generate, load_private_key, load_public_key
+from tests.collector_process import WAIT_S, CollectorProcess, collector_command, wait_until
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 SECRET = "e2e-webhook-secret-0123456789"
@@ -54,10 +52,9 @@ BOOT = bytes(range(16))
 
 
 def lienwatch(*args: str, config: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command = lienwatch_command()
     env = {**os.environ, "LIENWATCH_WEBHOOKS_SECRET": SECRET}
     done = subprocess.run(
-        [*command, "collector", *args, "--config", str(config)],
+        [*collector_command(), *args, "--config", str(config)],
         capture_output=True, text=True, timeout=WAIT_S, env=env, check=False,
     )
     if check:

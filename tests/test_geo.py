@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.rules import Market, PlacesError, load_markets, load_regions
-from edge.rules.geo import (
+from edge.place_files import load_markets_file, load_regions_file
+from protocol.errors import PlacesError
+from protocol.geo import (
     bd09_to_gcj02,
     bd09_to_wgs84,
     distance_m,
@@ -31,6 +32,7 @@ from edge.rules.geo import (
     wgs84_to_bd09,
     wgs84_to_gcj02,
 )
+from protocol.places import Place, PlaceType, load_places, load_regions, places_from_text
 
 EVILTRANSFORM_TESTS = [
     # wgsLat, wgsLng, gcjLat, gcjLng
@@ -65,7 +67,7 @@ def test_pyxis_triple_round_trips_to_millimetres() -> None:
 def test_demo_market_converts_to_the_documented_wgs84_position() -> None:
     lat, lon = to_wgs84(31.3000, 121.2500, "gcj02")
     assert (round(lat, 6), round(lon, 6)) == (31.301992, 121.245568)
-    [market] = load_markets(Path(__file__).resolve().parents[1] / "edge" / "data" / "markets.sample.toml")
+    [market] = load_markets_file(Path(__file__).resolve().parents[1] / "edge" / "data" / "markets.sample.toml")
     assert (market.id, market.datum, market.radius_m) == ("sh-jiading-ucm", "gcj02", 400)
     assert (round(market.lat, 6), round(market.lon, 6)) == (31.301992, 121.245568)
 
@@ -91,10 +93,10 @@ def test_markets_json_items_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     item = {"id": "x", "name": "X", "lat": 31.0, "lon": 121.0, "radius_m": 50, "datum": "bd09"}
     path.write_text(json.dumps({"markets": [item]}))
-    [m] = load_markets(path)
+    [m] = load_markets_file(path)
     assert m.datum == "bd09"
     assert distance_m(m.lat, m.lon, 31.0, 121.0) > 500
-    assert load_markets([m]) == [m]
+    assert load_places([m]) == [m]
     good = {"id": "a", "name": "A", "lat": 31.0, "lon": 121.0, "radius_m": 100, "datum": "wgs84"}
     cases = [
         ([{k: v for k, v in good.items() if k != "datum"}], "lacks required key 'datum'"),
@@ -109,33 +111,33 @@ def test_markets_json_items_and_errors(tmp_path: Path) -> None:
     ]
     for items, message in cases:
         with pytest.raises(PlacesError, match=message):
-            load_markets(items)  # type: ignore[arg-type]
+            load_places(items)
 
 
 def test_market_files_malformed_truncated_oversized(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[[market]]\nid = "a"\nname = "unterminated')
     with pytest.raises(PlacesError, match="is not valid toml"):
-        load_markets(bad)
+        load_markets_file(bad)
     with pytest.raises(PlacesError, match="cannot read markets file"):
-        load_markets(tmp_path / "missing.toml")
+        load_markets_file(tmp_path / "missing.toml")
     wrong = tmp_path / "wrong.json"
     wrong.write_text('{"shops": []}')
     with pytest.raises(PlacesError, match="has none of the keys"):
-        load_markets(wrong)
+        load_markets_file(wrong)
     binary = tmp_path / "bin.json"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(PlacesError, match="is not valid json"):
-        load_markets(binary)
+        load_markets_file(binary)
     huge = tmp_path / "huge.json"
     with huge.open("wb") as fh:
         fh.truncate(33 * 1024 * 1024)
     with pytest.raises(PlacesError, match="over the 33554432 byte limit"):
-        load_markets(huge)
+        load_markets_file(huge)
 
 
 def test_regions_toml_geojson_flat_coords_and_holes(tmp_path: Path) -> None:
-    [sample] = load_regions(Path(__file__).resolve().parents[1] / "edge" / "data" / "regions.sample.toml")
+    [sample] = load_regions_file(Path(__file__).resolve().parents[1] / "edge" / "data" / "regions.sample.toml")
     assert sample.contains(31.23, 121.47)
     assert not sample.contains(32.06, 118.79)
     square = [[121.0, 31.0], [122.0, 31.0], [122.0, 32.0], [121.0, 32.0], [121.0, 31.0]]
@@ -152,7 +154,7 @@ def test_regions_toml_geojson_flat_coords_and_holes(tmp_path: Path) -> None:
     }
     path = tmp_path / "r.geojson"
     path.write_text(json.dumps(geojson))
-    [region] = load_regions(path)
+    [region] = load_regions_file(path)
     assert region.contains(31.2, 121.2)
     assert not region.contains(31.5, 121.5)  # in the hole
     assert not region.contains(30.9, 121.5)
@@ -172,9 +174,35 @@ def test_regions_toml_geojson_flat_coords_and_holes(tmp_path: Path) -> None:
     ]
     for items, message in cases:
         with pytest.raises(PlacesError, match=message):
-            load_regions(items)  # type: ignore[arg-type]
+            load_regions(items)
 
 
 def test_market_record_validates() -> None:
     with pytest.raises(ValueError, match="radius_m"):
-        Market(id="m", name="M", lat=0.0, lon=0.0, radius_m=100_000)
+        Place(id="m", name="M", lat=0.0, lon=0.0, radius_m=100_000)
+
+
+def test_place_type_defaults_to_used_car_market_and_is_checked() -> None:
+    item = {"id": "a", "name": "A", "lat": 31.0, "lon": 121.0, "radius_m": 100, "datum": "wgs84"}
+    [place] = load_places([item])
+    assert place.type is PlaceType.USED_CAR_MARKET
+    [typed] = load_places([item | {"type": "used_car_market"}])
+    assert typed == place
+    with pytest.raises(PlacesError, match="type 'pawn_shop' must be one of"):
+        load_places([item | {"type": "pawn_shop"}])
+    with pytest.raises(ValueError, match="type 'pawn_shop' must be one of"):
+        Place(id="m", name="M", lat=0.0, lon=0.0, radius_m=100, type="pawn_shop")  # type: ignore[arg-type]
+
+
+def test_places_from_text_converts_the_datum_once() -> None:
+    text = '[[market]]\nid = "g"\nname = "G"\nlat = 31.3\nlon = 121.25\nradius_m = 400\ndatum = "gcj02"\n'
+    [place] = places_from_text(text, "toml", label="inline")
+    assert (round(place.lat, 6), round(place.lon, 6)) == (31.301992, 121.245568)
+    assert place.datum == "gcj02"
+    assert load_places([place]) == [place]  # a Place is already WGS-84: not converted again
+    with pytest.raises(PlacesError, match="inline is not valid json"):
+        places_from_text(b"\xff", "json", label="inline")
+    with pytest.raises(PlacesError, match="format 'yaml' is not one of"):
+        places_from_text("", "yaml")
+    with pytest.raises(PlacesError, match="over the 33554432 byte limit"):
+        places_from_text(b" " * (32 * 1024 * 1024 + 1), "json")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge._gnss_cli import main
+from edge.cli.gnss import main
+from tests.child_processes import ChildProcesses
 
 DATA = Path(__file__).parent / "data" / "nmea"
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +83,12 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
 
 
-def test_lienwatch_gnss_reads_a_pty_until_the_receiver_goes_away(tmp_path: Path) -> None:
+def test_lienwatch_gnss_reads_a_pty_until_the_receiver_goes_away(tmp_path: Path, processes: ChildProcesses) -> None:
     master, slave = os.openpty()
     link = tmp_path / "gnss"
     os.symlink(os.ttyname(slave), link)
     os.close(slave)
-    proc = subprocess.Popen(
+    proc = processes.start(
         [sys.executable, "-m", "edge", "gnss", "--device", str(link), "--baud", "115200", "--jsonl"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edge._gnss_cli import record_to_json
+from edge.cli.gnss import record_to_json
 from edge.gnss import NmeaDecoder, read_nmea_file
+from tests.child_processes import ChildProcesses
 
 DATA = Path(__file__).parent / "data" / "nmea"
 LOGS = ["ublox_gn_multi", "mtk_gp_midnight", "nofix_periods", "corrupt_lines"]
@@ -108,12 +108,12 @@ def test_midnight_rollover_matches_gpsd() -> None:
     assert set(ours) == set(_gpsd_epochs("mtk_gp_midnight"))
 
 
-def test_logs_are_what_the_generator_writes(tmp_path: Path) -> None:
+def test_logs_are_what_the_generator_writes(tmp_path: Path, processes: ChildProcesses) -> None:
     """The stored logs (and thus gpsd's golden output) match make_logs.py exactly."""
     script = (DATA / "make_logs.py").read_text()
     copy = tmp_path / "make_logs.py"
     copy.write_text(script)
-    subprocess.run([sys.executable, str(copy)], check=True, capture_output=True, timeout=60)
+    processes.run([sys.executable, str(copy)], check=True, capture_output=True, timeout=60)
     for name in LOGS:
         assert (tmp_path / f"{name}.nmea").read_bytes() == (DATA / f"{name}.nmea").read_bytes(), name
 

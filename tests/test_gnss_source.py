@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.gnss import GnssConfigError, GnssSource, NmeaDecoder, PortUnavailable, source_from_config
+from edge.config import ConfigError, GnssSettings, parse_config
+from edge.gnss import GnssSource, NmeaDecoder, PortUnavailable, source_from_config
 from protocol import Fix, NoFix
 
 
@@ -179,7 +180,7 @@ def test_open_errors_are_typed(tmp_path: Path) -> None:
         source.open()
     assert source.at_end
     assert source.counters.open_failures == 1
-    with pytest.raises(GnssConfigError, match="not a valid pyserial URL"):
+    with pytest.raises(ConfigError, match="not a valid pyserial URL"):
         GnssSource("nosuchscheme://x").open()
 
 
@@ -195,22 +196,29 @@ def test_open_errors_are_typed(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_source_arguments(kwargs: dict[str, object], match: str) -> None:
-    with pytest.raises(GnssConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
         GnssSource(**kwargs)  # type: ignore[arg-type]
+
+
+def gnss_settings(section: dict[str, object], base_dir: Path) -> GnssSettings:
+    """The [gnss] section as agent.toml's one loader parses it."""
+    config = parse_config({"device": {"id": "a", "key_file": "k"}, "gnss": section}, base_dir, environ={})
+    assert config.gnss is not None
+    return config.gnss
 
 
 def test_source_from_config(tmp_path: Path) -> None:
     section = tomllib.loads('url = "links/gnss"\nbaud = 115200\nearliest_date = 2023-01-01\nbackoff_max_s = 2\n')
-    source = source_from_config(section, tmp_path)
+    source = source_from_config(gnss_settings(section, tmp_path))
     assert source.url == str(tmp_path / "links" / "gnss")
     assert source.baud == 115200
     assert source.decoder.earliest_date == dt.date(2023, 1, 1)
     assert source.backoff_max_s == 2.0
-    assert source_from_config({"url": "/dev/ttyS1"}, tmp_path).url == "/dev/ttyS1"
-    assert source_from_config({"url": "socket://127.0.0.1:1"}, tmp_path).url == "socket://127.0.0.1:1"
-    assert source_from_config({"url": "loop://", "earliest_date": "2021-05-01"}, tmp_path).decoder.earliest_date == (
-        dt.date(2021, 5, 1)
-    )
+    assert source_from_config(gnss_settings({"url": "/dev/ttyS1"}, tmp_path)).url == "/dev/ttyS1"
+    assert source_from_config(gnss_settings({"url": "socket://127.0.0.1:1"}, tmp_path)).url == "socket://127.0.0.1:1"
+    assert source_from_config(
+        gnss_settings({"url": "loop://", "earliest_date": "2021-05-01"}, tmp_path)
+    ).decoder.earliest_date == dt.date(2021, 5, 1)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +226,7 @@ def test_source_from_config(tmp_path: Path) -> None:
     [
         ({}, "url"),
         ({"url": 5}, "url"),
-        ({"url": "loop://", "bauds": 9600}, "unknown keys"),
+        ({"url": "loop://", "bauds": 9600}, "has unknown key 'bauds'"),
         ({"url": "loop://", "baud": "fast"}, "baud"),
         ({"url": "loop://", "earliest_date": "yesterday"}, "earliest_date"),
         ({"url": "loop://", "earliest_date": dt.date(1980, 1, 6)}, "earliest_date"),
@@ -227,8 +235,8 @@ def test_source_from_config(tmp_path: Path) -> None:
     ],
 )
 def test_source_from_config_rejects_bad_sections(section: dict[str, object], match: str, tmp_path: Path) -> None:
-    with pytest.raises(GnssConfigError, match=match):
-        source_from_config(section, tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        source_from_config(gnss_settings(section, tmp_path))
 
 
 def test_decoder_is_shared_with_the_source() -> None:

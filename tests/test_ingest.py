@@ -1,4 +1,4 @@
-"""The ingest core (collector.ingest.Ingestor) on SQLite and PostgreSQL, no broker.
+"""The ingest core (collector.ingest.ingestor.Ingestor) on SQLite and PostgreSQL, no broker.
 
 Every test runs twice through the ``engine`` fixture: a SQLite file and a fresh
 PostgreSQL database. Times are fixed (the Ingestor gets an injected clock).
@@ -6,118 +6,32 @@ PostgreSQL database. Times are fixed (the Ingestor gets an injected clock).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from collector.database import create_engine, migrate
 from collector.errors import DatabaseUnavailableError
-from collector.ingest import Ingestor, Outcome, StoredBatch, StoredState
-from collector.models import Base
-from collector.registry import DeviceRegistry
+from collector.ingest.ingestor import Ingestor, Outcome, StoredBatch, StoredState
+from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
-from firmware_sim.services import free_port
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import Base
+from firmware_sim.rig import free_port
 from protocol import (
     Alert,
-    Batch,
     DailyStats,
-    DeviceState,
-    Fix,
     Severity,
     SignalSample,
-    batch_topic,
     decode_batch,
     encode_batch,
     seal_batch,
-    seal_state,
     state_topic,
 )
 from protocol.cose import ALG, ALG_EDDSA, KID, sign1
-
-T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
-NOW = T0 + 3_600_000
-BOOT_A = bytes(range(16))
-BOOT_B = bytes(range(16, 32))
-
-
-# ------------------------------------------------------------------ helpers shared with test_ingest_mqtt
-
-
-@dataclass
-class FakeDevice:
-    """A device with a deterministic Ed25519 key that builds signed messages."""
-
-    device_id: str
-    key: Ed25519PrivateKey = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(self.device_id.encode()).digest())
-
-    @property
-    def pem(self) -> bytes:
-        return self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    @property
-    def topic(self) -> str:
-        return batch_topic(self.device_id)
-
-    def batch(self, seq: int, *, t0: int = T0, fixes: int = 3, **extra: object) -> Batch:
-        track = tuple(
-            Fix(t0 + i * 1000, 31.2 + i * 1e-4, 121.4 + i * 1e-4, speed_mps=10.0 + i) for i in range(fixes)
-        )
-        return Batch(self.device_id, BOOT_A, seq, t0 + fixes * 1000, fixes=track, **extra)  # type: ignore[arg-type]
-
-    def sealed(self, seq: int, **kw: object) -> bytes:
-        return seal_batch(self.batch(seq, **kw), self.key, self.topic)  # type: ignore[arg-type]
-
-    def state(self, online: bool, time_ms: int, boot_id: bytes = BOOT_A) -> bytes:
-        topic = state_topic(self.device_id)
-        return seal_state(DeviceState(self.device_id, online, time_ms, boot_id), self.key, topic)
-
-
-def register(engine: sa.Engine, *devices: FakeDevice) -> None:
-    registry = DeviceRegistry(engine, clock_ms=lambda: T0)
-    for device in devices:
-        registry.add(device.device_id, device.pem)
-
-
-def count(engine: sa.Engine, table: str, **where: object) -> int:
-    t = Base.metadata.tables[table]
-    stmt = sa.select(sa.func.count()).select_from(t)
-    for key, value in where.items():
-        stmt = stmt.where(t.c[key] == value)
-    with engine.connect() as conn:
-        return int(conn.execute(stmt).scalar_one())
-
-
-def status_row(engine: sa.Engine, device_id: str) -> dict[str, object]:
-    t = Base.metadata.tables["device_status"]
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(t).where(t.c.device_id == device_id)).mappings().one())
-
-
-def dead_letters(engine: sa.Engine) -> list[dict[str, object]]:
-    t = Base.metadata.tables["dead_letters"]
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.select(t).order_by(t.c.id)).mappings()]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The same test on a SQLite file and on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'collector.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
+from tests.fake_devices import BOOT_B, NOW, T0, FakeDevice, count, dead_letters, register, status_row
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The ingest through a real private Mosquitto, on SQLite and PostgreSQL.
 
-In-process tests run :class:`collector.ingest_service.IngestService` on threads; the crash
+In-process tests run :class:`collector.ingest.service.IngestService` on threads; the crash
 and scale-out tests run ``lienwatch collector serve --ingest-only`` as subprocesses. Every
 wait is on a condition with a bounded timeout (a poll of the database or a counter).
 """
@@ -18,20 +18,16 @@ import pytest
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.database import create_engine, migrate
 from collector.errors import DatabaseUnavailableError
-from collector.ingest import Ingestor, IngestResult
-from collector.ingest_service import IngestService
-from collector.models import Base
+from collector.ingest.ingestor import Ingestor, IngestResult
+from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
-from firmware_sim.services import Mosquitto
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import Base
+from firmware_sim.rig import Mosquitto
 from protocol import state_topic
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
-from tests.test_ingest import NOW, T0, FakeDevice, count, database_url, register, status_row
-
-pytestmark = pytest.mark.mqtt
-__all__ = ["database_url"]  # the fixture, re-used from test_ingest
-
+from tests.fake_devices import NOW, T0, FakeDevice, count, register, status_row
 
 
 class Publisher:
@@ -116,7 +112,7 @@ def test_poisoned_messages_are_dead_lettered_while_valid_traffic_flows(
     truck, other, ghost = FakeDevice("truck-1"), FakeDevice("truck-2"), FakeDevice("ghost")
     revoked = FakeDevice("revoked-1")
     register(engine, truck, other, revoked)
-    from collector.registry import DeviceRegistry
+    from collector.ingest.registry import DeviceRegistry
 
     DeviceRegistry(engine).revoke("revoked-1")
     good = truck.sealed(1)
@@ -237,7 +233,6 @@ max_clock_skew_s = 315360000
     return path
 
 
-@pytest.mark.slow
 def test_collector_killed_mid_stream_loses_nothing(
     engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
 ) -> None:
@@ -283,7 +278,6 @@ def test_collector_killed_mid_stream_loses_nothing(
     assert "ingest stopped" in second.log
 
 
-@pytest.mark.slow
 def test_two_collectors_on_one_shared_subscription_store_each_batch_once(
     engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
 ) -> None:

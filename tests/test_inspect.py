@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import protocol
-from edge import _inspect_cli
+from protocol.cli import inspect as inspect_cli
 from protocol.examples import EXAMPLE_DEVICE, example_key, tiny_batch
+from tests.child_processes import ChildProcesses
 
 TOPIC = protocol.batch_topic(EXAMPLE_DEVICE)
 
@@ -33,7 +33,7 @@ def capture(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = _inspect_cli.main(argv)
+    code = inspect_cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -180,11 +180,11 @@ def test_inspect_missing_file_or_key(
     assert "invalid_key_file" in err
 
 
-def test_inspect_through_the_lienwatch_command(capture: tuple[Path, Path]) -> None:
+def test_inspect_through_the_lienwatch_command(capture: tuple[Path, Path], processes: ChildProcesses) -> None:
     """The real entry point in a child process, capture fed on stdin like a pipe from mosquitto_sub."""
     message, key = capture
-    ok = subprocess.run(
-        [sys.executable, "-m", "edge", "inspect", "-", "--public-key", str(key), "--topic", TOPIC],
+    ok = processes.run(
+        [sys.executable, "-m", "protocol", "inspect", "-", "--public-key", str(key), "--topic", TOPIC],
         input=message.read_bytes(),
         capture_output=True,
         timeout=120,
@@ -192,8 +192,8 @@ def test_inspect_through_the_lienwatch_command(capture: tuple[Path, Path]) -> No
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["message"]["seq"] == 7
-    forged = subprocess.run(
-        [sys.executable, "-m", "edge", "inspect", "-", "--public-key", str(key), "--topic", TOPIC],
+    forged = processes.run(
+        [sys.executable, "-m", "protocol", "inspect", "-", "--public-key", str(key), "--topic", TOPIC],
         input=message.read_bytes()[:-1] + b"\x00",
         capture_output=True,
         timeout=120,

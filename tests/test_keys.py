@@ -1,4 +1,4 @@
-"""edge.keys and ``lienwatch keys``: file formats, modes, refusals."""
+"""protocol.keys, protocol.cli.key_files and ``lienwatch keys``: file formats, modes, refusals."""
 
 from __future__ import annotations
 
@@ -11,19 +11,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 
-from edge import _keys_cli
-from edge.keys import (
-    InsecureKeyFile,
-    InvalidKeyFile,
-    KeyFileError,
-    KeyFileExists,
-    generate,
-    load_private_key,
-    load_public_key,
-    private_key_from_pem,
-    public_key_from_pem,
-)
+from protocol.cli import keys as keys_cli
+from protocol.cli.key_files import generate, load_private_key, load_public_key
+from protocol.errors import InsecureKeyFile, InvalidKeyFile, KeyFileError, KeyFileExists
 from protocol.examples import EXAMPLE_KEY_SEED, example_key
+from protocol.keys import (
+    check_private_key_mode,
+    private_key_from_pem,
+    private_key_to_pem,
+    public_key_from_pem,
+    public_key_to_pem,
+)
 
 # RFC 8410 section 10.3 private key and section 10.1 public key, as OpenSSL writes them.
 RFC8410_PRIVATE_PEM = b"""-----BEGIN PRIVATE KEY-----
@@ -161,11 +159,25 @@ def test_example_key_pem_is_stable() -> None:
     assert private_key_from_pem(pem).private_bytes_raw() == EXAMPLE_KEY_SEED
 
 
+def test_format_is_pure_bytes_in_bytes_out() -> None:
+    key = example_key()
+    assert private_key_to_pem(private_key_from_pem(private_key_to_pem(key))) == private_key_to_pem(key)
+    assert public_key_to_pem(public_key_from_pem(public_key_to_pem(key.public_key()))).startswith(
+        b"-----BEGIN PUBLIC KEY-----\n"
+    )
+    check_private_key_mode(0o600, "k")
+    check_private_key_mode(0o400, "k")
+    with pytest.raises(InsecureKeyFile, match="k has mode 0640"):
+        check_private_key_mode(0o640, "k")
+    with pytest.raises(InvalidKeyFile, match="20000 bytes, over 16384"):
+        private_key_from_pem(b"A" * 20_000, source="big")
+
+
 # ------------------------------------------------------------------ the CLI
 
 
 def test_cli_generate_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path)]) == 0
+    assert keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["name"] == "car-0001"
     assert printed["private_key"] == str(tmp_path / "car-0001.key")
@@ -178,28 +190,28 @@ def test_cli_generate_device(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_cli_generate_collector(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _keys_cli.main(["generate", "--collector", "--out", str(tmp_path)]) == 0
+    assert keys_cli.main(["generate", "--collector", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "collector.key").exists()
     assert (tmp_path / "collector.pub").exists()
-    assert _keys_cli.main(["generate", "--name", "collector-2", "--out", str(tmp_path)]) == 0
+    assert keys_cli.main(["generate", "--name", "collector-2", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "collector-2.key").exists()
 
 
 def test_cli_refuses_overwrite_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path)]) == 0
-    assert _keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path)]) == 1
+    assert keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path)]) == 0
+    assert keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path)]) == 1
     assert "key_file_exists" in capsys.readouterr().err
-    assert _keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path), "--force"]) == 0
+    assert keys_cli.main(["generate", "--device", "car-0001", "--out", str(tmp_path), "--force"]) == 0
 
 
 def test_cli_bad_device_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _keys_cli.main(["generate", "--device", "car 1", "--out", str(tmp_path)]) == 1
+    assert keys_cli.main(["generate", "--device", "car 1", "--out", str(tmp_path)]) == 1
     assert "must match [A-Za-z0-9_-]{1,64}" in capsys.readouterr().err
 
 
 def test_cli_needs_exactly_one_name(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
-        _keys_cli.main(["generate", "--device", "a", "--collector", "--out", str(tmp_path)])
+        keys_cli.main(["generate", "--device", "a", "--collector", "--out", str(tmp_path)])
     assert info.value.code == 2
     with pytest.raises(SystemExit):
-        _keys_cli.main(["generate", "--out", str(tmp_path)])
+        keys_cli.main(["generate", "--out", str(tmp_path)])

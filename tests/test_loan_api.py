@@ -4,74 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from collector.api_loans import ConfigMessage, LoansSettings, redact_coordinates, router, sse_frame
-from collector.app import create_app
-from collector.database import create_engine, migrate
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import AuditEntry, WebhookDelivery
-from collector.models import AlertRecord, BatchRecord, Device, FixRecord
-from collector.settings import Settings, hash_api_key
+from collector.api.dependencies import ApiNotWiredError
+from collector.api.loans import redact_coordinates, router, sse_frame
+from collector.settings import RiskSettings, Settings, get_settings, hash_api_key
+from collector.storage.tables import WebhookDelivery
 from protocol import config_topic, open_config
-
-SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
-NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
-DAY = 86_400_000
-KEYS = {"admin": "k-admin", "risk_analyst": "k-analyst", "collections": "k-collections", "auditor": "k-auditor"}
-
-
-class Api:
-    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage]) -> None:
-        self.client = client
-        self.engine = engine
-        self.published = published
-
-    def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
-        return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
+from tests.loan_api_app import DAY, KEYS, NOW, Api, audit_actions, open_loan_api
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(engine)
-    with Session(engine) as session:
-        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
-        session.add(Device(device_id="tbox-0002", created_ms=NOW - 100 * DAY))
-        session.flush()
-        batch = BatchRecord(device_id="tbox-0002", seq=1, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
-                            fix_count=1, sample_count=0, alert_count=1, stats_count=0, first_time_ms=None,
-                            last_time_ms=None, counters={}, message_bytes=0)
-        session.add(batch)
-        session.flush()
-        session.add(AlertRecord(batch_id=batch.id, device_id="tbox-0002", rule="stationary_near_market", severity=2,
-                                state=0, time_ms=NOW - 3 * DAY, episode="dwell-1",
-                                evidence={"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456}))
-        session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=NOW - 3 * DAY, lat=31.302,
-                              lon=121.2456, speed_mps=0.0, mode=3))
-        session.commit()
-    settings = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()})
-    app = create_app(settings, engine=engine, routers=[router])
-    published: list[ConfigMessage] = []
-    app.state.clock_ms = lambda: NOW
-    app.state.loans_settings = LoansSettings(webhook_urls=("http://127.0.0.1:9/hook",))
-    app.state.collector_signing_key = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
-    app.state.config_publisher = published.extend
-    with TestClient(app) as client:
-        yield Api(client, engine, published)
-    engine.dispose()
-
-
-def audit_actions(api: Api) -> list[tuple[str, str, str]]:
-    with Session(api.engine) as session:
-        entries = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id))
-        return [(e.role, e.action, e.subject_id) for e in entries]
+    with open_loan_api(tmp_path) as running:
+        yield running
 
 
 def test_assess_then_list_and_filter(api: Api) -> None:
@@ -233,3 +185,20 @@ def test_sse_backlog(api: Api) -> None:
 
 def test_sse_frame() -> None:
     assert sse_frame(7, "risk", {"b": 1, "a": "x"}) == b'id: 7\nevent: risk\ndata: {"a":"x","b":1}\n\n'
+
+
+def test_routes_take_the_settings_from_the_dependency(api: Api) -> None:
+    strict = api.call("GET", "/v1/loans/L-1003", "admin").json()["repayment"]
+    app = api.client.app
+    assert isinstance(app, FastAPI)
+    lenient = Settings(api_keys={hash_api_key(k): role for role, k in KEYS.items()}, risk=RiskSettings(grace_days=60))
+    app.dependency_overrides[get_settings] = lambda: lenient
+    relaxed = api.call("GET", "/v1/loans/L-1003", "admin").json()["repayment"]
+    assert (strict["consecutive_late"], relaxed["consecutive_late"]) == (1, 0)
+
+
+def test_a_router_outside_create_app_fails_loudly_instead_of_using_defaults() -> None:
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=True) as client, pytest.raises(ApiNotWiredError, match="create_app"):
+        client.get("/v1/loans", headers={"Authorization": f"Bearer {KEYS['admin']}"})

@@ -1,4 +1,4 @@
-"""``lienwatch collector loans|repayments|retention|markets`` in-process (collector._cli.main)."""
+"""``lienwatch collector loans|repayments|retention|markets`` in-process (collector.cli.commands.main)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from collector._cli import main
-from collector.database import create_engine
-from collector.loan_models import AuditEntry, LoanRecord, MarketRecord, WebhookDelivery
-from collector.models import FixRecord
+from collector.cli.commands import main
+from collector.storage.database import create_engine
+from collector.storage.tables import AuditEntry, FixRecord, LoanRecord, MarketRecord, WebhookDelivery
 
 REPO = Path(__file__).parents[1]
 SAMPLE = REPO / "collector" / "data" / "sample_loans.csv"
@@ -167,7 +166,7 @@ def test_markets_import(config: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 def test_a_long_import_shows_progress_on_stderr(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from collector.loan_csv import vin_check_digit
+    from collector.loans.csv_import import vin_check_digit
 
     lines = [HEADER.rstrip("\n")]
     for i in range(600):
@@ -187,8 +186,8 @@ def test_sample_book_keeps_its_facts_on_any_day() -> None:
     """The demo's loan book is re-dated: L-1002 is three late and 88 days past due whatever the date."""
     from datetime import date
 
-    from collector.loan_csv import parse_loans, sample_loan_book
-    from collector.repayments import repayment_facts
+    from collector.loans.csv_import import parse_loans, sample_loan_book
+    from collector.risk.repayments import repayment_facts
 
     for as_of in (date(2026, 11, 28), date(2027, 3, 1), date(2031, 12, 31)):
         parsed = parse_loans(sample_loan_book(as_of))

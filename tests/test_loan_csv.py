@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from collector import loan_csv
-from collector.loan_csv import LoanImportError, import_loans, parse_loans, vin_check_digit
-from collector.loan_models import LoanRecord, RepaymentRecord, loan_facts
-from collector.models import Base
-from collector.repayments import Installment, Payment
+from collector.loans import csv_import as loan_csv
+from collector.loans.csv_import import LoanImportError, import_loans, parse_loans, vin_check_digit
+from collector.risk.assessment import loan_facts
+from collector.risk.repayments import Installment, Payment
+from collector.storage.tables import Base, LoanRecord, RepaymentRecord
 
 HEADER = "loan_id,device_id,vin,borrower_ref,principal,schedule,payments\n"
 GOOD = "L-1,tbox-1,LSVAU218XN2183294,B-1,6000.00,2026-01-01:3500.00;2026-02-01:3500.00,P1:2026-01-01:3500.00\n"

@@ -13,23 +13,24 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.orm import Session
 
-from collector.database import create_engine, migrate
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import (
-    LoanNotFoundError,
-    RepaymentConflictError,
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.loans.store import LoanNotFoundError, RepaymentConflictError, record_repayment, vehicle_condition
+from collector.risk.assessment import reassess_loan, reassess_loans, risk_commit_hook
+from collector.risk.engine import RiskChange
+from collector.risk.repayments import Payment
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import (
+    AlertRecord,
+    Base,
+    BatchRecord,
+    DailyStatsRecord,
+    Device,
+    DeviceStatus,
+    FixRecord,
     RiskEventRecord,
     RiskStateRecord,
     WebhookDelivery,
-    reassess_loan,
-    reassess_loans,
-    record_repayment,
-    risk_commit_hook,
-    vehicle_condition,
 )
-from collector.models import AlertRecord, Base, BatchRecord, DailyStatsRecord, Device, DeviceStatus, FixRecord
-from collector.repayments import Payment
-from collector.risk import RiskChange
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
@@ -54,7 +55,6 @@ def test_migrations_match_the_models_on_sqlite(tmp_path: Path) -> None:
     engine.dispose()
 
 
-@pytest.mark.postgres
 def test_migrations_on_postgres(postgres_url: str) -> None:
     engine = create_engine(postgres_url)
     migrate(engine)
@@ -198,7 +198,7 @@ def test_reassess_loans_periodic_and_per_device(session: Session) -> None:
 
 
 def test_risk_commit_hook(session: Session) -> None:
-    from collector.ingest import StoredState
+    from collector.ingest.ingestor import StoredState
     from protocol import DeviceState
 
     engine = session.get_bind()

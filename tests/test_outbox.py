@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -146,8 +147,9 @@ def test_row_with_wrong_types_is_quarantined(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     box.put(1, b"ok", priority=Priority.ROUTINE)
     box.put(2, b"x", priority=Priority.ROUTINE)
-    box._db.execute("UPDATE batches SET message = 'text', checksum = ? WHERE seq = 2", (hashlib.sha256(b"x").digest(),))
-    box._db.execute("UPDATE batches SET priority = 9 WHERE seq = 1")
+    with contextlib.closing(sqlite3.connect(tmp_path / "o.db")) as db, db:  # damage the file, as another writer might
+        db.execute("UPDATE batches SET message = 'text', checksum = ? WHERE seq = 2", (hashlib.sha256(b"x").digest(),))
+        db.execute("UPDATE batches SET priority = 9 WHERE seq = 1")
     assert box.pending(5) == []
     assert [reason for _, reason in box.quarantined()] == ["unknown priority 9", "message or checksum is not a blob"]
     box.close()

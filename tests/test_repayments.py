@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from collector.repayments import (
+from collector.risk.repayments import (
     Installment,
     Payment,
     RepaymentError,

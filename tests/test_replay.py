@@ -19,10 +19,10 @@ import can
 import cantools
 import pytest
 
-from edge._replay_cli import main
-from edge.rules.geo import distance_m
+from edge.cli.replay import main
 from protocol import Fix, NoFix
-from tests.test_rules_timeline import MARKET_WGS, SHANGHAI, S, local_ms, nmea_epoch, offset
+from protocol.geo import distance_m
+from tests.timeline import MARKET_WGS, SHANGHAI, S, local_ms, nmea_epoch, offset
 
 REPO = Path(__file__).resolve().parents[1]
 DBC = REPO / "edge" / "data" / "generic_car.dbc"

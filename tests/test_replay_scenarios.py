@@ -1,6 +1,6 @@
 """Every shipped scenario, recorded by the simulator, replayed through ``lienwatch replay``.
 
-``lienwatch sim record`` (firmware_sim._record) renders each scenario offline into a
+``lienwatch sim record`` (firmware_sim.record) renders each scenario offline into a
 plain NMEA log and a candump log on the scenario clock; ``lienwatch replay`` (the agent's
 own decoders and rules engine) reads them back with an agent.toml that points at the
 sample DBC, signal map and market list (Asia/Shanghai). A normal week must raise nothing;
@@ -18,7 +18,6 @@ import contextlib
 import io
 import itertools
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ from zoneinfo import ZoneInfo
 import can
 import pytest
 
-from edge._replay_cli import main as replay_main
+from edge.cli.replay import main as replay_main
 from edge.gnss import read_nmea_file
 from firmware_sim import CanFrame, Scenario, load_scenario
-from firmware_sim import _cli as sim_cli
-from firmware_sim._record import (
+from firmware_sim import cli as sim_cli
+from firmware_sim.record import (
     RecordError,
     RecordPlan,
     candump_line,
@@ -44,6 +43,7 @@ from firmware_sim._record import (
     render,
 )
 from protocol import Fix, NoFix
+from tests.child_processes import ChildProcesses
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "edge" / "data"
@@ -504,11 +504,11 @@ def test_sim_record_cli_errors_exit_2_and_leave_nothing(tmp_path: Path, capsys: 
         assert list(out.iterdir()) == [], argv  # no half-written log, no .partial left
 
 
-def test_real_commands_record_and_replay_in_subprocesses(tmp_path: Path) -> None:
+def test_real_commands_record_and_replay_in_subprocesses(tmp_path: Path, processes: ChildProcesses) -> None:
     nmea, can_log = tmp_path / "jam.nmea", tmp_path / "jam.log"
-    lienwatch = [sys.executable, "-m", "edge"]
-    recorded = subprocess.run(
-        [*lienwatch, "sim", "record", "--scenario", "gnss_jamming", "--nmea", str(nmea), "--can", str(can_log)],
+    recorded = processes.run(
+        [sys.executable, "-m", "firmware_sim", "record", "--scenario", "gnss_jamming",
+         "--nmea", str(nmea), "--can", str(can_log)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -517,8 +517,9 @@ def test_real_commands_record_and_replay_in_subprocesses(tmp_path: Path) -> None
     assert recorded.returncode == 0, recorded.stderr
     assert json.loads(recorded.stdout)["scenario"] == "gnss_jamming"
     config = write_agent_toml(tmp_path)
-    replayed = subprocess.run(
-        [*lienwatch, "replay", "--config", str(config), "--nmea", str(nmea), "--can", str(can_log), "--jsonl"],
+    replayed = processes.run(
+        [sys.executable, "-m", "edge", "replay", "--config", str(config),
+         "--nmea", str(nmea), "--can", str(can_log), "--jsonl"],
         capture_output=True,
         text=True,
         timeout=120,

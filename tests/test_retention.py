@@ -9,18 +9,22 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from collector.audit import query_audit_log
-from collector.loan_models import (
+from collector.jobs.retention import DaySummary, RetentionError, RetentionPolicy, run_retention, summarize_fixes
+from collector.storage.audit import query_audit_log
+from collector.storage.tables import (
+    AlertRecord,
     AuditEntry,
+    Base,
+    BatchRecord,
+    Device,
     FixDaySummary,
+    FixRecord,
     InstallmentRecord,
     LoanRecord,
     RepaymentRecord,
     RiskEventRecord,
     RiskStateRecord,
 )
-from collector.models import AlertRecord, Base, BatchRecord, Device, FixRecord
-from collector.retention import DaySummary, RetentionError, RetentionPolicy, run_retention, summarize_fixes
 
 DAY = 86_400_000
 NOW = 1_795_000_000_000  # 2026-11-18T09:46:40Z
@@ -165,7 +169,7 @@ def test_bad_policy(kwargs: dict[str, object]) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def migrated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    from collector.database import create_engine, migrate
+    from collector.storage.database import create_engine, migrate
 
     url = (
         f"sqlite:///{tmp_path_factory.mktemp('db') / 'c.db'}"

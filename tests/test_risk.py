@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector.repayments import Installment, Payment, RepaymentFacts, repayment_facts
-from collector.risk import (
+from collector.risk.engine import (
     RULES,
     DeviceStatus,
     Movement,
@@ -24,6 +23,7 @@ from collector.risk import (
     level_change,
     rule_table,
 )
+from collector.risk.repayments import Installment, Payment, RepaymentFacts, repayment_facts
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

@@ -1,10 +1,11 @@
-"""collector.risk_worker: ingest commits -> reassessment, failures that never touch the ingest,
+"""collector.risk.worker: ingest commits -> reassessment, failures that never touch the ingest,
 idempotent (compare-and-set) risk state writes."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,16 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session
 
-import collector.loan_models as loan_models
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor, Outcome
-from collector.loan_csv import import_loans, parse_loans
-from collector.loan_models import RiskEventRecord, RiskStateRecord, reassess_loan
-from collector.risk import RiskAssessment, RiskConfig, RiskInput, assess
-from collector.risk_worker import RiskWorker
+import collector.risk.assessment as assessment_module
+from collector.ingest.ingestor import Ingestor, Outcome
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.risk.assessment import reassess_loan
+from collector.risk.engine import RiskAssessment, RiskConfig, RiskInput, assess
+from collector.risk.worker import RiskWorker
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import RiskEventRecord, RiskStateRecord
 from protocol import Alert, Batch, Fix, Severity
-from tests.test_ingest import BOOT_A, FakeDevice, register
+from tests.fake_devices import BOOT_A, FakeDevice, register
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
@@ -75,7 +77,7 @@ def test_stored_batches_queue_their_device_and_duplicates_do_not(engine: sa.Engi
     message = market_alert_batch(device)
     assert ingestor.handle(device.topic, message).outcome is Outcome.STORED
     assert ingestor.handle(device.topic, message).outcome is Outcome.DUPLICATE
-    assert worker._pending == {"tbox-0002"}  # queued once; the ingest did not wait for it
+    assert registry.get_sample_value("lienwatch_risk_pending_devices") == 1.0  # queued once, not waited for
     changes = worker.run_once()
     assert [(c.loan_id, c.old_level.label, c.new_level.label) for c in changes] == [("L-1002", "watch", "high")]
     assert worker.run_once() == []  # nothing pending, no full run due
@@ -85,19 +87,31 @@ def test_stored_batches_queue_their_device_and_duplicates_do_not(engine: sa.Engi
     assert events(engine, "L-1002") == [("normal", "watch"), ("watch", "high")]
 
 
-def test_a_failing_round_keeps_its_devices_and_never_reaches_the_ingest(engine: sa.Engine, tmp_path: Path) -> None:
+def database_down_while(down: threading.Event) -> Callable[..., None]:
+    """An engine hook that fails every statement while ``down`` is set, as an unreachable database would."""
+
+    def refuse(*_: object) -> None:
+        if down.is_set():
+            raise sa.exc.OperationalError("risk worker query", None, ConnectionRefusedError("database is down"))
+
+    return refuse
+
+
+def test_a_failing_round_keeps_its_devices_and_never_reaches_the_ingest(engine: sa.Engine) -> None:
     device = FakeDevice("tbox-0002")
     register(engine, device)
-    broken = create_engine(f"sqlite:///{tmp_path / 'not-migrated.db'}")  # "no such table" on every query
-    worker = RiskWorker(broken, clock_ms=lambda: NOW, retry_s=0.01)
+    down = threading.Event()
+    worker_db = create_engine(engine.url.render_as_string(hide_password=False))  # the same database, own pool
+    sa.event.listen(worker_db, "before_cursor_execute", database_down_while(down))
+    worker = RiskWorker(worker_db, clock_ms=lambda: NOW, retry_s=0.01)
     ingestor = Ingestor(engine, on_commit=[worker.on_commit], clock_ms=lambda: NOW)
+    assert worker.run_once() != []  # the start-up full run: every overdue loan -> watch
+
+    down.set()
     assert ingestor.handle(device.topic, market_alert_batch(device)).outcome is Outcome.STORED
     assert ingestor.counters["hook_errors"] == 0
     with pytest.raises(sa.exc.OperationalError):
         worker.run_once()
-    assert worker._pending == {"tbox-0002"}
-    assert worker._full_due  # the full run it held is due again
-
     worker.start()  # on the thread: counted, logged, retried, the thread lives on
     try:
         deadline = time.monotonic() + WAIT_S
@@ -106,8 +120,23 @@ def test_a_failing_round_keeps_its_devices_and_never_reaches_the_ingest(engine: 
             worker.round_done.wait(0.05)
     finally:
         worker.stop()
-    broken.dispose()
-    assert worker._pending == {"tbox-0002"}
+
+    down.clear()  # the database is back: the device queued before the failures is reassessed
+    changes = worker.run_once()
+    assert [(c.loan_id, c.old_level.label, c.new_level.label) for c in changes] == [("L-1002", "watch", "high")]
+    assert worker.counters["loans_ingest"] == 1
+    assert worker.counters["rounds_periodic"] == 1  # the start-up run only
+
+    # A failed full run is held too: the next round after the outage reassesses every loan.
+    fresh = RiskWorker(worker_db, clock_ms=lambda: NOW)
+    down.set()
+    with pytest.raises(sa.exc.OperationalError):
+        fresh.run_once()
+    down.clear()
+    fresh.run_once()
+    assert fresh.counters["rounds_periodic"] == 1
+    assert fresh.counters["loans_periodic"] == worker.counters["loans_periodic"] > 0
+    worker_db.dispose()
 
 
 def test_the_thread_reassesses_soon_after_a_commit(engine: sa.Engine) -> None:
@@ -144,7 +173,7 @@ def test_a_concurrent_writer_never_doubles_an_event(engine: sa.Engine, monkeypat
                 rival.commit()
         return result
 
-    monkeypatch.setattr(loan_models, "assess", assess_with_a_rival)
+    monkeypatch.setattr(assessment_module, "assess", assess_with_a_rival)
     with Session(engine) as session:
         assessment, change = reassess_loan(session, "L-1003", NOW)
         session.commit()

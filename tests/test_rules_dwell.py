@@ -6,17 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.rules import Engine, RulesConfig, load_markets
-from edge.rules.geo import distance_m
+from edge.place_files import load_markets_file
+from edge.rules import Engine, RulesConfig
 from protocol import AlertState, Severity
-from tests.test_rules_timeline import MARKET_WGS, MIN, T0, H, alerts, fix, offset, parked, raised_of, run
+from protocol.geo import distance_m
+from protocol.places import load_places
+from tests.timeline import MARKET_WGS, MIN, T0, H, alerts, fix, offset, parked, raised_of, run
 
 RULE = "stationary_near_market"
 SAMPLE_MARKETS = Path(__file__).resolve().parents[1] / "edge" / "data" / "markets.sample.toml"
 
 
 def make_engine(state: dict[str, Any] | None = None) -> Engine:
-    return Engine(RulesConfig(), markets=load_markets(SAMPLE_MARKETS), state=state)
+    return Engine(RulesConfig(), markets=load_markets_file(SAMPLE_MARKETS), state=state)
 
 
 def test_raises_exactly_at_72_hours_with_30m_jitter_and_names_the_market() -> None:
@@ -125,7 +127,7 @@ def test_markets_replaced_at_run_time() -> None:
     engine = Engine(RulesConfig())  # no markets yet
     out = run(engine, parked(T0, T0 + 72 * H, *MARKET_WGS, every_ms=H))
     assert alerts(out) == []
-    engine.set_markets(load_markets(SAMPLE_MARKETS))
+    engine.set_markets(load_markets_file(SAMPLE_MARKETS))
     [alert] = raised_of(engine.feed(fix(T0 + 73 * H, *MARKET_WGS)), RULE)
     engine.set_markets([])
     [clear] = alerts(engine.feed(fix(T0 + 74 * H, *MARKET_WGS)), RULE)
@@ -138,6 +140,6 @@ def test_datum_of_an_imported_market_decides_where_it_is() -> None:
     items = [
         {"id": "a", "name": "as wgs84", "lat": 31.301992, "lon": 121.245568, "radius_m": 100, "datum": "wgs84"},
     ]
-    engine = Engine(RulesConfig(), markets=load_markets(items))
+    engine = Engine(RulesConfig(), markets=load_places(items))
     out = run(engine, parked(T0, T0 + 72 * H, *MARKET_WGS, every_ms=H))
     assert [a.evidence["market_id"] for a in raised_of(out, RULE)] == ["a"]

@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.errors import ConfigError
+from edge.place_files import load_markets_file
 from edge.rules import (
-    ConfigError,
     Engine,
     EventError,
     RulesConfig,
     StateError,
-    load_markets,
 )
 from protocol import AlertState, NoFix
-from tests.test_rules_timeline import (
+from tests.timeline import (
     DOOR_FL,
     IGNITION,
     MARKET_WGS,
@@ -156,10 +156,10 @@ def test_set_config_keeps_state_and_clears_episodes_of_disabled_rules() -> None:
 
 
 def test_snapshot_is_json_and_restores_exactly() -> None:
-    engine = Engine(RulesConfig(), markets=load_markets(SAMPLE_MARKETS))
+    engine = Engine(RulesConfig(), markets=load_markets_file(SAMPLE_MARKETS))
     run(engine, [sig(IGNITION, T0, "OFF"), sig(DOOR_FL, T0, False), fix(T0, *MARKET_WGS), NoFix(T0 + S)])
     text = json.dumps(engine.snapshot())
-    restored = Engine(RulesConfig(), markets=load_markets(SAMPLE_MARKETS), state=json.loads(text))
+    restored = Engine(RulesConfig(), markets=load_markets_file(SAMPLE_MARKETS), state=json.loads(text))
     assert json.dumps(restored.snapshot()) == text
 
 
@@ -207,7 +207,7 @@ def test_one_dwell_episode_gives_exactly_one_raised_alert(
     import random
 
     rng = random.Random(seed)
-    markets = load_markets(SAMPLE_MARKETS)
+    markets = load_markets_file(SAMPLE_MARKETS)
     config = RulesConfig.from_dict({"stationary_near_market": {"min_duration_s": 2 * 3600}})
     engine = Engine(config, markets=markets)
     out = []

@@ -7,7 +7,7 @@ from typing import Any
 
 from edge.rules import Engine, RulesConfig
 from protocol import AlertState, Severity, SignalSample
-from tests.test_rules_timeline import (
+from tests.timeline import (
     BERLIN,
     DOOR_FL,
     DOOR_FR,

@@ -6,7 +6,7 @@ import json
 
 from edge.rules import Engine, RulesConfig
 from protocol import AlertState, NoFix, Severity
-from tests.test_rules_timeline import MARKET_WGS, SPEED, T0, VOLTAGE, S, alerts, drive, fix, merged, raised_of, run, sig
+from tests.timeline import MARKET_WGS, SPEED, T0, VOLTAGE, S, alerts, drive, fix, merged, raised_of, run, sig
 
 # ------------------------------------------------------------------ power_cut
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.rules import Engine, RulesConfig, load_regions
+from edge.place_files import load_regions_file
+from edge.rules import Engine, RulesConfig
 from protocol import AlertState, DailyStats, Severity
-from tests.test_rules_timeline import (
+from tests.timeline import (
     IGNITION,
     MARKET_WGS,
     ODOMETER,
@@ -75,7 +76,7 @@ def test_driving_with_ignition_on_or_unknown_is_not_towing() -> None:
 
 
 def test_leaving_the_allowed_region_for_three_fixes_raises_and_returning_clears() -> None:
-    engine = Engine(RulesConfig(), regions=load_regions(SAMPLE_REGIONS))
+    engine = Engine(RulesConfig(), regions=load_regions_file(SAMPLE_REGIONS))
     inside = (31.23, 121.47)  # People's Square
     outside = (32.06, 118.79)  # Nanjing
     out = run(engine, [fix(T0, *inside), fix(T0 + S, *outside), fix(T0 + 2 * S, *outside)])
@@ -93,7 +94,7 @@ def test_leaving_the_allowed_region_for_three_fixes_raises_and_returning_clears(
 def test_no_region_means_rule_off_and_removing_regions_clears() -> None:
     engine = Engine(RulesConfig())
     assert alerts(run(engine, [fix(T0 + i * S, 0.5, 0.5) for i in range(5)])) == []
-    engine = Engine(RulesConfig(), regions=load_regions(SAMPLE_REGIONS))
+    engine = Engine(RulesConfig(), regions=load_regions_file(SAMPLE_REGIONS))
     [alert] = raised_of(run(engine, [fix(T0 + i * S, 32.06, 118.79) for i in range(3)]))
     engine.set_regions([])
     [clear] = alerts(engine.tick(T0 + 10 * S))

@@ -6,7 +6,7 @@ import socket
 
 import sqlalchemy as sa
 
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 
 
 def test_private_mosquitto_listens_then_stops(mosquitto: Mosquitto) -> None:

@@ -27,6 +27,7 @@ import pytest
 import serial
 
 from firmware_sim import distance_m
+from tests.child_processes import ChildProcesses
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOADED = cantools.database.load_file(str(ROOT / "edge" / "data" / "generic_car.dbc"), strict=False)
@@ -76,7 +77,7 @@ kind = "can_unplug"
 duration = "1500ms"
 """
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+pytestmark = pytest.mark.timeout(180)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -131,7 +132,9 @@ def read_events(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def sim_process(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path, Path, Path]]]:
+def sim_process(
+    tmp_path: Path, processes: ChildProcesses
+) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path, Path, Path]]]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(scenario_text: str, *extra: str) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
@@ -153,7 +156,7 @@ def sim_process(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen
             str(events),
             *extra,
         ]
-        proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+        proc = processes.start(command, cwd=ROOT, stderr=subprocess.PIPE)
         started.append(proc)
         wait_for(lambda: (gnss.exists() and can_link.exists()) or proc.poll() is not None, 60, "the pty symlinks")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
@@ -280,10 +283,10 @@ def test_sigterm_cleans_up_links_and_reports(sim_process: Callable) -> None:
     assert events[-1]["reason"] == "stopped"
 
 
-def test_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
+def test_refuses_to_replace_a_regular_file(tmp_path: Path, processes: ChildProcesses) -> None:
     target = tmp_path / "gnss0"
     target.write_text("precious")
-    result = subprocess.run(
+    result = processes.run(
         [
             sys.executable,
             "-m",
@@ -308,10 +311,10 @@ def test_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
     assert not os.path.lexists(tmp_path / "can0")
 
 
-def test_bad_scenario_exits_2_with_the_key_named(tmp_path: Path) -> None:
+def test_bad_scenario_exits_2_with_the_key_named(tmp_path: Path, processes: ChildProcesses) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("start = 2026-01-01T00:00:00Z\nposition = [1, 2]\n[[segment]]\nkind = 'park'\nduration = 'x'\n")
-    result = subprocess.run(
+    result = processes.run(
         [
             sys.executable,
             "-m",
@@ -334,7 +337,7 @@ def test_bad_scenario_exits_2_with_the_key_named(tmp_path: Path) -> None:
     assert "segment[0].duration" in result.stderr
 
 
-def test_load_paces_frames_and_reports_what_it_sent(tmp_path: Path) -> None:
+def test_load_paces_frames_and_reports_what_it_sent(tmp_path: Path, processes: ChildProcesses) -> None:
     can_link, gnss_link = tmp_path / "can0", tmp_path / "gnss0"
     command = [
         sys.executable,
@@ -354,7 +357,7 @@ def test_load_paces_frames_and_reports_what_it_sent(tmp_path: Path) -> None:
         "--open-timeout",
         "60",
     ]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = processes.start(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (can_link.exists() and gnss_link.exists()) or proc.poll() is not None, 60, "load links")
         port = serial.Serial(str(gnss_link), timeout=0)

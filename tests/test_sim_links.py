@@ -11,7 +11,7 @@ import cantools
 import pytest
 
 from firmware_sim import CanCatalog, LinkError, LoadPattern, PtyLink, ScenarioError
-from firmware_sim._cli import main as sim_main
+from firmware_sim.cli import main as sim_main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import pynmea2
 import pytest
 
 from firmware_sim import Epoch, GnssReceiver, Satellite, SkyConditions, Truth
-from firmware_sim._gnss import DEFAULT_DATE_MS
-from firmware_sim._nmea import (
+from firmware_sim.gnss import DEFAULT_DATE_MS
+from firmware_sim.nmea import (
     corrupt_sentence,
     encode_epoch,
     encode_txt,

@@ -17,7 +17,7 @@ from firmware_sim import (
     parse_duration_ms,
     parse_scenario,
 )
-from firmware_sim._pace import PacePiece
+from firmware_sim.pace import PacePiece
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MARKET_WGS84 = (31.301992, 121.245568)

@@ -6,7 +6,6 @@ import hashlib
 import random
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,13 +16,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.backoff import Backoff
 from edge.config import MqttSettings
+from edge.errors import ConfigError
 from edge.outbox import Outbox, Priority
-from edge.uplink import Backoff, ConfigGate, DownlinkRejectedError, Uplink, UplinkError
-from firmware_sim.services import Mosquitto
+from edge.uplink import ConfigGate, DownlinkRejectedError, Uplink, UplinkError
+from firmware_sim.rig import Mosquitto
 from protocol import (
     Batch,
     DeviceConfig,
@@ -38,46 +38,11 @@ from protocol import (
     seal_state,
     state_topic,
 )
+from tests.mqtt_subscriber import Collector, wait_until
 
 DEVICE = "car-0042"
 T0 = 1_767_225_600_000
 BOOT = bytes(range(16))
-
-
-class Collector:
-    """A test subscriber with a persistent session: records every message it gets."""
-
-    def __init__(self, port: int, topics: list[str], client_id: str = "test-collector") -> None:
-        self.messages: list[mqtt.MQTTMessage] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
-        self.client.loop_start()
-        assert self._subscribed.wait(20), "collector did not subscribe"
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append(msg)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[mqtt.MQTTMessage]], bool], timeout: float = 30.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self.messages), timeout=timeout)
-
-    def on(self, topic: str) -> list[mqtt.MQTTMessage]:
-        with self._cond:
-            return [m for m in self.messages if m.topic == topic]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -117,17 +82,6 @@ def seqs_of(messages: list[mqtt.MQTTMessage], key: Ed25519PrivateKey) -> dict[in
             batch = open_batch(bytes(m.payload), m.topic, keys)
             out.setdefault(batch.seq, set()).add(hashlib.sha256(m.payload).hexdigest())
     return out
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll a condition owned by another thread (bounded)."""
-    deadline = time.monotonic() + timeout
-    event = threading.Event()
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        event.wait(0.02)
-    return predicate()
 
 
 def test_every_batch_arrives_and_is_deleted_on_puback(
@@ -227,7 +181,37 @@ def test_captured_batch_verifies_with_an_independent_cose_check(
     outbox.close()
 
 
-def test_puback_failure_keeps_the_batch_and_defers_it(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+def test_a_batch_nobody_receives_stays_and_goes_again_once_a_collector_subscribes(
+    mosquitto: Mosquitto, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """PUBACK 0x10 ("no matching subscribers", e.g. Mosquitto forgot the collector's shared
+    subscription on restart) is a success code, but the broker dropped the message: the uplink
+    keeps the batch, defers it, and publishes it again until a collector receives it."""
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.put(1, sealed(1, key), priority=Priority.ROUTINE)
+    outbox.put(2, sealed(2, key), priority=Priority.ROUTINE)
+    uplink = make_uplink(mosquitto.port, outbox, key)
+    uplink.start()
+    try:
+        assert wait_until(lambda: uplink.counters["puback_no_subscribers"] >= 2)
+        assert uplink.counters["batches_acked"] == 0
+        assert [b.seq for b in outbox.pending(5)] == [1, 2]
+        late = Collector(mosquitto.port, [batch_topic(DEVICE)], client_id="late-collector")
+        try:
+            assert late.wait_for(lambda ms: sorted(seqs_of(ms, key)) == [1, 2])
+            assert wait_until(lambda: outbox.stats()["outbox_batches"] == 0)
+        finally:
+            late.close()
+    finally:
+        uplink.stop()
+    assert uplink.counters["batches_acked"] == 2
+    assert uplink.counters["puback_failures"] == 0
+    outbox.close()
+
+
+def test_a_failure_puback_keeps_the_batch(key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    """A PUBACK with a failure code (>= 0x80) keeps the batch. No broker at hand answers with
+    one, so paho's callback is called as paho would, with the message ids it was given."""
     outbox = Outbox(tmp_path / "o.db")
     outbox.put(1, b"m1", priority=Priority.ROUTINE)
     outbox.put(2, b"m2", priority=Priority.ROUTINE)
@@ -242,15 +226,12 @@ def test_puback_failure_keeps_the_batch_and_defers_it(key: Ed25519PrivateKey, tm
     assert uplink.counters["puback_failures"] == 1
     assert uplink.counters["puback_no_subscribers"] == 1
     assert uplink.counters["batches_acked"] == 0
-    assert sorted(uplink._deferred) == [1, 2]
-    assert outbox.pending(5, exclude=uplink._deferred) == []
-    uplink._release_deferred(time.monotonic() + 3600)
-    assert uplink._deferred == {}
+    assert uplink.inflight == 0
     outbox.close()
 
 
 def test_connect_failures_back_off_and_stop_is_clean(key: Ed25519PrivateKey, tmp_path: Path) -> None:
-    from firmware_sim.services import free_port
+    from firmware_sim.rig import free_port
 
     outbox = Outbox(tmp_path / "o.db")
     outbox.put(1, b"m1", priority=Priority.ROUTINE)
@@ -264,12 +245,16 @@ def test_connect_failures_back_off_and_stop_is_clean(key: Ed25519PrivateKey, tmp
 
 def test_starting_twice_is_an_error(key: Ed25519PrivateKey, tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.db")
-    uplink = make_uplink(1, outbox, key)
-    uplink._thread = threading.current_thread()  # as if running
-    with pytest.raises(UplinkError, match="already started"):
-        uplink.start()
-    uplink._thread = None
+    uplink = make_uplink(1, outbox, key)  # nothing listens on port 1: the thread keeps retrying
     assert uplink.stop() is False  # never started: nothing to stop
+    uplink.start()
+    try:
+        assert uplink.alive
+        with pytest.raises(UplinkError, match="already started"):
+            uplink.start()
+    finally:
+        uplink.stop()
+    assert not uplink.alive
     outbox.close()
 
 
@@ -281,7 +266,7 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
     assert len({round(d, 6) for d in delays[4:]}) == 4  # jittered, not all equal at the cap
     assert backoff.delay(10_000, rng) <= 8.0
-    with pytest.raises(UplinkError):
+    with pytest.raises(ConfigError):
         Backoff(0, 1)
 
 

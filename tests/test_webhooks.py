@@ -14,10 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from collector.loan_models import WebhookDelivery
-from collector.models import Base
-from collector.risk import NextStep, Reason, RiskChange, RiskLevel
-from collector.webhooks import (
+from collector.jobs.webhooks import (
     EVENT_HEADER,
     SIGNATURE_HEADER,
     DeliveryRound,
@@ -32,6 +29,8 @@ from collector.webhooks import (
     sign_body,
     verify_signature,
 )
+from collector.risk.engine import NextStep, Reason, RiskChange, RiskLevel
+from collector.storage.tables import Base, WebhookDelivery
 
 SECRET = b"0123456789abcdef-test-secret"
 T0 = 1_780_000_000_000
@@ -206,7 +205,7 @@ def test_fails_twice_then_succeeds(tmp_path: Path, receiver: Receiver) -> None:
 
 def test_gives_up_after_max_attempts_and_counts_transport_errors(tmp_path: Path) -> None:
     engine, sessions = make_db(tmp_path / "c.db")
-    from firmware_sim.services import free_port
+    from firmware_sim.rig import free_port
 
     queue(sessions, [f"http://127.0.0.1:{free_port()}/nobody-listens"])
     sender = WebhookSender(sessions, SECRET, policy=RetryPolicy(initial_s=1, max_attempts=3, timeout_s=5))

@@ -6,21 +6,18 @@ documented in ``docs/signals.md``.
 """
 
 from ._decoder import MAX_DBC_BYTES, CanCounters, DbcFile, SignalDecoder, load_dbc, parse_dbc
-from ._log import CanLogError, read_can_log
+from ._log import read_can_log
 from ._signal_map import SignalMap, SignalMapEntry, SignalType, load_signal_map, parse_signal_map
-from ._source import SAMPLE_DBC, SAMPLE_MAP, Backoff, CanSource, decoder_from_config, source_from_config
-from .errors import BusConfigError, CanSourceError, DbcError, SignalMapError
+from ._source import SAMPLE_DBC, SAMPLE_MAP, CanSource, decoder_from_config, source_from_config
+from .errors import CanLogError, DbcError, SignalMapError
 
 __all__ = [
     "MAX_DBC_BYTES",
     "SAMPLE_DBC",
     "SAMPLE_MAP",
-    "Backoff",
-    "BusConfigError",
     "CanCounters",
     "CanLogError",
     "CanSource",
-    "CanSourceError",
     "DbcError",
     "DbcFile",
     "SignalDecoder",

@@ -35,7 +35,7 @@ from cantools.database.can import Signal as DbcSignal
 from cantools.database.namedsignalvalue import NamedSignalValue
 
 from protocol import SignalSample
-from protocol._records import MAX_TIME_MS, MIN_TIME_MS, SampleValue
+from protocol.records import MAX_TIME_MS, MIN_TIME_MS, SampleValue
 
 from ._signal_map import SignalMap, SignalMapEntry, SignalType, load_signal_map
 from .errors import DbcError, SignalMapError
@@ -375,6 +375,8 @@ class SignalDecoder:
         time_ms = round(stamp * 1000)
         return time_ms if MIN_TIME_MS <= time_ms <= MAX_TIME_MS else None
 
+    # radon grade D: the per-frame hot path (2,000+ frames/s on a T-BOX); every hostile-frame
+    # case is counted inline rather than through helper calls.
     def decode(self, msg: can.Message, time_ms: int | None = None) -> list[SignalSample]:
         """Decode one frame and return the samples the map lets through.
 

@@ -18,18 +18,12 @@ import can
 from can.io.canutils import CanutilsLogReader
 
 from ._decoder import CanCounters
-from .errors import CanSourceError
+from .errors import CanLogError
 
 __all__ = ["MAX_LOG_LINE", "CanLogError", "read_can_log"]
 
 #: A candump line longer than this (characters) is malformed (CAN FD lines are ~170).
 MAX_LOG_LINE = 1024
-
-
-class CanLogError(CanSourceError):
-    """A CAN log file cannot be opened, or a non-candump log stops parsing."""
-
-    reason = "bad_can_log"
 
 
 def _read_candump(path: Path, counters: CanCounters) -> Iterator[can.Message]:

@@ -13,26 +13,25 @@ work (unknown interface, invalid bitrate) raise.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import can
 
+from edge.backoff import Backoff
+from edge.config import CanSettings
+from edge.device_source import CounterNames, DeviceLost, DeviceSource, DeviceUnavailable
+from edge.errors import ConfigError, DeviceError
 from protocol import SignalSample
 
 from ._decoder import CanCounters, SignalDecoder
-from .errors import BusConfigError, CanSourceError
 
 __all__ = [
     "SAMPLE_DBC",
     "SAMPLE_MAP",
-    "Backoff",
     "CanSource",
     "decoder_from_config",
     "source_from_config",
@@ -46,46 +45,11 @@ SAMPLE_DBC = _DATA_DIR / "generic_car.dbc"
 #: The sample signal map for :data:`SAMPLE_DBC`.
 SAMPLE_MAP = _DATA_DIR / "generic_car_map.toml"
 
-_SECTION_KEYS = frozenset({"interface", "channel", "bitrate", "dbc", "signal_map", "bus_options"})
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential reopen delays: ``initial_s``, doubled per failure, capped at ``max_s``.
-
-    Attributes:
-        initial_s: first delay in seconds.
-        max_s: longest delay in seconds.
-        factor: growth per consecutive failure.
-    """
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-    factor: float = 2.0
-    _failures: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial_s <= self.max_s or self.factor < 1:
-            raise BusConfigError(
-                "backoff needs 0 < initial_s <= max_s and factor >= 1, "
-                f"got {self.initial_s}, {self.max_s}, {self.factor}"
-            )
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call counts one more failure."""
-        delay = min(self.max_s, self.initial_s * self.factor**self._failures)
-        self._failures += 1
-        return delay
-
-    def reset(self) -> None:
-        """Start again from ``initial_s`` (after a successful open)."""
-        self._failures = 0
-
-
-class CanSource:
+class CanSource(DeviceSource[can.BusABC, SignalSample]):
     """Canonical samples from a live CAN interface, surviving adapter loss.
 
-    Not thread-safe: one thread calls :meth:`read`.
+    Not thread-safe: one thread calls :meth:`read`. Reopening, backoff and the bus counters
+    are :class:`~edge.device_source.DeviceSource`'s.
 
     Args:
         interface: python-can interface name (``socketcan``, ``slcan``, ``virtual``, ...).
@@ -97,7 +61,7 @@ class CanSource:
             defaults to 0 instead of python-can's 2 s).
 
     Raises:
-        BusConfigError: the interface is unknown or the settings are invalid. A bus that
+        ConfigError: the interface is unknown or the settings are invalid. A bus that
             merely cannot be opened yet (adapter absent) does not raise: see
             :attr:`is_open` and :attr:`last_error`; :meth:`read` keeps trying.
     """
@@ -113,23 +77,19 @@ class CanSource:
         **bus_kwargs: Any,
     ) -> None:
         if not isinstance(interface, str) or not interface:
-            raise BusConfigError(f"CAN interface must be a non-empty string, got {interface!r}")
+            raise ConfigError(f"CAN interface must be a non-empty string, got {interface!r}")
         if bitrate is not None and (isinstance(bitrate, bool) or not isinstance(bitrate, int) or bitrate <= 0):
-            raise BusConfigError(f"CAN bitrate must be a positive int (bit/s), got {bitrate!r}")
+            raise ConfigError(f"CAN bitrate must be a positive int (bit/s), got {bitrate!r}")
         self.interface = interface
         self.channel = channel
         self.bitrate = bitrate
         self.decoder = decoder
-        self._backoff = backoff or Backoff()
         if interface == "slcan":
             bus_kwargs.setdefault("sleep_after_open", 0)
         self._bus_kwargs = bus_kwargs
-        self._bus: can.BusABC | None = None
-        self._opens = 0
-        self._next_open_at = 0.0
-        self._closed = False
-        #: Text of the last open or read failure (None when the last open succeeded).
-        self.last_error: str | None = None
+        self._where = f"CAN interface {interface!r} channel {channel!r}"
+        self._time_ms: Callable[[float], int] | None = None
+        super().__init__(self._where, decoder.counters, _COUNTER_NAMES, backoff=backoff or Backoff())
         self._try_open()
 
     @property
@@ -140,47 +100,12 @@ class CanSource:
     @property
     def is_open(self) -> bool:
         """True while the bus is open."""
-        return self._bus is not None
+        return self._device is not None
 
-    def _try_open(self) -> bool:
-        kwargs = dict(self._bus_kwargs)
-        if self.bitrate is not None:
-            kwargs["bitrate"] = self.bitrate
-        where = f"CAN interface {self.interface!r} channel {self.channel!r}"
-        try:
-            bus = can.Bus(
-                interface=self.interface, channel=self.channel, can_filters=self.decoder.can_filters, **kwargs
-            )
-        except can.CanInterfaceNotImplementedError as exc:
-            raise BusConfigError(f"{where}: not available in python-can: {exc}") from exc
-        except (ValueError, TypeError) as exc:
-            raise BusConfigError(f"{where}: invalid settings {kwargs!r}: {exc}") from exc
-        except (can.CanError, OSError) as exc:
-            self.counters.bus_open_failures += 1
-            delay = self._backoff.next_delay()
-            self._next_open_at = time.monotonic() + delay
-            self.last_error = f"{where}: cannot open: {exc}"
-            logger.warning("%s; retrying in %.1f s", self.last_error, delay)
-            return False
-        self._bus = bus
-        self._backoff.reset()
-        self.last_error = None
-        if self._opens:
-            self.counters.bus_reopens += 1
-            logger.info("%s reopened", where)
-        self._opens += 1
-        return True
-
-    def _lose_bus(self, exc: BaseException) -> None:
-        self.counters.bus_errors += 1
-        self.last_error = f"CAN interface {self.interface!r} channel {self.channel!r}: read failed: {exc}"
-        bus, self._bus = self._bus, None
-        if bus is not None:
-            with contextlib.suppress(Exception):  # the adapter is already gone; shutdown may fail too
-                bus.shutdown()
-        delay = self._backoff.next_delay()
-        self._next_open_at = time.monotonic() + delay
-        logger.warning("%s; reopening in %.1f s", self.last_error, delay)
+    @property
+    def last_error(self) -> str | None:
+        """Text of the last open or read failure (None when the last open succeeded)."""
+        return None if self.last_failure is None else str(self.last_failure)
 
     def read(self, timeout: float = 1.0, time_ms: Callable[[float], int] | None = None) -> list[SignalSample]:
         """Receive frames until some yield samples or ``timeout`` seconds pass.
@@ -193,51 +118,14 @@ class CanSource:
         Returns:
             The samples of the first frame that produced any (often one frame's worth),
             or an empty list on timeout or while the bus is down.
-        """
-        if self._closed:
-            raise CanSourceError(f"CAN source on {self.channel!r} is closed")
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            now = time.monotonic()
-            bus = self._bus
-            if bus is None:
-                if now < self._next_open_at:
-                    wait = min(deadline, self._next_open_at) - now
-                    if wait > 0:
-                        time.sleep(wait)
-                    if time.monotonic() >= deadline:
-                        return []
-                    continue
-                if not self._try_open():
-                    continue
-                bus = self._bus
-                assert bus is not None
-            try:
-                msg = bus.recv(timeout=max(0.0, deadline - time.monotonic()))
-            except (can.CanOperationError, OSError) as exc:
-                self._lose_bus(exc)
-                continue
-            except (ValueError, IndexError, UnicodeDecodeError) as exc:
-                # python-can's slcan parser raises these on a garbled line; the line is gone.
-                self.counters.malformed_frames += 1
-                logger.debug("malformed frame from %s: %s", self.channel, exc)
-                if time.monotonic() >= deadline:
-                    return []
-                continue
-            if msg is None:
-                return []
-            stamp = time_ms(msg.timestamp) if time_ms is not None else None
-            samples = self.decoder.decode(msg, stamp)
-            if samples or time.monotonic() >= deadline:
-                return samples
 
-    def close(self) -> None:
-        """Shut the bus down (idempotent)."""
-        self._closed = True
-        bus, self._bus = self._bus, None
-        if bus is not None:
-            with contextlib.suppress(Exception):
-                bus.shutdown()
+        Raises:
+            DeviceError: the source was closed.
+        """
+        if self.at_end:
+            raise DeviceError(f"CAN source on {self.channel!r} is closed")
+        self._time_ms = time_ms
+        return super().read(timeout)
 
     def __enter__(self) -> CanSource:
         return self
@@ -247,61 +135,66 @@ class CanSource:
     ) -> None:
         self.close()
 
+    # -- DeviceSource --------------------------------------------------------------------
 
-def _check_section(section: Mapping[str, Any]) -> None:
-    unknown = sorted(set(section) - _SECTION_KEYS)
-    if unknown:
-        raise BusConfigError(f"[can]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SECTION_KEYS))}")
+    def _open_internal(self) -> can.BusABC:
+        kwargs = dict(self._bus_kwargs)
+        if self.bitrate is not None:
+            kwargs["bitrate"] = self.bitrate
+        try:
+            return can.Bus(
+                interface=self.interface, channel=self.channel, can_filters=self.decoder.can_filters, **kwargs
+            )
+        except can.CanInterfaceNotImplementedError as exc:
+            raise ConfigError(f"{self._where}: not available in python-can: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self._where}: invalid settings {kwargs!r}: {exc}") from exc
+        except (can.CanError, OSError) as exc:
+            raise DeviceUnavailable(f"{self._where}: cannot open: {exc}") from exc
+
+    def _read_internal(self, device: can.BusABC, deadline: float) -> list[SignalSample]:
+        try:
+            msg = device.recv(timeout=max(0.0, deadline - self._clock()))
+        except (can.CanOperationError, OSError) as exc:
+            raise DeviceLost(f"{self._where}: read failed: {exc}") from exc
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            # python-can's slcan parser raises these on a garbled line; the line is gone.
+            self.counters.malformed_frames += 1
+            logger.debug("malformed frame from %s: %s", self.channel, exc)
+            return []
+        if msg is None:
+            return []
+        stamp = self._time_ms(msg.timestamp) if self._time_ms is not None else None
+        return self.decoder.decode(msg, stamp)
+
+    def _close_internal(self, device: can.BusABC) -> None:
+        device.shutdown()
 
 
-def _resolve(base_dir: Path, value: object, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise BusConfigError(f"[can] {key}: expected a file path, got {value!r}")
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
+_COUNTER_NAMES = CounterNames(open_failures="bus_open_failures", reopens="bus_reopens", losses="bus_errors")
 
 
-def decoder_from_config(section: Mapping[str, Any], base_dir: Path) -> SignalDecoder:
-    """Build the decoder from ``agent.toml``'s ``[can]`` section.
-
-    Keys: ``dbc`` (a path or a list of paths) and ``signal_map`` (a path); relative paths
-    are resolved against ``base_dir`` (the config file's folder).
+def decoder_from_config(settings: CanSettings) -> SignalDecoder:
+    """Build the decoder from ``agent.toml``'s ``[can]`` section (parsed by :mod:`edge.config`).
 
     Raises:
-        BusConfigError: a key is missing or of the wrong type.
         DbcError, SignalMapError: the files are unreadable or do not match.
     """
-    _check_section(section)
-    if "dbc" not in section or "signal_map" not in section:
-        raise BusConfigError("[can]: 'dbc' and 'signal_map' are required")
-    dbc = section["dbc"]
-    dbc_list = [dbc] if isinstance(dbc, str) else dbc
-    if not isinstance(dbc_list, list) or not dbc_list:
-        raise BusConfigError(f"[can] dbc: expected a path or a non-empty list of paths, got {dbc!r}")
-    paths = [_resolve(base_dir, item, "dbc") for item in dbc_list]
-    return SignalDecoder.from_files(paths, _resolve(base_dir, section["signal_map"], "signal_map"))
+    return SignalDecoder.from_files(list(settings.dbc), settings.signal_map)
 
 
-def source_from_config(section: Mapping[str, Any], base_dir: Path) -> CanSource:
+def source_from_config(settings: CanSettings) -> CanSource:
     """Build the CAN source from ``agent.toml``'s ``[can]`` section.
 
-    Keys: ``interface`` and ``channel`` (required), ``bitrate`` (int, optional),
-    ``bus_options`` (table of extra ``can.Bus`` keyword arguments, optional), plus the
-    decoder's keys (:func:`decoder_from_config`).
-
     Raises:
-        BusConfigError: a key is missing, unknown or of the wrong type, or python-can
-            rejects the interface settings.
+        ConfigError: ``interface`` or ``channel`` is missing, or python-can rejects the
+            interface settings.
+        DbcError, SignalMapError: see :func:`decoder_from_config`.
     """
-    decoder = decoder_from_config(section, base_dir)
-    interface = section.get("interface")
-    channel = section.get("channel")
-    if not isinstance(interface, str) or not isinstance(channel, str):
-        raise BusConfigError(f"[can]: 'interface' and 'channel' must be strings, got {interface!r}, {channel!r}")
-    options = section.get("bus_options", {})
-    if not isinstance(options, Mapping):
-        raise BusConfigError(f"[can] bus_options: expected a table, got {options!r}")
-    reserved = sorted({"interface", "channel", "bitrate", "can_filters", "decoder", "backoff"} & set(options))
-    if reserved:
-        raise BusConfigError(f"[can] bus_options: {', '.join(reserved)} cannot be set here")
-    return CanSource(interface, channel, bitrate=section.get("bitrate"), decoder=decoder, **dict(options))
+    decoder = decoder_from_config(settings)
+    if settings.interface is None or settings.channel is None:
+        raise ConfigError(
+            f"[can]: 'interface' and 'channel' must be strings, got {settings.interface!r}, {settings.channel!r}"
+        )
+    options: dict[str, Any] = dict(settings.bus_options)  # python-can's own keyword arguments, passed through
+    return CanSource(settings.interface, settings.channel, bitrate=settings.bitrate, decoder=decoder, **options)

@@ -1,9 +1,11 @@
-"""Errors of the GNSS source: one tree, each error names its input and the rule it broke.
+"""Errors of the GNSS source, in the edge's one tree (:mod:`edge.errors`).
 
 Every error has a ``reason`` slug and the name of the :class:`~edge.gnss.GnssCounters`
-field it increments (``counter``). Bad input never escapes the decoder as an exception:
-it is counted, handed to the decoder's ``on_error`` hook and logged. Only the adapter's
-port errors (:class:`PortUnavailable`) and configuration errors are raised to callers.
+field it increments (``counter``). Bad input (:class:`GnssError`, an
+:class:`~edge.errors.InputError`) never escapes the decoder as an exception: it is counted,
+handed to the decoder's ``on_error`` hook and logged. Only the adapter's port errors
+(:class:`PortUnavailable`, a :class:`~edge.errors.DeviceError`) and configuration errors
+(:class:`~edge.errors.ConfigError`) are raised to callers.
 """
 
 # Names follow the protocol package's error tree (BadSignature, OversizedMessage, ...): short
@@ -12,11 +14,13 @@ port errors (:class:`PortUnavailable`) and configuration errors are raised to ca
 
 from __future__ import annotations
 
+from edge.device_source import DeviceUnavailable
+from edge.errors import InputError
+
 __all__ = [
     "BadChecksum",
     "EpochDropped",
     "GarbageLine",
-    "GnssConfigError",
     "GnssError",
     "ImplausibleDate",
     "IncompleteEpoch",
@@ -34,8 +38,8 @@ __all__ = [
 ]
 
 
-class GnssError(Exception):
-    """Root of every error raised or reported by :mod:`edge.gnss`."""
+class GnssError(InputError):
+    """Root of the input errors the NMEA decoder reports (a sentence or an epoch it cannot use)."""
 
     reason = "gnss_error"
     counter = ""
@@ -161,14 +165,8 @@ class IncompleteEpoch(EpochDropped):
     counter = "incomplete_epochs"
 
 
-class PortUnavailable(GnssError, OSError):
+class PortUnavailable(DeviceUnavailable, OSError):
     """The serial URL cannot be opened (no such device, permission denied, refused connection)."""
 
     reason = "port_unavailable"
     counter = "open_failures"
-
-
-class GnssConfigError(GnssError, ValueError):
-    """The ``[gnss]`` section of agent.toml is invalid (names the key and the rule it broke)."""
-
-    reason = "config"

@@ -1,18 +1,21 @@
 """On-device anomaly rules: a pure engine fed GNSS epochs and CAN signals (sans-I/O).
 
-Typical use::
+Typical use (what :func:`edge.agent.build_engine` does)::
 
-    config = RulesConfig.from_dict(agent_toml["rules"], base_dir)
-    engine = Engine(config, markets=load_markets(config.markets_file), state=saved)
+    config = edge.config.load_config("agent.toml")          # [rules] is a RulesConfig already
+    markets, regions = edge.place_files.load_rules_places(config.rules)
+    engine = Engine(config.rules, markets=markets, regions=regions, state=saved)
     for event in events:                 # Fix | NoFix | SignalSample, in time order
         for record in engine.feed(event):  # Alert | DailyStats
             ...
     saved = engine.snapshot()            # JSON-ready; persist it
 
+The engine reads no file and no clock: places come in as :mod:`protocol.places` values and
+time from the events.
+
 See docs/rules.md for every rule, its thresholds and how ordering is handled.
 """
 
-from . import geo
 from ._daily_stats import local_day_bounds
 from .config import (
     DEFAULT_DOORS,
@@ -26,32 +29,23 @@ from .config import (
     TowingConfig,
 )
 from .engine import RULE_NAMES, SNAPSHOT_FORMAT, Engine, RulesCounters
-from .errors import ConfigError, EventError, PlacesError, RulesError, StateError
-from .places import Market, Region, load_markets, load_regions
+from .errors import EventError, StateError
 
 __all__ = [
     "DEFAULT_DOORS",
     "RULE_NAMES",
     "SNAPSHOT_FORMAT",
-    "ConfigError",
     "DailyStatsConfig",
     "DwellConfig",
     "Engine",
     "EventError",
     "GnssLostConfig",
-    "Market",
     "NightDoorsConfig",
-    "PlacesError",
     "PowerCutConfig",
-    "Region",
     "RegionExitConfig",
     "RulesConfig",
     "RulesCounters",
-    "RulesError",
     "StateError",
     "TowingConfig",
-    "geo",
-    "load_markets",
-    "load_regions",
     "local_day_bounds",
 ]

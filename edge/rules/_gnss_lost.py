@@ -23,14 +23,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from protocol import Alert, Fix, NoFix, Severity
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, SampleValue, cleared, episode_id, raised
 from .config import SPEED_SIGNAL, GnssLostConfig
 
 __all__ = ["GnssLostState", "GnssWatch"]
 
-LOST = "gnss_lost"
-JAMMING = "gnss_jamming"
+LOST = RuleName.GNSS_LOST.value
+JAMMING = RuleName.GNSS_JAMMING.value
 
 
 @dataclass(slots=True)

@@ -21,13 +21,14 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from protocol import Alert, Severity
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, SampleValue, cleared, episode_id, raised
 from .config import NightDoorsConfig
 
 __all__ = ["NightDoorOpenings", "NightDoorsState", "is_night", "night_end_after"]
 
-NAME = "night_door_openings"
+NAME = RuleName.NIGHT_DOOR_OPENINGS.value
 MAX_EVIDENCE_OPENINGS = 32
 
 

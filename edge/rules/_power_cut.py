@@ -21,13 +21,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 from protocol import Alert, Severity
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, SampleValue, cleared, episode_id, raised
 from .config import VOLTAGE_SIGNAL, PowerCutConfig
 
 __all__ = ["PowerCut", "PowerCutState"]
 
-NAME = "power_cut"
+NAME = RuleName.POWER_CUT.value
 
 
 @dataclass(slots=True)

@@ -14,14 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from protocol import Alert, Fix, Severity
+from protocol.places import Region
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, cleared, episode_id, raised
 from .config import RegionExitConfig
-from .places import Region
 
 __all__ = ["RegionExit", "RegionExitState"]
 
-NAME = "region_exit"
+NAME = RuleName.REGION_EXIT.value
 
 
 @dataclass(slots=True)

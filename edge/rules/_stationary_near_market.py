@@ -26,15 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from protocol import Alert, Fix, Severity
+from protocol.geo import distance_m
+from protocol.places import Place, PlaceType
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, cleared, episode_id, raised
 from .config import DwellConfig
-from .geo import distance_m
-from .places import Market
 
 __all__ = ["DwellState", "StationaryNearMarket"]
 
-NAME = "stationary_near_market"
+NAME = RuleName.STATIONARY_NEAR_MARKET.value
 
 
 @dataclass(slots=True)
@@ -63,15 +64,15 @@ class StationaryNearMarket(Rule):
     state_type = DwellState
     episodes = (("episode", NAME, Severity.HIGH),)
 
-    def __init__(self, config: DwellConfig, markets: Sequence[Market], counters: Counter[str]) -> None:
+    def __init__(self, config: DwellConfig, markets: Sequence[Place], counters: Counter[str]) -> None:
         super().__init__(counters)
         self.config = config
         self.state = DwellState()
         self.set_markets(markets)
 
-    def set_markets(self, markets: Sequence[Market]) -> None:
-        """Replace the market list; an open episode is re-checked at the next fix."""
-        self.markets = tuple(markets)
+    def set_markets(self, markets: Sequence[Place]) -> None:
+        """Replace the market list (other place types are ignored); an open episode is re-checked at the next fix."""
+        self.markets = tuple(m for m in markets if m.type is PlaceType.USED_CAR_MARKET)
         self._market_ids = frozenset(m.id for m in self.markets)
         self._checked: tuple[float, float] | None = None  # centre last found to be near no market
 
@@ -110,11 +111,11 @@ class StationaryNearMarket(Rule):
             "fixes": s.fixes,
         }
 
-    def _nearest_market(self) -> tuple[Market, float] | None:
+    def _nearest_market(self) -> tuple[Place, float] | None:
         s = self.state
         assert s.centre_lat is not None
         assert s.centre_lon is not None
-        best: tuple[Market, float] | None = None
+        best: tuple[Place, float] | None = None
         for market in self.markets:
             d = distance_m(s.centre_lat, s.centre_lon, market.lat, market.lon)
             if d <= market.radius_m and (best is None or d < best[1]):

@@ -19,14 +19,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from protocol import Alert, Fix, Severity
+from protocol.geo import distance_m
+from protocol.rule_names import RuleName
 
 from ._rule import Rule, SampleValue, cleared, episode_id, raised
 from .config import IGNITION_SIGNAL, TowingConfig
-from .geo import distance_m
 
 __all__ = ["Towing", "TowingState"]
 
-NAME = "towing"
+NAME = RuleName.TOWING.value
 IGNITION_ON = frozenset({"ON", "START"})
 SETTLE_RADIUS_M = 50.0
 REFERENCE_MAX_AGE_MS = 5_000  # a fix older than this may be metres of driving away from where the car stopped

@@ -30,56 +30,90 @@ def _hints(cls: type) -> dict[str, Any]:
     return found
 
 
+def _coerce_bool(value: object, where: str, error: type[Exception]) -> bool:
+    if not isinstance(value, bool):
+        raise error(f"{where} must be true or false, got {value!r:.60}")
+    return value
+
+
+def _coerce_int(value: object, where: str, error: type[Exception]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{where} must be an integer, got {value!r:.60}")
+    return value
+
+
+def _coerce_float(value: object, where: str, error: type[Exception]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise error(f"{where} must be a finite number, got {value!r:.60}")
+    return float(value)
+
+
+def _coerce_str(value: object, where: str, error: type[Exception]) -> str:
+    if not isinstance(value, str):
+        raise error(f"{where} must be text, got {value!r:.60}")
+    return value
+
+
+def _coerce_path(value: object, where: str, error: type[Exception]) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise error(f"{where} must be a file path, got {value!r:.60}")
+    return Path(value)
+
+
+#: Scalar annotation -> checker (exact types: ``bool`` is not an ``int`` here).
+_SCALARS: dict[object, Any] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+    Path: _coerce_path,
+}
+
+
+def _coerce_union(value: object, args: tuple[Any, ...], where: str, error: type[Exception]) -> Any:
+    if value is None and type(None) in args:
+        return None
+    last: Exception | None = None
+    for candidate in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(value, candidate, where, error)
+        except error as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _coerce_sequence(value: object, origin: Any, args: tuple[Any, ...], where: str, error: type[Exception]) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise error(f"{where} must be a list, got {value!r:.60}")
+    item_type = args[0] if args else Any
+    items = [_coerce(v, item_type, f"{where}[{i}]", error) for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_map(value: object, args: tuple[Any, ...], where: str, error: type[Exception]) -> dict[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise error(f"{where} must be a map, got {value!r:.60}")
+    key_type, item_type = args
+    out = {}
+    for key, item in value.items():
+        _coerce(key, key_type, f"{where} key", error)
+        out[key] = _coerce(item, item_type, f"{where}.{key}", error)
+    return out
+
+
 def _coerce(value: object, tp: Any, where: str, error: type[Exception]) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        candidates = [a for a in args if a is not type(None)]
-        last: Exception | None = None
-        for candidate in candidates:
-            try:
-                return _coerce(value, candidate, where, error)
-            except error as exc:
-                last = exc
-        assert last is not None
-        raise last
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise error(f"{where} must be true or false, got {value!r:.60}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise error(f"{where} must be an integer, got {value!r:.60}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise error(f"{where} must be a finite number, got {value!r:.60}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise error(f"{where} must be text, got {value!r:.60}")
-        return value
-    if tp is Path:
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise error(f"{where} must be a file path, got {value!r:.60}")
-        return Path(value)
+        return _coerce_union(value, args, where, error)
+    scalar = _SCALARS.get(tp)
+    if scalar is not None:
+        return scalar(value, where, error)
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise error(f"{where} must be a list, got {value!r:.60}")
-        item_type = args[0] if args else Any
-        items = [_coerce(v, item_type, f"{where}[{i}]", error) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, origin, args, where, error)
     if origin is dict:
-        if not isinstance(value, Mapping):
-            raise error(f"{where} must be a map, got {value!r:.60}")
-        key_type, item_type = args
-        out = {}
-        for key, item in value.items():
-            _coerce(key, key_type, f"{where} key", error)
-            out[key] = _coerce(item, item_type, f"{where}.{key}", error)
-        return out
+        return _coerce_map(value, args, where, error)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._typed_values import build_dataclass
-from .errors import ConfigError
+from edge.errors import ConfigError
+
+from ._typed_values import build_dataclass, dump_dataclass
 
 __all__ = [
     "DEFAULT_DOORS",
@@ -346,7 +348,25 @@ class RulesConfig:
                 if value is not None and not value.is_absolute():
                     changes[name] = base_dir / value
             if changes:
-                from dataclasses import replace
-
                 config = replace(config, **changes)  # type: ignore[arg-type]
         return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a TOML/JSON-ready table (what :meth:`from_dict` reads back)."""
+        return dump_dataclass(self)
+
+    def merged(self, overrides: Mapping[str, object], base_dir: Path | None = None) -> RulesConfig:
+        """These settings with ``overrides`` (a partial ``[rules]`` table) laid over them, key by key.
+
+        Raises:
+            ConfigError: the merged table is not acceptable (the message names the key).
+        """
+        return RulesConfig.from_dict(_deep_merge(self.to_dict(), overrides), base_dir)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        current = out.get(key)
+        out[key] = _deep_merge(current, value) if isinstance(value, Mapping) and isinstance(current, Mapping) else value
+    return out

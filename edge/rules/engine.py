@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import Alert, DailyStats, Fix, NoFix, SignalSample
+from protocol.places import Place, Region
+from protocol.rule_names import RuleName
 
 from ._daily_stats import DailyStatsTracker
 from ._gnss_lost import GnssWatch
@@ -45,22 +47,12 @@ from ._towing import Towing
 from ._typed_values import build_dataclass, dump_dataclass
 from .config import IGNITION_SIGNAL, ODOMETER_SIGNAL, SPEED_SIGNAL, VOLTAGE_SIGNAL, RulesConfig
 from .errors import EventError, StateError
-from .places import Market, Region
 
 __all__ = ["RULE_NAMES", "SNAPSHOT_FORMAT", "Engine", "RulesCounters"]
 
 SNAPSHOT_FORMAT = "lienwatch.rules/1"
-RULE_NAMES = frozenset(
-    {
-        "stationary_near_market",
-        "night_door_openings",
-        "power_cut",
-        "gnss_lost",
-        "gnss_jamming",
-        "towing",
-        "region_exit",
-    }
-)
+#: Every alert rule name the engine can raise.
+RULE_NAMES = frozenset(name.value for name in RuleName)
 Output = list[Alert | DailyStats]
 
 COUNTER_NAMES = (
@@ -152,7 +144,7 @@ class Engine:
         self,
         config: RulesConfig,
         *,
-        markets: Sequence[Market] = (),
+        markets: Sequence[Place] = (),
         regions: Sequence[Region] = (),
         state: Mapping[str, Any] | None = None,
     ) -> None:
@@ -232,7 +224,7 @@ class Engine:
         """Names of rules with an open episode (the batcher closes batches faster then)."""
         return frozenset(name for rule in self._rules for name in rule.open_episodes())
 
-    def set_markets(self, markets: Sequence[Market]) -> None:
+    def set_markets(self, markets: Sequence[Place]) -> None:
         """Replace the market list (e.g. from a collector config); takes effect at the next fix."""
         self._markets = tuple(markets)
         self._dwell.set_markets(self._markets)

@@ -1,46 +1,24 @@
-"""The rules package's error tree.
+"""The rules package's errors, in the edge's one tree (:mod:`edge.errors`).
 
-Every error names the input (a config key, a file, a market id, a snapshot key) and the
-limit it broke. Foreign exceptions (tomllib, json, zoneinfo) are translated at the
-boundary with ``raise ... from exc``.
+Every error names the input (a config key, a snapshot key) and the limit it broke.
+Foreign exceptions (zoneinfo) are translated at the boundary with ``raise ... from exc``.
+A bad ``[rules]`` value is the edge's :class:`~edge.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "ConfigError",
-    "EventError",
-    "PlacesError",
-    "RulesError",
-    "StateError",
-]
+from edge.errors import InputError, UsageError
+
+__all__ = ["EventError", "StateError"]
 
 
-class RulesError(Exception):
-    """Root of every error raised by :mod:`edge.rules`."""
-
-    reason = "rules_error"
-
-
-class ConfigError(RulesError, ValueError):
-    """The ``[rules]`` section (or a value in it) is not acceptable."""
-
-    reason = "bad_rules_config"
-
-
-class PlacesError(RulesError, ValueError):
-    """A markets or regions list (file or items) is malformed."""
-
-    reason = "bad_places"
-
-
-class StateError(RulesError, ValueError):
+class StateError(InputError):
     """A persisted engine snapshot cannot be restored."""
 
     reason = "bad_state"
 
 
-class EventError(RulesError, TypeError):
+class EventError(UsageError):
     """Something other than a Fix, NoFix or SignalSample was fed to the engine."""
 
     reason = "bad_event"

@@ -1,15 +1,15 @@
-"""A private Mosquitto with authentication and the LienWatch ACL (collector.broker_auth)."""
+"""A private Mosquitto with authentication and the LienWatch ACL (collector.cli.broker_auth)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from collector.broker_auth import BrokerAccounts, mosquitto_conf_lines
-from firmware_sim.services import Mosquitto
+from collector.cli.broker_auth import BrokerAccounts, mosquitto_conf_lines
+from firmware_sim.rig import Mosquitto
 
 
 class AuthenticatedMosquitto(Mosquitto):
-    """:class:`firmware_sim.services.Mosquitto` with anonymous access off, a password file and the ACL."""
+    """:class:`firmware_sim.rig.Mosquitto` with anonymous access off, a password file and the ACL."""
 
     def __init__(self, accounts: BrokerAccounts, workdir: Path) -> None:
         super().__init__(workdir=workdir, persistence=False)

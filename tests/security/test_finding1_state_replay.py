@@ -14,12 +14,14 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
-from collector.ingest import Ingestor, Outcome
-from collector.loan_models import device_status
+from collector.ingest.ingestor import Ingestor, Outcome
+from collector.risk.assessment import device_status
 from collector.settings import Limits
+from edge.agent import Agent
 from protocol import open_state, state_topic
+from tests.agent_harness import DEVICE, ScriptedEngine, make_config
 
-from .conftest import NOW, SigningDevice, register, rows
+from .signing_devices import NOW, SigningDevice, register, rows
 
 DAY_MS = 86_400_000
 
@@ -83,9 +85,6 @@ def test_state_dated_twenty_years_ahead_is_refused(engine: sa.Engine, car: Signi
 
 
 def test_agent_binds_will_and_birth_to_a_connection_counter_that_never_repeats(tmp_path: Path) -> None:
-    from edge.agent import Agent
-    from tests.test_agent import DEVICE, ScriptedEngine, make_config
-
     config = make_config(tmp_path, port=1)
     public: dict[str, Ed25519PublicKey] = {}
 

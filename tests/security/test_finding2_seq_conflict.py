@@ -16,14 +16,14 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from collector._cli import main as collector_main
-from collector.app import create_app
-from collector.ingest import Ingestor, Outcome
+from collector.api.app import create_app
+from collector.cli.commands import main as collector_main
+from collector.ingest.ingestor import Ingestor, Outcome
 from collector.settings import Limits, Settings, hash_api_key
 from edge.sequence import SequenceAllocator
 from protocol import Alert, Batch, Severity, open_batch, seal_batch
 
-from .conftest import NOW, T0, SigningDevice, register, rows
+from .signing_devices import NOW, T0, SigningDevice, register, rows
 
 
 def test_wiped_box_reusing_a_seq_is_a_conflict_not_a_duplicate(engine: sa.Engine, car: SigningDevice) -> None:

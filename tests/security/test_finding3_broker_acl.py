@@ -21,15 +21,16 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from collector._cli import main as collector_main
-from collector.broker_auth import BrokerAccounts, Credentials, hash_password, verify_password
-from collector.ingest import Ingestor
-from collector.ingest_service import IngestService
+from collector.cli.broker_auth import BrokerAccounts, Credentials, hash_password, verify_password
+from collector.cli.commands import main as collector_main
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from protocol import config_topic
+from tests.child_processes import ChildProcesses
 
-from .conftest import NOW, SigningDevice, register, rows
 from .secure_broker import AuthenticatedMosquitto
+from .signing_devices import NOW, SigningDevice, register, rows
 
 WAIT_S = 20.0
 
@@ -101,8 +102,11 @@ def accounts(tmp_path: Path) -> BrokerAccounts:
 
 
 @pytest.fixture
-def broker(accounts: BrokerAccounts, tmp_path: Path) -> Iterator[AuthenticatedMosquitto]:
-    """Not started: each test makes its accounts first, then calls ``start()``."""
+def broker(accounts: BrokerAccounts, tmp_path: Path, processes: ChildProcesses) -> Iterator[AuthenticatedMosquitto]:
+    """Not started: each test makes its accounts first, then calls ``start()``.
+
+    The broker is a child process: asking for ``processes`` puts its tests in the process tier.
+    """
     broker = AuthenticatedMosquitto(accounts, tmp_path / "mosquitto")
     try:
         yield broker

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,15 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
-from collector.admission import Admission, DeadLetterQuota, Refusal
-from collector.app import create_app
-from collector.ingest import Ingestor, Outcome
-from collector.ingest_service import IngestService
-from collector.retention import run_retention
+from collector.api.app import create_app
+from collector.ingest.admission import Admission, DeadLetterQuota, Refusal
+from collector.ingest.ingestor import Ingestor, Outcome
+from collector.ingest.service import IngestService
+from collector.jobs.retention import run_retention
 from collector.settings import Limits, MqttSettings, Settings, hash_api_key
-from firmware_sim.services import Mosquitto
+from firmware_sim.rig import Mosquitto
 
-from .conftest import NOW, SigningDevice, register, rows
+from .signing_devices import NOW, SigningDevice, register, rows
 
 ADMIN_KEY = "sec-admin-key-0123456789"
 DAY_MS = 86_400_000
@@ -135,21 +134,15 @@ def test_rate_limit_charges_only_messages_that_stored_nothing() -> None:
     assert DeadLetterQuota(2).allow("a", 0)
 
 
-@pytest.fixture
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    with Mosquitto(workdir=tmp_path_factory.mktemp("broker"), persistence=False) as running:
-        yield running
-
-
 def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
-    engine: sa.Engine, broker: Mosquitto, car: SigningDevice
+    engine: sa.Engine, mosquitto: Mosquitto, car: SigningDevice
 ) -> None:
     register(engine, car)
     ingest = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
-    settings = MqttSettings(host="127.0.0.1", port=broker.port, client_id="sec-collector", group="sec")
+    settings = MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="sec-collector", group="sec")
     attacker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
     attacker.max_inflight_messages_set(50)
-    attacker.connect("127.0.0.1", broker.port)
+    attacker.connect("127.0.0.1", mosquitto.port)
     attacker.loop_start()
     service = IngestService(ingest, settings, Limits(key_cache_ttl_s=0, queue_max_bytes=4 << 20))
     try:

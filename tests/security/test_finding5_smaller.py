@@ -12,17 +12,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
-from collector.loan_models import AlertRecord, WebhookDelivery
 from collector.settings import MqttSettings, hash_api_key, load_settings
-from edge import _agent_cli, keys
+from collector.storage.tables import AlertRecord, WebhookDelivery
+from edge.cli import agent as agent_cli
 from edge.uplink import ConfigGate, DownlinkRejectedError
 from protocol import DeviceConfig, config_topic, seal_config
-from tests.test_agent_config import MINIMAL, write
-from tests.test_loan_api import NOW, Api, api, audit_actions
-
-__all__ = ["api"]
+from protocol.cli import key_files as keys
+from tests.loan_api_app import NOW, Api, audit_actions
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+MINIMAL = """
+[device]
+id = "car-7"
+key_file = "k/car-7.key"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
 
 
 def test_device_and_dead_letter_reads_and_changes_are_audited(api: Api) -> None:
@@ -112,13 +121,13 @@ def test_downlink_rollback_after_losing_downlink_cose_is_refused(tmp_path: Path)
 
 def test_agent_check_refuses_what_agent_run_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, MINIMAL)
-    assert _agent_cli.main(["check", "--config", str(path)]) == 2  # no key file at all
+    assert agent_cli.main(["check", "--config", str(path)]) == 2  # no key file at all
     assert "key file" in capsys.readouterr().err
     generated = keys.generate(tmp_path / "k", "car-7")
     os.chmod(generated.private_path, 0o644)  # world-readable private key
-    assert _agent_cli.main(["check", "--config", str(path)]) == 2
+    assert agent_cli.main(["check", "--config", str(path)]) == 2
     os.chmod(generated.private_path, 0o600)
-    assert _agent_cli.main(["check", "--config", str(path)]) == 0
+    assert agent_cli.main(["check", "--config", str(path)]) == 0
 
 
 def test_shipped_collector_toml_has_no_guessable_key() -> None:

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol
-from collector.database import create_engine, migrate
-from collector.ingest import Ingestor, Outcome
-from collector.registry import DeviceRegistry
+from collector.ingest.ingestor import Ingestor, Outcome
+from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
+from collector.storage.database import create_engine, migrate
 from protocol import DeviceState, batch_topic, seal_state, state_topic
 from protocol.cose import sign1
 from protocol.examples import EXAMPLE_DEVICE, example_key, minute_batch, tiny_batch

@@ -24,14 +24,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from sqlalchemy.orm import Session
 
-from collector.api_loans import router
-from collector.app import create_app
-from collector.database import create_engine, migrate
-from collector.loan_csv import import_loans, parse_loans
-from collector.models import AlertRecord, BatchRecord, Device, FixRecord
+from collector.api.app import create_app
+from collector.api.loans import router
+from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import Settings, hash_api_key
+from collector.storage.database import create_engine, migrate
+from collector.storage.tables import AlertRecord, BatchRecord, Device, FixRecord
 
-pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("LIENWATCH_API_EXAMPLES", "10"))
 SAMPLE = Path(__file__).resolve().parents[2] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000
@@ -58,9 +57,9 @@ def _app(folder: Path) -> Any:
                               speed_mps=0.0, mode=3))  # fmt: skip
         session.commit()
     settings_ = Settings(data_dir=folder, api_keys={hash_api_key(k): role for role, k in KEYS.items()})
-    app = create_app(settings_, engine=engine, routers=[router], clock_ms=lambda: NOW)
-    app.state.config_publisher = lambda _messages: None
-    return app
+    return create_app(
+        settings_, engine=engine, routers=[router], clock_ms=lambda: NOW, config_publisher=lambda _messages: None
+    )
 
 
 # The database lives in memory-backed storage when there is one: the run is request-bound.

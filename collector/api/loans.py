@@ -1,0 +1,521 @@
+"""HTTP API of the loan side: loans, repayments, risk, tracks, alerts, markets, audit, SSE.
+
+Mounted by ``collector.api.app.create_app`` (module-level :data:`router`). Role rules:
+
+=================  =====================================================================
+role               may
+=================  =====================================================================
+``admin``          everything
+``risk_analyst``   loans, risk events, alerts with evidence, tracks, markets (read)
+``collections``    loans, repayment facts, level and next step, record repayments;
+                   evidence with coordinates removed, no tracks
+``auditor``        the audit log only
+=================  =====================================================================
+
+Every read of personal data writes an audit row (:mod:`collector.storage.audit`), committed
+before the answer leaves. Routes take the settings (``[risk]`` thresholds and grace days,
+``[webhooks] urls``), the database, the clock and the downlink wiring as FastAPI dependencies
+(:mod:`collector.api.dependencies`), which ``collector.api.app.create_app`` provides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from ..clock import utc_date
+from ..jobs.downlink import (
+    ConfigMessage,
+    MarketFileError,
+    build_market_configs,
+    check_market_item,
+    config_targets,
+    market_items,
+)
+from ..jobs.redaction import redact_for_collections
+from ..loans.csv_import import loan_from_fields
+from ..loans.store import (
+    RepaymentConflictError,
+    loan_details,
+    loan_summaries,
+    record_repayment,
+    store_loan,
+    vehicle_condition,
+)
+from ..risk.assessment import open_alerts, reassess_loan_as_configured
+from ..risk.repayments import Payment, RepaymentError, parse_amount
+from ..storage.audit import entry_as_dict, query_audit_log, record_access
+from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
+from .auth import Principal, require_role
+from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
+
+__all__ = [
+    "ConfigMessage",
+    "build_market_configs",
+    "redact_coordinates",
+    "router",
+    "sse_frame",
+]
+
+MAX_TRACK_MS = 31 * 86_400_000
+MAX_TRACK_POINTS = 20_000
+#: query integers beyond these are refused with 422 (a database integer is 64-bit signed)
+MAX_INT64 = 2**63 - 1
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_COORDINATE_KEY = re.compile(r"(^|_)(lat|lon|latitude|longitude|position|track)$", re.IGNORECASE)
+
+
+def redact_coordinates(value: Any) -> Any:
+    """A copy of ``value`` without coordinate keys (``lat``, ``centre_lon``, ``position``...)."""
+    if isinstance(value, dict):
+        return {k: redact_coordinates(v) for k, v in value.items() if not _COORDINATE_KEY.search(str(k))}
+    if isinstance(value, list):
+        return [redact_coordinates(v) for v in value]
+    return value
+
+
+def _may_see_location(principal: Principal) -> bool:
+    return principal.role in ("admin", "risk_analyst")
+
+
+def _audit(session: Session, now_ms: int, principal: Principal, action: str, *, kind: str, subject: str,
+           **detail: Any) -> None:
+    record_access(
+        session,
+        actor=principal.key_id,
+        role=principal.role,
+        action=action,
+        subject_type=kind,
+        subject_id=subject,
+        time_ms=now_ms,
+        detail=detail,
+    )
+
+
+def _loan_or_404(session: Session, loan_id: str) -> LoanRecord:
+    loan = session.get(LoanRecord, loan_id)
+    if loan is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
+    return loan
+
+
+def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str, Any]:
+    if state is None:
+        return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None}
+    reasons = state.reasons if _may_see_location(principal) else redact_for_collections(state.reasons)
+    return {
+        "level": state.level,
+        "next_step": state.next_step,
+        "reasons": reasons,
+        "evaluated_ms": state.evaluated_ms,
+        "changed_ms": state.changed_ms,
+    }
+
+
+Analyst = Annotated[Principal, Depends(require_role("admin", "risk_analyst"))]
+LoanReader = Annotated[Principal, Depends(require_role("admin", "risk_analyst", "collections"))]
+Collector = Annotated[Principal, Depends(require_role("admin", "collections"))]
+Admin = Annotated[Principal, Depends(require_role("admin"))]
+Auditor = Annotated[Principal, Depends(require_role("admin", "auditor"))]
+Db = SessionDep
+
+router = APIRouter(prefix="/v1", tags=["loans"])
+
+
+# ------------------------------------------------------------------ loans
+
+
+class InstallmentIn(BaseModel):
+    """One instalment of ``POST /v1/loans``."""
+
+    due_date: date
+    amount: str = Field(max_length=20, examples=["3500.00"])
+
+
+class PaymentIn(BaseModel):
+    """Body of ``POST /v1/loans/{loan_id}/repayments`` (``payment_id`` is the idempotency key)."""
+
+    payment_id: str = Field(max_length=64)
+    paid_on: date
+    amount: str = Field(max_length=20, examples=["3500.00"])
+
+
+class LoanIn(BaseModel):
+    """Body of ``POST /v1/loans``: the CSV columns as JSON (same validation rules)."""
+
+    loan_id: str = Field(max_length=64)
+    device_id: str = Field(max_length=64)
+    vin: str = Field(max_length=17)
+    borrower_ref: str = Field(max_length=64)
+    principal: str = Field(max_length=20)
+    schedule: list[InstallmentIn] = Field(min_length=1, max_length=600)
+    payments: list[PaymentIn] = Field(default_factory=list, max_length=2000)
+
+
+@router.get("/loans")
+def list_loans(
+    *,
+    session: Db,
+    principal: LoanReader,
+    clock_ms: ClockDep,
+    level: Annotated[str | None, Query(pattern="^(normal|watch|high|critical)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+) -> list[dict[str, Any]]:
+    """Loans with their risk level and next step, most severe first."""
+    out = [
+        summary.as_dict()
+        for summary in loan_summaries(session, level=level, most_severe_first=True, limit=limit, offset=offset)
+    ]
+    _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, count=len(out))
+    session.commit()
+    return out
+
+
+@router.post("/loans", status_code=status.HTTP_201_CREATED)
+def create_loan(
+    body: LoanIn, *, session: Db, principal: Admin, settings: SettingsDep, clock_ms: ClockDep
+) -> dict[str, Any]:
+    """Create one loan (with its schedule and any payments already received)."""
+    fields = {
+        "loan_id": body.loan_id,
+        "device_id": body.device_id,
+        "vin": body.vin,
+        "borrower_ref": body.borrower_ref,
+        "principal": body.principal,
+        "schedule": ";".join(f"{i.due_date.isoformat()}:{i.amount}" for i in body.schedule),
+        "payments": ";".join(f"{p.payment_id}:{p.paid_on.isoformat()}:{p.amount}" for p in body.payments),
+    }
+    row, errors = loan_from_fields(fields)
+    if row is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [e.as_dict() for e in errors])
+    if session.get(LoanRecord, row.loan_id) is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"loan {row.loan_id} already exists")
+    for column, value in (("device_id", row.device_id), ("vin", row.vin)):
+        other = session.scalar(sa.select(LoanRecord.loan_id).where(getattr(LoanRecord, column) == value))
+        if other is not None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"{column} {value} is already bound to loan {other}")
+    now = clock_ms()
+    store_loan(session, row, now_ms=now)
+    for payment in row.payments:
+        record_repayment(session, row.loan_id, payment, now_ms=now)
+    assessment, _ = reassess_loan_as_configured(session, row.loan_id, now, settings.risk, settings.webhooks.urls)
+    _audit(session, clock_ms(), principal, "create_loan", kind="loan", subject=row.loan_id)
+    session.commit()
+    return {"loan_id": row.loan_id, "level": assessment.level.label, "next_step": assessment.next_step.label}
+
+
+@router.get("/loans/{loan_id}")
+def get_loan(
+    loan_id: str, *, session: Db, principal: LoanReader, settings: SettingsDep, clock_ms: ClockDep
+) -> dict[str, Any]:
+    """A loan with its repayment facts (per instalment), risk level, next step and reasons."""
+    loan = _loan_or_404(session, loan_id)
+    out = loan_details(session, loan, utc_date(clock_ms()), grace_days=settings.risk.grace_days)
+    out["risk"] = _state_dict(session.get(RiskStateRecord, loan_id), principal)
+    _audit(session, clock_ms(), principal, "read_loan", kind="loan", subject=loan_id)
+    session.commit()
+    return out
+
+
+@router.post("/loans/{loan_id}/repayments")
+def post_repayment(
+    loan_id: str,
+    body: PaymentIn,
+    *,
+    response: Response,
+    session: Db,
+    principal: Collector,
+    settings: SettingsDep,
+    clock_ms: ClockDep,
+) -> dict[str, Any]:
+    """Record a payment idempotently: 201 the first time, 200 on a replay, 409 on a conflict."""
+    _loan_or_404(session, loan_id)
+    try:
+        payment = Payment(body.payment_id, body.paid_on, parse_amount(body.amount))
+    except RepaymentError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    now = clock_ms()
+    try:
+        outcome = record_repayment(session, loan_id, payment, now_ms=now)
+    except RepaymentConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+    _audit(session, clock_ms(), principal, "record_repayment", kind="loan", subject=loan_id,
+           payment_id=payment.payment_id, created=outcome.created)
+    session.commit()
+    response.status_code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
+    return {
+        "loan_id": loan_id,
+        "payment_id": payment.payment_id,
+        "created": outcome.created,
+        "level": assessment.level.label,
+        "next_step": assessment.next_step.label,
+    }
+
+
+@router.post("/loans/{loan_id}/assess")
+def assess_loan(
+    loan_id: str, *, session: Db, principal: Analyst, settings: SettingsDep, clock_ms: ClockDep
+) -> dict[str, Any]:
+    """Re-evaluate a loan now (the periodic job does this for every loan)."""
+    _loan_or_404(session, loan_id)
+    assessment, change = reassess_loan_as_configured(
+        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls
+    )
+    _audit(session, clock_ms(), principal, "assess_loan", kind="loan", subject=loan_id)
+    session.commit()
+    return assessment.as_dict() | {"changed": change is not None}
+
+
+@router.get("/loans/{loan_id}/risk-events")
+def risk_events(
+    loan_id: str, *, session: Db, principal: LoanReader, clock_ms: ClockDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Level changes of a loan, newest first."""
+    _loan_or_404(session, loan_id)
+    rows = session.scalars(
+        sa.select(RiskEventRecord).where(RiskEventRecord.loan_id == loan_id)
+        .order_by(RiskEventRecord.time_ms.desc(), RiskEventRecord.id.desc()).limit(limit)
+    )
+    out = [_event_dict(r, principal) for r in rows]
+    _audit(session, clock_ms(), principal, "read_risk_events", kind="loan", subject=loan_id, count=len(out))
+    session.commit()
+    return out
+
+
+def _event_dict(row: RiskEventRecord, principal: Principal) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "event_id": row.event_id,
+        "loan_id": row.loan_id,
+        "time_ms": row.time_ms,
+        "old_level": row.old_level,
+        "new_level": row.new_level,
+        "next_step": row.next_step,
+        "reasons": row.reasons if _may_see_location(principal) else redact_for_collections(row.reasons),
+    }
+
+
+@router.get("/loans/{loan_id}/track")
+def track(
+    loan_id: str,
+    *,
+    session: Db,
+    principal: Analyst,
+    clock_ms: ClockDep,
+    from_ms: Annotated[int, Query(ge=0, le=MAX_TIME_MS)],
+    to_ms: Annotated[int, Query(ge=0, le=MAX_TIME_MS)],
+) -> dict[str, Any]:
+    """Fixes of the loan's vehicle in ``[from_ms, to_ms]`` (at most 31 days, 20,000 points)."""
+    loan = _loan_or_404(session, loan_id)
+    if not 0 <= to_ms - from_ms <= MAX_TRACK_MS:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "to_ms - from_ms must be within 0..31 days")
+    rows = session.execute(
+        sa.select(FixRecord.time_ms, FixRecord.lat, FixRecord.lon, FixRecord.speed_mps)
+        .where(FixRecord.device_id == loan.device_id, FixRecord.time_ms >= from_ms, FixRecord.time_ms <= to_ms)
+        .order_by(FixRecord.time_ms)
+        .limit(MAX_TRACK_POINTS + 1)
+    ).all()
+    _audit(
+        session, clock_ms(), principal, "read_track", kind="loan", subject=loan_id,
+        from_ms=from_ms, to_ms=to_ms, points=len(rows),
+    )
+    session.commit()
+    return {
+        "loan_id": loan_id,
+        "device_id": loan.device_id,
+        "truncated": len(rows) > MAX_TRACK_POINTS,
+        "points": [
+            {"time_ms": t, "lat": lat, "lon": lon, "speed_mps": speed} for t, lat, lon, speed in rows[:MAX_TRACK_POINTS]
+        ],
+    }
+
+
+@router.get("/loans/{loan_id}/alerts")
+def alerts(loan_id: str, session: Db, principal: LoanReader, clock_ms: ClockDep) -> list[dict[str, Any]]:
+    """Open alert episodes of the loan's vehicle (evidence without coordinates for collections)."""
+    loan = _loan_or_404(session, loan_id)
+    out = [a.as_dict() for a in open_alerts(session, loan.device_id, clock_ms())]
+    if not _may_see_location(principal):
+        out = redact_for_collections(out)
+    _audit(session, clock_ms(), principal, "read_alerts", kind="loan", subject=loan_id, count=len(out))
+    session.commit()
+    return out
+
+
+@router.get("/loans/{loan_id}/condition")
+def condition(loan_id: str, session: Db, principal: LoanReader, clock_ms: ClockDep) -> dict[str, Any]:
+    """Vehicle condition over the last 30 days (daily distance, driving time, harsh events, odometer)."""
+    loan = _loan_or_404(session, loan_id)
+    out = vehicle_condition(session, loan.device_id, utc_date(clock_ms()))
+    _audit(session, clock_ms(), principal, "read_condition", kind="loan", subject=loan_id)
+    session.commit()
+    return out
+
+
+# ------------------------------------------------------------------ audit log
+
+
+@router.get("/audit")
+def audit_log(
+    *,
+    session: Db,
+    principal: Auditor,
+    since_ms: Annotated[int | None, Query(ge=0, le=MAX_TIME_MS)] = None,
+    until_ms: Annotated[int | None, Query(ge=0, le=MAX_TIME_MS)] = None,
+    actor: Annotated[str | None, Query(max_length=128)] = None,
+    subject_id: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """The audit log, newest first."""
+    rows = query_audit_log(
+        session, since_ms=since_ms, until_ms=until_ms, actor=actor, subject_id=subject_id, limit=limit
+    )
+    return [entry_as_dict(r) for r in rows]
+
+
+# ------------------------------------------------------------------ markets and downlink configs
+
+
+class MarketIn(BaseModel):
+    """A used-car market (same keys as the agent's markets file)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_m: float = Field(ge=1, le=50_000)
+    datum: str = Field(pattern="^(wgs84|gcj02|bd09)$")
+
+
+def _push_markets(session: Session, downlink: Downlink, now_ms: int) -> dict[str, Any]:
+    """Sign the new list for every device (outbox rows in this transaction), commit, publish."""
+    if downlink.signing_key is None:
+        session.commit()
+        return {"configs_signed": 0, "note": "no collector signing key configured; devices not updated"}
+    messages = build_market_configs(session, downlink.signing_key, config_targets(session), now_ms)
+    session.commit()
+    if downlink.publish is not None:
+        downlink.publish(messages)
+    return {"configs_signed": len(messages), "published": downlink.publish is not None}
+
+
+@router.get("/markets")
+def list_markets(session: Db, principal: Analyst) -> list[dict[str, Any]]:
+    """Every market."""
+    return market_items(session)
+
+
+@router.put("/markets/{market_id}")
+def put_market(
+    market_id: str,
+    *,
+    body: MarketIn,
+    session: Db,
+    principal: Admin,
+    clock_ms: ClockDep,
+    downlink: DownlinkDep,
+) -> dict[str, Any]:
+    """Create or replace a market, then sign the new list for every loan's device."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", market_id):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "market id must match [A-Za-z0-9_-]{1,64}")
+    try:
+        check_market_item({"id": market_id, **body.model_dump()})
+    except MarketFileError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    row = session.get(MarketRecord, market_id) or MarketRecord(market_id=market_id)
+    row.name, row.lat, row.lon, row.radius_m, row.datum = body.name, body.lat, body.lon, body.radius_m, body.datum
+    row.updated_ms = clock_ms()
+    session.add(row)
+    _audit(session, clock_ms(), principal, "put_market", kind="market", subject=market_id)
+    session.flush()
+    return {"market_id": market_id} | _push_markets(session, downlink, clock_ms())
+
+
+@router.delete("/markets/{market_id}")
+def delete_market(
+    market_id: str, *, session: Db, principal: Admin, clock_ms: ClockDep, downlink: DownlinkDep
+) -> dict[str, Any]:
+    """Remove a market, then sign the new list for every loan's device."""
+    row = session.get(MarketRecord, market_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"market {market_id!r:.64} does not exist")
+    session.delete(row)
+    _audit(session, clock_ms(), principal, "delete_market", kind="market", subject=market_id)
+    session.flush()
+    return {"market_id": market_id, "deleted": True} | _push_markets(session, downlink, clock_ms())
+
+
+# ------------------------------------------------------------------ server-sent events
+
+
+def sse_frame(event_id: int, event: str, data: Any) -> bytes:
+    """One text/event-stream frame (``id``, ``event``, one ``data`` line of compact JSON)."""
+    text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return f"id: {event_id}\nevent: {event}\ndata: {text}\n\n".encode()
+
+
+@router.get("/risk/stream")
+async def risk_stream(
+    request: Request,
+    *,
+    principal: LoanReader,
+    engine: EngineDep,
+    clock_ms: ClockDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
+    follow: bool = True,
+) -> StreamingResponse:
+    """Risk level changes as server-sent events (resume with ``Last-Event-ID``).
+
+    ``follow=false`` sends the backlog after ``after_id`` and ends (handy for scripts).
+    """
+    start = after_id if after_id is not None else 0
+    if last_event_id is not None and last_event_id.isdigit():
+        start = int(last_event_id)
+        if start > MAX_INT64:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "Last-Event-ID is beyond any event id")
+
+    def fetch(after: int) -> list[RiskEventRecord]:
+        with Session(engine) as session:
+            return list(
+                session.scalars(
+                    sa.select(RiskEventRecord).where(RiskEventRecord.id > after).order_by(RiskEventRecord.id).limit(500)
+                )
+            )
+
+    def audit_subscription() -> None:
+        with Session(engine) as session:
+            _audit(session, clock_ms(), principal, "subscribe_risk_stream", kind="loan", subject="*", after_id=start)
+            session.commit()
+
+    await run_in_threadpool(audit_subscription)
+
+    async def frames() -> AsyncIterator[bytes]:
+        after = start
+        yield b"retry: 2000\n\n"
+        while True:
+            rows = await run_in_threadpool(fetch, after)
+            for row in rows:
+                after = row.id
+                yield sse_frame(row.id, "risk", _event_dict(row, principal))
+            if not follow and not rows:
+                return
+            if not rows:
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(1.0)
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,303 @@
+"""``lienwatch collector loans|repayments|retention|markets``: the loan book from the shell.
+
+Every command works on the database named by the settings (``--config`` or
+``LIENWATCH_CONFIG`` + ``LIENWATCH_*``), the same one ``serve`` uses, and may run while
+``serve`` runs. Reads of personal data (``loans list``, ``loans show``) are written to the
+audit log with the actor ``cli:{OS user}``. Changes reassess the loans they touch at once
+(level changes queue their webhooks; the running collector delivers them), and a markets
+import is signed and published by the running collector's downlink publisher within
+``[downlink] resync_interval_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from ..clock import utc_date, wall_clock_ms
+from ..jobs.downlink import MarketFileError, load_market_file, upsert_markets
+from ..jobs.retention import RetentionPolicy, run_retention
+from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
+from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
+from ..risk.assessment import reassess_loan_as_configured
+from ..risk.repayments import Payment, RepaymentError, parse_amount
+from ..settings import Settings
+from ..storage.audit import record_access
+from ..storage.tables import LoanRecord, RiskStateRecord
+from .context import settings_session
+
+__all__ = ["add_subcommands"]
+
+SettingsLoader = Callable[[argparse.Namespace], Settings]
+#: Files with more loans than this show a progress bar on stderr.
+PROGRESS_FROM = 500
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli:unknown"
+
+
+def _audit(session: Session, action: str, subject_type: str, subject_id: str, **detail: Any) -> None:
+    record_access(
+        session,
+        actor=_actor(),
+        role="admin",
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        time_ms=wall_clock_ms(),
+        detail=detail,
+    )
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str))
+
+
+class _Progress:
+    """A tqdm bar on stderr for long runs (nothing for short ones or without a terminal)."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self._bar: Any = None
+        if total >= PROGRESS_FROM:
+            self._bar = tqdm(total=total, desc=what, unit="loan", file=sys.stderr, leave=False)
+
+    def step(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _reassess(session: Session, settings: Settings, loan_ids: list[str], progress: _Progress) -> dict[str, str]:
+    now = wall_clock_ms()
+    levels = {}
+    for loan_id in loan_ids:
+        assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+        levels[loan_id] = assessment.level.label
+        progress.step()
+    return levels
+
+
+# ------------------------------------------------------------------ loans
+
+
+def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
+    if args.sample == (args.file is not None):
+        print("lienwatch collector loans import: give a FILE or --sample (not both)", file=sys.stderr)
+        return 2
+    if args.sample:
+        as_of = args.as_of or datetime.now(UTC).date()
+        path = SAMPLE_BOOK_PATH
+        parsed = parse_loans(sample_loan_book(as_of))
+        print(f"sample loan book re-dated to {as_of.isoformat()}", file=sys.stderr)
+    else:
+        path = Path(args.file)
+        try:
+            with path.open(encoding="utf-8", newline="") as handle:
+                parsed = parse_loans(handle)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"lienwatch collector loans import: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    with settings_session(settings) as session:
+        progress = _Progress(2 * len(parsed.rows), "importing")
+        try:
+            report = import_loans(session, parsed, now_ms=wall_clock_ms(), skip_bad_rows=args.skip_bad_rows)
+        except LoanImportError as exc:
+            for error in exc.errors:
+                print(f"{path}: {error}", file=sys.stderr)
+            print(f"imported 0, unchanged 0, errors {len(exc.errors)}: nothing imported (--skip-bad-rows imports "
+                  "the good rows)")
+            return 1
+        progress.step(len(parsed.rows))
+        session.commit()
+        levels = _reassess(session, settings, [*report.created, *report.unchanged], progress)
+        session.commit()
+        progress.close()
+    for error in report.errors:
+        print(f"{path}: {error} (skipped)", file=sys.stderr)
+    print(
+        f"imported {len(report.created)}, unchanged {len(report.unchanged)}, errors {len(report.errors)}"
+        + (f" (lines {', '.join(map(str, report.skipped_lines))} skipped)" if report.skipped_lines else "")
+        + f"; payments recorded {report.payments_recorded}"
+        + _at_risk(levels)
+    )
+    return 0
+
+
+def _at_risk(levels: dict[str, str]) -> str:
+    """``; at risk: L-1 watch, L-2 high`` (or counts per level when more than ten)."""
+    at_risk = {k: v for k, v in sorted(levels.items()) if v != "normal"}
+    if not at_risk:
+        return ""
+    if len(at_risk) <= 10:
+        return "; at risk: " + ", ".join(f"{k} {v}" for k, v in at_risk.items())
+    counts = Counter(at_risk.values())
+    ordered = [level for level in ("critical", "high", "watch") if level in counts]
+    return "; at risk: " + ", ".join(f"{counts[level]} {level}" for level in ordered)
+
+
+def _loans_list(args: argparse.Namespace, settings: Settings) -> int:
+    with settings_session(settings) as session:
+        out = [summary.as_dict() for summary in loan_summaries(session, level=args.level)]
+        _audit(session, "list_loans", "loan", "*", level=args.level, count=len(out))
+        session.commit()
+    for item in out:
+        _print_json(item)
+    return 0
+
+
+def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
+    with settings_session(settings) as session:
+        loan = session.get(LoanRecord, args.loan_id)
+        if loan is None:
+            print(f"lienwatch collector loans show: loan {args.loan_id!r} does not exist", file=sys.stderr)
+            return 1
+        out = loan_details(session, loan, utc_date(wall_clock_ms()), grace_days=settings.risk.grace_days)
+        state = session.get(RiskStateRecord, loan.loan_id)
+        out["risk"] = (
+            None
+            if state is None
+            else {
+                "level": state.level,
+                "next_step": state.next_step,
+                "reasons": state.reasons,
+                "evaluated_ms": state.evaluated_ms,
+                "changed_ms": state.changed_ms,
+            }
+        )
+        _audit(session, "read_loan", "loan", loan.loan_id)
+        session.commit()
+    _print_json(out)
+    return 0
+
+
+# ------------------------------------------------------------------ repayments
+
+
+def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        paid_on = date.fromisoformat(args.date)
+        payment = Payment(args.payment_id, paid_on, parse_amount(args.amount))
+    except (ValueError, RepaymentError) as exc:
+        print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
+        return 2
+    with settings_session(settings) as session:
+        try:
+            outcome = record_repayment(session, args.loan, payment, now_ms=wall_clock_ms())
+        except (LoanNotFoundError, RepaymentConflictError) as exc:
+            print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
+            return 1
+        levels = _reassess(session, settings, [args.loan], _Progress(0, ""))
+        _audit(session, "record_repayment", "loan", args.loan, payment_id=payment.payment_id, created=outcome.created)
+        session.commit()
+    _print_json(
+        {"loan_id": args.loan, "payment_id": payment.payment_id, "created": outcome.created, "level": levels[args.loan]}
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ retention and markets
+
+
+def _retention_run(args: argparse.Namespace, settings: Settings) -> int:
+    r = settings.retention
+    policy = RetentionPolicy(r.fix_days, r.fix_mode, r.record_years)
+    with settings_session(settings) as session:
+        report = run_retention(session, wall_clock_ms(), policy, actor=_actor())
+        if args.dry_run:
+            session.rollback()
+        else:
+            session.commit()
+    _print_json(report.as_dict() | {"dry_run": args.dry_run})
+    return 0
+
+
+def _markets_import(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        items = load_market_file(Path(args.file))
+    except MarketFileError as exc:
+        print(f"lienwatch collector markets import: {exc}", file=sys.stderr)
+        return 1
+    with settings_session(settings) as session:
+        created, changed = upsert_markets(session, items, now_ms=wall_clock_ms())
+        _audit(session, "import_markets", "market", "*", created=created, changed=changed, items=len(items))
+        session.commit()
+    note = "" if created or changed else "; nothing changed"
+    if (created or changed) and settings.downlink.signing_key is None:
+        note = "; no [downlink] signing_key configured: devices are not updated"
+    elif created or changed:
+        note = "; the running collector signs and publishes the new list"
+    print(f"markets: {created} created, {changed} changed, {len(items) - created - changed} unchanged{note}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def add_subcommands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    settings_of: SettingsLoader,
+) -> None:
+    """Add ``loans``, ``repayments``, ``retention`` and ``markets`` to ``lienwatch collector``."""
+
+    def bind(handler: Callable[[argparse.Namespace, Settings], int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: handler(args, settings_of(args))
+
+    loans = sub.add_parser("loans", help="the loan book")
+    lsub = loans.add_subparsers(dest="action", required=True)
+    imp = lsub.add_parser("import", parents=[common], help="import loans from a CSV file (docs/risk.md)")
+    imp.add_argument(
+        "file", nargs="?", help="loan CSV: loan_id,device_id,vin,borrower_ref,principal,schedule,payments"
+    )
+    imp.add_argument(
+        "--sample", action="store_true", help="import the shipped sample loan book, re-dated to --as-of (demo)"
+    )
+    imp.add_argument(
+        "--as-of", type=date.fromisoformat, help="with --sample: the day the book describes (default: today, UTC)"
+    )
+    imp.add_argument("--skip-bad-rows", action="store_true", help="import the good rows of a file with errors")
+    imp.set_defaults(func=bind(_loans_import))
+    lst = lsub.add_parser("list", parents=[common], help="loans with their risk level as JSON lines")
+    lst.add_argument("--level", choices=("normal", "watch", "high", "critical"))
+    lst.set_defaults(func=bind(_loans_list))
+    show = lsub.add_parser("show", parents=[common], help="one loan with repayment facts and risk reasons (JSON)")
+    show.add_argument("loan_id")
+    show.set_defaults(func=bind(_loans_show))
+
+    repayments = sub.add_parser("repayments", help="received payments")
+    rsub = repayments.add_subparsers(dest="action", required=True)
+    add = rsub.add_parser("add", parents=[common], help="record a payment (idempotent on --payment-id)")
+    add.add_argument("--loan", required=True, help="loan id")
+    add.add_argument("--payment-id", required=True, help="the payment's id in the bank's records")
+    add.add_argument("--date", required=True, help="value date YYYY-MM-DD")
+    add.add_argument("--amount", required=True, help="amount, e.g. 3500.00")
+    add.set_defaults(func=bind(_repayments_add))
+
+    retention = sub.add_parser("retention", help="data retention")
+    tsub = retention.add_subparsers(dest="action", required=True)
+    run = tsub.add_parser("run", parents=[common], help="apply [retention] now and print what it removed")
+    run.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
+    run.set_defaults(func=bind(_retention_run))
+
+    markets = sub.add_parser("markets", help="used-car markets pushed to the devices")
+    msub = markets.add_subparsers(dest="action", required=True)
+    mimp = msub.add_parser("import", parents=[common], help="create/replace markets from a TOML or JSON file")
+    mimp.add_argument("file", help="like edge/data/markets.sample.toml: [[market]] id, name, lat, lon, radius_m, datum")
+    mimp.set_defaults(func=bind(_markets_import))

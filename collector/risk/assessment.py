@@ -1,0 +1,338 @@
+"""Risk assessment of stored loans: the seam between storage and the pure risk engine.
+
+How this works
+--------------
+:func:`reassess_loan` reads the schedule, payments, open alerts, device status and recent
+movement of one loan, runs :func:`collector.risk.repayments.repayment_facts` and
+:func:`collector.risk.engine.assess`, keeps the current state in ``risk_states``, and on a
+level change appends a ``risk_events`` row and queues the webhook deliveries in the same
+transaction (outbox pattern, :func:`collector.jobs.webhooks.enqueue_risk_change`) - so a
+crash never leaves an event without its notifications or the reverse. Re-running it on the
+same data is harmless: no level change, no event.
+
+Thresholds and grace days come from ``[risk]`` (:class:`collector.risk.settings.RiskSettings`),
+webhook targets from ``[webhooks] urls``: sections of the one :class:`collector.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
+
+from ..clock import utc_date
+from ..jobs.webhooks import enqueue_risk_change
+from ..storage.tables import (
+    AlertRecord,
+    Base,
+    FixRecord,
+    InstallmentRecord,
+    LoanRecord,
+    RepaymentRecord,
+    RiskEventRecord,
+    RiskStateRecord,
+)
+from ..storage.tables import DeviceStatus as DeviceStatusRecord
+from .engine import (
+    DeviceStatus,
+    Movement,
+    OpenAlert,
+    RiskAssessment,
+    RiskChange,
+    RiskConfig,
+    RiskInput,
+    RiskLevel,
+    assess,
+    level_change,
+)
+from .repayments import DEFAULT_GRACE_DAYS, Installment, LoanError, Payment, RepaymentFacts, repayment_facts
+from .settings import RiskSettings
+
+__all__ = [
+    "MOVING_MPS",
+    "LoanNotFoundError",
+    "RiskStateConflictError",
+    "device_status",
+    "load_payments",
+    "load_risk_input",
+    "load_schedule",
+    "loan_facts",
+    "movement",
+    "open_alerts",
+    "reassess_loan",
+    "reassess_loan_as_configured",
+    "reassess_loans",
+    "risk_commit_hook",
+]
+
+log = logging.getLogger(__name__)
+
+#: Speed over ground from which a fix counts as "moving" (GNSS jitter stays below it).
+MOVING_MPS = 1.5
+_CAS_ATTEMPTS = 5
+
+
+class LoanNotFoundError(LoanError):
+    """No loan with that id."""
+
+
+class RiskStateConflictError(LoanError):
+    """A loan's risk state was changed by other writers on every attempt to write it."""
+
+
+# ------------------------------------------------------------------ repayment facts
+
+
+def load_schedule(session: Session, loan_id: str) -> tuple[Installment, ...]:
+    """The stored schedule of a loan, in due-date order."""
+    rows = session.scalars(
+        sa.select(InstallmentRecord).where(InstallmentRecord.loan_id == loan_id).order_by(InstallmentRecord.seq)
+    )
+    return tuple(Installment(r.due_date, r.amount_cents) for r in rows)
+
+
+def load_payments(session: Session, loan_id: str) -> tuple[Payment, ...]:
+    """The stored payments of a loan."""
+    rows = session.scalars(
+        sa.select(RepaymentRecord).where(RepaymentRecord.loan_id == loan_id).order_by(RepaymentRecord.id)
+    )
+    return tuple(Payment(r.payment_id, r.paid_on, r.amount_cents) for r in rows)
+
+
+
+def loan_facts(session: Session, loan_id: str, as_of: date, *, grace_days: int = DEFAULT_GRACE_DAYS) -> RepaymentFacts:
+    """Repayment facts of a stored loan on ``as_of``.
+
+    Raises:
+        LoanNotFoundError: no such loan.
+    """
+    if session.get(LoanRecord, loan_id) is None:
+        raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
+    return repayment_facts(
+        load_schedule(session, loan_id), load_payments(session, loan_id), as_of, grace_days=grace_days
+    )
+
+
+
+# ------------------------------------------------------------------ risk
+
+
+def open_alerts(session: Session, device_id: str, until_ms: int) -> tuple[OpenAlert, ...]:
+    """Alert episodes of ``device_id`` raised by ``until_ms`` and not cleared by then."""
+    rows = session.execute(
+        sa.select(AlertRecord).where(AlertRecord.device_id == device_id, AlertRecord.time_ms <= until_ms)
+        .order_by(AlertRecord.time_ms, AlertRecord.id)
+    ).scalars()
+    raised: dict[tuple[str, str], AlertRecord] = {}
+    cleared: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row.rule, row.episode)
+        if row.state == 1:
+            cleared.add(key)
+        else:
+            raised.setdefault(key, row)
+    severities = ("info", "warning", "high", "panic")
+    return tuple(
+        OpenAlert(
+            r.rule,
+            severities[r.severity] if 0 <= r.severity < len(severities) else str(r.severity),
+            r.time_ms,
+            r.episode,
+            dict(r.evidence or {}),
+        )
+        for key, r in raised.items()
+        if key not in cleared
+    )
+
+
+def device_status(session: Session, device_id: str) -> DeviceStatus:
+    """The engine's view of a device from the ingest's ``device_status`` row."""
+    row = session.get(DeviceStatusRecord, device_id)
+    if row is None:
+        return DeviceStatus()
+    offline_since = row.state_time_ms if row.online is False else None
+    return DeviceStatus(online=row.online, last_seen_ms=row.last_seen_ms, offline_since_ms=offline_since)
+
+
+def movement(session: Session, device_id: str, until_ms: int) -> Movement:
+    """Last time the vehicle moved (a fix at >= :data:`MOVING_MPS`) and the distance of the last 24 h."""
+    last_moved = session.scalar(
+        sa.select(sa.func.max(FixRecord.time_ms)).where(
+            FixRecord.device_id == device_id, FixRecord.time_ms <= until_ms, FixRecord.speed_mps >= MOVING_MPS
+        )
+    )
+    return Movement(last_moved_ms=int(last_moved) if last_moved is not None else None)
+
+
+def load_risk_input(
+    session: Session, loan_id: str, now_ms: int, *, grace_days: int = DEFAULT_GRACE_DAYS
+) -> RiskInput:
+    """Everything the risk engine needs about one stored loan at ``now_ms``."""
+    loan = session.get(LoanRecord, loan_id)
+    if loan is None:
+        raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
+    facts = loan_facts(session, loan_id, utc_date(now_ms), grace_days=grace_days)
+    return RiskInput(
+        loan_id,
+        now_ms,
+        facts,
+        open_alerts(session, loan.device_id, now_ms),
+        device_status(session, loan.device_id),
+        movement(session, loan.device_id, now_ms),
+    )
+
+
+def _states_insert(session: Session) -> Any:
+    bind = session.get_bind()
+    module = postgresql if bind.dialect.name == "postgresql" else sqlite
+    return module.insert(Base.metadata.tables["risk_states"])
+
+
+def reassess_loan(
+    session: Session,
+    loan_id: str,
+    now_ms: int,
+    *,
+    config: RiskConfig | None = None,
+    grace_days: int = DEFAULT_GRACE_DAYS,
+    webhook_urls: Sequence[str] = (),
+) -> tuple[RiskAssessment, RiskChange | None]:
+    """Assess a loan, keep its state, and on a level change store an event and queue webhooks.
+
+    The caller commits: state, event and outbox rows land in one transaction.
+
+    Concurrent reassessments of one loan (the risk worker, an API request, another collector
+    process) must not record the same change twice, so the state row is written with a
+    compare-and-set on the level read before assessing (``UPDATE ... WHERE level = :seen``,
+    ``INSERT ... ON CONFLICT DO NOTHING`` for a first assessment). When another writer got
+    there first the loan is assessed again against what it wrote. An evaluation older than
+    the stored one (``evaluated_ms`` later than ``now_ms``) changes nothing.
+    """
+    states = Base.metadata.tables["risk_states"]
+    for _attempt in range(_CAS_ATTEMPTS):
+        inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
+        assessment = assess(inp, config)
+        stored = session.execute(
+            sa.select(states.c.level, states.c.evaluated_ms).where(states.c.loan_id == loan_id)
+        ).first()
+        if stored is not None and stored.evaluated_ms > now_ms:
+            return assessment, None
+        previous = RiskLevel.from_label(stored.level) if stored is not None else None
+        change = level_change(previous, assessment)
+        reasons = [r.as_dict() for r in assessment.reasons]
+        values: dict[str, Any] = {
+            "level": assessment.level.label,
+            "next_step": assessment.next_step.label,
+            "reasons": reasons,
+            "facts": inp.facts.as_dict(),
+            "evaluated_ms": now_ms,
+        }
+        if stored is None:
+            insert = _states_insert(session).values(loan_id=loan_id, changed_ms=now_ms, **values)
+            statement: Any = insert.on_conflict_do_nothing(index_elements=["loan_id"])
+        else:
+            if change is not None:
+                values["changed_ms"] = now_ms
+            statement = (
+                sa.update(states)
+                .where(states.c.loan_id == loan_id, states.c.level == stored.level, states.c.evaluated_ms <= now_ms)
+                .values(**values)
+            )
+        # RETURNING says portably whether this writer won (rowcount of an upsert is not reliable).
+        if session.execute(statement.returning(states.c.loan_id)).first() is None:
+            continue  # another writer changed the state in between: look again
+        cached = session.identity_map.get(identity_key(RiskStateRecord, loan_id))
+        if cached is not None:
+            session.expire(cached)
+        if change is not None:
+            event_id = str(uuid.uuid4())
+            session.add(
+                RiskEventRecord(
+                    event_id=event_id,
+                    loan_id=loan_id,
+                    time_ms=now_ms,
+                    old_level=change.old_level.label,
+                    new_level=change.new_level.label,
+                    next_step=change.next_step.label,
+                    reasons=reasons,
+                )
+            )
+            if webhook_urls:
+                enqueue_risk_change(session, event_id, change, webhook_urls, now_ms=now_ms)
+        session.flush()
+        return assessment, change
+    raise RiskStateConflictError(
+        f"risk state of loan {loan_id} kept changing under {_CAS_ATTEMPTS} reassessments at {now_ms} ms"
+    )
+
+
+def reassess_loan_as_configured(
+    session: Session, loan_id: str, now_ms: int, risk: RiskSettings, webhook_urls: Sequence[str] = ()
+) -> tuple[RiskAssessment, RiskChange | None]:
+    """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (and ``[webhooks] urls``)."""
+    return reassess_loan(
+        session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls
+    )
+
+
+def reassess_loans(
+    session: Session,
+    now_ms: int,
+    *,
+    risk: RiskSettings | None = None,
+    webhook_urls: Sequence[str] = (),
+    device_ids: Iterable[str] | None = None,
+) -> list[RiskChange]:
+    """Reassess every loan (the periodic job: days past due grow with time) or those of ``device_ids``.
+
+    The caller commits. Returns the level changes.
+    """
+    risk = risk or RiskSettings()
+    query = sa.select(LoanRecord.loan_id).order_by(LoanRecord.loan_id)
+    if device_ids is not None:
+        query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
+    changes = []
+    for loan_id in session.scalars(query).all():
+        _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def risk_commit_hook(
+    engine: sa.Engine,
+    *,
+    risk: RiskSettings | None = None,
+    webhook_urls: Sequence[str] = (),
+    on_change: Callable[[list[RiskChange]], None] | None = None,
+) -> Callable[[object], None]:
+    """An ``Ingestor.on_commit`` hook: reassess the loans of a device after its data committed.
+
+    Duplicates (nothing new stored) and state messages that changed nothing are skipped.
+    Evaluation time is the collector's receive time of the message. ``on_change`` (e.g.
+    ``WebhookWorker.wake``) is called with the level changes after they committed.
+    """
+
+    def hook(event: object) -> None:
+        device_id = getattr(event, "device_id", None)
+        received_ms = getattr(event, "received_ms", None)
+        if not isinstance(device_id, str) or not isinstance(received_ms, int):
+            return
+        if getattr(event, "duplicate", False) or getattr(event, "applied", True) is False:
+            return
+        with Session(engine) as session:
+            changes = reassess_loans(
+                session, received_ms, risk=risk, webhook_urls=webhook_urls, device_ids=[device_id]
+            )
+            session.commit()
+        if changes and on_change is not None:
+            on_change(changes)
+
+    return hook

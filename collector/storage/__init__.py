@@ -1,0 +1,9 @@
+"""Storage: every table, the database engines and migrations, the audit log.
+
+* :mod:`collector.storage.tables` - every table on one declarative ``Base``.
+* :mod:`collector.storage.database` - engines (SQLite default, PostgreSQL), migrations at start.
+* :mod:`collector.storage.audit` - appending to and reading the audit log.
+* ``collector/storage/migrations`` - the Alembic environment and revisions.
+
+The bottom layer: it imports nothing of the collector but :mod:`collector.errors`.
+"""

@@ -1,0 +1,433 @@
+"""Every table of the collector (SQLAlchemy 2 declarative models on one :class:`Base`).
+
+Ingest side (migration ``0001``): device registry, batch ledger, observations, latest
+per-device state and the dead-letter table. Loan side (migrations ``0002``, ``0003``):
+loans, schedules, repayments, risk state and events, the webhook and downlink outboxes,
+the audit log, markets and fix day summaries. The migrations live in
+``collector/storage/migrations``; a test compares this metadata with the migrated schema on
+SQLite and PostgreSQL. The operations on these tables live with their owners
+(``collector.ingest``, ``collector.risk``, ``collector.loans``, ``collector.jobs``).
+
+Money is integer cents; dates (due dates, payment value dates) are SQL ``DATE``.
+
+Times are ``BIGINT`` epoch milliseconds UTC, like the protocol. Sequence numbers are
+unsigned 64-bit on the wire; :class:`UInt64` stores them in a signed ``BIGINT`` (values
+below 2**63, i.e. every realistic counter, are stored unchanged).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AlertRecord",
+    "AuditEntry",
+    "Base",
+    "BatchRecord",
+    "BigId",
+    "ConfigVersion",
+    "DailyStatsRecord",
+    "DeadLetter",
+    "Device",
+    "DeviceKey",
+    "DeviceStatus",
+    "FixDaySummary",
+    "FixRecord",
+    "InstallmentRecord",
+    "LoanRecord",
+    "MarketRecord",
+    "RegistryVersion",
+    "RepaymentRecord",
+    "RiskEventRecord",
+    "RiskStateRecord",
+    "SampleRecord",
+    "UInt64",
+    "WebhookDelivery",
+]
+
+#: Auto-increment 64-bit key that is also SQLite's rowid alias.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+_NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+
+class UInt64(sa.TypeDecorator[int]):
+    """An unsigned 64-bit integer kept in a signed BIGINT (two's complement)."""
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: sa.Dialect) -> int | None:
+        if value is None:
+            return None
+        if not 0 <= value < 2**64:
+            raise ValueError(f"{value} is not an unsigned 64-bit integer")
+        return value - 2**64 if value >= 2**63 else value
+
+    def process_result_value(self, value: int | None, dialect: sa.Dialect) -> int | None:
+        if value is None:
+            return None
+        return value + 2**64 if value < 0 else value
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every collector table."""
+
+    metadata = sa.MetaData(naming_convention=_NAMING)
+    type_annotation_map: dict[Any, Any] = {int: sa.BigInteger, dict[str, Any]: sa.JSON}
+
+
+class Device(Base):
+    """A registered vehicle terminal."""
+
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    created_ms: Mapped[int]
+    label: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class DeviceKey(Base):
+    """An Ed25519 public key of a device; at most one active (not revoked) per device."""
+
+    __tablename__ = "device_keys"
+    __table_args__ = (
+        sa.Index(
+            "uq_device_keys_one_active",
+            "device_id",
+            unique=True,
+            sqlite_where=sa.text("revoked_ms IS NULL"),
+            postgresql_where=sa.text("revoked_ms IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("devices.device_id"))
+    public_key: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    added_ms: Mapped[int]
+    revoked_ms: Mapped[int | None]
+
+
+class RegistryVersion(Base):
+    """One row whose version goes up with every registry change (the ingest key cache checks it)."""
+
+    __tablename__ = "registry_version"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int]
+
+
+class BatchRecord(Base):
+    """The batch ledger: one row per stored (device, seq); the unique key makes ingest idempotent."""
+
+    __tablename__ = "batches"
+    __table_args__ = (sa.UniqueConstraint("device_id", "seq", name="uq_batches_device_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(UInt64)
+    boot_id: Mapped[bytes] = mapped_column(sa.LargeBinary(16))
+    created_ms: Mapped[int]
+    received_ms: Mapped[int] = mapped_column(index=True)
+    fix_count: Mapped[int] = mapped_column(sa.Integer)
+    sample_count: Mapped[int] = mapped_column(sa.Integer)
+    alert_count: Mapped[int] = mapped_column(sa.Integer)
+    stats_count: Mapped[int] = mapped_column(sa.Integer)
+    first_time_ms: Mapped[int | None]
+    last_time_ms: Mapped[int | None]
+    counters: Mapped[dict[str, Any]]
+    message_bytes: Mapped[int] = mapped_column(sa.Integer)
+
+
+class FixRecord(Base):
+    """One GNSS fix, stored by observation time."""
+
+    __tablename__ = "fixes"
+    __table_args__ = (sa.Index("ix_fixes_device_time", "device_id", "time_ms"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("batches.id"), index=True)
+    device_id: Mapped[str] = mapped_column(sa.String(64))
+    time_ms: Mapped[int]
+    lat: Mapped[float] = mapped_column(sa.Double)
+    lon: Mapped[float] = mapped_column(sa.Double)
+    alt_m: Mapped[float | None] = mapped_column(sa.Double)
+    speed_mps: Mapped[float | None] = mapped_column(sa.Double)
+    course_deg: Mapped[float | None] = mapped_column(sa.Double)
+    mode: Mapped[int] = mapped_column(sa.SmallInteger)
+    hdop: Mapped[float | None] = mapped_column(sa.Double)
+    sats_used: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    mean_snr: Mapped[float | None] = mapped_column(sa.Double)
+
+
+class SampleRecord(Base):
+    """One canonical signal sample; ``value`` is JSON (bool, int, float or text)."""
+
+    __tablename__ = "samples"
+    __table_args__ = (sa.Index("ix_samples_device_name_time", "device_id", "name", "time_ms"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("batches.id"), index=True)
+    device_id: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(128))
+    time_ms: Mapped[int]
+    value: Mapped[Any] = mapped_column(sa.JSON)
+
+
+class AlertRecord(Base):
+    """One alert record (RAISED or CLEARED) of an on-device rule."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        sa.Index("ix_alerts_device_time", "device_id", "time_ms"),
+        sa.Index("ix_alerts_device_episode", "device_id", "episode"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("batches.id"), index=True)
+    device_id: Mapped[str] = mapped_column(sa.String(64))
+    rule: Mapped[str] = mapped_column(sa.String(64))
+    severity: Mapped[int] = mapped_column(sa.SmallInteger)
+    state: Mapped[int] = mapped_column(sa.SmallInteger)
+    time_ms: Mapped[int]
+    episode: Mapped[str] = mapped_column(sa.String(128))
+    evidence: Mapped[dict[str, Any]]
+
+
+class DailyStatsRecord(Base):
+    """Driving figures of one device-local day; the row with the latest ``time_ms`` wins."""
+
+    __tablename__ = "daily_stats"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True)
+    day: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("batches.id"))
+    time_ms: Mapped[int]
+    distance_m: Mapped[float] = mapped_column(sa.Double)
+    driving_s: Mapped[float] = mapped_column(sa.Double)
+    harsh_accel: Mapped[int]
+    harsh_brake: Mapped[int]
+    odometer_km: Mapped[float | None] = mapped_column(sa.Double)
+    final: Mapped[bool] = mapped_column(sa.Boolean)
+
+
+class DeviceStatus(Base):
+    """Latest known state of a vehicle; every field only moves forward in observation time.
+
+    Attributes:
+        last_fix_ms: observation time of the newest fix (with its position and speed).
+        last_seen_ms: newest observation time in any stored batch.
+        last_received_ms: collector clock of the newest accepted message.
+        online: from the signed state topic (birth / Last Will); ``None`` until one arrives.
+        state_time_ms: device time of the state message ``online`` comes from.
+        state_boot_id: boot id of that state message.
+        state_connection: connection counter of that state message (``None``: legacy
+            message without one); only a strictly newer connection moves ``online``.
+        seq_conflicts: batches refused because their (device, seq) was stored with other content.
+        device_counters: the agent's counters from the newest batch (by ``created_ms``).
+    """
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("devices.device_id"), primary_key=True)
+    last_fix_ms: Mapped[int | None]
+    last_lat: Mapped[float | None] = mapped_column(sa.Double)
+    last_lon: Mapped[float | None] = mapped_column(sa.Double)
+    last_speed_mps: Mapped[float | None] = mapped_column(sa.Double)
+    last_seen_ms: Mapped[int | None]
+    last_received_ms: Mapped[int | None]
+    online: Mapped[bool | None] = mapped_column(sa.Boolean)
+    state_time_ms: Mapped[int | None]
+    state_boot_id: Mapped[bytes | None] = mapped_column(sa.LargeBinary(16))
+    state_connection: Mapped[int | None]
+    counters_time_ms: Mapped[int | None]
+    device_counters: Mapped[dict[str, Any] | None]
+    batches_stored: Mapped[int] = mapped_column(default=0, server_default="0")
+    fixes_stored: Mapped[int] = mapped_column(default=0, server_default="0")
+    samples_stored: Mapped[int] = mapped_column(default=0, server_default="0")
+    alerts_stored: Mapped[int] = mapped_column(default=0, server_default="0")
+    duplicates: Mapped[int] = mapped_column(default=0, server_default="0")
+    seq_conflicts: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class DeadLetter(Base):
+    """A message the ingest refused, kept with its raw bytes and the reason."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    received_ms: Mapped[int] = mapped_column(index=True)
+    topic: Mapped[str] = mapped_column(sa.String(1024))
+    device_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    reason: Mapped[str] = mapped_column(sa.String(64), index=True)
+    detail: Mapped[str] = mapped_column(sa.Text)
+    payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    payload_bytes: Mapped[int] = mapped_column(sa.Integer)
+    payload_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+# ------------------------------------------------------------------ loan side
+
+
+class LoanRecord(Base):
+    """A loan secured by a vehicle with a T-BOX."""
+
+    __tablename__ = "loans"
+
+    loan_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    vin: Mapped[str] = mapped_column(sa.String(17), unique=True)
+    borrower_ref: Mapped[str] = mapped_column(sa.String(64))
+    principal_cents: Mapped[int]
+    created_ms: Mapped[int]
+
+
+class InstallmentRecord(Base):
+    """One scheduled instalment of a loan (``seq`` from 1, in due-date order)."""
+
+    __tablename__ = "installments"
+
+    loan_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    due_date: Mapped[date] = mapped_column(sa.Date)
+    amount_cents: Mapped[int]
+
+
+class RepaymentRecord(Base):
+    """A received payment; ``(loan_id, payment_id)`` is the idempotency key."""
+
+    __tablename__ = "repayments"
+    __table_args__ = (sa.UniqueConstraint("loan_id", "payment_id", name="uq_repayments_loan_payment"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    loan_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"))
+    payment_id: Mapped[str] = mapped_column(sa.String(64))
+    paid_on: Mapped[date] = mapped_column(sa.Date, index=True)
+    amount_cents: Mapped[int]
+    recorded_ms: Mapped[int]
+
+
+class RiskStateRecord(Base):
+    """The current risk state of a loan (one row per assessed loan)."""
+
+    __tablename__ = "risk_states"
+
+    loan_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[str] = mapped_column(sa.String(16), index=True)
+    next_step: Mapped[str] = mapped_column(sa.String(16))
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
+    facts: Mapped[dict[str, Any]]
+    evaluated_ms: Mapped[int]
+    changed_ms: Mapped[int]
+
+
+class RiskEventRecord(Base):
+    """A level change of a loan (old -> new, with the reasons at that time)."""
+
+    __tablename__ = "risk_events"
+    __table_args__ = (sa.Index("ix_risk_events_loan_time", "loan_id", "time_ms"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(sa.String(36), unique=True)
+    loan_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"))
+    time_ms: Mapped[int] = mapped_column(index=True)
+    old_level: Mapped[str] = mapped_column(sa.String(16))
+    new_level: Mapped[str] = mapped_column(sa.String(16))
+    next_step: Mapped[str] = mapped_column(sa.String(16))
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
+
+
+class WebhookDelivery(Base):
+    """One (event, URL) delivery in the webhook outbox (see collector.jobs.webhooks)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "url", name="uq_webhook_deliveries_event_url"),
+        sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(sa.String(36))
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    status: Mapped[str] = mapped_column(sa.String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_ms: Mapped[int]
+    created_ms: Mapped[int]
+    delivered_ms: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+class AuditEntry(Base):
+    """Who read or changed what, when (see collector.storage.audit)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_subject", "subject_type", "subject_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    time_ms: Mapped[int] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    role: Mapped[str] = mapped_column(sa.String(32))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    subject_type: Mapped[str] = mapped_column(sa.String(32))
+    subject_id: Mapped[str] = mapped_column(sa.String(128))
+    detail: Mapped[dict[str, Any]]
+
+
+class MarketRecord(Base):
+    """A used-car market the devices watch; stored as given (with its datum) and in WGS-84."""
+
+    __tablename__ = "markets"
+
+    market_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    lat: Mapped[float] = mapped_column(sa.Double)
+    lon: Mapped[float] = mapped_column(sa.Double)
+    datum: Mapped[str] = mapped_column(sa.String(8))
+    radius_m: Mapped[float] = mapped_column(sa.Double)
+    updated_ms: Mapped[int]
+
+
+class ConfigVersion(Base):
+    """The last configuration signed for a device (versions must strictly increase).
+
+    ``payload`` is the signed message (kept so it can be published, and re-published
+    retained after a broker lost it); ``published_ms`` is set once the broker acknowledged
+    it (NULL = still to publish). Migration 0003 added both.
+    """
+
+    __tablename__ = "config_versions"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    version: Mapped[int]
+    issued_ms: Mapped[int]
+    payload: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    published_ms: Mapped[int | None]
+
+
+class FixDaySummary(Base):
+    """What retention keeps of a device-day of fixes once the precise points are gone."""
+
+    __tablename__ = "fix_day_summaries"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    day: Mapped[str] = mapped_column(sa.String(10), primary_key=True)  # UTC date YYYY-MM-DD
+    fix_count: Mapped[int]
+    first_ms: Mapped[int]
+    last_ms: Mapped[int]
+    distance_m: Mapped[float] = mapped_column(sa.Double)

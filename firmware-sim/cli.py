@@ -1,0 +1,214 @@
+"""The simulator package's command line: ``lienwatch sim`` and ``lienwatch demo``.
+
+``lienwatch sim``: run a scenario, record it to log files, generate a constant load, list or
+inspect scenarios. ``lienwatch demo``: the whole chain, run by :mod:`firmware_sim.rig.demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from .errors import SimError
+from .load import run_load
+from .record import RecordPlan, record_to_files
+from .runner import iso_utc, run_scenario, stop_on_signals
+from .scenario import list_scenarios, load_scenario
+
+__all__ = ["demo_main", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lienwatch sim",
+        description="Vehicle simulator: an NMEA GNSS receiver and an SLCAN CAN adapter on pseudo-terminals.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="play a scenario on two pseudo-terminals")
+    run.add_argument("--scenario", required=True, help="shipped scenario NAME or a TOML file")
+    run.add_argument("--gnss-link", required=True, type=Path, help="symlink path for the NMEA pty")
+    run.add_argument("--can-link", required=True, type=Path, help="symlink path for the SLCAN pty")
+    run.add_argument(
+        "--speed", type=float, help="scenario seconds per wall second for the whole run (overrides the scenario)"
+    )
+    run.add_argument(
+        "--speed-factor", type=float, default=1.0, help="multiply the scenario's speeds (1x windows stay 1x)"
+    )
+    run.add_argument("--events-jsonl", help="write JSON lines of the clock and events here ('-' = stdout)")
+    run.add_argument("--loop", action="store_true", help="start again at the end (scenario clock continues)")
+    run.add_argument(
+        "--wait-open",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="hold the scenario clock until the host opens the SLCAN channel (at most SECONDS)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="log SLCAN errors and signals to stderr")
+
+    defaults = RecordPlan()
+    record = sub.add_parser(
+        "record",
+        help="render a scenario offline into an NMEA log and a candump log (scenario clock, no ptys)",
+        description="Render a whole scenario as fast as the CPU allows into a plain NMEA log and a candump "
+        "log stamped on the scenario clock. Dense (every receiver epoch, one CAN round per epoch) while "
+        "moving, idling or near an event; sparse while parked (one epoch per --parked-interval, the bus "
+        "every min(interval, 20 s); beyond 90 s a box that sleeps between wakes). Prints a JSON summary. "
+        "See docs/simulator.md.",
+    )
+    record.add_argument("--scenario", required=True, help="shipped scenario NAME or a TOML file")
+    record.add_argument("--nmea", required=True, type=Path, help="NMEA log to write (one sentence a line)")
+    record.add_argument("--can", required=True, type=Path, help="candump log to write (python-can LogReader reads it)")
+    record.add_argument(
+        "--gnss-hz", type=float, help="epochs per scenario second while dense, 0.1-10 (default: the scenario's rate)"
+    )
+    record.add_argument(
+        "--parked-interval",
+        type=float,
+        default=defaults.parked_interval_s,
+        metavar="SECONDS",
+        help=f"one epoch per SECONDS while parked away from events, 1-3600 (default {defaults.parked_interval_s:g})",
+    )
+    record.add_argument(
+        "--event-margin",
+        type=float,
+        default=defaults.event_margin_s,
+        metavar="SECONDS",
+        help=f"dense recording this long either side of every event, 0-3600 (default {defaults.event_margin_s:g})",
+    )
+    record.add_argument("--channel", default=defaults.channel, help="CAN interface name in the candump log")
+
+    load = sub.add_parser("load", help="constant CAN (and GNSS) load for benchmarks; prints JSON at the end")
+    load.add_argument("--can-link", required=True, type=Path, help="symlink path for the SLCAN pty")
+    load.add_argument("--fps", required=True, type=float, help="frames per second while the channel is open")
+    load.add_argument("--mapped-share", type=float, default=0.05, help="fraction of DBC messages (default 0.05)")
+    load.add_argument("--seconds", type=float, help="stop this long after the host opened the channel")
+    load.add_argument("--gnss-link", type=Path, help="also publish an NMEA receiver here")
+    load.add_argument("--gnss-hz", type=float, default=10.0, help="its epoch rate, 1-10 (default 10)")
+    load.add_argument("--open-timeout", type=float, default=60.0, help="give up if nobody opens the channel (s)")
+
+    sub.add_parser("list", help="list the shipped scenarios")
+
+    show = sub.add_parser("show", help="print a scenario's compiled timeline as JSON lines")
+    show.add_argument("scenario", help="shipped scenario NAME or a TOML file")
+    show.add_argument("--speed", type=float, help="as for run")
+    show.add_argument("--speed-factor", type=float, default=1.0, help="as for run")
+    return parser
+
+
+@contextlib.contextmanager
+def _events_stream(target: str | None) -> Iterator[TextIO | None]:
+    if target is None:
+        yield None
+    elif target == "-":
+        yield sys.stdout
+    else:
+        with open(target, "w", encoding="utf-8") as handle:
+            yield handle
+
+
+def _show(name: str, speed: float | None, factor: float) -> int:
+    scenario = load_scenario(name)
+    pace = scenario.pace(override=speed, factor=factor)
+    header = {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "start": iso_utc(scenario.start_ms),
+        "end": iso_utc(scenario.end_ms),
+        "duration_s": scenario.duration_ms / 1000,
+        "planned_wall_s": round(pace.wall_duration_s, 3),
+        "segments": len(scenario.segments),
+    }
+    print(json.dumps(header))
+    for event in scenario.events:
+        record = {
+            "event": event.name,
+            "scenario_time": iso_utc(event.time_ms),
+            "wall_offset_s": round(pace.wall_at(event.time_ms), 3),
+            "speed": pace.speed_at(event.time_ms),
+            "segment": event.segment,
+            **event.data,
+        }
+        print(json.dumps(record))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``lienwatch sim``."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="sim: %(message)s")
+    try:
+        if args.command == "list":
+            for name in list_scenarios():
+                print(f"{name:<20} {load_scenario(name).description}")
+            return 0
+        if args.command == "show":
+            try:
+                return _show(args.scenario, args.speed, args.speed_factor)
+            except BrokenPipeError:  # `lienwatch sim show X | head`: the reader has seen enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
+        if args.command == "record":
+            plan = RecordPlan(
+                gnss_hz=args.gnss_hz,
+                parked_interval_s=args.parked_interval,
+                event_margin_s=args.event_margin,
+                channel=args.channel,
+            )
+            recorded = record_to_files(load_scenario(args.scenario), args.nmea, args.can, plan)
+            print(json.dumps(recorded.as_dict()), flush=True)
+            return 0
+        stop = threading.Event()
+        if args.command == "run":
+            scenario = load_scenario(args.scenario)
+            with stop_on_signals(stop), _events_stream(args.events_jsonl) as events:
+                run_scenario(
+                    scenario,
+                    gnss_link=args.gnss_link,
+                    can_link=args.can_link,
+                    speed=args.speed,
+                    speed_factor=args.speed_factor,
+                    events_out=events,
+                    loop=args.loop,
+                    wait_open=args.wait_open,
+                    stop=stop,
+                )
+            return 0
+        with stop_on_signals(stop):
+            report = run_load(
+                can_link=args.can_link,
+                fps=args.fps,
+                mapped_share=args.mapped_share,
+                seconds=args.seconds,
+                gnss_link=args.gnss_link,
+                gnss_hz=args.gnss_hz,
+                open_timeout=args.open_timeout,
+                stop=stop,
+                ready_out=sys.stderr,
+            )
+        print(json.dumps(report.as_dict()), flush=True)
+        return 0 if report.reason != "never_opened" else 1
+    except SimError as exc:
+        print(f"lienwatch sim: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"lienwatch sim: {exc}", file=sys.stderr)
+        return 2
+
+
+def demo_main(argv: list[str]) -> int:
+    """Entry point of ``lienwatch demo`` (the whole chain; needs the ``edge`` and ``collector`` packages)."""
+    # Imported here, not at the top: ``lienwatch sim`` runs where only the simulator is
+    # installed, and the rig looks for the agent's data files when it is imported.
+    from .rig import demo
+
+    return demo.main(argv)
