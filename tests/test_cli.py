@@ -21,6 +21,7 @@ OWNERS = {
     "collector": "collector",
     "sim": "firmware_sim",
     "demo": "firmware_sim",
+    "risk": "collector",
 }
 
 

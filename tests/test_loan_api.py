@@ -42,6 +42,30 @@ def test_assess_then_list_and_filter(api: Api) -> None:
         assert session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 2  # one per level change
 
 
+def test_v2_score_in_the_loan_and_the_worklist(api: Api) -> None:
+    for loan_id in ("L-1001", "L-1002", "L-1003", "L-1004", "L-1005"):
+        api.call("POST", f"/v1/loans/{loan_id}/assess", "admin")
+    loan = api.call("GET", "/v1/loans/L-1002", "collections").json()
+    score = loan["risk"]["score"]
+    assert score["model_version"] == "2026.12.1"
+    assert 0 < score["score"] < 1
+    assert float(score["expected_loss"]) > 0
+    assert score["tier"] == "risk"
+    assert score["credit"]["level"] in ("high", "critical")
+    assert score["credit"]["next_step"] in ("call_borrower", "on_site_check")
+    assert score["collateral"]["level"] == "normal"
+    first = score["credit"]["reasons"][0]
+    assert {"code", "axis", "kind", "log_odds", "pd_points", "value"} <= set(first)
+    assert first["axis"] == "credit"
+    worklist = api.call("GET", "/v1/loans", "collections", params={"order": "expected_loss"}).json()
+    losses = [float(x["expected_loss"]) for x in worklist]
+    assert losses == sorted(losses, reverse=True)
+    assert worklist[0]["loan_id"] == "L-1002"
+    assert worklist[0]["credit"]["level"] == score["credit"]["level"]
+    assert {x["tier"] for x in worklist} <= {"on_time_12m", "minor_lates_cured", "risk", "new"}
+    assert api.call("GET", "/v1/loans", "admin", params={"order": "random"}).status_code == 422
+
+
 def test_roles(api: Api) -> None:
     assert api.client.get("/v1/loans").status_code == 401
     assert api.client.get("/v1/loans", headers={"Authorization": "Bearer nope"}).status_code == 401

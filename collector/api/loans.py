@@ -46,15 +46,16 @@ from ..jobs.downlink import (
 from ..jobs.redaction import redact_for_collections
 from ..loans.csv_import import loan_from_fields
 from ..loans.store import (
+    LoanSummary,
     RepaymentConflictError,
     loan_details,
-    loan_summaries,
+    loans_with_risk,
     record_repayment,
     store_loan,
     vehicle_condition,
 )
 from ..risk.assessment import open_alerts, reassess_loan_as_configured
-from ..risk.repayments import Payment, RepaymentError, parse_amount
+from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log, record_access
 from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
 from .auth import Principal, require_role
@@ -110,9 +111,43 @@ def _loan_or_404(session: Session, loan_id: str) -> LoanRecord:
     return loan
 
 
+def _score_dict(state: RiskStateRecord | None) -> dict[str, Any] | None:
+    """The v2 score of a stored state: score, expected loss, both axes with their reasons and
+    contributions, tier (None until the loan is reassessed by a v2 collector)."""
+    if state is None or state.assessment is None:
+        return None
+    stored = state.assessment
+    return {
+        "model_version": state.model_version,
+        "score": state.score,
+        "expected_loss": format_cents(state.expected_loss_cents or 0),
+        "outstanding": format_cents(int(stored.get("outstanding_cents", 0))),
+        "level": stored.get("level"),
+        "credit": stored.get("credit"),
+        "collateral": stored.get("collateral"),
+        "tier": state.tier,
+        "monitoring": stored.get("monitoring"),
+    }
+
+
+def _score_summary(state: RiskStateRecord | None) -> dict[str, Any]:
+    """The v2 columns of a loan list line (all None until the loan is reassessed by a v2 collector)."""
+    return {
+        "score": state.score if state else None,
+        "expected_loss": format_cents(state.expected_loss_cents)
+        if state and state.expected_loss_cents is not None else None,
+        "credit": {"level": state.credit_level, "next_step": state.credit_next_step}
+        if state and state.credit_level else None,
+        "collateral": {"level": state.collateral_level, "next_step": state.collateral_next_step}
+        if state and state.collateral_level else None,
+        "tier": state.tier if state else None,
+    }
+
+
 def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str, Any]:
     if state is None:
-        return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None}
+        return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None,
+                "score": None}
     reasons = state.reasons if _may_see_location(principal) else redact_for_collections(state.reasons)
     return {
         "level": state.level,
@@ -120,6 +155,8 @@ def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str
         "reasons": reasons,
         "evaluated_ms": state.evaluated_ms,
         "changed_ms": state.changed_ms,
+        # v2 reasons carry codes, values, contributions and episode ids, never coordinates.
+        "score": _score_dict(state),
     }
 
 
@@ -170,15 +207,19 @@ def list_loans(
     principal: LoanReader,
     clock_ms: ClockDep,
     level: Annotated[str | None, Query(pattern="^(normal|watch|high|critical)$")] = None,
+    order: Annotated[str, Query(pattern="^(severity|expected_loss)$")] = "severity",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> list[dict[str, Any]]:
-    """Loans with their risk level and next step, most severe first."""
-    out = [
-        summary.as_dict()
-        for summary in loan_summaries(session, level=level, most_severe_first=True, limit=limit, offset=offset)
-    ]
-    _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, count=len(out))
+    """Loans with their risk level, next step and v2 score; most severe first, or with
+    ``order=expected_loss`` largest expected loss first (the worklist)."""
+    rows = loans_with_risk(
+        session, level=level, most_severe_first=True, largest_expected_loss_first=order == "expected_loss",
+        limit=limit, offset=offset,
+    )
+    out = [LoanSummary.of(loan, state).as_dict() | _score_summary(state) for loan, state in rows]
+    _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, order=order,
+           count=len(out))
     session.commit()
     return out
 
@@ -276,7 +317,8 @@ def assess_loan(
     )
     _audit(session, clock_ms(), principal, "assess_loan", kind="loan", subject=loan_id)
     session.commit()
-    return assessment.as_dict() | {"changed": change is not None}
+    score = _score_dict(session.get(RiskStateRecord, loan_id))
+    return assessment.as_dict() | {"changed": change is not None, "score": score}
 
 
 @router.get("/loans/{loan_id}/risk-events")

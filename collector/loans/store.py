@@ -175,6 +175,7 @@ def loans_with_risk(
     *,
     level: str | None = None,
     most_severe_first: bool = False,
+    largest_expected_loss_first: bool = False,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[tuple[LoanRecord, RiskStateRecord | None]]:
@@ -183,6 +184,8 @@ def loans_with_risk(
     Args:
         level: only loans at this level (``normal`` includes loans never assessed).
         most_severe_first: order by level (critical first), then loan id; else by loan id.
+        largest_expected_loss_first: order by the v2 expected loss (largest first, loans
+            without a score last), before any level order.
         limit: at most this many rows.
         offset: rows to skip (paging).
     """
@@ -190,6 +193,9 @@ def loans_with_risk(
     if most_severe_first:
         rank = sa.case({label.label: int(label) for label in RiskLevel}, value=RiskStateRecord.level, else_=0)
         order.insert(0, rank.desc())
+    if largest_expected_loss_first:
+        missing = sa.case((RiskStateRecord.expected_loss_cents.is_(None), 1), else_=0)
+        order[:0] = [missing, RiskStateRecord.expected_loss_cents.desc()]
     query = (
         sa.select(LoanRecord, RiskStateRecord)
         .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)

@@ -4,7 +4,8 @@ How this works
 --------------
 :func:`reassess_loan` reads the schedule, payments, open alerts, device status and recent
 movement of one loan, runs :func:`collector.risk.repayments.repayment_facts` and
-:func:`collector.risk.engine.assess`, keeps the current state in ``risk_states``, and on a
+:func:`collector.risk.engine.assess` and the v2 score (:func:`collector.risk.score.assess_v2`),
+keeps the current state in ``risk_states``, and on a
 level change appends a ``risk_events`` row and queues the webhook deliveries in the same
 transaction (outbox pattern, :func:`collector.jobs.webhooks.enqueue_risk_change`) - so a
 crash never leaves an event without its notifications or the reverse. Re-running it on the
@@ -52,7 +53,9 @@ from .engine import (
     assess,
     level_change,
 )
+from .features import FeatureConfig, exposure_of
 from .repayments import DEFAULT_GRACE_DAYS, Installment, LoanError, Payment, RepaymentFacts, repayment_facts
+from .score import ScoreAssessment, assess_v2
 from .settings import RiskSettings
 
 __all__ = [
@@ -70,6 +73,8 @@ __all__ = [
     "reassess_loan_as_configured",
     "reassess_loans",
     "risk_commit_hook",
+    "score_columns",
+    "score_loan",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,13 +167,17 @@ def device_status(session: Session, device_id: str) -> DeviceStatus:
 
 
 def movement(session: Session, device_id: str, until_ms: int) -> Movement:
-    """Last time the vehicle moved (a fix at >= :data:`MOVING_MPS`) and the distance of the last 24 h."""
-    last_moved = session.scalar(
-        sa.select(sa.func.max(FixRecord.time_ms)).where(
-            FixRecord.device_id == device_id, FixRecord.time_ms <= until_ms, FixRecord.speed_mps >= MOVING_MPS
+    """Last time the vehicle moved (a fix at >= :data:`MOVING_MPS`) and the newest fix, both vehicle time."""
+    moving = sa.case((FixRecord.speed_mps >= MOVING_MPS, FixRecord.time_ms), else_=None)
+    last_moved, last_fix = session.execute(
+        sa.select(sa.func.max(moving), sa.func.max(FixRecord.time_ms)).where(
+            FixRecord.device_id == device_id, FixRecord.time_ms <= until_ms
         )
+    ).one()
+    return Movement(
+        last_moved_ms=int(last_moved) if last_moved is not None else None,
+        last_fix_ms=int(last_fix) if last_fix is not None else None,
     )
-    return Movement(last_moved_ms=int(last_moved) if last_moved is not None else None)
 
 
 def load_risk_input(
@@ -187,6 +196,30 @@ def load_risk_input(
         device_status(session, loan.device_id),
         movement(session, loan.device_id, now_ms),
     )
+
+
+def score_loan(session: Session, inp: RiskInput, config: RiskConfig | None = None) -> ScoreAssessment:
+    """The v2 score of a stored loan (the vehicle's value is not stored: LTV is imputed)."""
+    loan = session.get(LoanRecord, inp.loan_id)
+    if loan is None:
+        raise LoanNotFoundError(f"loan {inp.loan_id!r:.80} does not exist")
+    features = FeatureConfig(risk=config or RiskConfig())
+    return assess_v2(inp, exposure_of(loan.principal_cents, inp.facts), None, features)
+
+
+def score_columns(scored: ScoreAssessment) -> dict[str, Any]:
+    """The ``risk_states`` columns of a v2 assessment."""
+    return {
+        "score": scored.score,
+        "expected_loss_cents": scored.expected_loss_cents,
+        "credit_level": scored.credit.level.label,
+        "credit_next_step": scored.credit.next_step,
+        "collateral_level": scored.collateral.level.label,
+        "collateral_next_step": scored.collateral.next_step,
+        "tier": scored.tier.value,
+        "model_version": scored.model_version,
+        "assessment": scored.as_dict(),
+    }
 
 
 def _states_insert(session: Session) -> Any:
@@ -219,6 +252,7 @@ def reassess_loan(
     for _attempt in range(_CAS_ATTEMPTS):
         inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
         assessment = assess(inp, config)
+        scored = score_loan(session, inp, config)
         stored = session.execute(
             sa.select(states.c.level, states.c.evaluated_ms).where(states.c.loan_id == loan_id)
         ).first()
@@ -233,7 +267,7 @@ def reassess_loan(
             "reasons": reasons,
             "facts": inp.facts.as_dict(),
             "evaluated_ms": now_ms,
-        }
+        } | score_columns(scored)
         if stored is None:
             insert = _states_insert(session).values(loan_id=loan_id, changed_ms=now_ms, **values)
             statement: Any = insert.on_conflict_do_nothing(index_elements=["loan_id"])

@@ -175,14 +175,19 @@ class Movement:
     Attributes:
         last_moved_ms: last time the vehicle was seen moving, if known.
         distance_24h_m: distance driven in the 24 h before the evaluation, if known.
+        last_fix_ms: vehicle time of the newest fix received, if known (the v2 score measures
+            "not moved for" up to here, never up to the wall clock; the v1 table ignores it).
     """
 
     last_moved_ms: int | None = None
     distance_24h_m: float | None = None
+    last_fix_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.last_moved_ms is not None:
             _check_ms("movement last_moved_ms", self.last_moved_ms)
+        if self.last_fix_ms is not None:
+            _check_ms("movement last_fix_ms", self.last_fix_ms)
         if self.distance_24h_m is not None and (
             not isinstance(self.distance_24h_m, (int, float))
             or not math.isfinite(self.distance_24h_m)
@@ -192,6 +197,7 @@ class Movement:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
+        # The v1 table's evidence; last_fix_ms is read by the v2 features only.
         return {"last_moved_ms": self.last_moved_ms, "distance_24h_m": self.distance_24h_m}
 
 

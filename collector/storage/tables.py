@@ -334,6 +334,16 @@ class RiskStateRecord(Base):
     facts: Mapped[dict[str, Any]]
     evaluated_ms: Mapped[int]
     changed_ms: Mapped[int]
+    # v2 score (migration 0005): NULL until the loan is reassessed by a v2 collector.
+    score: Mapped[float | None] = mapped_column(sa.Double)
+    expected_loss_cents: Mapped[int | None] = mapped_column(index=True)
+    credit_level: Mapped[str | None] = mapped_column(sa.String(16))
+    credit_next_step: Mapped[str | None] = mapped_column(sa.String(32))
+    collateral_level: Mapped[str | None] = mapped_column(sa.String(16))
+    collateral_next_step: Mapped[str | None] = mapped_column(sa.String(32))
+    tier: Mapped[str | None] = mapped_column(sa.String(24))
+    model_version: Mapped[str | None] = mapped_column(sa.String(32))
+    assessment: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class RiskEventRecord(Base):

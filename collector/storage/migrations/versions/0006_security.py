@@ -1,7 +1,7 @@
 """0006 security: state connection counter, seq conflicts, bounded dead letters.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-02
 
 ``device_status.state_connection`` is the connection counter of the state message that set
@@ -11,8 +11,8 @@ other content; ``dead_letters.payload_sha256`` is the digest of the whole refuse
 (only a head of its bytes is kept) and ``dead_letters.device_id`` is indexed for the
 per-device dead-letter quota.
 
-Merge note: this revision follows 0005 (risk v2) once console (0004) and risk v2 (0005) are
-integrated; set ``down_revision`` to the newest revision then.
+Merge note: this revision follows 0005 (risk v2); when the console's 0004 is chained in
+before 0005, this one stays on top of the newest revision.
 """
 from typing import Sequence, Union
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0006'
-down_revision: Union[str, Sequence[str], None] = '0003'
+down_revision: Union[str, Sequence[str], None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,0 +1,1 @@
+"""Versioned v2 risk model files (package data; see collector.risk.model)."""
