@@ -74,13 +74,22 @@ def hash_api_key(key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
-    """``[api]``: where the HTTP API listens."""
+    """``[api]``: where the HTTP API listens and the largest request it reads.
+
+    Attributes:
+        host: listen address.
+        port: listen port.
+        max_body_bytes: request bodies over this get 413 before they are read
+            (collector.api.request_guard).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
+    max_body_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         check_range("api.port", self.port, 0, 65_535)
+        check_range("api.max_body_bytes", self.max_body_bytes, 1024, 1 << 30)
 
 
 @dataclass(frozen=True, slots=True)

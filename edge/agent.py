@@ -49,7 +49,7 @@ from .place_files import load_rules_places
 from .rule_state_file import RuleStateFile
 from .sealing import BatchSealer
 from .seams import EngineOutput, RecordSource, RulesEngine, SourceRecord
-from .sequence import SequenceAllocator
+from .sequence import ConnectionCounter, SequenceAllocator, SequenceError
 from .stamped_can import StampedCanSource
 from .structured_log import StructuredFormatter, log_event
 from .uplink import ConfigGate, Uplink
@@ -187,9 +187,18 @@ class Agent:
             private_key = load_private_key(config.device.key_file)
         self._key = private_key
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
+        # A missing sequence file cannot be told from a wiped data directory: start at the
+        # clock floor (docs/protocol.md, "Sequence identity") so a wiped box is never muted.
         self.sequence = SequenceAllocator(
-            data_dir / "sequence", committed_high=self.outbox.committed_high, block=config.outbox.seq_block
+            data_dir / "sequence",
+            committed_high=self.outbox.committed_high,
+            block=config.outbox.seq_block,
+            floor_when_missing=True,
         )
+        # State messages carry a connection counter that never repeats (docs/protocol.md
+        # section 5): a replayed Last Will of an earlier connection is stale at the collector.
+        self.connections = ConnectionCounter(data_dir / "connection")
+        self._connection: int | None = None
         self.engine = engine if engine is not None else self._build_engine(engine_factory)
         self.batcher = Batcher(config.batch)
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=queue_size)
@@ -203,7 +212,10 @@ class Agent:
 
             assert config.downlink.collector_public_key is not None
             self.gate = ConfigGate(
-                self.device_id, load_public_key(config.downlink.collector_public_key), config.downlink.state_file
+                self.device_id,
+                load_public_key(config.downlink.collector_public_key),
+                config.downlink.state_file,
+                config.downlink.floor_file,
             )
             self._downlink = DownlinkApplier(self.gate, self.engine, lambda: self.config.rules, config.base_dir)
             self._downlink.apply_stored()
@@ -213,6 +225,7 @@ class Agent:
             outbox=self.outbox,
             make_state=self._state_message,
             on_config=self._on_config if self.gate is not None else None,
+            on_connecting=self._new_connection,
         )
         self.sealer = BatchSealer(
             self.device_id,
@@ -236,6 +249,8 @@ class Agent:
             report["seq_skipped"] = self.sequence.skipped.count
         if self.sequence.file_lost:
             report["seq_file_lost"] = 1
+        if self.sequence.clock_floor:
+            report["seq_floor"] = self.sequence.peek()
         return report
 
     # ------------------------------------------------------------------ persistence of rule state
@@ -279,6 +294,13 @@ class Agent:
             _event(logging.WARNING, "state_counters_omitted", count=counters[OMITTED])
         return counters
 
+    def _new_connection(self) -> None:
+        """Move to a fresh state connection counter (uplink thread, before each connect)."""
+        try:
+            self._connection = self.connections.next()
+        except SequenceError as exc:  # keep the previous counter: stale states beat no states
+            _event(logging.ERROR, "connection_counter_failed", error=str(exc))
+
     def _state_message(self, online: bool) -> bytes:
         state = DeviceState(
             device_id=self.device_id,
@@ -287,6 +309,7 @@ class Agent:
             boot_id=self.boot_id,
             versions={"agent": lienwatch_version(), "protocol": "1"},
             counters=self.all_counters(),
+            connection=self._connection,
         )
         return seal_state(state, self._key, state_topic(self.device_id))
 

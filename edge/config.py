@@ -197,10 +197,14 @@ class DownlinkSettings:
         collector_public_key: PEM public key of the collector; None disables the downlink.
         state_file: where the last accepted configuration is kept (default
             ``{data_dir}/downlink.cose``); its version is the floor for the next one.
+        floor_file: a second copy of that version floor, kept away from the data folder
+            (default: beside the device key, ``{key folder}/{device id}.config-floor``), so
+            losing ``state_file`` does not let an older configuration back in.
     """
 
     collector_public_key: Path | None
     state_file: Path
+    floor_file: Path | None = None
 
     @property
     def enabled(self) -> bool:
@@ -457,7 +461,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "backoff_max_s": _SECONDS,
         "shutdown_grace_s": _SECONDS,
     },
-    "downlink": {"collector_public_key": _PATH, "state_file": _PATH},
+    "downlink": {"collector_public_key": _PATH, "state_file": _PATH, "floor_file": _PATH},
     "gnss": {
         "url": _Key(_device_url),
         "baud": _Key(_as_int),
@@ -591,6 +595,7 @@ def parse_config(
     downlink = _section(raw, "downlink", base, env.get("downlink", {}))
     downlink.setdefault("collector_public_key", None)
     downlink.setdefault("state_file", data_dir / "downlink.cose")
+    downlink.setdefault("floor_file", Path(device_settings.key_file).parent / f"{device_settings.id}.config-floor")
     return AgentConfig(
         source=source,
         base_dir=base,

@@ -49,7 +49,14 @@ from protocol import MAX_SEQ
 from .errors import DeviceError
 from .observation_clock import host_wall_ms
 
-__all__ = ["SequenceAllocator", "SequenceError", "SkippedRange", "write_atomically"]
+__all__ = [
+    "ConnectionCounter",
+    "SequenceAllocator",
+    "SequenceError",
+    "SkippedRange",
+    "provision_sequence",
+    "write_atomically",
+]
 
 _MAGIC = "lienwatch-seq-v1"
 #: a host clock earlier than this (2020-01-01) is not trusted for the fallback floor
@@ -121,10 +128,16 @@ class SequenceAllocator:
         committed_high: the outbox's last committed sequence number (0 if none).
         block: numbers reserved per write of the file.
         clock_ms: host clock in epoch milliseconds (for the lost-file fallback only).
+        floor_when_missing: treat a missing file as lost even when ``committed_high`` is 0
+            (a wiped data directory looks exactly like a brand-new device): start at the
+            clock floor. The agent sets it; see "Sequence identity" in docs/protocol.md.
 
     Attributes:
         skipped: numbers this boot skips (reserved earlier but never committed), or None.
         file_lost: True when the file was missing/corrupt and the clock floor was used.
+        clock_floor: True when this boot started at the clock floor (a lost file, or a
+            missing file with ``floor_when_missing``); False for a brand-new device whose
+            host clock is not sane yet (before 2020), which then starts at 1.
     """
 
     def __init__(
@@ -134,6 +147,7 @@ class SequenceAllocator:
         committed_high: int = 0,
         block: int = 16,
         clock_ms: Callable[[], int] = host_wall_ms,
+        floor_when_missing: bool = False,
     ) -> None:
         if block < 1:
             raise SequenceError(f"block={block} must be at least 1")
@@ -142,6 +156,8 @@ class SequenceAllocator:
         self.path = Path(path)
         self.block = block
         self.file_lost = False
+        self.clock_floor = False
+        self.floor_when_missing = floor_when_missing
         reserved = self._read(committed_high, clock_ms)
         start = max(reserved, committed_high) + 1
         if start > MAX_SEQ:
@@ -149,14 +165,21 @@ class SequenceAllocator:
         self._next = start
         self._reserved_high = start - 1
         gap = start - 1 - committed_high
-        self.skipped: SkippedRange | None = SkippedRange(committed_high + 1, gap) if gap > 0 else None
+        # A first boot at the clock floor skips nothing it ever issued: no range to announce.
+        announce = gap > 0 and not (self.clock_floor and not self.file_lost)
+        self.skipped: SkippedRange | None = SkippedRange(committed_high + 1, gap) if announce else None
 
     def _read(self, committed_high: int, clock_ms: Callable[[], int]) -> int:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             if committed_high == 0:
-                return 0  # a brand-new device
+                if not self.floor_when_missing:
+                    return 0  # a brand-new device
+                # A brand-new device or a wiped one: nobody can tell, so start at the floor.
+                now = clock_ms()
+                self.clock_floor = now >= _SANE_CLOCK_MS
+                return now if self.clock_floor else 0
             data = None
         except OSError as exc:
             raise SequenceError(f"cannot read sequence file {self.path}: {exc}") from exc
@@ -169,6 +192,7 @@ class SequenceAllocator:
         # Missing while the outbox has used numbers, or corrupt: no trustworthy mark.
         self.file_lost = True
         now = clock_ms()
+        self.clock_floor = True
         if now < _SANE_CLOCK_MS:
             raise SequenceError(
                 f"sequence file {self.path} is missing or corrupt and the host clock ({now} ms) is before "
@@ -203,3 +227,61 @@ class SequenceAllocator:
             self._reserved_high = high
         self._next = number + 1
         return number
+
+
+class ConnectionCounter:
+    """The state messages' connection counter: one per MQTT connection, never repeated.
+
+    Every value is ``max(last + 1, host clock in microseconds)`` and is written to ``path``
+    (atomically) before it is used. The clock term makes a lost or restored-from-backup file
+    harmless as long as the host clock is sane and the device connects less than a million
+    times a second; the file term keeps the counter rising when the clock steps back.
+
+    Args:
+        path: file holding the last value handed out.
+        clock_us: host clock in epoch microseconds.
+    """
+
+    def __init__(self, path: Path, *, clock_us: Callable[[], int] = lambda: time.time_ns() // 1000) -> None:
+        self.path = Path(path)
+        self._clock_us = clock_us
+        self.file_lost = False
+        try:
+            self._last = _decode(self.path.read_bytes())
+        except FileNotFoundError:
+            self._last = 0
+        except (OSError, ValueError, UnicodeDecodeError):
+            self.file_lost = True
+            self._last = 0
+
+    def next(self) -> int:
+        """Return a value above every value returned before, persisted first.
+
+        Raises:
+            SequenceError: the file cannot be written.
+        """
+        value = min(max(self._last + 1, self._clock_us()), 2**63 - 1)
+        if value <= self._last:
+            raise SequenceError("the connection counter is exhausted")
+        try:
+            write_atomically(self.path, _encode(value))
+        except OSError as exc:
+            raise SequenceError(f"cannot persist the connection counter in {self.path}: {exc}") from exc
+        self._last = value
+        return value
+
+
+def provision_sequence(path: Path) -> bool:
+    """Mark a brand-new device: its first batch will be seq 1 instead of the clock floor.
+
+    Writes ``path`` with a reserved high-water mark of 0 unless it exists. Only a
+    provisioning step that knows the device never sent anything may call this (a factory
+    image, a test); an agent that finds no file assumes it was wiped.
+
+    Returns:
+        True when the file was written, False when it already existed.
+    """
+    if Path(path).exists():
+        return False
+    write_atomically(Path(path), _encode(0))
+    return True

@@ -27,6 +27,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,18 +76,26 @@ class ConfigGate:
 
     The last accepted message is kept (signed, as received) in ``state_file`` and checked
     again at start, so the version floor survives restarts and cannot be edited locally.
+    Its version is also written to ``floor_file``, kept elsewhere (beside the device key):
+    when ``state_file`` is lost, the floor is not, and an older genuine configuration
+    replayed on the config topic is still refused as ``stale_version``.
 
     Args:
         device_id: this device.
         public_key: the collector's Ed25519 public key.
         state_file: where the last accepted configuration message is kept.
+        floor_file: where the version floor is kept as well (None: nowhere else).
     """
 
-    def __init__(self, device_id: str, public_key: Ed25519PublicKey, state_file: Path) -> None:
+    def __init__(
+        self, device_id: str, public_key: Ed25519PublicKey, state_file: Path, floor_file: Path | None = None
+    ) -> None:
         self.device_id = device_id
         self.topic = config_topic(device_id)
         self._key = public_key
         self.state_file = Path(state_file)
+        self.floor_file = Path(floor_file) if floor_file is not None else None
+        self._floor = self._read_floor()
         self.counters: dict[str, int] = {"config_accepted": 0, "config_rejected": 0, "config_unchanged": 0}
         self.last_rejection: str | None = None
         self.current: DeviceConfig | None = None
@@ -109,10 +118,26 @@ class ConfigGate:
             self.last_rejection = f"stored configuration {self.state_file} failed verification ({exc}); moved aside"
             log.warning("config_state_lost", extra={"fields": {"reason": exc.reason, "detail": str(exc)}})
 
+    def _read_floor(self) -> int:
+        if self.floor_file is None:
+            return 0
+        try:
+            value, crc = self.floor_file.read_text(encoding="ascii").strip().split(" ")
+            if f"{zlib.crc32(value.encode()):08x}" == crc:
+                return max(0, int(value))
+            problem = "bad checksum"
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            problem = str(exc)
+        self.counters["config_floor_unreadable"] = 1
+        log.warning("config_floor_unreadable", extra={"fields": {"file": str(self.floor_file), "error": problem}})
+        return 0
+
     @property
     def version(self) -> int:
-        """Version of the last accepted configuration (0 if none)."""
-        return self.current.version if self.current else 0
+        """Version floor: the last accepted configuration's, or the kept floor (0 if none)."""
+        return max(self.current.version if self.current else 0, self._floor)
 
     def _reject(self, reason: str, message: str) -> DownlinkRejectedError:
         self.counters["config_rejected"] += 1
@@ -140,7 +165,10 @@ class ConfigGate:
             config = open_config(message, topic, self._key)
         except ProtocolError as exc:
             raise self._reject(exc.reason, f"configuration on {topic} refused: {exc}") from exc
-        if config.version <= self.version:
+        # A version equal to the kept floor is the configuration that was lost with
+        # state_file: the collector signs each version once, so taking it again is no rollback.
+        held = self.current.version if self.current else 0
+        if config.version <= held or config.version < self._floor:
             raise self._reject(
                 "stale_version", f"configuration version {config.version} is not newer than {self.version}"
             )
@@ -149,6 +177,15 @@ class ConfigGate:
     def commit(self, config: DeviceConfig, message: bytes) -> None:
         """Record ``config`` (already applied) as the new floor, durably."""
         write_atomically(self.state_file, message)
+        if self.floor_file is not None:
+            value = str(config.version)
+            try:
+                write_atomically(self.floor_file, f"{value} {zlib.crc32(value.encode()):08x}\n".encode())
+            except OSError as exc:  # the configuration stands; only the second copy is missing
+                self.counters["config_floor_unwritable"] = self.counters.get("config_floor_unwritable", 0) + 1
+                fields = {"file": str(self.floor_file), "error": str(exc)}
+                log.warning("config_floor_unwritable", extra={"fields": fields})
+            self._floor = max(self._floor, config.version)
         self.current = config
         self._current_message = message
         self.counters["config_accepted"] += 1
@@ -173,6 +210,9 @@ class Uplink:
         on_config: called with (topic, payload) for each message on the config topic, on
             the uplink thread; must not block.
         rng: randomness for jitter (tests pass a seeded one).
+        on_connecting: called before each connection attempt, before the Last Will is
+            made (the agent moves to a new state connection counter there, so the will and
+            the birth message of one connection carry the same, never reused, counter).
     """
 
     def __init__(
@@ -184,8 +224,10 @@ class Uplink:
         make_state: Callable[[bool], bytes],
         on_config: Callable[[str, bytes], None] | None = None,
         rng: random.Random | None = None,
+        on_connecting: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_connecting = on_connecting
         self.device_id = device_id
         self.outbox = outbox
         self._make_state = make_state
@@ -338,6 +380,8 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        if self._on_connecting is not None:
+            self._on_connecting()
         try:
             client.will_set(self.state_topic, self._make_state(False), qos=1, retain=True)
             client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)

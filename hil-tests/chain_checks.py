@@ -129,7 +129,9 @@ def check_ledger(db_path: Path, device_id: str, *, expected_high: int | None = N
     max_seq = max(seqs, default=0)
     if skipped & seqs:
         problems.append(f"numbers announced as skipped were stored: {sorted(skipped & seqs)[:10]}")
-    missing = tuple(n for n in range(1, max_seq + 1) if n not in seqs and n not in skipped)
+    # an agent's first boot starts at the clock floor it announces (docs/protocol.md, "Sequence identity")
+    first_seq = min((c["seq_floor"] for _, c in rows if isinstance(c.get("seq_floor"), int)), default=1)
+    missing = tuple(n for n in range(first_seq, max_seq + 1) if n not in seqs and n not in skipped)
     if not len(missing) <= evicted <= len(missing) + INFLIGHT_WINDOW:
         problems.append(
             f"{len(missing)} sequence numbers missing ({_ranges(missing)}) but the agent reported "

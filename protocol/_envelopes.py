@@ -43,6 +43,8 @@ __all__ = [
 
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_STATE_BYTES = 16 * 1024
+#: largest state connection counter (a signed 64-bit column on the collector side)
+MAX_STATE_CONNECTION = 2**63 - 1
 
 
 def _topic_of(topic: str, kind: TopicKind) -> Topic:
@@ -130,6 +132,10 @@ class DeviceState:
         boot_id: the agent run this message belongs to.
         versions: software versions (``{"agent": "0.1.0", ...}``).
         counters: agent counters at the time of the message.
+        connection: the device's connection counter (payload key 6): strictly increasing per
+            device across boots, one value per MQTT connection, shared by that connection's
+            birth message, Last Will and clean-shutdown state. ``None`` in a legacy state
+            message (keys 0..5 only). See docs/protocol.md section 5.
     """
 
     device_id: str
@@ -138,6 +144,7 @@ class DeviceState:
     boot_id: bytes
     versions: Mapping[str, str] = field(default_factory=dict)
     counters: Mapping[str, int] = field(default_factory=dict)
+    connection: int | None = None
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -153,22 +160,26 @@ class DeviceState:
             raise InvalidRecord("counters must map text to int")
         if len(self.versions) > 32 or len(self.counters) > LIMITS.MAX_STATE_COUNTERS:
             raise InvalidRecord("too many versions or counters")
+        if self.connection is not None and (
+            type(self.connection) is not int or not 0 < self.connection <= MAX_STATE_CONNECTION
+        ):
+            raise InvalidRecord("connection must be an int in 1..2**63-1")
 
 
 def seal_state(state: DeviceState, private_key: Ed25519PrivateKey, topic: str) -> bytes:
     """Sign a device state message for ``lw/v1/{device}/state``."""
     _local_topic(topic, state.device_id, TopicKind.STATE)
-    payload = encode_deterministic(
-        {
-            0: state.device_id,
-            1: state.online,
-            2: state.time_ms,
-            3: state.boot_id,
-            4: dict(state.versions),
-            5: dict(state.counters),
-        }
-    )
-    return _seal(payload, private_key, state.device_id, topic)
+    fields: dict[int, Any] = {
+        0: state.device_id,
+        1: state.online,
+        2: state.time_ms,
+        3: state.boot_id,
+        4: dict(state.versions),
+        5: dict(state.counters),
+    }
+    if state.connection is not None:
+        fields[6] = state.connection
+    return _seal(encode_deterministic(fields), private_key, state.device_id, topic)
 
 
 def open_state(message: bytes, topic: str, keys: Mapping[str, Ed25519PublicKey]) -> DeviceState:
@@ -180,12 +191,14 @@ def open_state(message: bytes, topic: str, keys: Mapping[str, Ed25519PublicKey])
         raise DeviceMismatch(f"kid {kid!r:.80} does not match topic device {parsed.device_id!r}")
     sign1_message.verify(_device_public_key(keys, kid), topic.encode())
     raw = decode_strict(sign1_message.payload, what="state payload", max_size=MAX_STATE_BYTES, max_depth=3)
-    if not isinstance(raw, dict) or set(raw) != {0, 1, 2, 3, 4, 5}:
-        raise SchemaError("state payload must be a map with keys 0..5")
+    if not isinstance(raw, dict) or set(raw) not in ({0, 1, 2, 3, 4, 5}, {0, 1, 2, 3, 4, 5, 6}):
+        raise SchemaError("state payload must be a map with keys 0..5 (legacy) or 0..6")
     if not isinstance(raw[4], dict) or not isinstance(raw[5], dict):
         raise SchemaError("state versions and counters must be maps")
+    if 6 in raw and type(raw[6]) is not int:
+        raise SchemaError("state connection (key 6) must be an integer")
     try:
-        state = DeviceState(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5])
+        state = DeviceState(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw.get(6))
     except (InvalidRecord, TypeError, AttributeError) as exc:
         raise InvalidValue(f"state: {exc}") from exc
     if state.device_id != parsed.device_id:

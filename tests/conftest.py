@@ -9,7 +9,9 @@ Helper modules (no tests in them; a test module never imports another test modul
 ``tests.fake_devices`` (signed messages from a device with a known key, registry rows),
 ``tests.timeline`` (rules-engine timelines: fixes, signals, NMEA), ``tests.mqtt_subscriber``
 (a recording MQTT subscriber), ``tests.collector_process`` (``lienwatch collector serve``),
-``tests.child_processes`` (what the ``processes`` fixture hands out).
+``tests.child_processes`` (what the ``processes`` fixture hands out), ``tests.agent_harness``
+(an agent.toml for a brand-new device, in-memory sources, a rules-engine double),
+``tests.loan_api_app`` (the loans API with the sample loan book and every role).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.agent import Agent, ObservationClock, StructuredFormatter
-from edge.config import AgentConfig, load_config
+from edge.config import AgentConfig
 from edge.outbox import Outbox
 from firmware_sim.rig import Mosquitto
 from protocol import (
-    Alert,
-    AlertState,
     Batch,
     DeviceConfig,
-    Fix,
     NoFix,
     Severity,
     SignalSample,
@@ -33,93 +30,8 @@ from protocol import (
 )
 from protocol.cli import key_files as keys
 from protocol.errors import KeyFileError
+from tests.agent_harness import DEVICE, T0, ListSource, ScriptedEngine, fixes, make_config
 from tests.mqtt_subscriber import Collector, wait_until
-
-DEVICE = "car-0042"
-T0 = 1_767_225_600_000
-
-
-class ListSource:
-    """An in-memory source: hands out its records in chunks, then blocks like an idle port."""
-
-    def __init__(self, records: Sequence[Any], chunk: int = 100) -> None:
-        self._records = list(records)
-        self._chunk = chunk
-        self._idle = threading.Event()
-        self.closed = False
-
-    def read(self, timeout: float = 1.0) -> list[Any]:
-        if not self._records:
-            self._idle.wait(timeout)
-            return []
-        out, self._records = self._records[: self._chunk], self._records[self._chunk :]
-        return out
-
-    def close(self) -> None:
-        self.closed = True
-        self._idle.set()
-
-
-class ScriptedEngine:
-    """A rules-engine double: raises a WARNING alert on every fix whose time is a multiple of ``every_ms``."""
-
-    def __init__(self, every_ms: int = 0, urgent_on: str | None = None) -> None:
-        self.every_ms = every_ms
-        self.urgent_on = urgent_on
-        self.fed = 0
-        self.calls: list[tuple[str, Any]] = []
-        self.active_rules: frozenset[str] = frozenset()
-        self.counters = {"fed": 0}
-
-    def feed(self, event: Any) -> list[Any]:
-        self.fed += 1
-        self.counters["fed"] = self.fed
-        if isinstance(event, Fix) and self.every_ms and (event.time_ms - T0) % self.every_ms == 0:
-            return [Alert("night_door_openings", Severity.WARNING, event.time_ms, f"ep-{event.time_ms}")]
-        if isinstance(event, SignalSample) and event.name == self.urgent_on:
-            return [Alert("power_cut", Severity.PANIC, event.time_ms, "cut-1", AlertState.RAISED, {"voltage_v": 0.0})]
-        return []
-
-    def tick(self, time_ms: int) -> list[Any]:
-        return []
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"fed": self.fed}
-
-    def set_markets(self, markets: Any) -> None:
-        self.calls.append(("markets", [m.id for m in markets]))
-
-    def set_regions(self, regions: Any) -> None:
-        self.calls.append(("regions", [r.id for r in regions]))
-
-    def set_config(self, config: Any) -> None:
-        self.calls.append(("config", config.max_hdop))
-
-
-def fixes(n: int, step_ms: int = 100) -> list[Fix]:
-    return [Fix(time_ms=T0 + i * step_ms, lat=31.3 + i * 1e-6, lon=121.25) for i in range(n)]
-
-
-def make_config(tmp_path: Path, port: int, extra: str = "", grace: float = 5.0) -> AgentConfig:
-    keys.generate(tmp_path / "keys", DEVICE)
-    text = f"""
-[device]
-id = "{DEVICE}"
-key_file = "keys/{DEVICE}.key"
-snapshot_interval_s = 3600
-[batch]
-max_age_s = 3600
-max_fixes = 50
-[mqtt]
-port = {port}
-backoff_min_s = 0.05
-backoff_max_s = 0.5
-shutdown_grace_s = {grace}
-{extra}
-"""
-    path = tmp_path / "agent.toml"
-    path.write_text(text)
-    return load_config(path, environ={})
 
 
 class Running:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.sequence import provision_sequence
 from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from protocol.cli import key_files as keys
@@ -69,6 +70,8 @@ backoff_min_s = 0.05
 shutdown_grace_s = 5
 """
     )
+    (tmp_path / "data").mkdir()
+    provision_sequence(tmp_path / "data" / "sequence")  # a brand-new device counts from 1
     collector = Collector(mosquitto.port, [batch_topic(DEVICE), state_topic(DEVICE)], client_id="cli-collector")
     log_path = tmp_path / "agent.log"
     with log_path.open("wb") as log:

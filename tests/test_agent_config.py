@@ -11,6 +11,7 @@ from edge.cli import agent as agent_cli
 from edge.cli.agent import validate_delegated_sections
 from edge.config import ConfigError, load_config, parse_config
 from edge.rules import RulesConfig
+from protocol.cli import key_files as keys
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -135,6 +136,7 @@ def test_files_named_by_sections_are_checked_without_opening_devices(tmp_path: P
 
 def test_agent_check_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, MINIMAL)
+    keys.generate(tmp_path / "k", "car-7")  # `check` checks the key file as `run` does
     assert agent_cli.main(["check", "--config", str(path)]) == 0
     out, err = capsys.readouterr()
     resolved = json.loads(out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,72 +12,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from collector.api.app import create_app
 from collector.api.dependencies import ApiNotWiredError
-from collector.api.loans import ConfigMessage, redact_coordinates, router, sse_frame
-from collector.loans.csv_import import import_loans, parse_loans
-from collector.settings import RiskSettings, Settings, WebhookSettings, get_settings, hash_api_key
-from collector.storage.database import create_engine, migrate
-from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, WebhookDelivery
+from collector.api.loans import redact_coordinates, router, sse_frame
+from collector.settings import RiskSettings, Settings, get_settings, hash_api_key
+from collector.storage.tables import WebhookDelivery
 from protocol import config_topic, open_config
-
-SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
-NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
-DAY = 86_400_000
-KEYS = {"admin": "k-admin", "risk_analyst": "k-analyst", "collections": "k-collections", "auditor": "k-auditor"}
-
-
-class Api:
-    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage]) -> None:
-        self.client = client
-        self.engine = engine
-        self.published = published
-
-    def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
-        return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
+from tests.loan_api_app import DAY, KEYS, NOW, Api, audit_actions, open_loan_api
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(engine)
-    with Session(engine) as session:
-        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
-        session.add(Device(device_id="tbox-0002", created_ms=NOW - 100 * DAY))
-        session.flush()
-        batch = BatchRecord(device_id="tbox-0002", seq=1, boot_id=b"\x01" * 16, created_ms=NOW, received_ms=NOW,
-                            fix_count=1, sample_count=0, alert_count=1, stats_count=0, first_time_ms=None,
-                            last_time_ms=None, counters={}, message_bytes=0)
-        session.add(batch)
-        session.flush()
-        session.add(AlertRecord(batch_id=batch.id, device_id="tbox-0002", rule="stationary_near_market", severity=2,
-                                state=0, time_ms=NOW - 3 * DAY, episode="dwell-1",
-                                evidence={"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456}))
-        session.add(FixRecord(batch_id=batch.id, device_id="tbox-0002", time_ms=NOW - 3 * DAY, lat=31.302,
-                              lon=121.2456, speed_mps=0.0, mode=3))
-        session.commit()
-    settings = Settings(
-        api_keys={hash_api_key(k): role for role, k in KEYS.items()},
-        webhooks=WebhookSettings(urls=("http://127.0.0.1:9/hook",), secret="s" * 16),
-    )
-    published: list[ConfigMessage] = []
-    app = create_app(
-        settings,
-        engine=engine,
-        routers=[router],
-        clock_ms=lambda: NOW,
-        signing_key=Ed25519PrivateKey.from_private_bytes(b"\x07" * 32),
-        config_publisher=published.extend,
-    )
-    with TestClient(app) as client:
-        yield Api(client, engine, published)
-    engine.dispose()
-
-
-def audit_actions(api: Api) -> list[tuple[str, str, str]]:
-    with Session(api.engine) as session:
-        entries = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id))
-        return [(e.role, e.action, e.subject_id) for e in entries]
+    with open_loan_api(tmp_path) as running:
+        yield running
 
 
 def test_assess_then_list_and_filter(api: Api) -> None:

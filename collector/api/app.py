@@ -28,9 +28,11 @@ from ..errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyErr
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_market_configs, load_signing_key
 from ..settings import Settings, get_settings
+from ..storage.audit import record_access
 from ..storage.database import open_database
 from ..storage.tables import Base, MarketRecord
-from .auth import Principal, require_role
+from .api_schema import document_refusals
+from .auth import Principal, bearer_accepted, require_role
 from .dependencies import (
     ClockDep,
     Downlink,
@@ -41,6 +43,7 @@ from .dependencies import (
     get_engine,
 )
 from .offline_docs import install_offline_docs
+from .request_guard import RequestGuard
 
 __all__ = ["OPTIONAL_ROUTER_MODULES", "create_app", "discover_routers"]
 
@@ -100,14 +103,33 @@ def _send_current_markets(engine: Engine, downlink: Downlink, now_ms: int, devic
     return len(messages)
 
 
+def _audit(
+    engine: Engine, now_ms: int, principal: Principal, action: str, *, kind: str, subject: str, **detail: Any
+) -> None:
+    """Append one audit row and commit it (before the answer leaves)."""
+    with Session(engine) as session:
+        record_access(
+            session,
+            actor=principal.key_id,
+            role=principal.role,
+            action=action,
+            subject_type=kind,
+            subject_id=subject,
+            time_ms=now_ms,
+            detail=detail,
+        )
+        session.commit()
+
+
 def _devices_router() -> APIRouter:
     router = APIRouter(prefix="/v1/devices", tags=["devices"])
-    admin = Depends(require_role("admin"))  # for routes that do not need the principal itself
 
-    @router.get("", dependencies=[admin])
-    def list_devices(engine: EngineDep) -> list[dict[str, Any]]:
+    @router.get("")
+    def list_devices(engine: EngineDep, clock_ms: ClockDep, principal: AdminPrincipal) -> list[dict[str, Any]]:
         """Every registered device with its newest key."""
-        return [d.as_dict() for d in DeviceRegistry(engine).list_devices()]
+        devices = [d.as_dict() for d in DeviceRegistry(engine).list_devices()]
+        _audit(engine, clock_ms(), principal, "list_devices", kind="device", subject="*", count=len(devices))
+        return devices
 
     @router.post("", status_code=status.HTTP_201_CREATED)
     def add_device(
@@ -127,12 +149,15 @@ def _devices_router() -> APIRouter:
         except (InvalidPublicKeyError, RegistryError) as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         log.info("device %s added by key %s", body.device_id, principal.key_id)
+        _audit(engine, clock_ms(), principal, "add_device", kind="device", subject=body.device_id)
         signed = _send_current_markets(engine, downlink, clock_ms(), body.device_id)
         return info.as_dict() | {"configs_signed": signed}
 
-    @router.get("/{device_id}", dependencies=[admin])
-    def get_device(device_id: str, engine: EngineDep) -> dict[str, Any]:
-        """A device, its key and its latest state."""
+    @router.get("/{device_id}")
+    def get_device(
+        device_id: str, engine: EngineDep, clock_ms: ClockDep, principal: AdminPrincipal
+    ) -> dict[str, Any]:
+        """A device, its key and its latest state (its last position: audited)."""
         try:
             info = DeviceRegistry(engine).get(device_id)
         except DeviceNotFoundError as exc:
@@ -142,12 +167,14 @@ def _devices_router() -> APIRouter:
         state = None
         if row is not None:
             state = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items() if k != "device_id"}
+        _audit(engine, clock_ms(), principal, "read_device", kind="device", subject=device_id)
         return {**info.as_dict(), "status": state}
 
     @router.post("/{device_id}/revoke")
     def revoke_device(
         device_id: str,
         engine: EngineDep,
+        clock_ms: ClockDep,
         principal: AdminPrincipal,
     ) -> dict[str, Any]:
         """Revoke the device's key; its messages are dead-lettered from then on."""
@@ -156,6 +183,7 @@ def _devices_router() -> APIRouter:
         except DeviceNotFoundError as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         log.info("device %s revoked by key %s", device_id, principal.key_id)
+        _audit(engine, clock_ms(), principal, "revoke_device", kind="device", subject=device_id)
         return info.as_dict()
 
     return router
@@ -164,9 +192,11 @@ def _devices_router() -> APIRouter:
 def _dead_letters_router() -> APIRouter:
     router = APIRouter(prefix="/v1/dead-letters", tags=["ingest"])
 
-    @router.get("", dependencies=[Depends(require_role("admin"))])
+    @router.get("")
     def list_dead_letters(
         engine: EngineDep,
+        clock_ms: ClockDep,
+        principal: AdminPrincipal,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         reason: Annotated[str | None, Query(max_length=64)] = None,
     ) -> list[dict[str, Any]]:
@@ -187,7 +217,11 @@ def _dead_letters_router() -> APIRouter:
         if reason is not None:
             stmt = stmt.where(_dead.c.reason == reason)
         with engine.connect() as conn:
-            return [dict(row) for row in conn.execute(stmt).mappings()]
+            letters = [dict(row) for row in conn.execute(stmt).mappings()]
+        subject = reason or "*"
+        count = len(letters)
+        _audit(engine, clock_ms(), principal, "read_dead_letters", kind="dead_letter", subject=subject, count=count)
+        return letters
 
     return router
 
@@ -269,4 +303,12 @@ def create_app(
     for router in routers:
         app.include_router(router)
     install_offline_docs(app)
+    document_refusals(app)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.api.max_body_bytes,
+        is_authenticated=bearer_accepted(settings, db, clock),
+        # the sign-in form carries the password or key it is checking
+        open_paths=("/console/sign-in",),
+    )
     return app

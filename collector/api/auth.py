@@ -19,6 +19,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -37,6 +38,7 @@ __all__ = [
     "ROLES",
     "Principal",
     "authenticate",
+    "bearer_accepted",
     "console_session",
     "csrf_matches",
     "require_role",
@@ -90,6 +92,47 @@ def authenticate(api_key: str, settings: Settings) -> Principal | None:
         if hmac.compare_digest(known, digest):
             return Principal(role=role, key_id=digest[:12])
     return None
+
+
+def bearer_accepted(
+    settings: Settings, engine: Engine | None = None, clock_ms: Callable[[], int] | None = None
+) -> Callable[[list[tuple[bytes, bytes]]], bool]:
+    """A header-only check for :class:`collector.api.request_guard.RequestGuard`.
+
+    True when the ``Authorization: Bearer`` header holds a configured key (any role: the
+    route still checks the role), or, given the database, when the console session cookie
+    names a live session; nothing of the body is needed to decide.
+    """
+
+    def live_session(cookie_header: bytes) -> bool:
+        if engine is None or clock_ms is None or len(cookie_header) > 4096:
+            return False
+        jar = SimpleCookie()
+        try:
+            jar.load(cookie_header.decode("latin-1"))
+        except CookieError:
+            return False
+        morsel = jar.get(SESSION_COOKIE)
+        if morsel is None:
+            return False
+        idle_ms = int(settings.console.session_idle_minutes * 60_000)
+        with Session(engine) as session:
+            found = find_session(session, morsel.value, now_ms=clock_ms(), idle_ms=idle_ms)
+            session.commit()
+        return found is not None
+
+    def accepted(headers: list[tuple[bytes, bytes]]) -> bool:
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"authorization" and len(value) <= MAX_KEY_CHARS + 7:
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and authenticate(token.strip(), settings) is not None:
+                    return True
+            elif lowered == b"cookie" and live_session(value):
+                return True
+        return False
+
+    return accepted
 
 
 def _audit_denied(request: Request, engine: Engine, now: int, principal: Principal, roles: tuple[str, ...]) -> None:

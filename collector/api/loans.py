@@ -43,6 +43,7 @@ from ..jobs.downlink import (
     config_targets,
     market_items,
 )
+from ..jobs.redaction import redact_for_collections
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
@@ -73,6 +74,9 @@ __all__ = [
 
 MAX_TRACK_MS = 31 * 86_400_000
 MAX_TRACK_POINTS = 20_000
+#: query integers beyond these are refused with 422 (a database integer is 64-bit signed)
+MAX_INT64 = 2**63 - 1
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _COORDINATE_KEY = re.compile(r"(^|_)(lat|lon|latitude|longitude|position|track)$", re.IGNORECASE)
 
 
@@ -157,7 +161,7 @@ def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str
     if state is None:
         return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None,
                 "score": None}
-    reasons = state.reasons if _may_see_location(principal) else redact_coordinates(state.reasons)
+    reasons = state.reasons if _may_see_location(principal) else redact_for_collections(state.reasons)
     return {
         "level": state.level,
         "next_step": state.next_step,
@@ -218,7 +222,7 @@ def list_loans(
     level: Annotated[str | None, Query(pattern="^(normal|watch|high|critical)$")] = None,
     order: Annotated[str, Query(pattern="^(severity|expected_loss)$")] = "severity",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
 ) -> list[dict[str, Any]]:
     """Loans with their risk level, next step and v2 score; most severe first, or with
     ``order=expected_loss`` largest expected loss first (the worklist)."""
@@ -356,7 +360,7 @@ def _event_dict(row: RiskEventRecord, principal: Principal) -> dict[str, Any]:
         "old_level": row.old_level,
         "new_level": row.new_level,
         "next_step": row.next_step,
-        "reasons": row.reasons if _may_see_location(principal) else redact_coordinates(row.reasons),
+        "reasons": row.reasons if _may_see_location(principal) else redact_for_collections(row.reasons),
     }
 
 
@@ -411,7 +415,7 @@ def alerts(loan_id: str, session: Db, principal: LoanReader, clock_ms: ClockDep)
     loan = _loan_or_404(session, loan_id)
     out = [a.as_dict() for a in open_alerts(session, loan.device_id, clock_ms())]
     if not _may_see_location(principal):
-        out = redact_coordinates(out)
+        out = redact_for_collections(out)
     _audit(session, clock_ms(), principal, "read_alerts", kind="loan", subject=loan_id, count=len(out))
     session.commit()
     return out
@@ -541,10 +545,10 @@ async def risk_stream(
     engine: EngineDep,
     clock_ms: ClockDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=41)] = None,
-    after_id: Annotated[int | None, Query(ge=0)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     follow: bool = True,
     alerts: bool = False,
-    alert_after_id: Annotated[int | None, Query(ge=0)] = None,
+    alert_after_id: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
 ) -> StreamingResponse:
     """Risk level changes (``event: risk``) as server-sent events (resume with ``Last-Event-ID``).
 
@@ -561,6 +565,8 @@ async def risk_stream(
             start = int(risk_part)
         if alert_part.isdigit():
             alert_start = int(alert_part)
+        if max(start, alert_start) > MAX_INT64:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "Last-Event-ID is beyond any event id")
     may_see_location = _may_see_location(principal)
 
     def fetch(after: int) -> list[RiskEventRecord]:

@@ -32,6 +32,7 @@ from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry
 from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
+from .broker_auth import BrokerAccounts, mosquitto_conf_lines
 from .context import open_settings_database, settings_from_args
 from .loans import add_subcommands
 from .people import add_subcommands as add_people_subcommands
@@ -144,9 +145,16 @@ def _devices(args: argparse.Namespace) -> int:
                 print(f"lienwatch collector: {exc}", file=sys.stderr)
                 return 2
             info = registry.add(args.device, pem, label=args.label)
-            print(json.dumps(info.as_dict()))
+            out = info.as_dict()
+            if args.broker_dir:  # the device's own broker account (docs/security.md)
+                credentials = BrokerAccounts(Path(args.broker_dir)).add_device(args.device)
+                out |= {"mqtt_username": credentials.username, "mqtt_password": credentials.password}
+            print(json.dumps(out))
         elif args.action == "revoke":
-            print(json.dumps(registry.revoke(args.device_id).as_dict()))
+            out = registry.revoke(args.device_id).as_dict()
+            if args.broker_dir:
+                out["mqtt_account_removed"] = bool(BrokerAccounts(Path(args.broker_dir)).remove([args.device_id]))
+            print(json.dumps(out))
         else:
             for info in registry.list_devices():
                 print(json.dumps(info.as_dict()))
@@ -155,12 +163,25 @@ def _devices(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
+def _broker(args: argparse.Namespace) -> int:
+    accounts = BrokerAccounts(Path(args.broker_dir))
+    if args.action == "device":  # a new password for a registered device (lost or leaked)
+        credentials = accounts.add_device(args.device)
+    else:
+        credentials = accounts.collector_account()
+        for line in mosquitto_conf_lines(accounts.password_file.resolve(), accounts.acl_file.resolve()):
+            print(f"mosquitto.conf: {line}", file=sys.stderr)
+    print(json.dumps({"mqtt_username": credentials.username, "mqtt_password": credentials.password}))
+    return 0
+
+
 def _dead_letters(args: argparse.Namespace) -> int:
     table = Base.metadata.tables["dead_letters"]
     engine = open_settings_database(settings_from_args(args))
     try:
         stmt = sa.select(
-            table.c.id, table.c.received_ms, table.c.topic, table.c.reason, table.c.detail, table.c.payload_bytes
+            table.c.id, table.c.received_ms, table.c.topic, table.c.device_id, table.c.reason, table.c.detail,
+            table.c.payload_bytes,
         )
         if args.reason:
             stmt = stmt.where(table.c.reason == args.reason)
@@ -199,10 +220,22 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--device", required=True, help="device id ([A-Za-z0-9_-]{1,64})")
     add.add_argument("--public-key", required=True, help="PEM SubjectPublicKeyInfo file")
     add.add_argument("--label", help="free text shown in listings")
+    broker_help = "broker account folder (passwd + acl): also make/remove the device's MQTT account"
+    add.add_argument("--broker-dir", help=broker_help)
     dsub.add_parser("list", parents=[common], help="list devices as JSON lines")
     revoke = dsub.add_parser("revoke", parents=[common], help="revoke a device's key")
     revoke.add_argument("device_id")
+    revoke.add_argument("--broker-dir", help=broker_help)
     devices.set_defaults(func=_devices)
+
+    broker = sub.add_parser("broker", help="the broker's accounts and ACL (docs/security.md)")
+    bsub = broker.add_subparsers(dest="action", required=True)
+    init = bsub.add_parser("init", help="write the ACL and (re)make the collector's account; print its password")
+    init.add_argument("--broker-dir", required=True, help="folder for passwd and acl")
+    device = bsub.add_parser("device", help="(re)make one device's account; print its new password")
+    device.add_argument("--device", required=True, help="device id (= its MQTT user name)")
+    device.add_argument("--broker-dir", required=True, help="folder for passwd and acl")
+    broker.set_defaults(func=_broker)
 
     dead = sub.add_parser("dead-letters", parents=[common], help="list refused messages as JSON lines")
     dead.add_argument("--limit", type=int, default=50)

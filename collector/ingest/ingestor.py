@@ -14,8 +14,10 @@ collector.ingest.service) with the topic and raw bytes of a message:
    and the latest per-device state are written in the same transaction. Latest-state
    updates carry ``WHERE stored_time < :new`` so late data never moves them backwards.
 
-Anything wrong with the message lands in ``dead_letters`` (raw bytes, topic, reason slug,
-detail, time) and ``handle`` returns normally, so the caller acknowledges it and the
+Anything wrong with the message lands in ``dead_letters`` (the first
+``limits.dead_letter_keep_bytes`` of the raw bytes with the full size and SHA-256, topic,
+reason slug, detail, time; at most ``limits.dead_letters_per_device_hour`` rows per device
+id and hour, beyond that only counted) and ``handle`` returns normally, so the caller acknowledges it and the
 stream keeps flowing. A database that cannot be reached is *not* the message's fault:
 ``handle`` raises :class:`~collector.errors.DatabaseUnavailableError` and the caller must not
 acknowledge; it retries the same message later.
@@ -28,6 +30,7 @@ never un-commits anything.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -48,6 +51,7 @@ from ..errors import CollectorError, DatabaseUnavailableError, StorageError
 from ..json_values import json_ready
 from ..storage.database import is_transient
 from ..storage.tables import Base
+from .admission import DeadLetterQuota
 from .metrics import IngestMetrics
 from .registry import KeyCache
 from .settings import Limits
@@ -83,7 +87,7 @@ class Outcome(StrEnum):
 
     STORED = "stored"
     DUPLICATE = "duplicate"
-    DEAD_LETTERED = "dead_lettered"
+    DEAD_LETTERED = "dead_lettered"  # including ``seq_conflict``: same (device, seq), other content
     STATE_APPLIED = "state_applied"
     STATE_STALE = "state_stale"
 
@@ -194,6 +198,12 @@ class Ingestor:
         self.metrics = metrics or IngestMetrics()
         self.on_commit: list[CommitHook] = list(on_commit)
         self.keys = KeyCache(self.limits.key_cache_ttl_s)
+        self.dead_letter_quota = DeadLetterQuota(self.limits.dead_letters_per_device_hour)
+        #: When True, dead-letter rows wait in memory until :meth:`flush_dead_letters` writes
+        #: them in one transaction (the MQTT service sets it and acknowledges refused
+        #: messages only after that commit: one commit per group instead of per message).
+        self.defer_dead_letters = False
+        self._pending_dead: list[dict[str, Any]] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self._clock_ms = clock_ms
         self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
@@ -300,19 +310,27 @@ class Ingestor:
         batch = self._open(open_batch, payload, topic)
         self._check_times(batch, received_ms)
         started = time.perf_counter()
+        conflict: str | None = None
         with self.engine.begin() as conn:
             batch_id = self._insert_ledger(conn, batch, received_ms, len(payload))
             self._ensure_status(conn, batch.device_id)
             if batch_id is None:
+                conflict = self._seq_conflict(conn, batch, len(payload))
+                counter = _status.c.duplicates if conflict is None else _status.c.seq_conflicts
                 conn.execute(
                     _status.update()
                     .where(_status.c.device_id == batch.device_id)
-                    .values(duplicates=_status.c.duplicates + 1)
+                    .values({counter.key: counter + 1})
                 )
             else:
                 self._store_records(conn, batch, batch_id)
                 self._update_status(conn, batch, received_ms)
         self.metrics.db_seconds.observe(time.perf_counter() - started)
+        if conflict is not None:
+            self.metrics.seq_conflicts.inc()
+            self.counters["seq_conflicts"] += 1
+            # Authenticated content with nowhere else to go: kept whole, never cut to the head.
+            return self._dead_letter(topic, payload, received_ms, "seq_conflict", conflict, keep_whole=True)
         duplicate = batch_id is None
         if duplicate:
             self.metrics.duplicates.inc()
@@ -350,6 +368,34 @@ class Ingestor:
         )
         batch_id: int | None = conn.execute(stmt).scalar()
         return batch_id
+
+    @staticmethod
+    def _seq_conflict(conn: Connection, batch: Batch, size: int) -> str | None:
+        """Compare a batch whose (device, seq) is already stored with the stored one.
+
+        Ed25519 signatures are deterministic, so a redelivery is the same bytes: same boot
+        id, creation time and size. Anything else is another batch under a used number (a
+        wiped or replaced box restarting its sequence): a conflict, described for the
+        dead letter. Returns ``None`` for a plain duplicate.
+        """
+        stored = (
+            conn.execute(
+                sa.select(_batches.c.boot_id, _batches.c.created_ms, _batches.c.message_bytes).where(
+                    _batches.c.device_id == batch.device_id, _batches.c.seq == batch.seq
+                )
+            )
+            .mappings()
+            .one()
+        )
+        mine = {"boot_id": batch.boot_id, "created_ms": batch.created_ms, "message_bytes": size}
+        if all(stored[k] == v for k, v in mine.items()):
+            return None
+        return (
+            f"seq {batch.seq} of {batch.device_id} is stored with other content (stored boot "
+            f"{stored['boot_id'].hex()}, created {stored['created_ms']} ms, {stored['message_bytes']} bytes; this "
+            f"boot {batch.boot_id.hex()}, created {batch.created_ms} ms, {size} bytes): "
+            "the box reused sequence numbers (wiped or replaced?)"
+        )
 
     def _ensure_status(self, conn: Connection, device_id: str) -> None:
         conn.execute(
@@ -463,20 +509,27 @@ class Ingestor:
 
     def _handle_state(self, topic: str, payload: bytes, received_ms: int) -> IngestResult:
         state = self._open(open_state, payload, topic)
+        limit = received_ms + self.limits.max_clock_skew_s * 1000
+        if state.time_ms > limit:
+            raise _RefusedError(
+                "time_in_future",
+                f"state of {state.device_id} has time {state.time_ms} ms, more than "
+                f"{self.limits.max_clock_skew_s} s after the collector clock {received_ms} ms",
+            )
         started = time.perf_counter()
-        # Newer device time wins. For the same boot, offline beats online whatever the
-        # times say: a Last Will is signed when the agent connects, so it carries the
-        # connect time, which is not after the birth message it ends.
-        newer = sa.or_(_status.c.state_time_ms.is_(None), _status.c.state_time_ms < state.time_ms)
-        if not state.online:
-            newer = sa.or_(newer, sa.and_(_status.c.state_boot_id == state.boot_id, _status.c.online.is_(True)))
+        newer = _state_is_newer(state)
         with self.engine.begin() as conn:
             self._ensure_status(conn, state.device_id)
             applied = (
                 conn.execute(
                     _status.update()
                     .where(_status.c.device_id == state.device_id, newer)
-                    .values(online=state.online, state_time_ms=state.time_ms, state_boot_id=state.boot_id)
+                    .values(
+                        online=state.online,
+                        state_time_ms=state.time_ms,
+                        state_boot_id=state.boot_id,
+                        state_connection=state.connection,
+                    )
                 ).rowcount
                 > 0
             )
@@ -494,7 +547,9 @@ class Ingestor:
 
     # ------------------------------------------------------------ dead letters and hooks
 
-    def _dead_letter(self, topic: object, payload: object, received_ms: int, reason: str, detail: str) -> IngestResult:
+    def _dead_letter(
+        self, topic: object, payload: object, received_ms: int, reason: str, detail: str, *, keep_whole: bool = False
+    ) -> IngestResult:
         topic_text = topic if isinstance(topic, str) else repr(topic)
         raw = bytes(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else repr(payload).encode()
         device_id: str | None
@@ -502,23 +557,55 @@ class Ingestor:
             device_id = parse_topic(topic_text).device_id
         except ProtocolError:
             device_id = None
-        with self.engine.begin() as conn:
-            conn.execute(
-                _dead.insert().values(
-                    received_ms=received_ms,
-                    topic=topic_text[:MAX_TOPIC_CHARS],
-                    device_id=device_id,
-                    reason=reason[:64],
-                    detail=detail[:MAX_DETAIL_CHARS],
-                    payload=raw[: self.limits.dead_letter_keep_bytes],
-                    payload_bytes=len(raw),
-                )
-            )
         self.metrics.dead_letters.labels(reason).inc()
         self.counters["dead_letters"] += 1
         self.counters[f"dead_letter:{reason}"] += 1
+        if not self.dead_letter_quota.allow(device_id, received_ms):
+            # Refused all the same; only the row is not written (bounded storage per sender).
+            self.metrics.dead_letters_over_quota.inc()
+            self.counters["dead_letters_over_quota"] += 1
+            return IngestResult(Outcome.DEAD_LETTERED, topic_text, device_id, reason=reason, detail=detail)
+        row = {
+            "received_ms": received_ms,
+            "topic": topic_text[:MAX_TOPIC_CHARS],
+            "device_id": device_id,
+            "reason": reason[:64],
+            "detail": detail[:MAX_DETAIL_CHARS],
+            "payload": raw if keep_whole else raw[: self.limits.dead_letter_keep_bytes],
+            "payload_bytes": len(raw),
+            "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        if self.defer_dead_letters:
+            self._pending_dead.append(row)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(_dead.insert(), [row])
         log.info("dead-lettered a message on %s: %s: %s", topic_text[:120], reason, detail[:200])
         return IngestResult(Outcome.DEAD_LETTERED, topic_text, device_id, reason=reason, detail=detail)
+
+    @property
+    def pending_dead_letters(self) -> int:
+        """Dead-letter rows waiting for :meth:`flush_dead_letters`."""
+        return len(self._pending_dead)
+
+    def flush_dead_letters(self) -> int:
+        """Write the deferred dead-letter rows in one transaction; return how many.
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached (the rows are kept).
+            StorageError: the database refused them.
+        """
+        if not self._pending_dead:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_dead.insert(), self._pending_dead)
+        except sa.exc.SQLAlchemyError as exc:
+            if is_transient(exc):
+                raise DatabaseUnavailableError(f"database unreachable while writing dead letters: {exc}") from exc
+            raise StorageError(f"cannot write {len(self._pending_dead)} dead letters: {exc}") from exc
+        written, self._pending_dead = len(self._pending_dead), []
+        return written
 
     def _run_hooks(self, event: StoredBatch | StoredState) -> None:
         for hook in self.on_commit:
@@ -528,6 +615,33 @@ class Ingestor:
                 log.exception("on_commit hook %r failed for device %s", hook, event.device_id)
                 self.metrics.hook_errors.inc()
                 self.counters["hook_errors"] += 1
+
+
+def _state_is_newer(state: DeviceState) -> sa.ColumnElement[bool]:
+    """SQL condition: ``state`` may replace the device's stored state (docs/protocol.md section 5).
+
+    A state with a connection counter wins over a strictly older connection, and its offline
+    message (Last Will, clean stop) ends the same connection's online one; every other
+    repetition is stale, so a replayed will of an earlier connection changes nothing.
+    Once a device has sent a counted state, legacy states (no counter) are stale. Legacy
+    devices keep the version-1 rule: newer device time wins and, within one boot, offline
+    beats online (a legacy will can be replayed; only the broker ACL protects them).
+    """
+    status = _status.c
+    if state.connection is not None:
+        newer_connection = sa.or_(status.state_connection.is_(None), status.state_connection < state.connection)
+        if state.online:
+            return newer_connection
+        ends_this_connection = sa.and_(status.state_connection == state.connection, status.online.is_(True))
+        return sa.or_(newer_connection, ends_this_connection)
+    newer = sa.and_(
+        status.state_connection.is_(None),
+        sa.or_(status.state_time_ms.is_(None), status.state_time_ms < state.time_ms),
+    )
+    if not state.online:
+        legacy_will = sa.and_(status.state_boot_id == state.boot_id, status.online.is_(True))
+        newer = sa.or_(newer, sa.and_(status.state_connection.is_(None), legacy_will))
+    return newer
 
 
 def _forward(column: sa.ColumnElement[Any], value: int) -> sa.ColumnElement[Any]:

@@ -24,6 +24,10 @@ class IngestMetrics:
         fixes_stored: fixes stored.
         duplicates: batches already in the ledger (acknowledged, no effect).
         dead_letters: messages dead-lettered, by reason.
+        refused: messages refused before verification, by reason (``qos0``, ``rate_limited``).
+        dead_letters_over_quota: refusals only counted (the device's dead-letter quota was used).
+        seq_conflicts: batches whose (device, seq) was stored with other content
+            (also dead-lettered with reason ``seq_conflict``).
         states: state messages, by result (``applied``, ``stale``).
         latency: seconds from receipt (paho callback) to commit.
         db_seconds: seconds spent in the database transaction per message.
@@ -41,6 +45,20 @@ class IngestMetrics:
         self.duplicates = Counter("lienwatch_ingest_duplicates", "Batches already stored (redeliveries)", registry=r)
         self.dead_letters = Counter(
             "lienwatch_ingest_dead_letters", "Messages dead-lettered, by reason", ["reason"], registry=r
+        )
+        self.refused = Counter(
+            "lienwatch_ingest_refused",
+            "Messages refused before verification (QoS 0, device rate limit): not queued, not stored",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters_over_quota = Counter(
+            "lienwatch_ingest_dead_letters_over_quota",
+            "Refused messages not written to dead_letters (the device id's hourly quota was used up)",
+            registry=r,
+        )
+        self.seq_conflicts = Counter(
+            "lienwatch_ingest_seq_conflicts", "Batches reusing a stored (device, seq) with other content", registry=r
         )
         self.states = Counter("lienwatch_ingest_states", "Device state messages, by result", ["result"], registry=r)
         self.latency = Histogram(

@@ -20,6 +20,13 @@ How the ack path works (the one thing here that must not be got wrong):
 * A message received on an earlier connection is never acknowledged on a later one (its
   packet id may name another message now); the broker redelivers it, and the redelivered
   copy is stored as a duplicate and acknowledged.
+* Before anything is queued, :class:`collector.ingest.admission.Admission` refuses QoS 0
+  messages (never queued, never acknowledged: there is nothing to acknowledge) and
+  messages of a device id whose token bucket is empty (acknowledged at once, counted,
+  not stored); the bucket is charged by the worker for every message that stored nothing
+  (dead letter, duplicate, stale state). The queue holds at most ``queue_max_bytes`` of
+  payload: when it is full the paho thread waits, so the broker keeps the rest (QoS 1 flow
+  control by Receive Maximum), and memory stays bounded whatever is published.
 * :meth:`IngestService.stop` lets the worker finish the message it is in (commit, ack),
   leaves the rest unacknowledged (the broker redelivers them) and disconnects normally,
   which keeps the session.
@@ -27,6 +34,7 @@ How the ack path works (the one thing here that must not be got wrong):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import ssl
@@ -43,8 +51,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..clock import wall_clock_ms
 from ..errors import DatabaseUnavailableError, StorageError
-from .ingestor import Ingestor
+from .admission import Admission, Refusal
+from .ingestor import Ingestor, IngestResult, Outcome
+from .memory import release_large_buffers
 from .settings import Limits, MqttSettings
+
+#: refused messages whose dead-letter rows are committed together
+DEAD_LETTER_GROUP = 200
 
 __all__ = ["IngestService", "batch_subscription", "make_mqtt_client", "state_subscription"]
 
@@ -107,11 +120,17 @@ class IngestService:
 
     def __init__(self, ingestor: Ingestor, settings: MqttSettings, limits: Limits | None = None) -> None:
         self.ingestor = ingestor
+        ingestor.defer_dead_letters = True
         self.settings = settings
         self.limits = limits or Limits()
         #: Set once the subscriptions are granted (after each connect).
         self.ready = threading.Event()
         self._queue: queue.Queue[_Delivery] = queue.Queue()
+        self.admission = Admission(self.limits.device_rate_per_s, self.limits.device_burst)
+        self._admission_lock = threading.Lock()
+        self._room = threading.Condition()
+        self._queued_bytes = 0
+        self.refused: dict[str, int] = {r.value: 0 for r in Refusal}
         self._stopping = threading.Event()
         self._generation = 0
         self._lock = threading.Lock()
@@ -169,11 +188,28 @@ class IngestService:
         if not self._stopping.is_set():
             log.warning("disconnected from the broker (%s); reconnecting", reason)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:  # brokers check UTF-8, but never trust it
             topic = repr(message._topic)
+        with self._admission_lock:
+            refusal = self.admission.check(topic, message.qos, time.monotonic())
+        if refusal is not None:
+            self.refused[refusal.value] += 1
+            self.ingestor.metrics.refused.labels(refusal.value).inc()
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)
+                with self._lock:
+                    self.acked += 1
+            return
+        size = len(message.payload)
+        with self._room:  # back-pressure: the broker keeps what does not fit
+            while self._queued_bytes and self._queued_bytes + size > self.limits.queue_max_bytes:
+                if self._stopping.is_set():
+                    return  # not acknowledged: redelivered on the next session
+                self._room.wait(0.2)
+            self._queued_bytes += size
         self._queue.put(
             _Delivery(
                 topic=topic,
@@ -190,35 +226,72 @@ class IngestService:
     # ------------------------------------------------------------ worker side
 
     def _work(self) -> None:
+        # Refused messages are held (unacknowledged) until their dead-letter rows commit in
+        # one transaction: when the queue runs dry, when DEAD_LETTER_GROUP are held, or
+        # before the next acknowledgement (acks stay in arrival order, each after its commit).
+        held: list[_Delivery] = []
         while True:
             try:
-                delivery = self._queue.get(timeout=0.2)
+                delivery = self._queue.get(timeout=0.05 if held else 0.2)
             except queue.Empty:
+                if held and not self._flush_held(held):
+                    return
                 if self._stopping.is_set():
                     return
                 continue
             if self._stopping.is_set():
                 return  # left unacknowledged: the broker redelivers it
             self.ingestor.metrics.queue_depth.dec()
-            if self._process(delivery):
-                self.ingestor.metrics.latency.observe(time.monotonic() - delivery.received_at)
-                self._ack(delivery)
-            else:
+            result = self._process(delivery)
+            with self._room:
+                self._queued_bytes -= len(delivery.payload)
+                self._room.notify_all()
+            if result is None:
                 return
+            self.ingestor.metrics.latency.observe(time.monotonic() - delivery.received_at)
+            if result.outcome in (Outcome.DEAD_LETTERED, Outcome.DUPLICATE, Outcome.STATE_STALE):
+                with self._admission_lock:
+                    self.admission.charge(delivery.topic, time.monotonic())
+            if result.outcome is Outcome.DEAD_LETTERED:
+                held.append(dataclasses.replace(delivery, payload=b""))  # only what the ack needs
+                if len(held) >= DEAD_LETTER_GROUP and not self._flush_held(held):
+                    return
+                continue
+            if held and not self._flush_held(held):
+                return
+            self._ack(delivery)
 
-    def _process(self, delivery: _Delivery) -> bool:
-        """Handle one message; on a database outage retry with backoff. False = stopping."""
+    def _flush_held(self, held: list[_Delivery]) -> bool:
+        """Commit the deferred dead letters, then acknowledge ``held`` in order. False = stopping."""
         delay = self.limits.db_retry_initial_s
         while True:
             try:
-                self.ingestor.handle(delivery.topic, delivery.payload, received_ms=delivery.received_ms)
-                return True
+                self.ingestor.flush_dead_letters()
+                break
+            except (DatabaseUnavailableError, StorageError) as exc:
+                self.ingestor.metrics.db_retries.inc()
+                self.ingestor.counters["db_retries"] += 1
+                log.warning("database trouble, dead letters kept unacknowledged; retrying in %.1f s: %s", delay, exc)
+            if self._stopping.wait(delay):
+                return False
+            delay = min(delay * 2, self.limits.db_retry_max_s)
+        for delivery in held:
+            self._ack(delivery)
+        held.clear()
+        return True
+
+    def _process(self, delivery: _Delivery) -> IngestResult | None:
+        """Handle one message; on a database outage retry with backoff. None = stopping."""
+        delay = self.limits.db_retry_initial_s
+        while True:
+            try:
+                return self.ingestor.handle(delivery.topic, delivery.payload, received_ms=delivery.received_ms)
             except (DatabaseUnavailableError, StorageError) as exc:
                 self.ingestor.metrics.db_retries.inc()
                 self.ingestor.counters["db_retries"] += 1
                 log.warning("database trouble, message kept unacknowledged; retrying in %.1f s: %s", delay, exc)
             if self._stopping.wait(delay):
-                return False
+                return None
             delay = min(delay * 2, self.limits.db_retry_max_s)
 
     def _ack(self, delivery: _Delivery) -> None:
@@ -237,6 +310,7 @@ class IngestService:
     def start(self) -> None:
         """Connect (asynchronously; paho reconnects by itself) and start the worker."""
         s = self.settings
+        release_large_buffers()  # message buffers up to 1 MiB go back to the system when freed
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry_s
         props.ReceiveMaximum = s.receive_maximum

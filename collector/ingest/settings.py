@@ -57,7 +57,7 @@ class MqttSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs or tracebacks
 
     def __post_init__(self) -> None:
         check_range("mqtt.port", self.port, 1, 65_535)
@@ -78,22 +78,36 @@ class Limits:
         max_message_bytes: messages above this size are dead-lettered before decoding.
         max_clock_skew_s: observation or batch times further than this in the future
             (collector clock) are dead-lettered as ``time_in_future``.
-        dead_letter_keep_bytes: raw bytes kept per dead letter (the rest is cut, the
-            original size is recorded).
+        dead_letter_keep_bytes: raw bytes kept per dead letter (the head; the original size
+            and the SHA-256 of the whole message are recorded). Authenticated
+            ``seq_conflict`` batches are kept whole.
         key_cache_ttl_s: how often (at most) the ingest checks the registry version; a
             revoke takes effect within this time. 0 checks before every message.
         db_retry_initial_s: first backoff when the database is unreachable.
         db_retry_max_s: backoff ceiling.
         sqlite_busy_timeout_ms: SQLite ``busy_timeout``.
+        dead_letters_per_device_hour: dead-letter rows one device id may add per hour
+            (messages without a device id share one pool); more are only counted.
+        device_rate_per_s: refused, dead-lettered or duplicate messages per second one
+            device id may cost before its messages are refused before verification (token
+            bucket, collector.ingest.admission; stored messages cost nothing); refused ones are
+            acknowledged and counted, not stored.
+        device_burst: bucket size of that rate limit.
+        queue_max_bytes: bytes of received messages waiting for the worker; the MQTT
+            thread waits (the broker holds the rest) when it is full.
     """
 
     max_message_bytes: int = 1 << 20
     max_clock_skew_s: int = 86_400
-    dead_letter_keep_bytes: int = 2 << 20
+    dead_letter_keep_bytes: int = 4096
     key_cache_ttl_s: float = 1.0
     db_retry_initial_s: float = 0.2
     db_retry_max_s: float = 10.0
     sqlite_busy_timeout_ms: int = 10_000
+    dead_letters_per_device_hour: int = 1000
+    device_rate_per_s: float = 5.0
+    device_burst: int = 300
+    queue_max_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         check_range("limits.max_message_bytes", self.max_message_bytes, 64, 64 << 20)
@@ -103,3 +117,7 @@ class Limits:
         check_range("limits.db_retry_initial_s", self.db_retry_initial_s, 0.001, 60)
         check_range("limits.db_retry_max_s", self.db_retry_max_s, self.db_retry_initial_s, 3_600)
         check_range("limits.sqlite_busy_timeout_ms", self.sqlite_busy_timeout_ms, 0, 600_000)
+        check_range("limits.dead_letters_per_device_hour", self.dead_letters_per_device_hour, 1, 1_000_000)
+        check_range("limits.device_rate_per_s", self.device_rate_per_s, 0.01, 100_000)
+        check_range("limits.device_burst", self.device_burst, 1, 1_000_000)
+        check_range("limits.queue_max_bytes", self.queue_max_bytes, self.max_message_bytes, 1 << 34)

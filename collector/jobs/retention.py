@@ -13,7 +13,9 @@ evaluation time given as ``now_ms``:
    their schedule, repayments, risk state and risk events; risk events and alerts older
    than ``record_years`` are deleted too (a loan's repayments stay as long as the loan,
    since its facts depend on all of them);
-3. one ``retention_run`` audit row records the cut-offs and what was removed.
+3. dead letters received before the fix cut-off are deleted: their raw bytes may hold
+   coordinates, so they live no longer than precise locations;
+4. one ``retention_run`` audit row records the cut-offs and what was removed.
 
 The summarising is the pure :func:`summarize_fixes`; the rest are set-based deletes.
 """
@@ -34,6 +36,7 @@ from ..errors import CollectorError
 from ..storage.audit import SYSTEM_ROLE, record_access
 from ..storage.tables import (
     AlertRecord,
+    DeadLetter,
     FixDaySummary,
     FixRecord,
     InstallmentRecord,
@@ -117,6 +120,7 @@ class RetentionReport:
     repayments_deleted: int
     risk_events_deleted: int
     alerts_deleted: int
+    dead_letters_deleted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -210,6 +214,7 @@ def run_retention(
         session.execute(sa.delete(LoanRecord).where(LoanRecord.loan_id.in_(expired)))
     events_deleted += _delete(session, sa.delete(RiskEventRecord).where(RiskEventRecord.time_ms < record_cutoff))
     alerts_deleted = _delete(session, sa.delete(AlertRecord).where(AlertRecord.time_ms < record_cutoff))
+    dead_letters_deleted = _delete(session, sa.delete(DeadLetter).where(DeadLetter.received_ms < fix_cutoff))
 
     report = RetentionReport(
         now_ms=now_ms,
@@ -221,6 +226,7 @@ def run_retention(
         repayments_deleted=repayments_deleted,
         risk_events_deleted=events_deleted,
         alerts_deleted=alerts_deleted,
+        dead_letters_deleted=dead_letters_deleted,
     )
     detail = report.as_dict() | {"policy": asdict(policy), "loans": sorted(expired)[:1000]}
     record_access(

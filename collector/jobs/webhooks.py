@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError
 from ..storage.tables import WebhookDelivery
+from .redaction import redact_coordinates
 from .worker_loop import WorkerLoop
 
 __all__ = [
@@ -153,7 +154,7 @@ def event_body(event_id: str, change: LevelChange) -> bytes:
         "id": event_id,
         "type": "risk.level_changed",
         "created_ms": change.time_ms,
-        "data": change.as_dict(),
+        "data": redact_coordinates(change.as_dict()),  # leaves the collector: no precise position
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

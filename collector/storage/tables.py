@@ -232,6 +232,9 @@ class DeviceStatus(Base):
         online: from the signed state topic (birth / Last Will); ``None`` until one arrives.
         state_time_ms: device time of the state message ``online`` comes from.
         state_boot_id: boot id of that state message.
+        state_connection: connection counter of that state message (``None``: legacy
+            message without one); only a strictly newer connection moves ``online``.
+        seq_conflicts: batches refused because their (device, seq) was stored with other content.
         device_counters: the agent's counters from the newest batch (by ``created_ms``).
     """
 
@@ -247,6 +250,7 @@ class DeviceStatus(Base):
     online: Mapped[bool | None] = mapped_column(sa.Boolean)
     state_time_ms: Mapped[int | None]
     state_boot_id: Mapped[bytes | None] = mapped_column(sa.LargeBinary(16))
+    state_connection: Mapped[int | None]
     counters_time_ms: Mapped[int | None]
     device_counters: Mapped[dict[str, Any] | None]
     batches_stored: Mapped[int] = mapped_column(default=0, server_default="0")
@@ -254,6 +258,7 @@ class DeviceStatus(Base):
     samples_stored: Mapped[int] = mapped_column(default=0, server_default="0")
     alerts_stored: Mapped[int] = mapped_column(default=0, server_default="0")
     duplicates: Mapped[int] = mapped_column(default=0, server_default="0")
+    seq_conflicts: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class DeadLetter(Base):
@@ -264,11 +269,12 @@ class DeadLetter(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     received_ms: Mapped[int] = mapped_column(index=True)
     topic: Mapped[str] = mapped_column(sa.String(1024))
-    device_id: Mapped[str | None] = mapped_column(sa.String(64))
+    device_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     reason: Mapped[str] = mapped_column(sa.String(64), index=True)
     detail: Mapped[str] = mapped_column(sa.Text)
     payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
     payload_bytes: Mapped[int] = mapped_column(sa.Integer)
+    payload_sha256: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 # ------------------------------------------------------------------ loan side

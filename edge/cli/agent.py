@@ -3,7 +3,8 @@
 ``lienwatch agent run --config agent.toml`` runs until SIGTERM/SIGINT (clean shutdown:
 flush, snapshot, short publish grace, offline state); SIGHUP reloads the configuration.
 ``lienwatch agent check --config agent.toml`` validates the file (and the sections owned by
-the GNSS, CAN and rules modules) and prints it resolved as JSON.
+the GNSS, CAN and rules modules) and the key files exactly as ``run`` does (exit 2 on a
+missing, malformed or group/world-readable key) and prints it resolved as JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from edge.canbus import decoder_from_config
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.errors import EdgeError
 from edge.place_files import load_rules_places
-from protocol.errors import PlacesError, ProtocolError
+from protocol.cli.key_files import load_private_key, load_public_key
+from protocol.errors import KeyFileError, PlacesError, ProtocolError
 
 __all__ = ["main"]
 
@@ -39,7 +41,12 @@ def _check(path: str) -> int:
     try:
         config = load_config(path)
         notes = validate_delegated_sections(config)
-    except ConfigError as exc:
+        # The key checks `agent run` makes (present, Ed25519, mode 0600): the systemd unit
+        # runs `check` as its pre-start validation, so it must refuse what `run` refuses.
+        load_private_key(config.device.key_file)
+        if config.downlink.collector_public_key is not None:
+            load_public_key(config.downlink.collector_public_key)
+    except (ConfigError, KeyFileError) as exc:
         print(f"lienwatch agent check: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(config.resolved(), indent=2, sort_keys=False))

@@ -1,0 +1,216 @@
+"""Flood before authentication: collector memory and another device's latency (issue 13, finding 4).
+
+One collector process (``lienwatch collector serve --ingest-only``, SQLite) behind a private
+Mosquitto. The attacker has no key and publishes, as fast as the broker takes them:
+
+* ``--qos0`` messages (default 50,000) of 200 bytes at QoS 0 on batch topics of many ids;
+* ``--junk`` messages (default 600) of 1 MiB of junk at QoS 1 on batch topics of 20 ids.
+
+Meanwhile a registered device publishes one genuine batch every second. Reported: the
+collector's RSS when idle and its peak during the flood (sampled from /proc every 50 ms),
+and the latency (publish -> row in ``batches``) of the genuine batches, before and during
+the flood, in the same run. Pass criteria of issue 13: peak RSS - idle RSS < 100 MB, and
+the flood adds no more than about a second to the genuine latency (the fleet-ingest
+fairness bound).
+
+    .venv/bin/python bench/flood_bench.py [--qos0 50000] [--junk 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.ingest.registry import DeviceRegistry
+from collector.storage.database import create_engine, migrate
+from firmware_sim.rig import Mosquitto
+from protocol import Batch, Fix, batch_topic, seal_batch
+
+DEVICE = "bench-genuine"
+TIMEOUT_S = 600.0
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, rss_mb(self.pid))
+            except OSError:
+                return
+
+
+def genuine(key: Ed25519PrivateKey, seq: int) -> bytes:
+    now = time.time_ns() // 1_000_000
+    fixes = tuple(Fix(now - 60_000 + i * 1000, 31.2 + i * 1e-5, 121.4, speed_mps=10.0) for i in range(60))
+    return seal_batch(Batch(DEVICE, b"\x01" * 16, seq, now, fixes=fixes), key, batch_topic(DEVICE))
+
+
+def measure_latency(
+    port: int, engine: sa.Engine, key: Ed25519PrivateKey, seqs: range, *, stop: threading.Event | None, out: list[float]
+) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"genuine-{seqs.start}", protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for seq in seqs:
+            if stop is not None and stop.is_set():
+                return
+            sent = time.monotonic()
+            client.publish(batch_topic(DEVICE), genuine(key, seq), qos=1)
+            deadline = sent + TIMEOUT_S
+            while time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    found = conn.execute(
+                        sa.text("SELECT 1 FROM batches WHERE device_id = :d AND seq = :s"), {"d": DEVICE, "s": seq}
+                    ).first()
+                if found:
+                    break
+                time.sleep(0.01)
+            out.append(time.monotonic() - sent)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - sent)))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def flood(port: int, qos0: int, junk: int) -> float:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started = time.monotonic()
+    blob = os.urandom(1 << 20)
+    infos = []
+    try:
+        total = max(qos0, junk)
+        junk_at = {k * total // junk for k in range(junk)} if junk else set()
+        for i in range(total):
+            if i < qos0:
+                client.publish(f"lw/v1/flood-{i % 1000}/batch", b"\x00" * 200, qos=0)
+            if i in junk_at:
+                infos.append(client.publish(f"lw/v1/junk-{i % 20}/batch", blob, qos=1))
+        for info in infos:
+            info.wait_for_publish(TIMEOUT_S)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return time.monotonic() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--qos0", type=int, default=50_000, help="QoS 0 flood messages (default 50,000)")
+    parser.add_argument("--junk", type=int, default=600, help="1 MiB QoS 1 junk messages (default 600)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="lw-flood-bench-"))
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(DEVICE.encode()).digest())
+    url = f"sqlite:///{workdir / 'collector.db'}"
+    engine = create_engine(url)
+    migrate(engine)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    DeviceRegistry(engine).add(DEVICE, pem)
+    (workdir / "broker").mkdir()
+    proc = None
+    try:
+        with Mosquitto(workdir=workdir / "broker", persistence=False) as broker:
+            config = workdir / "collector.toml"
+            config.write_text(f'database_url = "{url}"\n[mqtt]\nport = {broker.port}\nclient_id = "flood-collector"\n')
+            log_path = workdir / "collector.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "collector", "serve", "--ingest-only", "--config", str(config)],
+                    stdout=log,
+                    stderr=log,
+                )
+            deadline = time.monotonic() + 60
+            while "subscribed to" not in log_path.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"collector did not start:\n{log_path.read_text()[-2000:]}")
+                time.sleep(0.05)
+            baseline: list[float] = []
+            measure_latency(broker.port, engine, key, range(1, 6), stop=None, out=baseline)
+            idle = rss_mb(proc.pid)
+            sampler = RssSampler(proc.pid)
+            sampler.start()
+            during: list[float] = []
+            stop = threading.Event()
+            meter = threading.Thread(
+                target=measure_latency,
+                args=(broker.port, engine, key, range(100, 10_000)),
+                kwargs={"stop": stop, "out": during},
+            )
+            meter.start()
+            flood_s = flood(broker.port, args.qos0, args.junk)
+            flood_end = len(during)
+            # Keep measuring until the collector has drained what the broker still held:
+            # two genuine batches in a row back at the normal latency (or two minutes).
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                len(during) >= flood_end + 2 and max(during[-2:]) < max(baseline) + 0.5
+            ):
+                time.sleep(0.2)
+            drained_s = time.monotonic() - deadline + 120
+            stop.set()
+            meter.join(TIMEOUT_S)
+            sampler.stop.set()
+            sampler.join()
+            after = rss_mb(proc.pid)
+            with engine.connect() as conn:
+                letters, kept = conn.execute(
+                    sa.text("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM dead_letters")
+                ).one()
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        engine.dispose()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"flood: {args.qos0:,} QoS 0 x 200 B + {args.junk} QoS 1 x 1 MiB junk, published in {flood_s:.1f} s")
+    print(f"collector RSS: idle {idle:.0f} MB, peak {sampler.peak:.0f} MB (+{sampler.peak - idle:.0f} MB), "
+          f"after {after:.0f} MB")  # fmt: skip
+    print(f"dead letters kept: {letters} rows, {kept / 1024:.0f} KiB of raw bytes; "
+          f"back to normal latency {drained_s:.1f} s after the last flood message was published")  # fmt: skip
+    print(f"genuine batch latency without flood: median {statistics.median(baseline) * 1000:.0f} ms, "
+          f"max {max(baseline) * 1000:.0f} ms")  # fmt: skip
+    if during:
+        print(f"genuine batch latency during flood ({len(during)} batches): median "
+              f"{statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms")  # fmt: skip
+    ok = sampler.peak - idle < 100 and bool(during) and max(during) < max(baseline) + 1.0
+    print("PASS" if ok else "FAIL", "(peak - idle < 100 MB; flood adds < 1 s to the genuine latency)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

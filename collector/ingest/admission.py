@@ -1,0 +1,142 @@
+"""What the ingest admits *before* verifying a signature: bounded work for anyone who can publish.
+
+How this works. Everything here runs before ``protocol.open_batch`` and uses only the
+topic, the QoS and the size, so a flood costs a dictionary lookup per message:
+
+* :class:`Admission` refuses QoS 0 messages (a device publishes at QoS 1; a QoS 0 message
+  cannot be flow-controlled by the broker's Receive Maximum, so it could fill memory) and
+  applies a per-device token bucket keyed on the topic's device id. The bucket is charged
+  for every message that turned out to cost work without storing anything (refused,
+  dead-lettered, duplicate); a message that is stored costs nothing. So a genuine agent
+  flushing a day of backlog is never throttled, while a topic flooded with junk or
+  replays is refused after ``burst`` such messages, at ``rate_per_s`` afterwards. Refused
+  messages are counted, never queued and never written to the database.
+* :class:`DeadLetterQuota` bounds the dead-letter rows one device id (or the pool of
+  messages without a device) may add per hour; beyond it a refusal is only counted.
+
+Both are pure state machines fed with times (``now_s`` from a monotonic clock, ``now_ms``
+from the collector clock), so tests drive them without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = ["Admission", "DeadLetterQuota", "Refusal", "TokenBucket"]
+
+#: device ids tracked at once before idle buckets are forgotten
+MAX_TRACKED_DEVICES = 100_000
+
+
+class Refusal(StrEnum):
+    """Why a message was not admitted (the metric label)."""
+
+    QOS0 = "qos0"
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; one message costs one token."""
+
+    rate: float
+    burst: float
+    tokens: float = field(init=False)
+    updated_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self, now_s: float) -> bool:
+        """Spend a token if there is one at ``now_s``."""
+        self.tokens = min(self.burst, self.tokens + max(0.0, now_s - self.updated_s) * self.rate)
+        self.updated_s = now_s
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def has_token(self, now_s: float) -> bool:
+        """True when :meth:`take` at ``now_s`` would succeed (nothing is spent)."""
+        return self.tokens + max(0.0, now_s - self.updated_s) * self.rate >= 1.0
+
+    def full_at(self, now_s: float) -> bool:
+        """True when the bucket would be full at ``now_s`` (it can be forgotten)."""
+        return self.tokens + max(0.0, now_s - self.updated_s) * self.rate >= self.burst
+
+
+def _device_of(topic: str) -> str:
+    """The device level of ``lw/v1/{device}/...`` without validating anything else."""
+    parts = topic.split("/", 3)
+    return parts[2][:64] if len(parts) >= 3 else ""
+
+
+class Admission:
+    """Admits or refuses a received message before it is queued for verification.
+
+    Args:
+        rate_per_s: sustained messages per second per device id.
+        burst: messages a device id may send at once after being quiet.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def check(self, topic: str, qos: int, now_s: float) -> Refusal | None:
+        """``None`` to admit the message, else why it is refused (nothing is charged here)."""
+        if qos == 0:
+            return Refusal.QOS0
+        bucket = self._buckets.get(_device_of(topic))
+        if bucket is None or bucket.has_token(now_s):
+            return None
+        return Refusal.RATE_LIMITED
+
+    def charge(self, topic: str, now_s: float) -> None:
+        """Spend a token of the topic's device: its message cost work and stored nothing."""
+        device = _device_of(topic)
+        bucket = self._buckets.get(device)
+        if bucket is None:
+            if len(self._buckets) >= MAX_TRACKED_DEVICES:
+                self._forget_idle(now_s)
+            bucket = self._buckets[device] = TokenBucket(self.rate_per_s, float(self.burst))
+            bucket.updated_s = now_s
+        bucket.take(now_s)
+
+    def _forget_idle(self, now_s: float) -> None:
+        self._buckets = {d: b for d, b in self._buckets.items() if not b.full_at(now_s)}
+        if len(self._buckets) >= MAX_TRACKED_DEVICES:  # a flood of distinct ids: start over
+            self._buckets.clear()
+
+
+class DeadLetterQuota:
+    """At most ``per_hour`` dead-letter rows per device id per clock hour.
+
+    Args:
+        per_hour: rows per device id (messages without a device id share one pool) per hour.
+    """
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self._hour = -1
+        self._used: dict[str, int] = {}
+
+    def allow(self, device_id: str | None, now_ms: int) -> bool:
+        """Count one row for ``device_id`` in the hour of ``now_ms``; False when over quota."""
+        hour = now_ms // 3_600_000
+        if hour != self._hour:
+            self._hour = hour
+            self._used.clear()
+        key = device_id or ""
+        used = self._used.get(key, 0)
+        if used >= self.per_hour:
+            return False
+        if key not in self._used and len(self._used) >= MAX_TRACKED_DEVICES:
+            key = ""  # too many distinct ids this hour: they share the anonymous pool
+            used = self._used.get(key, 0)
+            if used >= self.per_hour:
+                return False
+        self._used[key] = used + 1
+        return True

@@ -1,0 +1,172 @@
+"""Finding 4: resources spent before authentication.
+
+As the attacker ran it: QoS 0 floods filled an unbounded in-process queue (and delayed
+another device's batch by minutes), 1 MiB junk messages were each kept with up to 2 MiB of
+raw bytes in ``dead_letters`` forever, and a 200 MB HTTP body was read and parsed before
+the 401. Each part is checked here with the fix in place; ``bench/flood_bench.py`` runs
+the full-size flood and measures RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import sqlalchemy as sa
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.orm import Session
+
+from collector.api.app import create_app
+from collector.ingest.admission import Admission, DeadLetterQuota, Refusal
+from collector.ingest.ingestor import Ingestor, Outcome
+from collector.ingest.service import IngestService
+from collector.jobs.retention import run_retention
+from collector.settings import Limits, MqttSettings, Settings, hash_api_key
+from firmware_sim.rig import Mosquitto
+
+from .signing_devices import NOW, SigningDevice, register, rows
+
+ADMIN_KEY = "sec-admin-key-0123456789"
+DAY_MS = 86_400_000
+
+# ------------------------------------------------------------------ HTTP: nothing read before auth
+
+
+class _Body:
+    """An ASGI ``receive`` that hands out a huge body in 64 KiB chunks and counts what was read."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.read = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        chunk = min(65_536, self.total - self.read)
+        self.read += chunk
+        return {"type": "http.request", "body": b"x" * chunk, "more_body": self.read < self.total}
+
+
+def _call(app: Any, body: _Body, headers: list[tuple[bytes, bytes]]) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/devices", "raw_path": b"/v1/devices", "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 80)}  # fmt: skip
+    asyncio.run(app(scope, body, send))
+    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+
+@pytest.fixture
+def app(engine: sa.Engine, tmp_path: Path) -> Any:
+    settings = Settings(data_dir=tmp_path, api_keys={hash_api_key(ADMIN_KEY): "admin"})
+    return create_app(settings, engine=engine)
+
+
+def test_200_mb_body_without_a_key_is_refused_before_one_byte_is_read(app: Any) -> None:
+    body = _Body(200 << 20)
+    length = str(body.total).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+    # Under the size limit with a lying Content-Length, or over it: neither is read.
+    assert _call(app, body, headers) == 413
+    assert body.read == 0
+    small = _Body(200 << 20)
+    assert _call(app, small, [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]) == 401
+    assert small.read == 0
+
+
+def test_a_valid_key_still_cannot_stream_more_than_the_limit(app: Any) -> None:
+    body = _Body(200 << 20)
+    auth = (b"authorization", f"Bearer {ADMIN_KEY}".encode())
+    assert _call(app, body, [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked"), auth]) == 413
+    assert body.read <= (1 << 20) + 65_536  # the limit plus the chunk that crossed it
+
+
+# ------------------------------------------------------------------ dead letters: bounded, purged
+
+
+def test_junk_is_kept_as_a_small_head_with_size_and_digest_under_a_quota(engine: sa.Engine) -> None:
+    limits = Limits(key_cache_ttl_s=0, dead_letters_per_device_hour=10)
+    ingest = Ingestor(engine, limits, clock_ms=lambda: NOW)
+    junk = bytes(range(256)) * 4096  # 1 MiB
+    for _ in range(25):
+        assert ingest.handle("lw/v1/victim/batch", junk).outcome is Outcome.DEAD_LETTERED
+    ingest.handle("lw/v1/other/batch", junk)
+    letters = rows(engine, "dead_letters")
+    assert len(letters) == 11  # 10 for the flooded id, its quota; the other id keeps its own
+    assert all(len(bytes(d["payload"])) == 4096 for d in letters)  # type: ignore[arg-type]
+    digest = hashlib.sha256(junk).hexdigest()
+    assert {(d["payload_bytes"], d["payload_sha256"]) for d in letters} == {(len(junk), digest)}
+    assert ingest.metrics.registry.get_sample_value("lienwatch_ingest_dead_letters_over_quota_total") == 15.0
+    assert ingest.counters["dead_letters"] == 26  # every refusal is counted, kept or not
+
+
+def test_dead_letters_are_purged_with_the_precise_locations(engine: sa.Engine) -> None:
+    old = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW - 91 * DAY_MS)
+    old.handle("lw/v1/car-1/batch", b"junk with a position in it")
+    Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW).handle("lw/v1/car-1/batch", b"recent junk")
+    with Session(engine) as session:
+        report = run_retention(session, NOW)
+        session.commit()
+    assert report.dead_letters_deleted == 1
+    assert [bytes(d["payload"]) for d in rows(engine, "dead_letters")] == [b"recent junk"]  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ admission before verification
+
+
+def test_rate_limit_charges_only_messages_that_stored_nothing() -> None:
+    gate = Admission(rate_per_s=1.0, burst=3)
+    assert gate.check("lw/v1/a/batch", 0, 0.0) is Refusal.QOS0
+    for _ in range(3):  # three junk/duplicate messages spend the burst
+        assert gate.check("lw/v1/a/batch", 1, 0.0) is None
+        gate.charge("lw/v1/a/batch", 0.0)
+    assert gate.check("lw/v1/a/batch", 1, 0.5) is Refusal.RATE_LIMITED
+    assert gate.check("lw/v1/b/batch", 1, 0.5) is None  # another device is not affected
+    assert gate.check("lw/v1/a/batch", 1, 1.0) is None  # a token per second comes back
+    assert DeadLetterQuota(2).allow("a", 0)
+
+
+def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
+    engine: sa.Engine, mosquitto: Mosquitto, car: SigningDevice
+) -> None:
+    register(engine, car)
+    ingest = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
+    settings = MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="sec-collector", group="sec")
+    attacker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
+    attacker.max_inflight_messages_set(50)
+    attacker.connect("127.0.0.1", mosquitto.port)
+    attacker.loop_start()
+    service = IngestService(ingest, settings, Limits(key_cache_ttl_s=0, queue_max_bytes=4 << 20))
+    try:
+        service.start()
+        assert service.ready.wait(30)
+        for i in range(5000):
+            attacker.publish(f"lw/v1/dev-{i % 50}/batch", b"\x00" * 100, qos=0)
+        junk = [attacker.publish("lw/v1/junk-1/batch", b"\xff" * (1 << 20), qos=1) for _ in range(30)]
+        sent = time.monotonic()
+        genuine = attacker.publish(car.topic, car.sealed(1, t0=NOW - 60_000), qos=1)
+        for info in [*junk, genuine]:
+            info.wait_for_publish(30)
+        deadline = time.monotonic() + 30
+        while not rows(engine, "batches") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stored_after = time.monotonic() - sent
+    finally:
+        service.stop()
+        attacker.disconnect()
+        attacker.loop_stop()
+    assert [r["seq"] for r in rows(engine, "batches")] == [1]
+    assert stored_after < 10.0, f"the genuine batch took {stored_after:.1f} s behind the flood"
+    assert service.refused["qos0"] == 5000
+    assert service._queued_bytes == 0
+    letters = rows(engine, "dead_letters", device_id="junk-1")
+    assert 0 < len(letters) <= 30
+    assert all(len(bytes(d["payload"])) <= 4096 for d in letters)  # type: ignore[arg-type]
