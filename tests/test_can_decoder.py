@@ -373,13 +373,13 @@ def test_min_interval_and_deadband_on_speed() -> None:
 
 
 def test_heartbeat_and_deadband_on_battery_voltage() -> None:
-    decoder = sample_decoder()  # deadband 0.2 V, heartbeat 60 s
+    decoder = sample_decoder()  # deadband 0.2 V, heartbeat 30 s
     got = feed(
         decoder,
         0x3C0,
-        [(t, volts(v)) for t, v in [(0, 12.5), (10, 12.6), (20, 12.69), (30, 12.7), (89, 12.7), (90, 12.7)]],
+        [(t, volts(v)) for t, v in [(0, 12.5), (10, 12.6), (20, 12.69), (30, 12.7), (59, 12.7), (60, 12.7)]],
     )
-    assert got == [(0, 12.5), (30_000, 12.7), (90_000, 12.7)]
+    assert got == [(0, 12.5), (30_000, 12.7), (60_000, 12.7)]
 
 
 def test_time_going_backwards_restarts_the_gate_and_is_counted() -> None:

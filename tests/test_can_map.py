@@ -61,7 +61,7 @@ def test_sample_map_defaults_and_options() -> None:
     assert dict(state.values or {}) == {v: v for v in ("OFF", "ACC", "ON", "START", "LOCK")}
     speed = entries["Vehicle.Speed"]
     assert (speed.type, speed.on_change, speed.min_interval_ms, speed.deadband) == (SignalType.FLOAT, True, 1000, 0.5)
-    assert entries["Vehicle.LowVoltageBattery.CurrentVoltage"].heartbeat_ms == 60000
+    assert entries["Vehicle.LowVoltageBattery.CurrentVoltage"].heartbeat_ms == 30000
     assert entries["Vehicle.Body.Trunk.Rear.IsOpen"].type is SignalType.BOOL
 
 
