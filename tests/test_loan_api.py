@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from collector.api.dependencies import ApiNotWiredError
-from collector.api.loans import redact_coordinates, router, sse_frame
+from collector.api.loans import router, sse_frame
+from collector.jobs.redaction import redact_coordinates
 from collector.settings import RiskSettings, Settings, get_settings, hash_api_key
 from collector.storage.tables import WebhookDelivery
 from protocol import config_topic, open_config

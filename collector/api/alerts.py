@@ -13,11 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
+from ..jobs.redaction import redact_coordinates
 from ..loans.queries import SEVERITIES, AlertFilter, QueryError, alert_row, alert_statement
 from ..storage.audit import record_access
 from .auth import Principal, require_role
 from .dependencies import ClockDep, SessionDep
-from .loans import redact_coordinates, time_param
+from .loans import time_param
 
 __all__ = ["router"]
 

@@ -28,11 +28,10 @@ from ..errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyErr
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_market_configs, load_signing_key
 from ..settings import Settings, get_settings
-from ..storage.audit import record_access
 from ..storage.database import open_database
 from ..storage.tables import Base, MarketRecord
 from .api_schema import document_refusals
-from .auth import Principal, bearer_accepted, require_role
+from .auth import Principal, audit_principal, bearer_accepted, require_role
 from .dependencies import (
     ClockDep,
     Downlink,
@@ -108,16 +107,7 @@ def _audit(
 ) -> None:
     """Append one audit row and commit it (before the answer leaves)."""
     with Session(engine) as session:
-        record_access(
-            session,
-            actor=principal.key_id,
-            role=principal.role,
-            action=action,
-            subject_type=kind,
-            subject_id=subject,
-            time_ms=now_ms,
-            detail=detail,
-        )
+        audit_principal(session, now_ms, principal, action, kind=kind, subject=subject, **detail)
         session.commit()
 
 

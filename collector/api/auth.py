@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Request, status
@@ -37,6 +37,7 @@ __all__ = [
     "CSRF_HEADER",
     "ROLES",
     "Principal",
+    "audit_principal",
     "authenticate",
     "bearer_accepted",
     "console_session",
@@ -238,3 +239,19 @@ def require_role(*roles: str) -> Callable[..., Principal]:
         return principal
 
     return dependency
+
+
+def audit_principal(
+    session: Session, now_ms: int, principal: Principal, action: str, *, kind: str, subject: str, **detail: Any
+) -> None:
+    """Append one audit row for what ``principal`` did (the caller commits)."""
+    record_access(
+        session,
+        actor=principal.key_id,
+        role=principal.role,
+        action=action,
+        subject_type=kind,
+        subject_id=subject,
+        time_ms=now_ms,
+        detail=detail,
+    )

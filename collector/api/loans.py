@@ -43,7 +43,7 @@ from ..jobs.downlink import (
     config_targets,
     market_items,
 )
-from ..jobs.redaction import redact_for_collections
+from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
@@ -57,10 +57,10 @@ from ..loans.store import (
 )
 from ..risk.assessment import open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
-from ..storage.audit import entry_as_dict, query_audit_log, record_access
+from ..storage.audit import entry_as_dict, query_audit_log
 from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
-from .auth import Principal, require_role
+from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
@@ -76,35 +76,13 @@ MAX_TRACK_MS = 31 * 86_400_000
 MAX_TRACK_POINTS = 20_000
 #: query integers beyond these are refused with 422 (a database integer is 64-bit signed)
 MAX_INT64 = 2**63 - 1
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-_COORDINATE_KEY = re.compile(r"(^|_)(lat|lon|latitude|longitude|position|track)$", re.IGNORECASE)
-
-
-def redact_coordinates(value: Any) -> Any:
-    """A copy of ``value`` without coordinate keys (``lat``, ``centre_lon``, ``position``...)."""
-    if isinstance(value, dict):
-        return {k: redact_coordinates(v) for k, v in value.items() if not _COORDINATE_KEY.search(str(k))}
-    if isinstance(value, list):
-        return [redact_coordinates(v) for v in value]
-    return value
 
 
 def _may_see_location(principal: Principal) -> bool:
     return principal.role in ("admin", "risk_analyst")
 
 
-def _audit(session: Session, now_ms: int, principal: Principal, action: str, *, kind: str, subject: str,
-           **detail: Any) -> None:
-    record_access(
-        session,
-        actor=principal.key_id,
-        role=principal.role,
-        action=action,
-        subject_type=kind,
-        subject_id=subject,
-        time_ms=now_ms,
-        detail=detail,
-    )
+_audit = audit_principal
 
 
 def time_param(value: str | None, name: str) -> int | None:
