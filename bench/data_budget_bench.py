@@ -184,7 +184,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(math.ceil(q * len(ordered))) - 1)]
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 def run_scenario(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -229,7 +229,8 @@ def run_scenario(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
             path.poll(now_s, active)
     for path in paths:
         path.flush()
-    assert first_ms is not None and last_ms is not None
+    assert first_ms is not None
+    assert last_ms is not None
     days = (last_ms - first_ms) / 86_400_000
     keepalive = (86_400 / args.keepalive_s) * 2 * tls_bytes(2) if args.keepalive_s else 0
     before, policy = paths
@@ -277,23 +278,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: rendering {args.hours:g} h at {args.gnss_hz:g} Hz ...", file=sys.stderr)
             results.append(run_scenario(name, args, Path(tmp)))
     print("\nBytes per vehicle per day on the wire (signed batches + MQTT 5 framing + PUBACK, TLS 1.3 estimated)")
-    print(f"{'scenario':<20} {'before B/day':>13} {'policy B/day':>13} {'ratio':>6} "
-          f"{'fixes before':>12} {'fixes up':>9} {'p95 m':>6} {'max m':>6} {'alerts':>6} {'same':>5}")
+    print(
+        f"{'scenario':<20} {'before B/day':>13} {'policy B/day':>13} {'ratio':>6} "
+        f"{'fixes before':>12} {'fixes up':>9} {'p95 m':>6} {'max m':>6} {'alerts':>6} {'same':>5}"
+    )
     failed = False
     for r in results:
         b, p = r["paths"]["before"], r["paths"]["policy"]
-        print(f"{r['scenario']:<20} {b['wire_bytes_per_day']:>13,} {p['wire_bytes_per_day']:>13,} {r['ratio']:>6} "
-              f"{b['fixes']:>12,} {p['fixes']:>9,} {r['track_error_p95_m']:>6} {r['track_error_max_m']:>6} "
-              f"{r['alerts']:>6} {r['same_alerts']!s:>5}")
+        print(
+            f"{r['scenario']:<20} {b['wire_bytes_per_day']:>13,} {p['wire_bytes_per_day']:>13,} {r['ratio']:>6} "
+            f"{b['fixes']:>12,} {p['fixes']:>9,} {r['track_error_p95_m']:>6} {r['track_error_max_m']:>6} "
+            f"{r['alerts']:>6} {r['same_alerts']!s:>5}"
+        )
         failed |= not r["same_alerts"] or r["track_error_max_m"] > 15.0
-    print(f"\nKeepalive pings (both paths alike, {args.keepalive_s:g} s): "
-          f"{results[0]['keepalive_bytes_per_day']:,} B/day")
+    print(
+        f"\nKeepalive pings (both paths alike, {args.keepalive_s:g} s): {results[0]['keepalive_bytes_per_day']:,} B/day"
+    )
     for r in results:
-        print(f"{r['scenario']}: {r['hours']} h, {r['receiver_epochs']:,} receiver epochs, {r['events']:,} events, "
-              f"batches before/policy {r['paths']['before']['batches']}/{r['paths']['policy']['batches']}, "
-              f"{r['seconds']} s")
-    print(f"\nRerun: .venv/bin/python bench/data_budget_bench.py --hours {args.hours:g} --gnss-hz {args.gnss_hz:g} "
-          + " ".join(f"--scenario {n}" for n in names))
+        print(
+            f"{r['scenario']}: {r['hours']} h, {r['receiver_epochs']:,} receiver epochs, {r['events']:,} events, "
+            f"batches before/policy {r['paths']['before']['batches']}/{r['paths']['policy']['batches']}, "
+            f"{r['seconds']} s"
+        )
+    print(
+        f"\nRerun: .venv/bin/python bench/data_budget_bench.py --hours {args.hours:g} --gnss-hz {args.gnss_hz:g} "
+        + " ".join(f"--scenario {n}" for n in names)
+    )
     return 1 if failed else 0
 
 
