@@ -197,7 +197,8 @@ class ReportingPolicy:
             if fix.time_ms - self._last_parked_fix_ms >= self.settings.parked_fix_interval_s * 1000:
                 self._last_parked_fix_ms = fix.time_ms
                 return self._sent([fix])
-            return self._hold(fix)
+            self._hold(fix)
+            return []
         if was_parked:  # moving again: this fix at once, the track starts here
             self.simplifier.reset(fix)
             return self._sent([fix])
