@@ -102,6 +102,7 @@ class CollectorRuntime:
             clock_ms=clock_ms,
             on_change=self._wake_webhooks,
             registry=self.metrics.registry,
+            cases=settings.cases,
         )
 
         self.retention: PeriodicJob | None = None

@@ -242,7 +242,9 @@ def create_loan(
     store_loan(session, row, now_ms=now)
     for payment in row.payments:
         record_repayment(session, row.loan_id, payment, now_ms=now)
-    assessment, _ = reassess_loan_as_configured(session, row.loan_id, now, settings.risk, settings.webhooks.urls)
+    assessment, _ = reassess_loan_as_configured(
+        session, row.loan_id, now, settings.risk, settings.webhooks.urls, settings.cases
+    )
     _audit(session, clock_ms(), principal, "create_loan", kind="loan", subject=row.loan_id)
     session.commit()
     return {"loan_id": row.loan_id, "level": assessment.level.label, "next_step": assessment.next_step.label}
@@ -283,7 +285,9 @@ def post_repayment(
         outcome = record_repayment(session, loan_id, payment, now_ms=now)
     except RepaymentConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+    assessment, _ = reassess_loan_as_configured(
+        session, loan_id, now, settings.risk, settings.webhooks.urls, settings.cases
+    )
     _audit(session, clock_ms(), principal, "record_repayment", kind="loan", subject=loan_id,
            payment_id=payment.payment_id, created=outcome.created)
     session.commit()
@@ -304,7 +308,7 @@ def assess_loan(
     """Re-evaluate a loan now (the periodic job does this for every loan)."""
     _loan_or_404(session, loan_id)
     assessment, change = reassess_loan_as_configured(
-        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls
+        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls, settings.cases
     )
     _audit(session, clock_ms(), principal, "assess_loan", kind="loan", subject=loan_id)
     session.commit()

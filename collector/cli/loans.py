@@ -88,7 +88,9 @@ def _reassess(session: Session, settings: Settings, loan_ids: list[str], progres
     now = wall_clock_ms()
     levels = {}
     for loan_id in loan_ids:
-        assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+        assessment, _ = reassess_loan_as_configured(
+            session, loan_id, now, settings.risk, settings.webhooks.urls, settings.cases
+        )
         levels[loan_id] = assessment.level.label
         progress.step()
     return levels

@@ -653,7 +653,9 @@ async def assess_from_console(loan_id: str, request: Request, principal: PagePri
     with Session(_engine(request)) as session:
         if session.get(LoanRecord, loan_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
-        reassess_loan_as_configured(session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls)
+        reassess_loan_as_configured(
+            session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls, settings.cases
+        )
         _audit(session, request, principal, "assess_loan", "loan", subject_id=loan_id)
         session.commit()
     return RedirectResponse(f"/console/loans/{loan_id}", status.HTTP_303_SEE_OTHER)
