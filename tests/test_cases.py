@@ -15,6 +15,7 @@ from collector.cases.contact_rules import check_contact
 from collector.cases.settings import CaseSettings, ContactRules, ContactSettings
 from collector.cases.store import (
     ActionIn,
+    ActionResult,
     Actor,
     CaseClosedError,
     InvalidActionError,
@@ -46,6 +47,10 @@ CONTACT = ContactSettings()
 CASES = CaseSettings()
 
 
+def act(session: Session, case_id: int, action: ActionIn, at: int, contact: ContactSettings = CONTACT) -> ActionResult:
+    return record_action(session, case_id, action, now_ms=at, who=AGENT, contact=contact)
+
+
 def shanghai_ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=SHANGHAI).timestamp() * 1000)
 
@@ -61,7 +66,8 @@ def test_a_call_at_21_30_shanghai_is_refused_until_08_00_next_morning() -> None:
     decision = check_contact(ContactRules(), "Asia/Shanghai", shanghai_ms("2026-11-28T21:30"), [])
     assert (decision.allowed, decision.reason) == (False, "quiet_hours")
     assert iso_shanghai(decision.allowed_from_ms) == "2026-11-29T08:00:00+08:00"
-    assert "21:00" in decision.message and "Asia/Shanghai" in decision.message
+    assert "21:00" in decision.message
+    assert "Asia/Shanghai" in decision.message
 
 
 def test_quiet_hours_edges_and_zones() -> None:
@@ -74,7 +80,8 @@ def test_quiet_hours_edges_and_zones() -> None:
     # 21:30 in Shanghai is 14:30 in Berlin (winter): allowed for a Berlin borrower
     assert check_contact(rules, "Europe/Berlin", shanghai_ms("2026-11-28T21:30"), []).allowed
     # a window that does not cross midnight, and no window at all
-    assert not check_contact(ContactRules("12:00", "13:00"), "UTC", shanghai_ms("2026-11-28T20:30"), []).allowed  # 12:30Z
+    at_12_30_utc = shanghai_ms("2026-11-28T20:30")
+    assert not check_contact(ContactRules("12:00", "13:00"), "UTC", at_12_30_utc, []).allowed
     assert check_contact(ContactRules("00:00", "00:00"), "Asia/Shanghai", shanghai_ms("2026-11-28T23:00"), []).allowed
 
 
@@ -176,23 +183,24 @@ def test_case_opens_at_watch_once_and_closes_on_cure(session: Session) -> None:
 
 def test_a_settled_case_does_not_reopen_at_the_same_level(session: Session) -> None:
     case = _watch_case(session)
-    close_case(session, case.id, "settled", NOW + HOUR, AGENT, note="paid in full at the branch")
+    close_case(session, case.id, "settled", now_ms=NOW + HOUR, who=AGENT, note="paid in full at the branch")
     session.commit()
     reassess_loan(session, "L-1002", NOW + 2 * HOUR)
     session.commit()
     assert session.scalar(sa.select(sa.func.count()).select_from(CaseRecord)) == 1
     with pytest.raises(CaseClosedError):
-        record_action(session, case.id, ActionIn("note", note="x"), NOW, AGENT, CONTACT)
+        act(session, case.id, ActionIn("note", note="x"), NOW)
     with pytest.raises(InvalidActionError, match="resolution"):
-        close_case(session, case.id, "forgiven", NOW, AGENT)
+        close_case(session, case.id, "forgiven", now_ms=NOW, who=AGENT)
 
 
 def test_a_call_logged_at_21_30_is_refused_recorded_and_audited(session: Session) -> None:
     case = _watch_case(session)
     at = shanghai_ms("2026-11-28T21:30")
-    result = record_action(session, case.id, ActionIn("call", "contacted"), at, AGENT, CONTACT)
+    result = act(session, case.id, ActionIn("call", "contacted"), at)
     session.commit()
-    assert result.refused and result.decision is not None
+    assert result.refused
+    assert result.decision is not None
     assert result.action.refused_reason == "quiet_hours"
     assert iso_shanghai(result.action.allowed_from_ms or 0) == "2026-11-29T08:00:00+08:00"
     stored = case_details(session, case.id, CONTACT)["actions"]
@@ -201,7 +209,7 @@ def test_a_call_logged_at_21_30_is_refused_recorded_and_audited(session: Session
     assert (audit.actor, audit.subject_id, audit.detail["allowed_from"]) == (
         "user:chen", "L-1002", "2026-11-29T08:00:00+08:00")
     # a note is not a contact: allowed at any hour
-    assert not record_action(session, case.id, ActionIn("note", note="called back later"), at, AGENT, CONTACT).refused
+    assert not act(session, case.id, ActionIn("note", note="called back later"), at).refused
 
 
 def test_the_loans_own_zone_and_jurisdiction_decide(session: Session) -> None:
@@ -212,8 +220,9 @@ def test_the_loans_own_zone_and_jurisdiction_decide(session: Session) -> None:
     loan.jurisdiction = "DE"
     contact = ContactSettings(jurisdictions={"DE": ContactRules("20:00", "09:00", 1, 3)})
     at = shanghai_ms("2026-11-29T04:30")  # 21:30 in Berlin the day before
-    refused = record_action(session, case.id, ActionIn("sms", "sent"), at, AGENT, contact)
-    assert refused.refused and refused.action.refused_reason == "quiet_hours"
+    refused = act(session, case.id, ActionIn("sms", "sent"), at, contact)
+    assert refused.refused
+    assert refused.action.refused_reason == "quiet_hours"
     assert case_details(session, case.id, contact)["actions"][0]["allowed_from"] == "2026-11-29T09:00:00+01:00"
 
 
@@ -222,16 +231,12 @@ def test_caps_per_day_and_week(session: Session) -> None:
     contact = ContactSettings(max_per_day=2, max_per_week=3)
     day1 = [shanghai_ms("2026-11-28T09:00"), shanghai_ms("2026-11-28T12:00")]
     for at in day1:
-        assert not record_action(session, case.id, ActionIn("call", "no_answer"), at, AGENT, contact).refused
-    third = record_action(session, case.id, ActionIn("sms", "sent"), shanghai_ms("2026-11-28T15:00"), AGENT, contact)
+        assert not act(session, case.id, ActionIn("call", "no_answer"), at, contact).refused
+    third = act(session, case.id, ActionIn("sms", "sent"), shanghai_ms("2026-11-28T15:00"), contact)
     assert third.action.refused_reason == "daily_cap"
     assert iso_shanghai(third.action.allowed_from_ms or 0) == "2026-11-29T08:00:00+08:00"
-    assert not record_action(
-        session, case.id, ActionIn("visit", "contacted"), shanghai_ms("2026-11-29T10:00"), AGENT, contact
-    ).refused
-    fourth = record_action(
-        session, case.id, ActionIn("call", "contacted"), shanghai_ms("2026-11-30T10:00"), AGENT, contact
-    )
+    assert not act(session, case.id, ActionIn("visit", "contacted"), shanghai_ms("2026-11-29T10:00"), contact).refused
+    fourth = act(session, case.id, ActionIn("call", "contacted"), shanghai_ms("2026-11-30T10:00"), contact)
     assert fourth.action.refused_reason == "weekly_cap"
     assert iso_shanghai(fourth.action.allowed_from_ms or 0) == "2026-12-05T09:00:00+08:00"
     # refusals are not contacts: they count towards no cap
@@ -244,7 +249,7 @@ def test_caps_per_day_and_week(session: Session) -> None:
 def test_a_broken_promise_escalates_the_case(session: Session) -> None:
     case = _watch_case(session)
     promise = ActionIn("call", "promise_to_pay", promise_date=date(2026, 11, 30), promise_amount_cents=350_000)
-    record_action(session, case.id, promise, NOW, AGENT, CONTACT)
+    act(session, case.id, promise, NOW)
     session.commit()
     assert check_promises(session, shanghai_ms("2026-11-30T23:00"), CASES, CONTACT) == {
         "checked": 1, "kept": 0, "broken": 0}
@@ -265,7 +270,7 @@ def test_a_broken_promise_escalates_the_case(session: Session) -> None:
 def test_a_kept_promise_does_not_escalate(session: Session) -> None:
     case = _watch_case(session)
     promise = ActionIn("call", "promise_to_pay", promise_date=date(2026, 11, 30), promise_amount_cents=350_000)
-    record_action(session, case.id, promise, NOW, AGENT, CONTACT)
+    act(session, case.id, promise, NOW)
     record_repayment(session, "L-1002", Payment("P-promise", date(2026, 11, 29), 350_000), now_ms=NOW)
     assert check_promises(session, shanghai_ms("2026-12-02T10:00"), CASES, CONTACT)["kept"] == 1
     session.refresh(case)
@@ -288,7 +293,7 @@ def test_action_validation(session: Session) -> None:
     ]
     for action in bad:
         with pytest.raises(InvalidActionError):
-            record_action(session, case.id, action, NOW, AGENT, CONTACT)
+            act(session, case.id, action, NOW)
     assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 0
 
 

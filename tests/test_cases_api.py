@@ -88,7 +88,8 @@ def test_the_case_as_the_api_shows_it(api: CasesApi) -> None:
     listed = api.call("GET", "/v1/cases", "collections").json()
     assert [(c["loan_id"], c["level"], c["next_action"]) for c in listed] == [("L-1002", "watch", "sms")]
     case = listed[0]
-    assert case["opened_at"] == "2026-11-28T17:40:00+08:00" and case["time_zone"] == "Asia/Shanghai"
+    assert case["opened_at"] == "2026-11-28T17:40:00+08:00"
+    assert case["time_zone"] == "Asia/Shanghai"
     assert case["sla_due_at"] == "2026-12-01T17:40:00+08:00"
     assert api.call("GET", "/v1/cases", "collections", params={"status": "closed"}).json() == []
     assert api.call("GET", "/v1/cases/999", "collections").status_code == 404
@@ -156,9 +157,11 @@ def test_a_loan_created_with_its_zone(api: CasesApi) -> None:
             "principal": "1000.00", "schedule": [{"due_date": "2027-01-01", "amount": "1000.00"}],
             "time_zone": "Mars/Base"}
     refused = api.call("POST", "/v1/loans", "admin", json=body)
-    assert refused.status_code == 422 and "time_zone" in refused.json()["detail"]
+    assert refused.status_code == 422
+    assert "time_zone" in refused.json()["detail"]
     body |= {"time_zone": "Europe/Berlin", "jurisdiction": "DE"}
     assert api.call("POST", "/v1/loans", "admin", json=body).status_code == 201
     with Session(api.engine) as session:
         loan = session.get(LoanRecord, "L-9")
-        assert loan is not None and (loan.time_zone, loan.jurisdiction) == ("Europe/Berlin", "DE")
+        assert loan is not None
+        assert (loan.time_zone, loan.jurisdiction) == ("Europe/Berlin", "DE")

@@ -162,8 +162,9 @@ def post_action(
     """Record an action; a contact outside the rules is recorded as refused and answered 409."""
     _, zone_name = _case_zone(session, case_id, settings.contact.default_time_zone)
     try:
+        action = action_from_body(body, zone_name)
         result = record_action(
-            session, case_id, action_from_body(body, zone_name), clock_ms(), _actor(principal), settings.contact
+            session, case_id, action, now_ms=clock_ms(), who=_actor(principal), contact=settings.contact
         )
     except CaseError as exc:
         raise _http_error(exc) from exc
@@ -204,7 +205,7 @@ def post_close(
 ) -> dict[str, Any]:
     """Close the case as cured, settled or recovered."""
     try:
-        close_case(session, case_id, body.resolution, clock_ms(), _actor(principal), note=body.note)
+        close_case(session, case_id, body.resolution, now_ms=clock_ms(), who=_actor(principal), note=body.note)
         session.commit()
         return case_details(session, case_id, settings.contact)
     except CaseError as exc:

@@ -251,7 +251,7 @@ def create_loan(
     for payment in row.payments:
         record_repayment(session, row.loan_id, payment, now_ms=now)
     assessment, _ = reassess_loan_as_configured(
-        session, row.loan_id, now, settings.risk, settings.webhooks.urls, settings.cases
+        session, row.loan_id, now, settings.risk, settings.webhooks.urls, cases=settings.cases
     )
     _audit(session, clock_ms(), principal, "create_loan", kind="loan", subject=row.loan_id)
     session.commit()
@@ -294,7 +294,7 @@ def post_repayment(
     except RepaymentConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     assessment, _ = reassess_loan_as_configured(
-        session, loan_id, now, settings.risk, settings.webhooks.urls, settings.cases
+        session, loan_id, now, settings.risk, settings.webhooks.urls, cases=settings.cases
     )
     _audit(session, clock_ms(), principal, "record_repayment", kind="loan", subject=loan_id,
            payment_id=payment.payment_id, created=outcome.created)
@@ -316,7 +316,7 @@ def assess_loan(
     """Re-evaluate a loan now (the periodic job does this for every loan)."""
     _loan_or_404(session, loan_id)
     assessment, change = reassess_loan_as_configured(
-        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls, settings.cases
+        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls, cases=settings.cases
     )
     _audit(session, clock_ms(), principal, "assess_loan", kind="loan", subject=loan_id)
     session.commit()

@@ -72,7 +72,8 @@ class ContactRules:
     @property
     def quiet_minutes(self) -> tuple[int, int]:
         """``(start, end)`` of the quiet hours in minutes after local midnight."""
-        return clock_minutes("contact.quiet_start", self.quiet_start), clock_minutes("contact.quiet_end", self.quiet_end)
+        start = clock_minutes("contact.quiet_start", self.quiet_start)
+        return start, clock_minutes("contact.quiet_end", self.quiet_end)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,12 +49,12 @@ __all__ = [
     "RESOLUTIONS",
     "ActionIn",
     "ActionResult",
+    "Actor",
     "CaseClosedError",
     "CaseError",
     "CaseNotFoundError",
     "InvalidActionError",
     "UnknownAssigneeError",
-    "Actor",
     "assign_case",
     "case_details",
     "check_promises",
@@ -227,7 +227,7 @@ def _higher_action(current: str, proposed: str) -> str:
 
 
 def sync_case_with_risk(
-    session: Session, loan_id: str, level: str, changed: bool, now_ms: int, settings: CaseSettings
+    session: Session, loan_id: str, level: str, *, changed: bool, now_ms: int, settings: CaseSettings
 ) -> CaseRecord | None:
     """Open, raise or close the loan's case after a reassessment at ``level``.
 
@@ -250,7 +250,7 @@ def sync_case_with_risk(
         except IntegrityError:  # another collector opened it first (uq_cases_one_open)
             return _open_case_of(session, loan_id)
     if _rank(level) < 0:
-        _close(session, case, "cured", now_ms, SYSTEM, note=None)
+        _close(session, case, "cured", now_ms=now_ms, who=SYSTEM, note=None)
         return None
     if _rank(level) > _rank(case.level):
         old = case.level
@@ -286,7 +286,7 @@ def _open_case(session: Session, loan_id: str, level: str, now_ms: int, settings
     return case
 
 
-def _close(session: Session, case: CaseRecord, resolution: str, now_ms: int, who: Actor, note: str | None) -> None:
+def _close(session: Session, case: CaseRecord, resolution: str, *, now_ms: int, who: Actor, note: str | None) -> None:
     case.status = "closed"
     case.resolution = resolution
     case.closed_ms = now_ms
@@ -302,7 +302,9 @@ def _close(session: Session, case: CaseRecord, resolution: str, now_ms: int, who
 # ------------------------------------------------------------------ people -> cases
 
 
-def close_case(session: Session, case_id: int, resolution: str, now_ms: int, who: Actor, note: str | None = None) -> CaseRecord:
+def close_case(
+    session: Session, case_id: int, resolution: str, *, now_ms: int, who: Actor, note: str | None = None
+) -> CaseRecord:
     """Close a case as ``cured``, ``settled`` or ``recovered`` (open promises become ``void``).
 
     Raises:
@@ -313,7 +315,7 @@ def close_case(session: Session, case_id: int, resolution: str, now_ms: int, who
     if note is not None and len(note) > MAX_NOTE:
         raise InvalidActionError(f"note has {len(note)} characters, at most {MAX_NOTE}")
     case = _case(session, case_id)
-    _close(session, case, resolution, now_ms, who, note)
+    _close(session, case, resolution, now_ms=now_ms, who=who, note=note)
     session.flush()
     return case
 
@@ -351,7 +353,7 @@ def _contacts_since(session: Session, loan_id: str, since_ms: int) -> list[int]:
 
 
 def _refuse(
-    session: Session, case: CaseRecord, action: ActionIn, decision: ContactDecision, now_ms: int, who: Actor, tz: str
+    session: Session, case: CaseRecord, action: ActionIn, decision: ContactDecision, *, now_ms: int, who: Actor, tz: str
 ) -> CaseActionRecord:
     row = CaseActionRecord(
         case_id=case.id, loan_id=case.loan_id, time_ms=now_ms, actor=who.actor, role=who.role, kind=action.kind,
@@ -370,7 +372,7 @@ def _refuse(
 
 
 def record_action(
-    session: Session, case_id: int, action: ActionIn, now_ms: int, who: Actor, contact: ContactSettings
+    session: Session, case_id: int, action: ActionIn, *, now_ms: int, who: Actor, contact: ContactSettings
 ) -> ActionResult:
     """Record an action on an open case at ``now_ms``; a contact the rules forbid is recorded as refused.
 
@@ -389,7 +391,7 @@ def record_action(
         rules = contact.rules_for(loan.jurisdiction)
         decision = check_contact(rules, tz, now_ms, _contacts_since(session, loan.loan_id, now_ms - 8 * 86_400_000))
         if not decision.allowed:
-            return ActionResult(_refuse(session, case, action, decision, now_ms, who, tz), decision)
+            return ActionResult(_refuse(session, case, action, decision, now_ms=now_ms, who=who, tz=tz), decision)
     row = CaseActionRecord(
         case_id=case.id, loan_id=case.loan_id, time_ms=now_ms, actor=who.actor, role=who.role, kind=action.kind,
         status="done", outcome=action.outcome, note=action.note, promise_date=action.promise_date,
@@ -405,7 +407,8 @@ def record_action(
     session.flush()
     record_access(
         session, actor=who.actor, role=who.role, action="case_action", subject_type="loan", subject_id=case.loan_id,
-        time_ms=now_ms, detail={"case_id": case.id, "action_id": row.id, "kind": action.kind, "outcome": action.outcome},
+        time_ms=now_ms,
+        detail={"case_id": case.id, "action_id": row.id, "kind": action.kind, "outcome": action.outcome},
     )
     return ActionResult(row, decision)
 
@@ -414,7 +417,7 @@ def record_action(
 
 
 def escalate_case(
-    session: Session, case: CaseRecord, reason: str, now_ms: int, settings: CaseSettings, **detail: Any
+    session: Session, case: CaseRecord, reason: str, *, now_ms: int, settings: CaseSettings, **detail: Any
 ) -> None:
     """Move an open case's next action one step up the ladder, due within ``escalation_sla_s``."""
     step = min(LADDER.index(case.next_action) + 1, len(LADDER) - 1)
@@ -466,7 +469,7 @@ def check_promises(session: Session, now_ms: int, settings: CaseSettings, contac
             action.promise_status = "broken"
             counts["broken"] += 1
             escalate_case(
-                session, case, "broken_promise", now_ms, settings, action_id=action.id,
+                session, case, "broken_promise", now_ms=now_ms, settings=settings, action_id=action.id,
                 promise_date=action.promise_date.isoformat(), promised_cents=action.promise_amount_cents,
                 paid_cents=paid,
             )

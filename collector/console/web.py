@@ -654,7 +654,7 @@ async def assess_from_console(loan_id: str, request: Request, principal: PagePri
         if session.get(LoanRecord, loan_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
         reassess_loan_as_configured(
-            session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls, settings.cases
+            session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls, cases=settings.cases
         )
         _audit(session, request, principal, "assess_loan", "loan", subject_id=loan_id)
         session.commit()

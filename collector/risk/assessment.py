@@ -306,7 +306,10 @@ def reassess_loan(
             )
             if webhook_urls:
                 enqueue_risk_change(session, event_id, change, webhook_urls, now_ms=now_ms)
-        sync_case_with_risk(session, loan_id, assessment.level.label, change is not None, now_ms, cases or CaseSettings())
+        sync_case_with_risk(
+            session, loan_id, assessment.level.label, changed=change is not None, now_ms=now_ms,
+            settings=cases or CaseSettings(),
+        )
         session.flush()
         return assessment, change
     raise RiskStateConflictError(
@@ -320,6 +323,7 @@ def reassess_loan_as_configured(
     now_ms: int,
     risk: RiskSettings,
     webhook_urls: Sequence[str] = (),
+    *,
     cases: CaseSettings | None = None,
 ) -> tuple[RiskAssessment, RiskChange | None]:
     """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (``[webhooks] urls``, ``[cases]``)."""
@@ -348,7 +352,7 @@ def reassess_loans(
         query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
     changes = []
     for loan_id in session.scalars(query).all():
-        _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls, cases)
+        _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls, cases=cases)
         if change is not None:
             changes.append(change)
     return changes

@@ -178,7 +178,7 @@ class RiskWorker:
                     if session.get(LoanRecord, loan_id) is None:
                         continue  # removed by retention meanwhile
                     _, change = reassess_loan_as_configured(
-                        session, loan_id, now_ms, self.risk, self.webhook_urls, self.cases
+                        session, loan_id, now_ms, self.risk, self.webhook_urls, cases=self.cases
                     )
                     if change is not None:
                         changes.append(change)
