@@ -54,6 +54,7 @@ OPTIONAL_ROUTER_MODULES: tuple[str, ...] = (
     "collector.api.alerts",
     "collector.api.cases",
     "collector.console.web",
+    "collector.console.case_pages",
 )
 
 _status = Base.metadata.tables["device_status"]

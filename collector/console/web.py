@@ -110,6 +110,8 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "assess": LOCATION_ROLES,
     "audit": frozenset({"admin", "auditor"}),
     "devices": frozenset({"admin"}),
+    "cases": frozenset({"admin", "risk_analyst", "collections"}),  # collector.console.case_pages
+    "act_on_case": frozenset({"admin", "collections"}),
 }
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -204,8 +206,9 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
 
     nav = []
     if principal is not None:
-        for page, href in (("worklist", "/console/worklist"), ("alerts", "/console/alerts"),
-                           ("audit", "/console/audit"), ("devices", "/console/devices")):
+        for page, href in (("worklist", "/console/worklist"), ("cases", "/console/cases"),
+                           ("alerts", "/console/alerts"), ("audit", "/console/audit"),
+                           ("devices", "/console/devices")):
             if principal.role in PAGE_ROLES[page]:
                 nav.append((t(page), href))
     base = {
