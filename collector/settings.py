@@ -359,7 +359,8 @@ def _build_contact(raw: Mapping[str, Any], base_dir: Path) -> ContactSettings:
     tables = raw.get("jurisdictions", {})
     if not isinstance(tables, Mapping) or not all(isinstance(t, Mapping) for t in tables.values()):
         raise ConfigError("[contact.jurisdictions] must hold one table per jurisdiction")
-    defaults = _build(ContactSettings, "contact", {k: v for k, v in raw.items() if k != "jurisdictions"}, base_dir)
+    plain = {k: v for k, v in raw.items() if k != "jurisdictions"}
+    defaults: ContactSettings = _build(ContactSettings, "contact", plain, base_dir)
     rules = {str(name): defaults.jurisdiction_rules(table) for name, table in tables.items()}
     return dataclasses.replace(defaults, jurisdictions=rules)
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from ..cases.store import (
     ACTION_KINDS,
@@ -29,12 +28,12 @@ from ..cases.store import (
     CaseNotFoundError,
     assign_case,
     case_details,
+    case_zone,
     close_case,
     list_cases,
     record_action,
 )
 from ..risk.repayments import RepaymentError, parse_amount
-from ..storage.tables import CaseRecord, LoanRecord
 from ..timefmt import TimeFormatError, iso_local, parse_time
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, SessionDep, SettingsDep
@@ -82,14 +81,6 @@ def _http_error(exc: CaseError) -> HTTPException:
     if isinstance(exc, CaseClosedError):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
-
-
-def _case_zone(session: Session, case_id: int, default_zone: str) -> tuple[CaseRecord, str]:
-    case = session.get(CaseRecord, case_id)
-    if case is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"case {case_id} does not exist")
-    loan = session.get(LoanRecord, case.loan_id)
-    return case, (loan.time_zone or default_zone) if loan is not None else default_zone
 
 
 def action_from_body(body: ActionBody, zone_name: str) -> ActionIn:
@@ -160,8 +151,8 @@ def post_action(
     clock_ms: ClockDep,
 ) -> dict[str, Any] | JSONResponse:
     """Record an action; a contact outside the rules is recorded as refused and answered 409."""
-    _, zone_name = _case_zone(session, case_id, settings.contact.default_time_zone)
     try:
+        zone_name = case_zone(session, case_id, settings.contact)
         action = action_from_body(body, zone_name)
         result = record_action(
             session, case_id, action, now_ms=clock_ms(), who=_actor(principal), contact=settings.contact

@@ -57,6 +57,7 @@ __all__ = [
     "UnknownAssigneeError",
     "assign_case",
     "case_details",
+    "case_zone",
     "check_promises",
     "close_case",
     "escalate_case",
@@ -186,6 +187,19 @@ class ActionResult:
 def loan_zone(loan: LoanRecord, contact: ContactSettings) -> str:
     """The borrower's IANA zone (the loan's, else ``[contact] default_time_zone``)."""
     return loan.time_zone or contact.default_time_zone
+
+
+def case_zone(session: Session, case_id: int, contact: ContactSettings) -> str:
+    """The borrower's zone of a case's loan.
+
+    Raises:
+        CaseNotFoundError: no such case.
+    """
+    case = session.get(CaseRecord, case_id)
+    loan = session.get(LoanRecord, case.loan_id) if case is not None else None
+    if loan is None:
+        raise CaseNotFoundError(f"case {case_id} does not exist")
+    return loan_zone(loan, contact)
 
 
 def _event(session: Session, case: CaseRecord, now_ms: int, who: Actor, kind: str, **detail: Any) -> None:

@@ -24,19 +24,17 @@ from ..cases.store import (
     RESOLUTIONS,
     Actor,
     CaseError,
-    CaseNotFoundError,
     assign_case,
     case_details,
+    case_zone,
     check_promises,
     close_case,
     list_cases,
-    loan_zone,
     record_action,
 )
 from ..clock import wall_clock_ms
 from ..settings import Settings
 from ..storage.audit import record_access
-from ..storage.tables import CaseRecord, LoanRecord
 from ..timefmt import iso_local
 from .context import cli_actor, settings_session
 
@@ -53,14 +51,6 @@ def _print(value: object) -> None:
 
 def _who() -> Actor:
     return Actor(cli_actor(), "admin")
-
-
-def _zone_of(session: Session, case_id: int, settings: Settings) -> str:
-    case = session.get(CaseRecord, case_id)
-    if case is None:
-        raise CaseNotFoundError(f"case {case_id} does not exist")
-    loan = session.get(LoanRecord, case.loan_id)
-    return loan_zone(loan, settings.contact) if loan is not None else settings.contact.default_time_zone
 
 
 def _audit_read(session: Session, action: str, subject_type: str, subject_id: str, **detail: object) -> None:
@@ -89,7 +79,7 @@ def _show(args: argparse.Namespace, settings: Settings, session: Session) -> int
 
 
 def _act(args: argparse.Namespace, settings: Settings, session: Session) -> int:
-    zone_name = _zone_of(session, args.case_id, settings)
+    zone_name = case_zone(session, args.case_id, settings.contact)
     try:
         body = ActionBody(
             kind=args.kind, outcome=args.outcome, note=args.note,

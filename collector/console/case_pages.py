@@ -32,12 +32,12 @@ from ..cases.store import (
     CaseNotFoundError,
     assign_case,
     case_details,
+    case_zone,
     close_case,
     list_cases,
-    loan_zone,
     record_action,
 )
-from ..storage.tables import CaseActionRecord, CaseRecord, LoanRecord
+from ..storage.tables import CaseActionRecord
 from ..timefmt import iso_local
 from .web import PagePrincipal, _allow, _audit, _checked_form, _engine, _now_ms, _render, _wire, _wiring
 
@@ -152,12 +152,12 @@ async def post_action(raw_id: str, request: Request, principal: PagePrincipal) -
     fields = await _checked_form(request, principal)
     contact = _wiring(request).settings.contact
     with Session(_engine(request)) as session:
-        case = session.get(CaseRecord, case_id)
-        loan = session.get(LoanRecord, case.loan_id) if case is not None else None
-        if loan is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"case {case_id} does not exist")
         try:
-            action = action_from_body(_form_action(fields), loan_zone(loan, contact))
+            zone_name = case_zone(session, case_id, contact)
+        except CaseNotFoundError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        try:
+            action = action_from_body(_form_action(fields), zone_name)
             result = record_action(session, case_id, action, now_ms=_now_ms(request), who=_who(principal),
                                    contact=contact)
         except (CaseError, ValueError) as exc:  # ValueError: a field pydantic or the date parser refused
