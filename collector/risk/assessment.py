@@ -364,6 +364,7 @@ def risk_commit_hook(
     risk: RiskSettings | None = None,
     webhook_urls: Sequence[str] = (),
     on_change: Callable[[list[RiskChange]], None] | None = None,
+    cases: CaseSettings | None = None,
 ) -> Callable[[object], None]:
     """An ``Ingestor.on_commit`` hook: reassess the loans of a device after its data committed.
 
@@ -381,7 +382,7 @@ def risk_commit_hook(
             return
         with Session(engine) as session:
             changes = reassess_loans(
-                session, received_ms, risk=risk, webhook_urls=webhook_urls, device_ids=[device_id]
+                session, received_ms, risk=risk, webhook_urls=webhook_urls, device_ids=[device_id], cases=cases
             )
             session.commit()
         if changes and on_change is not None:
