@@ -165,3 +165,50 @@ def test_a_loan_created_with_its_zone(api: CasesApi) -> None:
         loan = session.get(LoanRecord, "L-9")
         assert loan is not None
         assert (loan.time_zone, loan.jurisdiction) == ("Europe/Berlin", "DE")
+
+
+def test_a_replayed_action_is_recorded_once(api: CasesApi) -> None:
+    path = f"/v1/cases/{api.case_id}/actions"
+    note = {"kind": "note", "note": "called the branch", "client_ref": "tablet-1:0001"}
+    first = api.call("POST", path, "collections", json=note)
+    again = api.call("POST", path, "collections", json=note)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["action_id"] == first.json()["action_id"]
+    assert again.json()["replayed"] is True
+    api.clock[0] = shanghai_ms("2026-11-28T22:00")
+    call = {"kind": "call", "outcome": "contacted", "client_ref": "tablet-1:0002"}
+    refused = [api.call("POST", path, "collections", json=call) for _ in range(2)]
+    assert [r.status_code for r in refused] == [409, 409]
+    assert refused[0].json()["detail"]["allowed_from"] == refused[1].json()["detail"]["allowed_from"]
+    assert refused[1].json()["detail"]["replayed"] is True
+    with Session(api.engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 2
+    assert len(api.audit("contact_refused")) == 1
+
+
+def test_hostile_action_bodies_are_refused_and_record_nothing(api: CasesApi) -> None:
+    path = f"/v1/cases/{api.case_id}/actions"
+    headers = {"Authorization": f"Bearer {KEYS['collections']}", "Content-Type": "application/json"}
+    bodies: list[bytes] = [
+        b"",  # empty
+        b'{"kind": "note", "note": "trunc',  # truncated
+        b"\xff\xfe not json",  # malformed
+        b'{"kind": ["note"]}',  # wrong type
+        b'{"kind": "note", "note": "' + b"x" * 1001 + b'"}',  # oversized note
+        b'{"kind": "' + b"n" * 25 + b'"}',  # oversized kind
+        b'{"kind": "note", "note": "x", "client_ref": "has space"}',  # bad idempotency key
+        b'{"kind": "call", "outcome": "promise_to_pay", "promise_date": "2026-11-30", "promise_amount": "1e9"}',
+        b'{"kind": "note", "note": "x", "next_action_at": "2026-13-45T99:00"}',
+    ]
+    for body in bodies:
+        answer = api.client.post(path, content=body, headers=headers)
+        # undecodable bytes are FastAPI's 400, everything that decodes but breaks a rule 422
+        expected = 400 if body.startswith(b"\xff") else 422
+        assert answer.status_code == expected, (body[:40], answer.status_code)
+    huge = api.client.post(path, content=b'{"note": "' + b"x" * (2 << 20) + b'"}', headers=headers)
+    assert huge.status_code == 413
+    forged = api.client.post(path, json={"kind": "note", "note": "x"},
+                             headers={"Authorization": "Bearer forged-key-0123456789"})
+    assert forged.status_code == 401
+    with Session(api.engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 0

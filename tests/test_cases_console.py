@@ -133,3 +133,17 @@ def test_who_may_open_the_case_pages(world: tuple) -> None:
     sign_in(client, "audrey")
     assert client.get("/console/cases").status_code == 403
     assert client.get(f"/console/cases/{case_id}").status_code == 403
+
+
+def test_a_form_sent_twice_records_one_action(world: tuple) -> None:
+    client, engine, _, case_id = world
+    csrf = sign_in(client, "cole")
+    page = client.get(f"/console/cases/{case_id}").text
+    ref = re.search(r'name="client_ref" value="([^"]+)"', page)
+    assert ref is not None
+    form = {"csrf_token": csrf, "client_ref": ref.group(1), "kind": "note", "note": "sent twice"}
+    for _ in range(2):
+        assert client.post(f"/console/cases/{case_id}/actions", data=form, follow_redirects=False).status_code == 303
+    with Session(engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 1
+    assert ref.group(1) not in client.get(f"/console/cases/{case_id}").text  # a new form gets a new key

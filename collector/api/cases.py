@@ -56,6 +56,8 @@ class ActionBody(BaseModel):
     promise_amount: str | None = Field(default=None, max_length=20, examples=["3500.00"])
     next_action: str | None = Field(default=None, max_length=24, examples=list(LADDER))
     next_action_at: str | None = Field(default=None, max_length=64, examples=["2026-11-30T10:00:00+08:00"])
+    client_ref: str | None = Field(default=None, max_length=64, examples=["tablet-7f3a-0001"],
+                                   description="idempotency key: a replay returns the first answer")
 
 
 class AssignBody(BaseModel):
@@ -94,7 +96,9 @@ def action_from_body(body: ActionBody, zone_name: str) -> ActionIn:
         next_ms = parse_time(body.next_action_at, default_zone=zone_name) if body.next_action_at else None
     except (RepaymentError, TimeFormatError) as exc:
         raise CaseError(str(exc)) from exc
-    return ActionIn(body.kind, body.outcome, body.note, body.promise_date, cents, body.next_action, next_ms)
+    return ActionIn(
+        body.kind, body.outcome, body.note, body.promise_date, cents, body.next_action, next_ms, body.client_ref
+    )
 
 
 #: a case id in a path: a positive 64-bit integer (anything else is 422)
@@ -160,19 +164,23 @@ def post_action(
     except CaseError as exc:
         raise _http_error(exc) from exc
     session.commit()
-    if result.refused and result.decision is not None:
+    row = result.action
+    if result.refused:
+        message = result.decision.message if result.decision is not None else f"refused: {row.refused_reason}"
         return JSONResponse(
             status_code=status.HTTP_409_CONFLICT,
             content={"detail": {
                 "error": "contact_refused",
-                "reason": result.decision.reason,
-                "message": result.decision.message,
-                "allowed_from": iso_local(result.decision.allowed_from_ms, zone_name),
-                "action_id": result.action.id,
+                "reason": row.refused_reason,
+                "message": message,
+                "allowed_from": iso_local(row.allowed_from_ms or row.time_ms, zone_name),
+                "action_id": row.id,
+                "replayed": result.replayed,
             }},
         )
-    return {"action_id": result.action.id, "status": result.action.status, "at": iso_local(result.action.time_ms,
-                                                                                             zone_name)}
+    answer = {"action_id": row.id, "status": row.status, "at": iso_local(row.time_ms, zone_name),
+              "replayed": result.replayed}
+    return JSONResponse(status_code=status.HTTP_200_OK, content=answer) if result.replayed else answer
 
 
 @router.post("/{case_id}/assign")

@@ -25,6 +25,7 @@ caller's transaction; the caller commits.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -84,6 +85,7 @@ RESOLUTIONS = ("cured", "settled", "recovered")
 #: Roles whose users can be a case's assignee (docs/people.md).
 ASSIGNABLE_ROLES = ("collections", "admin")
 MAX_NOTE = 1000
+_CLIENT_REF = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_PROMISE_DAYS = 92
 
 
@@ -130,6 +132,8 @@ class ActionIn:
         promise_amount_cents: the promised amount (``promise_to_pay`` only).
         next_action: the next action planned (one of :data:`LADDER`), optional.
         next_action_ms: when it is due, optional.
+        client_ref: the caller's idempotency key (``[A-Za-z0-9_.:-]{1,64}``): the same key on
+            the same case returns the action stored the first time instead of a second one.
     """
 
     kind: str
@@ -139,6 +143,7 @@ class ActionIn:
     promise_amount_cents: int | None = None
     next_action: str | None = None
     next_action_ms: int | None = None
+    client_ref: str | None = None
 
     def check(self, today: date) -> None:
         """Refuse an inconsistent action.
@@ -166,14 +171,21 @@ class ActionIn:
                 )
         if self.next_action is not None and self.next_action not in LADDER:
             raise InvalidActionError(f"next_action {self.next_action!r:.30} is not one of {', '.join(LADDER)}")
+        if self.client_ref is not None and not _CLIENT_REF.fullmatch(self.client_ref):
+            raise InvalidActionError(f"client_ref {self.client_ref!r:.70} must match {_CLIENT_REF.pattern}")
 
 
 @dataclass(frozen=True, slots=True)
 class ActionResult:
-    """What :func:`record_action` stored: the action, and the contact decision if it was a contact."""
+    """What :func:`record_action` stored: the action, and the contact decision if it was a contact.
+
+    ``replayed`` is True when the action's ``client_ref`` was seen before on this case: the
+    stored action is returned (``decision`` is then ``None``) and nothing new is recorded.
+    """
 
     action: CaseActionRecord
     decision: ContactDecision | None
+    replayed: bool = False
 
     @property
     def refused(self) -> bool:
@@ -372,7 +384,7 @@ def _refuse(
     row = CaseActionRecord(
         case_id=case.id, loan_id=case.loan_id, time_ms=now_ms, actor=who.actor, role=who.role, kind=action.kind,
         status="refused", outcome=None, note=None, refused_reason=decision.reason,
-        allowed_from_ms=decision.allowed_from_ms,
+        allowed_from_ms=decision.allowed_from_ms, client_ref=action.client_ref,
     )
     session.add(row)
     session.flush()
@@ -397,6 +409,16 @@ def record_action(
     loan = session.get(LoanRecord, case.loan_id)
     if loan is None:
         raise CaseNotFoundError(f"case {case_id} has no loan")
+    if action.client_ref is not None:
+        if not _CLIENT_REF.fullmatch(action.client_ref):
+            raise InvalidActionError(f"client_ref {action.client_ref!r:.70} must match {_CLIENT_REF.pattern}")
+        seen = session.scalar(
+            sa.select(CaseActionRecord).where(
+                CaseActionRecord.case_id == case.id, CaseActionRecord.client_ref == action.client_ref
+            )
+        )
+        if seen is not None:
+            return ActionResult(seen, None, replayed=True)
     tz = loan_zone(loan, contact)
     today = datetime.fromtimestamp(now_ms / 1000, tz=zone(tz)).date()
     action.check(today)
@@ -410,7 +432,7 @@ def record_action(
         case_id=case.id, loan_id=case.loan_id, time_ms=now_ms, actor=who.actor, role=who.role, kind=action.kind,
         status="done", outcome=action.outcome, note=action.note, promise_date=action.promise_date,
         promise_amount_cents=action.promise_amount_cents,
-        promise_status="open" if action.outcome == "promise_to_pay" else None,
+        promise_status="open" if action.outcome == "promise_to_pay" else None, client_ref=action.client_ref,
     )
     session.add(row)
     if action.next_action is not None:

@@ -85,6 +85,7 @@ def _act(args: argparse.Namespace, settings: Settings, session: Session) -> int:
             kind=args.kind, outcome=args.outcome, note=args.note,
             promise_date=date.fromisoformat(args.promise_date) if args.promise_date else None,
             promise_amount=args.promise_amount, next_action=args.next_action, next_action_at=args.next_action_at,
+            client_ref=args.client_ref,
         )
     except (ValidationError, ValueError) as exc:
         raise CaseError(f"action: {exc}") from exc
@@ -156,6 +157,7 @@ def add_subcommands(
     act.add_argument("--promise-amount", help="e.g. 3500.00 (promise_to_pay)")
     act.add_argument("--next-action", choices=LADDER)
     act.add_argument("--next-action-at", help="ISO-8601 (no offset: the borrower's zone)")
+    act.add_argument("--client-ref", help="idempotency key: running the command again records nothing new")
     assign = csub.add_parser("assign", parents=[common], help="assign a case to a user (collections or admin)")
     assign.add_argument("case_id", type=int)
     assign.add_argument("assignee")

@@ -12,6 +12,7 @@ helpers are those of :mod:`collector.console.web`.
 
 from __future__ import annotations
 
+import secrets
 from datetime import date
 from typing import Any
 from urllib.parse import urlencode
@@ -110,6 +111,8 @@ def _case_page(request: Request, principal: Principal, case_id: int, *, error: s
         "ladder": LADDER,
         "resolutions": [r for r in RESOLUTIONS if r != "cured"],  # cure is the risk engine's to decide
         "today": date.today().isoformat(),
+        # one key per rendered form: a form sent twice (double click, resend) records one action
+        "client_ref": f"form-{secrets.token_hex(16)}",
         "shown": _shown,
     }, status_code=status_code)
 
@@ -141,6 +144,7 @@ def _form_action(fields: dict[str, str]) -> ActionBody:
         promise_amount=get("promise_amount"),
         next_action=get("next_action"),
         next_action_at=get("next_action_at"),
+        client_ref=get("client_ref"),
     )
 
 

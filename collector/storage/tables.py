@@ -496,6 +496,7 @@ class CaseActionRecord(Base):
         sa.Index("ix_case_actions_case_time", "case_id", "time_ms"),
         sa.Index("ix_case_actions_loan_time", "loan_id", "time_ms"),
         sa.Index("ix_case_actions_promise", "promise_status"),
+        sa.UniqueConstraint("case_id", "client_ref", name="uq_case_actions_case_client_ref"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -513,6 +514,8 @@ class CaseActionRecord(Base):
     promise_status: Mapped[str | None] = mapped_column(sa.String(16))
     refused_reason: Mapped[str | None] = mapped_column(sa.String(32))
     allowed_from_ms: Mapped[int | None]
+    # the caller's idempotency key: a replayed request returns the stored action (NULL: none given)
+    client_ref: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class CaseEventRecord(Base):

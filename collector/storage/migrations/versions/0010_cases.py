@@ -72,6 +72,8 @@ def upgrade() -> None:
         sa.Column('promise_status', sa.String(length=16), nullable=True),
         sa.Column('refused_reason', sa.String(length=32), nullable=True),
         sa.Column('allowed_from_ms', sa.BigInteger(), nullable=True),
+        sa.Column('client_ref', sa.String(length=64), nullable=True),
+        sa.UniqueConstraint('case_id', 'client_ref', name='uq_case_actions_case_client_ref'),
         sa.ForeignKeyConstraint(['case_id'], ['cases.id'], name=op.f('fk_case_actions_case_id_cases'),
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_case_actions')),
