@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from collector.cases import store
 from collector.cases.contact_rules import check_contact
 from collector.cases.settings import CaseSettings, ContactRules, ContactSettings
 from collector.cases.store import (
@@ -320,3 +321,26 @@ def test_a_level_going_up_raises_the_open_case(session: Session) -> None:
     assert case.level in ("high", "critical")
     assert case.next_action in ("call", "field_check")
     assert case_details(session, case.id, CONTACT)["events"][-1]["kind"] == "level"
+
+
+def test_a_replay_that_loses_the_race_returns_the_stored_action(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = _watch_case(session)
+    note = ActionIn("note", note="from the tablet", client_ref="tablet:42")
+    first = act(session, case.id, note, NOW)
+    session.commit()
+    real_replay = store._replay
+    calls: list[int] = []
+
+    def not_yet_visible(s: Session, case_id: int, ref: str) -> ActionResult | None:
+        calls.append(case_id)
+        return None if len(calls) == 1 else real_replay(s, case_id, ref)  # the first look misses it
+
+    monkeypatch.setattr(store, "_replay", not_yet_visible)
+    again = act(session, case.id, note, NOW + 1000)
+    assert again.replayed
+    assert again.action.id == first.action.id
+    assert len(calls) == 2
+    session.commit()
+    assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 1

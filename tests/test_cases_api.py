@@ -92,6 +92,9 @@ def test_the_case_as_the_api_shows_it(api: CasesApi) -> None:
     assert case["time_zone"] == "Asia/Shanghai"
     assert case["sla_due_at"] == "2026-12-01T17:40:00+08:00"
     assert api.call("GET", "/v1/cases", "collections", params={"status": "closed"}).json() == []
+    by_loan = api.call("GET", "/v1/cases", "risk_analyst", params={"loan_id": "L-1002", "status": "all"}).json()
+    assert [c["case_id"] for c in by_loan] == [case["case_id"]]
+    assert api.call("GET", "/v1/cases", "risk_analyst", params={"loan_id": "L-1001"}).json() == []
     assert api.call("GET", "/v1/cases/999", "collections").status_code == 404
     assert api.call("GET", "/v1/cases/0", "collections").status_code == 422
     assert api.call("GET", f"/v1/cases/{2**64}", "collections").status_code == 422

@@ -73,6 +73,7 @@ def test_case_list_page_and_form(world: tuple) -> None:
     assert "L-1002" in unassigned
     assert 'href="/console/cases"' in listing.text  # in the navigation
 
+    assert f'href="/console/cases/{case_id}" id="case-link"' in client.get("/console/loans/L-1002").text
     page = client.get(f"/console/cases/{case_id}")
     assert 'id="action-form"' in page.text
     assert "Asia/Shanghai" in page.text

@@ -115,14 +115,15 @@ def get_cases(
     case_status: Annotated[str, Query(alias="status", pattern="^(open|closed|all)$")] = "open",
     assignee: Annotated[str | None, Query(max_length=64)] = None,
     level: Annotated[str | None, Query(pattern="^(watch|high|critical)$")] = None,
+    loan_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
-    """Cases, most urgent SLA first; ``assignee=me`` is the signed-in user's."""
+    """Cases, most urgent SLA first; ``assignee=me`` is the signed-in user's; ``loan_id`` one loan's cases."""
     if assignee == "me":
         assignee = principal.username or "\x00"  # an API key is nobody's assignee
     cases = list_cases(
         session, settings.contact, status=None if case_status == "all" else case_status, assignee=assignee,
-        level=level, limit=limit,
+        level=level, loan_id=loan_id, limit=limit,
     )
     audit_principal(session, clock_ms(), principal, "list_cases", kind="case", subject="*", count=len(cases))
     session.commit()

@@ -378,16 +378,37 @@ def _contacts_since(session: Session, loan_id: str, since_ms: int) -> list[int]:
     return list(rows)
 
 
+def _inserted(session: Session, row: CaseActionRecord) -> bool:
+    """Insert an action; False when a concurrent request with the same ``client_ref`` stored it first."""
+    if row.client_ref is None:
+        session.add(row)
+        session.flush()
+        return True
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:  # uq_case_actions_case_client_ref: the replay lost the race
+        return False
+    return True
+
+
+def _replay(session: Session, case_id: int, client_ref: str) -> ActionResult | None:
+    same = (CaseActionRecord.case_id == case_id, CaseActionRecord.client_ref == client_ref)
+    seen = session.scalar(sa.select(CaseActionRecord).where(*same))
+    return ActionResult(seen, None, replayed=True) if seen is not None else None
+
+
 def _refuse(
     session: Session, case: CaseRecord, action: ActionIn, decision: ContactDecision, *, now_ms: int, who: Actor, tz: str
-) -> CaseActionRecord:
+) -> CaseActionRecord | None:
     row = CaseActionRecord(
         case_id=case.id, loan_id=case.loan_id, time_ms=now_ms, actor=who.actor, role=who.role, kind=action.kind,
         status="refused", outcome=None, note=None, refused_reason=decision.reason,
         allowed_from_ms=decision.allowed_from_ms, client_ref=action.client_ref,
     )
-    session.add(row)
-    session.flush()
+    if not _inserted(session, row):
+        return None
     record_access(
         session, actor=who.actor, role=who.role, action="contact_refused", subject_type="loan",
         subject_id=case.loan_id, time_ms=now_ms,
@@ -395,6 +416,14 @@ def _refuse(
                 "allowed_from": iso_local(decision.allowed_from_ms, tz)},
     )
     return row
+
+
+def _replay_after_race(session: Session, case_id: int, action: ActionIn) -> ActionResult:
+    assert action.client_ref is not None  # only a keyed insert can lose a race
+    replayed = _replay(session, case_id, action.client_ref)
+    if replayed is None:
+        raise CaseError(f"action {action.client_ref!r:.70} on case {case_id} was neither stored nor found")
+    return replayed
 
 
 def record_action(
@@ -412,13 +441,9 @@ def record_action(
     if action.client_ref is not None:
         if not _CLIENT_REF.fullmatch(action.client_ref):
             raise InvalidActionError(f"client_ref {action.client_ref!r:.70} must match {_CLIENT_REF.pattern}")
-        seen = session.scalar(
-            sa.select(CaseActionRecord).where(
-                CaseActionRecord.case_id == case.id, CaseActionRecord.client_ref == action.client_ref
-            )
-        )
-        if seen is not None:
-            return ActionResult(seen, None, replayed=True)
+        replayed = _replay(session, case.id, action.client_ref)
+        if replayed is not None:
+            return replayed
     tz = loan_zone(loan, contact)
     today = datetime.fromtimestamp(now_ms / 1000, tz=zone(tz)).date()
     action.check(today)
@@ -427,14 +452,18 @@ def record_action(
         rules = contact.rules_for(loan.jurisdiction)
         decision = check_contact(rules, tz, now_ms, _contacts_since(session, loan.loan_id, now_ms - 8 * 86_400_000))
         if not decision.allowed:
-            return ActionResult(_refuse(session, case, action, decision, now_ms=now_ms, who=who, tz=tz), decision)
+            refused = _refuse(session, case, action, decision, now_ms=now_ms, who=who, tz=tz)
+            if refused is None:
+                return _replay_after_race(session, case.id, action)
+            return ActionResult(refused, decision)
     row = CaseActionRecord(
         case_id=case.id, loan_id=case.loan_id, time_ms=now_ms, actor=who.actor, role=who.role, kind=action.kind,
         status="done", outcome=action.outcome, note=action.note, promise_date=action.promise_date,
         promise_amount_cents=action.promise_amount_cents,
         promise_status="open" if action.outcome == "promise_to_pay" else None, client_ref=action.client_ref,
     )
-    session.add(row)
+    if not _inserted(session, row):
+        return _replay_after_race(session, case.id, action)
     if action.next_action is not None:
         case.next_action = action.next_action
     if action.next_action_ms is not None:
@@ -563,6 +592,7 @@ def list_cases(
     status: str | None = "open",
     assignee: str | None = None,
     level: str | None = None,
+    loan_id: str | None = None,
     limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Cases matching the filters, most urgent first (earliest SLA), at most ``limit`` (1..1000)."""
@@ -573,6 +603,8 @@ def list_cases(
         query = query.where(CaseRecord.assignee == assignee)
     if level is not None:
         query = query.where(CaseRecord.level == level)
+    if loan_id is not None:
+        query = query.where(CaseRecord.loan_id == loan_id)
     query = query.order_by(CaseRecord.sla_due_ms, CaseRecord.id).limit(max(1, min(1000, limit)))
     return [_case_dict(case, loan_zone(loan, contact)) for case, loan in session.execute(query).all()]
 

@@ -75,6 +75,7 @@ from ..storage.people import (
 )
 from ..storage.tables import (
     AlertRecord,
+    CaseRecord,
     FixRecord,
     LoanRecord,
     MarketRecord,
@@ -615,6 +616,9 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                 "borrower_ref": loan.borrower_ref, "principal": format_cents(loan.principal_cents),
             },
             "zone": zone_name,
+            "open_case": session.scalar(
+                sa.select(CaseRecord.id).where(CaseRecord.loan_id == loan_id, CaseRecord.status == "open")
+            ),
             "level": state.level if state is not None else "normal",
             "next_step": state.next_step if state is not None else "monitor",
             "evaluated": format_time(state.evaluated_ms if state is not None else None, zone_name),
