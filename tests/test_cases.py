@@ -25,6 +25,7 @@ from collector.cases.store import (
     case_details,
     check_promises,
     close_case,
+    close_open_case,
     list_cases,
     record_action,
 )
@@ -184,11 +185,14 @@ def test_case_opens_at_watch_once_and_closes_on_cure(session: Session) -> None:
 
 def test_a_settled_case_does_not_reopen_at_the_same_level(session: Session) -> None:
     case = _watch_case(session)
-    close_case(session, case.id, "settled", now_ms=NOW + HOUR, who=AGENT, note="paid in full at the branch")
+    closed = close_open_case(session, "L-1002", "settled", now_ms=NOW + HOUR, who=AGENT, note="paid in full")
+    assert closed is not None
+    assert (closed.id, closed.resolution) == (case.id, "settled")
     session.commit()
     reassess_loan(session, "L-1002", NOW + 2 * HOUR)
     session.commit()
     assert session.scalar(sa.select(sa.func.count()).select_from(CaseRecord)) == 1
+    assert close_open_case(session, "L-1002", "settled", now_ms=NOW, who=AGENT) is None  # nothing open
     with pytest.raises(CaseClosedError):
         act(session, case.id, ActionIn("note", note="x"), NOW)
     with pytest.raises(InvalidActionError, match="resolution"):

@@ -61,6 +61,7 @@ __all__ = [
     "case_zone",
     "check_promises",
     "close_case",
+    "close_open_case",
     "escalate_case",
     "list_cases",
     "loan_zone",
@@ -344,6 +345,20 @@ def close_case(
     _close(session, case, resolution, now_ms=now_ms, who=who, note=note)
     session.flush()
     return case
+
+
+def close_open_case(
+    session: Session, loan_id: str, resolution: str, *, now_ms: int, who: Actor, note: str | None = None
+) -> CaseRecord | None:
+    """Close the loan's open case, if it has one (the loan lifecycle: settled, repossessed -> recovered).
+
+    Raises:
+        InvalidActionError: bad resolution or note.
+    """
+    case = _open_case_of(session, loan_id)
+    if case is None:
+        return None
+    return close_case(session, case.id, resolution, now_ms=now_ms, who=who, note=note)
 
 
 def assign_case(session: Session, case_id: int, assignee: str, now_ms: int, who: Actor) -> CaseRecord:
