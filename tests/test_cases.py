@@ -34,6 +34,7 @@ from collector.loans.csv_import import import_loans, parse_loans
 from collector.loans.store import record_repayment
 from collector.risk.assessment import reassess_loan
 from collector.risk.repayments import Payment
+from collector.risk.worker import RiskWorker
 from collector.settings import load_settings
 from collector.storage.database import create_engine, migrate
 from collector.storage.people import add_user
@@ -348,3 +349,15 @@ def test_a_replay_that_loses_the_race_returns_the_stored_action(
     assert len(calls) == 2
     session.commit()
     assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 1
+
+
+def test_the_risk_worker_opens_cases_with_the_configured_sla(session: Session) -> None:
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine)
+    worker = RiskWorker(engine, cases=CaseSettings(sla_watch_s=2 * 3600.0), clock_ms=lambda: NOW)
+    worker.run_once()  # the first round reassesses every loan
+    opened = {c["loan_id"]: c for c in list_cases(session, CONTACT)}
+    assert "L-1002" in opened
+    assert "L-1001" not in opened  # paid up
+    case = session.scalars(sa.select(CaseRecord).where(CaseRecord.loan_id == "L-1002")).one()
+    assert case.sla_due_ms == NOW + 2 * HOUR
