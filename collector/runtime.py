@@ -14,6 +14,8 @@ that loses nothing:
   ``[webhooks] secret`` is configured);
 * the retention job (:class:`~collector.jobs.periodic.PeriodicJob`, first run one
   ``[retention] interval_s`` after start);
+* the promise-to-pay check (a :class:`~collector.jobs.periodic.PeriodicJob` every ``[cases]
+  promise_check_interval_s``: broken promises escalate their case);
 * the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set).
 
 Start order: workers first, the ingest last (so no hook fires into a stopped worker). Stop
@@ -35,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from .api.app import create_app
+from .cases.store import check_promises
 from .clock import ClockMs, wall_clock_ms
 from .ingest.ingestor import Ingestor
 from .ingest.metrics import IngestMetrics
@@ -102,6 +105,7 @@ class CollectorRuntime:
             clock_ms=clock_ms,
             on_change=self._wake_webhooks,
             registry=self.metrics.registry,
+            cases=settings.cases,
         )
 
         self.retention: PeriodicJob | None = None
@@ -109,6 +113,9 @@ class CollectorRuntime:
             r = settings.retention
             self.retention_policy = RetentionPolicy(r.fix_days, r.fix_mode, r.record_years)
             self.retention = PeriodicJob("retention", r.interval_s, self.run_retention)
+
+        # broken promises to pay escalate their case (collector.cases.store.check_promises)
+        self.promises = PeriodicJob("promises", settings.cases.promise_check_interval_s, self.run_promise_check)
 
         self.signing_key: Ed25519PrivateKey | None = None
         self.publisher: ConfigPublisher | None = None
@@ -148,6 +155,13 @@ class CollectorRuntime:
             session.commit()
         return report.as_dict()
 
+    def run_promise_check(self) -> dict[str, int]:
+        """One promise-to-pay check now (what the periodic job calls); returns its counts."""
+        with Session(self.engine) as session:
+            counts = check_promises(session, self.clock_ms(), self.settings.cases, self.settings.contact)
+            session.commit()
+        return counts
+
     def create_app(self, routers: Iterable[APIRouter] = ()) -> FastAPI:
         """The HTTP API wired to this runtime (settings, clock, signing key, config publisher)."""
         return create_app(
@@ -162,7 +176,7 @@ class CollectorRuntime:
 
     def start(self) -> None:
         """Start the workers, then the ingest."""
-        parts = [self.risk, self.webhooks, self.retention, self.publisher, self.ingest]
+        parts = [self.risk, self.webhooks, self.retention, self.promises, self.publisher, self.ingest]
         for part in parts:
             if part is not None:
                 part.start()

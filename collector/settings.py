@@ -28,6 +28,7 @@ from typing import Any
 
 from protocol.config_values import DurationValueError, UnknownVariableError, env_overrides, parse_bool, parse_duration
 
+from .cases.settings import CaseSettings, ContactSettings
 from .errors import ConfigError, check_range
 from .ingest.settings import Limits, MqttSettings
 from .jobs.retention import RetentionError, RetentionPolicy
@@ -42,7 +43,9 @@ __all__ = [
     "FOREIGN_ENV_PREFIXES",
     "ROLES",
     "ApiSettings",
+    "CaseSettings",
     "ConsoleSettings",
+    "ContactSettings",
     "DownlinkSettings",
     "Limits",
     "MqttSettings",
@@ -230,6 +233,8 @@ class Settings:
         retention: ``[retention]``.
         downlink: ``[downlink]``.
         console: ``[console]``.
+        cases: ``[cases]`` (case SLAs, the promise check).
+        contact: ``[contact]`` (the borrower's default zone, contact rules per jurisdiction).
     """
 
     data_dir: Path = Path("collector-data")
@@ -244,6 +249,8 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     downlink: DownlinkSettings = field(default_factory=DownlinkSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    cases: CaseSettings = field(default_factory=CaseSettings)
+    contact: ContactSettings = field(default_factory=ContactSettings)
 
     def __post_init__(self) -> None:
         for digest, role in self.api_keys.items():
@@ -271,6 +278,8 @@ _SECTIONS: dict[str, type] = {
     "retention": RetentionSettings,
     "downlink": DownlinkSettings,
     "console": ConsoleSettings,
+    "cases": CaseSettings,
+    "contact": ContactSettings,
 }
 
 
@@ -345,9 +354,22 @@ def _build_risk(raw: Mapping[str, Any], base_dir: Path) -> RiskSettings:
     return RiskSettings(config=config, **kwargs)
 
 
+def _build_contact(raw: Mapping[str, Any], base_dir: Path) -> ContactSettings:
+    """``[contact]`` and its ``[contact.jurisdictions.NAME]`` tables (the file only)."""
+    tables = raw.get("jurisdictions", {})
+    if not isinstance(tables, Mapping) or not all(isinstance(t, Mapping) for t in tables.values()):
+        raise ConfigError("[contact.jurisdictions] must hold one table per jurisdiction")
+    plain = {k: v for k, v in raw.items() if k != "jurisdictions"}
+    defaults: ContactSettings = _build(ContactSettings, "contact", plain, base_dir)
+    rules = {str(name): defaults.jurisdiction_rules(table) for name, table in tables.items()}
+    return dataclasses.replace(defaults, jurisdictions=rules)
+
+
 def _build(cls: type, section: str, raw: Mapping[str, Any], base_dir: Path) -> Any:
     if cls is RiskSettings:
         return _build_risk(raw, base_dir)
+    if cls is ContactSettings and "jurisdictions" in raw:
+        return _build_contact(raw, base_dir)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -454,6 +476,7 @@ def _env_targets() -> dict[str, tuple[str | None, str]]:
         names = [f.name for f in dataclasses.fields(cls)]
         if cls is RiskSettings:
             names = [n for n in names if n != "config"] + [f.name for f in dataclasses.fields(RiskConfig)]
+        names = [n for n in names if n != "jurisdictions"]  # per-jurisdiction tables: the file only
         for name in names:
             targets[f"{ENV_PREFIX}{section.upper()}_{name.upper()}"] = (section, name)
     return targets

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import CollectorError
 
-__all__ = ["TimeFormatError", "format_time", "iso_utc", "parse_time", "zone"]
+__all__ = ["TimeFormatError", "format_time", "iso_local", "iso_utc", "local_input_value", "parse_time", "zone"]
 
 MAX_MS = 2**53
 _MAX_TEXT = 64
@@ -87,3 +87,8 @@ def iso_utc(time_ms: int) -> str:
 def local_input_value(time_ms: int, zone_name: str) -> str:
     """``2026-11-28T17:00`` in ``zone_name``: the value of an HTML ``datetime-local`` field."""
     return datetime.fromtimestamp(time_ms / 1000, tz=zone(zone_name)).strftime("%Y-%m-%dT%H:%M")
+
+
+def iso_local(time_ms: int, zone_name: str) -> str:
+    """ISO-8601 with the zone's offset, to the second: ``2026-11-29T08:00:00+08:00``."""
+    return datetime.fromtimestamp(time_ms / 1000, tz=zone(zone_name)).isoformat(timespec="seconds")

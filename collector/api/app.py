@@ -49,7 +49,13 @@ __all__ = ["OPTIONAL_ROUTER_MODULES", "create_app", "discover_routers"]
 log = logging.getLogger(__name__)
 
 #: Modules whose ``router`` (an APIRouter) ``serve`` mounts when the module exists.
-OPTIONAL_ROUTER_MODULES: tuple[str, ...] = ("collector.api.loans", "collector.api.alerts", "collector.console.web")
+OPTIONAL_ROUTER_MODULES: tuple[str, ...] = (
+    "collector.api.loans",
+    "collector.api.alerts",
+    "collector.api.cases",
+    "collector.console.web",
+    "collector.console.case_pages",
+)
 
 _status = Base.metadata.tables["device_status"]
 _dead = Base.metadata.tables["dead_letters"]

@@ -59,7 +59,7 @@ from ..risk.assessment import open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
 from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
-from ..timefmt import TimeFormatError, parse_time
+from ..timefmt import TimeFormatError, parse_time, zone
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
@@ -189,6 +189,8 @@ class LoanIn(BaseModel):
     principal: str = Field(max_length=20)
     schedule: list[InstallmentIn] = Field(min_length=1, max_length=600)
     payments: list[PaymentIn] = Field(default_factory=list, max_length=2000)
+    time_zone: str | None = Field(default=None, max_length=64, examples=["Asia/Shanghai"])
+    jurisdiction: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,32}$", examples=["CN-GD"])
 
 
 @router.get("/loans")
@@ -229,6 +231,11 @@ def create_loan(
         "schedule": ";".join(f"{i.due_date.isoformat()}:{i.amount}" for i in body.schedule),
         "payments": ";".join(f"{p.payment_id}:{p.paid_on.isoformat()}:{p.amount}" for p in body.payments),
     }
+    if body.time_zone is not None:
+        try:
+            zone(body.time_zone)
+        except TimeFormatError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"time_zone: {exc}") from exc
     row, errors = loan_from_fields(fields)
     if row is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [e.as_dict() for e in errors])
@@ -239,10 +246,13 @@ def create_loan(
         if other is not None:
             raise HTTPException(status.HTTP_409_CONFLICT, f"{column} {value} is already bound to loan {other}")
     now = clock_ms()
-    store_loan(session, row, now_ms=now)
+    loan = store_loan(session, row, now_ms=now)
+    loan.time_zone, loan.jurisdiction = body.time_zone, body.jurisdiction  # None: the [contact] defaults
     for payment in row.payments:
         record_repayment(session, row.loan_id, payment, now_ms=now)
-    assessment, _ = reassess_loan_as_configured(session, row.loan_id, now, settings.risk, settings.webhooks.urls)
+    assessment, _ = reassess_loan_as_configured(
+        session, row.loan_id, now, settings.risk, settings.webhooks.urls, cases=settings.cases
+    )
     _audit(session, clock_ms(), principal, "create_loan", kind="loan", subject=row.loan_id)
     session.commit()
     return {"loan_id": row.loan_id, "level": assessment.level.label, "next_step": assessment.next_step.label}
@@ -283,7 +293,9 @@ def post_repayment(
         outcome = record_repayment(session, loan_id, payment, now_ms=now)
     except RepaymentConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+    assessment, _ = reassess_loan_as_configured(
+        session, loan_id, now, settings.risk, settings.webhooks.urls, cases=settings.cases
+    )
     _audit(session, clock_ms(), principal, "record_repayment", kind="loan", subject=loan_id,
            payment_id=payment.payment_id, created=outcome.created)
     session.commit()
@@ -304,7 +316,7 @@ def assess_loan(
     """Re-evaluate a loan now (the periodic job does this for every loan)."""
     _loan_or_404(session, loan_id)
     assessment, change = reassess_loan_as_configured(
-        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls
+        session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls, cases=settings.cases
     )
     _audit(session, clock_ms(), principal, "assess_loan", kind="loan", subject=loan_id)
     session.commit()

@@ -8,6 +8,7 @@ one ``serve`` uses.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,15 @@ from sqlalchemy.orm import Session
 from ..settings import ENV_PREFIX, Settings, load_settings
 from ..storage.database import open_database
 
-__all__ = ["open_settings_database", "settings_from_args", "settings_session"]
+__all__ = ["cli_actor", "open_settings_database", "settings_from_args", "settings_session"]
+
+
+def cli_actor() -> str:
+    """The audit actor of a command: ``cli:{OS user}``."""
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli:unknown"
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

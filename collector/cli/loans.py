@@ -12,7 +12,6 @@ import is signed and published by the running collector's downlink publisher wit
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from collections import Counter
@@ -34,6 +33,7 @@ from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
 from ..storage.tables import LoanRecord, RiskStateRecord
+from .context import cli_actor as _actor
 from .context import settings_session
 
 __all__ = ["add_subcommands"]
@@ -41,13 +41,6 @@ __all__ = ["add_subcommands"]
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 #: Files with more loans than this show a progress bar on stderr.
 PROGRESS_FROM = 500
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"[:128]
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli:unknown"
 
 
 def _audit(session: Session, action: str, subject_type: str, subject_id: str, **detail: Any) -> None:
@@ -88,7 +81,9 @@ def _reassess(session: Session, settings: Settings, loan_ids: list[str], progres
     now = wall_clock_ms()
     levels = {}
     for loan_id in loan_ids:
-        assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+        assessment, _ = reassess_loan_as_configured(
+            session, loan_id, now, settings.risk, settings.webhooks.urls, cases=settings.cases
+        )
         levels[loan_id] = assessment.level.label
         progress.step()
     return levels

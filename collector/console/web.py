@@ -75,6 +75,7 @@ from ..storage.people import (
 )
 from ..storage.tables import (
     AlertRecord,
+    CaseRecord,
     FixRecord,
     LoanRecord,
     MarketRecord,
@@ -110,6 +111,8 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "assess": LOCATION_ROLES,
     "audit": frozenset({"admin", "auditor"}),
     "devices": frozenset({"admin"}),
+    "cases": frozenset({"admin", "risk_analyst", "collections"}),  # collector.console.case_pages
+    "act_on_case": frozenset({"admin", "collections"}),
 }
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -204,8 +207,9 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
 
     nav = []
     if principal is not None:
-        for page, href in (("worklist", "/console/worklist"), ("alerts", "/console/alerts"),
-                           ("audit", "/console/audit"), ("devices", "/console/devices")):
+        for page, href in (("worklist", "/console/worklist"), ("cases", "/console/cases"),
+                           ("alerts", "/console/alerts"), ("audit", "/console/audit"),
+                           ("devices", "/console/devices")):
             if principal.role in PAGE_ROLES[page]:
                 nav.append((t(page), href))
     base = {
@@ -612,6 +616,9 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                 "borrower_ref": loan.borrower_ref, "principal": format_cents(loan.principal_cents),
             },
             "zone": zone_name,
+            "open_case": session.scalar(
+                sa.select(CaseRecord.id).where(CaseRecord.loan_id == loan_id, CaseRecord.status == "open")
+            ),
             "level": state.level if state is not None else "normal",
             "next_step": state.next_step if state is not None else "monitor",
             "evaluated": format_time(state.evaluated_ms if state is not None else None, zone_name),
@@ -653,7 +660,9 @@ async def assess_from_console(loan_id: str, request: Request, principal: PagePri
     with Session(_engine(request)) as session:
         if session.get(LoanRecord, loan_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
-        reassess_loan_as_configured(session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls)
+        reassess_loan_as_configured(
+            session, loan_id, _now_ms(request), settings.risk, settings.webhooks.urls, cases=settings.cases
+        )
         _audit(session, request, principal, "assess_loan", "loan", subject_id=loan_id)
         session.commit()
     return RedirectResponse(f"/console/loans/{loan_id}", status.HTTP_303_SEE_OTHER)

@@ -28,6 +28,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
+from ..cases.settings import CaseSettings
+from ..cases.store import sync_case_with_risk
 from ..clock import utc_date
 from ..jobs.webhooks import enqueue_risk_change
 from ..storage.tables import (
@@ -236,10 +238,14 @@ def reassess_loan(
     config: RiskConfig | None = None,
     grace_days: int = DEFAULT_GRACE_DAYS,
     webhook_urls: Sequence[str] = (),
+    cases: CaseSettings | None = None,
 ) -> tuple[RiskAssessment, RiskChange | None]:
     """Assess a loan, keep its state, and on a level change store an event and queue webhooks.
 
-    The caller commits: state, event and outbox rows land in one transaction.
+    The caller commits: state, event, outbox and case rows land in one transaction. The
+    loan's collections case follows the level (:func:`collector.cases.store.sync_case_with_risk`:
+    opened at watch or above, raised with the level, closed as cured at normal; SLAs from
+    ``cases``, the ``[cases]`` defaults when ``None``).
 
     Concurrent reassessments of one loan (the risk worker, an API request, another collector
     process) must not record the same change twice, so the state row is written with a
@@ -300,6 +306,10 @@ def reassess_loan(
             )
             if webhook_urls:
                 enqueue_risk_change(session, event_id, change, webhook_urls, now_ms=now_ms)
+        sync_case_with_risk(
+            session, loan_id, assessment.level.label, changed=change is not None, now_ms=now_ms,
+            settings=cases or CaseSettings(),
+        )
         session.flush()
         return assessment, change
     raise RiskStateConflictError(
@@ -308,11 +318,18 @@ def reassess_loan(
 
 
 def reassess_loan_as_configured(
-    session: Session, loan_id: str, now_ms: int, risk: RiskSettings, webhook_urls: Sequence[str] = ()
+    session: Session,
+    loan_id: str,
+    now_ms: int,
+    risk: RiskSettings,
+    webhook_urls: Sequence[str] = (),
+    *,
+    cases: CaseSettings | None = None,
 ) -> tuple[RiskAssessment, RiskChange | None]:
-    """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (and ``[webhooks] urls``)."""
+    """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (``[webhooks] urls``, ``[cases]``)."""
     return reassess_loan(
-        session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls
+        session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls,
+        cases=cases,
     )
 
 
@@ -323,6 +340,7 @@ def reassess_loans(
     risk: RiskSettings | None = None,
     webhook_urls: Sequence[str] = (),
     device_ids: Iterable[str] | None = None,
+    cases: CaseSettings | None = None,
 ) -> list[RiskChange]:
     """Reassess every loan (the periodic job: days past due grow with time) or those of ``device_ids``.
 
@@ -334,7 +352,7 @@ def reassess_loans(
         query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
     changes = []
     for loan_id in session.scalars(query).all():
-        _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls)
+        _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls, cases=cases)
         if change is not None:
             changes.append(change)
     return changes
@@ -346,6 +364,7 @@ def risk_commit_hook(
     risk: RiskSettings | None = None,
     webhook_urls: Sequence[str] = (),
     on_change: Callable[[list[RiskChange]], None] | None = None,
+    cases: CaseSettings | None = None,
 ) -> Callable[[object], None]:
     """An ``Ingestor.on_commit`` hook: reassess the loans of a device after its data committed.
 
@@ -363,7 +382,7 @@ def risk_commit_hook(
             return
         with Session(engine) as session:
             changes = reassess_loans(
-                session, received_ms, risk=risk, webhook_urls=webhook_urls, device_ids=[device_id]
+                session, received_ms, risk=risk, webhook_urls=webhook_urls, device_ids=[device_id], cases=cases
             )
             session.commit()
         if changes and on_change is not None:

@@ -37,6 +37,7 @@ from prometheus_client import Counter as PromCounter
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..cases.settings import CaseSettings
 from ..clock import ClockMs, wall_clock_ms
 from ..jobs.worker_loop import WorkerLoop
 from ..storage.tables import LoanRecord
@@ -64,6 +65,7 @@ class RiskWorker:
         clock_ms: collector clock, epoch ms.
         on_change: called with the level changes of a round after they committed.
         registry: Prometheus registry for the ``lienwatch_risk_*`` metrics (none when None).
+        cases: ``[cases]``: SLAs of the cases reassessment opens.
     """
 
     def __init__(
@@ -77,8 +79,10 @@ class RiskWorker:
         clock_ms: ClockMs = wall_clock_ms,
         on_change: Callable[[list[RiskChange]], None] | None = None,
         registry: CollectorRegistry | None = None,
+        cases: CaseSettings | None = None,
     ) -> None:
         self.engine = engine
+        self.cases = cases or CaseSettings()
         self.risk = risk or RiskSettings()
         self.webhook_urls = tuple(webhook_urls)
         self.interval_s = interval_s
@@ -173,7 +177,9 @@ class RiskWorker:
                 for loan_id in loan_ids[start : start + CHUNK]:
                     if session.get(LoanRecord, loan_id) is None:
                         continue  # removed by retention meanwhile
-                    _, change = reassess_loan_as_configured(session, loan_id, now_ms, self.risk, self.webhook_urls)
+                    _, change = reassess_loan_as_configured(
+                        session, loan_id, now_ms, self.risk, self.webhook_urls, cases=self.cases
+                    )
                     if change is not None:
                         changes.append(change)
                 session.commit()

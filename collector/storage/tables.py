@@ -29,6 +29,9 @@ __all__ = [
     "Base",
     "BatchRecord",
     "BigId",
+    "CaseActionRecord",
+    "CaseEventRecord",
+    "CaseRecord",
     "ConfigVersion",
     "DailyStatsRecord",
     "DeadLetter",
@@ -291,6 +294,10 @@ class LoanRecord(Base):
     borrower_ref: Mapped[str] = mapped_column(sa.String(64), index=True)  # console search (migration 0004)
     principal_cents: Mapped[int]
     created_ms: Mapped[int]
+    # Migration 0010: the borrower's IANA zone and contact-rule jurisdiction; NULL = the
+    # ``[contact]`` defaults (collector.cases.settings).
+    time_zone: Mapped[str | None] = mapped_column(sa.String(64))
+    jurisdiction: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class InstallmentRecord(Base):
@@ -441,3 +448,85 @@ class FixDaySummary(Base):
     first_ms: Mapped[int]
     last_ms: Mapped[int]
     distance_m: Mapped[float] = mapped_column(sa.Double)
+
+
+# ------------------------------------------------------------------ cases (migration 0010)
+
+
+class CaseRecord(Base):
+    """A collections case of a loan (collector.cases): at most one open case per loan."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        sa.Index(
+            "uq_cases_one_open",
+            "loan_id",
+            unique=True,
+            sqlite_where=sa.text("status = 'open'"),
+            postgresql_where=sa.text("status = 'open'"),
+        ),
+        sa.Index("ix_cases_status_assignee", "status", "assignee"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    loan_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(sa.String(16))  # open | closed
+    level: Mapped[str] = mapped_column(sa.String(16))  # the loan's risk level (highest while open)
+    assignee: Mapped[str | None] = mapped_column(sa.String(64), sa.ForeignKey("users.username"))
+    opened_ms: Mapped[int]
+    updated_ms: Mapped[int]
+    sla_due_ms: Mapped[int]
+    next_action: Mapped[str] = mapped_column(sa.String(24))
+    next_action_ms: Mapped[int]
+    escalations: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    closed_ms: Mapped[int | None]
+    resolution: Mapped[str | None] = mapped_column(sa.String(16))  # cured | settled | recovered
+
+
+class CaseActionRecord(Base):
+    """One action on a case (sms, call, visit, ...) with its outcome, or a refused contact.
+
+    ``status`` is ``done`` or ``refused`` (a contact the rules did not allow: ``refused_reason``
+    and ``allowed_from_ms`` say why and from when). A ``promise_to_pay`` outcome carries the
+    promised date and amount; ``promise_status`` goes ``open`` -> ``kept`` | ``broken``.
+    """
+
+    __tablename__ = "case_actions"
+    __table_args__ = (
+        sa.Index("ix_case_actions_case_time", "case_id", "time_ms"),
+        sa.Index("ix_case_actions_loan_time", "loan_id", "time_ms"),
+        sa.Index("ix_case_actions_promise", "promise_status"),
+        sa.UniqueConstraint("case_id", "client_ref", name="uq_case_actions_case_client_ref"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("cases.id", ondelete="CASCADE"))
+    loan_id: Mapped[str] = mapped_column(sa.String(64))
+    time_ms: Mapped[int]
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    role: Mapped[str] = mapped_column(sa.String(32))
+    kind: Mapped[str] = mapped_column(sa.String(24))
+    status: Mapped[str] = mapped_column(sa.String(16))  # done | refused
+    outcome: Mapped[str | None] = mapped_column(sa.String(24))
+    note: Mapped[str | None] = mapped_column(sa.String(1000))
+    promise_date: Mapped[date | None] = mapped_column(sa.Date)
+    promise_amount_cents: Mapped[int | None]
+    promise_status: Mapped[str | None] = mapped_column(sa.String(16))
+    refused_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    allowed_from_ms: Mapped[int | None]
+    # the caller's idempotency key: a replayed request returns the stored action (NULL: none given)
+    client_ref: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class CaseEventRecord(Base):
+    """What happened to a case besides actions: opened, assigned, level, escalated, closed."""
+
+    __tablename__ = "case_events"
+    __table_args__ = (sa.Index("ix_case_events_case_time", "case_id", "time_ms"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(sa.BigInteger, sa.ForeignKey("cases.id", ondelete="CASCADE"))
+    time_ms: Mapped[int]
+    actor: Mapped[str] = mapped_column(sa.String(128))
+    kind: Mapped[str] = mapped_column(sa.String(24))
+    detail: Mapped[dict[str, Any]]

@@ -1,0 +1,363 @@
+"""Cases and contact rules (#16): contact window and caps, cases opened by risk, promises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from collector.cases import store
+from collector.cases.contact_rules import check_contact
+from collector.cases.settings import CaseSettings, ContactRules, ContactSettings
+from collector.cases.store import (
+    ActionIn,
+    ActionResult,
+    Actor,
+    CaseClosedError,
+    InvalidActionError,
+    UnknownAssigneeError,
+    assign_case,
+    case_details,
+    check_promises,
+    close_case,
+    close_open_case,
+    list_cases,
+    record_action,
+)
+from collector.errors import ConfigError
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.loans.store import record_repayment
+from collector.risk.assessment import reassess_loan
+from collector.risk.repayments import Payment
+from collector.risk.worker import RiskWorker
+from collector.settings import load_settings
+from collector.storage.database import create_engine, migrate
+from collector.storage.people import add_user
+from collector.storage.tables import AuditEntry, CaseActionRecord, CaseRecord, LoanRecord
+
+SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+HOUR = 3_600_000
+DAY = 24 * HOUR
+NOW = 1_795_858_800_000  # 2026-11-28T09:40:00Z = 17:40 in Shanghai
+AGENT = Actor("user:chen", "collections")
+CONTACT = ContactSettings()
+CASES = CaseSettings()
+
+
+def act(session: Session, case_id: int, action: ActionIn, at: int, contact: ContactSettings = CONTACT) -> ActionResult:
+    return record_action(session, case_id, action, now_ms=at, who=AGENT, contact=contact)
+
+
+def shanghai_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=SHANGHAI).timestamp() * 1000)
+
+
+def iso_shanghai(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=SHANGHAI).isoformat()
+
+
+# ------------------------------------------------------------------ pure contact rules
+
+
+def test_a_call_at_21_30_shanghai_is_refused_until_08_00_next_morning() -> None:
+    decision = check_contact(ContactRules(), "Asia/Shanghai", shanghai_ms("2026-11-28T21:30"), [])
+    assert (decision.allowed, decision.reason) == (False, "quiet_hours")
+    assert iso_shanghai(decision.allowed_from_ms) == "2026-11-29T08:00:00+08:00"
+    assert "21:00" in decision.message
+    assert "Asia/Shanghai" in decision.message
+
+
+def test_quiet_hours_edges_and_zones() -> None:
+    rules = ContactRules()
+    assert check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-28T20:59"), []).allowed
+    assert not check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-28T21:00"), []).allowed
+    early = check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-29T07:59"), [])
+    assert iso_shanghai(early.allowed_from_ms) == "2026-11-29T08:00:00+08:00"
+    assert check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-29T08:00"), []).allowed
+    # 21:30 in Shanghai is 14:30 in Berlin (winter): allowed for a Berlin borrower
+    assert check_contact(rules, "Europe/Berlin", shanghai_ms("2026-11-28T21:30"), []).allowed
+    # a window that does not cross midnight, and no window at all
+    at_12_30_utc = shanghai_ms("2026-11-28T20:30")
+    assert not check_contact(ContactRules("12:00", "13:00"), "UTC", at_12_30_utc, []).allowed
+    assert check_contact(ContactRules("00:00", "00:00"), "Asia/Shanghai", shanghai_ms("2026-11-28T23:00"), []).allowed
+
+
+def test_daily_cap_then_quiet_hours() -> None:
+    rules = ContactRules(max_per_day=2, max_per_week=5)
+    made = [shanghai_ms("2026-11-28T09:00"), shanghai_ms("2026-11-28T10:00")]
+    decision = check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-28T11:00"), made)
+    assert decision.reason == "daily_cap"
+    # next local midnight is inside the quiet hours: allowed from 08:00
+    assert iso_shanghai(decision.allowed_from_ms) == "2026-11-29T08:00:00+08:00"
+    assert check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-29T08:00"), made).allowed
+
+
+def test_weekly_cap_waits_for_the_oldest_contact_to_leave_the_week() -> None:
+    rules = ContactRules(max_per_day=1, max_per_week=3)
+    made = [shanghai_ms(f"2026-11-{d}T10:15") for d in (24, 25, 26)]
+    decision = check_contact(rules, "Asia/Shanghai", shanghai_ms("2026-11-28T10:00"), made)
+    assert decision.reason == "weekly_cap"
+    assert iso_shanghai(decision.allowed_from_ms) == "2026-12-01T10:15:00+08:00"
+
+
+def test_contact_rules_are_validated() -> None:
+    with pytest.raises(ConfigError, match="HH:MM"):
+        ContactRules(quiet_start="9pm")
+    with pytest.raises(ConfigError, match="max_per_week"):
+        ContactRules(max_per_day=5, max_per_week=2)
+    with pytest.raises(ConfigError, match="IANA"):
+        ContactSettings(default_time_zone="Mars/Olympus")
+
+
+def test_jurisdictions_from_the_settings_file(tmp_path: Path) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(
+        '[contact]\nmax_per_day = 2\n[contact.jurisdictions.CN-GD]\nquiet_start = "20:00"\n'
+        '[cases]\nsla_high_s = "12h"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(path, environ={})
+    assert settings.contact.rules_for("CN-GD") == ContactRules("20:00", "08:00", 2, 10)
+    assert settings.contact.rules_for(None) == ContactRules("21:00", "08:00", 2, 10)
+    assert settings.cases.sla_ms("high") == 12 * HOUR
+    path.write_text("[contact.jurisdictions.X]\nquiet_stop = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="quiet_stop"):
+        load_settings(path, environ={})
+    assert load_settings(None, environ={"LIENWATCH_CONTACT_MAX_PER_DAY": "4"}).contact.max_per_day == 4
+
+
+# ------------------------------------------------------------------ stored cases
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[Session]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    with Session(engine) as s:
+        import_loans(s, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
+        add_user(s, username="chen", display_name="Chen", role="collections", password="p" * 12, now_ms=NOW)
+        add_user(s, username="ana", display_name="Ana", role="risk_analyst", password="p" * 12, now_ms=NOW)
+        s.commit()
+        yield s
+    engine.dispose()
+
+
+def _watch_case(session: Session) -> CaseRecord:
+    assessment, _ = reassess_loan(session, "L-1002", NOW)
+    session.commit()
+    assert assessment.level.label == "watch"
+    case = session.scalar(sa.select(CaseRecord).where(CaseRecord.loan_id == "L-1002"))
+    assert case is not None
+    return case
+
+
+def _audit_actions(session: Session) -> list[str]:
+    return list(session.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.id)))
+
+
+def test_case_opens_at_watch_once_and_closes_on_cure(session: Session) -> None:
+    reassess_loan(session, "L-1001", NOW)  # paid up: normal, no case
+    case = _watch_case(session)
+    assert (case.status, case.level, case.next_action) == ("open", "watch", "sms")
+    assert case.sla_due_ms == NOW + 3 * DAY
+    reassess_loan(session, "L-1002", NOW + HOUR)
+    session.commit()
+    assert session.scalar(sa.select(sa.func.count()).select_from(CaseRecord)) == 1
+    # the arrears and December's instalment paid: once December counts as paid on time the
+    # late streak ends and the loan is back at normal
+    for month in ("09", "10", "11", "12"):
+        record_repayment(session, "L-1002", Payment(f"P-{month}", date(2026, 11, 28), 350_000), now_ms=NOW)
+    cured_at = NOW + 12 * DAY
+    assessment, change = reassess_loan(session, "L-1002", cured_at)
+    session.commit()
+    assert (assessment.level.label, change is not None) == ("normal", True)
+    session.refresh(case)
+    assert (case.status, case.resolution, case.closed_ms) == ("closed", "cured", cured_at)
+    kinds = [e["kind"] for e in case_details(session, case.id, CONTACT)["events"]]
+    assert kinds == ["opened", "closed"]
+    assert {"case_opened", "case_closed"} <= set(_audit_actions(session))
+
+
+def test_a_settled_case_does_not_reopen_at_the_same_level(session: Session) -> None:
+    case = _watch_case(session)
+    closed = close_open_case(session, "L-1002", "settled", now_ms=NOW + HOUR, who=AGENT, note="paid in full")
+    assert closed is not None
+    assert (closed.id, closed.resolution) == (case.id, "settled")
+    session.commit()
+    reassess_loan(session, "L-1002", NOW + 2 * HOUR)
+    session.commit()
+    assert session.scalar(sa.select(sa.func.count()).select_from(CaseRecord)) == 1
+    assert close_open_case(session, "L-1002", "settled", now_ms=NOW, who=AGENT) is None  # nothing open
+    with pytest.raises(CaseClosedError):
+        act(session, case.id, ActionIn("note", note="x"), NOW)
+    with pytest.raises(InvalidActionError, match="resolution"):
+        close_case(session, case.id, "forgiven", now_ms=NOW, who=AGENT)
+
+
+def test_a_call_logged_at_21_30_is_refused_recorded_and_audited(session: Session) -> None:
+    case = _watch_case(session)
+    at = shanghai_ms("2026-11-28T21:30")
+    result = act(session, case.id, ActionIn("call", "contacted"), at)
+    session.commit()
+    assert result.refused
+    assert result.decision is not None
+    assert result.action.refused_reason == "quiet_hours"
+    assert iso_shanghai(result.action.allowed_from_ms or 0) == "2026-11-29T08:00:00+08:00"
+    stored = case_details(session, case.id, CONTACT)["actions"]
+    assert (stored[0]["status"], stored[0]["allowed_from"]) == ("refused", "2026-11-29T08:00:00+08:00")
+    audit = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "contact_refused")).one()
+    assert (audit.actor, audit.subject_id, audit.detail["allowed_from"]) == (
+        "user:chen", "L-1002", "2026-11-29T08:00:00+08:00")
+    # a note is not a contact: allowed at any hour
+    assert not act(session, case.id, ActionIn("note", note="called back later"), at).refused
+
+
+def test_the_loans_own_zone_and_jurisdiction_decide(session: Session) -> None:
+    case = _watch_case(session)
+    loan = session.get(LoanRecord, "L-1002")
+    assert loan is not None
+    loan.time_zone = "Europe/Berlin"
+    loan.jurisdiction = "DE"
+    contact = ContactSettings(jurisdictions={"DE": ContactRules("20:00", "09:00", 1, 3)})
+    at = shanghai_ms("2026-11-29T04:30")  # 21:30 in Berlin the day before
+    refused = act(session, case.id, ActionIn("sms", "sent"), at, contact)
+    assert refused.refused
+    assert refused.action.refused_reason == "quiet_hours"
+    assert case_details(session, case.id, contact)["actions"][0]["allowed_from"] == "2026-11-29T09:00:00+01:00"
+
+
+def test_caps_per_day_and_week(session: Session) -> None:
+    case = _watch_case(session)
+    contact = ContactSettings(max_per_day=2, max_per_week=3)
+    day1 = [shanghai_ms("2026-11-28T09:00"), shanghai_ms("2026-11-28T12:00")]
+    for at in day1:
+        assert not act(session, case.id, ActionIn("call", "no_answer"), at, contact).refused
+    third = act(session, case.id, ActionIn("sms", "sent"), shanghai_ms("2026-11-28T15:00"), contact)
+    assert third.action.refused_reason == "daily_cap"
+    assert iso_shanghai(third.action.allowed_from_ms or 0) == "2026-11-29T08:00:00+08:00"
+    assert not act(session, case.id, ActionIn("visit", "contacted"), shanghai_ms("2026-11-29T10:00"), contact).refused
+    fourth = act(session, case.id, ActionIn("call", "contacted"), shanghai_ms("2026-11-30T10:00"), contact)
+    assert fourth.action.refused_reason == "weekly_cap"
+    assert iso_shanghai(fourth.action.allowed_from_ms or 0) == "2026-12-05T09:00:00+08:00"
+    # refusals are not contacts: they count towards no cap
+    done = session.scalar(
+        sa.select(sa.func.count()).select_from(CaseActionRecord).where(CaseActionRecord.status == "done")
+    )
+    assert done == 3
+
+
+def test_a_broken_promise_escalates_the_case(session: Session) -> None:
+    case = _watch_case(session)
+    promise = ActionIn("call", "promise_to_pay", promise_date=date(2026, 11, 30), promise_amount_cents=350_000)
+    act(session, case.id, promise, NOW)
+    session.commit()
+    assert check_promises(session, shanghai_ms("2026-11-30T23:00"), CASES, CONTACT) == {
+        "checked": 1, "kept": 0, "broken": 0}
+    later = shanghai_ms("2026-12-01T00:30")
+    assert check_promises(session, later, CASES, CONTACT)["broken"] == 1
+    session.commit()
+    session.refresh(case)
+    assert (case.escalations, case.next_action, case.next_action_ms) == (1, "call", later)
+    assert case.sla_due_ms == NOW + 3 * DAY  # sooner than later + 1 day: an escalation never relaxes the SLA
+    details = case_details(session, case.id, CONTACT)
+    assert details["actions"][0]["promise_status"] == "broken"
+    escalated = details["events"][-1]
+    assert (escalated["kind"], escalated["detail"]["reason"]) == ("escalated", "broken_promise")
+    assert "case_escalated" in _audit_actions(session)
+    assert check_promises(session, later + DAY, CASES, CONTACT)["checked"] == 0  # settled once
+
+
+def test_a_kept_promise_does_not_escalate(session: Session) -> None:
+    case = _watch_case(session)
+    promise = ActionIn("call", "promise_to_pay", promise_date=date(2026, 11, 30), promise_amount_cents=350_000)
+    act(session, case.id, promise, NOW)
+    record_repayment(session, "L-1002", Payment("P-promise", date(2026, 11, 29), 350_000), now_ms=NOW)
+    assert check_promises(session, shanghai_ms("2026-12-02T10:00"), CASES, CONTACT)["kept"] == 1
+    session.refresh(case)
+    assert case.escalations == 0
+
+
+def test_action_validation(session: Session) -> None:
+    case = _watch_case(session)
+    bad = [
+        ActionIn("telegram", "sent"),
+        ActionIn("call", "vehicle_recovered"),
+        ActionIn("call"),
+        ActionIn("note", "contacted"),
+        ActionIn("call", "promise_to_pay"),
+        ActionIn("call", "contacted", promise_date=date(2026, 12, 1), promise_amount_cents=1),
+        ActionIn("call", "promise_to_pay", promise_date=date(2026, 11, 1), promise_amount_cents=100),
+        ActionIn("call", "promise_to_pay", promise_date=date(2026, 12, 1), promise_amount_cents=0),
+        ActionIn("note", note="x" * 1001),
+        ActionIn("note", note="ok", next_action="telegram"),
+    ]
+    for action in bad:
+        with pytest.raises(InvalidActionError):
+            act(session, case.id, action, NOW)
+    assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 0
+
+
+def test_assignment_is_recorded_and_audited(session: Session) -> None:
+    case = _watch_case(session)
+    for who in ("ana", "nobody", "x" * 300):
+        with pytest.raises(UnknownAssigneeError):
+            assign_case(session, case.id, who, NOW, AGENT)
+    assign_case(session, case.id, "chen", NOW, Actor("user:lead", "admin"))
+    session.commit()
+    assert [c["case_id"] for c in list_cases(session, CONTACT, assignee="chen")] == [case.id]
+    assert list_cases(session, CONTACT, assignee="ana") == []
+    event = case_details(session, case.id, CONTACT)["events"][-1]
+    assert (event["kind"], event["actor"], event["detail"]["assignee"]) == ("assigned", "user:lead", "chen")
+    audit = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "assign_case")).one()
+    assert (audit.subject_type, audit.subject_id, audit.role) == ("loan", "L-1002", "admin")
+
+
+def test_a_level_going_up_raises_the_open_case(session: Session) -> None:
+    case = _watch_case(session)
+    reassess_loan(session, "L-1002", NOW + 40 * DAY)  # days past due keep growing
+    session.commit()
+    session.refresh(case)
+    assert case.level in ("high", "critical")
+    assert case.next_action in ("call", "field_check")
+    assert case_details(session, case.id, CONTACT)["events"][-1]["kind"] == "level"
+
+
+def test_a_replay_that_loses_the_race_returns_the_stored_action(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = _watch_case(session)
+    note = ActionIn("note", note="from the tablet", client_ref="tablet:42")
+    first = act(session, case.id, note, NOW)
+    session.commit()
+    real_replay = store._replay
+    calls: list[int] = []
+
+    def not_yet_visible(s: Session, case_id: int, ref: str) -> ActionResult | None:
+        calls.append(case_id)
+        return None if len(calls) == 1 else real_replay(s, case_id, ref)  # the first look misses it
+
+    monkeypatch.setattr(store, "_replay", not_yet_visible)
+    again = act(session, case.id, note, NOW + 1000)
+    assert again.replayed
+    assert again.action.id == first.action.id
+    assert len(calls) == 2
+    session.commit()
+    assert session.scalar(sa.select(sa.func.count()).select_from(CaseActionRecord)) == 1
+
+
+def test_the_risk_worker_opens_cases_with_the_configured_sla(session: Session) -> None:
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine)
+    worker = RiskWorker(engine, cases=CaseSettings(sla_watch_s=2 * 3600.0), clock_ms=lambda: NOW)
+    worker.run_once()  # the first round reassesses every loan
+    opened = {c["loan_id"]: c for c in list_cases(session, CONTACT)}
+    assert "L-1002" in opened
+    assert "L-1001" not in opened  # paid up
+    case = session.scalars(sa.select(CaseRecord).where(CaseRecord.loan_id == "L-1002")).one()
+    assert case.sla_due_ms == NOW + 2 * HOUR
