@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RigError, ServiceError
-from .services import Mosquitto, free_port
+from .services import BrokerAuth, Mosquitto, free_port
+from .tls import CertificateAuthority
 
 __all__ = ["API_KEYS", "ChainRig", "LinkCutter", "ManagedProcess"]
 
@@ -261,6 +262,13 @@ class ChainRig:
         self.collector_config = self.workdir / "collector.toml"
         self.agent_config = self.workdir / "agent.toml"
         self.agent_extra: dict[str, dict[str, Any]] = {}
+        #: the broker's password file and ACL (``lienwatch collector broker init``)
+        self.broker_accounts = self.workdir / "broker-accounts"
+        #: the throwaway CA of the broker's TLS listeners, made at the first broker start
+        self.ca: CertificateAuthority | None = None
+        #: MQTT user name -> password, as ``broker init`` and ``devices add --broker-dir`` printed them
+        self.mqtt_logins: dict[str, str] = {}
+        self.collector_user = ""
 
     # ------------------------------------------------------------------ parts
 
@@ -276,17 +284,34 @@ class ChainRig:
         return result.stdout
 
     def start_broker(self) -> Mosquitto:
-        """Start the private broker, or start it again on the same port after :meth:`stop_broker`."""
+        """Start the private broker, or start it again on the same port after :meth:`stop_broker`.
+
+        The first start makes the broker's accounts with ``lienwatch collector broker init``
+        (the collector's account and the ACL; anonymous access off) and a throwaway CA with
+        the broker's server certificate: the broker listens with TLS only, user name and
+        password on :attr:`Mosquitto.port`, a client certificate from the CA on
+        :attr:`Mosquitto.cert_port` (docs/security.md).
+        """
         try:
             if self.broker is None:
-                self.broker = Mosquitto(workdir=self.workdir / "broker")
+                init = self.run_cli("collector", "broker", "init", "--broker-dir", str(self.broker_accounts))
+                login = json.loads(init)
+                self.collector_user = str(login["mqtt_username"])
+                self.mqtt_logins[self.collector_user] = str(login["mqtt_password"])
+                self.ca = CertificateAuthority(self.workdir / "tls")
+                auth = BrokerAuth(self.broker_accounts / "passwd", self.broker_accounts / "acl")
+                self.broker = Mosquitto(workdir=self.workdir / "broker", auth=auth, tls=self.ca.server())
             self.broker.start()
         except ServiceError as exc:
             raise RigError(f"broker: {exc}") from exc
         if self.broker.proc is not None:
             self._broker_pids.append(self.broker.proc.pid)
-        self.say(f"broker     Mosquitto on 127.0.0.1:{self.broker.port}")
+        self.say(f"broker     Mosquitto on 127.0.0.1:{self.broker.port} (TLS, per-device accounts and ACL)")
         return self.broker
+
+    def _mqtt_tls(self) -> dict[str, Any]:
+        assert self.ca is not None
+        return {"tls": True, "ca_file": str(self.ca.ca_file)}
 
     def stop_broker(self, *, kill: bool = False) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``kill``); the port and persistence file stay."""
@@ -314,6 +339,9 @@ class ChainRig:
             'host = "127.0.0.1"',
             f"port = {self.broker.port}",
             'client_id = "rig-collector-1"',
+            *(f"{k} = {json.dumps(v)}" for k, v in self._mqtt_tls().items()),
+            f'username = "{self.collector_user}"',
+            f'password = "{self.mqtt_logins[self.collector_user]}"',
             "",
             "[api]",
             'host = "127.0.0.1"',
@@ -343,11 +371,17 @@ class ChainRig:
         return proc
 
     def provision_device(self) -> None:
-        self.run_cli(
+        """``devices add --broker-dir``: the device's key in the registry and its broker account."""
+        out = self.run_cli(
             "collector", "devices", "add", "--config", str(self.collector_config),
             "--device", self.device_id, "--public-key", str(self.keys_dir / f"{self.device_id}.pub"),
+            "--broker-dir", str(self.broker_accounts),
         )  # fmt: skip
-        self.say(f"registry   device {self.device_id} registered with its public key")
+        added = json.loads(out)
+        self.mqtt_logins[str(added["mqtt_username"])] = str(added["mqtt_password"])
+        if self.broker is not None:
+            self.broker.reload()  # the broker reads the new account on SIGHUP
+        self.say(f"registry   device {self.device_id} registered with its public key and its broker account")
 
     def import_sample_loans(self) -> str:
         """Import the shipped sample loan book re-dated to today (``loans import --sample``)."""
@@ -485,6 +519,8 @@ class ChainRig:
             "mqtt": {
                 "host": "127.0.0.1",
                 "port": self.agent_link.port if self.agent_link else self.broker.port,
+                **self._mqtt_tls(),
+                "username": self.device_id,  # the password comes from the environment (start_agent)
                 "backoff_min_s": 0.2,
                 "backoff_max_s": 2.0,
             },
@@ -506,6 +542,10 @@ class ChainRig:
                 "agent", lienwatch_argv("agent", "run", "--config", str(self.agent_config)), self.workdir / "agent.log"
             ),
         )
+        password = self.mqtt_logins.get(self.device_id)
+        if password is None:
+            raise RigError(f"device {self.device_id} has no broker account: provision_device() first")
+        proc.env["LIENWATCH_AGENT_MQTT_PASSWORD"] = password
         sim = self.processes.get("sim")
         hand_over = sim is not None and sim.running and self._sim_wait_open and self._agent_reads_sim_can()
         if hand_over:
