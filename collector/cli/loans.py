@@ -12,7 +12,6 @@ import is signed and published by the running collector's downlink publisher wit
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from collections import Counter
@@ -34,7 +33,7 @@ from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
 from ..storage.tables import LoanRecord, RiskStateRecord
-from .context import settings_session
+from .context import cli_actor, settings_session
 
 __all__ = ["add_subcommands"]
 
@@ -43,17 +42,10 @@ SettingsLoader = Callable[[argparse.Namespace], Settings]
 PROGRESS_FROM = 500
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"[:128]
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli:unknown"
-
-
 def _audit(session: Session, action: str, subject_type: str, subject_id: str, **detail: Any) -> None:
     record_access(
         session,
-        actor=_actor(),
+        actor=cli_actor(),
         role="admin",
         action=action,
         subject_type=subject_type,
@@ -219,7 +211,7 @@ def _retention_run(args: argparse.Namespace, settings: Settings) -> int:
     r = settings.retention
     policy = RetentionPolicy(r.fix_days, r.fix_mode, r.record_years)
     with settings_session(settings) as session:
-        report = run_retention(session, wall_clock_ms(), policy, actor=_actor())
+        report = run_retention(session, wall_clock_ms(), policy, actor=cli_actor())
         if args.dry_run:
             session.rollback()
         else:
