@@ -24,11 +24,14 @@ from wsgiref.simple_server import WSGIServer
 import sqlalchemy as sa
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.orm import Session
 
 from ..api.app import discover_routers
+from ..clock import wall_clock_ms
 from ..errors import CollectorError, DatabaseUnavailableError
 from ..files import FileReadError, read_bounded
-from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry
+from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry, load_public_key_pem
+from ..jobs.downlink import announce_next_key
 from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
@@ -176,6 +179,32 @@ def _devices(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
+def _downlink_key(args: argparse.Namespace) -> int:
+    """``downlink-key announce|status``: rotating the collector's downlink signing key (docs/security.md)."""
+    engine = open_settings_database(settings_from_args(args))
+    table = Base.metadata.tables["downlink_keys"]
+    try:
+        if args.action == "announce":
+            try:
+                key = load_public_key_pem(read_bounded(Path(args.public_key), MAX_PEM_BYTES, "public key file"))
+            except FileReadError as exc:
+                print(f"lienwatch collector: {exc}", file=sys.stderr)
+                return 2
+            with Session(engine) as session:
+                row = announce_next_key(session, key, now_ms=wall_clock_ms())
+                out = {"fingerprint": row.fingerprint, "announced_ms": row.announced_ms}
+                session.commit()
+            audit_cli(engine, "announce_downlink_key", kind="downlink_key", subject=out["fingerprint"])
+            print(json.dumps(out))
+        else:
+            with engine.connect() as conn:
+                for row in conn.execute(sa.select(table).order_by(table.c.id)).mappings():
+                    print(json.dumps({k: row[k] for k in ("fingerprint", "announced_ms", "promoted_ms")}))
+        return 0
+    finally:
+        engine.dispose()
+
+
 def _broker(args: argparse.Namespace) -> int:
     accounts = BrokerAccounts(Path(args.broker_dir))
     if args.action == "device":  # a new password for a registered device (lost or leaked)
@@ -249,6 +278,15 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("device_id")
     revoke.add_argument("--broker-dir", help=broker_help)
     devices.set_defaults(func=_devices)
+
+    dkey = sub.add_parser("downlink-key", help="rotate the collector's downlink signing key (docs/security.md)")
+    kasub = dkey.add_subparsers(dest="action", required=True)
+    announce = kasub.add_parser(
+        "announce", parents=[common], help="announce the next signing key in every configuration (then sign with it)"
+    )
+    announce.add_argument("--public-key", required=True, help="the next key's PEM public key (keys generate)")
+    kasub.add_parser("status", parents=[common], help="announced and promoted keys as JSON lines")
+    dkey.set_defaults(func=_downlink_key)
 
     broker = sub.add_parser("broker", help="the broker's accounts and ACL (docs/security.md)")
     bsub = broker.add_subparsers(dest="action", required=True)
