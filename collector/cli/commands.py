@@ -191,15 +191,15 @@ def _downlink_key(args: argparse.Namespace) -> int:
                 print(f"lienwatch collector: {exc}", file=sys.stderr)
                 return 2
             with Session(engine) as session:
-                row = announce_next_key(session, key, now_ms=wall_clock_ms())
-                out = {"fingerprint": row.fingerprint, "announced_ms": row.announced_ms}
+                announced = announce_next_key(session, key, now_ms=wall_clock_ms())
+                fingerprint, announced_ms = announced.fingerprint, announced.announced_ms
                 session.commit()
-            audit_cli(engine, "announce_downlink_key", kind="downlink_key", subject=out["fingerprint"])
-            print(json.dumps(out))
+            audit_cli(engine, "announce_downlink_key", kind="downlink_key", subject=fingerprint)
+            print(json.dumps({"fingerprint": fingerprint, "announced_ms": announced_ms}))
         else:
             with engine.connect() as conn:
-                for row in conn.execute(sa.select(table).order_by(table.c.id)).mappings():
-                    print(json.dumps({k: row[k] for k in ("fingerprint", "announced_ms", "promoted_ms")}))
+                for listed in conn.execute(sa.select(table).order_by(table.c.id)).mappings():
+                    print(json.dumps({k: listed[k] for k in ("fingerprint", "announced_ms", "promoted_ms")}))
         return 0
     finally:
         engine.dispose()
