@@ -237,9 +237,18 @@ class ChainRig:
         workdir: folder for keys, configs, databases, ptys and logs (kept for post-mortems).
         device_id: the simulated vehicle's device id.
         say: where progress lines go (``print`` for the demo, a list for tests).
+        agent_identity: how the agent logs in to the broker: ``password`` (its account from
+            ``devices add --broker-dir``) or ``certificate`` (a client certificate from the
+            rig's CA whose CN is the device id, on the broker's certificate listener).
     """
 
-    def __init__(self, workdir: Path, *, device_id: str = "car-0001", say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, workdir: Path, *, device_id: str = "car-0001", say: Callable[[str], None] = print,
+        agent_identity: str = "password",
+    ) -> None:  # fmt: skip
+        if agent_identity not in ("password", "certificate"):
+            raise RigError(f"agent_identity must be 'password' or 'certificate', not {agent_identity!r}")
+        self.agent_identity = agent_identity
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_id = device_id
@@ -312,6 +321,23 @@ class ChainRig:
     def _mqtt_tls(self) -> dict[str, Any]:
         assert self.ca is not None
         return {"tls": True, "ca_file": str(self.ca.ca_file)}
+
+    @property
+    def agent_broker_port(self) -> int:
+        """The broker listener the agent logs in on (password or certificate listener)."""
+        assert self.broker is not None
+        if self.agent_identity == "certificate":
+            assert self.broker.cert_port is not None
+            return self.broker.cert_port
+        return self.broker.port
+
+    def _agent_login(self) -> dict[str, Any]:
+        """``[mqtt]`` identity lines of the agent: its user name, or its client certificate."""
+        assert self.ca is not None
+        if self.agent_identity == "certificate":
+            cert = self.ca.client(self.device_id)
+            return {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)}
+        return {"username": self.device_id}  # the password comes from the environment (start_agent)
 
     def stop_broker(self, *, kill: bool = False) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``kill``); the port and persistence file stay."""
@@ -518,9 +544,9 @@ class ChainRig:
             "batch": {"max_age_s": 10.0, "max_age_active_s": 5.0},
             "mqtt": {
                 "host": "127.0.0.1",
-                "port": self.agent_link.port if self.agent_link else self.broker.port,
+                "port": self.agent_link.port if self.agent_link else self.agent_broker_port,
                 **self._mqtt_tls(),
-                "username": self.device_id,  # the password comes from the environment (start_agent)
+                **self._agent_login(),
                 "backoff_min_s": 0.2,
                 "backoff_max_s": 2.0,
             },
@@ -542,10 +568,11 @@ class ChainRig:
                 "agent", lienwatch_argv("agent", "run", "--config", str(self.agent_config)), self.workdir / "agent.log"
             ),
         )
-        password = self.mqtt_logins.get(self.device_id)
-        if password is None:
-            raise RigError(f"device {self.device_id} has no broker account: provision_device() first")
-        proc.env["LIENWATCH_AGENT_MQTT_PASSWORD"] = password
+        if self.agent_identity == "password":
+            password = self.mqtt_logins.get(self.device_id)
+            if password is None:
+                raise RigError(f"device {self.device_id} has no broker account: provision_device() first")
+            proc.env["LIENWATCH_AGENT_MQTT_PASSWORD"] = password
         sim = self.processes.get("sim")
         hand_over = sim is not None and sim.running and self._sim_wait_open and self._agent_reads_sim_can()
         if hand_over:
@@ -573,7 +600,7 @@ class ChainRig:
         :meth:`write_agent_config`); ``rig.agent_link.cut()`` is then a network outage."""
         assert self.broker is not None
         if self.agent_link is None:
-            self.agent_link = LinkCutter(self.broker.port)
+            self.agent_link = LinkCutter(self.agent_broker_port)
         return self.agent_link
 
     def kill(self, name: str) -> None:

@@ -180,6 +180,18 @@ def test_anonymous_and_wrong_device_clients_are_refused(broker: SecureBroker, ac
         # ... and car-b gets nothing from car-a's configuration topic.
         b.subscribe(config_topic("car-a"))
         assert not b.wait_message(config_topic("car-a"), timeout=1.0)
+
+        # Receipts (docs/protocol.md section 13): the collector writes them, each device reads
+        # only its own and cannot forge or clear one.
+        receipt_b = "lw/v1/car-b/receipt"
+        assert not collector.publish(receipt_b, b"signed receipt", retain=True).is_failure
+        assert a.publish(receipt_b, b"forged receipt", retain=True).is_failure
+        assert b.publish(receipt_b, b"", retain=True).is_failure
+        assert b.subscribe(receipt_b)[0].value < 0x80
+        assert b.wait_message(receipt_b)
+        assert [p for t, p, _ in b.messages if t == receipt_b] == [b"signed receipt"]
+        a.subscribe(receipt_b)
+        assert not a.wait_message(receipt_b, timeout=1.0)
     finally:
         for client in (collector, a, b, anonymous, impostor):
             client.close()
