@@ -1,10 +1,19 @@
 """Flood before authentication: collector memory and another device's latency (issue 13, finding 4).
 
 One collector process (``lienwatch collector serve --ingest-only``, SQLite) behind a private
-Mosquitto. The attacker has no key and publishes, as fast as the broker takes them:
+Mosquitto. The attacker has no device key and publishes, as fast as the broker takes them:
 
-* ``--qos0`` messages (default 50,000) of 200 bytes at QoS 0 on batch topics of many ids;
-* ``--junk`` messages (default 600) of 1 MiB of junk at QoS 1 on batch topics of 20 ids.
+* ``--qos0`` messages (default 50,000) of 200 bytes at QoS 0 on batch topics;
+* ``--junk`` messages (default 600) of 1 MiB of junk at QoS 1 on batch topics.
+
+Two brokers (``--broker``):
+
+* ``authenticated`` (default; how every tool of the project runs it since issue 13): anonymous
+  off, per-device accounts and the ACL (``collector.cli.broker_auth``). The attacker holds one
+  device's broker account (a stolen box) and floods that device's own topic, the only one
+  the ACL lets it publish on; the collector and the genuine device use their own accounts.
+* ``open`` (the attack of issue 13 as first reported): anonymous, no ACL; the flood is spread
+  over 1,000 QoS 0 ids and 20 junk ids.
 
 Meanwhile a registered device publishes one genuine batch every second. Reported: the
 collector's RSS when idle and its peak during the flood (sampled from /proc every 50 ms),
@@ -13,7 +22,7 @@ the flood, in the same run. Pass criteria of issue 13: peak RSS - idle RSS < 100
 the flood adds no more than about a second to the genuine latency (the fleet-ingest
 fairness bound).
 
-    .venv/bin/python bench/flood_bench.py [--qos0 50000] [--junk 600]
+    .venv/bin/python bench/flood_bench.py [--qos0 50000] [--junk 600] [--broker authenticated|open]
 """
 
 from __future__ import annotations
@@ -37,13 +46,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.cli.broker_auth import BrokerAccounts, Credentials
 from collector.ingest.registry import DeviceRegistry
 from collector.storage.database import create_engine, migrate
-from firmware_sim.rig import Mosquitto
+from firmware_sim.rig import BrokerAuth, Mosquitto
 from protocol import Batch, Fix, batch_topic, seal_batch
 
 DEVICE = "bench-genuine"
+ATTACKER = "stolen-box"  # the device account the attacker holds (authenticated broker)
 TIMEOUT_S = 600.0
+RSS_BOUND_MB = 100.0
+LATENCY_BOUND_S = 1.0
+
+
+def _client(client_id: str, login: Credentials | None) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if login is not None:
+        client.username_pw_set(login.username, login.password)
+    return client
 
 
 def rss_mb(pid: int) -> float:
@@ -76,9 +96,10 @@ def genuine(key: Ed25519PrivateKey, seq: int) -> bytes:
 
 
 def measure_latency(
-    port: int, engine: sa.Engine, key: Ed25519PrivateKey, seqs: range, *, stop: threading.Event | None, out: list[float]
-) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"genuine-{seqs.start}", protocol=mqtt.MQTTv5)
+    port: int, engine: sa.Engine, key: Ed25519PrivateKey, seqs: range, *, stop: threading.Event | None,
+    out: list[float], login: Credentials | None,
+) -> None:  # fmt: skip
+    client = _client(f"genuine-{seqs.start}", login)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
@@ -103,8 +124,9 @@ def measure_latency(
         client.loop_stop()
 
 
-def flood(port: int, qos0: int, junk: int) -> float:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
+def flood(port: int, qos0: int, junk: int, login: Credentials | None) -> float:
+    """Publish the flood; with ``login`` (a device account) on that device's own topic only."""
+    client = _client("attacker", login)
     client.max_inflight_messages_set(100)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -116,9 +138,11 @@ def flood(port: int, qos0: int, junk: int) -> float:
         junk_at = {k * total // junk for k in range(junk)} if junk else set()
         for i in range(total):
             if i < qos0:
-                client.publish(f"lw/v1/flood-{i % 1000}/batch", b"\x00" * 200, qos=0)
+                topic = batch_topic(login.username) if login else f"lw/v1/flood-{i % 1000}/batch"
+                client.publish(topic, b"\x00" * 200, qos=0)
             if i in junk_at:
-                infos.append(client.publish(f"lw/v1/junk-{i % 20}/batch", blob, qos=1))
+                topic = batch_topic(login.username) if login else f"lw/v1/junk-{i % 20}/batch"
+                infos.append(client.publish(topic, blob, qos=1))
         for info in infos:
             info.wait_for_publish(TIMEOUT_S)
     finally:
@@ -131,7 +155,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qos0", type=int, default=50_000, help="QoS 0 flood messages (default 50,000)")
     parser.add_argument("--junk", type=int, default=600, help="1 MiB QoS 1 junk messages (default 600)")
+    parser.add_argument("--broker", choices=("authenticated", "open"), default="authenticated",
+                        help="authenticated: accounts + ACL, the attacker holds one device account (default); "
+                        "open: anonymous, no ACL")  # fmt: skip
     args = parser.parse_args()
+    command = f".venv/bin/python bench/flood_bench.py --qos0 {args.qos0} --junk {args.junk} --broker {args.broker}"
 
     workdir = Path(tempfile.mkdtemp(prefix="lw-flood-bench-"))
     key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(DEVICE.encode()).digest())
@@ -141,11 +169,24 @@ def main() -> int:
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     DeviceRegistry(engine).add(DEVICE, pem)
     (workdir / "broker").mkdir()
+    logins: dict[str, Credentials | None] = {"collector": None, DEVICE: None, ATTACKER: None}
+    auth = None
+    if args.broker == "authenticated":
+        accounts = BrokerAccounts(workdir / "broker-accounts")
+        logins = {"collector": accounts.collector_account(), DEVICE: accounts.add_device(DEVICE),
+                  ATTACKER: accounts.add_device(ATTACKER)}  # fmt: skip
+        auth = BrokerAuth(accounts.password_file, accounts.acl_file)
     proc = None
     try:
-        with Mosquitto(workdir=workdir / "broker", persistence=False) as broker:
+        with Mosquitto(workdir=workdir / "broker", persistence=False, auth=auth) as broker:
             config = workdir / "collector.toml"
-            config.write_text(f'database_url = "{url}"\n[mqtt]\nport = {broker.port}\nclient_id = "flood-collector"\n')
+            mqtt_login = logins["collector"]
+            account = "" if mqtt_login is None else (
+                f'username = "{mqtt_login.username}"\npassword = "{mqtt_login.password}"\n'
+            )  # fmt: skip
+            config.write_text(
+                f'database_url = "{url}"\n[mqtt]\nport = {broker.port}\nclient_id = "flood-collector"\n{account}'
+            )
             log_path = workdir / "collector.log"
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
@@ -159,7 +200,7 @@ def main() -> int:
                     raise RuntimeError(f"collector did not start:\n{log_path.read_text()[-2000:]}")
                 time.sleep(0.05)
             baseline: list[float] = []
-            measure_latency(broker.port, engine, key, range(1, 6), stop=None, out=baseline)
+            measure_latency(broker.port, engine, key, range(1, 6), stop=None, out=baseline, login=logins[DEVICE])
             idle = rss_mb(proc.pid)
             sampler = RssSampler(proc.pid)
             sampler.start()
@@ -168,10 +209,10 @@ def main() -> int:
             meter = threading.Thread(
                 target=measure_latency,
                 args=(broker.port, engine, key, range(100, 10_000)),
-                kwargs={"stop": stop, "out": during},
+                kwargs={"stop": stop, "out": during, "login": logins[DEVICE]},
             )
             meter.start()
-            flood_s = flood(broker.port, args.qos0, args.junk)
+            flood_s = flood(broker.port, args.qos0, args.junk, logins[ATTACKER])
             flood_end = len(during)
             # Keep measuring until the collector has drained what the broker still held:
             # two genuine batches in a row back at the normal latency (or two minutes).
@@ -197,17 +238,28 @@ def main() -> int:
         engine.dispose()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    growth = sampler.peak - idle
+    rss_ok = growth < RSS_BOUND_MB
+    normal = max(baseline)
+    added = (max(during) - normal) if during else float("inf")
+    latency_ok = bool(during) and added < LATENCY_BOUND_S
+    attacker = f"one device account ({ATTACKER})" if args.broker == "authenticated" else "anonymous"
+    print(f"command: {command}")
+    print(f"broker: {args.broker}; attacker: {attacker}")
     print(f"flood: {args.qos0:,} QoS 0 x 200 B + {args.junk} QoS 1 x 1 MiB junk, published in {flood_s:.1f} s")
-    print(f"collector RSS: idle {idle:.0f} MB, peak {sampler.peak:.0f} MB (+{sampler.peak - idle:.0f} MB), "
-          f"after {after:.0f} MB")  # fmt: skip
     print(f"dead letters kept: {letters} rows, {kept / 1024:.0f} KiB of raw bytes; "
           f"back to normal latency {drained_s:.1f} s after the last flood message was published")  # fmt: skip
-    print(f"genuine batch latency without flood: median {statistics.median(baseline) * 1000:.0f} ms, "
-          f"max {max(baseline) * 1000:.0f} ms")  # fmt: skip
+    print(f"genuine batch latency without flood ({len(baseline)} batches): median "
+          f"{statistics.median(baseline) * 1000:.0f} ms, max {normal * 1000:.0f} ms")  # fmt: skip
     if during:
         print(f"genuine batch latency during flood ({len(during)} batches): median "
               f"{statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms")  # fmt: skip
-    ok = sampler.peak - idle < 100 and bool(during) and max(during) < max(baseline) + 1.0
+    print(f"FIGURE rss: idle {idle:.0f} MB, peak {sampler.peak:.0f} MB, growth {growth:+.0f} MB "
+          f"(bound < {RSS_BOUND_MB:.0f} MB), after {after:.0f} MB: {'PASS' if rss_ok else 'FAIL'}")  # fmt: skip
+    print(f"FIGURE fairness: another device's batch max {max(during, default=float('nan')) * 1000:.0f} ms during "
+          f"the flood vs {normal * 1000:.0f} ms normal, added {added * 1000:.0f} ms "
+          f"(bound < {LATENCY_BOUND_S * 1000:.0f} ms): {'PASS' if latency_ok else 'FAIL'}")  # fmt: skip
+    ok = rss_ok and latency_ok
     print("PASS" if ok else "FAIL", "(peak - idle < 100 MB; flood adds < 1 s to the genuine latency)")
     return 0 if ok else 1
 

@@ -3,7 +3,10 @@
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
-over the local file), then all are applied together, so a body is taken whole or not at all.
+over the local file, the ``keys`` announcement of :mod:`protocol.downlink_keys`), then all
+are applied together, so a body is taken whole or not at all. A section this agent does not
+know (a newer collector's) is ignored, counted (``config_unknown_sections``) and logged, so
+an old agent keeps taking the sections it knows (docs/protocol.md section 6).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from protocol import DeviceConfig
+from protocol.downlink_keys import KEYS_SECTION, announced_key
 from protocol.errors import ProtocolError
 from protocol.places import load_places, load_regions
 
@@ -26,8 +30,9 @@ from .uplink import ConfigGate, DownlinkRejectedError
 __all__ = ["BODY_SECTIONS", "DownlinkApplier"]
 
 log = logging.getLogger("lienwatch.agent")
-#: The sections a configuration body may carry.
-BODY_SECTIONS = frozenset({"markets", "regions", "rules", "reporting"})
+#: The sections this agent applies; any other section of a body is ignored (counted, logged).
+#: ``keys`` is taken by the gate (edge.downlink_trust) once the body is accepted.
+BODY_SECTIONS = frozenset({"markets", "regions", "rules", "reporting", KEYS_SECTION})
 
 
 class DownlinkApplier:
@@ -91,14 +96,18 @@ class DownlinkApplier:
         """Validate every known section of a body first, then apply them together.
 
         Raises:
-            DownlinkRejectedError: an unknown section, or ``rules`` is not a map.
+            DownlinkRejectedError: ``rules`` is not a map.
             ConfigError: the merged ``rules`` are not acceptable.
             PlacesError: a market or region item is not acceptable.
+            InvalidValue: the ``keys`` section is malformed.
         """
         body = config.body
-        unknown = set(body) - BODY_SECTIONS
+        unknown = sorted(set(body) - BODY_SECTIONS)
         if unknown:
-            raise DownlinkRejectedError("invalid_body", f"configuration body has unknown sections {sorted(unknown)}")
+            counters = self.gate.counters
+            counters["config_unknown_sections"] = counters.get("config_unknown_sections", 0) + len(unknown)
+            log_event(log, logging.INFO, "config_sections_ignored", version=config.version, sections=unknown)
+        announced_key(body)  # a malformed announcement refuses the whole body
         markets = load_places(body["markets"]) if "markets" in body else None
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None

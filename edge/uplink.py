@@ -37,11 +37,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from protocol import DeviceConfig, batch_topic, config_topic, open_config, state_topic
+from protocol import DeviceConfig, batch_topic, config_topic, state_topic
 from protocol.errors import ProtocolError
 
 from .backoff import Backoff
 from .config import MqttSettings
+from .downlink_trust import DownlinkTrust
 from .errors import InputError, UsageError
 from .outbox import Outbox
 from .sequence import write_atomically
@@ -80,9 +81,14 @@ class ConfigGate:
     when ``state_file`` is lost, the floor is not, and an older genuine configuration
     replayed on the config topic is still refused as ``stale_version``.
 
+    The collector's key can be rotated: a configuration may announce the next key, which is
+    then trusted too until it signs a configuration and replaces the old one
+    (:class:`~edge.downlink_trust.DownlinkTrust`; the promotions are kept in
+    ``{floor_file or state_file}.keys``).
+
     Args:
         device_id: this device.
-        public_key: the collector's Ed25519 public key.
+        public_key: the collector's Ed25519 public key (``agent.toml``).
         state_file: where the last accepted configuration message is kept.
         floor_file: where the version floor is kept as well (None: nowhere else).
     """
@@ -92,15 +98,18 @@ class ConfigGate:
     ) -> None:
         self.device_id = device_id
         self.topic = config_topic(device_id)
-        self._key = public_key
         self.state_file = Path(state_file)
         self.floor_file = Path(floor_file) if floor_file is not None else None
+        beside = self.floor_file or self.state_file
+        self.trust = DownlinkTrust(public_key, self.topic, beside.with_name(f"{beside.name}.keys"))
+        self._by_next: bytes | None = None
         self._floor = self._read_floor()
         self.counters: dict[str, int] = {"config_accepted": 0, "config_rejected": 0, "config_unchanged": 0}
         self.last_rejection: str | None = None
         self.current: DeviceConfig | None = None
         self._current_message: bytes | None = None
         self._load()
+        self.counters.update(self.trust.counters)
 
     def _load(self) -> None:
         try:
@@ -108,8 +117,9 @@ class ConfigGate:
         except FileNotFoundError:
             return
         try:
-            self.current = open_config(message, self.topic, self._key)
+            self.current, _ = self.trust.open(message)
             self._current_message = message
+            self.trust.held(self.current, message)
         except ProtocolError as exc:
             aside = self.state_file.with_name(f"{self.state_file.name}.corrupt-{int(time.time())}")
             with contextlib.suppress(OSError):
@@ -162,7 +172,7 @@ class ConfigGate:
             self.counters["config_unchanged"] += 1
             return None
         try:
-            config = open_config(message, topic, self._key)
+            config, by_next = self.trust.open(message)
         except ProtocolError as exc:
             raise self._reject(exc.reason, f"configuration on {topic} refused: {exc}") from exc
         # A version equal to the kept floor is the configuration that was lost with
@@ -172,6 +182,7 @@ class ConfigGate:
             raise self._reject(
                 "stale_version", f"configuration version {config.version} is not newer than {self.version}"
             )
+        self._by_next = message if by_next else None
         return config
 
     def commit(self, config: DeviceConfig, message: bytes) -> None:
@@ -186,6 +197,9 @@ class ConfigGate:
                 fields = {"file": str(self.floor_file), "error": str(exc)}
                 log.warning("config_floor_unwritable", extra={"fields": fields})
             self._floor = max(self._floor, config.version)
+        self.trust.accepted(config, message, by_next=self._by_next == message)
+        self._by_next = None
+        self.counters.update(self.trust.counters)
         self.current = config
         self._current_message = message
         self.counters["config_accepted"] += 1

@@ -47,9 +47,14 @@ def hil_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def chain(request: pytest.FixtureRequest, tmp_path: Path, hil_keys: Path, hardware: Hardware | None) -> Iterator[Chain]:
-    """A fresh chain up to the collector; the test plays a scenario on it."""
+    """A fresh chain up to the collector; the test plays a scenario on it.
+
+    The agent logs in to the (TLS) broker with its password, or, parametrized indirectly
+    with ``"certificate"``, with a client certificate from the rig's CA.
+    """
     lines: list[str] = []
-    rig = ChainRig(tmp_path / "rig", device_id=DEVICE_ID, say=lines.append)
+    identity = str(getattr(request, "param", "password"))
+    rig = ChainRig(tmp_path / "rig", device_id=DEVICE_ID, say=lines.append, agent_identity=identity)
     request.node.stash[_RIG_KEY] = rig
     try:
         yield Chain(rig, hardware)

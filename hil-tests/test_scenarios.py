@@ -133,3 +133,23 @@ def test_scenario_end_to_end(
 
 def _diff(later: float | None, earlier: float | None) -> float | None:
     return None if later is None or earlier is None else round(later - earlier, 3)
+
+
+@pytest.mark.parametrize("chain", ["certificate"], indirect=True)
+def test_agent_logs_in_with_a_client_certificate(chain: Chain, hil_keys: Path, hardware: Hardware | None) -> None:
+    """The broker's certificate listener: the agent presents a certificate from the deployment's
+    CA (CN = its device id, no password) and the ACL applies to that name as to a password login."""
+    if hardware is not None:
+        pytest.skip("the simulator's scenario")
+    chain.setup(hil_keys)
+    chain.play("night_doors", speed_factor=SCENARIOS["night_doors"].speed_factor)
+    high = chain.finish()
+    config = chain.rig.agent_config.read_text()
+    assert "cert_file" in config
+    assert "username" not in config
+    assert "LIENWATCH_AGENT_MQTT_PASSWORD" not in chain.rig.processes["agent"].env
+    ledger = check_ledger(chain.db, chain.rig.device_id, expected_high=high)
+    assert not ledger.problems, ledger.problems
+    assert ledger.fixes > 0, ledger.summary()
+    raised = {a["rule"] for a in alert_rows(chain.db, chain.rig.device_id) if a["state"] == 0}
+    assert raised == set(SCENARIOS["night_doors"].rules)

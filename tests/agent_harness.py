@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from collector.cli.broker_auth import Credentials
 from edge.config import AgentConfig, load_config
 from edge.sequence import provision_sequence
 from protocol import Alert, AlertState, Fix, Severity, SignalSample
@@ -82,10 +83,16 @@ def fixes(n: int, step_ms: int = 100) -> list[Fix]:
     return [Fix(time_ms=T0 + i * step_ms, lat=31.3 + i * 1e-6, lon=121.25) for i in range(n)]
 
 
-def make_config(tmp_path: Path, port: int, extra: str = "", grace: float = 5.0) -> AgentConfig:
-    """An agent.toml for the harness; the reporting policy is off (these tests count every record
-    through the batcher) unless ``extra`` has its own ``[reporting]`` table."""
+def make_config(
+    tmp_path: Path, port: int, extra: str = "", grace: float = 5.0, *, login: Credentials | None = None
+) -> AgentConfig:
+    """The agent.toml of a brand-new device; ``login``: its broker account (tests.secure_broker).
+
+    The reporting policy is off (these tests count every record through the batcher) unless
+    ``extra`` has its own ``[reporting]`` table.
+    """
     keys.generate(tmp_path / "keys", DEVICE)
+    account = "" if login is None else f'username = "{login.username}"\npassword = "{login.password}"'
     reporting = "" if "[reporting]" in extra else "[reporting]\nenabled = false"
     text = f"""
 [device]
@@ -100,6 +107,7 @@ port = {port}
 backoff_min_s = 0.05
 backoff_max_s = 0.5
 shutdown_grace_s = {grace}
+{account}
 {reporting}
 {extra}
 """

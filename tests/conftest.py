@@ -11,7 +11,8 @@ Helper modules (no tests in them; a test module never imports another test modul
 (a recording MQTT subscriber), ``tests.collector_process`` (``lienwatch collector serve``),
 ``tests.child_processes`` (what the ``processes`` fixture hands out), ``tests.agent_harness``
 (an agent.toml for a brand-new device, in-memory sources, a rules-engine double),
-``tests.loan_api_app`` (the loans API with the sample loan book and every role).
+``tests.loan_api_app`` (the loans API with the sample loan book and every role),
+``tests.secure_broker`` (the authenticated broker of the ``mosquitto`` fixture).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from firmware_sim.rig import Mosquitto, Postgres
+from firmware_sim.rig import Postgres
 from tests.child_processes import ChildProcesses
+from tests.secure_broker import SecureBroker
 
 
 @pytest.fixture
@@ -36,9 +38,13 @@ def processes() -> Iterator[ChildProcesses]:
 
 
 @pytest.fixture
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    """A fresh private broker per test (stop()/start() it to simulate an outage)."""
-    broker = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto"))
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A fresh private broker per test (stop()/start() it to simulate an outage).
+
+    Anonymous access is off and the LienWatch ACL applies: clients log in with
+    ``mosquitto.login()`` (the collector's account) or ``mosquitto.login(device_id)``.
+    """
+    broker = SecureBroker(tmp_path_factory.mktemp("mosquitto"))
     broker.start()
     try:
         yield broker

@@ -14,22 +14,26 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.secure_broker import SecureBroker
+
 
 class Collector:
     """A test subscriber with a persistent session: records every message it gets."""
 
-    def __init__(self, port: int, topics: list[str], client_id: str = "test-collector") -> None:
+    def __init__(self, broker: SecureBroker, topics: list[str], client_id: str = "test-collector") -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        login = broker.login()  # the collector's account: reads every device's uplink
+        self.client.username_pw_set(login.username, login.password)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
         self.client.loop_start()
         assert self._subscribed.wait(20), "collector did not subscribe"
 

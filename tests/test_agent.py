@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.agent import Agent, ObservationClock, StructuredFormatter
 from edge.config import AgentConfig
 from edge.outbox import Outbox
-from firmware_sim.rig import Mosquitto
 from protocol import (
     Batch,
     DeviceConfig,
@@ -33,6 +32,7 @@ from protocol.cli import key_files as keys
 from protocol.errors import KeyFileError
 from tests.agent_harness import DEVICE, T0, ListSource, ScriptedEngine, fixes, make_config
 from tests.mqtt_subscriber import Collector, wait_until
+from tests.secure_broker import SecureBroker
 
 
 class Running:
@@ -52,8 +52,8 @@ class Running:
 
 
 @pytest.fixture
-def collector(mosquitto: Mosquitto) -> Iterator[Collector]:
-    c = Collector(mosquitto.port, [batch_topic(DEVICE), state_topic(DEVICE)])
+def collector(mosquitto: SecureBroker) -> Iterator[Collector]:
+    c = Collector(mosquitto, [batch_topic(DEVICE), state_topic(DEVICE)])
     yield c
     c.close()
 
@@ -103,9 +103,9 @@ def test_structured_log_lines() -> None:
 
 
 def test_every_batch_arrives_urgent_alerts_go_alone_and_shutdown_is_clean(
-    mosquitto: Mosquitto, collector: Collector, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, tmp_path: Path
 ) -> None:
-    config = make_config(tmp_path, mosquitto.port)
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE))
     records: list[Any] = [*fixes(120), SignalSample("Vehicle.LowVoltageBattery.CurrentVoltage", T0 + 12_000, 0.0)]
     records.append(NoFix(time_ms=T0 + 12_100))
     engine = ScriptedEngine(urgent_on="Vehicle.LowVoltageBattery.CurrentVoltage")
@@ -138,8 +138,8 @@ def test_every_batch_arrives_urgent_alerts_go_alone_and_shutdown_is_clean(
     assert Outbox(config.outbox.path).stats()["outbox_batches"] == 0
 
 
-def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = make_config(tmp_path, mosquitto.port, grace=0.2)
+def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: SecureBroker, tmp_path: Path) -> None:
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE), grace=0.2)
     mosquitto.stop()
     source = ListSource(fixes(30))
     agent = Agent(config, engine=ScriptedEngine(), sources={"gnss": source})
@@ -154,7 +154,7 @@ def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquit
     box.close()
     # the next run continues the sequence and still delivers the old batch first
     mosquitto.start()
-    collector = Collector(mosquitto.port, [batch_topic(DEVICE)], client_id="late-collector")
+    collector = Collector(mosquitto, [batch_topic(DEVICE)], client_id="late-collector")
     try:
         again = Agent(config, engine=ScriptedEngine(), sources={"gnss": ListSource(fixes(50))})
         run = Running(again)
@@ -170,9 +170,9 @@ def test_sigterm_with_the_broker_down_keeps_the_flushed_batch(mosquitto: Mosquit
 
 
 def test_full_outbox_keeps_alerts_and_reports_every_eviction(
-    mosquitto: Mosquitto, collector: Collector, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, tmp_path: Path
 ) -> None:
-    config = make_config(tmp_path, mosquitto.port, extra="[outbox]\nmax_bytes = 65536\n")
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE), extra="[outbox]\nmax_bytes = 65536\n")
     mosquitto.stop()  # the broker is unreachable while the outbox fills up
     engine = ScriptedEngine(every_ms=100 * 500)  # a WARNING alert every 500 fixes -> 20 alert batches
     agent = Agent(config, engine=engine, sources={"gnss": ListSource(fixes(10_000), chunk=500)})
@@ -203,10 +203,15 @@ def test_full_outbox_keeps_alerts_and_reports_every_eviction(
 
 
 def test_signed_config_is_applied_without_restart_and_forgeries_are_counted(
-    mosquitto: Mosquitto, collector: Collector, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, tmp_path: Path
 ) -> None:
     collector_keys = keys.generate(tmp_path / "keys", "collector")
-    config = make_config(tmp_path, mosquitto.port, extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n')
+    config = make_config(
+        tmp_path,
+        mosquitto.port,
+        login=mosquitto.login(DEVICE),
+        extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n',
+    )
     collector_key = keys.load_private_key(collector_keys.private_path)
     engine = ScriptedEngine()
     agent = Agent(config, engine=engine, sources={})
@@ -216,6 +221,7 @@ def test_signed_config_is_applied_without_restart_and_forgeries_are_counted(
     from paho.mqtt.enums import CallbackAPIVersion
 
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="collector-pub", protocol=mqtt.MQTTv5)
+    pub.username_pw_set(mosquitto.login().username, mosquitto.login().password)  # the collector's account
     pub.connect("127.0.0.1", mosquitto.port)
     pub.loop_start()
 
@@ -260,8 +266,10 @@ def test_signed_config_is_applied_without_restart_and_forgeries_are_counted(
     again.outbox.close()
 
 
-def test_sighup_reload_applies_batch_settings_and_reports_restart_needs(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = make_config(tmp_path, mosquitto.port)
+def test_sighup_reload_applies_batch_settings_and_reports_restart_needs(
+    mosquitto: SecureBroker, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE))
     agent = Agent(config, engine=ScriptedEngine(), sources={})
     assert config.source is not None
     config.source.write_text(config.source.read_text().replace("max_fixes = 50", "max_fixes = 7"))
@@ -278,8 +286,8 @@ def test_sighup_reload_applies_batch_settings_and_reports_restart_needs(mosquitt
         assert run.stop() == 0
 
 
-def test_a_corrupt_rule_snapshot_is_set_aside_and_counted(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = make_config(tmp_path, mosquitto.port)
+def test_a_corrupt_rule_snapshot_is_set_aside_and_counted(mosquitto: SecureBroker, tmp_path: Path) -> None:
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE))
     config.device.data_dir.mkdir(parents=True, exist_ok=True)
     (config.device.data_dir / "rules_state.json").write_text("{torn")
     seen: list[Any] = []
@@ -295,8 +303,8 @@ def test_a_corrupt_rule_snapshot_is_set_aside_and_counted(mosquitto: Mosquitto, 
     agent.outbox.close()
 
 
-def test_real_rules_engine_is_used_by_default(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = make_config(tmp_path, mosquitto.port)
+def test_real_rules_engine_is_used_by_default(mosquitto: SecureBroker, tmp_path: Path) -> None:
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE))
     agent = Agent(config, sources={})
     from edge.rules import Engine
 
@@ -308,8 +316,8 @@ def test_real_rules_engine_is_used_by_default(mosquitto: Mosquitto, tmp_path: Pa
     restored.outbox.close()
 
 
-def test_world_readable_key_is_refused(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = make_config(tmp_path, mosquitto.port)
+def test_world_readable_key_is_refused(mosquitto: SecureBroker, tmp_path: Path) -> None:
+    config = make_config(tmp_path, mosquitto.port, login=mosquitto.login(DEVICE))
     config.device.key_file.chmod(0o644)
     with pytest.raises(KeyFileError):
         Agent(config, engine=ScriptedEngine(), sources={})
@@ -368,7 +376,7 @@ def test_the_reporting_policy_thins_a_parked_car_and_sends_the_evidence_with_an_
     mosquitto: Mosquitto, collector: Collector, tmp_path: Path
 ) -> None:
     extra = "[reporting]\nparked_after_s = 5\nparked_fix_interval_s = 60\nevidence_before_s = 3\nevidence_after_s = 0"
-    config = make_config(tmp_path, mosquitto.port, extra=extra)
+    config = make_config(tmp_path, mosquitto.port, extra=extra, login=mosquitto.login(DEVICE))
     parked = [Fix(time_ms=T0 + i * 1000, lat=31.3, lon=121.25, speed_mps=0.0) for i in range(150)]
     cut = SignalSample("Vehicle.LowVoltageBattery.CurrentVoltage", T0 + 150_000, 0.0)
     source = ListSource([*parked, cut], chunk=50)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from edge.sequence import provision_sequence
-from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from protocol.cli import key_files as keys
 from tests.child_processes import ChildProcesses
 from tests.mqtt_subscriber import Collector, wait_until
+from tests.secure_broker import SecureBroker
 
 DEVICE = "car-cli"
 T_2026 = 1_767_254_400_000  # 2026-01-01T08:00:00Z (the NMEA below)
@@ -48,7 +48,7 @@ def pty_pair() -> Iterator[tuple[int, str]]:
 
 
 def test_agent_run_reads_nmea_publishes_batches_and_obeys_signals(
-    mosquitto: Mosquitto, pty_pair: tuple[int, str], tmp_path: Path
+    mosquitto: SecureBroker, pty_pair: tuple[int, str], tmp_path: Path
 ) -> None:
     master, device_path = pty_pair
     generated = keys.generate(tmp_path / "keys", DEVICE)
@@ -68,17 +68,20 @@ max_age_s = 3600
 max_fixes = 5
 [mqtt]
 port = {mosquitto.port}
+username = "{DEVICE}"
 backoff_min_s = 0.05
 shutdown_grace_s = 5
 """
     )
+    # The device's broker password comes from the environment, as on a T-BOX (docs/agent.md).
+    env = {**os.environ, "LIENWATCH_AGENT_MQTT_PASSWORD": mosquitto.login(DEVICE).password}
     (tmp_path / "data").mkdir()
     provision_sequence(tmp_path / "data" / "sequence")  # a brand-new device counts from 1
-    collector = Collector(mosquitto.port, [batch_topic(DEVICE), state_topic(DEVICE)], client_id="cli-collector")
+    collector = Collector(mosquitto, [batch_topic(DEVICE), state_topic(DEVICE)], client_id="cli-collector")
     log_path = tmp_path / "agent.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "agent", "run", "--config", str(config)], stdout=log, stderr=log
+            [sys.executable, "-m", "edge", "agent", "run", "--config", str(config)], stdout=log, stderr=log, env=env
         )
     try:
         assert collector.wait_for(lambda ms: any(m.topic.endswith("/state") for m in ms), timeout=60)

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from edge.outbox import Outbox
-from firmware_sim.rig import Mosquitto
 from protocol import batch_topic, open_batch, open_state, state_topic
 from protocol.cli import key_files as keys
 from tests.mqtt_subscriber import Collector
+from tests.secure_broker import SecureBroker
 
 DEVICE = "car-kill"
 
@@ -83,17 +83,18 @@ def wait_for_batches(collector: Collector, count: int) -> bool:
 
 
 @pytest.fixture
-def collector(mosquitto: Mosquitto) -> Iterator[Collector]:
-    c = Collector(mosquitto.port, [batch_topic(DEVICE), state_topic(DEVICE)], client_id="kill-collector")
+def collector(mosquitto: SecureBroker) -> Iterator[Collector]:
+    c = Collector(mosquitto, [batch_topic(DEVICE), state_topic(DEVICE)], client_id="kill-collector")
     yield c
     c.close()
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_never_reuses_a_number(
-    mosquitto: Mosquitto, collector: Collector, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, tmp_path: Path
 ) -> None:
     generated = keys.generate(tmp_path / "keys", DEVICE)
     public = {DEVICE: generated.public_key}
+    login = mosquitto.login(DEVICE)
     (tmp_path / "agent.toml").write_text(
         f"""
 [device]
@@ -106,6 +107,8 @@ max_fixes = 100
 seq_block = 8
 [mqtt]
 port = {mosquitto.port}
+username = "{login.username}"
+password = "{login.password}"
 backoff_min_s = 0.05
 backoff_max_s = 0.3
 shutdown_grace_s = 10

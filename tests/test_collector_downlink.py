@@ -32,10 +32,10 @@ from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import MqttSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import ConfigVersion
-from firmware_sim.rig import Mosquitto
-from protocol import config_topic, open_config
+from protocol import config_topic, open_config, parse_topic
 from protocol.cli.key_files import generate
 from tests.fake_devices import FakeDevice
+from tests.secure_broker import SecureBroker
 
 REPO = Path(__file__).parents[1]
 SAMPLE_MARKETS = REPO / "edge" / "data" / "markets.sample.toml"
@@ -149,13 +149,14 @@ def test_a_device_registered_through_the_api_gets_the_current_list(engine: sa.En
 
 
 class Listener:
-    def __init__(self, broker: Mosquitto, topic: str) -> None:
+    def __init__(self, broker: SecureBroker, topic: str) -> None:
         self.messages: list[bytes] = []
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="downlink-listener", protocol=mqtt.MQTTv5)
         self.client.on_message = lambda _c, _u, m: self.messages.append(bytes(m.payload))
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+        broker.authenticate(self.client, parse_topic(topic).device_id)  # the device reads its own config
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
 
@@ -173,13 +174,16 @@ def wait_until(condition: object, what: str) -> None:
 
 
 def test_publisher_signs_for_a_cli_registered_device_and_publishes_retained(
-    engine: sa.Engine, mosquitto: Mosquitto
+    engine: sa.Engine, mosquitto: SecureBroker
 ) -> None:
     with Session(engine) as session:
         upsert_markets(session, [JIADING], now_ms=NOW)  # like `lienwatch collector markets import`
         session.commit()
     DeviceRegistry(engine, clock_ms=lambda: NOW).add("truck-1", FakeDevice("truck-1").pem)  # like `devices add`
-    settings = MqttSettings(port=mosquitto.port, client_id="downlink-test")
+    login = mosquitto.login()  # the collector's broker account
+    settings = MqttSettings(
+        port=mosquitto.port, client_id="downlink-test", username=login.username, password=login.password
+    )
     publisher = ConfigPublisher(engine, KEY, settings, resync_interval_s=0.1, clock_ms=lambda: NOW + 1)
 
     # Not connected yet: signed into the outbox, not published.

@@ -35,10 +35,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.rig.chain import lienwatch_argv
-from firmware_sim.rig.services import Mosquitto, free_port
-from protocol import Alert, AlertState, Batch, DailyStats, Fix, Severity, batch_topic, seal_batch
+from firmware_sim.rig.services import free_port
+from protocol import Alert, AlertState, Batch, DailyStats, Fix, Severity, batch_topic, parse_topic, seal_batch
 from protocol.cli.key_files import generate, load_private_key
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
+from tests.secure_broker import SecureBroker
 
 pytestmark = [pytest.mark.browser, pytest.mark.mqtt]
 
@@ -69,7 +70,7 @@ class World:
     shots: Path
     api: httpx.Client
     collector: CollectorProcess
-    broker: Mosquitto
+    broker: SecureBroker
     tmp: Path
     device_key: Any
 
@@ -126,8 +127,11 @@ def _record_scenario(tmp: Path, end_ms: int) -> tuple[list[Fix], list[Alert], li
     return fixes, alerts, stats
 
 
-def _publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+def _publish(broker: SecureBroker, messages: list[tuple[str, bytes]]) -> None:
+    """Publish one device's messages (QoS 1, acknowledged) from that device's broker account."""
+    (device,) = {parse_topic(topic).device_id for topic, _ in messages}
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="browser-test-device", protocol=mqtt.MQTTv5)
+    broker.authenticate(client, device)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
@@ -164,13 +168,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make system` (apt-get install chromium)")
     tmp = tmp_path_factory.mktemp("console-browser")
-    broker = Mosquitto(workdir=tmp / "mosquitto")
+    broker = SecureBroker(tmp / "mosquitto")
     broker.start()
+    login = broker.login()  # the collector's broker account
     port = free_port()
     config = tmp / "collector.toml"
     config.write_text(
         f'database_url = "sqlite:///{tmp / "collector.db"}"\n'
         f'[mqtt]\nport = {broker.port}\nclient_id = "browser-collector"\ngroup = "browser"\n'
+        f'username = "{login.username}"\npassword = "{login.password}"\n'
         f"[api]\nport = {port}\n"
         "[limits]\nkey_cache_ttl_s = 0\nmax_clock_skew_s = 600\n"
         "[retention]\nenabled = false\n"

@@ -33,10 +33,22 @@ from collector.runtime import CollectorRuntime
 from collector.settings import load_settings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import RiskEventRecord, RiskStateRecord, WebhookDelivery
-from firmware_sim.rig import Mosquitto, free_port
-from protocol import Alert, AlertState, Batch, Fix, Severity, batch_topic, config_topic, open_config, seal_batch
+from firmware_sim.rig import free_port
+from protocol import (
+    Alert,
+    AlertState,
+    Batch,
+    Fix,
+    Severity,
+    batch_topic,
+    config_topic,
+    open_config,
+    parse_topic,
+    seal_batch,
+)  # fmt: skip
 from protocol.cli.key_files import generate, load_private_key, load_public_key
 from tests.collector_process import WAIT_S, CollectorProcess, collector_command, wait_until
+from tests.secure_broker import SecureBroker
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 SECRET = "e2e-webhook-secret-0123456789"
@@ -129,8 +141,9 @@ class Serve(CollectorProcess):
         super().wait_ready(healthy)
 
 
-def write_config(tmp_path: Path, database_url: str, broker: Mosquitto, api_port: int, hook_url: str) -> Path:
+def write_config(tmp_path: Path, database_url: str, broker: SecureBroker, api_port: int, hook_url: str) -> Path:
     keys = "\n".join(f'"{key}" = "{role}"' for role, key in KEYS.items())
+    login = broker.login()  # the collector's broker account
     path = tmp_path / "collector.toml"
     path.write_text(
         f"""database_url = "{database_url}"
@@ -141,6 +154,8 @@ log_level = "INFO"
 port = {broker.port}
 client_id = "e2e-collector"
 group = "e2e"
+username = "{login.username}"
+password = "{login.password}"
 
 [api]
 port = {api_port}
@@ -185,7 +200,7 @@ class Api:
 class ConfigListener:
     """Subscribes to a device's config topic (retained) and keeps every message."""
 
-    def __init__(self, broker: Mosquitto, device_id: str) -> None:
+    def __init__(self, broker: SecureBroker, device_id: str) -> None:
         self.topic = config_topic(device_id)
         self.messages: list[bytes] = []
         self.subscribed = threading.Event()
@@ -193,6 +208,7 @@ class ConfigListener:
         self.client.on_message = lambda _c, _u, m: self.messages.append(bytes(m.payload))
         self.client.on_subscribe = lambda *_a: self.subscribed.set()
         self.client.on_connect = lambda c, *_a: c.subscribe(self.topic, qos=1)
+        broker.authenticate(self.client, device_id)  # the device's own account reads its config
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
 
@@ -201,8 +217,9 @@ class ConfigListener:
         self.client.loop_stop()
 
 
-def publish_acked(broker: Mosquitto, topic: str, payload: bytes) -> None:
+def publish_acked(broker: SecureBroker, topic: str, payload: bytes) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-device", protocol=mqtt.MQTTv5)
+    broker.authenticate(client, parse_topic(topic).device_id)  # the device's own account
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
@@ -254,7 +271,7 @@ def _wall_ms() -> int:
 
 
 def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
-    tmp_path: Path, database_url: str, mosquitto: Mosquitto, receiver: Receiver
+    tmp_path: Path, database_url: str, mosquitto: SecureBroker, receiver: Receiver
 ) -> None:
     receiver.start()
     collector_keys = generate(tmp_path / "keys", "collector")
@@ -349,7 +366,7 @@ def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
 
 
 def test_webhooks_queued_while_the_receiver_is_down_arrive_after_a_restart(
-    tmp_path: Path, mosquitto: Mosquitto, receiver: Receiver
+    tmp_path: Path, mosquitto: SecureBroker, receiver: Receiver
 ) -> None:
     generate(tmp_path / "keys", "collector")
     url = f"sqlite:///{tmp_path / 'collector.db'}"

@@ -1,4 +1,4 @@
-"""The ingest through a real private Mosquitto, on SQLite and PostgreSQL.
+"""The ingest through a real private SecureBroker, on SQLite and PostgreSQL.
 
 In-process tests run :class:`collector.ingest.service.IngestService` on threads; the crash
 and scale-out tests run ``lienwatch collector serve --ingest-only`` as subprocesses. Every
@@ -24,23 +24,41 @@ from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import Base
-from firmware_sim.rig import Mosquitto
-from protocol import state_topic
+from protocol import parse_topic, state_topic
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.fake_devices import NOW, T0, FakeDevice, count, register, status_row
+from tests.secure_broker import SecureBroker
 
 
 class Publisher:
-    """A device-side MQTT 5 publisher that records which messages the broker acknowledged."""
+    """Device-side MQTT 5 publishers that record which messages the broker acknowledged.
 
-    def __init__(self, broker: Mosquitto, client_id: str = "test-publisher") -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        self.client.max_inflight_messages_set(100)
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
+    A message goes out from the account of the device its topic names (the broker's ACL
+    lets a device publish only on its own topics), one client per device.
+    """
+
+    def __init__(self, broker: SecureBroker, client_id: str = "test-publisher") -> None:
+        self._broker = broker
+        self._client_id = client_id
+        self._clients: dict[str, mqtt.Client] = {}
+
+    def _client(self, topic: str) -> mqtt.Client:
+        device_id = parse_topic(topic).device_id
+        client = self._clients.get(device_id)
+        if client is None:
+            login = self._broker.login(device_id)
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"{self._client_id}-{device_id}", protocol=mqtt.MQTTv5
+            )
+            client.username_pw_set(login.username, login.password)
+            client.max_inflight_messages_set(100)
+            client.connect("127.0.0.1", self._broker.port)
+            client.loop_start()
+            self._clients[device_id] = client
+        return client
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=1, retain=retain)
+        return self._client(topic).publish(topic, payload, qos=1, retain=retain)
 
     def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         info = self.publish(topic, payload, retain=retain)
@@ -48,8 +66,9 @@ class Publisher:
         return info.is_published()
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        for client in self._clients.values():
+            client.disconnect()
+            client.loop_stop()
 
 
 @pytest.fixture
@@ -61,21 +80,25 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def publisher(mosquitto: Mosquitto) -> Iterator[Publisher]:
+def publisher(mosquitto: SecureBroker) -> Iterator[Publisher]:
     pub = Publisher(mosquitto)
     yield pub
     pub.close()
 
 
-def mqtt_settings(broker: Mosquitto, client_id: str = "collector-test") -> MqttSettings:
-    return MqttSettings(host="127.0.0.1", port=broker.port, client_id=client_id, group="test")
+def mqtt_settings(broker: SecureBroker, client_id: str = "collector-test") -> MqttSettings:
+    login = broker.login()  # the collector's account
+    return MqttSettings(
+        host="127.0.0.1", port=broker.port, client_id=client_id, group="test",
+        username=login.username, password=login.password,
+    )  # fmt: skip
 
 
 FAST_LIMITS = Limits(key_cache_ttl_s=0, db_retry_initial_s=0.01, db_retry_max_s=0.05)
 
 
 @pytest.fixture
-def service(engine: sa.Engine, mosquitto: Mosquitto) -> Iterator[IngestService]:
+def service(engine: sa.Engine, mosquitto: SecureBroker) -> Iterator[IngestService]:
     ingest = IngestService(Ingestor(engine, FAST_LIMITS), mqtt_settings(mosquitto), FAST_LIMITS)
     ingest.start()
     assert ingest.ready.wait(WAIT_S), "collector did not subscribe"
@@ -156,7 +179,7 @@ def seal_with(signer: FakeDevice, device: FakeDevice) -> bytes:
 
 
 def test_state_messages_set_online_and_offline(
-    engine: sa.Engine, mosquitto: Mosquitto, publisher: Publisher
+    engine: sa.Engine, mosquitto: SecureBroker, publisher: Publisher
 ) -> None:
     truck = FakeDevice("truck-1")
     register(engine, truck)
@@ -188,7 +211,7 @@ class FlakyIngestor(Ingestor):
 
 
 def test_database_outage_holds_the_ack_and_retries(
-    engine: sa.Engine, mosquitto: Mosquitto, publisher: Publisher
+    engine: sa.Engine, mosquitto: SecureBroker, publisher: Publisher
 ) -> None:
     truck = FakeDevice("truck-1")
     register(engine, truck)
@@ -210,7 +233,8 @@ def test_database_outage_holds_the_ack_and_retries(
 # ------------------------------------------------------------------ separate processes
 
 
-def write_config(path: Path, database_url: str, broker: Mosquitto, client_id: str) -> Path:
+def write_config(path: Path, database_url: str, broker: SecureBroker, client_id: str) -> Path:
+    login = broker.login()  # the collector's account
     path.write_text(
         f"""database_url = "{database_url}"
 data_dir = "{path.parent / "data"}"
@@ -221,6 +245,8 @@ host = "127.0.0.1"
 port = {broker.port}
 group = "collectors"
 client_id = "{client_id}"
+username = "{login.username}"
+password = "{login.password}"
 
 [api]
 port = 0
@@ -234,7 +260,7 @@ max_clock_skew_s = 315360000
 
 
 def test_collector_killed_mid_stream_loses_nothing(
-    engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
+    engine: sa.Engine, database_url: str, mosquitto: SecureBroker, publisher: Publisher, tmp_path: Path
 ) -> None:
     truck = FakeDevice("truck-1")
     register(engine, truck)
@@ -279,7 +305,7 @@ def test_collector_killed_mid_stream_loses_nothing(
 
 
 def test_two_collectors_on_one_shared_subscription_store_each_batch_once(
-    engine: sa.Engine, database_url: str, mosquitto: Mosquitto, publisher: Publisher, tmp_path: Path
+    engine: sa.Engine, database_url: str, mosquitto: SecureBroker, publisher: Publisher, tmp_path: Path
 ) -> None:
     trucks = [FakeDevice("truck-1"), FakeDevice("truck-2")]
     register(engine, *trucks)

@@ -37,6 +37,9 @@ NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
 HOUR = 3_600_000
 DAY = 24 * HOUR
 
+#: the newest migration (re-chained in number order at each merge)
+MIGRATION_HEAD = "0010"
+
 
 def _my_tables_diff(engine: sa.Engine) -> list[object]:
     mine = {"loans", "installments", "repayments", "risk_states", "risk_events", "webhook_deliveries", "audit_log",
@@ -51,7 +54,7 @@ def test_migrations_match_the_models_on_sqlite(tmp_path: Path) -> None:
     migrate(engine)
     assert _my_tables_diff(engine) == []
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0010"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == MIGRATION_HEAD
     engine.dispose()
 
 

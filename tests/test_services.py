@@ -6,10 +6,10 @@ import socket
 
 import sqlalchemy as sa
 
-from firmware_sim.rig import Mosquitto
+from tests.secure_broker import SecureBroker, connack
 
 
-def test_private_mosquitto_listens_then_stops(mosquitto: Mosquitto) -> None:
+def test_private_mosquitto_listens_then_stops(mosquitto: SecureBroker) -> None:
     with socket.create_connection(("127.0.0.1", mosquitto.port), timeout=2):
         pass
     mosquitto.stop()
@@ -21,6 +21,14 @@ def test_private_mosquitto_listens_then_stops(mosquitto: Mosquitto) -> None:
     assert not still_listening
     mosquitto.start()
     socket.create_connection(("127.0.0.1", mosquitto.port), timeout=2).close()
+
+
+def test_the_test_broker_wants_an_account(mosquitto: SecureBroker) -> None:
+    """Every tool of the project runs its broker authenticated: no anonymous client gets in."""
+    assert connack(mosquitto.port, None) not in (0, None)  # 0x87 not authorized / 0x86 bad login
+    assert connack(mosquitto.port, mosquitto.login()) == 0
+    device = mosquitto.login("car-0001")  # made while the broker runs: reloaded (SIGHUP)
+    assert connack(mosquitto.port, device) == 0
 
 
 def test_private_postgres_accepts_sql(postgres_url: str) -> None:

@@ -1,4 +1,4 @@
-"""MQTT uplink against a private Mosquitto, and the downlink configuration gate."""
+"""MQTT uplink against a private SecureBroker, and the downlink configuration gate."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from collector.cli.broker_auth import Credentials
 from edge.backoff import Backoff
 from edge.config import MqttSettings
 from edge.errors import ConfigError
 from edge.outbox import Outbox, Priority
 from edge.uplink import ConfigGate, DownlinkRejectedError, Uplink, UplinkError
-from firmware_sim.rig import Mosquitto
 from protocol import (
     Batch,
     DeviceConfig,
@@ -39,6 +39,7 @@ from protocol import (
     state_topic,
 )
 from tests.mqtt_subscriber import Collector, wait_until
+from tests.secure_broker import SecureBroker
 
 DEVICE = "car-0042"
 T0 = 1_767_225_600_000
@@ -51,8 +52,8 @@ def key() -> Ed25519PrivateKey:
 
 
 @pytest.fixture
-def collector(mosquitto: Mosquitto) -> Iterator[Collector]:
-    c = Collector(mosquitto.port, [batch_topic(DEVICE), state_topic(DEVICE)])
+def collector(mosquitto: SecureBroker) -> Iterator[Collector]:
+    c = Collector(mosquitto, [batch_topic(DEVICE), state_topic(DEVICE)])
     yield c
     c.close()
 
@@ -63,8 +64,18 @@ def sealed(seq: int, key: Ed25519PrivateKey) -> bytes:
     return seal_batch(batch, key, batch_topic(DEVICE))
 
 
-def make_uplink(port: int, outbox: Outbox, key: Ed25519PrivateKey, **kw: object) -> Uplink:
-    settings = MqttSettings(port=port, client_id=DEVICE, inflight=5, backoff_min_s=0.05, backoff_max_s=0.5)
+def make_uplink(
+    port: int, outbox: Outbox, key: Ed25519PrivateKey, *, login: Credentials | None = None, **kw: object
+) -> Uplink:
+    account = {} if login is None else {"username": login.username, "password": login.password}
+    settings = MqttSettings(
+        port=port,
+        client_id=DEVICE,
+        inflight=5,
+        backoff_min_s=0.05,
+        backoff_max_s=0.5,
+        **account,  # type: ignore[arg-type]
+    )
 
     def make_state(online: bool) -> bytes:
         state = DeviceState(DEVICE, online, T0, BOOT, {"agent": "test"}, {"published": 1})
@@ -85,12 +96,12 @@ def seqs_of(messages: list[mqtt.MQTTMessage], key: Ed25519PrivateKey) -> dict[in
 
 
 def test_every_batch_arrives_and_is_deleted_on_puback(
-    mosquitto: Mosquitto, collector: Collector, key: Ed25519PrivateKey, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     outbox = Outbox(tmp_path / "o.db")
     for seq in range(1, 31):
         outbox.put(seq, sealed(seq, key), priority=Priority.ROUTINE, fixes=1)
-    uplink = make_uplink(mosquitto.port, outbox, key)
+    uplink = make_uplink(mosquitto.port, outbox, key, login=mosquitto.login(DEVICE))
     uplink.start()
     try:
         assert collector.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/batch")]) >= 30)
@@ -113,10 +124,10 @@ def test_every_batch_arrives_and_is_deleted_on_puback(
 
 
 def test_broker_outage_loses_nothing_and_duplicates_keep_their_content(
-    mosquitto: Mosquitto, collector: Collector, key: Ed25519PrivateKey, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     outbox = Outbox(tmp_path / "o.db")
-    uplink = make_uplink(mosquitto.port, outbox, key)
+    uplink = make_uplink(mosquitto.port, outbox, key, login=mosquitto.login(DEVICE))
     uplink.start()
     try:
         for seq in range(1, 11):
@@ -143,14 +154,16 @@ def test_broker_outage_loses_nothing_and_duplicates_keep_their_content(
 
 
 def test_captured_batch_verifies_with_an_independent_cose_check(
-    mosquitto: Mosquitto, key: Ed25519PrivateKey, tmp_path: Path
+    mosquitto: SecureBroker, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
-    sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-i", "capture", "-c", "-q", "1"]
+    login = mosquitto.login()  # the collector's account
+    sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-i", "capture", "-c", "-q", "1",
+           "-u", login.username, "-P", login.password]  # fmt: skip
     # establish a persistent subscription first (-E: exit once subscribed), so nothing races
     subprocess.run([*sub, "-t", "lw/v1/+/batch", "-E"], check=True, timeout=30)
     outbox = Outbox(tmp_path / "o.db")
     outbox.put(7, sealed(7, key), priority=Priority.ROUTINE, fixes=1)
-    uplink = make_uplink(mosquitto.port, outbox, key)
+    uplink = make_uplink(mosquitto.port, outbox, key, login=mosquitto.login(DEVICE))
     uplink.start()
     try:
         assert wait_until(lambda: outbox.stats()["outbox_batches"] == 0)
@@ -182,7 +195,7 @@ def test_captured_batch_verifies_with_an_independent_cose_check(
 
 
 def test_a_batch_nobody_receives_stays_and_goes_again_once_a_collector_subscribes(
-    mosquitto: Mosquitto, key: Ed25519PrivateKey, tmp_path: Path
+    mosquitto: SecureBroker, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     """PUBACK 0x10 ("no matching subscribers", e.g. Mosquitto forgot the collector's shared
     subscription on restart) is a success code, but the broker dropped the message: the uplink
@@ -190,13 +203,13 @@ def test_a_batch_nobody_receives_stays_and_goes_again_once_a_collector_subscribe
     outbox = Outbox(tmp_path / "o.db")
     outbox.put(1, sealed(1, key), priority=Priority.ROUTINE)
     outbox.put(2, sealed(2, key), priority=Priority.ROUTINE)
-    uplink = make_uplink(mosquitto.port, outbox, key)
+    uplink = make_uplink(mosquitto.port, outbox, key, login=mosquitto.login(DEVICE))
     uplink.start()
     try:
         assert wait_until(lambda: uplink.counters["puback_no_subscribers"] >= 2)
         assert uplink.counters["batches_acked"] == 0
         assert [b.seq for b in outbox.pending(5)] == [1, 2]
-        late = Collector(mosquitto.port, [batch_topic(DEVICE)], client_id="late-collector")
+        late = Collector(mosquitto, [batch_topic(DEVICE)], client_id="late-collector")
         try:
             assert late.wait_for(lambda ms: sorted(seqs_of(ms, key)) == [1, 2])
             assert wait_until(lambda: outbox.stats()["outbox_batches"] == 0)
@@ -353,7 +366,7 @@ def test_gate_moves_a_tampered_state_file_aside(collector_key: Ed25519PrivateKey
 
 
 def test_config_messages_reach_the_callback_through_the_broker(
-    mosquitto: Mosquitto, key: Ed25519PrivateKey, collector_key: Ed25519PrivateKey, tmp_path: Path
+    mosquitto: SecureBroker, key: Ed25519PrivateKey, collector_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     got: list[tuple[str, bytes]] = []
     arrived = threading.Event()
@@ -363,12 +376,13 @@ def test_config_messages_reach_the_callback_through_the_broker(
         arrived.set()
 
     outbox = Outbox(tmp_path / "o.db")
-    uplink = make_uplink(mosquitto.port, outbox, key, on_config=on_config)
+    uplink = make_uplink(mosquitto.port, outbox, key, login=mosquitto.login(DEVICE), on_config=on_config)
     uplink.start()
     try:
         assert uplink.downlink_ready.wait(20)
         msg = config_message(collector_key, 1)
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cfg-pub", protocol=mqtt.MQTTv5)
+        pub.username_pw_set(mosquitto.login().username, mosquitto.login().password)  # the collector's account
         pub.connect("127.0.0.1", mosquitto.port)
         pub.loop_start()
         pub.publish(config_topic(DEVICE), msg, qos=1, retain=True).wait_for_publish(10)

@@ -7,9 +7,9 @@ user name for ``%u``):
 
 * a device may publish only ``lw/v1/{its id}/batch`` and ``lw/v1/{its id}/state`` (its
   Last Will too, which Mosquitto checks at CONNECT) and subscribe only to
-  ``lw/v1/{its id}/config``: it can neither read another vehicle's track nor write, or
+  ``lw/v1/{its id}/config`` and ``lw/v1/{its id}/receipt``: it can neither read another vehicle's track nor write, or
   clear, any configuration;
-* the collector reads every batch and state topic and writes every config topic;
+* the collector reads every batch and state topic and writes every config and receipt topic;
 * anonymous clients are refused (``allow_anonymous false`` in the broker configuration,
   see :func:`mosquitto_conf_lines`).
 
@@ -100,12 +100,14 @@ def acl_text(collector_user: str = COLLECTOR_USER) -> str:
         "topic read lw/v1/+/batch\n"
         "topic read lw/v1/+/state\n"
         "topic readwrite lw/v1/+/config\n"
+        "topic readwrite lw/v1/+/receipt\n"
         "\n"
         "# Every other account is a device whose user name is its device id: it may publish\n"
-        "# its own batches and state (its Last Will included) and read its own configuration.\n"
+        "# its own batches and state (its Last Will included) and read its own configuration and receipts.\n"
         "pattern write lw/v1/%u/batch\n"
         "pattern write lw/v1/%u/state\n"
         "pattern read lw/v1/%u/config\n"
+        "pattern read lw/v1/%u/receipt\n"
     )
 
 

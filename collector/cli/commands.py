@@ -1,7 +1,7 @@
 """``lienwatch collector``: run and administer the cloud collector.
 
 Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
-``migrate``, ``devices add|list|revoke``, ``dead-letters``, ``api-key new``, and (in
+``migrate``, ``devices add|rotate|list|revoke``, ``dead-letters``, ``api-key new``, and (in
 collector.cli.loans) ``loans import|list|show``, ``repayments add``, ``retention run``,
 ``markets import``, and (in collector.cli.people) ``users add|list|passwd``. Every subcommand reads
 ``--config`` (or the file named by ``LIENWATCH_CONFIG``) and the ``LIENWATCH_*``
@@ -24,17 +24,20 @@ from wsgiref.simple_server import WSGIServer
 import sqlalchemy as sa
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.orm import Session
 
 from ..api.app import discover_routers
+from ..clock import wall_clock_ms
 from ..errors import CollectorError, DatabaseUnavailableError
 from ..files import FileReadError, read_bounded
-from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry
+from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry, load_public_key_pem
+from ..jobs.downlink import announce_next_key
 from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
 from .broker_auth import BrokerAccounts, mosquitto_conf_lines
 from .cases import add_subcommands as add_case_subcommands
-from .context import open_settings_database, settings_from_args
+from .context import audit_cli, open_settings_database, settings_from_args
 from .loans import add_subcommands
 from .people import add_subcommands as add_people_subcommands
 
@@ -136,29 +139,68 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    """``devices add|rotate|revoke|list``: every change is audited like the API's (actor ``cli:{OS user}``)."""
     engine = open_settings_database(settings_from_args(args))
     registry = DeviceRegistry(engine)
     try:
-        if args.action == "add":
+        if args.action in ("add", "rotate"):
             try:
                 pem = read_bounded(Path(args.public_key), MAX_PEM_BYTES, "public key file")
             except FileReadError as exc:
                 print(f"lienwatch collector: {exc}", file=sys.stderr)
                 return 2
-            info = registry.add(args.device, pem, label=args.label)
-            out = info.as_dict()
-            if args.broker_dir:  # the device's own broker account (docs/security.md)
+            if args.action == "add":
+                info = registry.add(args.device, pem, label=args.label)
+                detail: dict[str, object] = {"fingerprint": info.fingerprint}
+            else:
+                overlap_ms = round(args.overlap_hours * 3_600_000)
+                info = registry.rotate(args.device, pem, overlap_ms=overlap_ms)
+                retiring = registry.retiring(args.device)
+                detail = {"fingerprint": info.fingerprint, "overlap_ms": overlap_ms,
+                          "retiring": [{"fingerprint": fp, "until_ms": until} for fp, until in retiring]}  # fmt: skip
+            out = info.as_dict() | ({"retiring": detail["retiring"]} if args.action == "rotate" else {})
+            if args.action == "add" and args.broker_dir:  # the device's own broker account (docs/security.md)
                 credentials = BrokerAccounts(Path(args.broker_dir)).add_device(args.device)
                 out |= {"mqtt_username": credentials.username, "mqtt_password": credentials.password}
+                detail["mqtt_account"] = True
+            audit_cli(engine, f"{args.action}_device", kind="device", subject=args.device, **detail)
             print(json.dumps(out))
         elif args.action == "revoke":
             out = registry.revoke(args.device_id).as_dict()
             if args.broker_dir:
                 out["mqtt_account_removed"] = bool(BrokerAccounts(Path(args.broker_dir)).remove([args.device_id]))
+            audit_cli(engine, "revoke_device", kind="device", subject=args.device_id,
+                      mqtt_account_removed=bool(out.get("mqtt_account_removed", False)))  # fmt: skip
             print(json.dumps(out))
         else:
             for info in registry.list_devices():
                 print(json.dumps(info.as_dict()))
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _downlink_key(args: argparse.Namespace) -> int:
+    """``downlink-key announce|status``: rotating the collector's downlink signing key (docs/security.md)."""
+    engine = open_settings_database(settings_from_args(args))
+    table = Base.metadata.tables["downlink_keys"]
+    try:
+        if args.action == "announce":
+            try:
+                key = load_public_key_pem(read_bounded(Path(args.public_key), MAX_PEM_BYTES, "public key file"))
+            except FileReadError as exc:
+                print(f"lienwatch collector: {exc}", file=sys.stderr)
+                return 2
+            with Session(engine) as session:
+                announced = announce_next_key(session, key, now_ms=wall_clock_ms())
+                fingerprint, announced_ms = announced.fingerprint, announced.announced_ms
+                session.commit()
+            audit_cli(engine, "announce_downlink_key", kind="downlink_key", subject=fingerprint)
+            print(json.dumps({"fingerprint": fingerprint, "announced_ms": announced_ms}))
+        else:
+            with engine.connect() as conn:
+                for listed in conn.execute(sa.select(table).order_by(table.c.id)).mappings():
+                    print(json.dumps({k: listed[k] for k in ("fingerprint", "announced_ms", "promoted_ms")}))
         return 0
     finally:
         engine.dispose()
@@ -224,10 +266,28 @@ def _parser() -> argparse.ArgumentParser:
     broker_help = "broker account folder (passwd + acl): also make/remove the device's MQTT account"
     add.add_argument("--broker-dir", help=broker_help)
     dsub.add_parser("list", parents=[common], help="list devices as JSON lines")
-    revoke = dsub.add_parser("revoke", parents=[common], help="revoke a device's key")
+    rotate = dsub.add_parser(
+        "rotate", parents=[common], help="replace a device's key; the old one still verifies during the overlap"
+    )
+    rotate.add_argument("--device", required=True, help="device id")
+    rotate.add_argument("--public-key", required=True, help="the new key: PEM SubjectPublicKeyInfo file")
+    rotate.add_argument(
+        "--overlap-hours", type=float, default=168.0,
+        help="hours the old key still verifies (batches it signed still in the outbox); 0 = revoke it now",
+    )  # fmt: skip
+    revoke = dsub.add_parser("revoke", parents=[common], help="revoke a device's key (and any key in overlap)")
     revoke.add_argument("device_id")
     revoke.add_argument("--broker-dir", help=broker_help)
     devices.set_defaults(func=_devices)
+
+    dkey = sub.add_parser("downlink-key", help="rotate the collector's downlink signing key (docs/security.md)")
+    kasub = dkey.add_subparsers(dest="action", required=True)
+    announce = kasub.add_parser(
+        "announce", parents=[common], help="announce the next signing key in every configuration (then sign with it)"
+    )
+    announce.add_argument("--public-key", required=True, help="the next key's PEM public key (keys generate)")
+    kasub.add_parser("status", parents=[common], help="announced and promoted keys as JSON lines")
+    dkey.set_defaults(func=_downlink_key)
 
     broker = sub.add_parser("broker", help="the broker's accounts and ACL (docs/security.md)")
     bsub = broker.add_subparsers(dest="action", required=True)

@@ -12,22 +12,17 @@ import getpass
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from ..clock import wall_clock_ms
 from ..settings import ENV_PREFIX, Settings, load_settings
+from ..storage.audit import record_access
 from ..storage.database import open_database
 
-__all__ = ["cli_actor", "open_settings_database", "settings_from_args", "settings_session"]
-
-
-def cli_actor() -> str:
-    """The audit actor of a command: ``cli:{OS user}``."""
-    try:
-        return f"cli:{getpass.getuser()}"[:128]
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "cli:unknown"
+__all__ = ["audit_cli", "cli_actor", "open_settings_database", "settings_from_args", "settings_session"]
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -59,3 +54,21 @@ def settings_session(settings: Settings) -> Iterator[Session]:
             yield session
     finally:
         engine.dispose()
+
+
+def cli_actor() -> str:
+    """The audit actor of a command: ``cli:{OS user}``."""
+    try:
+        return f"cli:{getpass.getuser()}"[:128]
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "cli:unknown"
+
+
+def audit_cli(engine: Engine, action: str, *, kind: str, subject: str, **detail: Any) -> None:
+    """Append and commit one audit row for what a command did (role ``admin``, like the API's rows)."""
+    with Session(engine) as session:
+        record_access(
+            session, actor=cli_actor(), role="admin", action=action, subject_type=kind, subject_id=subject,
+            time_ms=wall_clock_ms(), detail=detail,
+        )  # fmt: skip
+        session.commit()

@@ -33,8 +33,7 @@ from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
 from ..storage.tables import LoanRecord, RiskStateRecord
-from .context import cli_actor as _actor
-from .context import settings_session
+from .context import cli_actor, settings_session
 
 __all__ = ["add_subcommands"]
 
@@ -46,7 +45,7 @@ PROGRESS_FROM = 500
 def _audit(session: Session, action: str, subject_type: str, subject_id: str, **detail: Any) -> None:
     record_access(
         session,
-        actor=_actor(),
+        actor=cli_actor(),
         role="admin",
         action=action,
         subject_type=subject_type,
@@ -214,7 +213,7 @@ def _retention_run(args: argparse.Namespace, settings: Settings) -> int:
     r = settings.retention
     policy = RetentionPolicy(r.fix_days, r.fix_mode, r.record_years)
     with settings_session(settings) as session:
-        report = run_retention(session, wall_clock_ms(), policy, actor=_actor())
+        report = run_retention(session, wall_clock_ms(), policy, actor=cli_actor())
         if args.dry_run:
             session.rollback()
         else:

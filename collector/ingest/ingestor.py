@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from protocol import Batch, DeviceState, open_batch, open_state, parse_topic
-from protocol.errors import ProtocolError, UnknownDevice
+from protocol.errors import BadSignature, ProtocolError, UnknownDevice
 from protocol.topics import TopicKind
 
 from ..clock import ClockMs, wall_clock_ms
@@ -197,7 +197,7 @@ class Ingestor:
         self.limits = limits or Limits()
         self.metrics = metrics or IngestMetrics()
         self.on_commit: list[CommitHook] = list(on_commit)
-        self.keys = KeyCache(self.limits.key_cache_ttl_s)
+        self.keys = KeyCache(self.limits.key_cache_ttl_s, wall_ms=clock_ms)
         self.dead_letter_quota = DeadLetterQuota(self.limits.dead_letters_per_device_hour)
         #: When True, dead-letter rows wait in memory until :meth:`flush_dead_letters` writes
         #: them in one transaction (the MQTT service sets it and acknowledges refused
@@ -291,8 +291,29 @@ class Ingestor:
                 revoked = self.keys.revoked_at(conn, parse_topic(topic).device_id)
             detail = str(exc) if revoked is None else f"{exc} (its key was revoked at {revoked} ms)"
             raise _RefusedError(exc.reason, detail) from exc
+        except BadSignature as exc:
+            retired = self._open_retiring(opener, payload, topic)
+            if retired is None:
+                raise _RefusedError(exc.reason, str(exc)) from exc
+            return retired
         except ProtocolError as exc:
             raise _RefusedError(exc.reason, str(exc)) from exc
+
+    def _open_retiring(
+        self, opener: Callable[[bytes, str, Mapping[str, Any]], _T], payload: bytes, topic: str
+    ) -> _T | None:
+        """A message the active key does not verify, tried with the device's key in a rotation's
+        overlap window (registry.DeviceRegistry.rotate); None when there is none or it fails too."""
+        device_id = parse_topic(topic).device_id
+        retiring = self.keys.retiring.get(device_id)
+        if retiring is None or self._clock_ms() >= retiring[1]:
+            return None
+        try:
+            opened = opener(payload, topic, {device_id: retiring[0]})
+        except ProtocolError:
+            return None
+        self.counters["verified_by_retiring_key"] += 1
+        return opened
 
     def _check_times(self, batch: Batch, received_ms: int) -> None:
         limit = received_ms + self.limits.max_clock_skew_s * 1000

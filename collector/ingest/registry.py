@@ -7,6 +7,13 @@ every ``key_cache_ttl_s`` seconds (``limits.key_cache_ttl_s``, default 1 s, 0 = 
 message) and at once when a message names a device it does not know. So a revoke takes
 effect in every collector process within ``key_cache_ttl_s``, and a newly added device is
 accepted from its first message.
+
+Key rotation with an overlap window (:meth:`DeviceRegistry.rotate`): the new key becomes the
+device's active key at once, and the old one stays valid until ``now + overlap``; its
+``revoked_ms`` is set to that future time. During the window a batch signed with either key
+verifies (the old key is tried only when the active one does not verify, see
+:attr:`KeyCache.retiring`); from ``revoked_ms`` on only the new key does. A device whose box
+was re-keyed therefore loses nothing it signed, and sent, before the new key was installed.
 """
 
 from __future__ import annotations
@@ -154,6 +161,51 @@ class DeviceRegistry:
             _bump_version(conn)
         return self.get(device_id)
 
+    def rotate(self, device_id: str, public_key_pem: bytes | str, *, overlap_ms: int) -> DeviceInfo:
+        """Replace the active key of ``device_id``; the old key still verifies for ``overlap_ms``.
+
+        A key still in the overlap window of an earlier rotation is revoked now (at most two
+        keys verify at any time).
+
+        Raises:
+            InvalidPublicKeyError: not an Ed25519 PEM. DeviceNotFoundError: no active key to
+            replace. RegistryError: ``overlap_ms`` negative, or the new key is the active one.
+        """
+        if overlap_ms < 0:
+            raise RegistryError(f"overlap must not be negative, got {overlap_ms} ms")
+        raw = _raw(load_public_key_pem(public_key_pem))
+        now = self._clock_ms()
+        with self._engine.begin() as conn:
+            active = conn.execute(
+                sa.select(_keys.c.id, _keys.c.public_key).where(
+                    _keys.c.device_id == device_id, _keys.c.revoked_ms.is_(None)
+                )
+            ).first()
+            if active is None:
+                raise DeviceNotFoundError(f"device {device_id!r} has no active key to rotate")
+            if bytes(active.public_key) == raw:
+                raise RegistryError(f"the new key of {device_id!r} is its active key")
+            conn.execute(
+                _keys.update().where(_keys.c.device_id == device_id, _keys.c.revoked_ms > now).values(revoked_ms=now)
+            )
+            conn.execute(_keys.update().where(_keys.c.id == active.id).values(revoked_ms=now + overlap_ms))
+            conn.execute(
+                _keys.insert().values(device_id=device_id, public_key=raw, fingerprint=fingerprint(raw), added_ms=now)
+            )
+            _bump_version(conn)
+        return self.get(device_id)
+
+    def retiring(self, device_id: str) -> list[tuple[str, int]]:
+        """Fingerprint and end of window of each old key of ``device_id`` that still verifies."""
+        now = self._clock_ms()
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_keys.c.fingerprint, _keys.c.revoked_ms)
+                .where(_keys.c.device_id == device_id, _keys.c.revoked_ms > now)
+                .order_by(_keys.c.id)
+            )
+            return [(str(fp), int(until)) for fp, until in rows]
+
     def revoke(self, device_id: str) -> DeviceInfo:
         """Revoke the active key of ``device_id`` (its batches are refused from then on).
 
@@ -166,7 +218,10 @@ class DeviceRegistry:
                 raise DeviceNotFoundError(f"device {device_id!r} is not registered")
             conn.execute(
                 _keys.update()
-                .where(_keys.c.device_id == device_id, _keys.c.revoked_ms.is_(None))
+                .where(
+                    _keys.c.device_id == device_id,
+                    sa.or_(_keys.c.revoked_ms.is_(None), _keys.c.revoked_ms > now),  # an overlap window ends too
+                )
                 .values(revoked_ms=now)
             )
             _bump_version(conn)
@@ -218,12 +273,19 @@ class KeyCache:
     Args:
         ttl_s: check the registry version at most this often (0 = every call to refresh).
         clock: monotonic clock (injected in tests).
+        wall_ms: collector clock, epoch ms (which overlap windows are still open at a reload).
     """
 
-    def __init__(self, ttl_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_s: float = 1.0, clock: Callable[[], float] = time.monotonic, wall_ms: ClockMs = wall_clock_ms
+    ) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
+        self._wall_ms = wall_ms
         self.keys: dict[str, Ed25519PublicKey] = {}
+        #: device id -> (old key, revoked_ms): keys in a rotation's overlap window, which
+        #: verify until ``revoked_ms`` (collector clock) when the active key does not
+        self.retiring: dict[str, tuple[Ed25519PublicKey, int]] = {}
         self.version: int | None = None
         self._checked_at: float | None = None
         self.reloads = 0
@@ -245,6 +307,17 @@ class KeyCache:
             return False
         rows = conn.execute(sa.select(_keys.c.device_id, _keys.c.public_key).where(_keys.c.revoked_ms.is_(None)))
         self.keys = {device_id: Ed25519PublicKey.from_public_bytes(raw) for device_id, raw in rows}
+        # A revoke time in the future is a rotation's overlap window (the cache compares it to
+        # the message's receive time, so the window closes without a registry change).
+        old = conn.execute(
+            sa.select(_keys.c.device_id, _keys.c.public_key, _keys.c.revoked_ms)
+            .where(_keys.c.revoked_ms > self._wall_ms())
+            .order_by(_keys.c.id)
+        )
+        self.retiring = {}
+        for device_id, raw, until in old:
+            if device_id in self.keys and (device_id not in self.retiring or self.retiring[device_id][1] < until):
+                self.retiring[device_id] = (Ed25519PublicKey.from_public_bytes(raw), int(until))
         self.version = version
         self.reloads += 1
         return True

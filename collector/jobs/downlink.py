@@ -21,13 +21,17 @@ an older version on the retained topic after a newer one. Versions rise by one p
 and signing; agents accept only a version above the one they hold.
 
 Body: ``{"markets": [{"id", "name", "lat", "lon", "radius_m", "datum"}, ...]}`` with each
-market as stored (its own datum; the agent converts to WGS-84). A device gets a list only
+market as stored (its own datum; the agent converts to WGS-84), and, while a next downlink
+key is announced (``downlink_keys``, :func:`announce_next_key`), ``"keys": {"next": ...}``
+(:mod:`protocol.downlink_keys`). Announcing a key, and the collector's first round signing
+with it (:func:`promote_signing_key`), both re-sign every device's configuration. A device gets a list only
 once the collector has markets, so a device's local markets file stays in force until then;
 deleting the last market through the API pushes an empty list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -41,12 +45,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from protocol import DeviceConfig, config_topic, seal_config
 from protocol.cli.key_files import load_private_key
+from protocol.downlink_keys import keys_section, raw_public_key
 from protocol.errors import KeyFileError, PlacesError, ProtocolError
 from protocol.places import load_places
 
@@ -55,7 +60,7 @@ from ..errors import CollectorError, ConfigError
 from ..files import FileReadError, read_bounded
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
-from ..storage.tables import Base, ConfigVersion, LoanRecord, MarketRecord
+from ..storage.tables import Base, ConfigVersion, DownlinkKey, LoanRecord, MarketRecord
 from .worker_loop import WorkerLoop, WorkerLoopError
 
 __all__ = [
@@ -63,6 +68,8 @@ __all__ = [
     "ConfigPublisher",
     "MarketFileError",
     "PublishRound",
+    "announce_next_key",
+    "announced_next_key",
     "build_market_configs",
     "check_market_item",
     "config_targets",
@@ -70,6 +77,7 @@ __all__ = [
     "load_market_file",
     "load_signing_key",
     "market_items",
+    "promote_signing_key",
     "upsert_markets",
 ]
 
@@ -224,6 +232,62 @@ def upsert_markets(session: Session, items: Iterable[Mapping[str, Any]], *, now_
     return created, changed
 
 
+# ------------------------------------------------------------------ downlink key rotation
+
+
+def announce_next_key(session: Session, public_key: Ed25519PublicKey, *, now_ms: int) -> DownlinkKey:
+    """Announce ``public_key`` as the collector's next downlink key (the caller commits).
+
+    Every configuration signed from now on carries it in its ``keys`` section (and every
+    device's configuration is signed again); agents that accept one trust the key next to
+    the current one. Announcing the key already announced changes nothing.
+    """
+    raw = raw_public_key(public_key)
+    newest = session.scalars(sa.select(DownlinkKey).order_by(DownlinkKey.id.desc()).limit(1)).first()
+    if newest is not None and newest.public_key == raw and newest.promoted_ms is None:
+        return newest
+    row = DownlinkKey(public_key=raw, fingerprint=hashlib.sha256(raw).hexdigest(), announced_ms=now_ms)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _pending(session: Session) -> DownlinkKey | None:
+    """The newest announced key not signed with yet."""
+    query = sa.select(DownlinkKey).where(DownlinkKey.promoted_ms.is_(None)).order_by(DownlinkKey.id.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def announced_next_key(session: Session, signing_key: Ed25519PrivateKey) -> Ed25519PublicKey | None:
+    """The key the configurations announce: the newest pending one unless it is ``signing_key``'s."""
+    pending = _pending(session)
+    if pending is None or pending.public_key == raw_public_key(signing_key.public_key()):
+        return None
+    return Ed25519PublicKey.from_public_bytes(pending.public_key)
+
+
+def promote_signing_key(session: Session, signing_key: Ed25519PrivateKey, *, now_ms: int) -> bool:
+    """Mark the announced key promoted when the collector now signs with it (the caller commits).
+
+    Returns True when it did: every device's configuration is then signed again with the new
+    key (and without the announcement), which makes the agents retire the old key.
+    """
+    pending = _pending(session)
+    if pending is None or pending.public_key != raw_public_key(signing_key.public_key()):
+        return False
+    pending.promoted_ms = now_ms
+    session.flush()
+    log.warning("downlink key %s promoted: every configuration is signed again with it", pending.fingerprint[:16])
+    return True
+
+
+def _key_revision(session: Session) -> int | None:
+    announced = session.scalar(sa.select(sa.func.max(DownlinkKey.announced_ms)))
+    promoted = session.scalar(sa.select(sa.func.max(DownlinkKey.promoted_ms)))
+    times = [t for t in (announced, promoted) if t is not None]
+    return max(times) if times else None
+
+
 # ------------------------------------------------------------------ signing
 
 
@@ -239,13 +303,14 @@ def config_targets(session: Session) -> list[str]:
 
 
 def devices_needing_config(session: Session) -> list[str]:
-    """Targets whose stored configuration is missing or older than the newest market change.
+    """Targets whose stored configuration is missing or older than the newest market or downlink key change.
 
     Empty while the collector has no markets (a device keeps its local markets file).
     """
     revision = session.scalar(sa.select(sa.func.max(MarketRecord.updated_ms)))
     if revision is None:
         return []
+    revision = max(revision, _key_revision(session) or revision)  # a key announced or promoted
     stored = {row.device_id: row for row in session.scalars(sa.select(ConfigVersion))}
     out = []
     for device_id in config_targets(session):
@@ -264,7 +329,10 @@ def build_market_configs(
     and is kept, with the signed message to publish, in ``config_versions`` in the caller's
     transaction (row locked on PostgreSQL, so two collectors never sign the same version).
     """
-    body = {"markets": market_items(session)}
+    body: dict[str, Any] = {"markets": market_items(session)}
+    next_key = announced_next_key(session, private_key)
+    if next_key is not None:
+        body["keys"] = keys_section(next_key)
     out = []
     for device_id in sorted(set(device_ids)):
         row = session.get(ConfigVersion, device_id, with_for_update=True)
@@ -367,6 +435,8 @@ class ConfigPublisher:
         now = self._clock_ms()
         signed = 0
         with Session(self.engine) as session:
+            if promote_signing_key(session, self.signing_key, now_ms=now):
+                session.commit()
             needing = devices_needing_config(session)
             if needing:
                 signed = len(build_market_configs(session, self.signing_key, needing, now))

@@ -38,6 +38,7 @@ __all__ = [
     "Device",
     "DeviceKey",
     "DeviceStatus",
+    "DownlinkKey",
     "FixDaySummary",
     "FixRecord",
     "InstallmentRecord",
@@ -418,6 +419,23 @@ class MarketRecord(Base):
     datum: Mapped[str] = mapped_column(sa.String(8))
     radius_m: Mapped[float] = mapped_column(sa.Double)
     updated_ms: Mapped[int]
+
+
+class DownlinkKey(Base):
+    """A public key announced as the collector's next downlink signing key (migration 0009).
+
+    Configurations carry it in their ``keys`` section while it is announced (``promoted_ms``
+    NULL and not the key the collector signs with); ``promoted_ms`` is set when the collector
+    first signs with it (docs/security.md section 5).
+    """
+
+    __tablename__ = "downlink_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    public_key: Mapped[bytes] = mapped_column(sa.LargeBinary(32))
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    announced_ms: Mapped[int]
+    promoted_ms: Mapped[int | None]
 
 
 class ConfigVersion(Base):

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RigError, ServiceError
-from .services import Mosquitto, free_port
+from .services import BrokerAuth, Mosquitto, free_port
+from .tls import CertificateAuthority
 
 __all__ = ["API_KEYS", "ChainRig", "LinkCutter", "ManagedProcess"]
 
@@ -236,9 +237,18 @@ class ChainRig:
         workdir: folder for keys, configs, databases, ptys and logs (kept for post-mortems).
         device_id: the simulated vehicle's device id.
         say: where progress lines go (``print`` for the demo, a list for tests).
+        agent_identity: how the agent logs in to the broker: ``password`` (its account from
+            ``devices add --broker-dir``) or ``certificate`` (a client certificate from the
+            rig's CA whose CN is the device id, on the broker's certificate listener).
     """
 
-    def __init__(self, workdir: Path, *, device_id: str = "car-0001", say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, workdir: Path, *, device_id: str = "car-0001", say: Callable[[str], None] = print,
+        agent_identity: str = "password",
+    ) -> None:  # fmt: skip
+        if agent_identity not in ("password", "certificate"):
+            raise RigError(f"agent_identity must be 'password' or 'certificate', not {agent_identity!r}")
+        self.agent_identity = agent_identity
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_id = device_id
@@ -261,6 +271,13 @@ class ChainRig:
         self.collector_config = self.workdir / "collector.toml"
         self.agent_config = self.workdir / "agent.toml"
         self.agent_extra: dict[str, dict[str, Any]] = {}
+        #: the broker's password file and ACL (``lienwatch collector broker init``)
+        self.broker_accounts = self.workdir / "broker-accounts"
+        #: the throwaway CA of the broker's TLS listeners, made at the first broker start
+        self.ca: CertificateAuthority | None = None
+        #: MQTT user name -> password, as ``broker init`` and ``devices add --broker-dir`` printed them
+        self.mqtt_logins: dict[str, str] = {}
+        self.collector_user = ""
 
     # ------------------------------------------------------------------ parts
 
@@ -276,17 +293,51 @@ class ChainRig:
         return result.stdout
 
     def start_broker(self) -> Mosquitto:
-        """Start the private broker, or start it again on the same port after :meth:`stop_broker`."""
+        """Start the private broker, or start it again on the same port after :meth:`stop_broker`.
+
+        The first start makes the broker's accounts with ``lienwatch collector broker init``
+        (the collector's account and the ACL; anonymous access off) and a throwaway CA with
+        the broker's server certificate: the broker listens with TLS only, user name and
+        password on :attr:`Mosquitto.port`, a client certificate from the CA on
+        :attr:`Mosquitto.cert_port` (docs/security.md).
+        """
         try:
             if self.broker is None:
-                self.broker = Mosquitto(workdir=self.workdir / "broker")
+                init = self.run_cli("collector", "broker", "init", "--broker-dir", str(self.broker_accounts))
+                login = json.loads(init)
+                self.collector_user = str(login["mqtt_username"])
+                self.mqtt_logins[self.collector_user] = str(login["mqtt_password"])
+                self.ca = CertificateAuthority(self.workdir / "tls")
+                auth = BrokerAuth(self.broker_accounts / "passwd", self.broker_accounts / "acl")
+                self.broker = Mosquitto(workdir=self.workdir / "broker", auth=auth, tls=self.ca.server())
             self.broker.start()
         except ServiceError as exc:
             raise RigError(f"broker: {exc}") from exc
         if self.broker.proc is not None:
             self._broker_pids.append(self.broker.proc.pid)
-        self.say(f"broker     Mosquitto on 127.0.0.1:{self.broker.port}")
+        self.say(f"broker     Mosquitto on 127.0.0.1:{self.broker.port} (TLS, per-device accounts and ACL)")
         return self.broker
+
+    def _mqtt_tls(self) -> dict[str, Any]:
+        assert self.ca is not None
+        return {"tls": True, "ca_file": str(self.ca.ca_file)}
+
+    @property
+    def agent_broker_port(self) -> int:
+        """The broker listener the agent logs in on (password or certificate listener)."""
+        assert self.broker is not None
+        if self.agent_identity == "certificate":
+            assert self.broker.cert_port is not None
+            return self.broker.cert_port
+        return self.broker.port
+
+    def _agent_login(self) -> dict[str, Any]:
+        """``[mqtt]`` identity lines of the agent: its user name, or its client certificate."""
+        assert self.ca is not None
+        if self.agent_identity == "certificate":
+            cert = self.ca.client(self.device_id)
+            return {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)}
+        return {"username": self.device_id}  # the password comes from the environment (start_agent)
 
     def stop_broker(self, *, kill: bool = False) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``kill``); the port and persistence file stay."""
@@ -314,6 +365,9 @@ class ChainRig:
             'host = "127.0.0.1"',
             f"port = {self.broker.port}",
             'client_id = "rig-collector-1"',
+            *(f"{k} = {json.dumps(v)}" for k, v in self._mqtt_tls().items()),
+            f'username = "{self.collector_user}"',
+            f'password = "{self.mqtt_logins[self.collector_user]}"',
             "",
             "[api]",
             'host = "127.0.0.1"',
@@ -343,11 +397,17 @@ class ChainRig:
         return proc
 
     def provision_device(self) -> None:
-        self.run_cli(
+        """``devices add --broker-dir``: the device's key in the registry and its broker account."""
+        out = self.run_cli(
             "collector", "devices", "add", "--config", str(self.collector_config),
             "--device", self.device_id, "--public-key", str(self.keys_dir / f"{self.device_id}.pub"),
+            "--broker-dir", str(self.broker_accounts),
         )  # fmt: skip
-        self.say(f"registry   device {self.device_id} registered with its public key")
+        added = json.loads(out)
+        self.mqtt_logins[str(added["mqtt_username"])] = str(added["mqtt_password"])
+        if self.broker is not None:
+            self.broker.reload()  # the broker reads the new account on SIGHUP
+        self.say(f"registry   device {self.device_id} registered with its public key and its broker account")
 
     def import_sample_loans(self) -> str:
         """Import the shipped sample loan book re-dated to today (``loans import --sample``)."""
@@ -484,7 +544,9 @@ class ChainRig:
             "batch": {"max_age_s": 10.0, "max_age_active_s": 5.0},
             "mqtt": {
                 "host": "127.0.0.1",
-                "port": self.agent_link.port if self.agent_link else self.broker.port,
+                "port": self.agent_link.port if self.agent_link else self.agent_broker_port,
+                **self._mqtt_tls(),
+                **self._agent_login(),
                 "backoff_min_s": 0.2,
                 "backoff_max_s": 2.0,
             },
@@ -506,6 +568,11 @@ class ChainRig:
                 "agent", lienwatch_argv("agent", "run", "--config", str(self.agent_config)), self.workdir / "agent.log"
             ),
         )
+        if self.agent_identity == "password":
+            password = self.mqtt_logins.get(self.device_id)
+            if password is None:
+                raise RigError(f"device {self.device_id} has no broker account: provision_device() first")
+            proc.env["LIENWATCH_AGENT_MQTT_PASSWORD"] = password
         sim = self.processes.get("sim")
         hand_over = sim is not None and sim.running and self._sim_wait_open and self._agent_reads_sim_can()
         if hand_over:
@@ -533,7 +600,7 @@ class ChainRig:
         :meth:`write_agent_config`); ``rig.agent_link.cut()`` is then a network outage."""
         assert self.broker is not None
         if self.agent_link is None:
-            self.agent_link = LinkCutter(self.broker.port)
+            self.agent_link = LinkCutter(self.agent_broker_port)
         return self.agent_link
 
     def kill(self, name: str) -> None:

@@ -18,11 +18,21 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServiceError
 
-__all__ = ["Mosquitto", "Postgres", "ServiceError", "find_binary", "free_port", "wait_for_port"]
+__all__ = [
+    "BrokerAuth",
+    "BrokerTls",
+    "Mosquitto",
+    "Postgres",
+    "ServiceError",
+    "find_binary",
+    "free_port",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -56,20 +66,71 @@ def find_binary(name: str, extra_globs: tuple[str, ...] = ()) -> str:
     raise ServiceError(f"{name} not found; run 'make test' or 'make demo' as root, or apt-get install it")
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerAuth:
+    """Authentication and ACL of a private broker (files written by ``lienwatch collector broker``).
+
+    Attributes:
+        password_file: Mosquitto password file (``user:$7$...`` lines).
+        acl_file: Mosquitto ACL file.
+    """
+
+    password_file: Path
+    acl_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """TLS on every listener of a private broker, and a second listener for client certificates.
+
+    Attributes:
+        ca_file: the deployment's CA (PEM): signs the server certificate and the devices'
+            client certificates.
+        cert_file: the broker's server certificate (PEM).
+        key_file: its private key (PEM).
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 class Mosquitto:
     """A private Mosquitto broker on a free loopback port.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. :meth:`stop` and
     :meth:`start` can be called again to simulate a broker outage; the port and the
     persistence file are kept, so retained messages and persistent sessions survive.
+
+    Args:
+        port: the listener's port (a free one by default).
+        workdir: folder for the configuration, the log and the persistence file.
+        persistence: keep retained messages and sessions across :meth:`stop`/:meth:`start`.
+        auth: anonymous access off, this password file and ACL (None: anonymous, no ACL,
+            for tools that test the broker itself).
+        tls: TLS on ``port`` (user name + password), and a second listener on
+            ``cert_port`` that requires a client certificate signed by the CA and takes the
+            certificate's CN as the user name (``use_identity_as_username``); the ACL is
+            the same for both.
     """
 
-    def __init__(self, port: int | None = None, workdir: str | Path | None = None, *, persistence: bool = True) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        *,
+        persistence: bool = True,
+        auth: BrokerAuth | None = None,
+        tls: BrokerTls | None = None,
+    ) -> None:
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lw-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
+        self.auth = auth
+        self.tls = tls
+        self.cert_port = free_port() if tls is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mosquitto.log"
 
@@ -81,7 +142,19 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *self._tls_lines(require_certificate=False),
+        ]
+        if self.tls is not None and self.cert_port is not None:
+            lines += [f"listener {self.cert_port} 127.0.0.1", *self._tls_lines(require_certificate=True)]
+        if self.auth is None:
+            lines.append("allow_anonymous true")
+        else:
+            lines += [
+                "allow_anonymous false",
+                f"password_file {self.auth.password_file.resolve()}",
+                f"acl_file {self.auth.acl_file.resolve()}",
+            ]
+        lines += [
             "max_inflight_messages 100",
             "max_queued_messages 100000",
             "max_packet_size 2000000",
@@ -96,6 +169,23 @@ class Mosquitto:
             lines.insert(0, "user root")
         conf.write_text("\n".join(lines) + "\n")
         return conf
+
+    def _tls_lines(self, *, require_certificate: bool) -> list[str]:
+        if self.tls is None:
+            return []
+        lines = [
+            f"cafile {self.tls.ca_file.resolve()}",
+            f"certfile {self.tls.cert_file.resolve()}",
+            f"keyfile {self.tls.key_file.resolve()}",
+        ]
+        if require_certificate:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        return lines
+
+    def reload(self) -> None:
+        """Re-read the password file and the ACL (SIGHUP), e.g. after a device was added."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self) -> Mosquitto:
         binary = find_binary("mosquitto")

@@ -2,7 +2,7 @@
 
 Each ``test_finding<N>_*.py`` reproduces one numbered finding of issue 13 as the attacker
 ran it, and checks that the attack now fails. Helpers live in
-``tests.security.signing_devices``, ``tests.security.secure_broker``, ``tests.loan_api_app``
+``tests.security.signing_devices``, ``tests.secure_broker``, ``tests.loan_api_app``
 and ``tests.agent_harness``.
 """
 

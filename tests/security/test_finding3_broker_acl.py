@@ -26,10 +26,11 @@ from collector.cli.commands import main as collector_main
 from collector.ingest.ingestor import Ingestor
 from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
+from firmware_sim.rig.tls import CertificateAuthority, ClientCertificate
 from protocol import config_topic
 from tests.child_processes import ChildProcesses
+from tests.secure_broker import SecureBroker, connack
 
-from .secure_broker import AuthenticatedMosquitto
 from .signing_devices import NOW, SigningDevice, register, rows
 
 WAIT_S = 20.0
@@ -38,10 +39,16 @@ WAIT_S = 20.0
 class Client:
     """An MQTT 5 client that records CONNACK, SUBACK and PUBACK reason codes and messages."""
 
-    def __init__(self, port: int, client_id: str, credentials: Credentials | None) -> None:
+    def __init__(
+        self, port: int, client_id: str, credentials: Credentials | None,
+        *, tls: tuple[Path, ClientCertificate] | None = None,
+    ) -> None:  # fmt: skip
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if credentials is not None:
             self.client.username_pw_set(credentials.username, credentials.password)
+        if tls is not None:  # a client certificate: its CN is the user name
+            ca_file, cert = tls
+            self.client.tls_set(ca_certs=str(ca_file), certfile=str(cert.cert_file), keyfile=str(cert.key_file))
         self.connack: ReasonCode | None = None
         self.connected = threading.Event()
         self.subacks: dict[int, list[ReasonCode]] = {}
@@ -97,21 +104,21 @@ class Client:
 
 
 @pytest.fixture
-def accounts(tmp_path: Path) -> BrokerAccounts:
-    return BrokerAccounts(tmp_path / "broker-accounts")
-
-
-@pytest.fixture
-def broker(accounts: BrokerAccounts, tmp_path: Path, processes: ChildProcesses) -> Iterator[AuthenticatedMosquitto]:
+def broker(tmp_path: Path, processes: ChildProcesses) -> Iterator[SecureBroker]:
     """Not started: each test makes its accounts first, then calls ``start()``.
 
     The broker is a child process: asking for ``processes`` puts its tests in the process tier.
     """
-    broker = AuthenticatedMosquitto(accounts, tmp_path / "mosquitto")
+    broker = SecureBroker(tmp_path / "mosquitto", persistence=False)
     try:
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture
+def accounts(broker: SecureBroker) -> BrokerAccounts:
+    return broker.accounts
 
 
 def test_password_hashes_are_mosquitto_passwd_compatible() -> None:
@@ -126,9 +133,7 @@ def test_password_hashes_are_mosquitto_passwd_compatible() -> None:
     assert hash_password("secret", salt=salt) == reference
 
 
-def test_anonymous_and_wrong_device_clients_are_refused(
-    broker: AuthenticatedMosquitto, accounts: BrokerAccounts
-) -> None:
+def test_anonymous_and_wrong_device_clients_are_refused(broker: SecureBroker, accounts: BrokerAccounts) -> None:
     collector_account = accounts.collector_account()
     car_a, car_b = accounts.add_device("car-a"), accounts.add_device("car-b")
     broker.start()
@@ -175,13 +180,25 @@ def test_anonymous_and_wrong_device_clients_are_refused(
         # ... and car-b gets nothing from car-a's configuration topic.
         b.subscribe(config_topic("car-a"))
         assert not b.wait_message(config_topic("car-a"), timeout=1.0)
+
+        # Receipts (docs/protocol.md section 13): the collector writes them, each device reads
+        # only its own and cannot forge or clear one.
+        receipt_b = "lw/v1/car-b/receipt"
+        assert not collector.publish(receipt_b, b"signed receipt", retain=True).is_failure
+        assert a.publish(receipt_b, b"forged receipt", retain=True).is_failure
+        assert b.publish(receipt_b, b"", retain=True).is_failure
+        assert b.subscribe(receipt_b)[0].value < 0x80
+        assert b.wait_message(receipt_b)
+        assert [p for t, p, _ in b.messages if t == receipt_b] == [b"signed receipt"]
+        a.subscribe(receipt_b)
+        assert not a.wait_message(receipt_b, timeout=1.0)
     finally:
         for client in (collector, a, b, anonymous, impostor):
             client.close()
 
 
 def test_collector_ingests_through_the_authenticated_broker(
-    broker: AuthenticatedMosquitto, accounts: BrokerAccounts, engine: sa.Engine, tmp_path: Path,
+    broker: SecureBroker, accounts: BrokerAccounts, engine: sa.Engine, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     car = SigningDevice("car-0001")
@@ -231,3 +248,42 @@ def test_collector_ingests_through_the_authenticated_broker(
                            "--broker-dir", str(accounts.folder)]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["mqtt_account_removed"] is True
     assert "car-0002" not in accounts.accounts()
+
+
+def test_tls_broker_takes_passwords_and_client_certificates_from_the_deployment_ca(
+    tmp_path: Path, processes: ChildProcesses
+) -> None:
+    """The HIL rig's broker: TLS only; a device logs in with its password, or with a client
+    certificate from the deployment's CA whose CN is its device id (the same ACL applies)."""
+    ca = CertificateAuthority(tmp_path / "ca")
+    broker = SecureBroker(tmp_path / "mosquitto", persistence=False, tls=ca.server())
+    car_a = broker.accounts.add_device("car-a")
+    broker.start()
+    try:
+        assert broker.cert_port is not None
+        # Plain MQTT gets nowhere: the listener speaks TLS only.
+        assert connack(broker.port, car_a, timeout=3.0) is None
+        assert connack(broker.port, car_a, ca_file=ca.ca_file) == 0
+        assert connack(broker.port, Credentials("car-a", "wrong"), ca_file=ca.ca_file) not in (0, None)
+        assert connack(broker.port, None, ca_file=ca.ca_file) not in (0, None)
+
+        def cert_client(cert: ClientCertificate) -> Client:
+            return Client(broker.cert_port or 0, "cert-client", None, tls=(ca.ca_file, cert))
+
+        own = cert_client(ca.client("car-a"))
+        try:
+            assert own.connack is not None
+            assert not own.connack.is_failure
+            assert own.publish("lw/v1/car-a/batch", b"own batch").value < 0x80
+            assert own.publish("lw/v1/car-b/batch", b"forged").is_failure  # the CN is the ACL's user
+            assert own.publish(config_topic("car-a"), b"", retain=True).is_failure
+        finally:
+            own.close()
+        # The deployment's certificate connects; one from another CA (same CN) never gets a CONNACK.
+        mine = ca.client("car-a")
+        assert connack(broker.cert_port, None, ca_file=ca.ca_file, client_cert=(mine.cert_file, mine.key_file)) == 0
+        stranger = CertificateAuthority(tmp_path / "other-ca").client("car-a")
+        stranger_pair = (stranger.cert_file, stranger.key_file)
+        assert connack(broker.cert_port, None, ca_file=ca.ca_file, client_cert=stranger_pair, timeout=3.0) is None
+    finally:
+        broker.close()

@@ -27,7 +27,7 @@ from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.service import IngestService
 from collector.jobs.retention import run_retention
 from collector.settings import Limits, MqttSettings, Settings, hash_api_key
-from firmware_sim.rig import Mosquitto
+from tests.secure_broker import SecureBroker
 
 from .signing_devices import NOW, SigningDevice, register, rows
 
@@ -135,34 +135,52 @@ def test_rate_limit_charges_only_messages_that_stored_nothing() -> None:
 
 
 def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
-    engine: sa.Engine, mosquitto: Mosquitto, car: SigningDevice
+    engine: sa.Engine, mosquitto: SecureBroker, car: SigningDevice
 ) -> None:
     register(engine, car)
     ingest = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
-    settings = MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="sec-collector", group="sec")
-    attacker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5)
+    login = mosquitto.login()  # the collector's broker account
+    settings = MqttSettings(
+        host="127.0.0.1", port=mosquitto.port, client_id="sec-collector", group="sec",
+        username=login.username, password=login.password,
+    )  # fmt: skip
+    # The attacker holds a device's broker account (a stolen box: the broker's ACL keeps it on
+    # its own topics, so the flood arrives there); the genuine car is another device.
+    attacker = mosquitto.authenticate(
+        mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5), "junk-1"
+    )
     attacker.max_inflight_messages_set(50)
     attacker.connect("127.0.0.1", mosquitto.port)
     attacker.loop_start()
+    device = mosquitto.authenticate(
+        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=car.device_id, protocol=mqtt.MQTTv5), car.device_id
+    )
+    device.connect("127.0.0.1", mosquitto.port)
+    device.loop_start()
     service = IngestService(ingest, settings, Limits(key_cache_ttl_s=0, queue_max_bytes=4 << 20))
     try:
         service.start()
         assert service.ready.wait(30)
-        for i in range(5000):
-            attacker.publish(f"lw/v1/dev-{i % 50}/batch", b"\x00" * 100, qos=0)
+        for _ in range(5000):
+            attacker.publish("lw/v1/junk-1/batch", b"\x00" * 100, qos=0)
         junk = [attacker.publish("lw/v1/junk-1/batch", b"\xff" * (1 << 20), qos=1) for _ in range(30)]
         sent = time.monotonic()
-        genuine = attacker.publish(car.topic, car.sealed(1, t0=NOW - 60_000), qos=1)
+        genuine = device.publish(car.topic, car.sealed(1, t0=NOW - 60_000), qos=1)
         for info in [*junk, genuine]:
             info.wait_for_publish(30)
         deadline = time.monotonic() + 30
         while not rows(engine, "batches") and time.monotonic() < deadline:
             time.sleep(0.05)
         stored_after = time.monotonic() - sent
+        # The genuine batch came from another connection, so it may overtake the last junk:
+        # let the worker drain before checking that nothing stays queued.
+        while service._queued_bytes and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         service.stop()
-        attacker.disconnect()
-        attacker.loop_stop()
+        for client in (attacker, device):
+            client.disconnect()
+            client.loop_stop()
     assert [r["seq"] for r in rows(engine, "batches")] == [1]
     assert stored_after < 10.0, f"the genuine batch took {stored_after:.1f} s behind the flood"
     assert service.refused["qos0"] == 5000

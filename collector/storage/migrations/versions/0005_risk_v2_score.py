@@ -1,7 +1,7 @@
 """0005 risk v2 score: score, expected loss, both axes, tier and explained reasons in risk_states.
 
 Revision ID: 0005
-Revises: 0004 (the console's users migration)
+Revises: 0004
 Create Date: 2026-12-02
 
 Every column is nullable: a state written before this migration (or by a collector without
