@@ -373,7 +373,7 @@ def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None
 
 
 def test_the_reporting_policy_thins_a_parked_car_and_sends_the_evidence_with_an_alert(
-    mosquitto: Mosquitto, collector: Collector, tmp_path: Path
+    mosquitto: SecureBroker, collector: Collector, tmp_path: Path
 ) -> None:
     extra = "[reporting]\nparked_after_s = 5\nparked_fix_interval_s = 60\nevidence_before_s = 3\nevidence_after_s = 0"
     config = make_config(tmp_path, mosquitto.port, extra=extra, login=mosquitto.login(DEVICE))
