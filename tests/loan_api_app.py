@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from collector.api.access import router as access_router
 from collector.api.app import create_app
 from collector.api.loans import ConfigMessage, router
 from collector.loans.csv_import import import_loans, parse_loans
@@ -31,10 +32,15 @@ KEYS = {"admin": "k-admin", "risk_analyst": "k-analyst", "collections": "k-colle
 
 
 class Api:
-    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage]) -> None:
+    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage], clock: list[int]) -> None:
         self.client = client
         self.engine = engine
         self.published = published
+        self._clock = clock
+
+    def set_now(self, now_ms: int) -> None:
+        """Move the app's clock (it starts at NOW)."""
+        self._clock[0] = now_ms
 
     def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
         return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
@@ -65,16 +71,17 @@ def open_loan_api(tmp_path: Path) -> Iterator[Api]:
         webhooks=WebhookSettings(urls=("http://127.0.0.1:9/hook",), secret="s" * 16),
     )
     published: list[ConfigMessage] = []
+    clock = [NOW]
     app = create_app(
         settings,
         engine=engine,
-        routers=[router],
-        clock_ms=lambda: NOW,
+        routers=[router, access_router],
+        clock_ms=lambda: clock[0],
         signing_key=Ed25519PrivateKey.from_private_bytes(b"\x07" * 32),
         config_publisher=published.extend,
     )
     with TestClient(app) as client:
-        yield Api(client, engine, published)
+        yield Api(client, engine, published, clock)
     engine.dispose()
 
 

@@ -6,9 +6,11 @@ Mounted by ``collector.api.app.create_app`` (module-level :data:`router`). Role 
 role               may
 =================  =====================================================================
 ``admin``          everything
-``risk_analyst``   loans, risk events, alerts with evidence, tracks, markets (read)
+``risk_analyst``   loans, risk events, alerts with evidence, tracks and positions (with a
+                   ``reason``), markets (read)
 ``collections``    loans, repayment facts, level and next step, record repayments;
-                   evidence with coordinates removed, no tracks
+                   evidence with coordinates removed; tracks and positions only under an
+                   approved access grant (collector.loans.access, collector.api.access)
 ``auditor``        the audit log only
 =================  =====================================================================
 
@@ -44,6 +46,7 @@ from ..jobs.downlink import (
     market_items,
 )
 from ..jobs.redaction import redact_coordinates, redact_for_collections
+from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
@@ -58,13 +61,14 @@ from ..loans.store import (
 from ..risk.assessment import open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
-from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
+from ..storage.tables import DeviceStatus, FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
     "ConfigMessage",
+    "authorize_location",
     "build_market_configs",
     "redact_coordinates",
     "router",
@@ -83,6 +87,34 @@ def _may_see_location(principal: Principal) -> bool:
 
 
 _audit = audit_principal
+
+
+def authorize_location(
+    session: Session, now_ms: int, principal: Principal, loan_id: str, scope: str, reason: str | None
+) -> LocationAccess:
+    """Allow a location read (approved grant, emergency, or an approver's reason) or refuse it.
+
+    A refusal is an audit row (``location_access_denied``) committed before the 403/422 leaves;
+    an allowed read's audit row carries :meth:`LocationAccess.audit_detail` (the grant id).
+    """
+    try:
+        return authorize_location_read(
+            session, loan_id=loan_id, actor=principal.key_id, role=principal.role, scope=scope, reason=reason,
+            now_ms=now_ms,
+        )
+    except (AccessDeniedError, AccessRequestError) as exc:
+        session.rollback()
+        _audit(session, now_ms, principal, "location_access_denied", kind="loan", subject=loan_id, scope=scope,
+               error=str(exc))
+        session.commit()
+        code = status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else status.HTTP_422_UNPROCESSABLE_CONTENT
+        raise HTTPException(code, str(exc)) from exc
+
+
+Reason = Annotated[
+    str | None,
+    Query(max_length=500, description="why you read this location (required for risk_analyst and admin; audited)"),
+]
 
 
 def time_param(value: str | None, name: str) -> int | None:
@@ -347,8 +379,9 @@ def track(
     loan_id: str,
     *,
     session: Db,
-    principal: Analyst,
+    principal: LoanReader,
     clock_ms: ClockDep,
+    reason: Reason = None,
     from_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
     to_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
     from_: Annotated[str | None, Query(alias="from", max_length=64, examples=["2026-12-01T00:00:00+08:00"])] = None,
@@ -357,9 +390,11 @@ def track(
     """Fixes of the loan's vehicle in ``[from, to]`` (at most 31 days, 20,000 points).
 
     ``from``/``to`` (or ``from_ms``/``to_ms``) take ISO-8601 (UTC when no offset is written)
-    or epoch ms; ``to`` defaults to now and ``from`` to 24 hours before ``to``.
+    or epoch ms; ``to`` defaults to now and ``from`` to 24 hours before ``to``. Collections need
+    an approved ``track`` access grant for the loan; ``risk_analyst`` and ``admin`` a ``reason``.
     """
     loan = _loan_or_404(session, loan_id)
+    access = authorize_location(session, clock_ms(), principal, loan_id, "track", reason)
     end = time_param(to if to is not None else to_ms, "to")
     end_ms = end if end is not None else clock_ms()
     start = time_param(from_ if from_ is not None else from_ms, "from")
@@ -374,7 +409,7 @@ def track(
     ).all()
     _audit(
         session, clock_ms(), principal, "read_track", kind="loan", subject=loan_id,
-        from_ms=start_ms, to_ms=end_ms, points=len(rows),
+        from_ms=start_ms, to_ms=end_ms, points=len(rows), **access.audit_detail(),
     )
     session.commit()
     return {
@@ -384,6 +419,26 @@ def track(
         "points": [
             {"time_ms": t, "lat": lat, "lon": lon, "speed_mps": speed} for t, lat, lon, speed in rows[:MAX_TRACK_POINTS]
         ],
+    }
+
+
+@router.get("/loans/{loan_id}/position")
+def position(
+    loan_id: str, *, session: Db, principal: LoanReader, clock_ms: ClockDep, reason: Reason = None
+) -> dict[str, Any]:
+    """The last known position of the loan's vehicle (a ``position`` grant, or a reason)."""
+    loan = _loan_or_404(session, loan_id)
+    access = authorize_location(session, clock_ms(), principal, loan_id, "position", reason)
+    row = session.get(DeviceStatus, loan.device_id)
+    _audit(session, clock_ms(), principal, "read_position", kind="loan", subject=loan_id, **access.audit_detail())
+    session.commit()
+    return {
+        "loan_id": loan_id,
+        "device_id": loan.device_id,
+        "time_ms": row.last_fix_ms if row else None,
+        "lat": row.last_lat if row else None,
+        "lon": row.last_lon if row else None,
+        "speed_mps": row.last_speed_mps if row else None,
     }
 
 
