@@ -1,15 +1,23 @@
-"""Applying the signed configurations the collector pushes (markets, regions, rules) to the engine.
+"""Applying the signed configurations the collector pushes (markets, regions, rules, tracking).
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
-over the local file), then all are applied together, so a body is taken whole or not at all.
+over the local file, ``tracking``), then all are applied together, so a body is taken whole
+or not at all. A section this agent does not know (added by a newer collector) is ignored,
+counted (``config_unknown_sections``) and logged, never a reason to refuse the document
+(docs/protocol.md section 6).
+
+``tracking`` (``{"enabled": false, "reason": "settled"}``) is sent once the loan is settled
+or transferred: the agent then stops collecting and sending positions. The collector builds
+the whole body each time, so a body without ``tracking`` means the local default (enabled).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import DeviceConfig
@@ -22,11 +30,40 @@ from .seams import RulesEngine
 from .structured_log import log_event
 from .uplink import ConfigGate, DownlinkRejectedError
 
-__all__ = ["BODY_SECTIONS", "DownlinkApplier"]
+__all__ = ["BODY_SECTIONS", "DownlinkApplier", "Tracking", "load_tracking"]
 
 log = logging.getLogger("lienwatch.agent")
-#: The sections a configuration body may carry.
-BODY_SECTIONS = frozenset({"markets", "regions", "rules"})
+#: The sections this agent applies (any other is ignored and counted).
+BODY_SECTIONS = frozenset({"markets", "regions", "rules", "tracking"})
+MAX_TRACKING_REASON = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """Whether the agent collects and sends positions, and why not."""
+
+    enabled: bool = True
+    reason: str | None = None
+
+
+def load_tracking(section: object) -> Tracking:
+    """Validate a ``tracking`` section: ``{"enabled": bool, "reason": text}`` (reason optional).
+
+    Raises:
+        DownlinkRejectedError: not a map, unknown keys, ``enabled`` not a boolean, a bad reason.
+    """
+    if not isinstance(section, Mapping):
+        raise DownlinkRejectedError("invalid_body", "configuration body 'tracking' must be a map")
+    unknown = set(section) - {"enabled", "reason"}
+    if unknown:
+        raise DownlinkRejectedError("invalid_body", f"configuration 'tracking' has unknown keys {sorted(unknown)}")
+    enabled = section.get("enabled")
+    if not isinstance(enabled, bool):
+        raise DownlinkRejectedError("invalid_body", "configuration 'tracking.enabled' must be true or false")
+    reason = section.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= MAX_TRACKING_REASON):
+        raise DownlinkRejectedError("invalid_body", f"'tracking.reason' must be text of 1..{MAX_TRACKING_REASON}")
+    return Tracking(enabled, reason)
 
 
 class DownlinkApplier:
@@ -37,15 +74,23 @@ class DownlinkApplier:
         engine: the rules engine the body applies to.
         local_rules: the current local ``[rules]`` (overrides are merged over it).
         base_dir: relative file names in ``rules`` overrides resolve against it.
+        set_tracking: called with the tracking policy of every applied body (the default,
+            enabled, when the body has no ``tracking`` section).
     """
 
     def __init__(
-        self, gate: ConfigGate, engine: RulesEngine, local_rules: Callable[[], RulesConfig], base_dir: Path
+        self,
+        gate: ConfigGate,
+        engine: RulesEngine,
+        local_rules: Callable[[], RulesConfig],
+        base_dir: Path,
+        set_tracking: Callable[[Tracking], None] | None = None,
     ) -> None:
         self.gate = gate
         self._engine = engine
         self._local_rules = local_rules
         self._base_dir = base_dir
+        self._set_tracking = set_tracking
 
     def apply_stored(self) -> None:
         """Re-apply the last accepted configuration at start; one that no longer applies is logged."""
@@ -78,14 +123,17 @@ class DownlinkApplier:
         """Validate every known section of a body first, then apply them together.
 
         Raises:
-            DownlinkRejectedError: an unknown section, or ``rules`` is not a map.
+            DownlinkRejectedError: ``rules`` is not a map, or ``tracking`` is malformed.
             ConfigError: the merged ``rules`` are not acceptable.
             PlacesError: a market or region item is not acceptable.
         """
         body = config.body
-        unknown = set(body) - BODY_SECTIONS
+        unknown = sorted(set(body) - BODY_SECTIONS)
         if unknown:
-            raise DownlinkRejectedError("invalid_body", f"configuration body has unknown sections {sorted(unknown)}")
+            counters = self.gate.counters
+            counters["config_unknown_sections"] = counters.get("config_unknown_sections", 0) + len(unknown)
+            log_event(log, logging.INFO, "config_sections_ignored", version=config.version, sections=unknown)
+        tracking = load_tracking(body["tracking"]) if "tracking" in body else Tracking()
         markets = load_places(body["markets"]) if "markets" in body else None
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
@@ -100,3 +148,5 @@ class DownlinkApplier:
             self._engine.set_markets(markets)
         if regions is not None:
             self._engine.set_regions(regions)
+        if self._set_tracking is not None:
+            self._set_tracking(tracking)

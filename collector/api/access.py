@@ -74,7 +74,9 @@ class DecisionIn(BaseModel):
     note: str | None = Field(default=None, max_length=500)
 
 
-def _refuse(session: Session, now_ms: int, principal: Principal, action: str, subject: str, exc: Exception) -> NoReturn:
+def _refuse(
+    session: Session, now_ms: int, principal: Principal, action: str, *, subject: str, exc: Exception
+) -> NoReturn:
     """Audit a refused access operation, commit, and raise the matching HTTP error."""
     session.rollback()
     audit_principal(session, now_ms, principal, action, kind="access_request", subject=subject, error=str(exc))
@@ -107,7 +109,7 @@ def file_access_request(
             scope=body.scope, duration_ms=body.duration_minutes * 60_000, now_ms=now,
         )
     except (AccessError, LoanNotFoundError) as exc:
-        _refuse(session, now, principal, "access_request_refused", loan_id, exc)
+        _refuse(session, now, principal, "access_request_refused", subject=loan_id, exc=exc)
     return _done(session, now, principal, "request_location_access", grant)
 
 
@@ -123,7 +125,7 @@ def take_emergency_access(
             now_ms=now,
         )
     except (AccessError, LoanNotFoundError) as exc:
-        _refuse(session, now, principal, "emergency_access_refused", loan_id, exc)
+        _refuse(session, now, principal, "emergency_access_refused", subject=loan_id, exc=exc)
     return _done(session, now, principal, "emergency_location_access", grant)
 
 
@@ -152,7 +154,7 @@ def _decide(
         grant = decide_access(session, request_id, actor=principal.key_id, role=principal.role, approve=approve,
                               note=note, now_ms=now)
     except AccessError as exc:
-        _refuse(session, now, principal, "access_decision_refused", str(request_id), exc)
+        _refuse(session, now, principal, "access_decision_refused", subject=str(request_id), exc=exc)
     return _done(session, now, principal, "approve_location_access" if approve else "deny_location_access", grant)
 
 
@@ -179,5 +181,5 @@ def review(request_id: int, *, session: SessionDep, principal: Approver, clock_m
     try:
         grant = review_emergency(session, request_id, actor=principal.key_id, role=principal.role, now_ms=now)
     except (AccessDecisionError, SelfApprovalError) as exc:
-        _refuse(session, now, principal, "access_review_refused", str(request_id), exc)
+        _refuse(session, now, principal, "access_review_refused", subject=str(request_id), exc=exc)
     return _done(session, now, principal, "review_emergency_access", grant)

@@ -48,6 +48,7 @@ from ..jobs.downlink import (
 from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
 from ..loans.csv_import import loan_from_fields
+from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
     LoanSummary,
@@ -58,7 +59,7 @@ from ..loans.store import (
     store_loan,
     vehicle_condition,
 )
-from ..risk.assessment import open_alerts, reassess_loan_as_configured
+from ..risk.assessment import LoanNotFoundError, open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
 from ..storage.tables import DeviceStatus, FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
@@ -90,7 +91,7 @@ _audit = audit_principal
 
 
 def authorize_location(
-    session: Session, now_ms: int, principal: Principal, loan_id: str, scope: str, reason: str | None
+    session: Session, now_ms: int, principal: Principal, loan_id: str, *, scope: str, reason: str | None
 ) -> LocationAccess:
     """Allow a location read (approved grant, emergency, or an approver's reason) or refuse it.
 
@@ -107,7 +108,7 @@ def authorize_location(
         _audit(session, now_ms, principal, "location_access_denied", kind="loan", subject=loan_id, scope=scope,
                error=str(exc))
         session.commit()
-        code = status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else status.HTTP_422_UNPROCESSABLE_CONTENT
+        code = status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else 422
         raise HTTPException(code, str(exc)) from exc
 
 
@@ -288,6 +289,7 @@ def get_loan(
     loan = _loan_or_404(session, loan_id)
     out = loan_details(session, loan, utc_date(clock_ms()), grace_days=settings.risk.grace_days)
     out["risk"] = _state_dict(session.get(RiskStateRecord, loan_id), principal)
+    out["lifecycle"] = {"status": loan.status, "closed_ms": loan.closed_ms}
     _audit(session, clock_ms(), principal, "read_loan", kind="loan", subject=loan_id)
     session.commit()
     return out
@@ -327,6 +329,39 @@ def post_repayment(
         "level": assessment.level.label,
         "next_step": assessment.next_step.label,
     }
+
+
+class StatusIn(BaseModel):
+    """Body of ``POST /v1/loans/{loan_id}/status``."""
+
+    status: str = Field(pattern="^(" + "|".join(STATUSES) + ")$", examples=["settled"])
+    closed_at: str | None = Field(default=None, max_length=64, description="ISO-8601 or epoch ms; default now")
+
+
+@router.post("/loans/{loan_id}/status")
+def set_status(
+    loan_id: str, body: StatusIn, *, session: Db, principal: Admin, clock_ms: ClockDep, downlink: DownlinkDep
+) -> dict[str, Any]:
+    """Close a loan (settled, charged_off, repossessed, transferred; collector.loans.lifecycle).
+
+    Settled and transferred loans stop tracking: the device's signed configuration is signed
+    here and published after the commit.
+    """
+    now = clock_ms()
+    effective = time_param(body.closed_at, "closed_at")
+    try:
+        change = change_status(session, loan_id, body.status, now_ms=now, effective_ms=effective,
+                               signing_key=downlink.signing_key)
+    except LoanNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except LifecycleError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    _audit(session, now, principal, "change_loan_status", kind="loan", subject=loan_id, old=change.old_status,
+           new=change.new_status, closed_ms=change.closed_ms, configs=len(change.configs))
+    session.commit()
+    if change.configs and downlink.publish is not None:
+        downlink.publish(change.configs)
+    return change.as_dict()
 
 
 @router.post("/loans/{loan_id}/assess")
@@ -394,7 +429,7 @@ def track(
     an approved ``track`` access grant for the loan; ``risk_analyst`` and ``admin`` a ``reason``.
     """
     loan = _loan_or_404(session, loan_id)
-    access = authorize_location(session, clock_ms(), principal, loan_id, "track", reason)
+    access = authorize_location(session, clock_ms(), principal, loan_id, scope="track", reason=reason)
     end = time_param(to if to is not None else to_ms, "to")
     end_ms = end if end is not None else clock_ms()
     start = time_param(from_ if from_ is not None else from_ms, "from")
@@ -428,7 +463,7 @@ def position(
 ) -> dict[str, Any]:
     """The last known position of the loan's vehicle (a ``position`` grant, or a reason)."""
     loan = _loan_or_404(session, loan_id)
-    access = authorize_location(session, clock_ms(), principal, loan_id, "position", reason)
+    access = authorize_location(session, clock_ms(), principal, loan_id, scope="position", reason=reason)
     row = session.get(DeviceStatus, loan.device_id)
     _audit(session, clock_ms(), principal, "read_position", kind="loan", subject=loan_id, **access.audit_detail())
     session.commit()

@@ -28,12 +28,14 @@ from ..clock import utc_date, wall_clock_ms
 from ..jobs.downlink import MarketFileError, load_market_file, upsert_markets
 from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
+from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
 from ..risk.assessment import reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
 from ..storage.tables import LoanRecord, RiskStateRecord
+from ..timefmt import TimeFormatError, parse_time
 from .context import settings_session
 
 __all__ = ["add_subcommands"]
@@ -187,6 +189,28 @@ def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _loans_close(args: argparse.Namespace, settings: Settings) -> int:
+    now = wall_clock_ms()
+    try:
+        effective = parse_time(args.at) if args.at else None
+    except TimeFormatError as exc:
+        print(f"lienwatch collector loans close: --at: {exc}", file=sys.stderr)
+        return 2
+    with settings_session(settings) as session:
+        try:
+            change = change_status(session, args.loan_id, args.status, now_ms=now, effective_ms=effective)
+        except (LoanNotFoundError, LifecycleError) as exc:
+            print(f"lienwatch collector loans close: {exc}", file=sys.stderr)
+            return 1
+        _audit(session, "change_loan_status", "loan", args.loan_id, old=change.old_status, new=change.new_status,
+               closed_ms=change.closed_ms)
+        session.commit()
+    note = {"note": "the running collector signs and publishes the stop-tracking configuration"} \
+        if change.tracking_stopped else {}
+    _print_json(change.as_dict() | note)
+    return 0
+
+
 # ------------------------------------------------------------------ repayments
 
 
@@ -280,6 +304,12 @@ def add_subcommands(
     show = lsub.add_parser("show", parents=[common], help="one loan with repayment facts and risk reasons (JSON)")
     show.add_argument("loan_id")
     show.set_defaults(func=bind(_loans_show))
+    close = lsub.add_parser("close", parents=[common],
+                            help="settle, charge off, repossess or transfer a loan (settled/transferred stop tracking)")
+    close.add_argument("loan_id")
+    close.add_argument("--status", required=True, choices=[s for s in STATUSES if s != "active"])
+    close.add_argument("--at", help="when it closed (ISO-8601 with offset, or epoch ms); default now")
+    close.set_defaults(func=bind(_loans_close))
 
     repayments = sub.add_parser("repayments", help="received payments")
     rsub = repayments.add_subparsers(dest="action", required=True)

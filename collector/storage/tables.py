@@ -297,6 +297,7 @@ class LoanRecord(Base):
     # repossessed | transferred; closed_ms starts the 90-day location and 5-year record clocks.
     status: Mapped[str] = mapped_column(sa.String(16), default="active", server_default="active")
     closed_ms: Mapped[int | None]
+    status_changed_ms: Mapped[int | None]  # when the collector recorded the last status change
     schedule_version: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
 
 

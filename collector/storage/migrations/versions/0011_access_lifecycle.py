@@ -68,6 +68,7 @@ def upgrade() -> None:
     with op.batch_alter_table('loans') as batch_op:
         batch_op.add_column(sa.Column('status', sa.String(length=16), server_default='active', nullable=False))
         batch_op.add_column(sa.Column('closed_ms', sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column('status_changed_ms', sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column('schedule_version', sa.Integer(), server_default='1', nullable=False))
     with op.batch_alter_table('repayments') as batch_op:
         batch_op.add_column(sa.Column('reversal_id', sa.String(length=64), nullable=True))
@@ -81,6 +82,7 @@ def downgrade() -> None:
         batch_op.drop_column('reversal_id')
     with op.batch_alter_table('loans') as batch_op:
         batch_op.drop_column('schedule_version')
+        batch_op.drop_column('status_changed_ms')
         batch_op.drop_column('closed_ms')
         batch_op.drop_column('status')
     op.drop_table('schedule_versions')
