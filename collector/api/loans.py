@@ -48,8 +48,10 @@ from ..jobs.downlink import (
 from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
 from ..loans.csv_import import loan_from_fields
+from ..loans.feed import MAX_FEED_ENTRIES, apply_feed
 from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.queries import alert_row, alert_statement_after
+from ..loans.schedules import KINDS, ScheduleError, revise_schedule, schedule_history
 from ..loans.store import (
     LoanSummary,
     RepaymentConflictError,
@@ -60,7 +62,7 @@ from ..loans.store import (
     vehicle_condition,
 )
 from ..risk.assessment import LoanNotFoundError, open_alerts, reassess_loan_as_configured
-from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
+from ..risk.repayments import Installment, Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
 from ..storage.tables import DeviceStatus, FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
@@ -362,6 +364,71 @@ def set_status(
     if change.configs and downlink.publish is not None:
         downlink.publish(change.configs)
     return change.as_dict()
+
+
+class FeedIn(BaseModel):
+    """Body of ``POST /v1/repayments/feed``: entries as in collector.loans.feed (checked one by one)."""
+
+    entries: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_FEED_ENTRIES)
+
+
+@router.post("/repayments/feed")
+def repayment_feed(body: FeedIn, *, session: Db, principal: Collector, settings: SettingsDep,
+                   clock_ms: ClockDep) -> dict[str, Any]:
+    """Payments and reversals in bulk, idempotent on the lender's ``txn_id`` (re-posting changes nothing).
+
+    Each entry gets ``created``, ``duplicate``, ``conflict`` or ``error`` (with a reason); the
+    loans an entry changed are reassessed (a reversal flips days past due back).
+    """
+    now = clock_ms()
+    report = apply_feed(session, body.entries, now_ms=now)
+    levels = {}
+    for loan_id in report.touched_loans:
+        assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+        levels[loan_id] = {"level": assessment.level.label, "next_step": assessment.next_step.label}
+    _audit(session, now, principal, "repayment_feed", kind="repayments", subject="*", counts=report.counts(),
+           loans=list(report.touched_loans)[:1000])
+    session.commit()
+    return {"counts": report.counts(), "entries": [o.as_dict() for o in report.outcomes], "loans": levels}
+
+
+class ScheduleIn(BaseModel):
+    """Body of ``POST /v1/loans/{loan_id}/schedule``: the whole new schedule."""
+
+    kind: str = Field(pattern="^(" + "|".join(KINDS) + ")$")
+    reason: str = Field(min_length=1, max_length=500)
+    schedule: list[InstallmentIn] = Field(min_length=1, max_length=600)
+
+
+@router.post("/loans/{loan_id}/schedule")
+def reschedule(loan_id: str, body: ScheduleIn, *, response: Response, session: Db, principal: Admin,
+               settings: SettingsDep, clock_ms: ClockDep) -> dict[str, Any]:
+    """Restructure or defer: the schedule becomes a new version (201; 200 if it is already current)."""
+    _loan_or_404(session, loan_id)
+    now = clock_ms()
+    try:
+        schedule = [Installment(i.due_date, parse_amount(i.amount)) for i in body.schedule]
+        change = revise_schedule(session, loan_id, schedule, kind=body.kind, reason=body.reason,
+                                 actor=principal.key_id, now_ms=now)
+    except (RepaymentError, ScheduleError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+    _audit(session, now, principal, "revise_schedule", kind="loan", subject=loan_id, version=change.version,
+           created=change.created, schedule_kind=body.kind)
+    session.commit()
+    response.status_code = status.HTTP_201_CREATED if change.created else status.HTTP_200_OK
+    return {"loan_id": loan_id, "version": change.version, "created": change.created,
+            "level": assessment.level.label, "next_step": assessment.next_step.label}
+
+
+@router.get("/loans/{loan_id}/schedule-versions")
+def schedule_versions(loan_id: str, *, session: Db, principal: LoanReader, clock_ms: ClockDep) -> list[dict[str, Any]]:
+    """Every version of the loan's schedule, oldest first (empty until the schedule first changes)."""
+    _loan_or_404(session, loan_id)
+    out = schedule_history(session, loan_id)
+    _audit(session, clock_ms(), principal, "read_schedule_versions", kind="loan", subject=loan_id, count=len(out))
+    session.commit()
+    return out
 
 
 @router.post("/loans/{loan_id}/assess")

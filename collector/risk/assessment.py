@@ -104,9 +104,11 @@ def load_schedule(session: Session, loan_id: str) -> tuple[Installment, ...]:
 
 
 def load_payments(session: Session, loan_id: str) -> tuple[Payment, ...]:
-    """The stored payments of a loan."""
+    """The stored payments of a loan, without reversed (bounced) ones."""
     rows = session.scalars(
-        sa.select(RepaymentRecord).where(RepaymentRecord.loan_id == loan_id).order_by(RepaymentRecord.id)
+        sa.select(RepaymentRecord)
+        .where(RepaymentRecord.loan_id == loan_id, RepaymentRecord.reversed_ms.is_(None))
+        .order_by(RepaymentRecord.id)
     )
     return tuple(Payment(r.payment_id, r.paid_on, r.amount_cents) for r in rows)
 
