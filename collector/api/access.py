@@ -11,6 +11,7 @@ route                                      who                 what
 ``POST /v1/access-requests/{id}/approve``  admin, risk_analyst  not the requester (four eyes)
 ``POST /v1/access-requests/{id}/deny``     admin, risk_analyst
 ``POST /v1/access-requests/{id}/review``   admin, risk_analyst  review an emergency access
+``GET /v1/compliance/report``              admin, auditor      the compliance report (from, to)
 =========================================  ==================  ====================================
 
 Every request, decision, refusal and review is an audit row committed with it.
@@ -40,8 +41,10 @@ from ..loans.access import (
     request_emergency_access,
     review_emergency,
 )
+from ..loans.compliance import compliance_report
 from ..risk.assessment import LoanNotFoundError
 from ..storage.tables import AccessGrant
+from ..timefmt import TimeFormatError, parse_time
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, SessionDep
 
@@ -52,6 +55,7 @@ router = APIRouter(prefix="/v1", tags=["access"])
 Requester = Annotated[Principal, Depends(require_role("collections"))]
 Approver = Annotated[Principal, Depends(require_role("admin", "risk_analyst"))]
 Reader = Annotated[Principal, Depends(require_role("admin", "risk_analyst", "auditor"))]
+ComplianceReader = Annotated[Principal, Depends(require_role("admin", "auditor"))]
 
 
 class AccessRequestIn(BaseModel):
@@ -183,3 +187,26 @@ def review(request_id: int, *, session: SessionDep, principal: Approver, clock_m
     except (AccessDecisionError, SelfApprovalError) as exc:
         _refuse(session, now, principal, "access_review_refused", subject=str(request_id), exc=exc)
     return _done(session, now, principal, "review_emergency_access", grant)
+
+
+@router.get("/compliance/report")
+def compliance(
+    *,
+    session: SessionDep,
+    principal: ComplianceReader,
+    clock_ms: ClockDep,
+    from_: Annotated[str, Query(alias="from", max_length=64, examples=["2026-12-01T00:00:00+08:00"])],
+    to: Annotated[str, Query(max_length=64)],
+) -> dict[str, Any]:
+    """Access requests, approvals, location reads, refusals, refused contacts and purges of a period."""
+    try:
+        start, end = parse_time(from_), parse_time(to)
+    except TimeFormatError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if end < start:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "'to' is before 'from'")
+    report = compliance_report(session, start, end)
+    audit_principal(session, clock_ms(), principal, "compliance_report", kind="compliance",
+                    subject=f"{start}-{end}", **report["summary"])
+    session.commit()
+    return report

@@ -33,6 +33,7 @@ from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
 from .broker_auth import BrokerAccounts, mosquitto_conf_lines
+from .compliance import add_subcommands as add_compliance_subcommands
 from .context import open_settings_database, settings_from_args
 from .loans import add_subcommands
 from .people import add_subcommands as add_people_subcommands
@@ -245,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     add_subcommands(sub, common, settings_from_args)
 
     add_people_subcommands(sub, common, settings_from_args)
+    add_compliance_subcommands(sub, common, settings_from_args)
 
     api_key = sub.add_parser("api-key", help="API keys")
     ksub = api_key.add_subparsers(dest="action", required=True)

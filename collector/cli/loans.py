@@ -40,7 +40,7 @@ from ..storage.tables import LoanRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
 from .context import settings_session
 
-__all__ = ["add_subcommands"]
+__all__ = ["add_subcommands", "cli_actor"]
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 #: Files with more loans than this show a progress bar on stderr.
@@ -48,7 +48,8 @@ PROGRESS_FROM = 500
 MAX_FEED_FILE_BYTES = 4 * 1024 * 1024
 
 
-def _actor() -> str:
+def cli_actor() -> str:
+    """The audit actor of a command-line user: ``cli:{OS user}``."""
     try:
         return f"cli:{getpass.getuser()}"[:128]
     except (KeyError, OSError):  # no passwd entry (containers)
@@ -58,7 +59,7 @@ def _actor() -> str:
 def _audit(session: Session, action: str, subject_type: str, subject_id: str, **detail: Any) -> None:
     record_access(
         session,
-        actor=_actor(),
+        actor=cli_actor(),
         role="admin",
         action=action,
         subject_type=subject_type,
@@ -269,7 +270,7 @@ def _retention_run(args: argparse.Namespace, settings: Settings) -> int:
     r = settings.retention
     policy = RetentionPolicy(r.fix_days, r.fix_mode, r.record_years)
     with settings_session(settings) as session:
-        report = run_retention(session, wall_clock_ms(), policy, actor=_actor())
+        report = run_retention(session, wall_clock_ms(), policy, actor=cli_actor())
         if args.dry_run:
             session.rollback()
         else:
