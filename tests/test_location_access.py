@@ -51,7 +51,7 @@ def test_track_read_without_approval_is_403_and_audited(api: Api) -> None:
     assert "access request" in refused.json()["detail"]
     [denied] = audit_rows(api, "location_access_denied")
     assert (denied.role, denied.subject_id, denied.detail["scope"]) == ("collections", "L-1002", "track")
-    request_id = file_request(api)
+    file_request(api)
     assert api.call("GET", "/v1/loans/L-1002/track", "collections", params=WINDOW).status_code == 403  # pending
     assert len(audit_rows(api, "location_access_denied")) == 2
     assert api.call("GET", "/v1/loans/L-1002/position", "collections").status_code == 403  # not in scope

@@ -204,17 +204,20 @@ def test_100_days_after_closure_nothing_but_the_essential_records_remains(engine
     with engine.connect() as conn:
         for table in operational:
             text = json.dumps([list(map(str, r)) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))])
-            assert SETTLED["vin"] not in text and SETTLED["borrower"] not in text, table
+            assert SETTLED["vin"] not in text, table
+            assert SETTLED["borrower"] not in text, table
     # the essential records are still there: 5 years from closure, not from the last due date (2020)
     with Session(engine) as session:
         loan = session.get(LoanRecord, SETTLED["loan"])
-        assert loan is not None and loan.status == "settled"
+        assert loan is not None
+        assert loan.status == "settled"
         assert session.scalar(sa.select(sa.func.count()).select_from(RepaymentRecord)) == 2
         alert = session.scalars(sa.select(AlertRecord).where(AlertRecord.device_id == SETTLED["device"])).one()
         assert alert.evidence == {"market_id": "m1", "dwell_s": 259_200}
     # the active loan's recent data is untouched (its coordinates are within 90 days)
     assert {t for t, _ in after["live_coordinates"]} >= {"fixes", "alerts", "device_status", "dead_letters"}
-    assert report.purged["samples"] == 1 and report.purged["device_status"] == 1
+    assert report.purged["samples"] == 1
+    assert report.purged["device_status"] == 1
     assert report.stripped["alerts"] == 1
     assert report.loans_deleted == 0
 

@@ -296,7 +296,7 @@ def devices_needing_config(session: Session) -> list[str]:
     closing = sa.select(LoanRecord.device_id, LoanRecord.status_changed_ms).where(
         LoanRecord.status.in_(STOP_TRACKING_STATUSES), LoanRecord.status_changed_ms.is_not(None)
     )
-    closed: dict[str, int | None] = dict(session.execute(closing).all())  # type: ignore[arg-type]
+    closed: dict[str, int | None] = dict(session.execute(closing).all())
     stored = {row.device_id: row for row in session.scalars(sa.select(ConfigVersion))}
     out = []
     for device_id in config_targets(session):
