@@ -79,6 +79,8 @@ def test_bad_entries_are_reported_one_by_one(api: Api) -> None:
                        "unknown_field", "unknown_payment", "bad_reverses", None]
     assert answer["counts"] == {"error": 9, "created": 1}
     assert api.call("POST", "/v1/repayments/feed", "collections", json={"entries": []}).status_code == 422
+    too_many = {"entries": [NOVEMBER | {"txn_id": f"T{i}"} for i in range(10_001)]}
+    assert api.call("POST", "/v1/repayments/feed", "collections", json=too_many).status_code == 422
     assert api.call("POST", "/v1/repayments/feed", "risk_analyst", json={"entries": [NOVEMBER]}).status_code == 403
 
 
