@@ -242,3 +242,18 @@ def test_essential_records_go_five_years_after_closure(engine: sa.Engine) -> Non
     # what still names the settled loan: the box's registry, ledger and config, and the audit log
     # of the retention runs that removed it
     assert {t for t, _ in scan(engine)["identity"]} <= {"devices", "batches", "config_versions", "audit_log"}
+
+
+def test_positions_sent_after_settlement_are_deleted_at_the_next_run(engine: sa.Engine) -> None:
+    seed(engine)
+    with Session(engine) as session:
+        batch_id = session.scalar(sa.select(BatchRecord.id).where(BatchRecord.device_id == SETTLED["device"]))
+        # an agent that did not apply the stop configuration kept sending
+        session.add(FixRecord(batch_id=batch_id, device_id=SETTLED["device"], time_ms=CLOSE + 2 * DAY, lat=LAT,
+                              lon=LON, mode=3))
+        session.commit()
+        report = run_retention(session, CLOSE + 3 * DAY)
+        session.commit()
+        times = sorted(session.scalars(sa.select(FixRecord.time_ms).where(FixRecord.device_id == SETTLED["device"])))
+    assert times == [CLOSE - 30 * DAY, CLOSE - 5 * DAY]  # before the closure: kept for their 90 days
+    assert report.purged["fixes_after_stop"] == 1

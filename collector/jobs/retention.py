@@ -16,10 +16,13 @@ with two clocks from ``[retention]``: ``fix_days`` (90) and ``record_years`` (5)
 4. ``essential_stripped`` tables keep their rows but lose every coordinate key in their JSON
    columns (:func:`collector.jobs.redaction.redact_coordinates`) once the row is older than
    ``fix_days`` or its loan closed more than ``fix_days`` ago;
-5. essential records go ``record_years`` after the loan's **closure** (a loan never closed:
+5. positions observed **after** a loan was settled or transferred (the device was told to stop;
+   an agent too old to know the ``tracking`` section may not have) are deleted at every run,
+   without waiting for the clocks;
+6. essential records go ``record_years`` after the loan's **closure** (a loan never closed:
    after its last due date, the lender never told us); time-keyed records (alerts, risk
    events, access requests, the audit log) also go ``record_years`` after their own time;
-6. one ``retention_run`` audit row records the cut-offs and what was removed per table.
+7. one ``retention_run`` audit row records the cut-offs and what was removed per table.
 
 The summarising is the pure :func:`summarize_fixes`; the rest are set-based statements.
 """
@@ -41,6 +44,7 @@ from ..errors import CollectorError
 from ..storage.audit import SYSTEM_ROLE, record_access
 from ..storage.tables import Base, FixDaySummary, FixRecord, InstallmentRecord, LoanRecord, RiskEventRecord
 from .data_registry import Policy, TablePolicy, tables_with
+from .downlink import STOP_TRACKING_STATUSES
 from .redaction import redact_coordinates
 
 __all__ = [
@@ -231,8 +235,18 @@ def _summarize_old_fixes(session: Session, fix_cutoff: int) -> int:
     return summaries
 
 
+def _purge_positions_after_stop(session: Session) -> int:
+    """Step 5: fixes of a settled/transferred loan's device observed after its closure."""
+    stopped = sa.exists().where(
+        LoanRecord.device_id == FixRecord.device_id,
+        LoanRecord.status.in_(STOP_TRACKING_STATUSES),
+        FixRecord.time_ms > LoanRecord.closed_ms,
+    )
+    return _delete(session, sa.delete(FixRecord).where(stopped))
+
+
 def _purge_essential(session: Session, expired: list[str], record_cutoff: int, purged: Counter[str]) -> None:
-    """Step 5: records of expired loans (children before ``loans``), and time-keyed records past their years."""
+    """Step 6: records of expired loans (children before ``loans``), and time-keyed records past their years."""
     loans = sa.select(LoanRecord.loan_id).where(LoanRecord.loan_id.in_(expired))
     essential = tables_with(Policy.ESSENTIAL, Policy.ESSENTIAL_STRIPPED)
     for entry in sorted(essential, key=lambda e: e.table == "loans"):
@@ -266,6 +280,7 @@ def run_retention(
         where = sa.or_(_older(entry, table, fix_cutoff), _about(entry, table, closed))
         stripped[entry.table] += _strip(session, entry, table, where)
 
+    purged["fixes_after_stop"] = _purge_positions_after_stop(session)
     expired = sorted(session.scalars(_expired_loans(record_cutoff)))
     _purge_essential(session, expired, record_cutoff, purged)
 
@@ -273,7 +288,7 @@ def run_retention(
         now_ms=now_ms,
         fix_cutoff_ms=fix_cutoff,
         record_cutoff_ms=record_cutoff,
-        fixes_deleted=purged["fixes"],
+        fixes_deleted=purged["fixes"] + purged["fixes_after_stop"],
         day_summaries_written=summaries,
         loans_deleted=purged["loans"],
         repayments_deleted=purged["repayments"],
