@@ -20,6 +20,7 @@ from collector.loans.access import (
     request_access,
 )
 from collector.storage.tables import AlertRecord, AuditEntry, DeviceStatus
+from tests.fake_devices import FakeDevice
 from tests.loan_api_app import DAY, NOW, Api, open_loan_api
 
 HOUR = 3_600_000
@@ -175,3 +176,21 @@ def test_emergency_access_needs_a_theft_signature_and_is_flagged_for_review(api:
     assert api.call("POST", f"/v1/access-requests/{grant['id']}/review", "risk_analyst").status_code == 200
     assert api.call("GET", "/v1/access-requests", "admin", params={"status": "review_needed"}).json() == []
     assert api.call("POST", f"/v1/access-requests/{grant['id']}/review", "admin").status_code == 409
+
+
+def test_device_page_gives_the_last_position_only_with_a_reason(api: Api) -> None:
+    pem = FakeDevice("tbox-0009").pem.decode()
+    assert api.call("POST", "/v1/devices", "admin", json={"device_id": "tbox-0009", "public_key_pem": pem}
+                    ).status_code == 201
+    with Session(api.engine) as session:
+        session.add(DeviceStatus(device_id="tbox-0009", last_fix_ms=NOW, last_lat=31.3, last_lon=121.2,
+                                 last_speed_mps=4.0, last_seen_ms=NOW))
+        session.commit()
+    plain = api.call("GET", "/v1/devices/tbox-0009", "admin").json()["status"]
+    assert plain["last_seen_ms"] == NOW
+    assert {"last_lat", "last_lon", "last_speed_mps"} & set(plain) == set()
+    located = api.call("GET", "/v1/devices/tbox-0009", "admin", params={"reason": "box reported missing"}).json()
+    assert (located["status"]["last_lat"], located["status"]["last_lon"]) == (31.3, 121.2)
+    reads = audit_rows(api, "read_device")
+    assert [(r.detail["position"], r.detail["access_reason"]) for r in reads] == [
+        (False, None), (True, "box reported missing")]
