@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
+from collector.cli.commands import main
 from collector.jobs.downlink import ConfigPublisher, devices_needing_config
 from collector.loans.lifecycle import LifecycleError, change_status
 from collector.settings import MqttSettings
@@ -25,7 +28,7 @@ from firmware_sim.rig import Mosquitto
 from protocol import DeviceConfig, Fix, SignalSample, batch_topic, config_topic, open_batch, open_config, seal_config
 from protocol.cli import key_files as keys
 from tests.agent_harness import DEVICE, T0, ScriptedEngine, make_config
-from tests.loan_api_app import NOW, Api, open_loan_api
+from tests.loan_api_app import NOW, SAMPLE, Api, open_loan_api
 from tests.mqtt_subscriber import Collector, wait_until
 
 MIDNIGHT_UTC = 1_795_824_000_000  # 2026-11-28T08:00:00+08:00
@@ -187,3 +190,28 @@ def test_a_settled_loans_device_receives_the_stop_config_and_stops_sending_posit
 
 def _opened(collector: Collector, device_key: dict[str, Any]) -> list[Any]:
     return [open_batch(bytes(m.payload), m.topic, device_key) for m in collector.on(batch_topic(DEVICE))]
+
+
+def test_loans_close_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
+                      'secret = "cli-test-secret-0123456789"\n')
+    assert main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    capsys.readouterr()
+    argv = ["loans", "close", "L-1001", "--config", str(config), "--status", "settled", "--at",
+            "2026-11-28T08:00:00+08:00"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["status"], out["closed_ms"], out["tracking_stopped"]) == ("settled", MIDNIGHT_UTC, True)
+    assert main(argv) == 1  # settled is final
+    assert "may become nothing (final)" in capsys.readouterr().err
+    assert main([*argv[:-2], "--at", "someday"]) == 2
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'collector.db'}")
+    with Session(engine) as session:
+        assert devices_needing_config(session) == ["tbox-0001"]  # the running publisher signs it
+        [audit] = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "change_loan_status"))
+        assert audit.actor.startswith("cli:")
+    engine.dispose()
