@@ -7,11 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from collector.cli.commands import main
 from collector.jobs.retention import run_retention
-from tests.loan_api_app import DAY, NOW, open_loan_api
+from collector.storage.database import create_engine
+from collector.storage.people import add_user
+from collector.storage.tables import AuditEntry
+from tests.loan_api_app import DAY, NOW, SAMPLE, open_loan_api
 
 WINDOW = {"from_ms": NOW - 7 * DAY, "to_ms": NOW}
 PERIOD = {"from": "2026-11-27T00:00:00+08:00", "to": "2026-11-29T00:00:00+08:00"}
@@ -63,3 +67,43 @@ def test_the_cli_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["compliance", "report", "--config", str(config), "--from", "soon", "--to", "later"]) == 2
     assert main(["compliance", "report", "--config", str(config), "--from", "2026-12-02T00:00:00Z",
                  "--to", "2026-12-01T00:00:00Z"]) == 2
+
+
+def test_access_requests_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
+                      'secret = "cli-test-secret-0123456789"\n')
+    assert main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'collector.db'}")
+    with Session(engine) as session:
+        add_user(session, username="lee", display_name="Lee", role="collections", password="x" * 12, now_ms=NOW)
+        add_user(session, username="ana", display_name="Ana", role="risk_analyst", password="x" * 12, now_ms=NOW)
+        session.commit()
+    engine.dispose()
+    capsys.readouterr()
+    cfg = ["--config", str(config)]
+    request = ["access", "request", "L-1002", *cfg, "--reason", "visit booked", "--minutes", "60"]
+    assert main([*request, "--as", "lee"]) == 0
+    filed = json.loads(capsys.readouterr().out)
+    assert (filed["requester"], filed["status"], filed["scope"]) == ("user:lee", "pending", ["track"])
+    assert main([*request, "--as", "ana"]) == 1
+    assert "reads locations by role" in capsys.readouterr().err
+    assert main([*request, "--as", "nobody"]) == 1
+    assert main(["access", "approve", str(filed["id"]), *cfg, "--note", "ok"]) == 0
+    approved = json.loads(capsys.readouterr().out)
+    assert approved["status"] == "approved"
+    assert approved["decided_by"].startswith("cli:")
+    assert main(["access", "deny", str(filed["id"]), *cfg]) == 1  # not pending any more
+    assert main(["access", "review", str(filed["id"]), *cfg]) == 1  # not an emergency
+    assert main(["access", "list", *cfg, "--status", "approved"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [filed["id"]]
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'collector.db'}")
+    with Session(engine) as session:
+        actions = [a for (a,) in session.execute(sa.select(AuditEntry.action).order_by(AuditEntry.id))]
+    engine.dispose()
+    assert actions[-7:] == ["request_location_access", "access_request_refused", "access_request_refused",
+                            "approve_location_access", "access_deny_refused", "access_review_refused",
+                            "list_access_requests"]
