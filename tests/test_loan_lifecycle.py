@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 from collector.cli.commands import main
 from collector.jobs.downlink import ConfigPublisher, devices_needing_config
 from collector.loans.lifecycle import LifecycleError, change_status
+from collector.loans.queries import WorklistFilter, worklist
+from collector.risk.assessment import reassess_loans
 from collector.settings import MqttSettings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import AuditEntry, LoanRecord
@@ -215,3 +217,17 @@ def test_loans_close_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
         [audit] = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "change_loan_status"))
         assert audit.actor.startswith("cli:")
     engine.dispose()
+
+
+def test_settled_loans_leave_the_worklist_and_the_risk_jobs(api: Api) -> None:
+    api.call("POST", "/v1/loans/L-1002/assess", "admin")
+    assert "L-1002" in [x["loan_id"] for x in api.call("GET", "/v1/loans", "collections").json()]
+    assert api.call("POST", "/v1/loans/L-1002/status", "admin", json={"status": "settled"}).status_code == 200
+    assert "L-1002" not in [x["loan_id"] for x in api.call("GET", "/v1/loans", "collections").json()]
+    assert api.call("GET", "/v1/loans/L-1002", "collections").json()["lifecycle"]["status"] == "settled"
+    with Session(api.engine) as session:
+        assert "L-1002" not in [r["loan_id"] for r in worklist(session, WorklistFilter()).rows]
+        later = NOW + 200 * 86_400_000  # its instalments would all be overdue by then
+        changed = [c.loan_id for c in reassess_loans(session, later)]
+        assert "L-1002" not in changed
+        assert "L-1003" in changed  # the active loans are still reassessed

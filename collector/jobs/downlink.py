@@ -60,7 +60,7 @@ from ..errors import CollectorError, ConfigError
 from ..files import FileReadError, read_bounded
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
-from ..storage.tables import Base, ConfigVersion, LoanRecord, MarketRecord
+from ..storage.tables import FINAL_LOAN_STATUSES, Base, ConfigVersion, LoanRecord, MarketRecord
 from .worker_loop import WorkerLoop, WorkerLoopError
 
 __all__ = [
@@ -248,7 +248,7 @@ def config_targets(session: Session) -> list[str]:
 
 
 #: Loan statuses whose device stops collecting and sending positions.
-STOP_TRACKING_STATUSES = ("settled", "transferred")
+STOP_TRACKING_STATUSES = FINAL_LOAN_STATUSES
 
 
 def tracking_section(session: Session, device_id: str) -> dict[str, Any] | None:

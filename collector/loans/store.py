@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 from ..risk.assessment import LoanNotFoundError, load_payments, loan_facts
 from ..risk.engine import RiskLevel
 from ..risk.repayments import Installment, LoanError, Payment, format_cents
-from ..storage.tables import DailyStatsRecord, InstallmentRecord, LoanRecord, RepaymentRecord, RiskStateRecord
+from ..storage.tables import (
+    FINAL_LOAN_STATUSES,
+    DailyStatsRecord,
+    InstallmentRecord,
+    LoanRecord,
+    RepaymentRecord,
+    RiskStateRecord,
+)
 
 __all__ = [
     "LoanNotFoundError",
@@ -179,7 +186,8 @@ def loans_with_risk(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[tuple[LoanRecord, RiskStateRecord | None]]:
-    """Loans with their stored risk state (None: never assessed, i.e. ``normal``).
+    """Loans with their stored risk state (None: never assessed, i.e. ``normal``); settled and
+    transferred loans are left out (collector.loans.lifecycle).
 
     Args:
         level: only loans at this level (``normal`` includes loans never assessed).
@@ -199,6 +207,7 @@ def loans_with_risk(
     query = (
         sa.select(LoanRecord, RiskStateRecord)
         .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .where(LoanRecord.status.not_in(FINAL_LOAN_STATUSES))
         .order_by(*order)
         .offset(offset)
     )

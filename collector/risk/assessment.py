@@ -31,6 +31,7 @@ from sqlalchemy.orm.util import identity_key
 from ..clock import utc_date
 from ..jobs.webhooks import enqueue_risk_change
 from ..storage.tables import (
+    FINAL_LOAN_STATUSES,
     AlertRecord,
     Base,
     FixRecord,
@@ -328,10 +329,15 @@ def reassess_loans(
 ) -> list[RiskChange]:
     """Reassess every loan (the periodic job: days past due grow with time) or those of ``device_ids``.
 
-    The caller commits. Returns the level changes.
+    Settled and transferred loans are left alone (their remaining instalments will never be
+    paid to this book). The caller commits. Returns the level changes.
     """
     risk = risk or RiskSettings()
-    query = sa.select(LoanRecord.loan_id).order_by(LoanRecord.loan_id)
+    query = (
+        sa.select(LoanRecord.loan_id)
+        .where(LoanRecord.status.not_in(FINAL_LOAN_STATUSES))
+        .order_by(LoanRecord.loan_id)
+    )
     if device_ids is not None:
         query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
     changes = []

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "FINAL_LOAN_STATUSES",
     "AccessGrant",
     "AlertRecord",
     "AuditEntry",
@@ -50,6 +51,10 @@ __all__ = [
     "UInt64",
     "WebhookDelivery",
 ]
+
+#: Loan statuses after which nothing is worked or tracked any more (collector.loans.lifecycle):
+#: the device stops reporting positions, the loan leaves the worklist and the risk jobs.
+FINAL_LOAN_STATUSES = ("settled", "transferred")
 
 #: Auto-increment 64-bit key that is also SQLite's rowid alias.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
