@@ -5,11 +5,13 @@ Used by tests/test_loan_api.py and the attack tests in tests/security.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
@@ -18,12 +20,13 @@ from sqlalchemy.orm import Session
 from collector.api.access import router as access_router
 from collector.api.app import create_app
 from collector.api.loans import ConfigMessage, router
+from collector.cli.commands import main as collector_main
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import Settings, WebhookSettings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord
 
-__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "open_loan_api"]
+__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "cli_book", "open_loan_api"]
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
@@ -89,3 +92,15 @@ def audit_actions(api: Api) -> list[tuple[str, str, str]]:
     with Session(api.engine) as session:
         entries = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id))
         return [(e.role, e.action, e.subject_id) for e in entries]
+
+
+def cli_book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A collector.toml (SQLite in ``tmp_path/data``) with the sample loan book imported from the
+    command line, no ``LIENWATCH_*`` variable in the way; returns the config file's path."""
+    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
+                      'secret = "cli-test-secret-0123456789"\n')
+    assert collector_main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    return config

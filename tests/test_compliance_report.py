@@ -15,7 +15,7 @@ from collector.jobs.retention import run_retention
 from collector.storage.database import create_engine
 from collector.storage.people import add_user
 from collector.storage.tables import AuditEntry
-from tests.loan_api_app import DAY, NOW, SAMPLE, open_loan_api
+from tests.loan_api_app import DAY, NOW, cli_book, open_loan_api
 
 WINDOW = {"from_ms": NOW - 7 * DAY, "to_ms": NOW}
 PERIOD = {"from": "2026-11-27T00:00:00+08:00", "to": "2026-11-29T00:00:00+08:00"}
@@ -71,12 +71,7 @@ def test_the_cli_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_access_requests_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
-        monkeypatch.delenv(name)
-    config = tmp_path / "collector.toml"
-    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
-                      'secret = "cli-test-secret-0123456789"\n')
-    assert main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    config = cli_book(tmp_path, monkeypatch)
     engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'collector.db'}")
     with Session(engine) as session:
         add_user(session, username="lee", display_name="Lee", role="collections", password="x" * 12, now_ms=NOW)

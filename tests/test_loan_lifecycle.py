@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from firmware_sim.rig import Mosquitto
 from protocol import DeviceConfig, Fix, SignalSample, batch_topic, config_topic, open_batch, open_config, seal_config
 from protocol.cli import key_files as keys
 from tests.agent_harness import DEVICE, T0, ScriptedEngine, make_config
-from tests.loan_api_app import NOW, SAMPLE, Api, open_loan_api
+from tests.loan_api_app import NOW, Api, cli_book, open_loan_api
 from tests.mqtt_subscriber import Collector, wait_until
 
 MIDNIGHT_UTC = 1_795_824_000_000  # 2026-11-28T08:00:00+08:00
@@ -196,12 +195,7 @@ def _opened(collector: Collector, device_key: dict[str, Any]) -> list[Any]:
 
 def test_loans_close_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
-        monkeypatch.delenv(name)
-    config = tmp_path / "collector.toml"
-    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
-                      'secret = "cli-test-secret-0123456789"\n')
-    assert main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    config = cli_book(tmp_path, monkeypatch)
     capsys.readouterr()
     argv = ["loans", "close", "L-1001", "--config", str(config), "--status", "settled", "--at",
             "2026-11-28T08:00:00+08:00"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from collector.cli.commands import main
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.loans.feed import FeedEntryError, apply_feed, parse_feed_csv
 from collector.storage.database import create_engine, migrate
-from tests.loan_api_app import NOW, SAMPLE, Api, open_loan_api
+from tests.loan_api_app import NOW, SAMPLE, Api, cli_book, open_loan_api
 
 
 @pytest.fixture
@@ -103,12 +102,7 @@ def test_feed_file_parsing_refuses_malformed_files() -> None:
 
 def test_repayments_import_file_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
-        monkeypatch.delenv(name)
-    config = tmp_path / "collector.toml"
-    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
-                      'secret = "cli-test-secret-0123456789"\n')
-    assert main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    config = cli_book(tmp_path, monkeypatch)
     capsys.readouterr()
     path = tmp_path / "feed.csv"
     path.write_text("kind,loan_id,txn_id,paid_on,amount,reverses\nreversal,L-1001,REV-1,,,P1001-202611\n"
