@@ -41,7 +41,7 @@ from protocol.errors import ProtocolError
 from .batcher import Batcher, ClosedBatch
 from .config import AgentConfig, load_config
 from .counter_board import OMITTED, PublishedCounters, counter_values, state_counters
-from .downlink_apply import DownlinkApplier
+from .downlink_apply import DownlinkApplier, Tracking
 from .errors import ConfigError, EdgeError, InputError
 from .observation_clock import ObservationClock, host_wall_ms
 from .outbox import Outbox
@@ -80,6 +80,7 @@ AGENT_COUNTERS = (
     "source_errors",
     "reloads",
     "reload_failures",
+    "fixes_not_tracked",
 )
 #: Config sections whose change needs a restart (a reload applies [rules] and [batch] only).
 RESTART_SECTIONS = ("device", "outbox", "mqtt", "downlink", "gnss", "can")
@@ -208,6 +209,7 @@ class Agent:
         self._sources = {name: _SourceThread(name, src) for name, src in (sources or {}).items()}
         self._sources_given = sources is not None
         self.gate: ConfigGate | None = None
+        self.tracking = Tracking()  # the collector's `tracking` section (docs/protocol.md section 6)
         self._downlink: DownlinkApplier | None = None
         if config.downlink.enabled:
             from protocol.cli.key_files import load_public_key
@@ -226,6 +228,7 @@ class Agent:
                 config.base_dir,
                 local_reporting=lambda: self.config.reporting,
                 set_reporting=self.reporting.set_settings,
+                set_tracking=self._set_tracking,
             )
             self._downlink.apply_stored()
         self.uplink = Uplink(
@@ -324,6 +327,12 @@ class Agent:
         return seal_state(state, self._key, state_topic(self.device_id))
 
     # ------------------------------------------------------------------ downlink and reload
+
+    def _set_tracking(self, tracking: Tracking) -> None:
+        if tracking != self.tracking:
+            _event(logging.WARNING if not tracking.enabled else logging.INFO, "tracking_changed",
+                   enabled=tracking.enabled, reason=tracking.reason)
+        self.tracking = tracking
 
     def _on_config(self, topic: str, payload: bytes) -> None:
         self._offer(_Message(MessageKind.CONFIG, topic=topic, payload=payload))
@@ -464,6 +473,11 @@ class Agent:
 
     def _feed_record(self, record: SourceRecord) -> None:
         self.counters["records_in"] += 1
+        if not self.tracking.enabled and isinstance(record, (Fix, NoFix)):
+            # Tracking stopped (a settled loan): positions are neither judged nor sent. CAN
+            # signals and the rules that need no position (power cut, doors) keep running.
+            self.counters["fixes_not_tracked"] += 1
+            return
         produced = self._run_engine(lambda: self.engine.feed(record), type(record).__name__)
         now = time.monotonic()
         active = bool(self.engine.active_rules)

@@ -1,18 +1,24 @@
-"""Applying the signed configurations the collector pushes (markets, regions, rules, reporting).
+"""Applying the signed configurations the collector pushes (markets, regions, rules, reporting, tracking).
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
-over the local file, the ``keys`` announcement of :mod:`protocol.downlink_keys`), then all
-are applied together, so a body is taken whole or not at all. A section this agent does not
-know (a newer collector's) is ignored, counted (``config_unknown_sections``) and logged, so
-an old agent keeps taking the sections it knows (docs/protocol.md section 6).
+over the local file, ``reporting`` merged over the local ``[reporting]``, ``tracking``, the
+``keys`` announcement of :mod:`protocol.downlink_keys`), then all are applied together, so a
+body is taken whole or not at all. A section this agent does not know (added by a newer
+collector) is ignored, counted (``config_unknown_sections``) and logged, never a reason to
+refuse the document (docs/protocol.md section 6).
+
+``tracking`` (``{"enabled": false, "reason": "settled"}``) is sent once the loan is settled
+or transferred: the agent then stops collecting and sending positions. The collector builds
+the whole body each time, so a body without ``tracking`` means the local default (enabled).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import DeviceConfig
@@ -27,12 +33,41 @@ from .seams import RulesEngine
 from .structured_log import log_event
 from .uplink import ConfigGate, DownlinkRejectedError
 
-__all__ = ["BODY_SECTIONS", "DownlinkApplier"]
+__all__ = ["BODY_SECTIONS", "DownlinkApplier", "Tracking", "load_tracking"]
 
 log = logging.getLogger("lienwatch.agent")
 #: The sections this agent applies; any other section of a body is ignored (counted, logged).
 #: ``keys`` is taken by the gate (edge.downlink_trust) once the body is accepted.
-BODY_SECTIONS = frozenset({"markets", "regions", "rules", "reporting", KEYS_SECTION})
+BODY_SECTIONS = frozenset({"markets", "regions", "rules", "reporting", "tracking", KEYS_SECTION})
+MAX_TRACKING_REASON = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """Whether the agent collects and sends positions, and why not."""
+
+    enabled: bool = True
+    reason: str | None = None
+
+
+def load_tracking(section: object) -> Tracking:
+    """Validate a ``tracking`` section: ``{"enabled": bool, "reason": text}`` (reason optional).
+
+    Raises:
+        DownlinkRejectedError: not a map, unknown keys, ``enabled`` not a boolean, a bad reason.
+    """
+    if not isinstance(section, Mapping):
+        raise DownlinkRejectedError("invalid_body", "configuration body 'tracking' must be a map")
+    unknown = set(section) - {"enabled", "reason"}
+    if unknown:
+        raise DownlinkRejectedError("invalid_body", f"configuration 'tracking' has unknown keys {sorted(unknown)}")
+    enabled = section.get("enabled")
+    if not isinstance(enabled, bool):
+        raise DownlinkRejectedError("invalid_body", "configuration 'tracking.enabled' must be true or false")
+    reason = section.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= MAX_TRACKING_REASON):
+        raise DownlinkRejectedError("invalid_body", f"'tracking.reason' must be text of 1..{MAX_TRACKING_REASON}")
+    return Tracking(enabled, reason)
 
 
 class DownlinkApplier:
@@ -46,6 +81,8 @@ class DownlinkApplier:
         local_reporting: the current local ``[reporting]`` (a ``reporting`` section is merged
             over it; a body without one brings the local settings back).
         set_reporting: applies the resulting reporting settings (None: reporting is not handled).
+        set_tracking: called with the tracking policy of every applied body (the default,
+            enabled, when the body has no ``tracking`` section).
     """
 
     def __init__(
@@ -57,6 +94,7 @@ class DownlinkApplier:
         *,
         local_reporting: Callable[[], ReportingSettings] | None = None,
         set_reporting: Callable[[ReportingSettings], None] | None = None,
+        set_tracking: Callable[[Tracking], None] | None = None,
     ) -> None:
         self.gate = gate
         self._engine = engine
@@ -64,6 +102,7 @@ class DownlinkApplier:
         self._base_dir = base_dir
         self._local_reporting = local_reporting
         self._set_reporting = set_reporting
+        self._set_tracking = set_tracking
 
     def apply_stored(self) -> None:
         """Re-apply the last accepted configuration at start; one that no longer applies is logged."""
@@ -96,7 +135,7 @@ class DownlinkApplier:
         """Validate every known section of a body first, then apply them together.
 
         Raises:
-            DownlinkRejectedError: ``rules`` is not a map.
+            DownlinkRejectedError: ``rules`` is not a map, or ``tracking`` is malformed.
             ConfigError: the merged ``rules`` are not acceptable.
             PlacesError: a market or region item is not acceptable.
             InvalidValue: the ``keys`` section is malformed.
@@ -108,6 +147,7 @@ class DownlinkApplier:
             counters["config_unknown_sections"] = counters.get("config_unknown_sections", 0) + len(unknown)
             log_event(log, logging.INFO, "config_sections_ignored", version=config.version, sections=unknown)
         announced_key(body)  # a malformed announcement refuses the whole body
+        tracking = load_tracking(body["tracking"]) if "tracking" in body else Tracking()
         markets = load_places(body["markets"]) if "markets" in body else None
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
@@ -127,3 +167,5 @@ class DownlinkApplier:
             self._engine.set_regions(regions)
         if reporting is not None and self._set_reporting is not None:
             self._set_reporting(reporting)
+        if self._set_tracking is not None:
+            self._set_tracking(tracking)

@@ -5,24 +5,28 @@ Used by tests/test_loan_api.py and the attack tests in tests/security.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from collector.api.access import router as access_router
 from collector.api.app import create_app
 from collector.api.loans import ConfigMessage, router
+from collector.cli.commands import main as collector_main
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import Settings, WebhookSettings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord
 
-__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "open_loan_api"]
+__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "cli_book", "open_loan_api"]
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
@@ -31,10 +35,15 @@ KEYS = {"admin": "k-admin", "risk_analyst": "k-analyst", "collections": "k-colle
 
 
 class Api:
-    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage]) -> None:
+    def __init__(self, client: TestClient, engine: sa.Engine, published: list[ConfigMessage], clock: list[int]) -> None:
         self.client = client
         self.engine = engine
         self.published = published
+        self._clock = clock
+
+    def set_now(self, now_ms: int) -> None:
+        """Move the app's clock (it starts at NOW)."""
+        self._clock[0] = now_ms
 
     def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
         return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
@@ -65,16 +74,17 @@ def open_loan_api(tmp_path: Path) -> Iterator[Api]:
         webhooks=WebhookSettings(urls=("http://127.0.0.1:9/hook",), secret="s" * 16),
     )
     published: list[ConfigMessage] = []
+    clock = [NOW]
     app = create_app(
         settings,
         engine=engine,
-        routers=[router],
-        clock_ms=lambda: NOW,
+        routers=[router, access_router],
+        clock_ms=lambda: clock[0],
         signing_key=Ed25519PrivateKey.from_private_bytes(b"\x07" * 32),
         config_publisher=published.extend,
     )
     with TestClient(app) as client:
-        yield Api(client, engine, published)
+        yield Api(client, engine, published, clock)
     engine.dispose()
 
 
@@ -82,3 +92,15 @@ def audit_actions(api: Api) -> list[tuple[str, str, str]]:
     with Session(api.engine) as session:
         entries = session.scalars(sa.select(AuditEntry).order_by(AuditEntry.id))
         return [(e.role, e.action, e.subject_id) for e in entries]
+
+
+def cli_book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A collector.toml (SQLite in ``tmp_path/data``) with the sample loan book imported from the
+    command line, no ``LIENWATCH_*`` variable in the way; returns the config file's path."""
+    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n[webhooks]\nurls = ["http://127.0.0.1:9/hook"]\n'
+                      'secret = "cli-test-secret-0123456789"\n')
+    assert collector_main(["loans", "import", "--config", str(config), str(SAMPLE)]) == 0
+    return config

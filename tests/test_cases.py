@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from collector.loans.compliance import compliance_report
 from collector.cases import store
 from collector.cases.contact_rules import check_contact
 from collector.cases.settings import CaseSettings, ContactRules, ContactSettings
@@ -216,6 +217,12 @@ def test_a_call_logged_at_21_30_is_refused_recorded_and_audited(session: Session
         "user:chen", "L-1002", "2026-11-29T08:00:00+08:00")
     # a note is not a contact: allowed at any hour
     assert not act(session, case.id, ActionIn("note", note="called back later"), at).refused
+    # the compliance report lists the refusal (collector.loans.compliance)
+    report = compliance_report(session, at - 1000, at + 1000)
+    assert report["summary"]["refused_contacts"] == 1
+    assert report["refused_contacts"][0] | {"time": None} == {
+        "time": None, "loan_id": "L-1002", "case_id": case.id, "actor": "user:chen", "role": result.action.role,
+        "kind": "call", "reason": "quiet_hours", "allowed_from": "2026-11-29T00:00:00Z"}
 
 
 def test_the_loans_own_zone_and_jurisdiction_decide(session: Session) -> None:

@@ -291,11 +291,12 @@ def test_v1_alerts_filters_iso_times_and_redaction(world: tuple) -> None:
 def test_track_and_audit_accept_iso_8601_and_epoch_ms(world: tuple) -> None:
     client, _, _ = world
     headers = {"Authorization": f"Bearer {KEYS['risk_analyst']}"}
-    iso = client.get("/v1/loans/L-1002/track", params={"from": "2026-11-28T13:00:00+08:00", "to": "2026-11-28T09:40Z"},
-                     headers=headers).json()
-    ms = client.get("/v1/loans/L-1002/track", params={"from_ms": NOW - 4 * 3_600_000, "to_ms": NOW},
+    why = {"reason": "dwell review"}
+    iso = client.get("/v1/loans/L-1002/track", params={"from": "2026-11-28T13:00:00+08:00", "to": "2026-11-28T09:40Z"}
+                     | why, headers=headers).json()
+    ms = client.get("/v1/loans/L-1002/track", params={"from_ms": NOW - 4 * 3_600_000, "to_ms": NOW} | why,
                     headers=headers).json()
-    default = client.get("/v1/loans/L-1002/track", headers=headers).json()  # the last 24 h
+    default = client.get("/v1/loans/L-1002/track", params=why, headers=headers).json()  # the last 24 h
     assert iso["points"] == ms["points"] == default["points"]
     assert len(iso["points"]) == 150
     audit = client.get("/v1/audit", params={"since_ms": "2026-11-28T00:00:00Z"},

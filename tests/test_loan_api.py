@@ -72,7 +72,7 @@ def test_roles(api: Api) -> None:
     assert api.client.get("/v1/loans", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert api.call("GET", "/v1/loans", "auditor").status_code == 403
     assert api.call("GET", "/v1/audit", "collections").status_code == 403
-    track = {"from_ms": NOW - 7 * DAY, "to_ms": NOW}
+    track = {"from_ms": NOW - 7 * DAY, "to_ms": NOW, "reason": "dwell review"}
     assert api.call("GET", "/v1/loans/L-1002/track", "collections", params=track).status_code == 403
     assert api.call("GET", "/v1/loans/L-1002/track", "risk_analyst", params=track).status_code == 200
     assert api.call("POST", "/v1/loans/L-1003/repayments", "risk_analyst",
@@ -105,12 +105,12 @@ def test_redact_coordinates() -> None:
 
 def test_track_and_range_limits(api: Api) -> None:
     body = api.call("GET", "/v1/loans/L-1002/track", "risk_analyst",
-                    params={"from_ms": NOW - 7 * DAY, "to_ms": NOW}).json()
+                    params={"from_ms": NOW - 7 * DAY, "to_ms": NOW, "reason": "dwell review"}).json()
     assert body["points"] == [{"time_ms": NOW - 3 * DAY, "lat": 31.302, "lon": 121.2456, "speed_mps": 0.0}]
     assert body["truncated"] is False
-    too_long = {"from_ms": NOW - 40 * DAY, "to_ms": NOW}
+    too_long = {"from_ms": NOW - 40 * DAY, "to_ms": NOW, "reason": "dwell review"}
     assert api.call("GET", "/v1/loans/L-1002/track", "admin", params=too_long).status_code == 422
-    backwards = {"from_ms": NOW, "to_ms": NOW - 1}
+    backwards = {"from_ms": NOW, "to_ms": NOW - 1, "reason": "dwell review"}
     assert api.call("GET", "/v1/loans/L-1002/track", "admin", params=backwards).status_code == 422
     assert api.call("GET", "/v1/loans/L-404/track", "admin", params=too_long).status_code == 404
 
@@ -153,7 +153,8 @@ def test_create_loan_json(api: Api) -> None:
 
 def test_every_personal_read_is_audited(api: Api) -> None:
     api.call("GET", "/v1/loans/L-1001", "collections")
-    api.call("GET", "/v1/loans/L-1002/track", "risk_analyst", params={"from_ms": NOW - DAY, "to_ms": NOW})
+    api.call("GET", "/v1/loans/L-1002/track", "risk_analyst",
+             params={"from_ms": NOW - DAY, "to_ms": NOW, "reason": "dwell review"})
     api.call("GET", "/v1/loans/L-1002/alerts", "admin")
     api.call("GET", "/v1/loans/L-1002/condition", "collections")
     assert audit_actions(api) == [
@@ -164,7 +165,8 @@ def test_every_personal_read_is_audited(api: Api) -> None:
     ]
     log = api.call("GET", "/v1/audit", "auditor", params={"subject_id": "L-1002"}).json()
     assert [e["action"] for e in log] == ["read_condition", "read_alerts", "read_track"]
-    assert log[2]["detail"] == {"from_ms": NOW - DAY, "to_ms": NOW, "points": 0}
+    assert log[2]["detail"] == {"from_ms": NOW - DAY, "to_ms": NOW, "points": 0, "access_basis": "role",
+                                "grant_id": None, "access_reason": "dwell review"}
     assert log[2]["actor"] == hash_api_key(KEYS["risk_analyst"])[:12]
 
 

@@ -38,7 +38,7 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 
 #: the newest migration (re-chained in number order at each merge)
-MIGRATION_HEAD = "0010"
+MIGRATION_HEAD = "0011"
 
 
 def _my_tables_diff(engine: sa.Engine) -> list[object]:

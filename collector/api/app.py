@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 #: Modules whose ``router`` (an APIRouter) ``serve`` mounts when the module exists.
 OPTIONAL_ROUTER_MODULES: tuple[str, ...] = (
     "collector.api.loans",
+    "collector.api.access",
     "collector.api.alerts",
     "collector.api.cases",
     "collector.console.web",
@@ -58,6 +59,8 @@ OPTIONAL_ROUTER_MODULES: tuple[str, ...] = (
 )
 
 _status = Base.metadata.tables["device_status"]
+#: The device state columns that locate the car (given only with a reason).
+POSITION_COLUMNS = frozenset({"last_lat", "last_lon", "last_speed_mps"})
 _dead = Base.metadata.tables["dead_letters"]
 
 
@@ -151,9 +154,17 @@ def _devices_router() -> APIRouter:
 
     @router.get("/{device_id}")
     def get_device(
-        device_id: str, engine: EngineDep, clock_ms: ClockDep, principal: AdminPrincipal
+        device_id: str,
+        engine: EngineDep,
+        clock_ms: ClockDep,
+        principal: AdminPrincipal,
+        reason: Annotated[str | None, Query(max_length=500)] = None,
     ) -> dict[str, Any]:
-        """A device, its key and its latest state (its last position: audited)."""
+        """A device, its key and its latest state.
+
+        Its last position (``last_lat``, ``last_lon``, ``last_speed_mps``) is given only with a
+        ``reason``, which the audit row records (docs/compliance.md, location access).
+        """
         try:
             info = DeviceRegistry(engine).get(device_id)
         except DeviceNotFoundError as exc:
@@ -162,8 +173,11 @@ def _devices_router() -> APIRouter:
             row = conn.execute(sa.select(_status).where(_status.c.device_id == device_id)).mappings().first()
         state = None
         if row is not None:
-            state = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items() if k != "device_id"}
-        _audit(engine, clock_ms(), principal, "read_device", kind="device", subject=device_id)
+            hidden = {"device_id"} if reason and reason.strip() else {"device_id", *POSITION_COLUMNS}
+            state = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items() if k not in hidden}
+        with_position = bool(reason and reason.strip())
+        _audit(engine, clock_ms(), principal, "read_device", kind="device", subject=device_id,
+               position=with_position, access_reason=reason.strip() if with_position and reason else None)
         return {**info.as_dict(), "status": state}
 
     @router.post("/{device_id}/revoke")

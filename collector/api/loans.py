@@ -6,9 +6,11 @@ Mounted by ``collector.api.app.create_app`` (module-level :data:`router`). Role 
 role               may
 =================  =====================================================================
 ``admin``          everything
-``risk_analyst``   loans, risk events, alerts with evidence, tracks, markets (read)
+``risk_analyst``   loans, risk events, alerts with evidence, tracks and positions (with a
+                   ``reason``), markets (read)
 ``collections``    loans, repayment facts, level and next step, record repayments;
-                   evidence with coordinates removed, no tracks
+                   evidence with coordinates removed; tracks and positions only under an
+                   approved access grant (collector.loans.access, collector.api.access)
 ``auditor``        the audit log only
 =================  =====================================================================
 
@@ -44,8 +46,12 @@ from ..jobs.downlink import (
     market_items,
 )
 from ..jobs.redaction import redact_coordinates, redact_for_collections
+from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
 from ..loans.csv_import import loan_from_fields
+from ..loans.feed import MAX_FEED_ENTRIES, apply_feed
+from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.queries import alert_row, alert_statement_after
+from ..loans.schedules import KINDS, ScheduleError, revise_schedule, schedule_history
 from ..loans.store import (
     LoanSummary,
     RepaymentConflictError,
@@ -55,16 +61,17 @@ from ..loans.store import (
     store_loan,
     vehicle_condition,
 )
-from ..risk.assessment import open_alerts, reassess_loan_as_configured
-from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
+from ..risk.assessment import LoanNotFoundError, open_alerts, reassess_loan_as_configured
+from ..risk.repayments import Installment, Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
-from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
+from ..storage.tables import DeviceStatus, FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time, zone
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
     "ConfigMessage",
+    "authorize_location",
     "build_market_configs",
     "redact_coordinates",
     "router",
@@ -83,6 +90,34 @@ def _may_see_location(principal: Principal) -> bool:
 
 
 _audit = audit_principal
+
+
+def authorize_location(
+    session: Session, now_ms: int, principal: Principal, loan_id: str, *, scope: str, reason: str | None
+) -> LocationAccess:
+    """Allow a location read (approved grant, emergency, or an approver's reason) or refuse it.
+
+    A refusal is an audit row (``location_access_denied``) committed before the 403/422 leaves;
+    an allowed read's audit row carries :meth:`LocationAccess.audit_detail` (the grant id).
+    """
+    try:
+        return authorize_location_read(
+            session, loan_id=loan_id, actor=principal.key_id, role=principal.role, scope=scope, reason=reason,
+            now_ms=now_ms,
+        )
+    except (AccessDeniedError, AccessRequestError) as exc:
+        session.rollback()
+        _audit(session, now_ms, principal, "location_access_denied", kind="loan", subject=loan_id, scope=scope,
+               error=str(exc))
+        session.commit()
+        code = status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else 422
+        raise HTTPException(code, str(exc)) from exc
+
+
+Reason = Annotated[
+    str | None,
+    Query(max_length=500, description="why you read this location (required for risk_analyst and admin; audited)"),
+]
 
 
 def time_param(value: str | None, name: str) -> int | None:
@@ -266,6 +301,7 @@ def get_loan(
     loan = _loan_or_404(session, loan_id)
     out = loan_details(session, loan, utc_date(clock_ms()), grace_days=settings.risk.grace_days)
     out["risk"] = _state_dict(session.get(RiskStateRecord, loan_id), principal)
+    out["lifecycle"] = {"status": loan.status, "closed_ms": loan.closed_ms}
     _audit(session, clock_ms(), principal, "read_loan", kind="loan", subject=loan_id)
     session.commit()
     return out
@@ -307,6 +343,104 @@ def post_repayment(
         "level": assessment.level.label,
         "next_step": assessment.next_step.label,
     }
+
+
+class StatusIn(BaseModel):
+    """Body of ``POST /v1/loans/{loan_id}/status``."""
+
+    status: str = Field(pattern="^(" + "|".join(STATUSES) + ")$", examples=["settled"])
+    closed_at: str | None = Field(default=None, max_length=64, description="ISO-8601 or epoch ms; default now")
+
+
+@router.post("/loans/{loan_id}/status")
+def set_status(
+    loan_id: str, body: StatusIn, *, session: Db, principal: Admin, clock_ms: ClockDep, downlink: DownlinkDep
+) -> dict[str, Any]:
+    """Close a loan (settled, charged_off, repossessed, transferred; collector.loans.lifecycle).
+
+    Settled and transferred loans stop tracking: the device's signed configuration is signed
+    here and published after the commit.
+    """
+    now = clock_ms()
+    effective = time_param(body.closed_at, "closed_at")
+    try:
+        change = change_status(session, loan_id, body.status, now_ms=now, effective_ms=effective,
+                               signing_key=downlink.signing_key)
+    except LoanNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except LifecycleError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    _audit(session, now, principal, "change_loan_status", kind="loan", subject=loan_id, old=change.old_status,
+           new=change.new_status, closed_ms=change.closed_ms, configs=len(change.configs))
+    session.commit()
+    if change.configs and downlink.publish is not None:
+        downlink.publish(change.configs)
+    return change.as_dict()
+
+
+class FeedIn(BaseModel):
+    """Body of ``POST /v1/repayments/feed``: entries as in collector.loans.feed (checked one by one)."""
+
+    entries: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_FEED_ENTRIES)
+
+
+@router.post("/repayments/feed")
+def repayment_feed(body: FeedIn, *, session: Db, principal: Collector, settings: SettingsDep,
+                   clock_ms: ClockDep) -> dict[str, Any]:
+    """Payments and reversals in bulk, idempotent on the lender's ``txn_id`` (re-posting changes nothing).
+
+    Each entry gets ``created``, ``duplicate``, ``conflict`` or ``error`` (with a reason); the
+    loans an entry changed are reassessed (a reversal flips days past due back).
+    """
+    now = clock_ms()
+    report = apply_feed(session, body.entries, now_ms=now)
+    levels = {}
+    for loan_id in report.touched_loans:
+        assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+        levels[loan_id] = {"level": assessment.level.label, "next_step": assessment.next_step.label}
+    _audit(session, now, principal, "repayment_feed", kind="repayments", subject="*", counts=report.counts(),
+           loans=list(report.touched_loans)[:1000])
+    session.commit()
+    return {"counts": report.counts(), "entries": [o.as_dict() for o in report.outcomes], "loans": levels}
+
+
+class ScheduleIn(BaseModel):
+    """Body of ``POST /v1/loans/{loan_id}/schedule``: the whole new schedule."""
+
+    kind: str = Field(pattern="^(" + "|".join(KINDS) + ")$")
+    reason: str = Field(min_length=1, max_length=500)
+    schedule: list[InstallmentIn] = Field(min_length=1, max_length=600)
+
+
+@router.post("/loans/{loan_id}/schedule")
+def reschedule(loan_id: str, body: ScheduleIn, *, response: Response, session: Db, principal: Admin,
+               settings: SettingsDep, clock_ms: ClockDep) -> dict[str, Any]:
+    """Restructure or defer: the schedule becomes a new version (201; 200 if it is already current)."""
+    _loan_or_404(session, loan_id)
+    now = clock_ms()
+    try:
+        schedule = [Installment(i.due_date, parse_amount(i.amount)) for i in body.schedule]
+        change = revise_schedule(session, loan_id, schedule, kind=body.kind, reason=body.reason,
+                                 actor=principal.key_id, now_ms=now)
+    except (RepaymentError, ScheduleError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
+    _audit(session, now, principal, "revise_schedule", kind="loan", subject=loan_id, version=change.version,
+           created=change.created, schedule_kind=body.kind)
+    session.commit()
+    response.status_code = status.HTTP_201_CREATED if change.created else status.HTTP_200_OK
+    return {"loan_id": loan_id, "version": change.version, "created": change.created,
+            "level": assessment.level.label, "next_step": assessment.next_step.label}
+
+
+@router.get("/loans/{loan_id}/schedule-versions")
+def schedule_versions(loan_id: str, *, session: Db, principal: LoanReader, clock_ms: ClockDep) -> list[dict[str, Any]]:
+    """Every version of the loan's schedule, oldest first (empty until the schedule first changes)."""
+    _loan_or_404(session, loan_id)
+    out = schedule_history(session, loan_id)
+    _audit(session, clock_ms(), principal, "read_schedule_versions", kind="loan", subject=loan_id, count=len(out))
+    session.commit()
+    return out
 
 
 @router.post("/loans/{loan_id}/assess")
@@ -359,8 +493,9 @@ def track(
     loan_id: str,
     *,
     session: Db,
-    principal: Analyst,
+    principal: LoanReader,
     clock_ms: ClockDep,
+    reason: Reason = None,
     from_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
     to_ms: Annotated[str | None, Query(max_length=64, description="epoch ms or ISO-8601")] = None,
     from_: Annotated[str | None, Query(alias="from", max_length=64, examples=["2026-12-01T00:00:00+08:00"])] = None,
@@ -369,9 +504,11 @@ def track(
     """Fixes of the loan's vehicle in ``[from, to]`` (at most 31 days, 20,000 points).
 
     ``from``/``to`` (or ``from_ms``/``to_ms``) take ISO-8601 (UTC when no offset is written)
-    or epoch ms; ``to`` defaults to now and ``from`` to 24 hours before ``to``.
+    or epoch ms; ``to`` defaults to now and ``from`` to 24 hours before ``to``. Collections need
+    an approved ``track`` access grant for the loan; ``risk_analyst`` and ``admin`` a ``reason``.
     """
     loan = _loan_or_404(session, loan_id)
+    access = authorize_location(session, clock_ms(), principal, loan_id, scope="track", reason=reason)
     end = time_param(to if to is not None else to_ms, "to")
     end_ms = end if end is not None else clock_ms()
     start = time_param(from_ if from_ is not None else from_ms, "from")
@@ -386,7 +523,7 @@ def track(
     ).all()
     _audit(
         session, clock_ms(), principal, "read_track", kind="loan", subject=loan_id,
-        from_ms=start_ms, to_ms=end_ms, points=len(rows),
+        from_ms=start_ms, to_ms=end_ms, points=len(rows), **access.audit_detail(),
     )
     session.commit()
     return {
@@ -396,6 +533,26 @@ def track(
         "points": [
             {"time_ms": t, "lat": lat, "lon": lon, "speed_mps": speed} for t, lat, lon, speed in rows[:MAX_TRACK_POINTS]
         ],
+    }
+
+
+@router.get("/loans/{loan_id}/position")
+def position(
+    loan_id: str, *, session: Db, principal: LoanReader, clock_ms: ClockDep, reason: Reason = None
+) -> dict[str, Any]:
+    """The last known position of the loan's vehicle (a ``position`` grant, or a reason)."""
+    loan = _loan_or_404(session, loan_id)
+    access = authorize_location(session, clock_ms(), principal, loan_id, scope="position", reason=reason)
+    row = session.get(DeviceStatus, loan.device_id)
+    _audit(session, clock_ms(), principal, "read_position", kind="loan", subject=loan_id, **access.audit_detail())
+    session.commit()
+    return {
+        "loan_id": loan_id,
+        "device_id": loan.device_id,
+        "time_ms": row.last_fix_ms if row else None,
+        "lat": row.last_lat if row else None,
+        "lon": row.last_lon if row else None,
+        "speed_mps": row.last_speed_mps if row else None,
     }
 
 

@@ -37,6 +37,7 @@ from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
 from .broker_auth import BrokerAccounts, mosquitto_conf_lines
 from .cases import add_subcommands as add_case_subcommands
+from .compliance import add_subcommands as add_compliance_subcommands
 from .context import audit_cli, open_settings_database, settings_from_args
 from .loans import add_subcommands
 from .people import add_subcommands as add_people_subcommands
@@ -306,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
     add_subcommands(sub, common, settings_from_args)
 
     add_people_subcommands(sub, common, settings_from_args)
+    add_compliance_subcommands(sub, common, settings_from_args)
 
     add_case_subcommands(sub, common, settings_from_args)
 

@@ -24,22 +24,27 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ..clock import utc_date, wall_clock_ms
+from ..files import FileReadError, read_bounded
 from ..jobs.downlink import MarketFileError, load_market_file, upsert_markets
 from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
+from ..loans.feed import FeedEntryError, apply_feed, parse_feed_csv
+from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
 from ..risk.assessment import reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
 from ..storage.tables import LoanRecord, RiskStateRecord
+from ..timefmt import TimeFormatError, parse_time
 from .context import cli_actor, settings_session
 
-__all__ = ["add_subcommands"]
+__all__ = ["add_subcommands", "cli_actor"]
 
 SettingsLoader = Callable[[argparse.Namespace], Settings]
 #: Files with more loans than this show a progress bar on stderr.
 PROGRESS_FROM = 500
+MAX_FEED_FILE_BYTES = 4 * 1024 * 1024
 
 
 def _audit(session: Session, action: str, subject_type: str, subject_id: str, **detail: Any) -> None:
@@ -120,13 +125,15 @@ def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         progress.step(len(parsed.rows))
         session.commit()
-        levels = _reassess(session, settings, [*report.created, *report.unchanged], progress)
+        levels = _reassess(session, settings, [*report.created, *report.unchanged, *report.rescheduled], progress)
         session.commit()
         progress.close()
     for error in report.errors:
         print(f"{path}: {error} (skipped)", file=sys.stderr)
     print(
-        f"imported {len(report.created)}, unchanged {len(report.unchanged)}, errors {len(report.errors)}"
+        f"imported {len(report.created)}, unchanged {len(report.unchanged)}, "
+        + (f"rescheduled {len(report.rescheduled)}, " if report.rescheduled else "")
+        + f"errors {len(report.errors)}"
         + (f" (lines {', '.join(map(str, report.skipped_lines))} skipped)" if report.skipped_lines else "")
         + f"; payments recorded {report.payments_recorded}"
         + _at_risk(levels)
@@ -181,6 +188,28 @@ def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _loans_close(args: argparse.Namespace, settings: Settings) -> int:
+    now = wall_clock_ms()
+    try:
+        effective = parse_time(args.at) if args.at else None
+    except TimeFormatError as exc:
+        print(f"lienwatch collector loans close: --at: {exc}", file=sys.stderr)
+        return 2
+    with settings_session(settings) as session:
+        try:
+            change = change_status(session, args.loan_id, args.status, now_ms=now, effective_ms=effective)
+        except (LoanNotFoundError, LifecycleError) as exc:
+            print(f"lienwatch collector loans close: {exc}", file=sys.stderr)
+            return 1
+        _audit(session, "change_loan_status", "loan", args.loan_id, old=change.old_status, new=change.new_status,
+               closed_ms=change.closed_ms)
+        session.commit()
+    note = {"note": "the running collector signs and publishes the stop-tracking configuration"} \
+        if change.tracking_stopped else {}
+    _print_json(change.as_dict() | note)
+    return 0
+
+
 # ------------------------------------------------------------------ repayments
 
 
@@ -204,6 +233,27 @@ def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
         {"loan_id": args.loan, "payment_id": payment.payment_id, "created": outcome.created, "level": levels[args.loan]}
     )
     return 0
+
+
+def _repayments_import(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        rows = parse_feed_csv(read_bounded(Path(args.file), MAX_FEED_FILE_BYTES, "repayment feed"))
+    except (FileReadError, FeedEntryError) as exc:
+        print(f"lienwatch collector repayments import: {exc}", file=sys.stderr)
+        return 1
+    with settings_session(settings) as session:
+        now = wall_clock_ms()
+        report = apply_feed(session, rows, now_ms=now)
+        levels = _reassess(session, settings, list(report.touched_loans), _Progress(len(report.touched_loans),
+                                                                                     "reassessing"))
+        _audit(session, "repayment_feed", "repayments", "*", counts=report.counts(), file=Path(args.file).name)
+        session.commit()
+    for outcome in report.outcomes:
+        if outcome.outcome in ("error", "conflict"):
+            print(f"{args.file}: entry {outcome.index}: {outcome.outcome} {outcome.reason}: {outcome.detail}",
+                  file=sys.stderr)
+    _print_json({"counts": report.counts(), "loans": levels})
+    return 0 if all(o.outcome in ("created", "duplicate") for o in report.outcomes) else 1
 
 
 # ------------------------------------------------------------------ retention and markets
@@ -274,6 +324,12 @@ def add_subcommands(
     show = lsub.add_parser("show", parents=[common], help="one loan with repayment facts and risk reasons (JSON)")
     show.add_argument("loan_id")
     show.set_defaults(func=bind(_loans_show))
+    close = lsub.add_parser("close", parents=[common],
+                            help="settle, charge off, repossess or transfer a loan (settled/transferred stop tracking)")
+    close.add_argument("loan_id")
+    close.add_argument("--status", required=True, choices=[s for s in STATUSES if s != "active"])
+    close.add_argument("--at", help="when it closed (ISO-8601 with offset, or epoch ms); default now")
+    close.set_defaults(func=bind(_loans_close))
 
     repayments = sub.add_parser("repayments", help="received payments")
     rsub = repayments.add_subparsers(dest="action", required=True)
@@ -283,6 +339,10 @@ def add_subcommands(
     add.add_argument("--date", required=True, help="value date YYYY-MM-DD")
     add.add_argument("--amount", required=True, help="amount, e.g. 3500.00")
     add.set_defaults(func=bind(_repayments_add))
+    feed = rsub.add_parser("import", parents=[common],
+                           help="payments and reversals from the lender's feed file (idempotent on txn_id)")
+    feed.add_argument("file", help="CSV: kind,loan_id,txn_id,paid_on,amount,reverses (kind payment|reversal)")
+    feed.set_defaults(func=bind(_repayments_import))
 
     retention = sub.add_parser("retention", help="data retention")
     tsub = retention.add_subparsers(dest="action", required=True)

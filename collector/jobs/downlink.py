@@ -20,13 +20,19 @@ Only the newest configuration of a device exists in the outbox, so a retry can n
 an older version on the retained topic after a newer one. Versions rise by one per device
 and signing; agents accept only a version above the one they hold.
 
-Body: ``{"markets": [{"id", "name", "lat", "lon", "radius_m", "datum"}, ...]}`` with each
-market as stored (its own datum; the agent converts to WGS-84), and, while a next downlink
-key is announced (``downlink_keys``, :func:`announce_next_key`), ``"keys": {"next": ...}``
-(:mod:`protocol.downlink_keys`). Announcing a key, and the collector's first round signing
-with it (:func:`promote_signing_key`), both re-sign every device's configuration. A device gets a list only
-once the collector has markets, so a device's local markets file stays in force until then;
-deleting the last market through the API pushes an empty list.
+Body: built whole for each device from every section owner (:data:`SECTION_OWNERS`,
+docs/protocol.md section 6); a section absent means the agent's local default.
+
+* ``markets``: ``[{"id", "name", "lat", "lon", "radius_m", "datum"}, ...]`` with each market
+  as stored (its own datum; the agent converts to WGS-84). Sent once the collector has
+  markets, so a device's local markets file stays in force until then; deleting the last
+  market through the API pushes an empty list.
+* ``tracking``: ``{"enabled": false, "reason": "settled"}`` once the device's loan is settled
+  or transferred (collector.loans.lifecycle): the agent stops collecting and sending positions.
+* ``keys``: ``{"next": ...}`` (:mod:`protocol.downlink_keys`) while a next downlink key is
+  announced (``downlink_keys``, :func:`announce_next_key`). Announcing a key, and the
+  collector's first round signing with it (:func:`promote_signing_key`), both re-sign every
+  device's configuration.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import re
 import threading
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,16 +66,19 @@ from ..errors import CollectorError, ConfigError
 from ..files import FileReadError, read_bounded
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
-from ..storage.tables import Base, ConfigVersion, DownlinkKey, LoanRecord, MarketRecord
+from ..storage.tables import FINAL_LOAN_STATUSES, Base, ConfigVersion, DownlinkKey, LoanRecord, MarketRecord
 from .worker_loop import WorkerLoop, WorkerLoopError
 
 __all__ = [
+    "SECTION_OWNERS",
+    "STOP_TRACKING_STATUSES",
     "ConfigMessage",
     "ConfigPublisher",
     "MarketFileError",
     "PublishRound",
     "announce_next_key",
     "announced_next_key",
+    "build_device_configs",
     "build_market_configs",
     "check_market_item",
     "config_targets",
@@ -78,6 +87,7 @@ __all__ = [
     "load_signing_key",
     "market_items",
     "promote_signing_key",
+    "tracking_section",
     "upsert_markets",
 ]
 
@@ -302,39 +312,87 @@ def config_targets(session: Session) -> list[str]:
     return sorted({*registered, *loans})
 
 
-def devices_needing_config(session: Session) -> list[str]:
-    """Targets whose stored configuration is missing or older than the newest market or downlink key change.
+#: Loan statuses whose device stops collecting and sending positions.
+STOP_TRACKING_STATUSES = FINAL_LOAN_STATUSES
 
-    Empty while the collector has no markets (a device keeps its local markets file).
+
+def tracking_section(session: Session, device_id: str) -> dict[str, Any] | None:
+    """``{"enabled": false, "reason": status}`` when the device's loan is settled or transferred."""
+    status = session.scalar(sa.select(LoanRecord.status).where(LoanRecord.device_id == device_id))
+    if status in STOP_TRACKING_STATUSES:
+        return {"enabled": False, "reason": status}
+    return None
+
+
+def _markets_section(session: Session, _device_id: str) -> list[dict[str, Any]] | None:
+    items = market_items(session)
+    return items or None
+
+
+#: Who owns which section of the body: ``(name, owner(session, device_id) -> value or None)``.
+#: A new section owner adds one line here (and a row to docs/protocol.md section 6).
+SECTION_OWNERS: tuple[tuple[str, Callable[[Session, str], Any]], ...] = (
+    ("markets", _markets_section),
+    ("tracking", tracking_section),
+)
+
+
+def config_body(session: Session, device_id: str, *, markets: bool = False) -> dict[str, Any]:
+    """The whole configuration body of a device from every owner (``markets=True``: send the
+    market list even when it is empty, i.e. the last market was deleted)."""
+    body = {}
+    for name, owner in SECTION_OWNERS:
+        value = owner(session, device_id)
+        if value is not None:
+            body[name] = value
+    if markets and "markets" not in body:
+        body["markets"] = []
+    return body
+
+
+def devices_needing_config(session: Session) -> list[str]:
+    """Targets whose stored configuration is missing or older than a change it must carry.
+
+    A change is the newest market change (none while the collector has no markets: a device
+    keeps its local markets file) or the status change of the device's loan that stopped
+    tracking (``loans.status_changed_ms``).
     """
     revision = session.scalar(sa.select(sa.func.max(MarketRecord.updated_ms)))
-    if revision is None:
-        return []
-    revision = max(revision, _key_revision(session) or revision)  # a key announced or promoted
+    if revision is not None:
+        revision = max(revision, _key_revision(session) or revision)  # a key announced or promoted
+    closing = sa.select(LoanRecord.device_id, LoanRecord.status_changed_ms).where(
+        LoanRecord.status.in_(STOP_TRACKING_STATUSES), LoanRecord.status_changed_ms.is_not(None)
+    )
+    closed: dict[str, int | None] = dict(session.execute(closing).all())
     stored = {row.device_id: row for row in session.scalars(sa.select(ConfigVersion))}
     out = []
     for device_id in config_targets(session):
+        changed = max((t for t in (revision, closed.get(device_id)) if t is not None), default=None)
+        if changed is None:
+            continue
         row = stored.get(device_id)
-        if row is None or row.payload is None or row.issued_ms < revision:
+        if row is None or row.payload is None or row.issued_ms < changed:
             out.append(device_id)
     return out
 
 
-def build_market_configs(
-    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
+def build_device_configs(
+    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int,
+    *, markets: bool = False,
 ) -> list[ConfigMessage]:
-    """Sign the current market list for each device, bumping its config version.
+    """Sign each device's whole configuration body (:func:`config_body`), bumping its version.
 
     The version goes up by one per device per call (the agent refuses anything not newer)
     and is kept, with the signed message to publish, in ``config_versions`` in the caller's
     transaction (row locked on PostgreSQL, so two collectors never sign the same version).
+    ``markets=True`` sends the market list even when empty (a market change).
     """
-    body: dict[str, Any] = {"markets": market_items(session)}
     next_key = announced_next_key(session, private_key)
-    if next_key is not None:
-        body["keys"] = keys_section(next_key)
     out = []
     for device_id in sorted(set(device_ids)):
+        body = config_body(session, device_id, markets=markets)
+        if next_key is not None:
+            body["keys"] = keys_section(next_key)
         row = session.get(ConfigVersion, device_id, with_for_update=True)
         if row is None:
             row = ConfigVersion(device_id=device_id, version=0, issued_ms=issued_ms)
@@ -348,6 +406,13 @@ def build_market_configs(
         out.append(ConfigMessage(device_id, topic, row.version, payload))
     session.flush()
     return out
+
+
+def build_market_configs(
+    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
+) -> list[ConfigMessage]:
+    """Sign each device's configuration after a market change (the list goes even when empty)."""
+    return build_device_configs(session, private_key, device_ids, issued_ms, markets=True)
 
 
 # ------------------------------------------------------------------ publishing
@@ -439,7 +504,7 @@ class ConfigPublisher:
                 session.commit()
             needing = devices_needing_config(session)
             if needing:
-                signed = len(build_market_configs(session, self.signing_key, needing, now))
+                signed = len(build_device_configs(session, self.signing_key, needing, now))
                 session.commit()
         self.counters["signed"] += signed
         if not self.connected.is_set():

@@ -1,31 +1,39 @@
-"""Retention: precise locations for ``fix_days`` (90), loan records for ``record_years`` (5).
+"""Retention: what the collector keeps, for how long, applied table by table from one registry.
 
 How this works
 --------------
-One run (:func:`run_retention`, in one transaction, the caller commits) does, with the
-evaluation time given as ``now_ms``:
+:mod:`collector.jobs.data_registry` lists every table with its policy; one run
+(:func:`run_retention`, in one transaction, the caller commits) applies it at ``now_ms``
+with two clocks from ``[retention]``: ``fix_days`` (90) and ``record_years`` (5).
 
 1. fixes older than ``now - fix_days`` are folded into ``fix_day_summaries`` (one row per
    device and UTC day: count, first/last time, driven distance - no coordinates) unless
-   ``fix_mode = "delete"``, then deleted. A summary row that already exists (a late batch
-   for an old day) is merged into, so re-running is harmless;
-2. loans whose last instalment fell due more than ``record_years`` ago are deleted with
-   their schedule, repayments, risk state and risk events; risk events and alerts older
-   than ``record_years`` are deleted too (a loan's repayments stay as long as the loan,
-   since its facts depend on all of them);
-3. dead letters received before the fix cut-off are deleted: their raw bytes may hold
-   coordinates, so they live no longer than precise locations;
-4. one ``retention_run`` audit row records the cut-offs and what was removed.
+   ``fix_mode = "delete"``. A summary row that already exists (a late batch for an old day)
+   is merged into, so re-running is harmless;
+2. ``location`` tables lose rows older than ``fix_days`` and every row of a loan **closed**
+   (``loans.closed_ms``, collector.loans.lifecycle) more than ``fix_days`` ago;
+3. ``until_closure`` tables lose the rows of those closed loans;
+4. ``essential_stripped`` tables keep their rows but lose every coordinate key in their JSON
+   columns (:func:`collector.jobs.redaction.redact_coordinates`) once the row is older than
+   ``fix_days`` or its loan closed more than ``fix_days`` ago;
+5. positions observed **after** a loan was settled or transferred (the device was told to stop;
+   an agent too old to know the ``tracking`` section may not have) are deleted at every run,
+   without waiting for the clocks;
+6. essential records go ``record_years`` after the loan's **closure** (a loan never closed:
+   after its last due date, the lender never told us); time-keyed records (alerts, risk
+   events, access requests, the audit log) also go ``record_years`` after their own time;
+7. one ``retention_run`` audit row records the cut-offs and what was removed per table.
 
-The summarising is the pure :func:`summarize_fixes`; the rest are set-based deletes.
+The summarising is the pure :func:`summarize_fixes`; the rest are set-based statements.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,17 +42,10 @@ from sqlalchemy.orm import Session
 from ..clock import utc_date
 from ..errors import CollectorError
 from ..storage.audit import SYSTEM_ROLE, record_access
-from ..storage.tables import (
-    AlertRecord,
-    DeadLetter,
-    FixDaySummary,
-    FixRecord,
-    InstallmentRecord,
-    LoanRecord,
-    RepaymentRecord,
-    RiskEventRecord,
-    RiskStateRecord,
-)
+from ..storage.tables import Base, FixDaySummary, FixRecord, InstallmentRecord, LoanRecord, RiskEventRecord
+from .data_registry import Policy, TablePolicy, tables_with
+from .downlink import STOP_TRACKING_STATUSES
+from .redaction import redact_coordinates
 
 __all__ = [
     "DaySummary",
@@ -121,6 +122,8 @@ class RetentionReport:
     risk_events_deleted: int
     alerts_deleted: int
     dead_letters_deleted: int = 0
+    purged: dict[str, int] = field(default_factory=dict)  # rows deleted per table
+    stripped: dict[str, int] = field(default_factory=dict)  # rows whose coordinates were removed, per table
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -177,58 +180,125 @@ def _delete(session: Session, statement: sa.Delete) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def run_retention(
-    session: Session, now_ms: int, policy: RetentionPolicy | None = None, *, actor: str = "retention"
-) -> RetentionReport:
-    """Apply ``policy`` at ``now_ms`` and audit what was removed (the caller commits)."""
-    policy = policy or RetentionPolicy()
-    fix_cutoff = policy.fix_cutoff_ms(now_ms)
-    record_cutoff = policy.record_cutoff_ms(now_ms)
+def _about(entry: TablePolicy, table: sa.Table, loans: sa.Select[Any]) -> sa.ColumnElement[bool]:
+    """Rows of ``table`` that belong to one of ``loans`` (a select of loan ids)."""
+    if entry.subject == "device_id":
+        return table.c.device_id.in_(sa.select(LoanRecord.device_id).where(LoanRecord.loan_id.in_(loans)))
+    if entry.subject == "loan_id":
+        return table.c.loan_id.in_(loans)
+    if entry.subject == "event_id":
+        return table.c.event_id.in_(sa.select(RiskEventRecord.event_id).where(RiskEventRecord.loan_id.in_(loans)))
+    return sa.false()
 
-    summaries = 0
-    if policy.fix_mode == "summarize":
-        old = session.execute(
-            sa.select(FixRecord.device_id, FixRecord.time_ms, FixRecord.lat, FixRecord.lon).where(
-                FixRecord.time_ms < fix_cutoff
-            )
-        )
-        for summary in summarize_fixes((r[0], r[1], r[2], r[3]) for r in old):
-            _merge_summary(session, summary)
-            summaries += 1
-        session.flush()
-    fixes_deleted = _delete(session, sa.delete(FixRecord).where(FixRecord.time_ms < fix_cutoff))
 
-    # A loan is over when its last instalment fell due; it is kept record_years after that.
+def _older(entry: TablePolicy, table: sa.Table, cutoff_ms: int) -> sa.ColumnElement[bool]:
+    return table.c[entry.time_column] < cutoff_ms if entry.time_column else sa.false()
+
+
+def _strip(session: Session, entry: TablePolicy, table: sa.Table, where: sa.ColumnElement[bool]) -> int:
+    """Remove coordinate keys from the ``strip`` JSON columns of the matching rows."""
+    key = list(table.primary_key.columns)
+    changed = 0
+    for row in session.execute(sa.select(*key, *(table.c[c] for c in entry.strip)).where(where)).mappings():
+        values = {c: redact_coordinates(row[c]) for c in entry.strip if row[c] is not None}
+        values = {c: v for c, v in values.items() if v != row[c]}
+        if values:
+            session.execute(sa.update(table).where(*(k == row[k.name] for k in key)).values(**values))
+            changed += 1
+    return changed
+
+
+def _expired_loans(record_cutoff: int) -> sa.Select[Any]:
+    """Loans closed more than record_years ago, or never closed and last due more than that ago."""
     last_due = (
         sa.select(InstallmentRecord.loan_id)
         .group_by(InstallmentRecord.loan_id)
         .having(sa.func.max(InstallmentRecord.due_date) < utc_date(record_cutoff))
     )
-    expired = list(session.scalars(last_due))
-    repayments_deleted = events_deleted = 0
-    if expired:
-        repayments_deleted = _delete(session, sa.delete(RepaymentRecord).where(RepaymentRecord.loan_id.in_(expired)))
-        events_deleted = _delete(session, sa.delete(RiskEventRecord).where(RiskEventRecord.loan_id.in_(expired)))
-        session.execute(sa.delete(RiskStateRecord).where(RiskStateRecord.loan_id.in_(expired)))
-        session.execute(sa.delete(InstallmentRecord).where(InstallmentRecord.loan_id.in_(expired)))
-        session.execute(sa.delete(LoanRecord).where(LoanRecord.loan_id.in_(expired)))
-    events_deleted += _delete(session, sa.delete(RiskEventRecord).where(RiskEventRecord.time_ms < record_cutoff))
-    alerts_deleted = _delete(session, sa.delete(AlertRecord).where(AlertRecord.time_ms < record_cutoff))
-    dead_letters_deleted = _delete(session, sa.delete(DeadLetter).where(DeadLetter.received_ms < fix_cutoff))
+    return sa.select(LoanRecord.loan_id).where(
+        sa.or_(LoanRecord.closed_ms < record_cutoff, sa.and_(LoanRecord.closed_ms.is_(None),
+                                                              LoanRecord.loan_id.in_(last_due)))
+    )
+
+
+def _summarize_old_fixes(session: Session, fix_cutoff: int) -> int:
+    old = session.execute(
+        sa.select(FixRecord.device_id, FixRecord.time_ms, FixRecord.lat, FixRecord.lon).where(
+            FixRecord.time_ms < fix_cutoff
+        )
+    )
+    summaries = 0
+    for summary in summarize_fixes((r[0], r[1], r[2], r[3]) for r in old):
+        _merge_summary(session, summary)
+        summaries += 1
+    session.flush()
+    return summaries
+
+
+def _purge_positions_after_stop(session: Session) -> int:
+    """Step 5: fixes of a settled/transferred loan's device observed after its closure."""
+    stopped = sa.exists().where(
+        LoanRecord.device_id == FixRecord.device_id,
+        LoanRecord.status.in_(STOP_TRACKING_STATUSES),
+        FixRecord.time_ms > LoanRecord.closed_ms,
+    )
+    return _delete(session, sa.delete(FixRecord).where(stopped))
+
+
+def _purge_essential(session: Session, expired: list[str], record_cutoff: int, purged: Counter[str]) -> None:
+    """Step 6: records of expired loans (children before ``loans``), and time-keyed records past their years."""
+    loans = sa.select(LoanRecord.loan_id).where(LoanRecord.loan_id.in_(expired))
+    essential = tables_with(Policy.ESSENTIAL, Policy.ESSENTIAL_STRIPPED)
+    for entry in sorted(essential, key=lambda e: e.table == "loans"):
+        table = Base.metadata.tables[entry.table]
+        where = sa.or_(_about(entry, table, loans) if expired else sa.false(), _older(entry, table, record_cutoff))
+        purged[entry.table] += _delete(session, sa.delete(table).where(where))
+
+
+def run_retention(
+    session: Session, now_ms: int, policy: RetentionPolicy | None = None, *, actor: str = "retention"
+) -> RetentionReport:
+    """Apply ``policy`` at ``now_ms`` to every table of the registry and audit what was removed
+    (the caller commits)."""
+    policy = policy or RetentionPolicy()
+    fix_cutoff = policy.fix_cutoff_ms(now_ms)
+    record_cutoff = policy.record_cutoff_ms(now_ms)
+    summaries = _summarize_old_fixes(session, fix_cutoff) if policy.fix_mode == "summarize" else 0
+
+    closed = sa.select(LoanRecord.loan_id).where(LoanRecord.closed_ms < fix_cutoff)
+    purged: Counter[str] = Counter()
+    stripped: Counter[str] = Counter()
+    for entry in tables_with(Policy.LOCATION):
+        table = Base.metadata.tables[entry.table]
+        where = sa.or_(_older(entry, table, fix_cutoff), _about(entry, table, closed))
+        purged[entry.table] += _delete(session, sa.delete(table).where(where))
+    for entry in tables_with(Policy.UNTIL_CLOSURE):
+        table = Base.metadata.tables[entry.table]
+        purged[entry.table] += _delete(session, sa.delete(table).where(_about(entry, table, closed)))
+    for entry in tables_with(Policy.ESSENTIAL_STRIPPED):
+        table = Base.metadata.tables[entry.table]
+        where = sa.or_(_older(entry, table, fix_cutoff), _about(entry, table, closed))
+        stripped[entry.table] += _strip(session, entry, table, where)
+
+    purged["fixes_after_stop"] = _purge_positions_after_stop(session)
+    expired = sorted(session.scalars(_expired_loans(record_cutoff)))
+    _purge_essential(session, expired, record_cutoff, purged)
 
     report = RetentionReport(
         now_ms=now_ms,
         fix_cutoff_ms=fix_cutoff,
         record_cutoff_ms=record_cutoff,
-        fixes_deleted=fixes_deleted,
+        fixes_deleted=purged["fixes"] + purged["fixes_after_stop"],
         day_summaries_written=summaries,
-        loans_deleted=len(expired),
-        repayments_deleted=repayments_deleted,
-        risk_events_deleted=events_deleted,
-        alerts_deleted=alerts_deleted,
-        dead_letters_deleted=dead_letters_deleted,
+        loans_deleted=purged["loans"],
+        repayments_deleted=purged["repayments"],
+        risk_events_deleted=purged["risk_events"],
+        alerts_deleted=purged["alerts"],
+        dead_letters_deleted=purged["dead_letters"],
+        purged={k: v for k, v in sorted(purged.items()) if v},
+        stripped={k: v for k, v in sorted(stripped.items()) if v},
     )
-    detail = report.as_dict() | {"policy": asdict(policy), "loans": sorted(expired)[:1000]}
+    detail = report.as_dict() | {"policy": asdict(policy), "loans": expired[:1000]}
     record_access(
         session,
         actor=actor,

@@ -37,6 +37,7 @@ from protocol import check_device_id
 from protocol.errors import InvalidRecord
 
 from ..risk.repayments import Installment, LoanError, Payment, RepaymentError, parse_amount
+from .schedules import revise_schedule
 from .store import LoanRow, existing_loan_conflicts, record_repayment, store_loan
 
 __all__ = [
@@ -429,12 +430,14 @@ class ImportReport:
     payments_recorded: int
     skipped_lines: tuple[int, ...]
     errors: tuple[RowError, ...]
+    rescheduled: tuple[str, ...] = ()  # stored loans whose schedule became a new version
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {
             "created": list(self.created),
             "unchanged": list(self.unchanged),
+            "rescheduled": list(self.rescheduled),
             "payments_recorded": self.payments_recorded,
             "skipped_lines": list(self.skipped_lines),
             "errors": [e.as_dict() for e in self.errors],
@@ -446,8 +449,9 @@ def import_loans(session: Session, parsed: LoanImport, *, now_ms: int, skip_bad_
 
     Nothing is written when the file has errors, unless ``skip_bad_rows``: then the good
     rows are imported and the bad lines reported. A loan already stored with the same terms
-    is left as is (its payments are still recorded idempotently); different terms, or a
-    device/VIN bound to another loan, are errors of that row. The caller commits.
+    is left as is (its payments are still recorded idempotently); a changed schedule becomes
+    a new schedule version (``rescheduled``); other different terms, or a device/VIN bound to
+    another loan, are errors of that row. The caller commits.
 
     Raises:
         LoanImportError: the file (or the database check) found errors and skipping is off.
@@ -471,16 +475,22 @@ def import_loans(session: Session, parsed: LoanImport, *, now_ms: int, skip_bad_
     if len(errors) > len(parsed.errors) and not skip_bad_rows:
         raise LoanImportError(f"{len(errors)} error(s) against stored loans; nothing imported", errors)
     created: list[str] = []
+    rescheduled: list[str] = []
     payments = 0
     for row in good:
         if row.loan_id not in unchanged:
             store_loan(session, row, now_ms=now_ms)
             created.append(row.loan_id)
+        elif revise_schedule(session, row.loan_id, row.schedule, kind="restructure", reason="loan book import",
+                             actor="import", now_ms=now_ms).created:
+            rescheduled.append(row.loan_id)
         for payment in row.payments:
             if record_repayment(session, row.loan_id, payment, now_ms=now_ms).created:
                 payments += 1
     session.flush()
-    return ImportReport(tuple(created), tuple(unchanged), payments, tuple(sorted(skipped)), tuple(errors))
+    unchanged = [loan_id for loan_id in unchanged if loan_id not in rescheduled]
+    return ImportReport(tuple(created), tuple(unchanged), payments, tuple(sorted(skipped)), tuple(errors),
+                        tuple(rescheduled))
 
 
 # ------------------------------------------------------------------ the sample loan book

@@ -18,7 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..risk.engine import RULES, NextStep, RiskLevel
-from ..storage.tables import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus, LoanRecord, RiskStateRecord
+from ..storage.tables import (
+    FINAL_LOAN_STATUSES,
+    AlertRecord,
+    BatchRecord,
+    Device,
+    DeviceKey,
+    DeviceStatus,
+    LoanRecord,
+    RiskStateRecord,
+)
 
 __all__ = [
     "LEVELS",
@@ -123,6 +132,7 @@ def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> 
         RiskStateRecord.facts,
         RiskStateRecord.changed_ms,
     ).outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+    query = query.where(LoanRecord.status.not_in(FINAL_LOAN_STATUSES))  # settled/transferred: nothing to work
     for wanted in (filters.level, level):
         if wanted is not None:
             query = query.where(_level_condition(wanted))

@@ -13,10 +13,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
+from ..risk.assessment import LoanNotFoundError, load_payments, loan_facts
 from ..risk.engine import RiskLevel
 from ..risk.repayments import Installment, LoanError, Payment, format_cents
-from ..storage.tables import DailyStatsRecord, InstallmentRecord, LoanRecord, RepaymentRecord, RiskStateRecord
+from ..storage.tables import (
+    FINAL_LOAN_STATUSES,
+    DailyStatsRecord,
+    InstallmentRecord,
+    LoanRecord,
+    RepaymentRecord,
+    RiskStateRecord,
+)
 
 __all__ = [
     "LoanNotFoundError",
@@ -77,7 +84,8 @@ def existing_loan_conflicts(session: Session, row: LoanRow) -> list[tuple[str | 
     """Compare an imported row with what is stored.
 
     Returns:
-        ``None`` if the loan is stored with exactly these terms (and no conflicting payment);
+        ``None`` if the loan is stored with these terms (device, VIN, borrower, principal; the
+        schedule may differ: the import makes it a new version) and no conflicting payment;
         an empty list if it is new and nothing stored conflicts; otherwise
         ``(column, reason, message)`` tuples.
     """
@@ -89,8 +97,7 @@ def existing_loan_conflicts(session: Session, row: LoanRow) -> list[tuple[str | 
             and stored.vin == row.vin
             and stored.borrower_ref == row.borrower_ref
             and stored.principal_cents == row.principal_cents
-            and load_schedule(session, row.loan_id) == row.schedule
-        )
+        )  # a changed schedule is a new schedule version (collector.loans.schedules), not a conflict
         if not same:
             problems.append(("loan_id", "loan_exists", f"loan {row.loan_id} is already stored with different terms"))
     for column, attr, value in (("device_id", LoanRecord.device_id, row.device_id), ("vin", LoanRecord.vin, row.vin)):
@@ -179,7 +186,8 @@ def loans_with_risk(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[tuple[LoanRecord, RiskStateRecord | None]]:
-    """Loans with their stored risk state (None: never assessed, i.e. ``normal``).
+    """Loans with their stored risk state (None: never assessed, i.e. ``normal``); settled and
+    transferred loans are left out (collector.loans.lifecycle).
 
     Args:
         level: only loans at this level (``normal`` includes loans never assessed).
@@ -199,6 +207,7 @@ def loans_with_risk(
     query = (
         sa.select(LoanRecord, RiskStateRecord)
         .outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .where(LoanRecord.status.not_in(FINAL_LOAN_STATUSES))
         .order_by(*order)
         .offset(offset)
     )

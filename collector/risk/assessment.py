@@ -33,6 +33,7 @@ from ..cases.store import sync_case_with_risk
 from ..clock import utc_date
 from ..jobs.webhooks import enqueue_risk_change
 from ..storage.tables import (
+    FINAL_LOAN_STATUSES,
     AlertRecord,
     Base,
     FixRecord,
@@ -106,9 +107,11 @@ def load_schedule(session: Session, loan_id: str) -> tuple[Installment, ...]:
 
 
 def load_payments(session: Session, loan_id: str) -> tuple[Payment, ...]:
-    """The stored payments of a loan."""
+    """The stored payments of a loan, without reversed (bounced) ones."""
     rows = session.scalars(
-        sa.select(RepaymentRecord).where(RepaymentRecord.loan_id == loan_id).order_by(RepaymentRecord.id)
+        sa.select(RepaymentRecord)
+        .where(RepaymentRecord.loan_id == loan_id, RepaymentRecord.reversed_ms.is_(None))
+        .order_by(RepaymentRecord.id)
     )
     return tuple(Payment(r.payment_id, r.paid_on, r.amount_cents) for r in rows)
 
@@ -344,10 +347,15 @@ def reassess_loans(
 ) -> list[RiskChange]:
     """Reassess every loan (the periodic job: days past due grow with time) or those of ``device_ids``.
 
-    The caller commits. Returns the level changes.
+    Settled and transferred loans are left alone (their remaining instalments will never be
+    paid to this book). The caller commits. Returns the level changes.
     """
     risk = risk or RiskSettings()
-    query = sa.select(LoanRecord.loan_id).order_by(LoanRecord.loan_id)
+    query = (
+        sa.select(LoanRecord.loan_id)
+        .where(LoanRecord.status.not_in(FINAL_LOAN_STATUSES))
+        .order_by(LoanRecord.loan_id)
+    )
     if device_ids is not None:
         query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
     changes = []

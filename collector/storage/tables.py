@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "FINAL_LOAN_STATUSES",
+    "AccessGrant",
     "AlertRecord",
     "AuditEntry",
     "Base",
@@ -49,9 +51,14 @@ __all__ = [
     "RiskEventRecord",
     "RiskStateRecord",
     "SampleRecord",
+    "ScheduleVersion",
     "UInt64",
     "WebhookDelivery",
 ]
+
+#: Loan statuses after which nothing is worked or tracked any more (collector.loans.lifecycle):
+#: the device stops reporting positions, the loan leaves the worklist and the risk jobs.
+FINAL_LOAN_STATUSES = ("settled", "transferred")
 
 #: Auto-increment 64-bit key that is also SQLite's rowid alias.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -299,6 +306,12 @@ class LoanRecord(Base):
     # ``[contact]`` defaults (collector.cases.settings).
     time_zone: Mapped[str | None] = mapped_column(sa.String(64))
     jurisdiction: Mapped[str | None] = mapped_column(sa.String(32))
+    # lifecycle (migration 0011, collector.loans.lifecycle): active | settled | charged_off |
+    # repossessed | transferred; closed_ms starts the 90-day location and 5-year record clocks.
+    status: Mapped[str] = mapped_column(sa.String(16), default="active", server_default="active")
+    closed_ms: Mapped[int | None]
+    status_changed_ms: Mapped[int | None]  # when the collector recorded the last status change
+    schedule_version: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
 
 
 class InstallmentRecord(Base):
@@ -326,6 +339,9 @@ class RepaymentRecord(Base):
     paid_on: Mapped[date] = mapped_column(sa.Date, index=True)
     amount_cents: Mapped[int]
     recorded_ms: Mapped[int]
+    # a bounced payment (migration 0011): the reversal's own transaction id and when it arrived
+    reversal_id: Mapped[str | None] = mapped_column(sa.String(64))
+    reversed_ms: Mapped[int | None]
 
 
 class RiskStateRecord(Base):
@@ -548,3 +564,51 @@ class CaseEventRecord(Base):
     actor: Mapped[str] = mapped_column(sa.String(128))
     kind: Mapped[str] = mapped_column(sa.String(24))
     detail: Mapped[dict[str, Any]]
+# ------------------------------------------------------------------ access and lifecycle (migration 0011)
+
+
+class AccessGrant(Base):
+    """A request to read a loan's locations, and its decision (collector.loans.access).
+
+    ``status``: ``pending`` -> ``approved`` | ``denied``; ``emergency`` is granted at once on an
+    open theft signature and has ``review_needed`` set until someone reviews it. ``scope`` is a
+    comma-separated subset of ``track``, ``position``.
+    """
+
+    __tablename__ = "access_requests"
+    __table_args__ = (sa.Index("ix_access_requests_loan_grantee", "loan_id", "requester"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    loan_id: Mapped[str] = mapped_column(sa.String(64))
+    requester: Mapped[str] = mapped_column(sa.String(128))
+    requester_role: Mapped[str] = mapped_column(sa.String(32))
+    reason: Mapped[str] = mapped_column(sa.String(500))
+    scope: Mapped[str] = mapped_column(sa.String(64))
+    requested_ms: Mapped[int] = mapped_column(index=True)
+    duration_ms: Mapped[int]
+    status: Mapped[str] = mapped_column(sa.String(16))
+    valid_from_ms: Mapped[int | None]
+    valid_until_ms: Mapped[int | None]
+    decided_by: Mapped[str | None] = mapped_column(sa.String(128))
+    decided_ms: Mapped[int | None]
+    decision_note: Mapped[str | None] = mapped_column(sa.String(500))
+    emergency: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    review_needed: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    reviewed_by: Mapped[str | None] = mapped_column(sa.String(128))
+    reviewed_ms: Mapped[int | None]
+
+
+class ScheduleVersion(Base):
+    """One version of a loan's instalment schedule (1 = as imported; restructuring, deferral...)."""
+
+    __tablename__ = "schedule_versions"
+
+    loan_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # original | restructure | deferral
+    reason: Mapped[str] = mapped_column(sa.String(500))
+    created_ms: Mapped[int]
+    created_by: Mapped[str] = mapped_column(sa.String(128))
+    installments: Mapped[list[Any]] = mapped_column(sa.JSON)  # [[due_date ISO, amount_cents], ...]
