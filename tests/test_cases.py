@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from collector.loans.compliance import compliance_report
 from collector.cases import store
 from collector.cases.contact_rules import check_contact
 from collector.cases.settings import CaseSettings, ContactRules, ContactSettings
@@ -31,6 +30,7 @@ from collector.cases.store import (
     record_action,
 )
 from collector.errors import ConfigError
+from collector.loans.compliance import compliance_report
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.loans.store import record_repayment
 from collector.risk.assessment import reassess_loan
@@ -222,7 +222,7 @@ def test_a_call_logged_at_21_30_is_refused_recorded_and_audited(session: Session
     assert report["summary"]["refused_contacts"] == 1
     assert report["refused_contacts"][0] | {"time": None} == {
         "time": None, "loan_id": "L-1002", "case_id": case.id, "actor": "user:chen", "role": result.action.role,
-        "kind": "call", "reason": "quiet_hours", "allowed_from": "2026-11-29T00:00:00Z"}
+        "kind": "call", "reason": "quiet_hours", "allowed_from": "2026-11-29T00:00:00.000Z"}
 
 
 def test_the_loans_own_zone_and_jurisdiction_decide(session: Session) -> None:

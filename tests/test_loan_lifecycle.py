@@ -25,12 +25,12 @@ from collector.storage.tables import AuditEntry, LoanRecord
 from edge.agent import Agent
 from edge.downlink_apply import DownlinkApplier, Tracking
 from edge.uplink import ConfigGate
-from firmware_sim.rig import Mosquitto
 from protocol import DeviceConfig, Fix, SignalSample, batch_topic, config_topic, open_batch, open_config, seal_config
 from protocol.cli import key_files as keys
 from tests.agent_harness import DEVICE, T0, ScriptedEngine, make_config
 from tests.loan_api_app import NOW, Api, cli_book, open_loan_api
 from tests.mqtt_subscriber import Collector, wait_until
+from tests.secure_broker import SecureBroker
 
 MIDNIGHT_UTC = 1_795_824_000_000  # 2026-11-28T08:00:00+08:00
 SIGNING = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)  # the key open_loan_api signs with
@@ -92,7 +92,9 @@ def test_the_publisher_signs_a_closure_made_without_a_key(tmp_path: Path) -> Non
 def _gate_and_applier(tmp_path: Path) -> tuple[ConfigGate, DownlinkApplier, list[Tracking]]:
     seen: list[Tracking] = []
     gate = ConfigGate(DEVICE, SIGNING.public_key(), tmp_path / "config.cbor", tmp_path / "floor")
-    applier = DownlinkApplier(gate, ScriptedEngine(), lambda: make_config(tmp_path, 1).rules, tmp_path, set_tracking=seen.append)
+    applier = DownlinkApplier(
+        gate, ScriptedEngine(), lambda: make_config(tmp_path, 1).rules, tmp_path, set_tracking=seen.append
+    )
     return gate, applier, seen
 
 
@@ -103,7 +105,7 @@ def _send(applier: DownlinkApplier, version: int, body: dict[str, Any]) -> None:
 
 def test_agent_ignores_unknown_sections_and_applies_tracking(tmp_path: Path) -> None:
     gate, applier, seen = _gate_and_applier(tmp_path)
-    _send(applier, 1, {"tier": {"name": "risk"}, "reporting": {}, "tracking": {"enabled": False, "reason": "settled"}})
+    _send(applier, 1, {"tier": {"name": "risk"}, "future": {}, "tracking": {"enabled": False, "reason": "settled"}})
     assert gate.version == 1
     assert seen == [Tracking(False, "settled")]
     assert gate.counters["config_unknown_sections"] == 2
@@ -137,10 +139,11 @@ class FeedSource:
 
 
 def test_a_settled_loans_device_receives_the_stop_config_and_stops_sending_positions(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: SecureBroker, tmp_path: Path
 ) -> None:
     collector_key = keys.load_private_key(keys.generate(tmp_path / "keys", "collector").private_path)
-    config = make_config(tmp_path, mosquitto.port, extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n')
+    config = make_config(tmp_path, mosquitto.port, extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n',
+                         login=mosquitto.login(DEVICE))
     device_key = {DEVICE: keys.load_public_key(keys.public_key_path(tmp_path / "keys", DEVICE))}
     engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
     migrate(engine)
@@ -148,9 +151,11 @@ def test_a_settled_loans_device_receives_the_stop_config_and_stops_sending_posit
         session.add(LoanRecord(loan_id="L-42", device_id=DEVICE, vin="LSVAU218XN2183294", borrower_ref="B-42",
                                principal_cents=8_000_000, created_ms=T0))
         session.commit()
-    publisher = ConfigPublisher(engine, collector_key, MqttSettings(port=mosquitto.port, client_id="lifecycle"),
-                                resync_interval_s=0.2)
-    batches = Collector(mosquitto.port, [batch_topic(DEVICE)])
+    login = mosquitto.login()  # the collector's broker account
+    mqtt_settings = MqttSettings(port=mosquitto.port, client_id="lifecycle", username=login.username,
+                                 password=login.password)
+    publisher = ConfigPublisher(engine, collector_key, mqtt_settings, resync_interval_s=0.2)
+    batches = Collector(mosquitto, [batch_topic(DEVICE)])
     source = FeedSource()
     agent = Agent(config, engine=ScriptedEngine(), sources={"gnss": source})
     runner = threading.Thread(target=agent.run, name="agent-under-test")
