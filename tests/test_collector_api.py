@@ -62,7 +62,7 @@ def client(settings: Settings, engine: sa.Engine, metrics: IngestMetrics) -> Ite
 
 def test_healthz_needs_no_key(client: TestClient) -> None:
     response = client.get("/healthz")
-    assert (response.status_code, response.json()) == (200, {"status": "ok", "database": "ok"})
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "reasons": [], "database": "ok"})
 
 
 def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
@@ -72,7 +72,8 @@ def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
     with TestClient(create_app(settings, engine=dead)) as test_client:
         response = test_client.get("/healthz")
     dead.dispose()
-    assert (response.status_code, response.json()["status"]) == (503, "degraded")
+    assert (response.status_code, response.json()["status"]) == (503, "failed")
+    assert response.json()["reasons"] == ["database unreachable (OperationalError)"]
 
 
 @pytest.mark.parametrize(
