@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_list_show_and_repayments(config: Path, capsys: pytest.CaptureFixture[st
            "--amount", "3500.00", "--config", str(config)]
     code, out, _ = run(capsys, *add)
     assert (code, json.loads(out)) == (0, {"loan_id": "L-1003", "payment_id": "P1003-202611", "created": True,
-                                           "level": "normal"})
+                                           "paid_on": "2026-11-27", "level": "normal"})
     code, out, _ = run(capsys, *add)
     assert (code, json.loads(out)["created"]) == (0, False)  # a replay is harmless
     conflict = [*add[:-4], "--amount", "3400.00", "--config", str(config)]
@@ -203,3 +204,24 @@ def test_import_needs_a_file_or_sample(capsys: pytest.CaptureFixture[str], tmp_p
     code, _, err = run(capsys, "loans", "import", "--config", str(config))
     assert code == 2
     assert "give a FILE or --sample" in err
+
+
+def test_repayments_add_speaks_like_the_api(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--paid-on`` (the API's ``paid_on``; ``--date`` still works), a clear date message, no future."""
+    run(capsys, "loans", "import", "--sample", "--config", str(config))
+    base = ["repayments", "add", "--loan", "L-1003", "--payment-id", "P-x", "--amount", "3500.00"]
+    base += ["--config", str(config)]
+    code, out, _ = run(capsys, *base, "--paid-on", "2026-11-27")
+    assert (code, json.loads(out)["paid_on"]) == (0, "2026-11-27")
+    code, out, _ = run(capsys, *base, "--date", "2026-11-27")
+    assert (code, json.loads(out)["created"]) == (0, False)
+    code, out, err = run(capsys, *base[:5], "P-y", *base[6:], "--paid-on", "27/11/2026")
+    assert (code, out) == (2, "")
+    assert "--paid-on '27/11/2026' is not a date; write it as YYYY-MM-DD (ISO-8601), e.g. 2026-11-27" in err
+    assert "isoformat" not in err
+    next_year = (datetime.now(UTC).date() + timedelta(days=365)).isoformat()
+    code, out, err = run(capsys, *base[:5], "P-z", *base[6:], "--paid-on", next_year)
+    assert (code, out) == (2, "")
+    assert f"paid_on {next_year} is in the future" in err
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()  # east of UTC it may be today
+    assert run(capsys, *base[:5], "P-t", *base[6:], "--paid-on", tomorrow)[0] == 0

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyError, RegistryError
 from ..ingest.health import IngestHealth
+from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_market_configs, load_signing_key
 from ..settings import Settings, get_settings
@@ -191,7 +192,12 @@ def _dead_letters_router() -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         reason: Annotated[str | None, Query(max_length=64)] = None,
     ) -> list[dict[str, Any]]:
-        """Newest dead letters first (without their raw bytes)."""
+        """Newest dead letters first (without their raw bytes); an unknown ``reason`` is a 422."""
+        if reason is not None and reason not in DEAD_LETTER_REASONS:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"unknown reason {reason!r}; one of: {', '.join(DEAD_LETTER_REASONS)}",
+            )
         stmt = (
             sa.select(
                 _dead.c.id,

@@ -283,6 +283,8 @@ def post_repayment(
         outcome = record_repayment(session, loan_id, payment, now_ms=now)
     except RepaymentConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except RepaymentError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     assessment, _ = reassess_loan_as_configured(session, loan_id, now, settings.risk, settings.webhooks.urls)
     _audit(session, clock_ms(), principal, "record_repayment", kind="loan", subject=loan_id,
            payment_id=payment.payment_id, created=outcome.created)

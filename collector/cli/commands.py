@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from ..api.app import discover_routers
 from ..errors import CollectorError, DatabaseUnavailableError
 from ..files import FileReadError, read_bounded
+from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry
 from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
@@ -195,8 +196,11 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 def _api_key(args: argparse.Namespace) -> int:
     key = secrets.token_urlsafe(32)
-    print(f"key:    {key}")
-    print(f'config: [api_keys] "sha256:{hash_api_key(key)}" = "{args.role}"')
+    # The whole output is valid TOML: paste the table into collector.toml (merge the line into
+    # an existing [api_keys] table), give the key on the comment line to its holder.
+    print(f"# key: {key}   (give it to its holder; only its hash below is stored)")
+    print("[api_keys]")
+    print(f'"sha256:{hash_api_key(key)}" = "{args.role}"')
     return 0
 
 
@@ -239,7 +243,12 @@ def _parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", parents=[common], help="list refused messages as JSON lines")
     dead.add_argument("--limit", type=int, default=50)
-    dead.add_argument("--reason", help="only this reason slug")
+    dead.add_argument(
+        "--reason",
+        choices=DEAD_LETTER_REASONS,
+        metavar="REASON",
+        help=f"only this reason: {', '.join(DEAD_LETTER_REASONS)}",
+    )
     dead.set_defaults(func=_dead_letters)
 
     add_subcommands(sub, common, settings_from_args)
@@ -248,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
 
     api_key = sub.add_parser("api-key", help="API keys")
     ksub = api_key.add_subparsers(dest="action", required=True)
-    new = ksub.add_parser("new", help="print a new random key and the config line holding its hash")
+    new = ksub.add_parser("new", help="print a new random key and the [api_keys] TOML holding its hash")
     new.add_argument("--role", required=True, choices=ROLES)
     api_key.set_defaults(func=_api_key)
     return parser

@@ -192,9 +192,17 @@ def _loans_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        paid_on = date.fromisoformat(args.date)
+        paid_on = date.fromisoformat(args.paid_on)
+    except ValueError:
+        print(
+            f"lienwatch collector repayments add: --paid-on {args.paid_on!r:.40} is not a date; "
+            "write it as YYYY-MM-DD (ISO-8601), e.g. 2026-11-27",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         payment = Payment(args.payment_id, paid_on, parse_amount(args.amount))
-    except (ValueError, RepaymentError) as exc:
+    except RepaymentError as exc:
         print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
         return 2
     with settings_session(settings) as session:
@@ -203,11 +211,20 @@ def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
         except (LoanNotFoundError, RepaymentConflictError) as exc:
             print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
             return 1
+        except RepaymentError as exc:
+            print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
+            return 2
         levels = _reassess(session, settings, [args.loan], _Progress(0, ""))
         _audit(session, "record_repayment", "loan", args.loan, payment_id=payment.payment_id, created=outcome.created)
         session.commit()
     _print_json(
-        {"loan_id": args.loan, "payment_id": payment.payment_id, "created": outcome.created, "level": levels[args.loan]}
+        {
+            "loan_id": args.loan,
+            "payment_id": payment.payment_id,
+            "paid_on": payment.paid_on.isoformat(),
+            "created": outcome.created,
+            "level": levels[args.loan],
+        }
     )
     return 0
 
@@ -286,7 +303,13 @@ def add_subcommands(
     add = rsub.add_parser("add", parents=[common], help="record a payment (idempotent on --payment-id)")
     add.add_argument("--loan", required=True, help="loan id")
     add.add_argument("--payment-id", required=True, help="the payment's id in the bank's records")
-    add.add_argument("--date", required=True, help="value date YYYY-MM-DD")
+    add.add_argument(
+        "--paid-on",
+        "--date",
+        dest="paid_on",
+        required=True,
+        help="value date YYYY-MM-DD (paid_on in the API; --date is the old name)",
+    )
     add.add_argument("--amount", required=True, help="amount, e.g. 3500.00")
     add.set_defaults(func=bind(_repayments_add))
 

@@ -13,9 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..clock import utc_date
 from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
 from ..risk.engine import RiskLevel
-from ..risk.repayments import Installment, LoanError, Payment, format_cents
+from ..risk.repayments import Installment, LoanError, Payment, RepaymentError, format_cents
 from ..storage.tables import DailyStatsRecord, InstallmentRecord, LoanRecord, RepaymentRecord, RiskStateRecord
 
 __all__ = [
@@ -128,9 +129,17 @@ def record_repayment(session: Session, loan_id: str, payment: Payment, *, now_ms
     Raises:
         LoanNotFoundError: no such loan.
         RepaymentConflictError: the payment id is taken by a different payment.
+        RepaymentError: the payment is dated after tomorrow (UTC; tomorrow is allowed for
+            zones east of UTC): a repayment is recorded once it is paid.
     """
     if session.get(LoanRecord, loan_id) is None:
         raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
+    today = utc_date(now_ms)
+    if payment.paid_on > today + timedelta(days=1):
+        raise RepaymentError(
+            f"paid_on {payment.paid_on.isoformat()} is in the future (today is {today.isoformat()} UTC): "
+            "record a repayment once it is paid"
+        )
 
     def existing() -> RepaymentRecord | None:
         return session.scalar(
