@@ -47,10 +47,9 @@ from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
-    LoanSummary,
     RepaymentConflictError,
     loan_details,
-    loans_with_risk,
+    loan_summaries,
     record_repayment,
     store_loan,
     vehicle_condition,
@@ -118,20 +117,6 @@ def _score_dict(state: RiskStateRecord | None) -> dict[str, Any] | None:
         "collateral": stored.get("collateral"),
         "tier": state.tier,
         "monitoring": stored.get("monitoring"),
-    }
-
-
-def _score_summary(state: RiskStateRecord | None) -> dict[str, Any]:
-    """The v2 columns of a loan list line (all None until the loan is reassessed by a v2 collector)."""
-    return {
-        "score": state.score if state else None,
-        "expected_loss": format_cents(state.expected_loss_cents)
-        if state and state.expected_loss_cents is not None else None,
-        "credit": {"level": state.credit_level, "next_step": state.credit_next_step}
-        if state and state.credit_level else None,
-        "collateral": {"level": state.collateral_level, "next_step": state.collateral_next_step}
-        if state and state.collateral_level else None,
-        "tier": state.tier if state else None,
     }
 
 
@@ -204,11 +189,7 @@ def list_loans(
 ) -> list[dict[str, Any]]:
     """Loans with their risk level, next step and v2 score; most severe first, or with
     ``order=expected_loss`` largest expected loss first (the worklist)."""
-    rows = loans_with_risk(
-        session, level=level, most_severe_first=True, largest_expected_loss_first=order == "expected_loss",
-        limit=limit, offset=offset,
-    )
-    out = [LoanSummary.of(loan, state).as_dict() | _score_summary(state) for loan, state in rows]
+    out = [s.as_dict() for s in loan_summaries(session, level=level, order=order, limit=limit, offset=offset)]
     _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, order=order,
            count=len(out))
     session.commit()

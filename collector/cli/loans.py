@@ -73,7 +73,7 @@ class _Progress:
     def __init__(self, total: int, what: str) -> None:
         self._bar: Any = None
         if total >= PROGRESS_FROM:
-            self._bar = tqdm(total=total, desc=what, unit="loan", file=sys.stderr, leave=False)
+            self._bar = tqdm(total=total, desc=what, unit="loan", file=sys.stderr, leave=True)  # ends on N/N
 
     def step(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -115,7 +115,6 @@ def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
             print(f"lienwatch collector loans import: cannot read {path}: {exc}", file=sys.stderr)
             return 2
     with settings_session(settings) as session:
-        progress = _Progress(2 * len(parsed.rows), "importing")
         try:
             report = import_loans(session, parsed, now_ms=wall_clock_ms(), skip_bad_rows=args.skip_bad_rows)
         except LoanImportError as exc:
@@ -124,9 +123,11 @@ def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
             print(f"imported 0, unchanged 0, errors {len(exc.errors)}: nothing imported (--skip-bad-rows imports "
                   "the good rows)")
             return 1
-        progress.step(len(parsed.rows))
         session.commit()
-        levels = _reassess(session, settings, [*report.created, *report.unchanged], progress)
+        # one step per loan: the import itself is one transaction, the assessment the long part
+        imported = [*report.created, *report.unchanged]
+        progress = _Progress(len(imported), "importing and assessing")
+        levels = _reassess(session, settings, imported, progress)
         session.commit()
         progress.close()
     for error in report.errors:
@@ -154,8 +155,9 @@ def _at_risk(levels: dict[str, str]) -> str:
 
 def _loans_list(args: argparse.Namespace, settings: Settings) -> int:
     with settings_session(settings) as session:
-        out = [summary.as_dict() for summary in loan_summaries(session, level=args.level)]
-        _audit(session, "list_loans", "loan", "*", level=args.level, count=len(out))
+        summaries = loan_summaries(session, level=args.level, order=args.order, limit=args.limit, offset=args.offset)
+        out = [summary.as_dict() for summary in summaries]
+        _audit(session, "list_loans", "loan", "*", level=args.level, order=args.order, count=len(out))
         session.commit()
     for item in out:
         _print_json(item)
@@ -293,6 +295,14 @@ def add_subcommands(
     imp.set_defaults(func=bind(_loans_import))
     lst = lsub.add_parser("list", parents=[common], help="loans with their risk level as JSON lines")
     lst.add_argument("--level", choices=("normal", "watch", "high", "critical"))
+    lst.add_argument(
+        "--order",
+        choices=("severity", "expected_loss"),
+        default="severity",
+        help="most severe first (default) or largest expected loss first, as GET /v1/loans?order=",
+    )
+    lst.add_argument("--limit", type=int, help="at most this many loans (GET /v1/loans: limit, default 100 there)")
+    lst.add_argument("--offset", type=int, default=0, help="skip this many (paging, as the API's offset)")
     lst.set_defaults(func=bind(_loans_list))
     show = lsub.add_parser("show", parents=[common], help="one loan with repayment facts and risk reasons (JSON)")
     show.add_argument("loan_id")
