@@ -20,6 +20,7 @@ from edge.canbus import decoder_from_config
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.errors import EdgeError
 from edge.place_files import load_rules_places
+from protocol.cli import help_text
 from protocol.cli.key_files import load_private_key, load_public_key
 from protocol.errors import KeyFileError, PlacesError, ProtocolError
 
@@ -27,7 +28,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lienwatch agent", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lienwatch agent", description=help_text(__doc__.split("\n\n")[0]))
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent until SIGTERM (SIGHUP reloads the configuration)")
     run.add_argument("--config", required=True, help="path of agent.toml")

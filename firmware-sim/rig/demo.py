@@ -276,7 +276,7 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
 
 def main(argv: list[str]) -> int:
     """``lienwatch demo [--scenario NAME] ...``; returns the exit status (0: the expected level was reached)."""
-    parser = argparse.ArgumentParser(prog="lienwatch demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lienwatch demo", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--scenario", default="parked_in_market", choices=sorted(DEMOS), help="scenario to play")
     parser.add_argument("--speed", type=float, help="override the scenario's time acceleration")
     parser.add_argument("--workdir", type=Path, help="keep keys, databases and logs here (default: a temp dir)")
