@@ -197,3 +197,23 @@ port = {api_port}
         api.close()
         collector.close()
         broker.close()
+
+
+def test_serve_workers_only_runs_no_ingest_and_serves_metrics(processes: ChildProcesses, tmp_path: Path) -> None:
+    """The third collector role of docs/operations.md: workers and /metrics, no ingest, no API."""
+    port = free_port()
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f'database_url = "sqlite:///{tmp_path / "collector.db"}"\n[mqtt]\nport = {free_port()}\n[api]\nport = {port}\n'
+    )
+    collector = CollectorProcess(config, "--workers-only")
+    try:
+        wait_until(lambda: "metrics on http://" in collector.log, what="the metrics server")
+        assert "collector running: ingest=False" in collector.log
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "lienwatch_risk_reassessments_total" in text or "lienwatch_risk_pending_devices" in text
+        assert "lienwatch_ingest_broker_connected" not in text  # no MQTT connection in this role
+        assert "broker 127.0.0.1" not in collector.log
+        assert collector.terminate() == 0
+    finally:
+        collector.close()

@@ -78,9 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
     server = None
     server_thread = None
     try:
-        runtime = CollectorRuntime(settings, engine, ingest=not args.api_only)
+        runtime = CollectorRuntime(settings, engine, ingest=not (args.api_only or args.workers_only))
         runtime.start()
-        if args.ingest_only:
+        if args.ingest_only or args.workers_only:
             metrics_server = _serve_metrics_only(settings, runtime.metrics.registry)
         else:
             app = runtime.create_app(routers=discover_routers())
@@ -114,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_metrics_only(settings: Settings, registry: CollectorRegistry | None) -> WSGIServer | None:
-    """``--ingest-only``: serve ``/metrics`` alone on the API address (the API is not running).
+    """``--ingest-only`` / ``--workers-only``: serve ``/metrics`` alone on the API address (no API).
 
     A port already taken (several ingest-only processes on one host) is logged, not fatal.
     """
@@ -214,6 +214,11 @@ def _parser() -> argparse.ArgumentParser:
     only = serve.add_mutually_exclusive_group()
     only.add_argument("--ingest-only", action="store_true", help="run only the MQTT ingest")
     only.add_argument("--api-only", action="store_true", help="run only the HTTP API")
+    only.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="run only the background workers (risk, webhooks, retention, downlink) and /metrics",
+    )
     serve.set_defaults(func=_serve)
 
     sub.add_parser("migrate", parents=[common], help="upgrade the database schema").set_defaults(func=_migrate)
