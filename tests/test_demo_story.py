@@ -57,9 +57,11 @@ def test_demo_keep_tells_one_story_and_a_parked_car_stays_quiet(processes: Child
     def output() -> str:
         return out_path.read_text(errors="replace")
 
-    def alive() -> None:
+    def alive() -> bool:
+        """False while the demo runs (so ``alive() or condition`` waits for the condition); raises if it exited."""
         if demo.poll() is not None:
             raise AssertionError(f"demo exited {demo.returncode}:\n{output()}")
+        return False
 
     try:
         wait_until(lambda: alive() or "The chain keeps running" in output(), timeout=400, what="the demo's OK")
