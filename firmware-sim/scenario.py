@@ -238,8 +238,13 @@ class Scenario:
         last = segments[-1]
         if last.kind == "park":
             segments[-1] = dataclasses.replace(last, end_ms=end_ms)
+            played_s = (target_ms - last.start_ms) / 1000.0  # the dwell up to the target (the hold is open-ended)
             events = [
-                dataclasses.replace(e, time_ms=end_ms) if e.name == "stop_end" and e.segment == last.index else e
+                dataclasses.replace(e, time_ms=end_ms)
+                if e.name == "stop_end" and e.segment == last.index
+                else dataclasses.replace(e, data={**e.data, "duration_s": played_s})
+                if e.name == "stop_begin" and e.segment == last.index
+                else e
                 for e in events
             ]
         else:

@@ -477,3 +477,10 @@ def test_loop_and_hold_do_not_mix(capsys: pytest.CaptureFixture[str]) -> None:
         main(["run", "--scenario", "unplug", "--gnss-link", "g", "--can-link", "c", "--loop", "--hold"])
     assert exit_info.value.code == 2
     assert "--loop cannot be combined with --end-now or --hold" in capsys.readouterr().err
+
+
+def test_the_extended_park_reports_its_dwell_up_to_the_target() -> None:
+    scenario = load_scenario("parked_in_market")
+    anchored = scenario.ending_at(NOW, hold=True)
+    (begin,) = [e for e in anchored.events if e.name == "stop_begin" and e.segment == anchored.segments[-1].index]
+    assert begin.data["duration_s"] == (NOW - begin.time_ms) / 1000
