@@ -51,6 +51,7 @@ from ..loans.store import (
     loan_details,
     loan_summaries,
     record_repayment,
+    refuse_future_payment,
     store_loan,
     vehicle_condition,
 )
@@ -261,6 +262,7 @@ def post_repayment(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     now = clock_ms()
     try:
+        refuse_future_payment(payment, now)
         outcome = record_repayment(session, loan_id, payment, now_ms=now)
     except RepaymentConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc

@@ -28,7 +28,14 @@ from ..clock import utc_date, wall_clock_ms
 from ..jobs.downlink import MarketFileError, load_market_file, upsert_markets
 from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
-from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
+from ..loans.store import (
+    LoanNotFoundError,
+    RepaymentConflictError,
+    loan_details,
+    loan_summaries,
+    record_repayment,
+    refuse_future_payment,
+)
 from ..risk.assessment import reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
@@ -209,6 +216,7 @@ def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     with settings_session(settings) as session:
         try:
+            refuse_future_payment(payment, wall_clock_ms())
             outcome = record_repayment(session, args.loan, payment, now_ms=wall_clock_ms())
         except (LoanNotFoundError, RepaymentConflictError) as exc:
             print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ __all__ = [
     "loan_summaries",
     "loans_with_risk",
     "record_repayment",
+    "refuse_future_payment",
     "store_loan",
     "vehicle_condition",
 ]
@@ -119,6 +120,22 @@ class RepaymentOutcome:
     recorded_ms: int
 
 
+def refuse_future_payment(payment: Payment, now_ms: int) -> None:
+    """A payment reported one at a time (``POST .../repayments``, ``repayments add``) is already paid.
+
+    Tomorrow (UTC) is allowed: east of UTC it may already be today.
+
+    Raises:
+        RepaymentError: ``paid_on`` is after tomorrow, UTC.
+    """
+    today = utc_date(now_ms)
+    if payment.paid_on > today + timedelta(days=1):
+        raise RepaymentError(
+            f"paid_on {payment.paid_on.isoformat()} is in the future (today is {today.isoformat()} UTC): "
+            "record a repayment once it is paid"
+        )
+
+
 def record_repayment(session: Session, loan_id: str, payment: Payment, *, now_ms: int) -> RepaymentOutcome:
     """Record a payment once per ``(loan_id, payment_id)``.
 
@@ -129,17 +146,9 @@ def record_repayment(session: Session, loan_id: str, payment: Payment, *, now_ms
     Raises:
         LoanNotFoundError: no such loan.
         RepaymentConflictError: the payment id is taken by a different payment.
-        RepaymentError: the payment is dated after tomorrow (UTC; tomorrow is allowed for
-            zones east of UTC): a repayment is recorded once it is paid.
     """
     if session.get(LoanRecord, loan_id) is None:
         raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
-    today = utc_date(now_ms)
-    if payment.paid_on > today + timedelta(days=1):
-        raise RepaymentError(
-            f"paid_on {payment.paid_on.isoformat()} is in the future (today is {today.isoformat()} UTC): "
-            "record a repayment once it is paid"
-        )
 
     def existing() -> RepaymentRecord | None:
         return session.scalar(
