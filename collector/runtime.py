@@ -172,6 +172,7 @@ class CollectorRuntime:
             clock_ms=self.clock_ms,
             signing_key=self.signing_key,
             config_publisher=self.publisher.submit if self.publisher is not None else None,
+            ingest_health=self.ingest.link.report if self.ingest is not None else None,
         )
 
     def start(self) -> None:

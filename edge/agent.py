@@ -179,15 +179,22 @@ class Agent:
         self._published = PublishedCounters()
         self._omitted_logged = False
         self._started_mono = time.monotonic()
-        data_dir = config.device.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.rule_state = RuleStateFile(data_dir / "rules_state.json", self.counters)
-        self.snapshot_path = self.rule_state.path
+        # Keys first: a start that fails on them leaves nothing behind (no data folder made).
         if private_key is None:
             from protocol.cli.key_files import load_private_key
 
             private_key = load_private_key(config.device.key_file)
         self._key = private_key
+        collector_key = None
+        if config.downlink.enabled:
+            from protocol.cli.key_files import load_public_key
+
+            assert config.downlink.collector_public_key is not None
+            collector_key = load_public_key(config.downlink.collector_public_key)
+        data_dir = config.device.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.rule_state = RuleStateFile(data_dir / "rules_state.json", self.counters)
+        self.snapshot_path = self.rule_state.path
         self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
         # A missing sequence file cannot be told from a wiped data directory: start at the
         # clock floor (docs/protocol.md, "Sequence identity") so a wiped box is never muted.
@@ -211,13 +218,10 @@ class Agent:
         self.gate: ConfigGate | None = None
         self.tracking = Tracking()  # the collector's `tracking` section (docs/protocol.md section 6)
         self._downlink: DownlinkApplier | None = None
-        if config.downlink.enabled:
-            from protocol.cli.key_files import load_public_key
-
-            assert config.downlink.collector_public_key is not None
+        if collector_key is not None:
             self.gate = ConfigGate(
                 self.device_id,
-                load_public_key(config.downlink.collector_public_key),
+                collector_key,
                 config.downlink.state_file,
                 config.downlink.floor_file,
             )

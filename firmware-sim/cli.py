@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--events-jsonl", help="write JSON lines of the clock and events here ('-' = stdout)")
     run.add_argument("--loop", action="store_true", help="start again at the end (scenario clock continues)")
     run.add_argument(
+        "--end-now",
+        action="store_true",
+        help="play the scenario on today's calendar: moved by whole days, the car parked until the play ends "
+        "(docs/simulator.md, One clock)",
+    )
+    run.add_argument(
+        "--hold",
+        action="store_true",
+        help="after the end keep the car parked and reporting at 1x until stopped (no invented unplug)",
+    )
+    run.add_argument(
         "--wait-open",
         type=float,
         default=0.0,
@@ -143,7 +154,8 @@ def _show(name: str, speed: float | None, factor: float) -> int:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``lienwatch sim``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="sim: %(message)s")
     try:
@@ -169,6 +181,8 @@ def main(argv: list[str]) -> int:
             return 0
         stop = threading.Event()
         if args.command == "run":
+            if args.loop and (args.end_now or args.hold):
+                parser.error("--loop cannot be combined with --end-now or --hold")
             scenario = load_scenario(args.scenario)
             with stop_on_signals(stop), _events_stream(args.events_jsonl) as events:
                 run_scenario(
@@ -181,6 +195,8 @@ def main(argv: list[str]) -> int:
                     loop=args.loop,
                     wait_open=args.wait_open,
                     stop=stop,
+                    end_now=args.end_now,
+                    hold=args.hold,
                 )
             return 0
         with stop_on_signals(stop):

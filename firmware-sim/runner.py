@@ -37,6 +37,8 @@ __all__ = ["RunReport", "iso_utc", "run_scenario", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 _MAX_SLEEP_S = 0.05
+#: wall seconds in which ``end_now`` plays the parked gap between the scenario's end and now
+_CATCH_UP_S = 5.0
 
 
 def iso_utc(time_ms: int) -> str:
@@ -121,6 +123,8 @@ def run_scenario(
     wait_open: float = 0.0,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
+    end_now: bool = False,
+    hold: bool = False,
 ) -> RunReport:
     """Play ``scenario`` on a GNSS pty and an SLCAN pty until it ends (or forever with ``loop``).
 
@@ -135,11 +139,17 @@ def run_scenario(
             this many seconds (0: start at once). Lets a slow-starting agent see the first event.
         stop: set it to end the run (SIGTERM/SIGINT set it when run from the CLI).
         clock: wall clock (seconds since the epoch).
+        end_now: play the scenario on the host's calendar, ending when its play ends
+            (:meth:`Scenario.ending_at`: moved by whole days, the car parked until then).
+        hold: after the end, keep the car parked and reporting at 1x until stopped
+            (a ``hold`` line is written when that starts).
 
     Raises:
         LinkError: a pty or symlink could not be created.
         ScenarioError: the scenario's DBC cannot be loaded or clashes with its settings.
     """
+    if loop and (end_now or hold):
+        raise ValueError("--loop cannot be combined with --end-now or --hold")
     stop = stop or threading.Event()
     catalog = CanCatalog(scenario.can.dbc)
     pace = scenario.pace(override=speed, factor=speed_factor)
@@ -162,6 +172,13 @@ def run_scenario(
         while not stop.is_set() and not rig.adapter.is_open and clock() < deadline:
             rig.serve(_MAX_SLEEP_S)
         current = scenario
+        if end_now or hold:
+            target_ms = scenario.end_ms
+            if end_now:
+                target_ms = round((clock() + pace.wall_duration_s + _CATCH_UP_S) * 1000)
+            scenario = current = scenario.ending_at(target_ms, catch_up_s=_CATCH_UP_S, hold=hold)
+            pace = current.pace(override=speed, factor=speed_factor)
+        held = current.hold_from_ms is None
         sim = Simulation(current, pace=pace, wall_start=clock(), catalog=catalog)
         writer.write(
             {
@@ -174,6 +191,8 @@ def run_scenario(
                 "scenario_start": iso_utc(scenario.start_ms),
                 "scenario_end": iso_utc(scenario.end_ms),
                 "planned_wall_s": round(pace.wall_duration_s, 3),
+                "hold_from": None if current.hold_from_ms is None else iso_utc(current.hold_from_ms),
+                "timezone": scenario.timezone,
                 "wall_time": round(clock(), 6),
             }
         )
@@ -182,6 +201,16 @@ def run_scenario(
             now = clock()
             step = sim.advance(now)
             rig.deliver(step, now)
+            if not held and step.scenario_ms >= (current.hold_from_ms or 0):
+                held = True
+                writer.write(
+                    {
+                        "type": "hold",
+                        "scenario_time": iso_utc(step.scenario_ms),
+                        "scenario_time_ms": step.scenario_ms,
+                        "wall_time": round(now, 6),
+                    }
+                )
             if now - last_clock_line >= 1.0 or step.finished:
                 last_clock_line = now
                 writer.write(

@@ -13,6 +13,7 @@ The format is documented in docs/simulator.md.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import re
 import tomllib
@@ -49,6 +50,9 @@ DOORS = ("FL", "FR", "RL", "RR", "TRUNK")
 SEGMENT_KINDS = ("drive", "tow", "park", "idle")
 IGNITION_STATES = ("OFF", "ACC", "ON", "START", "LOCK")
 MAX_SCENARIO_MS = 400 * 86_400_000
+DAY_MS = 86_400_000
+#: how long :meth:`Scenario.ending_at` holds the car (``hold``): longer than any run
+HOLD_MS = 10 * 365 * DAY_MS
 MAX_SEGMENTS = 10_000
 MAX_EVENTS_PER_SEGMENT = 1_000
 MAX_FILE_BYTES = 1_000_000
@@ -178,6 +182,11 @@ class Scenario:
     segments: tuple[Segment, ...]
     events: tuple[TimelineEvent, ...]
     realtime_windows: tuple[tuple[int, int], ...] = ()
+    #: ``(start_ms, end_ms, speed)`` spans at the end played at their own speed whatever
+    #: ``--speed``/``--speed-factor`` say (the catch-up and the hold of :meth:`ending_at`)
+    tail: tuple[tuple[int, int, float], ...] = ()
+    #: scenario time from which the car is held as it was at the end, at 1x (None: no hold)
+    hold_from_ms: int | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -185,17 +194,75 @@ class Scenario:
         return self.end_ms - self.start_ms
 
     def pace(self, *, override: float | None = None, factor: float = 1.0) -> Pace:
-        """The wall-time map: per-segment speeds (times ``factor``) with 1x windows, or ``override`` everywhere."""
+        """The wall-time map: per-segment speeds (times ``factor``) with 1x windows, or ``override`` everywhere.
+
+        The :attr:`tail` spans keep their own speeds either way.
+        """
+        head_end = self.tail[0][0] if self.tail else self.end_ms
         if override is not None:
             if not 0.0 < override <= MAX_SPEED:
                 raise ScenarioError(self.source, "--speed", f"{override} is outside (0, {MAX_SPEED:.0f}]")
-            return Pace.build([(self.start_ms, self.end_ms, override)])
+            return Pace.build([(self.start_ms, head_end, override), *self.tail])
         if not 0.0 < factor <= MAX_SPEED:
             raise ScenarioError(self.source, "--speed-factor", f"{factor} is outside (0, {MAX_SPEED:.0f}]")
         spans = [
-            (seg.start_ms, seg.end_ms, min(MAX_SPEED, (seg.speed or self.speed) * factor)) for seg in self.segments
+            (seg.start_ms, min(seg.end_ms, head_end), min(MAX_SPEED, (seg.speed or self.speed) * factor))
+            for seg in self.segments
+            if seg.start_ms < head_end
         ]
-        return Pace.build(spans, self.realtime_windows)
+        return Pace.build([*spans, *self.tail], self.realtime_windows)
+
+    def ending_at(self, target_ms: int, *, catch_up_s: float = 5.0, hold: bool = False) -> Scenario:
+        """This scenario on the host's calendar, ending at ``target_ms`` (``sim run --end-now``).
+
+        It is moved by whole days (the local time of day of every event is kept: a night is
+        still a night), to the latest start that ends at or before ``target_ms``. The car
+        then stays as the scenario left it, parked where it stopped (a moving car is parked
+        there with the ignition off), until ``target_ms``: that gap, under a day, plays in
+        ``catch_up_s`` wall seconds. With ``hold`` the car stays parked after ``target_ms``
+        at 1x, reporting like a quiet parked car, for as long as the run goes on.
+        """
+        offset = (target_ms - self.end_ms) // DAY_MS * DAY_MS
+        moved = self.shifted(offset)
+        gap_ms = target_ms - moved.end_ms
+        end_ms = target_ms + (HOLD_MS if hold else 0)
+        tail: list[tuple[int, int, float]] = []
+        if gap_ms > 0:
+            tail.append((moved.end_ms, target_ms, min(MAX_SPEED, max(1.0, gap_ms / 1000.0 / catch_up_s))))
+        if hold:
+            tail.append((target_ms, end_ms, 1.0))
+        if end_ms == moved.end_ms:
+            return moved
+        segments = list(moved.segments)
+        events = list(moved.events)
+        last = segments[-1]
+        if last.kind == "park":
+            segments[-1] = dataclasses.replace(last, end_ms=end_ms)
+            played_s = (target_ms - last.start_ms) / 1000.0  # the dwell up to the target (the hold is open-ended)
+            events = [
+                dataclasses.replace(e, time_ms=end_ms)
+                if e.name == "stop_end" and e.segment == last.index
+                else dataclasses.replace(e, data={**e.data, "duration_s": played_s})
+                if e.name == "stop_begin" and e.segment == last.index
+                else e
+                for e in events
+            ]
+        else:
+            odometer = last.odometer_km + (last.route.length_m / 1000.0 if last.route is not None else 0.0)
+            position = last.route.end if last.route is not None else last.position
+            parked = Segment(len(segments), "park", last.end_ms, end_ms, None, "OFF", position, None, odometer)
+            segments.append(parked)
+            events.extend(_segment_events(parked, last.ignition))
+        order = {name: rank for rank, name in enumerate(_SAME_TIME_ORDER)}
+        events.sort(key=lambda e: (e.time_ms, order.get(e.name, len(order))))
+        return dataclasses.replace(
+            moved,
+            end_ms=end_ms,
+            segments=tuple(segments),
+            events=tuple(events),
+            tail=tuple(tail),
+            hold_from_ms=target_ms if hold else None,
+        )
 
     def shifted(self, offset_ms: int) -> Scenario:
         """The same scenario starting ``offset_ms`` later (used by ``--loop``)."""
@@ -216,6 +283,8 @@ class Scenario:
         )
         events = tuple(TimelineEvent(e.time_ms + offset_ms, e.name, e.data, e.segment) for e in self.events)
         windows = tuple((a + offset_ms, b + offset_ms) for a, b in self.realtime_windows)
+        tail = tuple((a + offset_ms, b + offset_ms, v) for a, b, v in self.tail)
+        hold = None if self.hold_from_ms is None else self.hold_from_ms + offset_ms
         return Scenario(
             self.name,
             self.description,
@@ -233,6 +302,8 @@ class Scenario:
             segments,
             events,
             windows,
+            tail,
+            hold,
         )
 
     @cached_property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,46 @@ def test_replay_reads_the_same_file_with_the_same_parsers(tmp_path: Path) -> Non
         load_replay_config(write(tmp_path, "[can]\ndbcs = 'car.dbc'\n"))
     with pytest.raises(ConfigError, match=r"unknown section\(s\) \['rule'\]"):
         load_replay_config(write(tmp_path, "[rule]\n"))
+
+
+# ------------------------------------------------------------------ issue #18: check refuses what run refuses
+
+
+def test_agent_check_refuses_a_missing_or_world_readable_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert agent_cli.main(["check", "--config", str(path)]) == 2
+    assert "car-7.key" in capsys.readouterr().err
+    generated = keys.generate(tmp_path / "k", "car-7")
+    generated.private_path.chmod(0o644)
+    assert agent_cli.main(["check", "--config", str(path)]) == 2
+    assert "car-7.key" in capsys.readouterr().err
+    generated.private_path.chmod(0o600)
+    assert agent_cli.main(["check", "--config", str(path)]) == 0
+    assert not (tmp_path / "data").exists()  # check makes nothing
+
+
+def test_agent_check_refuses_a_data_dir_it_cannot_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys.generate(tmp_path / "k", "car-7")
+    (tmp_path / "a-file").write_text("")
+    path = write(tmp_path, MINIMAL + 'data_dir = "a-file/data"\n')
+    assert agent_cli.main(["check", "--config", str(path)]) == 2
+    assert "[device] data_dir" in capsys.readouterr().err
+    path = write(tmp_path, MINIMAL + 'data_dir = "a-file"\n')
+    assert agent_cli.main(["check", "--config", str(path)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_agent_run_that_fails_on_its_key_makes_no_data_folder(tmp_path: Path) -> None:
+    """``agent run --config docs/agent.toml`` (no key there) once made docs/data/ before failing."""
+    shipped = Path(__file__).parents[1] / "docs" / "agent.toml"
+    path = tmp_path / "agent.toml"
+    path.write_text(shipped.read_text())
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # `run` installs its own log handler
+    try:
+        assert agent_cli.main(["run", "--config", str(path)]) == 1
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml"]

@@ -111,3 +111,17 @@ def test_the_dispatcher_imports_no_side_until_a_command_runs(processes: ChildPro
     )
     result = processes.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["agent", "--help"], ["collector", "--help"], ["demo", "--help"]])
+def test_help_shows_no_rest_markup(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``lienwatch agent --help`` once printed ````lienwatch agent````: docstring markup is not help text."""
+    code: object = 0
+    try:
+        code = main(argv)
+    except SystemExit as done:  # argparse's --help
+        code = done.code
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out
+    assert "``" not in out

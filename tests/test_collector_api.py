@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from collector.api.auth import Principal, require_role
 from collector.cli import commands as _cli
 from collector.ingest.ingestor import Ingestor
 from collector.ingest.metrics import IngestMetrics
-from collector.settings import Settings, hash_api_key
+from collector.settings import Settings, hash_api_key, load_settings
 from collector.storage.database import create_engine, migrate
 from tests.fake_devices import NOW, FakeDevice
 
@@ -62,7 +63,7 @@ def client(settings: Settings, engine: sa.Engine, metrics: IngestMetrics) -> Ite
 
 def test_healthz_needs_no_key(client: TestClient) -> None:
     response = client.get("/healthz")
-    assert (response.status_code, response.json()) == (200, {"status": "ok", "database": "ok"})
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "reasons": [], "database": "ok"})
 
 
 def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
@@ -72,7 +73,8 @@ def test_healthz_reports_an_unreachable_database(settings: Settings) -> None:
     with TestClient(create_app(settings, engine=dead)) as test_client:
         response = test_client.get("/healthz")
     dead.dispose()
-    assert (response.status_code, response.json()["status"]) == (503, "degraded")
+    assert (response.status_code, response.json()["status"]) == (503, "failed")
+    assert response.json()["reasons"] == ["database unreachable (OperationalError)"]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +113,8 @@ def test_devices_add_list_revoke(client: TestClient, engine: sa.Engine) -> None:
     assert created.json()["active"] is True
     assert client.post("/v1/devices", json=body, headers=bearer("admin")).status_code == 409
     listed = client.get("/v1/devices", headers=bearer("admin")).json()
-    assert [(d["device_id"], d["active"]) for d in listed] == [("truck-1", True)]
+    assert [(d["device_id"], d["active"], d["label"]) for d in listed] == [("truck-1", True, "demo truck")]
+    assert created.json()["label"] == "demo truck"
 
     ingestor = Ingestor(engine, clock_ms=lambda: NOW)
     ingestor.handle(truck.topic, truck.sealed(1))
@@ -165,6 +168,7 @@ def test_metrics_and_dead_letters(client: TestClient, engine: sa.Engine, metrics
     assert "lienwatch_ingest_latency_seconds_bucket" in text
     assert client.get("/v1/dead-letters", headers=bearer("auditor")).status_code == 403
     [letter] = client.get("/v1/dead-letters?reason=invalid_envelope", headers=bearer("admin")).json()
+    assert client.get("/v1/dead-letters?reason=nonsense", headers=bearer("admin")).status_code == 422
     assert (letter["topic"], letter["device_id"], letter["payload_bytes"]) == ("lw/v1/truck-1/batch", "truck-1", 4)
 
 
@@ -207,6 +211,22 @@ def test_cli_devices_and_api_keys(
     assert (code, letters) == (0, [])
 
     assert _cli.main(["api-key", "new", "--role", "auditor"]) == 0
-    key_line, config_line = capsys.readouterr().out.splitlines()
-    key = key_line.split()[1]
-    assert config_line == f'config: [api_keys] "sha256:{hash_api_key(key)}" = "auditor"'
+    printed = capsys.readouterr().out
+    key = printed.splitlines()[0].split()[2]
+    assert tomllib.loads(printed) == {"api_keys": {f"sha256:{hash_api_key(key)}": "auditor"}}  # valid TOML
+    (tmp_path / "keys.toml").write_text(printed)
+    assert load_settings(tmp_path / "keys.toml", environ={}).api_keys == {hash_api_key(key): "auditor"}
+
+    # --label is shown; an unknown dead-letter reason is an error, not an empty answer
+    code, [labelled] = run(
+        "devices", "add", "--device", "t3", "--public-key", str(pem), "--label", "fleet van 3", "--config", str(config)
+    )
+    assert labelled["label"] == "fleet van 3"
+    code, listed = run("devices", "list")
+    assert {d["device_id"]: d["label"] for d in listed} == {"truck-1": None, "t3": "fleet van 3"}
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["dead-letters", "--reason", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+    code, letters = run("dead-letters", "--reason", "bad_signature")
+    assert (code, letters) == (0, [])

@@ -94,7 +94,9 @@ def test_inspect_bad_signature(capture: tuple[Path, Path], capsys: pytest.Captur
     code, out, err = run([str(message), "--public-key", str(key), "--topic", TOPIC], capsys)
     assert code == 1
     assert out == ""
-    assert err.strip() == "lienwatch inspect: rejected: bad_signature: COSE_Sign1 signature does not verify"
+    first, hint = err.strip().splitlines()
+    assert first == "lienwatch inspect: rejected: bad_signature: COSE_Sign1 signature does not verify"
+    assert hint.startswith("lienwatch inspect: hint: the topic is part of what is signed: --topic must be")
 
 
 def test_inspect_wrong_key(capture: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,9 +132,10 @@ def test_inspect_truncated_capture(capture: tuple[Path, Path], capsys: pytest.Ca
 def test_inspect_empty_capture(capture: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     message, key = capture
     message.write_bytes(b"")
-    code, _, err = run([str(message), "--public-key", str(key), "--topic", TOPIC], capsys)
-    assert code == 1
-    assert "invalid_envelope" in err
+    code, out, err = run([str(message), "--public-key", str(key), "--topic", TOPIC], capsys)
+    assert (code, out) == (2, "")
+    assert f"{message} is empty (0 bytes): nothing was captured" in err
+    assert "tag" not in err
 
 
 def test_inspect_oversized_capture_reads_no_more_than_the_limit(
@@ -166,6 +169,36 @@ def test_inspect_state_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, _, err = run([str(tmp_path / "config"), "--public-key", str(device_key), "--topic", config_topic], capsys)
     assert code == 1
     assert "bad_signature" in err
+
+
+def test_inspect_a_state_message_given_the_batch_topic_names_the_right_topic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device_key = write_public_key(tmp_path / "car.pub", example_key())
+    state_topic = protocol.state_topic(EXAMPLE_DEVICE)
+    state = protocol.DeviceState(EXAMPLE_DEVICE, True, 1735689601000, bytes(16), {"agent": "0.1.0"})
+    (tmp_path / "state").write_bytes(protocol.seal_state(state, example_key(), state_topic))
+    code, out, err = run([str(tmp_path / "state"), "--public-key", str(device_key), "--topic", TOPIC], capsys)
+    assert (code, out) == (1, "")
+    assert "rejected: bad_signature" in err
+    assert f"hint: it verifies as {state_topic}: give --topic {state_topic}" in err
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(capture: tuple[Path, Path], processes: ChildProcesses) -> None:
+    """``lienwatch inspect ... | head -3`` (and a reader that is gone before the output): no
+    BrokenPipeError traceback, exit 0."""
+    message, key = capture
+    command = f'{sys.executable} -m protocol inspect "$0" --public-key "$1" --topic "$2"'
+    for reader in ("head -3", "true"):  # `true` exits at once: the write always hits a closed pipe
+        done = processes.run(
+            ["bash", "-c", f"{command} | {reader}; exit ${{PIPESTATUS[0]}}", str(message), str(key), TOPIC],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.stdout.count("\n") == (3 if reader.startswith("head") else 0)
+        assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_inspect_missing_file_or_key(

@@ -129,6 +129,10 @@ def test_repayments_idempotent_over_http(api: Api) -> None:
                 {"amount": "9" * 30}):
         assert api.call("POST", "/v1/loans/L-1003/repayments", "collections", json=payment | bad).status_code == 422
     assert api.call("POST", "/v1/loans/L-404/repayments", "collections", json=payment).status_code == 404
+    future = api.call("POST", "/v1/loans/L-1003/repayments", "collections",
+                      json=payment | {"payment_id": "P-next-year", "paid_on": "2027-11-27"})
+    assert future.status_code == 422
+    assert "paid_on 2027-11-27 is in the future" in future.json()["detail"]
 
 
 def test_create_loan_json(api: Api) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,7 +106,7 @@ def test_list_show_and_repayments(config: Path, capsys: pytest.CaptureFixture[st
            "--amount", "3500.00", "--config", str(config)]
     code, out, _ = run(capsys, *add)
     assert (code, json.loads(out)) == (0, {"loan_id": "L-1003", "payment_id": "P1003-202611", "created": True,
-                                           "level": "normal"})
+                                           "paid_on": "2026-11-27", "level": "normal"})
     code, out, _ = run(capsys, *add)
     assert (code, json.loads(out)["created"]) == (0, False)  # a replay is harmless
     conflict = [*add[:-4], "--amount", "3400.00", "--config", str(config)]
@@ -178,8 +180,10 @@ def test_a_long_import_shows_progress_on_stderr(
     code, out, err = run(capsys, "loans", "import", str(path), "--config", str(config))
     assert code == 0
     assert out == "imported 600, unchanged 0, errors 0; payments recorded 0; at risk: 600 high\n"  # 180 days past due
-    assert "importing:" in err
-    assert "0/1200 [" in err  # a tqdm bar: parse/write, then reassess, one step per loan each
+    assert "importing and assessing:" in err
+    assert "0/600 [" in err  # a tqdm bar counting the 600 loans, one step each
+    assert "/1200" not in err
+    assert "600/600 [" in err
 
 
 def test_sample_book_keeps_its_facts_on_any_day() -> None:
@@ -203,3 +207,53 @@ def test_import_needs_a_file_or_sample(capsys: pytest.CaptureFixture[str], tmp_p
     code, _, err = run(capsys, "loans", "import", "--config", str(config))
     assert code == 2
     assert "give a FILE or --sample" in err
+
+
+def test_repayments_add_speaks_like_the_api(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--paid-on`` (the API's ``paid_on``; ``--date`` still works), a clear date message, no future."""
+    run(capsys, "loans", "import", "--sample", "--config", str(config))
+    base = ["repayments", "add", "--loan", "L-1003", "--payment-id", "P-x", "--amount", "3500.00"]
+    base += ["--config", str(config)]
+    code, out, _ = run(capsys, *base, "--paid-on", "2026-11-27")
+    assert (code, json.loads(out)["paid_on"]) == (0, "2026-11-27")
+    code, out, _ = run(capsys, *base, "--date", "2026-11-27")
+    assert (code, json.loads(out)["created"]) == (0, False)
+    code, out, err = run(capsys, *base[:5], "P-y", *base[6:], "--paid-on", "27/11/2026")
+    assert (code, out) == (2, "")
+    assert "--paid-on '27/11/2026' is not a date; write it as YYYY-MM-DD (ISO-8601), e.g. 2026-11-27" in err
+    assert "isoformat" not in err
+    next_year = (datetime.now(UTC).date() + timedelta(days=365)).isoformat()
+    code, out, err = run(capsys, *base[:5], "P-z", *base[6:], "--paid-on", next_year)
+    assert (code, out) == (2, "")
+    assert f"paid_on {next_year} is in the future" in err
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()  # east of UTC it may be today
+    assert run(capsys, *base[:5], "P-t", *base[6:], "--paid-on", tomorrow)[0] == 0
+
+
+def test_loans_list_prints_what_get_v1_loans_answers(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Same lines, same fields, same order (most severe first; ``--order expected_loss`` as the API's)."""
+    from fastapi.testclient import TestClient
+
+    from collector.api.app import create_app
+    from collector.api.loans import router as loans_router
+    from collector.settings import hash_api_key, load_settings
+
+    run(capsys, "loans", "import", "--sample", "--config", str(config))
+    settings = load_settings(config, environ={})
+    settings = dataclasses.replace(settings, api_keys={hash_api_key("cli-vs-api-admin-key"): "admin"})
+    engine = engine_of(config)
+    headers = {"Authorization": "Bearer cli-vs-api-admin-key"}
+    with TestClient(create_app(settings, engine=engine, routers=[loans_router])) as client:
+        for order in ("severity", "expected_loss"):
+            code, out, _ = run(capsys, "loans", "list", "--order", order, "--config", str(config))
+            assert code == 0
+            listed = [json.loads(line) for line in out.splitlines()]
+            answered = client.get("/v1/loans", params={"order": order}, headers=headers).json()
+            assert listed == answered
+            assert [x["level"] for x in listed][:3] == ["watch", "watch", "watch"]  # most severe first
+            assert set(listed[0]) >= {"score", "expected_loss", "credit", "collateral", "tier", "facts"}
+        code, out, _ = run(capsys, "loans", "list", "--limit", "2", "--offset", "1", "--config", str(config))
+        assert [json.loads(line) for line in out.splitlines()] == client.get(
+            "/v1/loans", params={"limit": 2, "offset": 1}, headers=headers
+        ).json()
+    engine.dispose()

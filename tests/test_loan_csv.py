@@ -235,3 +235,14 @@ def test_import_sample_loan_book(session: Session) -> None:
     assert (pre.overdue, pre.prepaid_cents, pre.next_due_date) == (False, 700_000, date(2027, 2, 1))
     partial = loan_facts(session, "L-1005", date(2026, 11, 28))
     assert (partial.total_overdue_cents, partial.consecutive_late) == (200_000, 1)
+
+
+def test_the_csv_example_of_docs_risk_md_is_accepted() -> None:
+    """The example a newcomer copies first must import (it once had instalments below the principal)."""
+    text = (Path(__file__).parents[1] / "docs" / "risk.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```csv\n")[1:]]
+    assert blocks, "docs/risk.md has no ```csv block"
+    for block in blocks:
+        parsed = parse_loans(block)
+        assert parsed.errors == ()
+        assert len(parsed.rows) == block.count("\n") - 1

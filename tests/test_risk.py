@@ -204,14 +204,18 @@ def test_reasons_point_at_their_evidence() -> None:
     }
 
 
-def test_one_reason_per_episode_and_duplicates_collapse() -> None:
+def test_a_rule_is_listed_once_whatever_its_episodes_and_duplicates_collapse() -> None:
+    """Two towing episodes: one ``towing_while_overdue`` reason (the issue saw it twice), on the
+    latest episode, its evidence naming both, oldest first."""
     a1 = alert("towing", "ep-1", NOW - 2 * HOUR)
     a2 = alert("towing", "ep-2", NOW - HOUR)
     result = assess(RiskInput("L1", NOW, ONE_LATE, (a2, a1, a1)))
-    assert [(r.code, r.alert_episode) for r in result.reasons] == [
-        ("towing_while_overdue", "ep-1"),
-        ("towing_while_overdue", "ep-2"),
-    ]
+    assert [(r.code, r.alert_episode) for r in result.reasons] == [("towing_while_overdue", "ep-2")]
+    (reason,) = result.reasons
+    assert reason.evidence["episodes"] == ["ep-1", "ep-2"]
+    assert reason.evidence["alert"]["episode"] == "ep-2"
+    single = assess(RiskInput("L1", NOW, ONE_LATE, (a1,))).reasons[0]
+    assert "episodes" not in single.evidence
 
 
 def test_alerts_after_evaluation_time_are_ignored() -> None:

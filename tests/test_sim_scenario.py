@@ -399,3 +399,88 @@ def test_shifted_scenario_keeps_its_shape() -> None:
     assert later.start_ms == scenario.end_ms
     assert [e.name for e in later.events] == [e.name for e in scenario.events]
     assert later.events[0].time_ms - scenario.events[0].time_ms == scenario.duration_ms
+
+
+# -- one clock: ``sim run --end-now`` / ``--hold`` (Scenario.ending_at) -----------------------
+
+DAY = 86_400_000
+NOW = 1_796_216_492_000  # 2026-12-02T13:01:32Z, a Wednesday afternoon
+
+
+def _local_clock(time_ms: int, zone: str) -> tuple[int, int, int]:
+    t = datetime.fromtimestamp(time_ms / 1000, tz=ZoneInfo(zone))
+    return t.hour, t.minute, t.second
+
+
+@pytest.mark.parametrize("name", ["parked_in_market", "night_doors", "gnss_jamming", "commute_week"])
+def test_ending_at_moves_by_whole_days_and_parks_until_the_target(name: str) -> None:
+    scenario = load_scenario(name)
+    anchored = scenario.ending_at(NOW)
+    offset = anchored.start_ms - scenario.start_ms
+    assert offset % DAY == 0
+    assert 0 <= NOW - (scenario.end_ms + offset) < DAY  # the latest whole-day shift ending by the target
+    assert anchored.end_ms == NOW
+    # every event keeps its local time of day (a night is still a night)
+    for before, after in zip(scenario.events, anchored.events, strict=False):
+        if before.name == after.name and before.name != "stop_end":
+            assert _local_clock(after.time_ms, scenario.timezone) == _local_clock(before.time_ms, scenario.timezone)
+    last = anchored.segments[-1]
+    assert last.kind == "park"
+    assert last.end_ms == NOW
+    assert anchored.segment_at(NOW - 1).kind == "park"
+
+
+def test_a_scenario_ending_on_the_move_is_parked_where_it_stopped() -> None:
+    scenario = load_scenario("gnss_jamming")
+    assert scenario.segments[-1].moving
+    anchored = scenario.ending_at(NOW)
+    drive, parked = anchored.segments[-2:]
+    assert (parked.kind, parked.ignition, parked.start_ms) == ("park", "OFF", drive.end_ms)
+    assert drive.route is not None
+    assert parked.position == drive.route.end
+    assert [e.name for e in anchored.events if e.time_ms == drive.end_ms][-2:] == ["ignition_off", "stop_begin"]
+
+
+def test_the_anchored_play_never_runs_ahead_of_the_wall_clock_and_ends_on_it() -> None:
+    scenario = load_scenario("parked_in_market")
+    wall_start_s = 1_796_216_400.0
+    base = scenario.pace()
+    target = round((wall_start_s + base.wall_duration_s + 5.0) * 1000)
+    anchored = scenario.ending_at(target, catch_up_s=5.0, hold=True)
+    pace = anchored.pace()
+    assert anchored.hold_from_ms == target
+    assert pace.wall_at(target) == pytest.approx(base.wall_duration_s + 5.0, abs=0.01)
+    for step in range(0, int(base.wall_duration_s + 60) * 4):
+        elapsed = step / 4
+        assert pace.scenario_at(elapsed) <= (wall_start_s + elapsed) * 1000 + 1
+    # held: 1x after the target, parked, for longer than any run
+    assert pace.speed_at(target + 1) == 1.0
+    assert pace.scenario_at(base.wall_duration_s + 5.0 + 100) == pytest.approx(target + 100_000, abs=2)
+    assert anchored.segment_at(target + 30 * DAY).kind == "park"
+    assert anchored.end_ms - target > 365 * DAY
+    # --speed does not speed up the hold
+    assert anchored.pace(override=50.0).speed_at(target + 1) == 1.0
+
+
+def test_hold_without_end_now_keeps_the_scenario_dates() -> None:
+    scenario = load_scenario("unplug")
+    held = scenario.ending_at(scenario.end_ms, hold=True)
+    assert held.start_ms == scenario.start_ms
+    assert held.hold_from_ms == scenario.end_ms
+    assert held.pace().speed_at(scenario.end_ms + 1) == 1.0
+
+
+def test_loop_and_hold_do_not_mix(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware_sim.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--scenario", "unplug", "--gnss-link", "g", "--can-link", "c", "--loop", "--hold"])
+    assert exit_info.value.code == 2
+    assert "--loop cannot be combined with --end-now or --hold" in capsys.readouterr().err
+
+
+def test_the_extended_park_reports_its_dwell_up_to_the_target() -> None:
+    scenario = load_scenario("parked_in_market")
+    anchored = scenario.ending_at(NOW, hold=True)
+    (begin,) = [e for e in anchored.events if e.name == "stop_begin" and e.segment == anchored.segments[-1].index]
+    assert begin.data["duration_s"] == (NOW - begin.time_ms) / 1000

@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyError, RegistryError
+from ..ingest.health import IngestHealth
+from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_market_configs, load_signing_key
 from ..settings import Settings, get_settings
@@ -210,7 +212,12 @@ def _dead_letters_router() -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         reason: Annotated[str | None, Query(max_length=64)] = None,
     ) -> list[dict[str, Any]]:
-        """Newest dead letters first (without their raw bytes)."""
+        """Newest dead letters first (without their raw bytes); an unknown ``reason`` is a 422."""
+        if reason is not None and reason not in DEAD_LETTER_REASONS:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"unknown reason {reason!r}; one of: {', '.join(DEAD_LETTER_REASONS)}",
+            )
         stmt = (
             sa.select(
                 _dead.c.id,
@@ -245,6 +252,7 @@ def create_app(
     clock_ms: ClockMs | None = None,
     signing_key: Ed25519PrivateKey | None = None,
     config_publisher: Callable[[Sequence[ConfigMessage]], None] | None = None,
+    ingest_health: Callable[[], IngestHealth] | None = None,
 ) -> FastAPI:
     """Build the collector API.
 
@@ -263,6 +271,8 @@ def create_app(
             ``[downlink] signing_key`` if that is set.
         config_publisher: called with the configurations signed by a request, after its
             commit (``serve`` passes :meth:`collector.jobs.downlink.ConfigPublisher.submit`).
+        ingest_health: the ingest's health (broker link, lag, last message age) for
+            ``/healthz``; ``None`` when this process runs no ingest (``--api-only``).
 
     Raises:
         ConfigError: ``[downlink] signing_key`` is set but cannot be loaded.
@@ -293,15 +303,30 @@ def create_app(
     app.dependency_overrides[get_downlink] = lambda: downlink
 
     @app.get("/healthz", tags=["ops"])
-    def healthz(response: Response) -> dict[str, str]:
-        """Liveness and database reachability (no authentication)."""
+    def healthz(response: Response) -> dict[str, Any]:
+        """``ok``, ``degraded`` (serving, but with problems; 200) or ``failed`` (503), with reasons.
+
+        ``failed``: the database is unreachable. ``degraded``: the ingest of this process is
+        not connected to the broker, lags, or has heard nothing for a long time. No
+        authentication.
+        """
+        body: dict[str, Any] = {"status": "ok", "reasons": [], "database": "ok"}
         try:
             with db.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as exc:
+            body["database"] = f"unreachable: {type(exc).__name__}"
+            body["reasons"].append(f"database unreachable ({type(exc).__name__})")
+            body["status"] = "failed"
+        if ingest_health is not None:
+            ingest = ingest_health()
+            body["ingest"] = ingest.as_dict()
+            body["reasons"].extend(ingest.reasons)
+            if ingest.status != "ok" and body["status"] == "ok":
+                body["status"] = "degraded"
+        if body["status"] == "failed":
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-            return {"status": "degraded", "database": f"unreachable: {type(exc).__name__}"}
-        return {"status": "ok", "database": "ok"}
+        return body
 
     @app.get("/metrics", tags=["ops"])
     def metrics() -> Response:

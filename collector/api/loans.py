@@ -53,11 +53,11 @@ from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.schedules import KINDS, ScheduleError, revise_schedule, schedule_history
 from ..loans.store import (
-    LoanSummary,
     RepaymentConflictError,
     loan_details,
-    loans_with_risk,
+    loan_summaries,
     record_repayment,
+    refuse_future_payment,
     store_loan,
     vehicle_condition,
 )
@@ -156,20 +156,6 @@ def _score_dict(state: RiskStateRecord | None) -> dict[str, Any] | None:
     }
 
 
-def _score_summary(state: RiskStateRecord | None) -> dict[str, Any]:
-    """The v2 columns of a loan list line (all None until the loan is reassessed by a v2 collector)."""
-    return {
-        "score": state.score if state else None,
-        "expected_loss": format_cents(state.expected_loss_cents)
-        if state and state.expected_loss_cents is not None else None,
-        "credit": {"level": state.credit_level, "next_step": state.credit_next_step}
-        if state and state.credit_level else None,
-        "collateral": {"level": state.collateral_level, "next_step": state.collateral_next_step}
-        if state and state.collateral_level else None,
-        "tier": state.tier if state else None,
-    }
-
-
 def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str, Any]:
     if state is None:
         return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None,
@@ -241,11 +227,7 @@ def list_loans(
 ) -> list[dict[str, Any]]:
     """Loans with their risk level, next step and v2 score; most severe first, or with
     ``order=expected_loss`` largest expected loss first (the worklist)."""
-    rows = loans_with_risk(
-        session, level=level, most_severe_first=True, largest_expected_loss_first=order == "expected_loss",
-        limit=limit, offset=offset,
-    )
-    out = [LoanSummary.of(loan, state).as_dict() | _score_summary(state) for loan, state in rows]
+    out = [s.as_dict() for s in loan_summaries(session, level=level, order=order, limit=limit, offset=offset)]
     _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, order=order,
            count=len(out))
     session.commit()
@@ -326,9 +308,12 @@ def post_repayment(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     now = clock_ms()
     try:
+        refuse_future_payment(payment, now)
         outcome = record_repayment(session, loan_id, payment, now_ms=now)
     except RepaymentConflictError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except RepaymentError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     assessment, _ = reassess_loan_as_configured(
         session, loan_id, now, settings.risk, settings.webhooks.urls, cases=settings.cases
     )

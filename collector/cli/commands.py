@@ -30,6 +30,7 @@ from ..api.app import discover_routers
 from ..clock import wall_clock_ms
 from ..errors import CollectorError, DatabaseUnavailableError
 from ..files import FileReadError, read_bounded
+from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry, load_public_key_pem
 from ..jobs.downlink import announce_next_key
 from ..runtime import CollectorRuntime
@@ -82,9 +83,9 @@ def _serve(args: argparse.Namespace) -> int:
     server = None
     server_thread = None
     try:
-        runtime = CollectorRuntime(settings, engine, ingest=not args.api_only)
+        runtime = CollectorRuntime(settings, engine, ingest=not (args.api_only or args.workers_only))
         runtime.start()
-        if args.ingest_only:
+        if args.ingest_only or args.workers_only:
             metrics_server = _serve_metrics_only(settings, runtime.metrics.registry)
         else:
             app = runtime.create_app(routers=discover_routers())
@@ -118,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_metrics_only(settings: Settings, registry: CollectorRegistry | None) -> WSGIServer | None:
-    """``--ingest-only``: serve ``/metrics`` alone on the API address (the API is not running).
+    """``--ingest-only`` / ``--workers-only``: serve ``/metrics`` alone on the API address (no API).
 
     A port already taken (several ingest-only processes on one host) is logged, not fatal.
     """
@@ -239,8 +240,11 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 def _api_key(args: argparse.Namespace) -> int:
     key = secrets.token_urlsafe(32)
-    print(f"key:    {key}")
-    print(f'config: [api_keys] "sha256:{hash_api_key(key)}" = "{args.role}"')
+    # The whole output is valid TOML: paste the table into collector.toml (merge the line into
+    # an existing [api_keys] table), give the key on the comment line to its holder.
+    print(f"# key: {key}   (give it to its holder; only its hash below is stored)")
+    print("[api_keys]")
+    print(f'"sha256:{hash_api_key(key)}" = "{args.role}"')
     return 0
 
 
@@ -254,6 +258,11 @@ def _parser() -> argparse.ArgumentParser:
     only = serve.add_mutually_exclusive_group()
     only.add_argument("--ingest-only", action="store_true", help="run only the MQTT ingest")
     only.add_argument("--api-only", action="store_true", help="run only the HTTP API")
+    only.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="run only the background workers (risk, webhooks, retention, downlink) and /metrics",
+    )
     serve.set_defaults(func=_serve)
 
     sub.add_parser("migrate", parents=[common], help="upgrade the database schema").set_defaults(func=_migrate)
@@ -301,7 +310,12 @@ def _parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", parents=[common], help="list refused messages as JSON lines")
     dead.add_argument("--limit", type=int, default=50)
-    dead.add_argument("--reason", help="only this reason slug")
+    dead.add_argument(
+        "--reason",
+        choices=DEAD_LETTER_REASONS,
+        metavar="REASON",
+        help=f"only this reason: {', '.join(DEAD_LETTER_REASONS)}",
+    )
     dead.set_defaults(func=_dead_letters)
 
     add_subcommands(sub, common, settings_from_args)
@@ -313,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
 
     api_key = sub.add_parser("api-key", help="API keys")
     ksub = api_key.add_subparsers(dest="action", required=True)
-    new = ksub.add_parser("new", help="print a new random key and the config line holding its hash")
+    new = ksub.add_parser("new", help="print a new random key and the [api_keys] TOML holding its hash")
     new.add_argument("--role", required=True, choices=ROLES)
     api_key.set_defaults(func=_api_key)
     return parser

@@ -30,7 +30,14 @@ from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
 from ..loans.feed import FeedEntryError, apply_feed, parse_feed_csv
 from ..loans.lifecycle import STATUSES, LifecycleError, change_status
-from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
+from ..loans.store import (
+    LoanNotFoundError,
+    RepaymentConflictError,
+    loan_details,
+    loan_summaries,
+    record_repayment,
+    refuse_future_payment,
+)
 from ..risk.assessment import reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
@@ -70,7 +77,7 @@ class _Progress:
     def __init__(self, total: int, what: str) -> None:
         self._bar: Any = None
         if total >= PROGRESS_FROM:
-            self._bar = tqdm(total=total, desc=what, unit="loan", file=sys.stderr, leave=False)
+            self._bar = tqdm(total=total, desc=what, unit="loan", file=sys.stderr, leave=True)  # ends on N/N
 
     def step(self, n: int = 1) -> None:
         if self._bar is not None:
@@ -114,7 +121,6 @@ def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
             print(f"lienwatch collector loans import: cannot read {path}: {exc}", file=sys.stderr)
             return 2
     with settings_session(settings) as session:
-        progress = _Progress(2 * len(parsed.rows), "importing")
         try:
             report = import_loans(session, parsed, now_ms=wall_clock_ms(), skip_bad_rows=args.skip_bad_rows)
         except LoanImportError as exc:
@@ -123,9 +129,11 @@ def _loans_import(args: argparse.Namespace, settings: Settings) -> int:
             print(f"imported 0, unchanged 0, errors {len(exc.errors)}: nothing imported (--skip-bad-rows imports "
                   "the good rows)")
             return 1
-        progress.step(len(parsed.rows))
         session.commit()
-        levels = _reassess(session, settings, [*report.created, *report.unchanged, *report.rescheduled], progress)
+        # one step per loan: the import itself is one transaction, the assessment the long part
+        imported = [*report.created, *report.unchanged, *report.rescheduled]
+        progress = _Progress(len(imported), "importing and assessing")
+        levels = _reassess(session, settings, imported, progress)
         session.commit()
         progress.close()
     for error in report.errors:
@@ -155,8 +163,9 @@ def _at_risk(levels: dict[str, str]) -> str:
 
 def _loans_list(args: argparse.Namespace, settings: Settings) -> int:
     with settings_session(settings) as session:
-        out = [summary.as_dict() for summary in loan_summaries(session, level=args.level)]
-        _audit(session, "list_loans", "loan", "*", level=args.level, count=len(out))
+        summaries = loan_summaries(session, level=args.level, order=args.order, limit=args.limit, offset=args.offset)
+        out = [summary.as_dict() for summary in summaries]
+        _audit(session, "list_loans", "loan", "*", level=args.level, order=args.order, count=len(out))
         session.commit()
     for item in out:
         _print_json(item)
@@ -215,22 +224,40 @@ def _loans_close(args: argparse.Namespace, settings: Settings) -> int:
 
 def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        paid_on = date.fromisoformat(args.date)
+        paid_on = date.fromisoformat(args.paid_on)
+    except ValueError:
+        print(
+            f"lienwatch collector repayments add: --paid-on {args.paid_on!r:.40} is not a date; "
+            "write it as YYYY-MM-DD (ISO-8601), e.g. 2026-11-27",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         payment = Payment(args.payment_id, paid_on, parse_amount(args.amount))
-    except (ValueError, RepaymentError) as exc:
+    except RepaymentError as exc:
         print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
         return 2
     with settings_session(settings) as session:
         try:
+            refuse_future_payment(payment, wall_clock_ms())
             outcome = record_repayment(session, args.loan, payment, now_ms=wall_clock_ms())
         except (LoanNotFoundError, RepaymentConflictError) as exc:
             print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
             return 1
+        except RepaymentError as exc:
+            print(f"lienwatch collector repayments add: {exc}", file=sys.stderr)
+            return 2
         levels = _reassess(session, settings, [args.loan], _Progress(0, ""))
         _audit(session, "record_repayment", "loan", args.loan, payment_id=payment.payment_id, created=outcome.created)
         session.commit()
     _print_json(
-        {"loan_id": args.loan, "payment_id": payment.payment_id, "created": outcome.created, "level": levels[args.loan]}
+        {
+            "loan_id": args.loan,
+            "payment_id": payment.payment_id,
+            "paid_on": payment.paid_on.isoformat(),
+            "created": outcome.created,
+            "level": levels[args.loan],
+        }
     )
     return 0
 
@@ -320,6 +347,14 @@ def add_subcommands(
     imp.set_defaults(func=bind(_loans_import))
     lst = lsub.add_parser("list", parents=[common], help="loans with their risk level as JSON lines")
     lst.add_argument("--level", choices=("normal", "watch", "high", "critical"))
+    lst.add_argument(
+        "--order",
+        choices=("severity", "expected_loss"),
+        default="severity",
+        help="most severe first (default) or largest expected loss first, as GET /v1/loans?order=",
+    )
+    lst.add_argument("--limit", type=int, help="at most this many loans (GET /v1/loans: limit, default 100 there)")
+    lst.add_argument("--offset", type=int, default=0, help="skip this many (paging, as the API's offset)")
     lst.set_defaults(func=bind(_loans_list))
     show = lsub.add_parser("show", parents=[common], help="one loan with repayment facts and risk reasons (JSON)")
     show.add_argument("loan_id")
@@ -336,7 +371,13 @@ def add_subcommands(
     add = rsub.add_parser("add", parents=[common], help="record a payment (idempotent on --payment-id)")
     add.add_argument("--loan", required=True, help="loan id")
     add.add_argument("--payment-id", required=True, help="the payment's id in the bank's records")
-    add.add_argument("--date", required=True, help="value date YYYY-MM-DD")
+    add.add_argument(
+        "--paid-on",
+        "--date",
+        dest="paid_on",
+        required=True,
+        help="value date YYYY-MM-DD (paid_on in the API; --date is the old name)",
+    )
     add.add_argument("--amount", required=True, help="amount, e.g. 3500.00")
     add.set_defaults(func=bind(_repayments_add))
     feed = rsub.add_parser("import", parents=[common],

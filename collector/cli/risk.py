@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from protocol.cli import help_text
+
 from ..loans.csv_import import parse_loans
 from ..risk.backtest import (
     DEFAULT_LOANS,
@@ -79,7 +81,7 @@ def backtest_main(argv: Sequence[str] | None = None) -> int:
 
 def fit_main(argv: Sequence[str] | None = None) -> int:
     """``lienwatch risk fit``: fit the model on the seeded synthetic book's train split and write it."""
-    parser = argparse.ArgumentParser(prog="lienwatch risk fit", description=fit_main.__doc__)
+    parser = argparse.ArgumentParser(prog="lienwatch risk fit", description=help_text(fit_main.__doc__))
     parser.add_argument("--loans", type=int, default=DEFAULT_LOANS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--version", default=DEFAULT_MODEL_VERSION)

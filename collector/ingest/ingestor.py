@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from protocol import Batch, DeviceState, open_batch, open_state, parse_topic
-from protocol.errors import BadSignature, ProtocolError, UnknownDevice
+from protocol.errors import REASONS, BadSignature, ProtocolError, UnknownDevice
 from protocol.topics import TopicKind
 
 from ..clock import ClockMs, wall_clock_ms
@@ -57,6 +57,7 @@ from .registry import KeyCache
 from .settings import Limits
 
 __all__ = [
+    "DEAD_LETTER_REASONS",
     "CommitHook",
     "IngestResult",
     "Ingestor",
@@ -66,6 +67,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Every reason a dead letter can carry: the protocol's refusals and the collector's own.
+DEAD_LETTER_REASONS: tuple[str, ...] = tuple(
+    sorted({*REASONS, "time_in_future", "seq_conflict", "store_failed", "internal_error"})
+)
 
 _batches = Base.metadata.tables["batches"]
 _fixes = Base.metadata.tables["fixes"]

@@ -85,6 +85,7 @@ class DeviceInfo:
         fingerprint: SHA-256 hex of its newest key.
         key_added_ms: when that key was added.
         revoked_ms: when that key was revoked, ``None`` while active.
+        label: the free text given at registration (``devices add --label``).
     """
 
     device_id: str
@@ -92,6 +93,7 @@ class DeviceInfo:
     fingerprint: str | None
     key_added_ms: int | None
     revoked_ms: int | None
+    label: str | None = None
 
     @property
     def active(self) -> bool:
@@ -102,6 +104,7 @@ class DeviceInfo:
         """JSON-ready form (API and CLI)."""
         return {
             "device_id": self.device_id,
+            "label": self.label,
             "created_ms": self.created_ms,
             "fingerprint": self.fingerprint,
             "key_added_ms": self.key_added_ms,
@@ -256,6 +259,7 @@ class DeviceRegistry:
                 _keys.c.fingerprint,
                 _keys.c.added_ms,
                 _keys.c.revoked_ms,
+                _devices.c.label,
             )
             .select_from(_devices)
             .outerjoin(newest, newest.c.device_id == _devices.c.device_id)

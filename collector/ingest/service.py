@@ -52,6 +52,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ..clock import wall_clock_ms
 from ..errors import DatabaseUnavailableError, StorageError
 from .admission import Admission, Refusal
+from .health import BrokerLink
 from .ingestor import Ingestor, IngestResult, Outcome
 from .memory import release_large_buffers
 from .settings import Limits, MqttSettings
@@ -138,6 +139,13 @@ class IngestService:
         self._sub_mid: int | None = None
         self.acked = 0
         self.unacked_old_connection = 0
+        #: broker connection state, ingest lag and last message age (``/healthz``, ``/metrics``)
+        self.link = BrokerLink(
+            f"{settings.host}:{settings.port}",
+            lag_degraded_s=self.limits.lag_degraded_s,
+            silence_degraded_s=self.limits.silence_degraded_s,
+        )
+        self.link.register_metrics(ingestor.metrics.registry)
         self.client = self._make_client()
 
     # ------------------------------------------------------------ paho side
@@ -145,6 +153,7 @@ class IngestService:
     def _make_client(self) -> mqtt.Client:
         client = make_mqtt_client(self.settings, self.settings.client_id, manual_ack=True)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
@@ -152,17 +161,11 @@ class IngestService:
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            self.link.attempt_failed(f"broker refused the connection: {reason}")
             return
         with self._lock:
             self._generation += 1
-        log.info(
-            "connected to %s:%s as %s (session present: %s)",
-            self.settings.host,
-            self.settings.port,
-            self.settings.client_id,
-            flags.session_present,
-        )
+        self.link.up(f"as {self.settings.client_id}, session present: {flags.session_present}")
         result, mid = client.subscribe(
             [
                 (batch_subscription(self.settings.group), SubscribeOptions(qos=1)),
@@ -172,6 +175,10 @@ class IngestService:
         self._sub_mid = mid
         if result != mqtt.MQTT_ERR_SUCCESS:
             log.error("subscribe failed: %s", mqtt.error_string(result))
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho says only that the TCP/TLS connection could not be made; it retries with backoff
+        self.link.attempt_failed("cannot connect (connection refused, unreachable or TLS failure)")
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, reasons: Any, _props: Any) -> None:
         if mid != self._sub_mid:
@@ -185,8 +192,7 @@ class IngestService:
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.ready.clear()
-        if not self._stopping.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting", reason)
+        self.link.down(str(reason), expected=self._stopping.is_set())
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -210,6 +216,7 @@ class IngestService:
                     return  # not acknowledged: redelivered on the next session
                 self._room.wait(0.2)
             self._queued_bytes += size
+        self.link.queued()
         self._queue.put(
             _Delivery(
                 topic=topic,
@@ -243,6 +250,7 @@ class IngestService:
                 return  # left unacknowledged: the broker redelivers it
             self.ingestor.metrics.queue_depth.dec()
             result = self._process(delivery)
+            self.link.handled()
             with self._room:
                 self._queued_bytes -= len(delivery.payload)
                 self._room.notify_all()

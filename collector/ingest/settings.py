@@ -95,6 +95,10 @@ class Limits:
         device_burst: bucket size of that rate limit.
         queue_max_bytes: bytes of received messages waiting for the worker; the MQTT
             thread waits (the broker holds the rest) when it is full.
+        lag_degraded_s: ``/healthz`` says degraded when the oldest message received and
+            not yet handled is older than this.
+        silence_degraded_s: ``/healthz`` says degraded when no message came for this long
+            while connected (a fleet sends heartbeats; set it above their interval).
     """
 
     max_message_bytes: int = 1 << 20
@@ -108,6 +112,8 @@ class Limits:
     device_rate_per_s: float = 5.0
     device_burst: int = 300
     queue_max_bytes: int = 16 << 20
+    lag_degraded_s: float = 60.0
+    silence_degraded_s: float = 900.0
 
     def __post_init__(self) -> None:
         check_range("limits.max_message_bytes", self.max_message_bytes, 64, 64 << 20)
@@ -121,3 +127,5 @@ class Limits:
         check_range("limits.device_rate_per_s", self.device_rate_per_s, 0.01, 100_000)
         check_range("limits.device_burst", self.device_burst, 1, 1_000_000)
         check_range("limits.queue_max_bytes", self.queue_max_bytes, self.max_message_bytes, 1 << 34)
+        check_range("limits.lag_degraded_s", self.lag_degraded_s, 0.1, 86_400)
+        check_range("limits.silence_degraded_s", self.silence_degraded_s, 1, 30 * 86_400)

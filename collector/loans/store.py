@@ -13,9 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..risk.assessment import LoanNotFoundError, load_payments, loan_facts
+from ..clock import utc_date
+from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
 from ..risk.engine import RiskLevel
-from ..risk.repayments import Installment, LoanError, Payment, format_cents
+from ..risk.repayments import Installment, LoanError, Payment, RepaymentError, format_cents
 from ..storage.tables import (
     FINAL_LOAN_STATUSES,
     DailyStatsRecord,
@@ -36,6 +37,7 @@ __all__ = [
     "loan_summaries",
     "loans_with_risk",
     "record_repayment",
+    "refuse_future_payment",
     "store_loan",
     "vehicle_condition",
 ]
@@ -123,6 +125,22 @@ class RepaymentOutcome:
     payment: Payment
     created: bool
     recorded_ms: int
+
+
+def refuse_future_payment(payment: Payment, now_ms: int) -> None:
+    """A payment reported one at a time (``POST .../repayments``, ``repayments add``) is already paid.
+
+    Tomorrow (UTC) is allowed: east of UTC it may already be today.
+
+    Raises:
+        RepaymentError: ``paid_on`` is after tomorrow, UTC.
+    """
+    today = utc_date(now_ms)
+    if payment.paid_on > today + timedelta(days=1):
+        raise RepaymentError(
+            f"paid_on {payment.paid_on.isoformat()} is in the future (today is {today.isoformat()} UTC): "
+            "record a repayment once it is paid"
+        )
 
 
 def record_repayment(session: Session, loan_id: str, payment: Payment, *, now_ms: int) -> RepaymentOutcome:
@@ -222,9 +240,11 @@ def loans_with_risk(
 
 @dataclass(frozen=True, slots=True)
 class LoanSummary:
-    """One line of a loan list (``GET /v1/loans``, ``lienwatch collector loans list``).
+    """One line of a loan list: ``GET /v1/loans`` and ``lienwatch collector loans list`` print
+    exactly this, in the same order (:func:`loan_summaries`).
 
-    A loan never assessed is ``normal`` / ``monitor`` with no facts and no evaluation time.
+    A loan never assessed is ``normal`` / ``monitor`` with no facts and no evaluation time;
+    the v2 score columns are None until a v2 collector reassessed the loan.
     """
 
     loan_id: str
@@ -234,6 +254,11 @@ class LoanSummary:
     next_step: str
     facts: dict[str, Any] | None
     evaluated_ms: int | None
+    score: float | None = None
+    expected_loss_cents: int | None = None
+    credit: dict[str, Any] | None = None
+    collateral: dict[str, Any] | None = None
+    tier: str | None = None
 
     @classmethod
     def of(cls, loan: LoanRecord, state: RiskStateRecord | None) -> LoanSummary:
@@ -241,7 +266,22 @@ class LoanSummary:
         if state is None:
             return cls(loan.loan_id, loan.device_id, loan.borrower_ref, "normal", "monitor", None, None)
         loan_part = (loan.loan_id, loan.device_id, loan.borrower_ref)
-        return cls(*loan_part, state.level, state.next_step, state.facts, state.evaluated_ms)
+        return cls(
+            *loan_part,
+            state.level,
+            state.next_step,
+            state.facts,
+            state.evaluated_ms,
+            score=state.score,
+            expected_loss_cents=state.expected_loss_cents,
+            credit={"level": state.credit_level, "next_step": state.credit_next_step} if state.credit_level else None,
+            collateral=(
+                {"level": state.collateral_level, "next_step": state.collateral_next_step}
+                if state.collateral_level
+                else None
+            ),
+            tier=state.tier,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -253,6 +293,11 @@ class LoanSummary:
             "next_step": self.next_step,
             "facts": self.facts,
             "evaluated_ms": self.evaluated_ms,
+            "score": self.score,
+            "expected_loss": None if self.expected_loss_cents is None else format_cents(self.expected_loss_cents),
+            "credit": self.credit,
+            "collateral": self.collateral,
+            "tier": self.tier,
         }
 
 
@@ -277,12 +322,23 @@ def loan_summaries(
     session: Session,
     *,
     level: str | None = None,
-    most_severe_first: bool = False,
+    order: str = "severity",
     limit: int | None = None,
     offset: int = 0,
 ) -> list[LoanSummary]:
-    """:func:`loans_with_risk` projected to :class:`LoanSummary` (same arguments)."""
-    rows = loans_with_risk(session, level=level, most_severe_first=most_severe_first, limit=limit, offset=offset)
+    """The loan list of the API and the CLI: :func:`loans_with_risk` projected to :class:`LoanSummary`.
+
+    ``order``: ``severity`` (most severe first, then loan id) or ``expected_loss`` (largest
+    v2 expected loss first, then by severity: the worklist).
+    """
+    rows = loans_with_risk(
+        session,
+        level=level,
+        most_severe_first=True,
+        largest_expected_loss_first=order == "expected_loss",
+        limit=limit,
+        offset=offset,
+    )
     return [LoanSummary.of(loan, state) for loan, state in rows]
 
 

@@ -7,8 +7,9 @@ nothing reads a clock, and alerts raised after ``evaluated_ms`` are ignored, so 
 evidence always gives the same :class:`RiskAssessment` (re-running it is harmless).
 
 Every rule is one row of :data:`RULES` (code, level, next step, what it supersedes, a
-condition). A condition returns zero or more matches; each match becomes a :class:`Reason`
-that points at its evidence (the alert episode, the repayment facts, the device status).
+condition). A condition returns zero or more matches; a matched row becomes one :class:`Reason`
+that points at its evidence (the latest alert episode, and every episode when several
+match; the repayment facts; the device status).
 The level is the maximum over matched rows, the next step the most severe next step over
 them. A row may *supersede* weaker rows built on the same evidence (``towing_while_overdue``
 supersedes ``towing`` and ``overdue``), so the reason list says each thing once, at the level
@@ -565,16 +566,27 @@ def assess(inp: RiskInput, config: RiskConfig | None = None) -> RiskAssessment:
     for rule, matches in matched:
         if rule.code in superseded:
             continue
-        reasons.extend(
-            Reason(rule.code, rule.level, rule.next_step, m.alert.episode if m.alert else None, m.evidence)
-            for m in matches
-        )
+        reasons.append(_one_reason(rule, matches))
     order = {code: i for i, code in enumerate(_CODES)}
     reasons.sort(key=lambda r: (-r.level, order[r.code], r.alert_episode or ""))
     # Level and next step come from every matched row, superseded or not.
     level = max((rule.level for rule, _ in matched), default=RiskLevel.NORMAL)
     step = max((rule.next_step for rule, _ in matched), default=NextStep.MONITOR)
     return RiskAssessment(inp.loan_id, inp.evaluated_ms, level, step, tuple(reasons))
+
+
+def _one_reason(rule: RiskRule, matches: list[_Match]) -> Reason:
+    """One reason per rule row, however many alert episodes match it (a rule is listed once).
+
+    It rests on the latest episode (the matches come in raise order); with several, its
+    evidence also names every episode, oldest first, under ``episodes``.
+    """
+    latest = matches[-1]
+    episodes = [m.alert.episode for m in matches if m.alert is not None]
+    evidence = latest.evidence
+    if len(episodes) > 1:
+        evidence = {**evidence, "episodes": episodes}
+    return Reason(rule.code, rule.level, rule.next_step, latest.alert.episode if latest.alert else None, evidence)
 
 
 def level_change(previous: RiskLevel | None, assessment: RiskAssessment) -> RiskChange | None:

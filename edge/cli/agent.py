@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 from edge.canbus import decoder_from_config
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.errors import EdgeError
 from edge.place_files import load_rules_places
+from protocol.cli import help_text
 from protocol.cli.key_files import load_private_key, load_public_key
 from protocol.errors import KeyFileError, PlacesError, ProtocolError
 
@@ -27,7 +30,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lienwatch agent", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lienwatch agent", description=help_text(__doc__.split("\n\n")[0]))
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent until SIGTERM (SIGHUP reloads the configuration)")
     run.add_argument("--config", required=True, help="path of agent.toml")
@@ -46,6 +49,8 @@ def _check(path: str) -> int:
         load_private_key(config.device.key_file)
         if config.downlink.collector_public_key is not None:
             load_public_key(config.downlink.collector_public_key)
+        check_writable_dir("[device] data_dir", config.device.data_dir)
+        check_writable_dir("[outbox] path's folder", config.outbox.path.parent)
     except (ConfigError, KeyFileError) as exc:
         print(f"lienwatch agent check: {exc}", file=sys.stderr)
         return 2
@@ -94,6 +99,25 @@ def main(argv: list[str]) -> int:
     if args.command == "check":
         return _check(args.config)
     return _run(args.config, args.log_level)
+
+
+def check_writable_dir(what: str, path: Path) -> None:
+    """The folder ``agent run`` writes to exists as a writable folder, or can be made (nothing is made here).
+
+    Raises:
+        ConfigError: naming ``what`` and the path.
+    """
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{what} {path} exists and is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what} {path} is not writable by this user")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} does not exist and cannot be made ({parent} is not a writable folder)")
 
 
 def validate_delegated_sections(config: AgentConfig) -> list[str]:

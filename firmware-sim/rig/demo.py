@@ -7,6 +7,13 @@ late, is financed against the car whose T-BOX is ``tbox-0002``), plays a scenari
 speed and follows the loan's risk level through the API. It exits 0 when the expected level
 is reached, 1 otherwise (with the tail of every process's log), and always stops every
 process it started (Ctrl-C included).
+
+One clock: the simulator plays the scenario on today's calendar (``sim run --end-now``:
+moved by whole days so every local time of day is kept, ending when its play ends), the loan
+book is re-dated to today and the collector runs on the host clock, so the vehicle data,
+the loan book and the collector's "now" agree. Every time the demo prints is in one zone,
+:data:`LOCAL_ZONE` (the borrower's), named in the first lines. With ``--keep`` the car then
+stays parked and reporting at 1x (``sim run --hold``) and the demo keeps printing what changes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import httpx
 
 from .chain import API_KEYS, ChainRig, RigError
 from .demo_console import add_demo_users, console_lines
@@ -63,7 +72,7 @@ class _InterruptedError(Exception):
 
 
 def _stamp() -> str:
-    return datetime.now().strftime("%H:%M:%S")
+    return datetime.now(tz=ZoneInfo(LOCAL_ZONE)).strftime("%H:%M:%S")
 
 
 def _say(text: str) -> None:
@@ -71,9 +80,14 @@ def _say(text: str) -> None:
 
 
 def _fmt_time(value: Any) -> str:
-    """Observation time in the scenarios' zone, as the simulator prints its events."""
+    """An epoch-ms time (or an ISO-8601 one) in :data:`LOCAL_ZONE`, like every time the demo prints."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000
+        except ValueError:
+            return value
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value / 1000, tz=ZoneInfo(LOCAL_ZONE)).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(value / 1000, tz=ZoneInfo(LOCAL_ZONE)).strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 
 
@@ -102,7 +116,15 @@ class _Follower:
                     self.last_clock_print = now
                     pct = event.get("progress_pct", event.get("percent"))
                     pct_text = f" ({pct:.0f}%)" if isinstance(pct, (int, float)) else ""
-                    yield f"scenario   clock {event.get('scenario_time', event.get('time', '?'))}{pct_text}"
+                    when = event.get("scenario_time_ms", event.get("scenario_time", "?"))
+                    if not self.sim_done:
+                        yield f"scenario   clock {_fmt_time(when)}{pct_text}"
+            elif kind == "hold":
+                self.sim_done = True
+                yield (
+                    f"scenario   finished at {_fmt_time(event.get('scenario_time_ms'))}: the car stays parked "
+                    "and its T-BOX keeps reporting in real time"
+                )
             elif kind in ("end", "done", "finished", "scenario_end"):
                 self.sim_done = True
                 yield "scenario   finished"
@@ -112,13 +134,14 @@ class _Follower:
                     continue
                 extra = {k: event[k] for k in ("door", "state", "duration_s", "lat", "lon") if k in event}
                 details = " ".join(f"{k}={v}" for k, v in extra.items())
-                yield f"vehicle    {name:<14} at {event.get('local_time', event.get('scenario_time', '?'))} {details}"
+                yield f"vehicle    {name:<14} at {_fmt_time(event.get('scenario_time_ms', '?'))} {details}"
 
     def api_lines(self) -> Iterator[str]:
         status = self.rig.get(f"/v1/devices/{DEVICE_ID}").get("status") or {}
         batches = status.get("batches_stored")
         now = time.monotonic()
-        if isinstance(batches, int) and batches != self.batches_seen and now - self.last_batch_print >= 3.0:
+        every_s = 60.0 if self.sim_done else 3.0  # a parked car reporting: a line a minute
+        if isinstance(batches, int) and batches != self.batches_seen and now - self.last_batch_print >= every_s:
             self.last_batch_print = now
             self.batches_seen = batches
             yield (
@@ -157,9 +180,23 @@ def _check_alive(rig: ChainRig) -> None:
             raise RigError(f"{name} stopped unexpectedly:\n{proc.tail()}")
 
 
+def _follow(rig: ChainRig, follower: _Follower) -> None:
+    """``--keep``: print what the simulator, the collector and the risk level do until interrupted."""
+    while True:
+        for line in follower.sim_lines():
+            _say(line)
+        with contextlib.suppress(httpx.HTTPError):  # a slow answer must not end the demo
+            for line in follower.api_lines():
+                _say(line)
+        _check_alive(rig)
+        time.sleep(1)
+
+
 def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: float, keep: bool) -> int:
     story, expected, rule = DEMOS.get(scenario, (scenario, "high", ""))
     _say(f"LienWatch demo: a car {story}.")
+    _say(f"Every time shown is {LOCAL_ZONE} time (the borrower's zone, UTC{datetime.now(ZoneInfo(LOCAL_ZONE)):%z}).")
+    _say("The scenario plays on today's calendar: its last moment is now, the loan book is dated today.")
     _say(f"The car's T-BOX is {DEVICE_ID}; its loan {LOAN_ID} is three instalments late.")
     _say(f"Expected: the loan reaches '{expected}' within {timeout:.0f} s. Work directory: {workdir}")
     rig = ChainRig(workdir, device_id=DEVICE_ID, say=_say)
@@ -175,7 +212,7 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
         follower = _Follower(rig)
         for line in follower.api_lines():
             _say(line)
-        rig.start_sim(scenario, speed=speed)
+        rig.start_sim(scenario, speed=speed, extra=("--end-now", "--hold") if keep else ("--end-now",))
         rig.start_agent()
         reached = False
         sim_done_at: float | None = None
@@ -217,12 +254,13 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
         add_demo_users(rig.collector_config)  # after the timed part: five CLI runs take a while
         for line in console_lines(rig.api_url):
             _say(line)
+        for role, key in API_KEYS.items():
+            _say(f"API key    {role:<13} {key}")
         _say(f"Try:  curl -H 'Authorization: Bearer {API_KEYS['risk_analyst']}' {rig.api_url}/v1/loans/{LOAN_ID}")
         if keep:
-            _say("The chain keeps running; press Ctrl-C to stop everything.")
+            _say("The chain keeps running (the car stays parked, reporting); press Ctrl-C to stop everything.")
             with contextlib.suppress(_InterruptedError):
-                while True:
-                    time.sleep(1)
+                _follow(rig, follower)
         return 0
     except _InterruptedError:
         _say("interrupted: stopping everything")
@@ -238,7 +276,7 @@ def run_demo(scenario: str, *, speed: float | None, workdir: Path, timeout: floa
 
 def main(argv: list[str]) -> int:
     """``lienwatch demo [--scenario NAME] ...``; returns the exit status (0: the expected level was reached)."""
-    parser = argparse.ArgumentParser(prog="lienwatch demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lienwatch demo", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--scenario", default="parked_in_market", choices=sorted(DEMOS), help="scenario to play")
     parser.add_argument("--speed", type=float, help="override the scenario's time acceleration")
     parser.add_argument("--workdir", type=Path, help="keep keys, databases and logs here (default: a temp dir)")

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 
-__all__ = ["ENTRY_POINT_GROUP", "commands", "dispatch", "lienwatch_version", "main"]
+__all__ = ["ENTRY_POINT_GROUP", "commands", "dispatch", "help_text", "lienwatch_version", "main"]
 
 #: The entry-point group every side registers its subcommands in.
 ENTRY_POINT_GROUP = "lienwatch.commands"
@@ -46,6 +46,11 @@ def lienwatch_version() -> str:
         return "unknown"
 
 
+def help_text(doc: str | None) -> str:
+    """A docstring paragraph as ``--help`` prints it: the reST literal markup (double backticks) removed."""
+    return (doc or "").replace("``", "")
+
+
 def _summary(entry: EntryPoint) -> str:
     """The first line of the command module's docstring, without its ``lienwatch X``: prefix."""
     try:
@@ -54,7 +59,7 @@ def _summary(entry: EntryPoint) -> str:
         return f"(not available here: cannot import {getattr(exc, 'name', None) or entry.module!r})"
     first = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
     head, sep, tail = first.partition("``: ")
-    return tail.strip() if sep and head.startswith("``") else first
+    return help_text(tail.strip() if sep and head.startswith("``") else first)
 
 
 def _usage(prog: str, available: Mapping[str, EntryPoint]) -> str:

@@ -9,7 +9,8 @@ The topic decides the message kind (batch, state, config); ``--public-key`` is t
 device's key for batch and state, the collector's for config. The message is opened with
 exactly the checks the collector applies (``protocol.open_batch`` and friends). On any
 failure the typed reason (``bad_signature``, ``device_mismatch``, ...) goes to stderr and
-the exit status is 1; unusable arguments or files give 2.
+the exit status is 1 (after ``bad_signature`` a hint: the topic is signed too, and the
+topic it does verify on, if any); unusable arguments or files (an empty capture) give 2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -39,7 +41,7 @@ from protocol import (
 from protocol.cli.key_files import load_public_key
 from protocol.cose import MAX_MESSAGE_BYTES, decode_sign1
 from protocol.errors import KeyFileError
-from protocol.topics import TopicKind
+from protocol.topics import TopicKind, batch_topic, config_topic, state_topic
 
 __all__ = ["main", "message_as_json"]
 
@@ -138,6 +140,33 @@ def _open(message: bytes, topic: str, key: Any) -> Batch | DeviceState | DeviceC
     return open_config(message, topic, key)
 
 
+def _signature_hint(message: bytes, topic: str, key: Any) -> str:
+    """Why a signature may not verify: the topic is signed too. Names the topic it verifies on, if any."""
+    try:
+        device = parse_topic(topic).device_id
+    except ProtocolError:
+        return ""
+    for other in (batch_topic(device), state_topic(device), config_topic(device)):
+        if other == topic:
+            continue
+        try:
+            _open(message, other, key)
+        except ProtocolError:
+            continue
+        return f"hint: it verifies as {other}: give --topic {other} (the topic is part of what is signed)"
+    return (
+        "hint: the topic is part of what is signed: --topic must be the exact topic the message was "
+        "published on, and --public-key the sender's key (the device's for batch/state, the collector's for config)"
+    )
+
+
+def _print_json(output: Mapping[str, Any]) -> None:
+    try:
+        print(json.dumps(output, indent=2, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # `lienwatch inspect ... | head -3`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str]) -> int:
     """Run ``lienwatch inspect``; see the module docstring for exit statuses."""
     args = _parser().parse_args(argv)
@@ -151,10 +180,20 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"lienwatch inspect: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    if not message:
+        where = "stdin" if args.file == "-" else args.file
+        print(
+            f"lienwatch inspect: {where} is empty (0 bytes): nothing was captured "
+            "(mosquitto_sub -C 1 -N > FILE writes one message)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         record = _open(message, args.topic, key)
     except ProtocolError as exc:
         print(f"lienwatch inspect: rejected: {exc.reason}: {exc}", file=sys.stderr)
+        if exc.reason == "bad_signature":
+            print(f"lienwatch inspect: {_signature_hint(message, args.topic, key)}", file=sys.stderr)
         return EXIT_REJECTED
     if args.raw:
         # The message passed every strict check above, so plain cbor2 may decode it again.
@@ -176,5 +215,5 @@ def main(argv: list[str]) -> int:
             "size_bytes": len(message),
             "message": message_as_json(record),
         }
-    print(json.dumps(output, indent=2, ensure_ascii=False))
+    _print_json(output)
     return EXIT_OK
