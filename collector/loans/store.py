@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..clock import utc_date
-from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
+from ..risk.assessment import LoanNotFoundError, load_payments, loan_facts
 from ..risk.engine import RiskLevel
 from ..risk.repayments import Installment, LoanError, Payment, RepaymentError, format_cents
 from ..storage.tables import (
