@@ -1,9 +1,14 @@
-"""Applying the signed configurations the collector pushes (markets, regions, rules) to the engine.
+"""Applying the signed configurations the collector pushes (places, regions, rules) to the engine.
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
 over the local file), then all are applied together, so a body is taken whole or not at all.
+
+Sections this agent does not know (owned by newer collector parts, docs/protocol.md section 6)
+are ignored, counted (``config_unknown_sections``) and logged, so a newer collector never
+locks an older agent out of the sections it does know. ``places`` (typed places) wins over
+``markets`` (the same used-car markets without ``type``, kept for agents before typed places).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 from protocol import DeviceConfig
 from protocol.errors import ProtocolError
-from protocol.places import load_places, load_regions
+from protocol.places import Place, load_places, load_regions
 
 from .errors import EdgeError
 from .rules import RulesConfig
@@ -26,7 +31,7 @@ __all__ = ["BODY_SECTIONS", "DownlinkApplier"]
 
 log = logging.getLogger("lienwatch.agent")
 #: The sections a configuration body may carry.
-BODY_SECTIONS = frozenset({"markets", "regions", "rules"})
+BODY_SECTIONS = frozenset({"markets", "places", "regions", "rules"})
 
 
 class DownlinkApplier:
@@ -66,27 +71,35 @@ class DownlinkApplier:
         if config is None:
             return
         try:
-            self.apply_body(config)
+            ignored = self.apply_body(config)
         except (EdgeError, ProtocolError) as exc:  # the rules or the place schema refuse the body
             rejected = self.gate.refuse("invalid_body", f"configuration version {config.version} not applied: {exc}")
             log_event(log, logging.WARNING, "config_rejected", reason=rejected.reason, detail=str(rejected))
             return
+        if ignored:
+            counters = self.gate.counters
+            counters["config_unknown_sections"] = counters.get("config_unknown_sections", 0) + len(ignored)
+            log_event(log, logging.INFO, "config_sections_ignored", version=config.version, sections=ignored)
         self.gate.commit(config, payload)
         log_event(log, logging.INFO, "config_applied", version=config.version, sections=sorted(config.body))
 
-    def apply_body(self, config: DeviceConfig) -> None:
+    def apply_body(self, config: DeviceConfig) -> list[str]:
         """Validate every known section of a body first, then apply them together.
 
+        Returns:
+            The sections this agent does not know, sorted (ignored, not an error).
+
         Raises:
-            DownlinkRejectedError: an unknown section, or ``rules`` is not a map.
+            DownlinkRejectedError: ``rules`` is not a map.
             ConfigError: the merged ``rules`` are not acceptable.
-            PlacesError: a market or region item is not acceptable.
+            PlacesError: a place, market or region item is not acceptable.
         """
         body = config.body
-        unknown = set(body) - BODY_SECTIONS
-        if unknown:
-            raise DownlinkRejectedError("invalid_body", f"configuration body has unknown sections {sorted(unknown)}")
-        markets = load_places(body["markets"]) if "markets" in body else None
+        markets: list[Place] | None = None
+        if "places" in body:
+            markets = load_places(body["places"], label="places")
+        elif "markets" in body:
+            markets = load_places(body["markets"])
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
         if "rules" in body:
@@ -100,3 +113,4 @@ class DownlinkApplier:
             self._engine.set_markets(markets)
         if regions is not None:
             self._engine.set_regions(regions)
+        return sorted(set(body) - BODY_SECTIONS)

@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
-from collector.api.loans import ConfigMessage, router
+from collector.api.loans import router
+from collector.api.places import router as places_router
+from collector.jobs.downlink import ConfigMessage
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import Settings, WebhookSettings, hash_api_key
 from collector.storage.database import create_engine, migrate
@@ -68,7 +70,7 @@ def open_loan_api(tmp_path: Path) -> Iterator[Api]:
     app = create_app(
         settings,
         engine=engine,
-        routers=[router],
+        routers=[router, places_router],
         clock_ms=lambda: NOW,
         signing_key=Ed25519PrivateKey.from_private_bytes(b"\x07" * 32),
         config_publisher=published.extend,

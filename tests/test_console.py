@@ -24,7 +24,7 @@ from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.people import SessionRecord, add_user
-from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, MarketRecord
+from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, PlaceRecord
 from tests.child_processes import ChildProcesses
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
@@ -78,8 +78,8 @@ def world(tmp_path: Path) -> Iterator[tuple[TestClient, sa.Engine, Clock]]:
                                 state=0, time_ms=NOW - 3 * DAY, episode="dwell-1",
                                 evidence={"market_id": "sh-jiading-ucm", "market_name": "Jiading used-car market",
                                           "centre_lat": MARKET[0], "centre_lon": MARKET[1], "dwell_s": 259_200.0}))
-        session.add(MarketRecord(market_id="sh-jiading-ucm", name="Jiading used-car market", lat=MARKET[0],
-                                 lon=MARKET[1], datum="wgs84", radius_m=400.0, updated_ms=NOW))
+        session.add(PlaceRecord(place_id="sh-jiading-ucm", type="used_car_market", name="Jiading used-car market",
+                                lat=MARKET[0], lon=MARKET[1], datum="wgs84", radius_m=400.0, updated_ms=NOW))
         session.flush()
         for loan in ("L-1002", "L-1003"):
             reassess_loan(session, loan, NOW)

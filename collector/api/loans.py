@@ -1,4 +1,4 @@
-"""HTTP API of the loan side: loans, repayments, risk, tracks, alerts, markets, audit, SSE.
+"""HTTP API of the loan side: loans, repayments, risk, tracks, alerts, audit, SSE.
 
 Mounted by ``collector.api.app.create_app`` (module-level :data:`router`). Role rules:
 
@@ -6,7 +6,7 @@ Mounted by ``collector.api.app.create_app`` (module-level :data:`router`). Role 
 role               may
 =================  =====================================================================
 ``admin``          everything
-``risk_analyst``   loans, risk events, alerts with evidence, tracks, markets (read)
+``risk_analyst``   loans, risk events, alerts with evidence, tracks, places (read; collector.api.places)
 ``collections``    loans, repayment facts, level and next step, record repayments;
                    evidence with coordinates removed, no tracks
 ``auditor``        the audit log only
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Annotated, Any
@@ -35,14 +34,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from ..clock import utc_date
-from ..jobs.downlink import (
-    ConfigMessage,
-    MarketFileError,
-    build_market_configs,
-    check_market_item,
-    config_targets,
-    market_items,
-)
 from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
@@ -58,14 +49,12 @@ from ..loans.store import (
 from ..risk.assessment import open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
-from ..storage.tables import FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
+from ..storage.tables import FixRecord, LoanRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
 from .auth import Principal, audit_principal, require_role
-from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
+from .dependencies import ClockDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
-    "ConfigMessage",
-    "build_market_configs",
     "redact_coordinates",
     "router",
     "sse_frame",
@@ -429,77 +418,6 @@ def audit_log(
         subject_id=subject_id, limit=limit,
     )
     return [entry_as_dict(r) for r in rows]
-
-
-# ------------------------------------------------------------------ markets and downlink configs
-
-
-class MarketIn(BaseModel):
-    """A used-car market (same keys as the agent's markets file)."""
-
-    name: str = Field(min_length=1, max_length=200)
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    radius_m: float = Field(ge=1, le=50_000)
-    datum: str = Field(pattern="^(wgs84|gcj02|bd09)$")
-
-
-def _push_markets(session: Session, downlink: Downlink, now_ms: int) -> dict[str, Any]:
-    """Sign the new list for every device (outbox rows in this transaction), commit, publish."""
-    if downlink.signing_key is None:
-        session.commit()
-        return {"configs_signed": 0, "note": "no collector signing key configured; devices not updated"}
-    messages = build_market_configs(session, downlink.signing_key, config_targets(session), now_ms)
-    session.commit()
-    if downlink.publish is not None:
-        downlink.publish(messages)
-    return {"configs_signed": len(messages), "published": downlink.publish is not None}
-
-
-@router.get("/markets")
-def list_markets(session: Db, principal: Analyst) -> list[dict[str, Any]]:
-    """Every market."""
-    return market_items(session)
-
-
-@router.put("/markets/{market_id}")
-def put_market(
-    market_id: str,
-    *,
-    body: MarketIn,
-    session: Db,
-    principal: Admin,
-    clock_ms: ClockDep,
-    downlink: DownlinkDep,
-) -> dict[str, Any]:
-    """Create or replace a market, then sign the new list for every loan's device."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", market_id):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "market id must match [A-Za-z0-9_-]{1,64}")
-    try:
-        check_market_item({"id": market_id, **body.model_dump()})
-    except MarketFileError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    row = session.get(MarketRecord, market_id) or MarketRecord(market_id=market_id)
-    row.name, row.lat, row.lon, row.radius_m, row.datum = body.name, body.lat, body.lon, body.radius_m, body.datum
-    row.updated_ms = clock_ms()
-    session.add(row)
-    _audit(session, clock_ms(), principal, "put_market", kind="market", subject=market_id)
-    session.flush()
-    return {"market_id": market_id} | _push_markets(session, downlink, clock_ms())
-
-
-@router.delete("/markets/{market_id}")
-def delete_market(
-    market_id: str, *, session: Db, principal: Admin, clock_ms: ClockDep, downlink: DownlinkDep
-) -> dict[str, Any]:
-    """Remove a market, then sign the new list for every loan's device."""
-    row = session.get(MarketRecord, market_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"market {market_id!r:.64} does not exist")
-    session.delete(row)
-    _audit(session, clock_ms(), principal, "delete_market", kind="market", subject=market_id)
-    session.flush()
-    return {"market_id": market_id, "deleted": True} | _push_markets(session, downlink, clock_ms())
 
 
 # ------------------------------------------------------------------ server-sent events

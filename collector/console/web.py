@@ -38,7 +38,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from protocol.geo import gcj02_to_wgs84, to_wgs84
+from protocol.geo import gcj02_to_wgs84
 
 from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
@@ -73,11 +73,11 @@ from ..storage.people import (
     purge_sessions,
     update_session_locale,
 )
+from ..storage.places import place_circles_wgs84
 from ..storage.tables import (
     AlertRecord,
     FixRecord,
     LoanRecord,
-    MarketRecord,
     RepaymentRecord,
     RiskEventRecord,
     RiskStateRecord,
@@ -512,12 +512,9 @@ def _track_points(session: Session, device_id: str, since: int, until: int) -> t
 
 
 def market_circles(session: Session) -> list[MapMarket]:
-    """Every market as a WGS-84 circle (GCJ-02 / BD-09 markets converted once)."""
-    out = []
-    for m in session.scalars(sa.select(MarketRecord).order_by(MarketRecord.market_id)):
-        lat, lon = to_wgs84(m.lat, m.lon, m.datum)
-        out.append(MapMarket(m.market_id, m.name, lat, lon, m.radius_m))
-    return out
+    """Every typed place (markets, pawn lots, ...) as a WGS-84 circle (GCJ-02 / BD-09 converted once)."""
+    return [MapMarket(ident, name, lat, lon, radius_m)
+            for ident, _type, name, lat, lon, radius_m in place_circles_wgs84(session)]
 
 
 def _tile_layer(console: ConsoleSettings) -> TileLayer | None:

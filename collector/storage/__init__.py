@@ -5,5 +5,8 @@
 * :mod:`collector.storage.audit` - appending to and reading the audit log.
 * ``collector/storage/migrations`` - the Alembic environment and revisions.
 
-The bottom layer: it imports nothing of the collector but :mod:`collector.errors`.
+* :mod:`collector.storage.places` - typed places (checked with :mod:`protocol.places`).
+
+The bottom layer: it imports nothing of the collector but the base modules (:mod:`collector.errors`,
+:mod:`collector.files`).
 """

@@ -3,7 +3,7 @@
 Ingest side (migration ``0001``): device registry, batch ledger, observations, latest
 per-device state and the dead-letter table. Loan side (migrations ``0002``, ``0003``):
 loans, schedules, repayments, risk state and events, the webhook and downlink outboxes,
-the audit log, markets and fix day summaries. The migrations live in
+the audit log, typed places (0014) and fix day summaries. The migrations live in
 ``collector/storage/migrations``; a test compares this metadata with the migrated schema on
 SQLite and PostgreSQL. The operations on these tables live with their owners
 (``collector.ingest``, ``collector.risk``, ``collector.loans``, ``collector.jobs``).
@@ -39,7 +39,7 @@ __all__ = [
     "FixRecord",
     "InstallmentRecord",
     "LoanRecord",
-    "MarketRecord",
+    "PlaceRecord",
     "RegistryVersion",
     "RepaymentRecord",
     "RiskEventRecord",
@@ -399,18 +399,26 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]]
 
 
-class MarketRecord(Base):
-    """A used-car market the devices watch; stored as given (with its datum) and in WGS-84."""
+class PlaceRecord(Base):
+    """A typed place the devices watch (a used-car market, a pawn lot, a port, ...).
 
-    __tablename__ = "markets"
+    Stored as given: ``lat``/``lon`` in the declared ``datum`` (the agents convert once, with
+    :mod:`protocol.places`). A deleted place stays as a tombstone (``deleted_ms`` set) so the
+    newest ``updated_ms`` over all rows is the revision of the list: a deletion made from the
+    CLI still makes the publisher sign a new list. Migration 0014 replaced ``markets`` with it.
+    """
 
-    market_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    __tablename__ = "places"
+
+    place_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(32), index=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     lat: Mapped[float] = mapped_column(sa.Double)
     lon: Mapped[float] = mapped_column(sa.Double)
     datum: Mapped[str] = mapped_column(sa.String(8))
     radius_m: Mapped[float] = mapped_column(sa.Double)
     updated_ms: Mapped[int]
+    deleted_ms: Mapped[int | None]
 
 
 class ConfigVersion(Base):
