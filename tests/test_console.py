@@ -451,6 +451,17 @@ def test_vehicle_condition_report(world: tuple) -> None:
     assert "61234.5 km (2026-11-27)" in page
     assert '<svg class="chart soc"' in page
     assert re.search(r'data-day="2026-11-27">.*?<td class="num">64.0</td>', page, flags=re.S)
+    assert 'id="battery-health"' not in page  # no traction-battery figure: not an EV
+    with Session(engine) as session:
+        row = session.get(DailyStatsRecord, ("tbox-0002", "2026-11-27"))
+        assert row is not None
+        row.soh_percent, row.energy_used_kwh, row.charging_sessions = 92.5, 11.0, 2
+        session.commit()
+    page = client.get("/console/loans/L-1002/condition").text
+    battery = re.findall(r'<section class="card" id="battery-health">.*?</section>', page, flags=re.S)[0]
+    assert "<dt>State of health (%)</dt><dd>92.5 (2026-11-27)</dd>" in battery
+    assert "<dt>Charging sessions</dt><dd>2</dd>" in battery
+    assert "<dt>High-voltage disconnects while parked</dt><dd>0</dd>" in battery
 
 
 def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -> None:

@@ -13,10 +13,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from protocol.rule_names import RuleName
+
 from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
 from ..risk.engine import RiskLevel
 from ..risk.repayments import Installment, LoanError, Payment, format_cents
-from ..storage.tables import DailyStatsRecord, InstallmentRecord, LoanRecord, RepaymentRecord, RiskStateRecord
+from ..storage.tables import (
+    AlertRecord,
+    DailyStatsRecord,
+    InstallmentRecord,
+    LoanRecord,
+    RepaymentRecord,
+    RiskStateRecord,
+)
 
 __all__ = [
     "LoanNotFoundError",
@@ -24,6 +33,7 @@ __all__ = [
     "LoanSummary",
     "RepaymentConflictError",
     "RepaymentOutcome",
+    "battery_health",
     "existing_loan_conflicts",
     "loan_details",
     "loan_summaries",
@@ -285,7 +295,8 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
     """Condition summary for the disposal team: the last ``days`` days of DailyStats.
 
     Returns per-day distance (km), driving time (h), harsh accelerations and brakings, the
-    totals, and the last odometer reading known.
+    traction-battery figures (EVs; None otherwise), the totals, the last odometer reading
+    known, and ``battery`` (:func:`battery_health`; None for a car that never reported any).
     """
     first = (today - timedelta(days=days - 1)).isoformat()
     rows = list(
@@ -316,6 +327,10 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
                 "driving_h": round(r.driving_s / 3600, 3),
                 "harsh_accel": r.harsh_accel,
                 "harsh_brake": r.harsh_brake,
+                "energy_used_kwh": r.energy_used_kwh,
+                "energy_charged_kwh": r.energy_charged_kwh,
+                "charging_sessions": r.charging_sessions,
+                "soh_percent": r.soh_percent,
                 "final": r.final,
             }
             for r in rows
@@ -326,4 +341,66 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
         "harsh_brake": sum(r.harsh_brake for r in rows),
         "last_odometer_km": odometer[0] if odometer else None,
         "last_odometer_day": odometer[1] if odometer else None,
+        "battery": battery_health(session, device_id, rows, first, today),
     }
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+def _sum_or_none(values: list[float | int | None]) -> float | int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def battery_health(
+    session: Session, device_id: str, rows: list[DailyStatsRecord], first: str, today: date
+) -> dict[str, Any] | None:
+    """The traction battery over the window: state of health, its change, energy, HV disconnects.
+
+    ``soh_percent`` is the newest state of health ever reported (with its day), ``soh_change``
+    the newest minus the oldest within the window (percentage points, negative = lost health);
+    ``hv_disconnects`` and ``soh_drop_alerts`` count the raised ``hv_disconnect`` / ``soh_drop``
+    alerts with a device time inside the window (UTC days). None when the car never reported
+    a battery figure nor raised one of those alerts (not an EV, or an older agent).
+    """
+    soh_rows = [(r.day, r.soh_percent) for r in rows if r.soh_percent is not None]
+    latest = session.execute(
+        sa.select(DailyStatsRecord.soh_percent, DailyStatsRecord.day)
+        .where(DailyStatsRecord.device_id == device_id, DailyStatsRecord.soh_percent.is_not(None))
+        .order_by(DailyStatsRecord.day.desc())
+        .limit(1)
+    ).first()
+    start_ms = (date.fromisoformat(first) - _EPOCH).days * 86_400_000
+    end_ms = (today + timedelta(days=1) - _EPOCH).days * 86_400_000
+    alerts = session.execute(
+        sa.select(AlertRecord.rule, sa.func.count(), sa.func.max(AlertRecord.time_ms))
+        .where(
+            AlertRecord.device_id == device_id,
+            AlertRecord.rule.in_([RuleName.HV_DISCONNECT.value, RuleName.SOH_DROP.value]),
+            AlertRecord.state == 0,  # RAISED
+            AlertRecord.time_ms >= start_ms,
+            AlertRecord.time_ms < end_ms,
+        )
+        .group_by(AlertRecord.rule)
+    ).all()
+    counts = {rule: (int(n), last) for rule, n, last in alerts}
+    energy_used = _sum_or_none([r.energy_used_kwh for r in rows])
+    if latest is None and energy_used is None and not counts:
+        return None
+    hv = counts.get(RuleName.HV_DISCONNECT.value, (0, None))
+    return {
+        "soh_percent": latest[0] if latest else None,
+        "soh_day": latest[1] if latest else None,
+        "soh_change": round(soh_rows[-1][1] - soh_rows[0][1], 2) if len(soh_rows) >= 2 else None,
+        "energy_used_kwh": _round_or_none(energy_used),
+        "energy_charged_kwh": _round_or_none(_sum_or_none([r.energy_charged_kwh for r in rows])),
+        "charging_sessions": _sum_or_none([r.charging_sessions for r in rows]),
+        "hv_disconnects": hv[0],
+        "last_hv_disconnect_ms": hv[1],
+        "soh_drop_alerts": counts.get(RuleName.SOH_DROP.value, (0, None))[0],
+    }
+
+
+def _round_or_none(value: float | int | None) -> float | None:
+    return None if value is None else round(float(value), 3)

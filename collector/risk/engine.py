@@ -236,7 +236,8 @@ class RiskConfig:
         dpd_on_site: days past due from which the level is high with an on-site check (default 90).
         stationary_days: a vehicle not moved for at least this many days while overdue is watched (7).
         market_rules / power_cut_rules / towing_rules / night_door_rules / region_rules /
-            gnss_rules: device rule names that count as each kind of alert.
+            gnss_rules / relocation_rules / hv_disconnect_rules / soh_drop_rules: device rule
+            names that count as each kind of alert.
     """
 
     offline_hours: float = 48.0
@@ -250,6 +251,9 @@ class RiskConfig:
     night_door_rules: frozenset[str] = frozenset({RuleName.NIGHT_DOOR_OPENINGS})
     region_rules: frozenset[str] = frozenset({RuleName.REGION_EXIT})
     gnss_rules: frozenset[str] = frozenset({RuleName.GNSS_LOST, RuleName.GNSS_JAMMING})
+    relocation_rules: frozenset[str] = frozenset({RuleName.RELOCATION})
+    hv_disconnect_rules: frozenset[str] = frozenset({RuleName.HV_DISCONNECT})
+    soh_drop_rules: frozenset[str] = frozenset({RuleName.SOH_DROP})
 
     def __post_init__(self) -> None:
         for name, lo, hi in (
@@ -511,6 +515,11 @@ RULES: tuple[RiskRule, ...] = (
              _offline(while_overdue=True), ("device_offline", "overdue")),
     RiskRule("region_exit_while_overdue", H, S.ON_SITE_CHECK, "left the allowed region while overdue",
              _while_overdue(lambda c: c.region_rules), ("region_exit", "overdue")),
+    RiskRule("relocation_while_overdue", H, S.ON_SITE_CHECK, "stopped coming home (relocated) while overdue",
+             _while_overdue(lambda c: c.relocation_rules), ("relocation", "overdue")),
+    RiskRule("hv_disconnect_while_overdue", H, S.ON_SITE_CHECK,
+             "traction battery disconnected or removed while parked, while overdue",
+             _while_overdue(lambda c: c.hv_disconnect_rules), ("hv_disconnect", "overdue")),
     RiskRule("severely_past_due", H, S.ON_SITE_CHECK, "days past due >= dpd_on_site",
              _dpd_at_least(lambda c: c.dpd_on_site), ("past_due", "overdue")),
     RiskRule("past_due", W, S.CALL, "days past due >= dpd_call", _dpd_at_least(lambda c: c.dpd_call), ("overdue",)),
@@ -523,6 +532,12 @@ RULES: tuple[RiskRule, ...] = (
     RiskRule("towing", W, S.CALL, "towed (moving with ignition off)", _alone(lambda c: c.towing_rules)),
     RiskRule("gnss_jamming", W, S.CALL, "GNSS jammed or lost while moving", _alone(lambda c: c.gnss_rules)),
     RiskRule("region_exit", W, S.CALL, "left the allowed region", _alone(lambda c: c.region_rules)),
+    RiskRule("relocation", W, S.CALL, "stopped coming home: nights away from every usual night place",
+             _alone(lambda c: c.relocation_rules)),
+    RiskRule("hv_disconnect", W, S.CALL, "traction battery disconnected or removed while parked",
+             _alone(lambda c: c.hv_disconnect_rules)),
+    RiskRule("soh_drop", W, S.MONITOR, "abnormal drop of the traction battery's state of health (collateral value)",
+             _alone(lambda c: c.soh_drop_rules)),
     RiskRule("device_offline", W, S.CALL, "device offline for more than offline_hours", _offline(while_overdue=False)),
     RiskRule("night_door_openings", W, S.MONITOR, "repeated door openings at night",
              _alone(lambda c: c.night_door_rules)),

@@ -206,7 +206,11 @@ class AlertRecord(Base):
 
 
 class DailyStatsRecord(Base):
-    """Driving figures of one device-local day; the row with the latest ``time_ms`` wins."""
+    """Driving figures of one device-local day; the row with the latest ``time_ms`` wins.
+
+    The traction-battery figures (``energy_*``, ``charging_sessions``, ``soh_percent``; EVs
+    only, NULL otherwise) were added by migration 0014.
+    """
 
     __tablename__ = "daily_stats"
 
@@ -220,6 +224,10 @@ class DailyStatsRecord(Base):
     harsh_brake: Mapped[int]
     odometer_km: Mapped[float | None] = mapped_column(sa.Double)
     final: Mapped[bool] = mapped_column(sa.Boolean)
+    energy_used_kwh: Mapped[float | None] = mapped_column(sa.Double)
+    energy_charged_kwh: Mapped[float | None] = mapped_column(sa.Double)
+    charging_sessions: Mapped[int | None] = mapped_column(sa.Integer)
+    soh_percent: Mapped[float | None] = mapped_column(sa.Double)
 
 
 class DeviceStatus(Base):

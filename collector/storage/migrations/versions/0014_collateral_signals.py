@@ -1,4 +1,4 @@
-"""0014 collateral signals (#17): typed places replace markets.
+"""0014 collateral signals (#17): typed places replace markets; EV battery daily figures.
 
 Revision ID: 0014
 Revises: 0006
@@ -9,6 +9,9 @@ impound yard, port, border crossing; protocol.places.PlaceType) with its declare
 a ``deleted_ms`` tombstone (the newest ``updated_ms`` is the list's revision). The rows of
 ``markets`` are copied in as ``used_car_market`` places and ``markets`` is dropped (it was
 read and written only by the market code this revision replaces).
+
+``daily_stats`` gains the traction-battery figures of protocol.DailyStats (EVs only, NULL
+otherwise): energy used and charged (kWh), charging sessions, state of health (%).
 
 Merge note: the lead re-chains ``down_revision`` onto the newest revision at merge.
 """
@@ -45,10 +48,20 @@ def upgrade() -> None:
         "SELECT market_id, 'used_car_market', name, lat, lon, datum, radius_m, updated_ms, NULL FROM markets"
     )
     op.drop_table('markets')
+    with op.batch_alter_table('daily_stats') as batch_op:
+        batch_op.add_column(sa.Column('energy_used_kwh', sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column('energy_charged_kwh', sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column('charging_sessions', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('soh_percent', sa.Double(), nullable=True))
 
 
 def downgrade() -> None:
     """Downgrade schema (places of other types than used-car markets are lost)."""
+    with op.batch_alter_table('daily_stats') as batch_op:
+        batch_op.drop_column('soh_percent')
+        batch_op.drop_column('charging_sessions')
+        batch_op.drop_column('energy_charged_kwh')
+        batch_op.drop_column('energy_used_kwh')
     op.create_table('markets',
     sa.Column('market_id', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
