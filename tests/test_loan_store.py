@@ -39,8 +39,8 @@ DAY = 24 * HOUR
 
 
 def _my_tables_diff(engine: sa.Engine) -> list[object]:
-    mine = {"loans", "installments", "repayments", "risk_states", "risk_events", "webhook_deliveries", "audit_log",
-            "places", "config_versions", "fix_day_summaries"}
+    mine = {"loans", "loan_devices", "installments", "repayments", "risk_states", "risk_events", "webhook_deliveries",
+            "audit_log", "places", "config_versions", "fix_day_summaries"}
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     return [d for d in diff if any(t in repr(d) for t in mine)]

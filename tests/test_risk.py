@@ -103,6 +103,10 @@ ROWS: list[tuple[str, RepaymentFacts, tuple[OpenAlert, ...], DeviceStatus | None
      ("high", ["hv_disconnect_while_overdue"], "on_site_check")),
     ("soh_drop", CURRENT, (alert("soh_drop"),), None, ("watch", ["soh_drop"], "monitor")),
     ("soh_drop while overdue", ONE_LATE, (alert("soh_drop"),), None, ("watch", ["soh_drop", "overdue"], "reminder")),
+    ("tracker_divergence", CURRENT, (alert("tracker_divergence"),), None,
+     ("high", ["tracker_divergence"], "on_site_check")),
+    ("tracker_divergence_while_overdue", ONE_LATE, (alert("tracker_divergence"),), None,
+     ("critical", ["tracker_divergence_while_overdue"], "recovery")),
     ("unknown alert rule", CURRENT, (alert("some_future_rule"),), None, ("normal", [], "monitor")),
 ]
 

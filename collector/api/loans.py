@@ -38,12 +38,16 @@ from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
+    LoanNotFoundError,
     LoanSummary,
     RepaymentConflictError,
+    TrackerLinkError,
+    link_second_tracker,
     loan_details,
     loans_with_risk,
     record_repayment,
     store_loan,
+    unlink_second_tracker,
     vehicle_condition,
 )
 from ..risk.assessment import open_alerts, reassess_loan_as_configured
@@ -386,6 +390,45 @@ def alerts(loan_id: str, session: Db, principal: LoanReader, clock_ms: ClockDep)
     _audit(session, clock_ms(), principal, "read_alerts", kind="loan", subject=loan_id, count=len(out))
     session.commit()
     return out
+
+
+class TrackerIn(BaseModel):
+    """Body of ``PUT /v1/loans/{id}/second-tracker``."""
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@router.put("/loans/{loan_id}/second-tracker")
+def put_second_tracker(
+    loan_id: str, *, body: TrackerIn, session: Db, principal: Admin, clock_ms: ClockDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Link a second tracker (e.g. a hidden backup) to the loan's car, then reassess the loan."""
+    try:
+        changed = link_second_tracker(session, loan_id, body.device_id, now_ms=clock_ms())
+    except LoanNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except TrackerLinkError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    _audit(session, clock_ms(), principal, "link_second_tracker", kind="loan", subject=loan_id,
+           device_id=body.device_id, changed=changed)
+    reassess_loan_as_configured(session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls)
+    session.commit()
+    return {"loan_id": loan_id, "second_tracker": body.device_id, "changed": changed}
+
+
+@router.delete("/loans/{loan_id}/second-tracker")
+def delete_second_tracker(
+    loan_id: str, session: Db, principal: Admin, clock_ms: ClockDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Unlink the loan's second tracker, then reassess the loan."""
+    _loan_or_404(session, loan_id)
+    removed = unlink_second_tracker(session, loan_id)
+    if removed is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} has no second tracker")
+    _audit(session, clock_ms(), principal, "unlink_second_tracker", kind="loan", subject=loan_id, device_id=removed)
+    reassess_loan_as_configured(session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls)
+    session.commit()
+    return {"loan_id": loan_id, "second_tracker": None, "removed": removed}
 
 
 @router.get("/loans/{loan_id}/condition")

@@ -167,6 +167,11 @@ _SENTENCES: dict[str, tuple[str, str]] = {
     "region_exit_while_overdue": (
         "The vehicle left its allowed region ({alert_time}) while {total_overdue} is overdue.",
         "车辆驶出允许区域（{alert_time}），当前逾期金额 {total_overdue}。"),
+    "tracker_divergence_while_overdue": (
+        "The car's two trackers disagree (one silent while the other moves, or far apart: one was removed) "
+        "({alert_time}) while {total_overdue} is overdue.",
+        "车辆两个定位终端数据不一致（一个静默而另一个仍在移动，或位置相距过远：疑似被拆除）（{alert_time}），"
+        "当前逾期金额 {total_overdue}。"),
     "relocation_while_overdue": (
         "The vehicle stopped coming home: it has spent nights away from every usual night place "
         "({alert_time}) while {total_overdue} is overdue.",
@@ -199,6 +204,9 @@ _SENTENCES: dict[str, tuple[str, str]] = {
     "gnss_jamming": ("GNSS reception was jammed or lost while driving ({alert_time}).",
                      "行驶中卫星定位信号被干扰或丢失（{alert_time}）。"),
     "region_exit": ("The vehicle left its allowed region ({alert_time}).", "车辆驶出允许区域（{alert_time}）。"),
+    "tracker_divergence": ("The car's two trackers disagree (one silent while the other moves, or far apart: one "
+                           "was removed) ({alert_time}).",
+                           "车辆两个定位终端数据不一致（一个静默而另一个仍在移动，或位置相距过远：疑似被拆除）（{alert_time}）。"),
     "relocation": ("The vehicle stopped coming home: it has spent nights away from every usual night place "
                    "({alert_time}).",
                    "车辆不再回到常驻地：已多晚未在任何常用夜间停放地过夜（{alert_time}）。"),

@@ -55,7 +55,7 @@ from ..errors import CollectorError, ConfigError
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.places import place_items, places_revision
-from ..storage.tables import Base, ConfigVersion, LoanRecord
+from ..storage.tables import Base, ConfigVersion, LoanDeviceRecord, LoanRecord
 from .worker_loop import WorkerLoop, WorkerLoopError
 
 __all__ = [
@@ -102,14 +102,15 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def config_targets(session: Session) -> list[str]:
-    """Devices that get the place list: every device with an active key and every loan's device.
+    """Devices that get the place list: every device with an active key and every loan's trackers.
 
     A loan's device that is not registered yet still gets its (retained) configuration, so it
     finds the list waiting when it first connects.
     """
     registered = session.scalars(sa.select(_device_keys.c.device_id).where(_device_keys.c.revoked_ms.is_(None)))
     loans = session.scalars(sa.select(LoanRecord.device_id))
-    return sorted({*registered, *loans})
+    second = session.scalars(sa.select(LoanDeviceRecord.device_id))
+    return sorted({*registered, *loans, *second})
 
 
 def devices_needing_config(session: Session) -> list[str]:

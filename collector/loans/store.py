@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from protocol import check_device_id
+from protocol.errors import InvalidRecord
 from protocol.rule_names import RuleName
 
 from ..risk.assessment import LoanNotFoundError, load_payments, load_schedule, loan_facts
@@ -22,6 +24,7 @@ from ..storage.tables import (
     AlertRecord,
     DailyStatsRecord,
     InstallmentRecord,
+    LoanDeviceRecord,
     LoanRecord,
     RepaymentRecord,
     RiskStateRecord,
@@ -33,13 +36,16 @@ __all__ = [
     "LoanSummary",
     "RepaymentConflictError",
     "RepaymentOutcome",
+    "TrackerLinkError",
     "battery_health",
     "existing_loan_conflicts",
+    "link_second_tracker",
     "loan_details",
     "loan_summaries",
     "loans_with_risk",
     "record_repayment",
     "store_loan",
+    "unlink_second_tracker",
     "vehicle_condition",
 ]
 
@@ -267,6 +273,9 @@ def loan_details(session: Session, loan: LoanRecord, as_of: date, *, grace_days:
     return {
         "loan_id": loan.loan_id,
         "device_id": loan.device_id,
+        "second_tracker": session.scalar(
+            sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan.loan_id)
+        ),
         "vin": loan.vin,
         "borrower_ref": loan.borrower_ref,
         "principal": format_cents(loan.principal_cents),
@@ -286,6 +295,55 @@ def loan_summaries(
     rows = loans_with_risk(session, level=level, most_severe_first=most_severe_first, limit=limit, offset=offset)
     return [LoanSummary.of(loan, state) for loan, state in rows]
 
+# ------------------------------------------------------------------ second trackers
+
+
+class TrackerLinkError(LoanError):
+    """A second tracker cannot be linked: the device already tracks a car, or the id is malformed."""
+
+
+def link_second_tracker(session: Session, loan_id: str, device_id: str, *, now_ms: int) -> bool:
+    """Link ``device_id`` as the second tracker of a loan's car (replacing any other; the caller commits).
+
+    Returns:
+        False when it was linked already (nothing changed), True otherwise.
+
+    Raises:
+        LoanNotFoundError: no such loan.
+        TrackerLinkError: a malformed id, the loan's own main device, or a device that is
+            another loan's main or second tracker.
+    """
+    loan = session.get(LoanRecord, loan_id)
+    if loan is None:
+        raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
+    try:
+        check_device_id(device_id)
+    except InvalidRecord as exc:
+        raise TrackerLinkError(str(exc)) from exc
+    if device_id == loan.device_id:
+        raise TrackerLinkError(f"{device_id} is already the main tracker of loan {loan_id}")
+    other = session.scalar(sa.select(LoanRecord.loan_id).where(LoanRecord.device_id == device_id))
+    if other is not None:
+        raise TrackerLinkError(f"{device_id} is the main tracker of loan {other}")
+    row = session.get(LoanDeviceRecord, device_id)
+    if row is not None and row.loan_id != loan_id:
+        raise TrackerLinkError(f"{device_id} is the second tracker of loan {row.loan_id}")
+    if row is not None:
+        return False
+    unlink_second_tracker(session, loan_id)
+    session.add(LoanDeviceRecord(device_id=device_id, loan_id=loan_id, added_ms=now_ms))
+    session.flush()
+    return True
+
+
+def unlink_second_tracker(session: Session, loan_id: str) -> str | None:
+    """Remove a loan's second tracker (the caller commits); returns its device id, None if it had none."""
+    row = session.scalar(sa.select(LoanDeviceRecord).where(LoanDeviceRecord.loan_id == loan_id))
+    if row is None:
+        return None
+    session.delete(row)
+    session.flush()
+    return row.device_id
 
 
 # ------------------------------------------------------------------ vehicle condition

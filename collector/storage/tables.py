@@ -38,6 +38,7 @@ __all__ = [
     "FixDaySummary",
     "FixRecord",
     "InstallmentRecord",
+    "LoanDeviceRecord",
     "LoanRecord",
     "PlaceRecord",
     "RegistryVersion",
@@ -299,6 +300,24 @@ class LoanRecord(Base):
     borrower_ref: Mapped[str] = mapped_column(sa.String(64), index=True)  # console search (migration 0004)
     principal_cents: Mapped[int]
     created_ms: Mapped[int]
+
+
+class LoanDeviceRecord(Base):
+    """A second tracker on a loan's car (e.g. a hidden battery-powered backup beside the wired T-BOX).
+
+    ``loans.device_id`` stays the main device; a loan has at most one row here (``loan_id``
+    unique), so at most two trackers per car, and a device tracks at most one car. The
+    collector compares the two (``collector.risk.trackers``) and raises ``tracker_divergence``.
+    Migration 0014.
+    """
+
+    __tablename__ = "loan_devices"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"), unique=True
+    )
+    added_ms: Mapped[int]
 
 
 class InstallmentRecord(Base):

@@ -1,4 +1,4 @@
-"""0014 collateral signals (#17): typed places replace markets; EV battery daily figures.
+"""0014 collateral signals (#17): typed places replace markets; EV battery daily figures; second trackers.
 
 Revision ID: 0014
 Revises: 0006
@@ -12,6 +12,9 @@ read and written only by the market code this revision replaces).
 
 ``daily_stats`` gains the traction-battery figures of protocol.DailyStats (EVs only, NULL
 otherwise): energy used and charged (kWh), charging sessions, state of health (%).
+
+``loan_devices`` links a second tracker to a loan (``loans.device_id`` stays the main one; one
+row per loan at most, so two trackers per car).
 
 Merge note: the lead re-chains ``down_revision`` onto the newest revision at merge.
 """
@@ -53,10 +56,20 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('energy_charged_kwh', sa.Double(), nullable=True))
         batch_op.add_column(sa.Column('charging_sessions', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('soh_percent', sa.Double(), nullable=True))
+    op.create_table('loan_devices',
+    sa.Column('device_id', sa.String(length=64), nullable=False),
+    sa.Column('loan_id', sa.String(length=64), nullable=False),
+    sa.Column('added_ms', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['loan_id'], ['loans.loan_id'], name=op.f('fk_loan_devices_loan_id_loans'),
+                            ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('device_id', name=op.f('pk_loan_devices')),
+    sa.UniqueConstraint('loan_id', name=op.f('uq_loan_devices_loan_id'))
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema (places of other types than used-car markets are lost)."""
+    op.drop_table('loan_devices')
     with op.batch_alter_table('daily_stats') as batch_op:
         batch_op.drop_column('soh_percent')
         batch_op.drop_column('charging_sessions')
