@@ -6,6 +6,7 @@ trackers through the ingest path and read the risk back through the loans API.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from collector.cli.commands import main
 from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.settings import Limits
 from collector.jobs.downlink import config_targets
@@ -196,3 +198,23 @@ def test_link_rules(api: Api) -> None:
     assert api.call("PUT", "/v1/loans/L-1001/second-tracker", "admin", json={"device_id": "a b"}).status_code == 422
     with Session(api.engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(sa.table("loan_devices"))) == 0
+
+
+def test_loans_link_tracker_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in __import__("os").environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n')
+    assert main(["loans", "import", "--sample", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["loans", "link-tracker", "L-1001", "spy-0001", "--config", str(config)]) == 0
+    linked = json.loads(capsys.readouterr().out)
+    assert (linked["second_tracker"], linked["changed"], linked["level"]) == ("spy-0001", True, "normal")
+    assert main(["loans", "link-tracker", "L-1002", "spy-0001", "--config", str(config)]) == 1
+    assert "the second tracker of loan L-1001" in capsys.readouterr().err
+    assert main(["loans", "unlink-tracker", "L-1001", "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is True
+    assert main(["loans", "unlink-tracker", "L-9999", "--config", str(config)]) == 1
+    assert "does not exist" in capsys.readouterr().err

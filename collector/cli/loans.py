@@ -29,7 +29,16 @@ from protocol.places import PlaceType
 from ..clock import utc_date, wall_clock_ms
 from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
-from ..loans.store import LoanNotFoundError, RepaymentConflictError, loan_details, loan_summaries, record_repayment
+from ..loans.store import (
+    LoanNotFoundError,
+    RepaymentConflictError,
+    TrackerLinkError,
+    link_second_tracker,
+    loan_details,
+    loan_summaries,
+    record_repayment,
+    unlink_second_tracker,
+)
 from ..risk.assessment import reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
@@ -214,6 +223,27 @@ def _repayments_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _loans_tracker(args: argparse.Namespace, settings: Settings) -> int:
+    command = f"lienwatch collector loans {'link' if args.device else 'unlink'}-tracker"
+    with settings_session(settings) as session:
+        try:
+            if args.device:
+                changed = link_second_tracker(session, args.loan, args.device, now_ms=wall_clock_ms())
+                device: str | None = args.device
+            else:
+                device = unlink_second_tracker(session, args.loan)
+                changed = device is not None
+        except (LoanNotFoundError, TrackerLinkError) as exc:
+            print(f"{command}: {exc}", file=sys.stderr)
+            return 1
+        levels = _reassess(session, settings, [args.loan], _Progress(0, ""))
+        action = "link_second_tracker" if args.device else "unlink_second_tracker"
+        _audit(session, action, "loan", args.loan, device_id=device, changed=changed)
+        session.commit()
+    _print_json({"loan_id": args.loan, "second_tracker": args.device, "changed": changed, "level": levels[args.loan]})
+    return 0
+
+
 # ------------------------------------------------------------------ retention and places
 
 
@@ -306,6 +336,14 @@ def add_subcommands(
     show = lsub.add_parser("show", parents=[common], help="one loan with repayment facts and risk reasons (JSON)")
     show.add_argument("loan_id")
     show.set_defaults(func=bind(_loans_show))
+    link = lsub.add_parser("link-tracker", parents=[common], help="link a second tracker (e.g. a hidden backup) "
+                           "to a loan's car (docs/risk.md, two trackers per car)")
+    link.add_argument("loan")
+    link.add_argument("device")
+    link.set_defaults(func=bind(_loans_tracker))
+    unlink = lsub.add_parser("unlink-tracker", parents=[common], help="remove a loan's second tracker")
+    unlink.add_argument("loan")
+    unlink.set_defaults(func=bind(_loans_tracker), device=None)
 
     repayments = sub.add_parser("repayments", help="received payments")
     rsub = repayments.add_subparsers(dest="action", required=True)

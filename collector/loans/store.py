@@ -337,7 +337,13 @@ def link_second_tracker(session: Session, loan_id: str, device_id: str, *, now_m
 
 
 def unlink_second_tracker(session: Session, loan_id: str) -> str | None:
-    """Remove a loan's second tracker (the caller commits); returns its device id, None if it had none."""
+    """Remove a loan's second tracker (the caller commits); returns its device id, None if it had none.
+
+    Raises:
+        LoanNotFoundError: no such loan.
+    """
+    if session.get(LoanRecord, loan_id) is None:
+        raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
     row = session.scalar(sa.select(LoanDeviceRecord).where(LoanDeviceRecord.loan_id == loan_id))
     if row is None:
         return None
