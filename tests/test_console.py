@@ -481,3 +481,25 @@ def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -
     lines = console_lines("http://127.0.0.1:8080")
     assert lines[0].startswith("Console: http://127.0.0.1:8080/console   users: analyst (risk_analyst)")
     assert DEMO_PASSWORD in lines[1]
+
+
+def test_the_places_page_lists_typed_places_for_analysts(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        session.add(PlaceRecord(place_id="sh-minhang-pawn", type="pawn_lot", name="Minhang pawn lot", lat=31.15,
+                                lon=121.42, datum="gcj02", radius_m=150.0, updated_ms=NOW))
+        session.add(PlaceRecord(place_id="gone", type="port", name="Deleted port", lat=31.0, lon=121.0,
+                                datum="wgs84", radius_m=500.0, updated_ms=NOW, deleted_ms=NOW))
+        session.commit()
+    user(client, "cole")  # collections: no location data
+    assert client.get("/console/places").status_code == 403
+    client.cookies.clear()
+    user(client, "ana")
+    page = client.get("/console/places").text
+    assert '<a href="/console/places">Places</a>' in page  # in the navigation
+    rows = re.findall(r'<tr data-place="([^"]+)" data-type="([^"]+)">', page)
+    assert rows == [("sh-jiading-ucm", "used_car_market"), ("sh-minhang-pawn", "pawn_lot")]  # tombstones hidden
+    assert "<td>Pawn lot</td><td>Minhang pawn lot</td>" in page
+    only = client.get("/console/places", params={"type": "pawn_lot"}).text
+    assert re.findall(r'<tr data-place="([^"]+)"', only) == ["sh-minhang-pawn"]
+    assert client.get("/console/places", params={"type": "casino"}).status_code == 422

@@ -39,6 +39,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from protocol.geo import gcj02_to_wgs84
+from protocol.places import PlaceType
 
 from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
@@ -73,7 +74,7 @@ from ..storage.people import (
     purge_sessions,
     update_session_locale,
 )
-from ..storage.places import place_circles_wgs84
+from ..storage.places import place_circles_wgs84, place_items
 from ..storage.tables import (
     AlertRecord,
     FixRecord,
@@ -110,6 +111,7 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "assess": LOCATION_ROLES,
     "audit": frozenset({"admin", "auditor"}),
     "devices": frozenset({"admin"}),
+    "places": LOCATION_ROLES,
 }
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -205,7 +207,8 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
     nav = []
     if principal is not None:
         for page, href in (("worklist", "/console/worklist"), ("alerts", "/console/alerts"),
-                           ("audit", "/console/audit"), ("devices", "/console/devices")):
+                           ("places", "/console/places"), ("audit", "/console/audit"),
+                           ("devices", "/console/devices")):
             if principal.role in PAGE_ROLES[page]:
                 nav.append((t(page), href))
     base = {
@@ -769,6 +772,19 @@ def audit_page(request: Request, principal: PagePrincipal) -> Response:
     return _render(request, "audit.html", principal, {"rows": rows, "query": {
         "from": q.get("from", ""), "to": q.get("to", ""), "actor": actor or "", "subject": subject or "",
         "action": action or ""}, "zone": zone_name})
+
+
+@router.get("/places", response_model=None)
+def places_page(request: Request, principal: PagePrincipal) -> Response:
+    """The typed places pushed to the devices (markets, pawn lots, ports, ...), ``?type=`` filters."""
+    _allow(principal, "places")
+    wanted = request.query_params.get("type") or None
+    types = [t.value for t in PlaceType]
+    if wanted is not None and wanted not in types:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"type must be one of {types}")
+    with Session(_engine(request)) as session:
+        rows = place_items(session, None if wanted is None else [wanted])
+    return _render(request, "places.html", principal, {"rows": rows, "types": types, "wanted": wanted})
 
 
 @router.get("/devices", response_model=None)
