@@ -8,6 +8,7 @@ so what the collector pushes is exactly what an agent applies.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
 from collector.cli.commands import main as collector_main
-from collector.jobs.downlink import build_device_configs, config_body, devices_needing_config
+from collector.ingest.registry import DeviceRegistry
+from collector.jobs.downlink import ConfigPublisher, build_device_configs, config_body, devices_needing_config
+from collector.settings import MqttSettings
 from collector.storage.database import create_engine, migrate
 from collector.storage.places import (
     PlaceFileError,
@@ -30,12 +33,18 @@ from collector.storage.places import (
     upsert_places,
 )
 from collector.storage.tables import AuditEntry, PlaceRecord
+from edge.agent import Agent
 from edge.downlink_apply import DownlinkApplier
 from edge.rules import RulesConfig
 from edge.uplink import ConfigGate
+from firmware_sim.rig import Mosquitto
 from protocol import DeviceConfig, config_topic, open_config, seal_config
+from protocol.cli import key_files
 from protocol.places import PlaceType
+from tests.agent_harness import DEVICE, ScriptedEngine, make_config
+from tests.fake_devices import FakeDevice
 from tests.loan_api_app import NOW, Api, open_loan_api
+from tests.mqtt_subscriber import wait_until
 
 REPO = Path(__file__).parents[1]
 PLACES_SAMPLE = REPO / "edge" / "data" / "places.sample.toml"
@@ -272,3 +281,49 @@ def test_places_cli_import_list_delete(
         actions = session.scalars(sa.select(AuditEntry.action).where(AuditEntry.subject_type == "place")).all()
     assert actions == ["import_places", "delete_place"]
     db.dispose()
+
+
+# ------------------------------------------------------------------ through a real broker to a running agent
+
+
+class TypedEngine(ScriptedEngine):
+    """The agent harness's engine double, recording the place types it is given."""
+
+    def set_markets(self, markets: Any) -> None:
+        self.calls.append(("places", [(m.id, m.type.value) for m in markets]))
+
+
+def test_typed_places_reach_a_running_agent_through_the_broker(
+    engine: sa.Engine, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    collector_keys = key_files.generate(tmp_path / "keys", "collector")
+    signing_key = key_files.load_private_key(collector_keys.private_path)
+    agent_config = make_config(tmp_path, mosquitto.port,
+                               extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n')
+    with Session(engine) as session:
+        upsert_places(session, [JIADING, PAWN], now_ms=NOW)
+        session.commit()
+    DeviceRegistry(engine, clock_ms=lambda: NOW).add(DEVICE, FakeDevice(DEVICE).pem)
+    publisher = ConfigPublisher(engine, signing_key, MqttSettings(port=mosquitto.port, client_id="places-test"),
+                                resync_interval_s=0.2, clock_ms=lambda: NOW + 1)
+    rules = TypedEngine()
+    agent = Agent(agent_config, engine=rules, sources={})
+    thread = threading.Thread(target=agent.run, name="agent-under-test")
+    thread.start()
+    publisher.start()
+    try:
+        assert wait_until(lambda: ("places", [("sh-jiading-ucm", "used_car_market"), ("sh-minhang-pawn", "pawn_lot")])
+                          in rules.calls, 30)
+        with Session(engine) as session:  # a delete from the CLI: the publisher signs and sends again
+            delete_place(session, "sh-minhang-pawn", now_ms=NOW + 2)
+            session.commit()
+        publisher.wake()
+        assert wait_until(lambda: ("places", [("sh-jiading-ucm", "used_car_market")]) in rules.calls, 30)
+    finally:
+        publisher.stop()
+        agent.request_stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert agent.gate is not None
+    assert agent.gate.version == 2
+    assert agent.gate.counters.get("config_rejected", 0) == 0
