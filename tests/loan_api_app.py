@@ -5,11 +5,13 @@ Used by tests/test_loan_api.py and the attack tests in tests/security.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
@@ -24,7 +26,7 @@ from collector.settings import Settings, WebhookSettings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord
 
-__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "open_loan_api"]
+__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "cli_config", "open_loan_api"]
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
@@ -40,6 +42,15 @@ class Api:
 
     def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
         return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
+
+
+def cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A collector.toml with a SQLite database under ``tmp_path/data`` and no LIENWATCH_* overrides."""
+    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n')
+    return config
 
 
 @contextmanager

@@ -43,7 +43,7 @@ from protocol.cli import key_files
 from protocol.places import PlaceType
 from tests.agent_harness import DEVICE, ScriptedEngine, make_config
 from tests.fake_devices import FakeDevice
-from tests.loan_api_app import NOW, Api, open_loan_api
+from tests.loan_api_app import NOW, Api, cli_config, open_loan_api
 from tests.mqtt_subscriber import wait_until
 
 REPO = Path(__file__).parents[1]
@@ -253,10 +253,7 @@ def run(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> tuple[i
 def test_places_cli_import_list_delete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in [n for n in __import__("os").environ if n.startswith("LIENWATCH_")]:
-        monkeypatch.delenv(name)
-    config = tmp_path / "collector.toml"
-    config.write_text('data_dir = "data"\n')
+    config = cli_config(tmp_path, monkeypatch)
     code, out, _ = run(capsys, config, "places", "import", str(PLACES_SAMPLE))
     assert (code, out) == (0, "places: 2 created, 0 changed, 0 unchanged; no [downlink] signing_key configured: "
                               "devices are not updated\n")

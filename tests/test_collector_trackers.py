@@ -24,7 +24,7 @@ from collector.risk.engine import RiskConfig, RiskConfigError
 from collector.risk.trackers import TrackerView, TrackFix, tracker_divergence
 from protocol import Batch, Fix, seal_batch
 from tests.fake_devices import BOOT_A, FakeDevice, register
-from tests.loan_api_app import NOW, Api, open_loan_api
+from tests.loan_api_app import NOW, Api, cli_config, open_loan_api
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -203,10 +203,7 @@ def test_link_rules(api: Api) -> None:
 def test_loans_link_tracker_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in [n for n in __import__("os").environ if n.startswith("LIENWATCH_")]:
-        monkeypatch.delenv(name)
-    config = tmp_path / "collector.toml"
-    config.write_text('data_dir = "data"\n')
+    config = cli_config(tmp_path, monkeypatch)
     assert main(["loans", "import", "--sample", "--config", str(config)]) == 0
     capsys.readouterr()
     assert main(["loans", "link-tracker", "L-1001", "spy-0001", "--config", str(config)]) == 0

@@ -374,12 +374,7 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
             .order_by(DailyStatsRecord.day)
         )
     )
-    odometer = session.execute(
-        sa.select(DailyStatsRecord.odometer_km, DailyStatsRecord.day)
-        .where(DailyStatsRecord.device_id == device_id, DailyStatsRecord.odometer_km.is_not(None))
-        .order_by(DailyStatsRecord.day.desc())
-        .limit(1)
-    ).first()
+    odometer = _newest_reading(session, device_id, DailyStatsRecord.odometer_km)
     return {
         "device_id": device_id,
         "from": first,
@@ -412,6 +407,16 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
 _EPOCH = date(1970, 1, 1)
 
 
+def _newest_reading(session: Session, device_id: str, column: Any) -> Any:
+    """``(value, day)`` of the newest day with ``column`` reported (any day), or None."""
+    return session.execute(
+        sa.select(column, DailyStatsRecord.day)
+        .where(DailyStatsRecord.device_id == device_id, column.is_not(None))
+        .order_by(DailyStatsRecord.day.desc())
+        .limit(1)
+    ).first()
+
+
 def _sum_or_none(values: list[float | int | None]) -> float | int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
@@ -429,12 +434,7 @@ def battery_health(
     a battery figure nor raised one of those alerts (not an EV, or an older agent).
     """
     soh_rows = [(r.day, r.soh_percent) for r in rows if r.soh_percent is not None]
-    latest = session.execute(
-        sa.select(DailyStatsRecord.soh_percent, DailyStatsRecord.day)
-        .where(DailyStatsRecord.device_id == device_id, DailyStatsRecord.soh_percent.is_not(None))
-        .order_by(DailyStatsRecord.day.desc())
-        .limit(1)
-    ).first()
+    latest = _newest_reading(session, device_id, DailyStatsRecord.soh_percent)
     start_ms = (date.fromisoformat(first) - _EPOCH).days * 86_400_000
     end_ms = (today + timedelta(days=1) - _EPOCH).days * 86_400_000
     alerts = session.execute(
