@@ -24,7 +24,15 @@ from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.people import SessionRecord, add_user
-from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, PlaceRecord
+from collector.storage.tables import (
+    AlertRecord,
+    AuditEntry,
+    BatchRecord,
+    Device,
+    FixRecord,
+    LoanDeviceRecord,
+    PlaceRecord,
+)
 from tests.child_processes import ChildProcesses
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
@@ -503,3 +511,20 @@ def test_the_places_page_lists_typed_places_for_analysts(world: tuple) -> None:
     only = client.get("/console/places", params={"type": "pawn_lot"}).text
     assert re.findall(r'<tr data-place="([^"]+)"', only) == ["sh-minhang-pawn"]
     assert client.get("/console/places", params={"type": "casino"}).status_code == 422
+
+
+def test_a_second_tracker_shows_on_the_loan_page_and_among_the_devices(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        session.add(Device(device_id="spy-0002", created_ms=NOW))
+        session.add(LoanDeviceRecord(device_id="spy-0002", loan_id="L-1002", added_ms=NOW))
+        session.commit()
+    user(client, "ana")
+    page = client.get("/console/loans/L-1002").text
+    assert '<dt>Second tracker</dt><dd class="mono">spy-0002</dd>' in page
+    assert "Second tracker" not in client.get("/console/loans/L-1003").text
+    client.cookies.clear()
+    user(client, "root")
+    devices = client.get("/console/devices").text
+    row = re.findall(r'<tr data-device="spy-0002">.*?</tr>', devices, flags=re.S)[0]
+    assert '<a href="/console/loans/L-1002">L-1002</a>' in row

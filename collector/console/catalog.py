@@ -32,6 +32,7 @@ _UI: dict[str, tuple[str, str]] = {
     "audit": ("Audit log", "审计日志"),
     "devices": ("Devices", "设备"),
     "places": ("Places", "重点场所"),
+    "second_tracker": ("Second tracker", "第二定位终端"),
     "place_type": ("Type", "类型"),
     "place_id": ("Id", "编号"),
     "place_name": ("Name", "名称"),

@@ -78,6 +78,7 @@ from ..storage.places import place_circles_wgs84, place_items
 from ..storage.tables import (
     AlertRecord,
     FixRecord,
+    LoanDeviceRecord,
     LoanRecord,
     RepaymentRecord,
     RiskEventRecord,
@@ -576,6 +577,9 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
         ))
         alert_rows = alert_feed(session, AlertFilter(loan_id=loan_id), size=100).rows
         device = session.get(DeviceStatusRecord, loan.device_id)
+        second_tracker = session.scalar(
+            sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id)
+        )
         track: dict[str, Any] | None = None
         if principal.role in PAGE_ROLES["track"]:
             since, until = _track_window(request, zone_name, now)
@@ -637,6 +641,7 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                 "online": device.online if device is not None else None,
                 "last_seen": format_time(device.last_seen_ms if device is not None else None, zone_name),
                 "last_fix": format_time(device.last_fix_ms if device is not None else None, zone_name),
+                "second_tracker": second_tracker,
             },
             "track": track,
             "may_assess": principal.role in PAGE_ROLES["assess"],

@@ -18,7 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..risk.engine import RULES, NextStep, RiskLevel
-from ..storage.tables import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus, LoanRecord, RiskStateRecord
+from ..storage.tables import (
+    AlertRecord,
+    BatchRecord,
+    Device,
+    DeviceKey,
+    DeviceStatus,
+    LoanDeviceRecord,
+    LoanRecord,
+    RiskStateRecord,
+)
 
 __all__ = [
     "LEVELS",
@@ -300,7 +309,12 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
             .group_by(BatchRecord.device_id)
         )
     }
-    pairs = session.execute(sa.select(LoanRecord.device_id, LoanRecord.loan_id))
+    pairs = session.execute(
+        sa.union_all(
+            sa.select(LoanRecord.device_id, LoanRecord.loan_id),
+            sa.select(LoanDeviceRecord.device_id, LoanDeviceRecord.loan_id),  # second trackers
+        )
+    )
     loans: dict[str, str] = {row.device_id: row.loan_id for row in pairs}
     out = []
     for device in session.scalars(sa.select(Device).order_by(Device.device_id)):
