@@ -22,7 +22,7 @@ from collector.loans.store import TrackerLinkError, link_second_tracker, unlink_
 from collector.risk.assessment import reassess_loans
 from collector.risk.engine import RiskConfig, RiskConfigError
 from collector.risk.trackers import TrackerView, TrackFix, tracker_divergence
-from protocol import Batch, Fix, seal_batch
+from protocol import Alert, Batch, Fix, Severity, seal_batch
 from tests.fake_devices import BOOT_A, FakeDevice, register
 from tests.loan_api_app import NOW, Api, cli_config, open_loan_api
 
@@ -215,3 +215,21 @@ def test_loans_link_tracker_cli(
     assert json.loads(capsys.readouterr().out)["changed"] is True
     assert main(["loans", "unlink-tracker", "L-9999", "--config", str(config)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_second_trackers_own_alerts_count_for_the_loan(api: Api) -> None:
+    spy = FakeDevice("spy-0001")
+    register(api.engine, spy)
+    api.call("PUT", "/v1/loans/L-1001/second-tracker", "admin", json={"device_id": "spy-0001"})
+    ingestor = Ingestor(api.engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
+    fixes = track(NOW - HOUR, NOW - 30 * MIN, *HOME)
+    cut = Alert("power_cut", Severity.PANIC, NOW - 30 * MIN, "cut-1", evidence={"voltage_v": 0.0})
+    batch = Batch("spy-0001", BOOT_A, 1, NOW - 30 * MIN,
+                  fixes=tuple(Fix(f.time_ms, f.lat, f.lon) for f in fixes), alerts=(cut,))
+    assert ingestor.handle(spy.topic, seal_batch(batch, spy.key, spy.topic)).outcome is Outcome.STORED
+    with Session(api.engine) as session:
+        reassess_loans(session, NOW, device_ids=["spy-0001"])
+        session.commit()
+    assert [a["rule"] for a in api.call("GET", "/v1/loans/L-1001/alerts", "risk_analyst").json()] == ["power_cut"]
+    risk = api.call("GET", "/v1/loans/L-1001", "admin").json()["risk"]
+    assert [r["code"] for r in risk["reasons"]] == ["power_cut"]

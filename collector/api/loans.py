@@ -53,7 +53,7 @@ from ..loans.store import (
 from ..risk.assessment import open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
-from ..storage.tables import FixRecord, LoanRecord, RiskEventRecord, RiskStateRecord
+from ..storage.tables import FixRecord, LoanDeviceRecord, LoanRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, EngineDep, SessionDep, SettingsDep
@@ -382,9 +382,12 @@ def track(
 
 @router.get("/loans/{loan_id}/alerts")
 def alerts(loan_id: str, session: Db, principal: LoanReader, clock_ms: ClockDep) -> list[dict[str, Any]]:
-    """Open alert episodes of the loan's vehicle (evidence without coordinates for collections)."""
+    """Open alert episodes of the loan's trackers (evidence without coordinates for collections)."""
     loan = _loan_or_404(session, loan_id)
-    out = [a.as_dict() for a in open_alerts(session, loan.device_id, clock_ms())]
+    devices = [loan.device_id, *session.scalars(
+        sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id)
+    )]
+    out = [a.as_dict() for device in devices for a in open_alerts(session, device, clock_ms())]
     if not _may_see_location(principal):
         out = redact_for_collections(out)
     _audit(session, clock_ms(), principal, "read_alerts", kind="loan", subject=loan_id, count=len(out))
