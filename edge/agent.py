@@ -46,6 +46,7 @@ from .errors import ConfigError, EdgeError, InputError
 from .observation_clock import ObservationClock, host_wall_ms
 from .outbox import Outbox
 from .place_files import load_rules_places
+from .reporting import ReportingPolicy
 from .rule_state_file import RuleStateFile
 from .sealing import BatchSealer
 from .seams import EngineOutput, RecordSource, RulesEngine, SourceRecord
@@ -201,6 +202,7 @@ class Agent:
         self._connection: int | None = None
         self.engine = engine if engine is not None else self._build_engine(engine_factory)
         self.batcher = Batcher(config.batch)
+        self.reporting = ReportingPolicy(config.reporting)
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._sources = {name: _SourceThread(name, src) for name, src in (sources or {}).items()}
@@ -217,7 +219,14 @@ class Agent:
                 config.downlink.state_file,
                 config.downlink.floor_file,
             )
-            self._downlink = DownlinkApplier(self.gate, self.engine, lambda: self.config.rules, config.base_dir)
+            self._downlink = DownlinkApplier(
+                self.gate,
+                self.engine,
+                lambda: self.config.rules,
+                config.base_dir,
+                local_reporting=lambda: self.config.reporting,
+                set_reporting=self.reporting.set_settings,
+            )
             self._downlink.apply_stored()
         self.uplink = Uplink(
             config.mqtt,
@@ -275,6 +284,7 @@ class Agent:
         out: dict[str, int] = {}
         out.update(self.counters)
         out.update(self.batcher.counters)
+        out.update(self.reporting.counters)
         out.update({f"outbox_total_{k}": v for k, v in self.outbox.totals_snapshot().items()})
         if self.gate is not None:
             out.update(self.gate.counters)
@@ -337,8 +347,11 @@ class Agent:
         self.engine.set_markets(markets)
         self.engine.set_regions(regions)
         self.batcher.set_settings(new.batch)
+        self.reporting.set_settings(new.reporting)
         restart = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.config, name)]
         self.config = new
+        if self._downlink is not None:
+            self._downlink.apply_stored()  # a downlink 'reporting' section stays merged over the new file
         _event(logging.INFO, "reloaded", needs_restart=restart)
 
     # ------------------------------------------------------------------ sources
@@ -455,8 +468,14 @@ class Agent:
         now = time.monotonic()
         active = bool(self.engine.active_rules)
         if isinstance(record, (Fix, SignalSample)):
-            self._store_all(self.batcher.add(record, now, active=active))
+            self._upload(record, now, active)
         self._add_produced(produced, now, active)
+
+    def _upload(self, record: Fix | SignalSample | Alert | DailyStats, now: float, active: bool) -> None:
+        """Through the reporting policy (edge.reporting) into the batcher."""
+        for item in self.reporting.offer(record):
+            self._store_all(self.batcher.add(item, now, active=active))
+        self.batcher.set_idle_max_age(self.reporting.batch_max_age_s)
 
     def _feed_engine_tick(self) -> None:
         if not self.clock.anchored:
@@ -481,7 +500,7 @@ class Agent:
                 _event(logging.WARNING, "alert", rule=item.rule, severity=item.severity.label,
                        state=item.state.name.lower(), time_ms=item.time_ms, episode=item.episode)
             if isinstance(item, (Alert, DailyStats)):
-                self._store_all(self.batcher.add(item, now, active=active))
+                self._upload(item, now, active)
 
     def _store_all(self, closed: Sequence[ClosedBatch]) -> None:
         for batch in closed:

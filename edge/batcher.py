@@ -7,7 +7,8 @@ Records go into one open batch. It is closed when any of these holds:
 * time: the data in it spans ``max_age`` of observation time, OR ``max_age`` of host
   monotonic time has passed since it was opened (a stalled or frozen GNSS clock must not
   hold data forever; a time-accelerated simulator must not make batches huge). While a
-  rule has an open episode the shorter ``max_age_active`` applies;
+  rule has an open episode the shorter ``max_age_active`` applies; while the reporting
+  policy says the car is parked, its longer idle age (:meth:`Batcher.set_idle_max_age`);
 * size: the payload estimate reaches ``max_bytes`` or a record count reaches its limit
   (the protocol's LIMITS, or the configured lower ones);
 * urgency: an :class:`~protocol.Alert` of severity HIGH or PANIC is never queued: it is
@@ -124,6 +125,7 @@ class Batcher:
 
     def __init__(self, settings: BatchSettings) -> None:
         self.settings = settings
+        self._idle_max_age_s: float | None = None
         self._reset()
         self.counters: dict[str, int] = {"batches_closed": 0, "urgent_batches": 0, "records_batched": 0}
 
@@ -147,8 +149,14 @@ class Batcher:
         """Records in the open batch."""
         return len(self._fixes) + len(self._samples) + len(self._alerts) + len(self._stats)
 
+    def set_idle_max_age(self, seconds: float | None) -> None:
+        """Use ``seconds`` instead of ``max_age_s`` while no episode is open (None: back to ``max_age_s``)."""
+        self._idle_max_age_s = seconds
+
     def _max_age_s(self, active: bool) -> float:
-        return self.settings.max_age_active_s if active else self.settings.max_age_s
+        if active:
+            return self.settings.max_age_active_s
+        return self.settings.max_age_s if self._idle_max_age_s is None else self._idle_max_age_s
 
     def add(self, record: BatchRecord, now_mono: float, *, active: bool = False) -> list[ClosedBatch]:
         """Add one record; return the batches that closed because of it (often none).
@@ -234,4 +242,3 @@ class Batcher:
         self._reset()
         self.counters["batches_closed"] += 1
         return [batch]
-

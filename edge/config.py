@@ -21,7 +21,7 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -44,9 +44,11 @@ __all__ = [
     "MqttSettings",
     "OutboxSettings",
     "ReplayConfig",
+    "ReportingSettings",
     "load_config",
     "load_replay_config",
     "parse_config",
+    "reporting_with_overrides",
 ]
 
 ENV_PREFIX = "LIENWATCH_AGENT_"
@@ -113,6 +115,62 @@ class BatchSettings:
         _int_range("[batch] max_bytes", self.max_bytes, 1024, LIMITS.MAX_PAYLOAD_BYTES // 2)
         _int_range("[batch] max_fixes", self.max_fixes, 1, LIMITS.MAX_FIXES)
         _int_range("[batch] max_samples", self.max_samples, 1, LIMITS.MAX_SAMPLES)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportingSettings:
+    """[reporting]: what the agent uploads (the rules always see every record).
+
+    See :mod:`edge.reporting` and docs/agent.md "Reporting policy". Defaults are the
+    default policy; ``enabled = false`` uploads every decoded fix and sample (the behaviour
+    before the policy existed).
+
+    Attributes:
+        enabled: apply the policy (False: upload everything).
+        moving_tolerance_m: while moving, the uploaded track stays within this distance of
+            every full-rate fix (online track simplification).
+        moving_max_interval_s: while moving, at least one fix this often.
+        moving_sample_interval_s: while moving, a numeric signal at most this often (state
+            signals, booleans and text, go up on every change).
+        parked_after_s: stationary (and ignition not on) this long before the car counts as parked.
+        parked_speed_mps: below this speed a fix counts as stationary.
+        parked_fix_interval_s: while parked, one fix this often.
+        parked_sample_interval_s: while parked, a numeric signal at most this often.
+        parked_batch_s: while parked, an open batch closes after this long (alerts still go at once).
+        evidence_before_s: around an alert, full-rate data from this long before it...
+        evidence_after_s: ...to this long after it is uploaded.
+    """
+
+    enabled: bool = True
+    moving_tolerance_m: float = 10.0
+    moving_max_interval_s: float = 120.0
+    moving_sample_interval_s: float = 10.0
+    parked_after_s: float = 120.0
+    parked_speed_mps: float = 1.0
+    parked_fix_interval_s: float = 900.0
+    parked_sample_interval_s: float = 900.0
+    parked_batch_s: float = 3600.0
+    evidence_before_s: float = 60.0
+    evidence_after_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "moving_tolerance_m",
+            "moving_max_interval_s",
+            "moving_sample_interval_s",
+            "parked_after_s",
+            "parked_speed_mps",
+            "parked_fix_interval_s",
+            "parked_sample_interval_s",
+            "parked_batch_s",
+        ):
+            _positive(f"[reporting] {name}", getattr(self, name))
+        for name in ("evidence_before_s", "evidence_after_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or not 0 <= value <= 3600:
+                raise ConfigError(f"[reporting] {name}={value!r} must be in [0, 3600] seconds")
+        if self.parked_batch_s > 86_400:
+            raise ConfigError(f"[reporting] parked_batch_s={self.parked_batch_s!r} must be at most 86400 (one day)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,11 +345,12 @@ class AgentConfig:
     gnss: GnssSettings | None = None
     can: CanSettings | None = None
     rules: RulesConfig = field(default_factory=RulesConfig)
+    reporting: ReportingSettings = field(default_factory=ReportingSettings)
 
     def resolved(self) -> dict[str, Any]:
         """A JSON-friendly view of the settings (secrets masked), for ``agent check``."""
         out: dict[str, Any] = {"source": _plain(self.source), "base_dir": str(self.base_dir)}
-        for name in ("device", "gnss", "can", "rules", "batch", "outbox", "mqtt", "downlink"):
+        for name in ("device", "gnss", "can", "rules", "reporting", "batch", "outbox", "mqtt", "downlink"):
             out[name] = _plain(getattr(self, name))
         if out["mqtt"]["password"] is not None:
             out["mqtt"]["password"] = "***"  # noqa: S105 - masking, not a password
@@ -445,6 +504,24 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_samples": _INT,
     },
     "outbox": {"path": _PATH, "max_bytes": _INT, "seq_block": _INT},
+    "reporting": {
+        "enabled": _BOOL,
+        **dict.fromkeys(
+            (
+                "moving_max_interval_s",
+                "moving_sample_interval_s",
+                "parked_after_s",
+                "parked_fix_interval_s",
+                "parked_sample_interval_s",
+                "parked_batch_s",
+                "evidence_before_s",
+                "evidence_after_s",
+            ),
+            _SECONDS,
+        ),
+        "moving_tolerance_m": _FLOAT,
+        "parked_speed_mps": _FLOAT,
+    },
     "mqtt": {
         "host": _STR,
         "port": _INT,
@@ -607,7 +684,25 @@ def parse_config(
         gnss=_gnss(raw, base),
         can=_can(raw, base),
         rules=_rules(raw, base),
+        reporting=ReportingSettings(**_section(raw, "reporting", base, env.get("reporting", {}))),
     )
+
+
+def reporting_with_overrides(base: ReportingSettings, overrides: Mapping[str, object]) -> ReportingSettings:
+    """``base`` with the keys of a downlink ``reporting`` section applied (same keys and checks as the file).
+
+    Raises:
+        ConfigError: an unknown key or a bad value.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"downlink 'reporting' must be a map, got {overrides!r:.80}")
+    schema = _SCHEMA["reporting"]
+    changed: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in schema:
+            raise ConfigError(f"downlink 'reporting' has unknown key {key!r} (known: {', '.join(schema)})")
+        changed[key] = schema[key].convert(f"downlink 'reporting' {key}", value, Path())
+    return replace(base, **changed)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

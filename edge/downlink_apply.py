@@ -1,4 +1,4 @@
-"""Applying the signed configurations the collector pushes (places, regions, rules) to the engine.
+"""Applying the signed configurations the collector pushes (places, regions, rules, reporting).
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
@@ -21,6 +21,7 @@ from protocol import DeviceConfig
 from protocol.errors import ProtocolError
 from protocol.places import Place, load_places, load_regions
 
+from .config import ReportingSettings, reporting_with_overrides
 from .errors import EdgeError
 from .rules import RulesConfig
 from .seams import RulesEngine
@@ -31,7 +32,7 @@ __all__ = ["BODY_SECTIONS", "DownlinkApplier"]
 
 log = logging.getLogger("lienwatch.agent")
 #: The sections a configuration body may carry.
-BODY_SECTIONS = frozenset({"markets", "places", "regions", "rules"})
+BODY_SECTIONS = frozenset({"markets", "places", "regions", "rules", "reporting"})
 
 
 class DownlinkApplier:
@@ -42,15 +43,27 @@ class DownlinkApplier:
         engine: the rules engine the body applies to.
         local_rules: the current local ``[rules]`` (overrides are merged over it).
         base_dir: relative file names in ``rules`` overrides resolve against it.
+        local_reporting: the current local ``[reporting]`` (a ``reporting`` section is merged
+            over it; a body without one brings the local settings back).
+        set_reporting: applies the resulting reporting settings (None: reporting is not handled).
     """
 
     def __init__(
-        self, gate: ConfigGate, engine: RulesEngine, local_rules: Callable[[], RulesConfig], base_dir: Path
+        self,
+        gate: ConfigGate,
+        engine: RulesEngine,
+        local_rules: Callable[[], RulesConfig],
+        base_dir: Path,
+        *,
+        local_reporting: Callable[[], ReportingSettings] | None = None,
+        set_reporting: Callable[[ReportingSettings], None] | None = None,
     ) -> None:
         self.gate = gate
         self._engine = engine
         self._local_rules = local_rules
         self._base_dir = base_dir
+        self._local_reporting = local_reporting
+        self._set_reporting = set_reporting
 
     def apply_stored(self) -> None:
         """Re-apply the last accepted configuration at start; one that no longer applies is logged."""
@@ -91,7 +104,7 @@ class DownlinkApplier:
 
         Raises:
             DownlinkRejectedError: ``rules`` is not a map.
-            ConfigError: the merged ``rules`` are not acceptable.
+            ConfigError: the merged ``rules`` or ``reporting`` are not acceptable.
             PlacesError: a place, market or region item is not acceptable.
         """
         body = config.body
@@ -107,10 +120,15 @@ class DownlinkApplier:
             if not isinstance(overrides, Mapping):
                 raise DownlinkRejectedError("invalid_body", "configuration body 'rules' must be a map")
             rules = self._local_rules().merged(overrides, self._base_dir)
+        reporting = None
+        if self._local_reporting is not None:
+            reporting = reporting_with_overrides(self._local_reporting(), body.get("reporting", {}))
         if rules is not None:
             self._engine.set_config(rules)
         if markets is not None:
             self._engine.set_markets(markets)
         if regions is not None:
             self._engine.set_regions(regions)
+        if reporting is not None and self._set_reporting is not None:
+            self._set_reporting(reporting)
         return sorted(set(body) - BODY_SECTIONS)

@@ -83,7 +83,10 @@ def fixes(n: int, step_ms: int = 100) -> list[Fix]:
 
 
 def make_config(tmp_path: Path, port: int, extra: str = "", grace: float = 5.0) -> AgentConfig:
+    """An agent.toml for the harness; the reporting policy is off (these tests count every record
+    through the batcher) unless ``extra`` has its own ``[reporting]`` table."""
     keys.generate(tmp_path / "keys", DEVICE)
+    reporting = "" if "[reporting]" in extra else "[reporting]\nenabled = false"
     text = f"""
 [device]
 id = "{DEVICE}"
@@ -97,6 +100,7 @@ port = {port}
 backoff_min_s = 0.05
 backoff_max_s = 0.5
 shutdown_grace_s = {grace}
+{reporting}
 {extra}
 """
     path = tmp_path / "agent.toml"

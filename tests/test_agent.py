@@ -18,6 +18,7 @@ from firmware_sim.rig import Mosquitto
 from protocol import (
     Batch,
     DeviceConfig,
+    Fix,
     NoFix,
     Severity,
     SignalSample,
@@ -361,3 +362,26 @@ def test_can_samples_before_the_first_epoch_are_held_and_stamped_at_it() -> None
         ("Vehicle.Speed", T0),
         ("Vehicle.Speed", T0),
     ]
+
+
+def test_the_reporting_policy_thins_a_parked_car_and_sends_the_evidence_with_an_alert(
+    mosquitto: Mosquitto, collector: Collector, tmp_path: Path
+) -> None:
+    extra = "[reporting]\nparked_after_s = 5\nparked_fix_interval_s = 60\nevidence_before_s = 3\nevidence_after_s = 0"
+    config = make_config(tmp_path, mosquitto.port, extra=extra)
+    parked = [Fix(time_ms=T0 + i * 1000, lat=31.3, lon=121.25, speed_mps=0.0) for i in range(150)]
+    cut = SignalSample("Vehicle.LowVoltageBattery.CurrentVoltage", T0 + 150_000, 0.0)
+    source = ListSource([*parked, cut], chunk=50)
+    agent = Agent(config, engine=ScriptedEngine(urgent_on=cut.name), sources={"gnss": source})
+    run = Running(agent)
+    try:
+        assert wait_until(lambda: agent.counters["records_in"] == 151)
+    finally:
+        assert run.stop() == 0
+    got = batches(collector, tmp_path)
+    uploaded = sorted(f.time_ms - T0 for b in got.values() for f in b.fixes)
+    # the first fix, the parking spot at 5 s, one a minute, and the 3 s before the cut as evidence
+    assert uploaded == [0, 5000, 65_000, 125_000, 147_000, 148_000, 149_000]
+    assert [a.rule for b in got.values() for a in b.alerts] == ["power_cut"]
+    assert agent.reporting.counters["reporting_fixes_in"] == 150
+    assert agent.all_counters()["reporting_evidence_up"] == 3
