@@ -29,7 +29,15 @@ from sqlalchemy.orm import Session
 from protocol.places import PlaceType
 
 from ..jobs.downlink import build_device_configs, config_targets
-from ..storage.places import PLACE_ID_RE, PlaceFileError, check_place_item, delete_place, place_items, upsert_places
+from ..storage.places import (
+    PLACE_ID_RE,
+    PlaceFileError,
+    check_place_item,
+    delete_place,
+    place_item,
+    place_items,
+    upsert_places,
+)
 from ..storage.tables import PlaceRecord
 from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, Downlink, DownlinkDep, SessionDep
@@ -112,10 +120,10 @@ def list_places(
 @router.get("/places/{place_id}")
 def get_place(place_id: str, session: SessionDep, principal: PlaceReader) -> dict[str, Any]:
     """One live place."""
-    found = [p for p in place_items(session) if p["id"] == place_id]
-    if not found:
+    row = session.get(PlaceRecord, place_id)
+    if row is None or row.deleted_ms is not None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"place {place_id!r:.64} does not exist")
-    return found[0]
+    return place_item(row)
 
 
 @router.put("/places/{place_id}")

@@ -39,6 +39,7 @@ __all__ = [
     "delete_place",
     "load_place_file",
     "place_circles_wgs84",
+    "place_item",
     "place_items",
     "places_revision",
     "upsert_places",
@@ -56,7 +57,8 @@ class PlaceFileError(CollectorError):
     """A places file or item is unreadable, malformed, or holds a place the agents would refuse."""
 
 
-def _as_item(row: PlaceRecord) -> dict[str, Any]:
+def place_item(row: PlaceRecord) -> dict[str, Any]:
+    """A stored place as an item (as stored, declared datum)."""
     return {"id": row.place_id, "type": row.type, "name": row.name, "lat": row.lat, "lon": row.lon,
             "radius_m": row.radius_m, "datum": row.datum}
 
@@ -66,7 +68,7 @@ def place_items(session: Session, types: Iterable[PlaceType | str] | None = None
     query = sa.select(PlaceRecord).where(PlaceRecord.deleted_ms.is_(None))
     if types is not None:
         query = query.where(PlaceRecord.type.in_([PlaceType(t).value for t in types]))
-    return [_as_item(row) for row in session.scalars(query.order_by(PlaceRecord.place_id))]
+    return [place_item(row) for row in session.scalars(query.order_by(PlaceRecord.place_id))]
 
 
 def places_revision(session: Session) -> int | None:
