@@ -233,3 +233,17 @@ def test_the_second_trackers_own_alerts_count_for_the_loan(api: Api) -> None:
     assert [a["rule"] for a in api.call("GET", "/v1/loans/L-1001/alerts", "risk_analyst").json()] == ["power_cut"]
     risk = api.call("GET", "/v1/loans/L-1001", "admin").json()["risk"]
     assert [r["code"] for r in risk["reasons"]] == ["power_cut"]
+
+
+def test_trackers_far_apart_through_the_database(api: Api) -> None:
+    box, spy = FakeDevice("tbox-0001"), FakeDevice("spy-0001")
+    register(api.engine, box, spy)
+    ingestor = Ingestor(api.engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
+    store_track(ingestor, box, 1, track(NOW - 2 * HOUR, NOW - MIN, *HOME))
+    store_track(ingestor, spy, 1, track(NOW - 2 * HOUR + MIN, NOW, HOME[0] + 3 * KM_NORTH, HOME[1]))
+    api.call("PUT", "/v1/loans/L-1001/second-tracker", "admin", json={"device_id": "spy-0001"})
+    [reason] = api.call("GET", "/v1/loans/L-1001", "admin").json()["risk"]["reasons"]
+    assert reason["code"] == "tracker_divergence"
+    evidence = reason["evidence"]["alert"]["evidence"]
+    assert (evidence["kind"], evidence["devices"], evidence["distance_m"]) == (
+        "positions_disagree", ["tbox-0001", "spy-0001"], 3000)

@@ -58,7 +58,7 @@ from .features import FeatureConfig, exposure_of
 from .repayments import DEFAULT_GRACE_DAYS, Installment, LoanError, Payment, RepaymentFacts, repayment_facts
 from .score import ScoreAssessment, assess_v2
 from .settings import RiskSettings
-from .trackers import LOOKBACK_MS, TrackerView, TrackFix, tracker_divergence
+from .trackers import LOOKBACK_MS, TrackerView, TrackFix, newest_fixes_agree, tracker_divergence
 
 __all__ = [
     "MOVING_MPS",
@@ -183,21 +183,32 @@ def movement(session: Session, device_id: str, until_ms: int) -> Movement:
     )
 
 
-def tracker_view(session: Session, device_id: str, now_ms: int) -> TrackerView:
-    """One tracker's newest observation and position and its fixes of the last ``LOOKBACK_MS``."""
+def tracker_view(session: Session, device_id: str, now_ms: int, *, history: bool = True) -> TrackerView:
+    """One tracker's newest observation and position and (``history``) its fixes of the last ``LOOKBACK_MS``."""
     row = session.get(DeviceStatusRecord, device_id)
     last_fix = None
     if row is not None and row.last_fix_ms is not None and row.last_lat is not None and row.last_lon is not None:
         last_fix = TrackFix(row.last_fix_ms, row.last_lat, row.last_lon)
+    last_seen = row.last_seen_ms if row is not None else None
+    if not history:
+        return TrackerView(device_id, last_seen, last_fix)
     fixes = session.execute(
         sa.select(FixRecord.time_ms, FixRecord.lat, FixRecord.lon)
         .where(FixRecord.device_id == device_id, FixRecord.time_ms > now_ms - LOOKBACK_MS,
                FixRecord.time_ms <= now_ms)
         .order_by(FixRecord.time_ms, FixRecord.id)
     ).all()
-    return TrackerView(
-        device_id, row.last_seen_ms if row is not None else None, last_fix, tuple(TrackFix(*f) for f in fixes)
-    )
+    return TrackerView(device_id, last_seen, last_fix, tuple(TrackFix(*f) for f in fixes))
+
+
+def _divergence(session: Session, main: str, backup: str, now_ms: int, config: RiskConfig) -> OpenAlert | None:
+    """:func:`tracker_divergence` of a car's two trackers, reading their fix history only when needed."""
+    light = tracker_view(session, main, now_ms, history=False), tracker_view(session, backup, now_ms, history=False)
+    found = tracker_divergence(*light, now_ms, config)  # the silent signatures need no history
+    if found is not None or newest_fixes_agree(*light, config):
+        return found
+    full = tracker_view(session, main, now_ms), tracker_view(session, backup, now_ms)
+    return tracker_divergence(*full, now_ms, config)
 
 
 def load_risk_input(
@@ -218,10 +229,7 @@ def load_risk_input(
     backup = session.scalar(sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id))
     if backup is not None:
         alerts += open_alerts(session, backup, now_ms)
-        divergence = tracker_divergence(
-            tracker_view(session, loan.device_id, now_ms), tracker_view(session, backup, now_ms), now_ms,
-            config or RiskConfig(),
-        )
+        divergence = _divergence(session, loan.device_id, backup, now_ms, config or RiskConfig())
         if divergence is not None:
             alerts += (divergence,)
     return RiskInput(

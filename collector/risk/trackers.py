@@ -15,7 +15,9 @@ evaluation time) and recognises two signatures, both ways round:
 * **positions disagree** - both report, and their fixes (paired when within
   :data:`PAIR_MS` of each other) have been more than ``tracker_divergence_m`` apart without a
   break for at least ``tracker_window_minutes`` up to the newest pair (one tracker was moved
-  to another car, or the car was moved without the other).
+  to another car, or the car was moved without the other). When the two newest positions are
+  within :data:`PAIR_MS` and agree (:func:`newest_fixes_agree`, the common case) the trackers
+  agree now and the history is not looked at, so a caller may skip reading it.
 
 Nothing is raised when either tracker never reported a position (nothing to compare). The
 episode id is derived from the data (the silent device and the time it fell silent, or the
@@ -35,7 +37,7 @@ from protocol.geo import distance_m
 
 from .engine import HOUR_MS, TRACKER_DIVERGENCE, OpenAlert, RiskConfig, RiskConfigError
 
-__all__ = ["LOOKBACK_MS", "PAIR_MS", "TrackFix", "TrackerView", "tracker_divergence"]
+__all__ = ["LOOKBACK_MS", "PAIR_MS", "TrackFix", "TrackerView", "newest_fixes_agree", "tracker_divergence"]
 
 #: Two fixes of the two trackers are compared when they are at most this far apart in time.
 PAIR_MS = 120_000
@@ -141,6 +143,14 @@ def _positions_disagree(a: TrackerView, b: TrackerView, config: RiskConfig) -> O
     )
 
 
+def newest_fixes_agree(a: TrackerView, b: TrackerView, config: RiskConfig) -> bool:
+    """True when both newest positions are within :data:`PAIR_MS` and ``tracker_divergence_m`` of each other."""
+    if a.last_fix is None or b.last_fix is None or abs(a.last_fix.time_ms - b.last_fix.time_ms) > PAIR_MS:
+        return False
+    apart = distance_m(a.last_fix.lat, a.last_fix.lon, b.last_fix.lat, b.last_fix.lon)
+    return apart <= config.tracker_divergence_m
+
+
 def tracker_divergence(main: TrackerView, backup: TrackerView, now_ms: int, config: RiskConfig) -> OpenAlert | None:
     """The ``tracker_divergence`` episode open at ``now_ms`` for a car's two trackers, or None.
 
@@ -158,4 +168,6 @@ def tracker_divergence(main: TrackerView, backup: TrackerView, now_ms: int, conf
         found = _silent_while_other_moves(silent, other, now_ms, config)
         if found is not None:
             return found
+    if newest_fixes_agree(main, backup, config):
+        return None
     return _positions_disagree(main, backup, config)
