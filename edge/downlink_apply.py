@@ -1,13 +1,16 @@
-"""Applying the signed configurations the collector pushes (markets, regions, rules, reporting, tracking).
+"""Applying the signed configurations the collector pushes (places, regions, rules, reporting, tracking).
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
 over the local file, ``reporting`` merged over the local ``[reporting]``, ``tracking``, the
 ``keys`` announcement of :mod:`protocol.downlink_keys`), then all are applied together, so a
-body is taken whole or not at all. A section this agent does not know (added by a newer
-collector) is ignored, counted (``config_unknown_sections``) and logged, never a reason to
-refuse the document (docs/protocol.md section 6).
+body is taken whole or not at all.
+
+Sections this agent does not know (owned by newer collector parts, docs/protocol.md section 6)
+are ignored, counted (``config_unknown_sections``) and logged, so a newer collector never
+locks an older agent out of the sections it does know. ``places`` (typed places) wins over
+``markets`` (the same used-car markets without ``type``, kept for agents before typed places).
 
 ``tracking`` (``{"enabled": false, "reason": "settled"}``) is sent once the loan is settled
 or transferred: the agent then stops collecting and sending positions. The collector builds
@@ -24,7 +27,7 @@ from pathlib import Path
 from protocol import DeviceConfig
 from protocol.downlink_keys import KEYS_SECTION, announced_key
 from protocol.errors import ProtocolError
-from protocol.places import load_places, load_regions
+from protocol.places import Place, load_places, load_regions
 
 from .config import ReportingSettings, reporting_with_overrides
 from .errors import EdgeError
@@ -38,7 +41,7 @@ __all__ = ["BODY_SECTIONS", "DownlinkApplier", "Tracking", "load_tracking"]
 log = logging.getLogger("lienwatch.agent")
 #: The sections this agent applies; any other section of a body is ignored (counted, logged).
 #: ``keys`` is taken by the gate (edge.downlink_trust) once the body is accepted.
-BODY_SECTIONS = frozenset({"markets", "regions", "rules", "reporting", "tracking", KEYS_SECTION})
+BODY_SECTIONS = frozenset({"markets", "places", "regions", "rules", "reporting", "tracking", KEYS_SECTION})
 MAX_TRACKING_REASON = 64
 
 
@@ -123,32 +126,38 @@ class DownlinkApplier:
         if config is None:
             return
         try:
-            self.apply_body(config)
+            ignored = self.apply_body(config)
         except (EdgeError, ProtocolError) as exc:  # the rules or the place schema refuse the body
             rejected = self.gate.refuse("invalid_body", f"configuration version {config.version} not applied: {exc}")
             log_event(log, logging.WARNING, "config_rejected", reason=rejected.reason, detail=str(rejected))
             return
+        if ignored:
+            counters = self.gate.counters
+            counters["config_unknown_sections"] = counters.get("config_unknown_sections", 0) + len(ignored)
+            log_event(log, logging.INFO, "config_sections_ignored", version=config.version, sections=ignored)
         self.gate.commit(config, payload)
         log_event(log, logging.INFO, "config_applied", version=config.version, sections=sorted(config.body))
 
-    def apply_body(self, config: DeviceConfig) -> None:
+    def apply_body(self, config: DeviceConfig) -> list[str]:
         """Validate every known section of a body first, then apply them together.
+
+        Returns:
+            The sections this agent does not know, sorted (ignored, not an error).
 
         Raises:
             DownlinkRejectedError: ``rules`` is not a map, or ``tracking`` is malformed.
-            ConfigError: the merged ``rules`` are not acceptable.
-            PlacesError: a market or region item is not acceptable.
+            ConfigError: the merged ``rules`` or ``reporting`` are not acceptable.
+            PlacesError: a place, market or region item is not acceptable.
             InvalidValue: the ``keys`` section is malformed.
         """
         body = config.body
-        unknown = sorted(set(body) - BODY_SECTIONS)
-        if unknown:
-            counters = self.gate.counters
-            counters["config_unknown_sections"] = counters.get("config_unknown_sections", 0) + len(unknown)
-            log_event(log, logging.INFO, "config_sections_ignored", version=config.version, sections=unknown)
         announced_key(body)  # a malformed announcement refuses the whole body
         tracking = load_tracking(body["tracking"]) if "tracking" in body else Tracking()
-        markets = load_places(body["markets"]) if "markets" in body else None
+        markets: list[Place] | None = None
+        if "places" in body:
+            markets = load_places(body["places"], label="places")
+        elif "markets" in body:
+            markets = load_places(body["markets"])
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
         if "rules" in body:
@@ -169,3 +178,4 @@ class DownlinkApplier:
             self._set_reporting(reporting)
         if self._set_tracking is not None:
             self._set_tracking(tracking)
+        return sorted(set(body) - BODY_SECTIONS)

@@ -225,6 +225,9 @@ RULE_LEVEL_WHEN_OVERDUE = {
     "stationary_near_market": "high",
     "region_exit": "high",
     "night_door_openings": "watch",
+    "relocation": "high",
+    "hv_disconnect": "high",
+    "soh_drop": "watch",
 }
 
 

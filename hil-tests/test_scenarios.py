@@ -41,6 +41,7 @@ class Expect:
     level: str  # that row's level
     trigger: str | None  # simulator event latency is measured from (None: the alert time itself)
     speed_factor: float | None  # --speed-factor (1x windows stay 1x)
+    latency_rule: str | None = None  # the alert latency is measured to (None: the first raised)
 
 
 SCENARIOS: dict[str, Expect] = {
@@ -52,6 +53,17 @@ SCENARIOS: dict[str, Expect] = {
     # jamming is part of the gnss_lost rule: both are raised with the loss (docs/rules.md)
     "gnss_jamming": Expect(
         frozenset({"gnss_lost", "gnss_jamming"}), "gnss_jamming_while_overdue", "critical", "jamming_start", None
+    ),
+    # #17: the state of health collapses (soh_drop, a warning), then the pack is removed while parked
+    "ev_battery": Expect(
+        frozenset({"soh_drop", "hv_disconnect"}), "hv_disconnect_while_overdue", "high", "hv_disconnect", None,
+        latency_rule="hv_disconnect",
+    ),
+    # #17: ten nights away from the learned home base
+    "relocation": Expect(frozenset({"relocation"}), "relocation_while_overdue", "high", None, None),
+    # #17: left in a pawn lot (a typed place of the agent's place list) for its 24 h dwell
+    "pawn_lot_second_lien": Expect(
+        frozenset({"stationary_near_market"}), "late_streak_near_market", "high", None, None
     ),
 }
 
@@ -106,7 +118,8 @@ def test_scenario_end_to_end(
     assert open_rules == still_open
 
     if expect.rules:
-        first = min((a for a in alerts if a["state"] == 0), key=lambda a: a["time_ms"])
+        measured = [a for a in alerts if a["state"] == 0 and expect.latency_rule in (None, a["rule"])]
+        first = min(measured, key=lambda a: a["time_ms"])
         events = list(chain.rig.sim_events())
         alert_wall = ScenarioClock(events).wall_at(first["time_ms"])
         event_wall = _trigger_wall(events, expect.trigger, first["time_ms"]) if expect.trigger else alert_wall

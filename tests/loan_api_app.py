@@ -19,14 +19,16 @@ from sqlalchemy.orm import Session
 
 from collector.api.access import router as access_router
 from collector.api.app import create_app
-from collector.api.loans import ConfigMessage, router
+from collector.api.loans import router
+from collector.api.places import router as places_router
 from collector.cli.commands import main as collector_main
+from collector.jobs.downlink import ConfigMessage
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import Settings, WebhookSettings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord
 
-__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "cli_book", "open_loan_api"]
+__all__ = ["DAY", "KEYS", "NOW", "SAMPLE", "Api", "audit_actions", "cli_book", "cli_config", "open_loan_api"]
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 NOW = 1_795_858_800_000  # 2026-11-28T09:00:00Z
@@ -47,6 +49,15 @@ class Api:
 
     def call(self, method: str, path: str, role: str, **kwargs: Any) -> Any:
         return self.client.request(method, path, headers={"Authorization": f"Bearer {KEYS[role]}"}, **kwargs)
+
+
+def cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A collector.toml with a SQLite database under ``tmp_path/data`` and no LIENWATCH_* overrides."""
+    for name in [n for n in os.environ if n.startswith("LIENWATCH_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "collector.toml"
+    config.write_text('data_dir = "data"\n')
+    return config
 
 
 @contextmanager
@@ -78,7 +89,7 @@ def open_loan_api(tmp_path: Path) -> Iterator[Api]:
     app = create_app(
         settings,
         engine=engine,
-        routers=[router, access_router],
+        routers=[router, access_router, places_router],
         clock_ms=lambda: clock[0],
         signing_key=Ed25519PrivateKey.from_private_bytes(b"\x07" * 32),
         config_publisher=published.extend,

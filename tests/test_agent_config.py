@@ -41,9 +41,13 @@ def test_documented_example_loads_with_every_owner_agreeing() -> None:
     assert config.downlink.enabled is False
     assert config.gnss is not None
     assert config.gnss.url == "/dev/ttyS1"
+    # the #17 sections parse into the rules' typed settings (docs/agent.toml lists every key)
+    assert config.rules.stationary_near_market.threshold("pawn_lot") == (86400.0, "high")
+    assert (config.rules.hv_disconnect.missing_after_s, config.rules.soh_drop.max_drop_percent) == (240.0, 5.0)
+    assert (config.rules.relocation.away_nights, config.rules.relocation.far_km) == (10, 300.0)
     notes = validate_delegated_sections(config)
     assert notes == [
-        "[rules] ok (1 markets, 1 regions)",
+        "[rules] ok (2 markets, 1 regions)",
         "[can] ok (DBC and signal map load; the bus is opened at run time)",
         "[gnss] ok (url /dev/ttyS1, opened at run time)",
     ]

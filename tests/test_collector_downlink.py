@@ -21,16 +21,14 @@ from collector.ingest.registry import DeviceRegistry
 from collector.jobs.downlink import (
     ConfigMessage,
     ConfigPublisher,
-    MarketFileError,
-    build_market_configs,
+    build_device_configs,
     devices_needing_config,
-    load_market_file,
     load_signing_key,
-    upsert_markets,
 )
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import MqttSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
+from collector.storage.places import PlaceFileError, load_place_file, upsert_places
 from collector.storage.tables import ConfigVersion
 from protocol import config_topic, open_config, parse_topic
 from protocol.cli.key_files import generate
@@ -45,6 +43,8 @@ KEY = Ed25519PrivateKey.from_private_bytes(b"\x09" * 32)
 WAIT_S = 60.0
 JIADING = {"id": "sh-jiading-ucm", "name": "Demo used-car market (Shanghai Jiading)", "lat": 31.3, "lon": 121.25,
            "radius_m": 400.0, "datum": "gcj02"}
+MARKET = JIADING | {"type": "used_car_market"}
+BODY = {"places": [MARKET], "markets": [JIADING]}
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
 
 
 def test_sample_markets_file_loads_as_given() -> None:
-    assert load_market_file(SAMPLE_MARKETS) == [JIADING]
+    assert load_place_file(SAMPLE_MARKETS) == [MARKET]
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,14 @@ def test_sample_markets_file_loads_as_given() -> None:
     [
         ("m.toml", "[[market]\n", "is not valid toml"),
         ("m.json", "{", "is not valid json"),
-        ("m.json", '{"other": []}', "has neither a [[market]] array nor a 'markets' list"),
-        ("m.json", '{"markets": 3}', "must hold a list of markets"),
+        ("m.json", '{"other": []}', "has no [[place]]/[[market]] array nor a 'places'/'markets' list"),
+        ("m.json", '{"markets": 3}', "must hold a list of places"),
+        ("m.json", '[{"id": "a", "type": "casino", "name": "n", "lat": 1, "lon": 2, "radius_m": 5, "datum": "wgs84"}]',
+         "type 'casino' must be one of"),
+        ("m.json", '[{"id": "a", "name": "' + "n" * 201 + '", "lat": 1, "lon": 2, "radius_m": 5, "datum": "wgs84"}]',
+         "name is 201 characters, over the limit of 200"),
+        ("m.json", '[3]', "item 0 must be a table/map"),
+        ("m.json", '"\u00e9"', "must hold a list of places"),
         ("m.json", '[{"id": "a", "name": "n", "lat": 1, "lon": 2, "radius_m": 5}]', "lacks required key 'datum'"),
         ("m.json", '[{"id": "a", "name": "n", "lat": 91, "lon": 2, "radius_m": 5, "datum": "wgs84"}]', "lat"),
         ("m.json", '[{"id": "a b", "name": "n", "lat": 1, "lon": 2, "radius_m": 5, "datum": "wgs84"}]',
@@ -81,8 +87,8 @@ def test_sample_markets_file_loads_as_given() -> None:
 def test_bad_market_files_name_the_item_and_the_rule(tmp_path: Path, name: str, text: str, message: str) -> None:
     path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(MarketFileError) as info:
-        load_market_file(path)
+    with pytest.raises(PlaceFileError) as info:
+        load_place_file(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
 
@@ -90,10 +96,10 @@ def test_bad_market_files_name_the_item_and_the_rule(tmp_path: Path, name: str, 
 def test_oversized_and_missing_market_files(tmp_path: Path) -> None:
     big = tmp_path / "big.json"
     big.write_bytes(b" " * (4 * 1024 * 1024 + 1))
-    with pytest.raises(MarketFileError, match="over the 4194304 byte limit"):
-        load_market_file(big)
-    with pytest.raises(MarketFileError, match="cannot read markets file"):
-        load_market_file(tmp_path / "nope.toml")
+    with pytest.raises(PlaceFileError, match="over the 4194304 byte limit"):
+        load_place_file(big)
+    with pytest.raises(PlaceFileError, match="cannot read places file"):
+        load_place_file(tmp_path / "nope.toml")
 
 
 def test_signing_key_file_must_be_private(tmp_path: Path) -> None:
@@ -113,22 +119,22 @@ def test_who_needs_a_config(engine: sa.Engine) -> None:
         import_loans(session, parse_loans(SAMPLE_LOANS.read_text(encoding="utf-8")), now_ms=NOW)
         session.commit()
         assert devices_needing_config(session) == []  # no markets yet: devices keep their own file
-        assert upsert_markets(session, [JIADING], now_ms=NOW) == (1, 0)
-        assert upsert_markets(session, [JIADING], now_ms=NOW + 1) == (0, 0)  # identical: nothing to sign
+        assert upsert_places(session, [MARKET], now_ms=NOW) == (1, 0)
+        assert upsert_places(session, [MARKET], now_ms=NOW + 1) == (0, 0)  # identical: nothing to sign
         session.commit()
         everyone = ["tbox-0001", "tbox-0002", "tbox-0003", "tbox-0004", "tbox-0005", "truck-1"]
         assert devices_needing_config(session) == everyone
-        messages = build_market_configs(session, KEY, everyone, NOW + 5)
+        messages = build_device_configs(session, KEY, everyone, NOW + 5)
         session.commit()
         assert devices_needing_config(session) == []
-        assert upsert_markets(session, [JIADING | {"radius_m": 300.0}], now_ms=NOW + 10) == (0, 1)
+        assert upsert_places(session, [MARKET | {"radius_m": 300.0}], now_ms=NOW + 10) == (0, 1)
         session.commit()
         assert devices_needing_config(session) == everyone  # the list changed after they were signed
         DeviceRegistry(engine, clock_ms=lambda: NOW).revoke("truck-1")
         assert "truck-1" not in devices_needing_config(session)
     config = open_config(messages[-1].payload, config_topic("truck-1"), KEY.public_key())
     assert (config.device_id, config.version, config.issued_ms) == ("truck-1", 1, NOW + 5)
-    assert config.body == {"markets": [JIADING]}
+    assert config.body == BODY
 
 
 def test_a_device_registered_through_the_api_gets_the_current_list(engine: sa.Engine) -> None:
@@ -140,12 +146,12 @@ def test_a_device_registered_through_the_api_gets_the_current_list(engine: sa.En
     with TestClient(app) as client:
         assert client.post("/v1/devices", json=body, headers=headers).json()["configs_signed"] == 0  # no markets
         with Session(engine) as session:
-            upsert_markets(session, [JIADING], now_ms=NOW)
+            upsert_places(session, [MARKET], now_ms=NOW)
             session.commit()
         body2 = {"device_id": "truck-2", "public_key_pem": FakeDevice("truck-2").pem.decode()}
         assert client.post("/v1/devices", json=body2, headers=headers).json()["configs_signed"] == 1
     assert [(m.device_id, m.version) for m in published] == [("truck-2", 1)]
-    assert open_config(published[0].payload, config_topic("truck-2"), KEY.public_key()).body == {"markets": [JIADING]}
+    assert open_config(published[0].payload, config_topic("truck-2"), KEY.public_key()).body == BODY
 
 
 class Listener:
@@ -177,7 +183,7 @@ def test_publisher_signs_for_a_cli_registered_device_and_publishes_retained(
     engine: sa.Engine, mosquitto: SecureBroker
 ) -> None:
     with Session(engine) as session:
-        upsert_markets(session, [JIADING], now_ms=NOW)  # like `lienwatch collector markets import`
+        upsert_places(session, [MARKET], now_ms=NOW)  # like `lienwatch collector markets import`
         session.commit()
     DeviceRegistry(engine, clock_ms=lambda: NOW).add("truck-1", FakeDevice("truck-1").pem)  # like `devices add`
     login = mosquitto.login()  # the collector's broker account
@@ -206,7 +212,7 @@ def test_publisher_signs_for_a_cli_registered_device_and_publishes_retained(
     finally:
         publisher.stop()
     config = open_config(listener.messages[0], config_topic("truck-1"), KEY.public_key())
-    assert (config.version, config.body) == (1, {"markets": [JIADING]})
+    assert (config.version, config.body) == (1, BODY)
     with Session(engine) as session:
         row = session.get(ConfigVersion, "truck-1")
         assert row is not None

@@ -24,7 +24,15 @@ from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.people import SessionRecord, add_user
-from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, MarketRecord
+from collector.storage.tables import (
+    AlertRecord,
+    AuditEntry,
+    BatchRecord,
+    Device,
+    FixRecord,
+    LoanDeviceRecord,
+    PlaceRecord,
+)
 from tests.child_processes import ChildProcesses
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
@@ -78,8 +86,8 @@ def world(tmp_path: Path) -> Iterator[tuple[TestClient, sa.Engine, Clock]]:
                                 state=0, time_ms=NOW - 3 * DAY, episode="dwell-1",
                                 evidence={"market_id": "sh-jiading-ucm", "market_name": "Jiading used-car market",
                                           "centre_lat": MARKET[0], "centre_lon": MARKET[1], "dwell_s": 259_200.0}))
-        session.add(MarketRecord(market_id="sh-jiading-ucm", name="Jiading used-car market", lat=MARKET[0],
-                                 lon=MARKET[1], datum="wgs84", radius_m=400.0, updated_ms=NOW))
+        session.add(PlaceRecord(place_id="sh-jiading-ucm", type="used_car_market", name="Jiading used-car market",
+                                lat=MARKET[0], lon=MARKET[1], datum="wgs84", radius_m=400.0, updated_ms=NOW))
         session.flush()
         for loan in ("L-1002", "L-1003"):
             reassess_loan(session, loan, NOW)
@@ -452,6 +460,17 @@ def test_vehicle_condition_report(world: tuple) -> None:
     assert "61234.5 km (2026-11-27)" in page
     assert '<svg class="chart soc"' in page
     assert re.search(r'data-day="2026-11-27">.*?<td class="num">64.0</td>', page, flags=re.S)
+    assert 'id="battery-health"' not in page  # no traction-battery figure: not an EV
+    with Session(engine) as session:
+        row = session.get(DailyStatsRecord, ("tbox-0002", "2026-11-27"))
+        assert row is not None
+        row.soh_percent, row.energy_used_kwh, row.charging_sessions = 92.5, 11.0, 2
+        session.commit()
+    page = client.get("/console/loans/L-1002/condition").text
+    battery = re.findall(r'<section class="card" id="battery-health">.*?</section>', page, flags=re.S)[0]
+    assert "<dt>State of health (%)</dt><dd>92.5 (2026-11-27)</dd>" in battery
+    assert "<dt>Charging sessions</dt><dd>2</dd>" in battery
+    assert "<dt>High-voltage disconnects while parked</dt><dd>0</dd>" in battery
 
 
 def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -> None:
@@ -471,3 +490,42 @@ def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -
     lines = console_lines("http://127.0.0.1:8080")
     assert lines[0].startswith("Console: http://127.0.0.1:8080/console   users: analyst (risk_analyst)")
     assert DEMO_PASSWORD in lines[1]
+
+
+def test_the_places_page_lists_typed_places_for_analysts(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        session.add(PlaceRecord(place_id="sh-minhang-pawn", type="pawn_lot", name="Minhang pawn lot", lat=31.15,
+                                lon=121.42, datum="gcj02", radius_m=150.0, updated_ms=NOW))
+        session.add(PlaceRecord(place_id="gone", type="port", name="Deleted port", lat=31.0, lon=121.0,
+                                datum="wgs84", radius_m=500.0, updated_ms=NOW, deleted_ms=NOW))
+        session.commit()
+    user(client, "cole")  # collections: no location data
+    assert client.get("/console/places").status_code == 403
+    client.cookies.clear()
+    user(client, "ana")
+    page = client.get("/console/places").text
+    assert '<a href="/console/places">Places</a>' in page  # in the navigation
+    rows = re.findall(r'<tr data-place="([^"]+)" data-type="([^"]+)">', page)
+    assert rows == [("sh-jiading-ucm", "used_car_market"), ("sh-minhang-pawn", "pawn_lot")]  # tombstones hidden
+    assert "<td>Pawn lot</td><td>Minhang pawn lot</td>" in page
+    only = client.get("/console/places", params={"type": "pawn_lot"}).text
+    assert re.findall(r'<tr data-place="([^"]+)"', only) == ["sh-minhang-pawn"]
+    assert client.get("/console/places", params={"type": "casino"}).status_code == 422
+
+
+def test_a_second_tracker_shows_on_the_loan_page_and_among_the_devices(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        session.add(Device(device_id="spy-0002", created_ms=NOW))
+        session.add(LoanDeviceRecord(device_id="spy-0002", loan_id="L-1002", added_ms=NOW))
+        session.commit()
+    user(client, "ana")
+    page = client.get("/console/loans/L-1002").text
+    assert '<dt>Second tracker</dt><dd class="mono">spy-0002</dd>' in page
+    assert "Second tracker" not in client.get("/console/loans/L-1003").text
+    client.cookies.clear()
+    user(client, "root")
+    devices = client.get("/console/devices").text
+    row = re.findall(r'<tr data-device="spy-0002">.*?</tr>', devices, flags=re.S)[0]
+    assert '<a href="/console/loans/L-1002">L-1002</a>' in row

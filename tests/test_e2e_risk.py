@@ -302,8 +302,9 @@ def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
         wait_until(lambda: listener.messages, what="the first config")
         first = open_config(listener.messages[0], listener.topic, public)
         assert first.version == 1
-        assert first.body == {"markets": [{"id": "sh-jiading-ucm", "name": market["name"], "lat": 31.3,
-                                           "lon": 121.25, "radius_m": 400.0, "datum": "gcj02"}]}
+        item = {"id": "sh-jiading-ucm", "name": market["name"], "lat": 31.3, "lon": 121.25, "radius_m": 400.0,
+                "datum": "gcj02"}
+        assert first.body == {"places": [item | {"type": "used_car_market"}], "markets": [item]}
         assert api.put("/v1/markets/sh-jiading-ucm", "admin", market | {"radius_m": 500}).status_code == 200
         wait_until(lambda: len(listener.messages) >= 2, what="the second config")
         second = open_config(listener.messages[-1], listener.topic, public)

@@ -195,7 +195,7 @@ def test_markets_are_signed_for_every_device(api: Api) -> None:
     assert mine[0].topic == config_topic("tbox-0002")
     first = open_config(mine[0].payload, mine[0].topic, public)
     assert (first.version, first.issued_ms, first.body["markets"][0]["id"]) == (1, NOW, "sh-jiading-ucm")
-    assert open_config(mine[1].payload, mine[1].topic, public).body == {"markets": []}
+    assert open_config(mine[1].payload, mine[1].topic, public).body == {"places": [], "markets": []}
 
 
 def test_sse_backlog(api: Api) -> None:

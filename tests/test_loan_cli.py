@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from collector.cli.commands import main
 from collector.storage.database import create_engine
-from collector.storage.tables import AuditEntry, FixRecord, LoanRecord, MarketRecord, WebhookDelivery
+from collector.storage.tables import AuditEntry, FixRecord, LoanRecord, PlaceRecord, WebhookDelivery
 
 REPO = Path(__file__).parents[1]
 SAMPLE = REPO / "collector" / "data" / "sample_loans.csv"
@@ -156,13 +156,13 @@ def test_markets_import(config: Path, tmp_path: Path, capsys: pytest.CaptureFixt
                               "devices are not updated\n")
     code, out, _ = run(capsys, "markets", "import", str(MARKETS), "--config", str(config))
     assert out == "markets: 0 created, 0 changed, 1 unchanged; nothing changed\n"
-    assert count(config, MarketRecord) == 1
+    assert count(config, PlaceRecord) == 1
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": "x", "name": "n", "lat": 1, "lon": 2, "radius_m": 5, "datum": "osgb"}]')
     code, _, err = run(capsys, "markets", "import", str(bad), "--config", str(config))
     assert code == 1
     assert "datum" in err
-    assert count(config, MarketRecord) == 1
+    assert count(config, PlaceRecord) == 1
 
 
 def test_a_long_import_shows_progress_on_stderr(

@@ -38,12 +38,12 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 
 #: the newest migration (re-chained in number order at each merge)
-MIGRATION_HEAD = "0011"
+MIGRATION_HEAD = "0014"
 
 
 def _my_tables_diff(engine: sa.Engine) -> list[object]:
-    mine = {"loans", "installments", "repayments", "risk_states", "risk_events", "webhook_deliveries", "audit_log",
-            "markets", "config_versions", "fix_day_summaries", "cases", "case_actions", "case_events"}
+    mine = {"loans", "loan_devices", "installments", "repayments", "risk_states", "risk_events", "webhook_deliveries",
+            "audit_log", "places", "config_versions", "fix_day_summaries", "cases", "case_actions", "case_events"}
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     return [d for d in diff if any(t in repr(d) for t in mine)]

@@ -95,6 +95,18 @@ ROWS: list[tuple[str, RepaymentFacts, tuple[OpenAlert, ...], DeviceStatus | None
      ("watch", ["night_door_openings", "overdue"], "reminder")),
     ("device_offline", CURRENT, (), OFFLINE_49H, ("watch", ["device_offline"], "call")),
     ("offline_while_overdue", ONE_LATE, (), OFFLINE_49H, ("high", ["offline_while_overdue"], "on_site_check")),
+    ("relocation", CURRENT, (alert("relocation"),), None, ("watch", ["relocation"], "call")),
+    ("relocation_while_overdue", ONE_LATE, (alert("relocation"),), None,
+     ("high", ["relocation_while_overdue"], "on_site_check")),
+    ("hv_disconnect", CURRENT, (alert("hv_disconnect"),), None, ("watch", ["hv_disconnect"], "call")),
+    ("hv_disconnect_while_overdue", ONE_LATE, (alert("hv_disconnect"),), None,
+     ("high", ["hv_disconnect_while_overdue"], "on_site_check")),
+    ("soh_drop", CURRENT, (alert("soh_drop"),), None, ("watch", ["soh_drop"], "monitor")),
+    ("soh_drop while overdue", ONE_LATE, (alert("soh_drop"),), None, ("watch", ["soh_drop", "overdue"], "reminder")),
+    ("tracker_divergence", CURRENT, (alert("tracker_divergence"),), None,
+     ("high", ["tracker_divergence"], "on_site_check")),
+    ("tracker_divergence_while_overdue", ONE_LATE, (alert("tracker_divergence"),), None,
+     ("critical", ["tracker_divergence_while_overdue"], "recovery")),
     ("unknown alert rule", CURRENT, (alert("some_future_rule"),), None, ("normal", [], "monitor")),
 ]
 

@@ -28,10 +28,11 @@ from ..errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyErr
 from ..ingest.health import IngestHealth
 from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import DeviceRegistry
-from ..jobs.downlink import ConfigMessage, build_market_configs, load_signing_key
+from ..jobs.downlink import ConfigMessage, build_device_configs, load_signing_key
 from ..settings import Settings, get_settings
 from ..storage.database import open_database
-from ..storage.tables import Base, MarketRecord
+from ..storage.places import places_revision
+from ..storage.tables import Base
 from .api_schema import document_refusals
 from .auth import Principal, audit_principal, bearer_accepted, require_role
 from .dependencies import (
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 OPTIONAL_ROUTER_MODULES: tuple[str, ...] = (
     "collector.api.loans",
     "collector.api.access",
+    "collector.api.places",
     "collector.api.alerts",
     "collector.api.cases",
     "collector.console.web",
@@ -95,18 +97,18 @@ def discover_routers(modules: Iterable[str] = OPTIONAL_ROUTER_MODULES) -> list[A
     return routers
 
 
-def _send_current_markets(engine: Engine, downlink: Downlink, now_ms: int, device_id: str) -> int:
-    """Sign the current market list for a newly registered device; publish it after the commit.
+def _send_current_places(engine: Engine, downlink: Downlink, now_ms: int, device_id: str) -> int:
+    """Sign the current place list for a newly registered device; publish it after the commit.
 
-    Nothing when no signing key is configured or the collector has no markets yet (the
-    device keeps its local markets file). Returns how many configurations were signed.
+    Nothing when no signing key is configured or the collector never had a place (the
+    device keeps its local places file). Returns how many configurations were signed.
     """
     if downlink.signing_key is None:
         return 0
     with Session(engine) as session:
-        if session.scalar(sa.select(sa.func.count()).select_from(MarketRecord)) == 0:
+        if places_revision(session) is None:
             return 0
-        messages = build_market_configs(session, downlink.signing_key, [device_id], now_ms)
+        messages = build_device_configs(session, downlink.signing_key, [device_id], now_ms)
         session.commit()
     if downlink.publish is not None:
         downlink.publish(messages)
@@ -151,7 +153,7 @@ def _devices_router() -> APIRouter:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         log.info("device %s added by key %s", body.device_id, principal.key_id)
         _audit(engine, clock_ms(), principal, "add_device", kind="device", subject=body.device_id)
-        signed = _send_current_markets(engine, downlink, clock_ms(), body.device_id)
+        signed = _send_current_places(engine, downlink, clock_ms(), body.device_id)
         return info.as_dict() | {"configs_signed": signed}
 
     @router.get("/{device_id}")

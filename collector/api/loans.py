@@ -1,4 +1,4 @@
-"""HTTP API of the loan side: loans, repayments, risk, tracks, alerts, markets, audit, SSE.
+"""HTTP API of the loan side: loans, repayments, risk, tracks, alerts, audit, SSE.
 
 Mounted by ``collector.api.app.create_app`` (module-level :data:`router`). Role rules:
 
@@ -7,7 +7,7 @@ role               may
 =================  =====================================================================
 ``admin``          everything
 ``risk_analyst``   loans, risk events, alerts with evidence, tracks and positions (with a
-                   ``reason``), markets (read)
+                   ``reason``), places (read; collector.api.places)
 ``collections``    loans, repayment facts, level and next step, record repayments;
                    evidence with coordinates removed; tracks and positions only under an
                    approved access grant (collector.loans.access, collector.api.access)
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Annotated, Any
@@ -37,14 +36,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from ..clock import utc_date
-from ..jobs.downlink import (
-    ConfigMessage,
-    MarketFileError,
-    build_market_configs,
-    check_market_item,
-    config_targets,
-    market_items,
-)
 from ..jobs.redaction import redact_coordinates, redact_for_collections
 from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
 from ..loans.csv_import import loan_from_fields
@@ -54,25 +45,26 @@ from ..loans.queries import alert_row, alert_statement_after
 from ..loans.schedules import KINDS, ScheduleError, revise_schedule, schedule_history
 from ..loans.store import (
     RepaymentConflictError,
+    TrackerLinkError,
+    link_second_tracker,
     loan_details,
     loan_summaries,
     record_repayment,
     refuse_future_payment,
     store_loan,
+    unlink_second_tracker,
     vehicle_condition,
 )
 from ..risk.assessment import LoanNotFoundError, open_alerts, reassess_loan_as_configured
 from ..risk.repayments import Installment, Payment, RepaymentError, format_cents, parse_amount
 from ..storage.audit import entry_as_dict, query_audit_log
-from ..storage.tables import DeviceStatus, FixRecord, LoanRecord, MarketRecord, RiskEventRecord, RiskStateRecord
+from ..storage.tables import DeviceStatus, FixRecord, LoanDeviceRecord, LoanRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time, zone
 from .auth import Principal, audit_principal, require_role
-from .dependencies import ClockDep, Downlink, DownlinkDep, EngineDep, SessionDep, SettingsDep
+from .dependencies import ClockDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
-    "ConfigMessage",
     "authorize_location",
-    "build_market_configs",
     "redact_coordinates",
     "router",
     "sse_frame",
@@ -543,14 +535,56 @@ def position(
 
 @router.get("/loans/{loan_id}/alerts")
 def alerts(loan_id: str, session: Db, principal: LoanReader, clock_ms: ClockDep) -> list[dict[str, Any]]:
-    """Open alert episodes of the loan's vehicle (evidence without coordinates for collections)."""
+    """Open alert episodes of the loan's trackers (evidence without coordinates for collections)."""
     loan = _loan_or_404(session, loan_id)
-    out = [a.as_dict() for a in open_alerts(session, loan.device_id, clock_ms())]
+    devices = [loan.device_id, *session.scalars(
+        sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id)
+    )]
+    out = [a.as_dict() for device in devices for a in open_alerts(session, device, clock_ms())]
     if not _may_see_location(principal):
         out = redact_for_collections(out)
     _audit(session, clock_ms(), principal, "read_alerts", kind="loan", subject=loan_id, count=len(out))
     session.commit()
     return out
+
+
+class TrackerIn(BaseModel):
+    """Body of ``PUT /v1/loans/{id}/second-tracker``."""
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@router.put("/loans/{loan_id}/second-tracker")
+def put_second_tracker(
+    loan_id: str, *, body: TrackerIn, session: Db, principal: Admin, clock_ms: ClockDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Link a second tracker (e.g. a hidden backup) to the loan's car, then reassess the loan."""
+    try:
+        changed = link_second_tracker(session, loan_id, body.device_id, now_ms=clock_ms())
+    except LoanNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except TrackerLinkError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    _audit(session, clock_ms(), principal, "link_second_tracker", kind="loan", subject=loan_id,
+           device_id=body.device_id, changed=changed)
+    reassess_loan_as_configured(session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls)
+    session.commit()
+    return {"loan_id": loan_id, "second_tracker": body.device_id, "changed": changed}
+
+
+@router.delete("/loans/{loan_id}/second-tracker")
+def delete_second_tracker(
+    loan_id: str, session: Db, principal: Admin, clock_ms: ClockDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Unlink the loan's second tracker, then reassess the loan."""
+    _loan_or_404(session, loan_id)
+    removed = unlink_second_tracker(session, loan_id)
+    if removed is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} has no second tracker")
+    _audit(session, clock_ms(), principal, "unlink_second_tracker", kind="loan", subject=loan_id, device_id=removed)
+    reassess_loan_as_configured(session, loan_id, clock_ms(), settings.risk, settings.webhooks.urls)
+    session.commit()
+    return {"loan_id": loan_id, "second_tracker": None, "removed": removed}
 
 
 @router.get("/loans/{loan_id}/condition")
@@ -583,77 +617,6 @@ def audit_log(
         subject_id=subject_id, limit=limit,
     )
     return [entry_as_dict(r) for r in rows]
-
-
-# ------------------------------------------------------------------ markets and downlink configs
-
-
-class MarketIn(BaseModel):
-    """A used-car market (same keys as the agent's markets file)."""
-
-    name: str = Field(min_length=1, max_length=200)
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    radius_m: float = Field(ge=1, le=50_000)
-    datum: str = Field(pattern="^(wgs84|gcj02|bd09)$")
-
-
-def _push_markets(session: Session, downlink: Downlink, now_ms: int) -> dict[str, Any]:
-    """Sign the new list for every device (outbox rows in this transaction), commit, publish."""
-    if downlink.signing_key is None:
-        session.commit()
-        return {"configs_signed": 0, "note": "no collector signing key configured; devices not updated"}
-    messages = build_market_configs(session, downlink.signing_key, config_targets(session), now_ms)
-    session.commit()
-    if downlink.publish is not None:
-        downlink.publish(messages)
-    return {"configs_signed": len(messages), "published": downlink.publish is not None}
-
-
-@router.get("/markets")
-def list_markets(session: Db, principal: Analyst) -> list[dict[str, Any]]:
-    """Every market."""
-    return market_items(session)
-
-
-@router.put("/markets/{market_id}")
-def put_market(
-    market_id: str,
-    *,
-    body: MarketIn,
-    session: Db,
-    principal: Admin,
-    clock_ms: ClockDep,
-    downlink: DownlinkDep,
-) -> dict[str, Any]:
-    """Create or replace a market, then sign the new list for every loan's device."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", market_id):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "market id must match [A-Za-z0-9_-]{1,64}")
-    try:
-        check_market_item({"id": market_id, **body.model_dump()})
-    except MarketFileError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    row = session.get(MarketRecord, market_id) or MarketRecord(market_id=market_id)
-    row.name, row.lat, row.lon, row.radius_m, row.datum = body.name, body.lat, body.lon, body.radius_m, body.datum
-    row.updated_ms = clock_ms()
-    session.add(row)
-    _audit(session, clock_ms(), principal, "put_market", kind="market", subject=market_id)
-    session.flush()
-    return {"market_id": market_id} | _push_markets(session, downlink, clock_ms())
-
-
-@router.delete("/markets/{market_id}")
-def delete_market(
-    market_id: str, *, session: Db, principal: Admin, clock_ms: ClockDep, downlink: DownlinkDep
-) -> dict[str, Any]:
-    """Remove a market, then sign the new list for every loan's device."""
-    row = session.get(MarketRecord, market_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"market {market_id!r:.64} does not exist")
-    session.delete(row)
-    _audit(session, clock_ms(), principal, "delete_market", kind="market", subject=market_id)
-    session.flush()
-    return {"market_id": market_id, "deleted": True} | _push_markets(session, downlink, clock_ms())
 
 
 # ------------------------------------------------------------------ server-sent events

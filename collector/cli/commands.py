@@ -3,9 +3,9 @@
 Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
 ``migrate``, ``devices add|rotate|list|revoke``, ``dead-letters``, ``api-key new``, and (in
 collector.cli.loans) ``loans import|list|show``, ``repayments add``, ``retention run``,
-``markets import``, and (in collector.cli.people) ``users add|list|passwd``. Every subcommand reads
-``--config`` (or the file named by ``LIENWATCH_CONFIG``) and the ``LIENWATCH_*``
-environment; see docs/collector.md.
+``places import|list|delete``, ``markets import``, and (in collector.cli.people)
+``users add|list|passwd``. Every subcommand reads ``--config`` (or the file named by
+``LIENWATCH_CONFIG``) and the ``LIENWATCH_*`` environment; see docs/collector.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""``lienwatch collector loans|repayments|retention|markets``: the loan book from the shell.
+"""``lienwatch collector loans|repayments|retention|places|markets``: the loan book from the shell.
 
 Every command works on the database named by the settings (``--config`` or
 ``LIENWATCH_CONFIG`` + ``LIENWATCH_*``), the same one ``serve`` uses, and may run while
 ``serve`` runs. Reads of personal data (``loans list``, ``loans show``) are written to the
 audit log with the actor ``cli:{OS user}``. Changes reassess the loans they touch at once
-(level changes queue their webhooks; the running collector delivers them), and a markets
-import is signed and published by the running collector's downlink publisher within
+(level changes queue their webhooks; the running collector delivers them), and a places
+import or delete is signed and published by the running collector's downlink publisher within
 ``[downlink] resync_interval_s``.
 """
 
@@ -23,9 +23,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from protocol.places import PlaceType
+
 from ..clock import utc_date, wall_clock_ms
 from ..files import FileReadError, read_bounded
-from ..jobs.downlink import MarketFileError, load_market_file, upsert_markets
 from ..jobs.retention import RetentionPolicy, run_retention
 from ..loans.csv_import import SAMPLE_BOOK_PATH, LoanImportError, import_loans, parse_loans, sample_loan_book
 from ..loans.feed import FeedEntryError, apply_feed, parse_feed_csv
@@ -33,15 +34,19 @@ from ..loans.lifecycle import STATUSES, LifecycleError, change_status
 from ..loans.store import (
     LoanNotFoundError,
     RepaymentConflictError,
+    TrackerLinkError,
+    link_second_tracker,
     loan_details,
     loan_summaries,
     record_repayment,
     refuse_future_payment,
+    unlink_second_tracker,
 )
 from ..risk.assessment import reassess_loan_as_configured
 from ..risk.repayments import Payment, RepaymentError, parse_amount
 from ..settings import Settings
 from ..storage.audit import record_access
+from ..storage.places import PlaceFileError, delete_place, load_place_file, place_items, upsert_places
 from ..storage.tables import LoanRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time
 from .context import cli_actor, settings_session
@@ -283,7 +288,28 @@ def _repayments_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(o.outcome in ("created", "duplicate") for o in report.outcomes) else 1
 
 
-# ------------------------------------------------------------------ retention and markets
+def _loans_tracker(args: argparse.Namespace, settings: Settings) -> int:
+    command = f"lienwatch collector loans {'link' if args.device else 'unlink'}-tracker"
+    with settings_session(settings) as session:
+        try:
+            if args.device:
+                changed = link_second_tracker(session, args.loan, args.device, now_ms=wall_clock_ms())
+                device: str | None = args.device
+            else:
+                device = unlink_second_tracker(session, args.loan)
+                changed = device is not None
+        except (LoanNotFoundError, TrackerLinkError) as exc:
+            print(f"{command}: {exc}", file=sys.stderr)
+            return 1
+        levels = _reassess(session, settings, [args.loan], _Progress(0, ""))
+        action = "link_second_tracker" if args.device else "unlink_second_tracker"
+        _audit(session, action, "loan", args.loan, device_id=device, changed=changed)
+        session.commit()
+    _print_json({"loan_id": args.loan, "second_tracker": args.device, "changed": changed, "level": levels[args.loan]})
+    return 0
+
+
+# ------------------------------------------------------------------ retention and places
 
 
 def _retention_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -299,22 +325,46 @@ def _retention_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _markets_import(args: argparse.Namespace, settings: Settings) -> int:
+def _places_import(args: argparse.Namespace, settings: Settings) -> int:
+    command = "markets" if args.markets else "places"
+    default_type = PlaceType(args.type) if args.type else None
     try:
-        items = load_market_file(Path(args.file))
-    except MarketFileError as exc:
-        print(f"lienwatch collector markets import: {exc}", file=sys.stderr)
+        items = load_place_file(Path(args.file), default_type=default_type)
+    except PlaceFileError as exc:
+        print(f"lienwatch collector {command} import: {exc}", file=sys.stderr)
         return 1
     with settings_session(settings) as session:
-        created, changed = upsert_markets(session, items, now_ms=wall_clock_ms())
-        _audit(session, "import_markets", "market", "*", created=created, changed=changed, items=len(items))
+        created, changed = upsert_places(session, items, now_ms=wall_clock_ms())
+        _audit(session, f"import_{command}", "place", "*", created=created, changed=changed, items=len(items))
         session.commit()
-    note = "" if created or changed else "; nothing changed"
-    if (created or changed) and settings.downlink.signing_key is None:
-        note = "; no [downlink] signing_key configured: devices are not updated"
-    elif created or changed:
-        note = "; the running collector signs and publishes the new list"
-    print(f"markets: {created} created, {changed} changed, {len(items) - created - changed} unchanged{note}")
+    print(f"{command}: {created} created, {changed} changed, {len(items) - created - changed} unchanged"
+          f"{_downlink_note(settings, created + changed)}")
+    return 0
+
+
+def _downlink_note(settings: Settings, changes: int) -> str:
+    if not changes:
+        return "; nothing changed"
+    if settings.downlink.signing_key is None:
+        return "; no [downlink] signing_key configured: devices are not updated"
+    return "; the running collector signs and publishes the new list"
+
+
+def _places_list(args: argparse.Namespace, settings: Settings) -> int:
+    with settings_session(settings) as session:
+        for item in place_items(session, [args.type] if args.type else None):
+            _print_json(item)
+    return 0
+
+
+def _places_delete(args: argparse.Namespace, settings: Settings) -> int:
+    with settings_session(settings) as session:
+        if not delete_place(session, args.place_id, now_ms=wall_clock_ms()):
+            print(f"lienwatch collector places delete: no place {args.place_id!r:.80}", file=sys.stderr)
+            return 1
+        _audit(session, "delete_place", "place", args.place_id)
+        session.commit()
+    print(f"places: {args.place_id} deleted{_downlink_note(settings, 1)}")
     return 0
 
 
@@ -326,7 +376,7 @@ def add_subcommands(
     common: argparse.ArgumentParser,
     settings_of: SettingsLoader,
 ) -> None:
-    """Add ``loans``, ``repayments``, ``retention`` and ``markets`` to ``lienwatch collector``."""
+    """Add ``loans``, ``repayments``, ``retention``, ``places`` and ``markets`` to ``lienwatch collector``."""
 
     def bind(handler: Callable[[argparse.Namespace, Settings], int]) -> Callable[[argparse.Namespace], int]:
         return lambda args: handler(args, settings_of(args))
@@ -365,6 +415,14 @@ def add_subcommands(
     close.add_argument("--status", required=True, choices=[s for s in STATUSES if s != "active"])
     close.add_argument("--at", help="when it closed (ISO-8601 with offset, or epoch ms); default now")
     close.set_defaults(func=bind(_loans_close))
+    link = lsub.add_parser("link-tracker", parents=[common], help="link a second tracker (e.g. a hidden backup) "
+                           "to a loan's car (docs/risk.md, two trackers per car)")
+    link.add_argument("loan")
+    link.add_argument("device")
+    link.set_defaults(func=bind(_loans_tracker))
+    unlink = lsub.add_parser("unlink-tracker", parents=[common], help="remove a loan's second tracker")
+    unlink.add_argument("loan")
+    unlink.set_defaults(func=bind(_loans_tracker), device=None)
 
     repayments = sub.add_parser("repayments", help="received payments")
     rsub = repayments.add_subparsers(dest="action", required=True)
@@ -391,8 +449,23 @@ def add_subcommands(
     run.add_argument("--dry-run", action="store_true", help="report what would be removed, change nothing")
     run.set_defaults(func=bind(_retention_run))
 
-    markets = sub.add_parser("markets", help="used-car markets pushed to the devices")
+    types = [t.value for t in PlaceType]
+    places = sub.add_parser("places", help="typed places (markets, pawn lots, ports, ...) pushed to the devices")
+    psub = places.add_subparsers(dest="action", required=True)
+    pimp = psub.add_parser("import", parents=[common], help="create/replace places from a TOML or JSON file")
+    pimp.add_argument("file", help="like edge/data/places.sample.toml: [[place]] id, type, name, lat, lon, radius_m, "
+                      "datum")
+    pimp.add_argument("--type", choices=types, help="type of the items that name none (default used_car_market)")
+    pimp.set_defaults(func=bind(_places_import), markets=False)
+    plst = psub.add_parser("list", parents=[common], help="every place as JSON lines (as stored, declared datum)")
+    plst.add_argument("--type", choices=types)
+    plst.set_defaults(func=bind(_places_list))
+    pdel = psub.add_parser("delete", parents=[common], help="delete a place (devices get the new list)")
+    pdel.add_argument("place_id")
+    pdel.set_defaults(func=bind(_places_delete))
+
+    markets = sub.add_parser("markets", help="used-car markets (places of type used_car_market)")
     msub = markets.add_subparsers(dest="action", required=True)
     mimp = msub.add_parser("import", parents=[common], help="create/replace markets from a TOML or JSON file")
     mimp.add_argument("file", help="like edge/data/markets.sample.toml: [[market]] id, name, lat, lon, radius_m, datum")
-    mimp.set_defaults(func=bind(_markets_import))
+    mimp.set_defaults(func=bind(_places_import), markets=True, type=PlaceType.USED_CAR_MARKET.value)

@@ -31,6 +31,20 @@ _UI: dict[str, tuple[str, str]] = {
     "alerts": ("Alerts", "告警"),
     "audit": ("Audit log", "审计日志"),
     "devices": ("Devices", "设备"),
+    "places": ("Places", "重点场所"),
+    "second_tracker": ("Second tracker", "第二定位终端"),
+    "place_type": ("Type", "类型"),
+    "place_id": ("Id", "编号"),
+    "place_name": ("Name", "名称"),
+    "all_types": ("All types", "全部类型"),
+    "radius_m": ("Radius (m)", "半径（米）"),
+    "datum": ("Datum", "坐标系"),
+    "used_car_market": ("Used-car market", "二手车市场"),
+    "pawn_lot": ("Pawn lot", "典当行停车场"),
+    "auction": ("Auction", "拍卖场"),
+    "impound_yard": ("Impound yard", "扣车场"),
+    "port": ("Port", "港口"),
+    "border_crossing": ("Border crossing", "边境口岸"),
     "loan": ("Loan", "贷款"),
     "level": ("Level", "风险等级"),
     "next_step": ("Next step", "下一步"),
@@ -127,6 +141,14 @@ _UI: dict[str, tuple[str, str]] = {
     "odometer": ("Odometer", "总里程"),
     "soc": ("Battery (SoC %)", "电量（%）"),
     "volts": ("12 V battery (V)", "12 V 电瓶（伏）"),
+    "battery_health": ("Traction battery", "动力电池"),
+    "soh": ("State of health (%)", "健康度 SoH（%）"),
+    "soh_change": ("SoH change in 30 days (points)", "30 天 SoH 变化（百分点）"),
+    "hv_disconnects": ("High-voltage disconnects while parked", "驻车时高压断开次数"),
+    "soh_drop_alerts": ("Abnormal SoH drops", "SoH 异常下降"),
+    "energy_used": ("Energy used (kWh)", "耗电量（千瓦时）"),
+    "energy_charged": ("Energy charged (kWh)", "充电量（千瓦时）"),
+    "charging_sessions": ("Charging sessions", "充电次数"),
     "totals": ("30-day totals", "30 天合计"),
     "print": ("Print or save as PDF from the browser.", "可通过浏览器打印或另存为 PDF。"),
     "end": ("end", "终点"),
@@ -187,6 +209,19 @@ _SENTENCES: dict[str, tuple[str, str]] = {
     "region_exit_while_overdue": (
         "The vehicle left its allowed region ({alert_time}) while {total_overdue} is overdue.",
         "车辆驶出允许区域（{alert_time}），当前逾期金额 {total_overdue}。"),
+    "tracker_divergence_while_overdue": (
+        "The car's two trackers disagree (one silent while the other moves, or far apart: one was removed) "
+        "({alert_time}) while {total_overdue} is overdue.",
+        "车辆两个定位终端数据不一致（一个静默而另一个仍在移动，或位置相距过远：疑似被拆除）（{alert_time}），"
+        "当前逾期金额 {total_overdue}。"),
+    "relocation_while_overdue": (
+        "The vehicle stopped coming home: it has spent nights away from every usual night place "
+        "({alert_time}) while {total_overdue} is overdue.",
+        "车辆不再回到常驻地：已多晚未在任何常用夜间停放地过夜（{alert_time}），当前逾期金额 {total_overdue}。"),
+    "hv_disconnect_while_overdue": (
+        "The traction battery was disconnected or removed while the vehicle was parked ({alert_time}) while "
+        "{total_overdue} is overdue.",
+        "驻车时动力电池被断开或拆除（{alert_time}），当前逾期金额 {total_overdue}。"),
     "severely_past_due": (
         "The oldest unpaid instalment is {dpd} days past due (an on-site check from {threshold} days); "
         "{total_overdue} overdue.",
@@ -211,6 +246,16 @@ _SENTENCES: dict[str, tuple[str, str]] = {
     "gnss_jamming": ("GNSS reception was jammed or lost while driving ({alert_time}).",
                      "行驶中卫星定位信号被干扰或丢失（{alert_time}）。"),
     "region_exit": ("The vehicle left its allowed region ({alert_time}).", "车辆驶出允许区域（{alert_time}）。"),
+    "tracker_divergence": ("The car's two trackers disagree (one silent while the other moves, or far apart: one "
+                           "was removed) ({alert_time}).",
+                           "车辆两个定位终端数据不一致（一个静默而另一个仍在移动，或位置相距过远：疑似被拆除）（{alert_time}）。"),
+    "relocation": ("The vehicle stopped coming home: it has spent nights away from every usual night place "
+                   "({alert_time}).",
+                   "车辆不再回到常驻地：已多晚未在任何常用夜间停放地过夜（{alert_time}）。"),
+    "hv_disconnect": ("The traction battery was disconnected or removed while the vehicle was parked ({alert_time}).",
+                      "驻车时动力电池被断开或拆除（{alert_time}）。"),
+    "soh_drop": ("The traction battery's state of health dropped abnormally ({alert_time}); the vehicle is worth "
+                 "less.", "动力电池健康度异常下降（{alert_time}），车辆价值降低。"),
     "device_offline": ("The T-BOX has been offline for {offline_h} hours (more than {threshold_h} h).",
                        "车载终端已离线 {offline_h} 小时（超过 {threshold_h} 小时）。"),
     "night_door_openings": ("Doors were opened repeatedly at night ({alert_time}).",

@@ -38,7 +38,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from protocol.geo import gcj02_to_wgs84, to_wgs84
+from protocol.geo import gcj02_to_wgs84
+from protocol.places import PlaceType
 
 from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
@@ -73,12 +74,13 @@ from ..storage.people import (
     purge_sessions,
     update_session_locale,
 )
+from ..storage.places import place_circles_wgs84, place_items
 from ..storage.tables import (
     AlertRecord,
     CaseRecord,
     FixRecord,
+    LoanDeviceRecord,
     LoanRecord,
-    MarketRecord,
     RepaymentRecord,
     RiskEventRecord,
     RiskStateRecord,
@@ -113,6 +115,7 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "devices": frozenset({"admin"}),
     "cases": frozenset({"admin", "risk_analyst", "collections"}),  # collector.console.case_pages
     "act_on_case": frozenset({"admin", "collections"}),
+    "places": LOCATION_ROLES,
 }
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -208,7 +211,7 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
     nav = []
     if principal is not None:
         for page, href in (("worklist", "/console/worklist"), ("cases", "/console/cases"),
-                           ("alerts", "/console/alerts"), ("audit", "/console/audit"),
+                           ("alerts", "/console/alerts"), ("places", "/console/places"), ("audit", "/console/audit"),
                            ("devices", "/console/devices")):
             if principal.role in PAGE_ROLES[page]:
                 nav.append((t(page), href))
@@ -516,12 +519,9 @@ def _track_points(session: Session, device_id: str, since: int, until: int) -> t
 
 
 def market_circles(session: Session) -> list[MapMarket]:
-    """Every market as a WGS-84 circle (GCJ-02 / BD-09 markets converted once)."""
-    out = []
-    for m in session.scalars(sa.select(MarketRecord).order_by(MarketRecord.market_id)):
-        lat, lon = to_wgs84(m.lat, m.lon, m.datum)
-        out.append(MapMarket(m.market_id, m.name, lat, lon, m.radius_m))
-    return out
+    """Every typed place (markets, pawn lots, ...) as a WGS-84 circle (GCJ-02 / BD-09 converted once)."""
+    return [MapMarket(ident, name, lat, lon, radius_m)
+            for ident, _type, name, lat, lon, radius_m in place_circles_wgs84(session)]
 
 
 def _tile_layer(console: ConsoleSettings) -> TileLayer | None:
@@ -580,6 +580,9 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
         ))
         alert_rows = alert_feed(session, AlertFilter(loan_id=loan_id), size=100).rows
         device = session.get(DeviceStatusRecord, loan.device_id)
+        second_tracker = session.scalar(
+            sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id)
+        )
         track: dict[str, Any] | None = None
         if principal.role in PAGE_ROLES["track"]:
             since, until = _track_window(request, zone_name, now)
@@ -644,6 +647,7 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                 "online": device.online if device is not None else None,
                 "last_seen": format_time(device.last_seen_ms if device is not None else None, zone_name),
                 "last_fix": format_time(device.last_fix_ms if device is not None else None, zone_name),
+                "second_tracker": second_tracker,
             },
             "track": track,
             "may_assess": principal.role in PAGE_ROLES["assess"],
@@ -781,6 +785,19 @@ def audit_page(request: Request, principal: PagePrincipal) -> Response:
     return _render(request, "audit.html", principal, {"rows": rows, "query": {
         "from": q.get("from", ""), "to": q.get("to", ""), "actor": actor or "", "subject": subject or "",
         "action": action or ""}, "zone": zone_name})
+
+
+@router.get("/places", response_model=None)
+def places_page(request: Request, principal: PagePrincipal) -> Response:
+    """The typed places pushed to the devices (markets, pawn lots, ports, ...), ``?type=`` filters."""
+    _allow(principal, "places")
+    wanted = request.query_params.get("type") or None
+    types = [t.value for t in PlaceType]
+    if wanted is not None and wanted not in types:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"type must be one of {types}")
+    with Session(_engine(request)) as session:
+        rows = place_items(session, None if wanted is None else [wanted])
+    return _render(request, "places.html", principal, {"rows": rows, "types": types, "wanted": wanted})
 
 
 @router.get("/devices", response_model=None)

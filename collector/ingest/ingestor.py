@@ -481,6 +481,10 @@ class Ingestor:
                 "harsh_brake": d.harsh_brake,
                 "odometer_km": d.odometer_km,
                 "final": d.final,
+                "energy_used_kwh": d.energy_used_kwh,
+                "energy_charged_kwh": d.energy_charged_kwh,
+                "charging_sessions": d.charging_sessions,
+                "soh_percent": d.soh_percent,
             }
             stmt = self._insert(_stats).values(device_id=device, day=d.day, **values)
             newer = sa.or_(

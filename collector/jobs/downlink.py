@@ -1,16 +1,17 @@
-"""Signed device configurations (the used-car market list) and their MQTT publisher.
+"""Signed device configurations (the typed place list) and their MQTT publisher.
 
 How this works
 --------------
 ``config_versions`` is the downlink outbox: one row per device holding the last signed
 :class:`protocol.DeviceConfig` message (``payload``), its version and, once the broker
-acknowledged it, ``published_ms``. Signing (:func:`build_market_configs`) happens in the
-transaction that changed the markets (an API request) or in the publisher's own sync round;
+acknowledged it, ``published_ms``. Signing (:func:`build_device_configs`) happens in the
+transaction that changed the places (an API request) or in the publisher's own sync round;
 publishing happens later, from the outbox, in one thread:
 
 1. **sync** - every device that should hold the current list and does not (no row yet, or
-   a row older than the newest market change, e.g. after ``lienwatch collector markets
-   import`` or a device registered from the CLI) gets a freshly signed configuration;
+   a row older than the newest place change, e.g. after ``lienwatch collector places
+   import``/``delete`` or a device registered from the CLI) gets a freshly signed
+   configuration;
 2. **publish** - every row not yet acknowledged is published retained at QoS 1 on
    ``lw/v1/{device}/config`` and marked ``published_ms`` when the PUBACK arrives. After each
    (re)connect every stored configuration is published again (the broker may have lost its
@@ -23,10 +24,12 @@ and signing; agents accept only a version above the one they hold.
 Body: built whole for each device from every section owner (:data:`SECTION_OWNERS`,
 docs/protocol.md section 6); a section absent means the agent's local default.
 
-* ``markets``: ``[{"id", "name", "lat", "lon", "radius_m", "datum"}, ...]`` with each market
-  as stored (its own datum; the agent converts to WGS-84). Sent once the collector has
-  markets, so a device's local markets file stays in force until then; deleting the last
-  market through the API pushes an empty list.
+* ``places``: every place with its ``type`` (``{"id", "type", "name", "lat", "lon",
+  "radius_m", "datum"}``, as stored, in its own datum; the agent converts to WGS-84), and
+  ``markets``: the places of type ``used_car_market`` without ``type``, for agents from before
+  typed places. An agent that knows ``places`` applies it and ignores ``markets``. A device
+  gets the lists only once the collector has had a place, so its local places file stays in
+  force until then; deleting the last place pushes empty lists.
 * ``tracking``: ``{"enabled": false, "reason": "settled"}`` once the device's loan is settled
   or transferred (collector.loans.lifecycle): the agent stops collecting and sending positions.
 * ``keys``: ``{"next": ...}`` (:mod:`protocol.downlink_keys`) while a next downlink key is
@@ -38,13 +41,10 @@ docs/protocol.md section 6); a section absent means the agent's local default.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import re
 import threading
-import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,15 +58,14 @@ from sqlalchemy.orm import Session
 from protocol import DeviceConfig, config_topic, seal_config
 from protocol.cli.key_files import load_private_key
 from protocol.downlink_keys import keys_section, raw_public_key
-from protocol.errors import KeyFileError, PlacesError, ProtocolError
-from protocol.places import load_places
+from protocol.errors import KeyFileError, ProtocolError
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError, ConfigError
-from ..files import FileReadError, read_bounded
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
-from ..storage.tables import FINAL_LOAN_STATUSES, Base, ConfigVersion, DownlinkKey, LoanRecord, MarketRecord
+from ..storage.places import place_items, places_revision
+from ..storage.tables import FINAL_LOAN_STATUSES, Base, ConfigVersion, DownlinkKey, LoanDeviceRecord, LoanRecord
 from .worker_loop import WorkerLoop, WorkerLoopError
 
 __all__ = [
@@ -74,33 +73,21 @@ __all__ = [
     "STOP_TRACKING_STATUSES",
     "ConfigMessage",
     "ConfigPublisher",
-    "MarketFileError",
     "PublishRound",
     "announce_next_key",
     "announced_next_key",
     "build_device_configs",
-    "build_market_configs",
-    "check_market_item",
+    "config_body",
     "config_targets",
     "devices_needing_config",
-    "load_market_file",
     "load_signing_key",
-    "market_items",
     "promote_signing_key",
     "tracking_section",
-    "upsert_markets",
 ]
 
 log = logging.getLogger(__name__)
 
 _device_keys = Base.metadata.tables["device_keys"]
-MARKET_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-MAX_MARKET_FILE_BYTES = 4 * 1024 * 1024
-MAX_MARKETS = 10_000
-
-
-class MarketFileError(CollectorError):
-    """A markets file is unreadable, malformed, or holds an item the agents would refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,121 +112,6 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         return load_private_key(path)
     except KeyFileError as exc:
         raise ConfigError(f"downlink.signing_key: {exc}") from exc
-
-
-# ------------------------------------------------------------------ markets
-
-
-def market_items(session: Session) -> list[dict[str, Any]]:
-    """Every market as an item of the agent's markets list (as stored, with its datum)."""
-    rows = session.scalars(sa.select(MarketRecord).order_by(MarketRecord.market_id))
-    return [
-        {"id": m.market_id, "name": m.name, "lat": m.lat, "lon": m.lon, "radius_m": m.radius_m, "datum": m.datum}
-        for m in rows
-    ]
-
-
-def _market_document_items(document: object, where: str) -> list[object]:
-    if isinstance(document, Mapping):
-        for key in ("market", "markets"):
-            if key in document:
-                document = document[key]
-                break
-        else:
-            raise MarketFileError(f"{where} has neither a [[market]] array nor a 'markets' list")
-    if not isinstance(document, list):
-        raise MarketFileError(f"{where} must hold a list of markets, got {type(document).__name__}")
-    if len(document) > MAX_MARKETS:
-        raise MarketFileError(f"{where} has {len(document)} markets, over the limit of {MAX_MARKETS}")
-    return document
-
-
-def load_market_file(path: Path) -> list[dict[str, Any]]:
-    """Read a markets file (TOML ``[[market]]`` tables or JSON, like edge/data/markets.sample.toml).
-
-    Every item is checked with the shared place loader (:func:`protocol.places.load_places`), so
-    the collector never signs a list the devices would refuse; ids must also match
-    ``[A-Za-z0-9_-]{1,64}`` and names be 1..200 characters (the API's rules).
-
-    Returns:
-        Items ``{"id", "name", "lat", "lon", "radius_m", "datum"}`` as given (not converted).
-
-    Raises:
-        MarketFileError: unreadable, too large, not TOML/JSON, or an invalid item (the
-            message names the item and the key).
-    """
-    try:
-        text = read_bounded(path, MAX_MARKET_FILE_BYTES, "markets file").decode("utf-8")
-    except FileReadError as exc:
-        raise MarketFileError(str(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise MarketFileError(f"markets file {path} is not UTF-8: {exc}") from exc
-    try:
-        document: object = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise MarketFileError(f"markets file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
-    items = _market_document_items(document, f"markets file {path}")
-    try:
-        load_places(items)  # type: ignore[arg-type]
-    except PlacesError as exc:
-        raise MarketFileError(f"markets file {path}: {exc}") from exc
-    out = []
-    for index, item in enumerate(items):
-        assert isinstance(item, Mapping)  # load_places checked it
-        where = f"markets file {path} item {index}"
-        market_id = item["id"]
-        if not isinstance(market_id, str) or not MARKET_ID_RE.fullmatch(market_id):
-            raise MarketFileError(f"{where}: id {market_id!r:.80} must match [A-Za-z0-9_-]{{1,64}}")
-        name = str(item["name"])
-        if not 1 <= len(name) <= 200:
-            raise MarketFileError(f"{where}: name must be 1..200 characters")
-        out.append(
-            {
-                "id": market_id,
-                "name": name,
-                "lat": float(item["lat"]),
-                "lon": float(item["lon"]),
-                "radius_m": float(item["radius_m"]),
-                "datum": str(item["datum"]).lower(),
-            }
-        )
-    return out
-
-
-def check_market_item(item: Mapping[str, Any]) -> None:
-    """Refuse a market the agents' loader would refuse (API bodies go through this too).
-
-    Raises:
-        MarketFileError: the item breaks a rule of :func:`protocol.places.load_places`.
-    """
-    try:
-        load_places([item])
-    except PlacesError as exc:
-        raise MarketFileError(str(exc)) from exc
-
-
-def upsert_markets(session: Session, items: Iterable[Mapping[str, Any]], *, now_ms: int) -> tuple[int, int]:
-    """Create or replace markets by id (the caller commits). Returns ``(created, changed)``.
-
-    A market stored with exactly these values is left alone (re-importing a file changes
-    nothing and signs nothing).
-    """
-    created = changed = 0
-    for item in items:
-        row = session.get(MarketRecord, item["id"])
-        values = (item["name"], item["lat"], item["lon"], item["radius_m"], item["datum"])
-        if row is not None and (row.name, row.lat, row.lon, row.radius_m, row.datum) == values:
-            continue
-        if row is None:
-            row = MarketRecord(market_id=item["id"])
-            session.add(row)
-            created += 1
-        else:
-            changed += 1
-        row.name, row.lat, row.lon, row.radius_m, row.datum = values
-        row.updated_ms = now_ms
-    session.flush()
-    return created, changed
 
 
 # ------------------------------------------------------------------ downlink key rotation
@@ -296,20 +168,19 @@ def _key_revision(session: Session) -> int | None:
     promoted = session.scalar(sa.select(sa.func.max(DownlinkKey.promoted_ms)))
     times = [t for t in (announced, promoted) if t is not None]
     return max(times) if times else None
-
-
 # ------------------------------------------------------------------ signing
 
 
 def config_targets(session: Session) -> list[str]:
-    """Devices that get the market list: every device with an active key and every loan's device.
+    """Devices that get the place list: every device with an active key and every loan's trackers.
 
     A loan's device that is not registered yet still gets its (retained) configuration, so it
     finds the list waiting when it first connects.
     """
     registered = session.scalars(sa.select(_device_keys.c.device_id).where(_device_keys.c.revoked_ms.is_(None)))
     loans = session.scalars(sa.select(LoanRecord.device_id))
-    return sorted({*registered, *loans})
+    second = session.scalars(sa.select(LoanDeviceRecord.device_id))
+    return sorted({*registered, *loans, *second})
 
 
 #: Loan statuses whose device stops collecting and sending positions.
@@ -324,40 +195,47 @@ def tracking_section(session: Session, device_id: str) -> dict[str, Any] | None:
     return None
 
 
-def _markets_section(session: Session, _device_id: str) -> list[dict[str, Any]] | None:
-    items = market_items(session)
-    return items or None
+def _places_section(session: Session, _device_id: str) -> list[dict[str, Any]] | None:
+    if places_revision(session) is None:
+        return None  # never had a place: the device keeps its local places file
+    return place_items(session)
+
+
+def _legacy_markets_section(session: Session, device_id: str) -> list[dict[str, Any]] | None:
+    places = _places_section(session, device_id)
+    if places is None:
+        return None
+    return [{k: v for k, v in item.items() if k != "type"} for item in places if item["type"] == "used_car_market"]
 
 
 #: Who owns which section of the body: ``(name, owner(session, device_id) -> value or None)``.
-#: A new section owner adds one line here (and a row to docs/protocol.md section 6).
+#: A new section owner adds one line here (and a row to docs/protocol.md section 6). ``keys``
+#: needs the signing key and is added by :func:`build_device_configs`.
 SECTION_OWNERS: tuple[tuple[str, Callable[[Session, str], Any]], ...] = (
-    ("markets", _markets_section),
+    ("places", _places_section),
+    ("markets", _legacy_markets_section),
     ("tracking", tracking_section),
 )
 
 
-def config_body(session: Session, device_id: str, *, markets: bool = False) -> dict[str, Any]:
-    """The whole configuration body of a device from every owner (``markets=True``: send the
-    market list even when it is empty, i.e. the last market was deleted)."""
+def config_body(session: Session, device_id: str) -> dict[str, Any]:
+    """The whole configuration body of a device from every owner (None from an owner: no section)."""
     body = {}
     for name, owner in SECTION_OWNERS:
         value = owner(session, device_id)
         if value is not None:
             body[name] = value
-    if markets and "markets" not in body:
-        body["markets"] = []
     return body
 
 
 def devices_needing_config(session: Session) -> list[str]:
     """Targets whose stored configuration is missing or older than a change it must carry.
 
-    A change is the newest market change (none while the collector has no markets: a device
-    keeps its local markets file) or the status change of the device's loan that stopped
-    tracking (``loans.status_changed_ms``).
+    A change is the newest place change (none while the collector has never had a place: a
+    device keeps its local places file), a downlink key announced or promoted, or the status
+    change of the device's loan that stopped tracking (``loans.status_changed_ms``).
     """
-    revision = session.scalar(sa.select(sa.func.max(MarketRecord.updated_ms)))
+    revision = places_revision(session)
     if revision is not None:
         revision = max(revision, _key_revision(session) or revision)  # a key announced or promoted
     closing = sa.select(LoanRecord.device_id, LoanRecord.status_changed_ms).where(
@@ -377,20 +255,18 @@ def devices_needing_config(session: Session) -> list[str]:
 
 
 def build_device_configs(
-    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int,
-    *, markets: bool = False,
+    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
 ) -> list[ConfigMessage]:
     """Sign each device's whole configuration body (:func:`config_body`), bumping its version.
 
     The version goes up by one per device per call (the agent refuses anything not newer)
     and is kept, with the signed message to publish, in ``config_versions`` in the caller's
     transaction (row locked on PostgreSQL, so two collectors never sign the same version).
-    ``markets=True`` sends the market list even when empty (a market change).
     """
     next_key = announced_next_key(session, private_key)
     out = []
     for device_id in sorted(set(device_ids)):
-        body = config_body(session, device_id, markets=markets)
+        body = config_body(session, device_id)
         if next_key is not None:
             body["keys"] = keys_section(next_key)
         row = session.get(ConfigVersion, device_id, with_for_update=True)
@@ -406,13 +282,6 @@ def build_device_configs(
         out.append(ConfigMessage(device_id, topic, row.version, payload))
     session.flush()
     return out
-
-
-def build_market_configs(
-    session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
-) -> list[ConfigMessage]:
-    """Sign each device's configuration after a market change (the list goes even when empty)."""
-    return build_device_configs(session, private_key, device_ids, issued_ms, markets=True)
 
 
 # ------------------------------------------------------------------ publishing

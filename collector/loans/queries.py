@@ -25,6 +25,7 @@ from ..storage.tables import (
     Device,
     DeviceKey,
     DeviceStatus,
+    LoanDeviceRecord,
     LoanRecord,
     RiskStateRecord,
 )
@@ -310,7 +311,12 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
             .group_by(BatchRecord.device_id)
         )
     }
-    pairs = session.execute(sa.select(LoanRecord.device_id, LoanRecord.loan_id))
+    pairs = session.execute(
+        sa.union_all(
+            sa.select(LoanRecord.device_id, LoanRecord.loan_id),
+            sa.select(LoanDeviceRecord.device_id, LoanDeviceRecord.loan_id),  # second trackers
+        )
+    )
     loans: dict[str, str] = {row.device_id: row.loan_id for row in pairs}
     out = []
     for device in session.scalars(sa.select(Device).order_by(Device.device_id)):

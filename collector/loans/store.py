@@ -13,14 +13,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from protocol import check_device_id
+from protocol.errors import InvalidRecord
+from protocol.rule_names import RuleName
+
 from ..clock import utc_date
 from ..risk.assessment import LoanNotFoundError, load_payments, loan_facts
 from ..risk.engine import RiskLevel
 from ..risk.repayments import Installment, LoanError, Payment, RepaymentError, format_cents
 from ..storage.tables import (
     FINAL_LOAN_STATUSES,
+    AlertRecord,
     DailyStatsRecord,
     InstallmentRecord,
+    LoanDeviceRecord,
     LoanRecord,
     RepaymentRecord,
     RiskStateRecord,
@@ -32,13 +38,17 @@ __all__ = [
     "LoanSummary",
     "RepaymentConflictError",
     "RepaymentOutcome",
+    "TrackerLinkError",
+    "battery_health",
     "existing_loan_conflicts",
+    "link_second_tracker",
     "loan_details",
     "loan_summaries",
     "loans_with_risk",
     "record_repayment",
     "refuse_future_payment",
     "store_loan",
+    "unlink_second_tracker",
     "vehicle_condition",
 ]
 
@@ -311,6 +321,9 @@ def loan_details(session: Session, loan: LoanRecord, as_of: date, *, grace_days:
     return {
         "loan_id": loan.loan_id,
         "device_id": loan.device_id,
+        "second_tracker": session.scalar(
+            sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan.loan_id)
+        ),
         "vin": loan.vin,
         "borrower_ref": loan.borrower_ref,
         "principal": format_cents(loan.principal_cents),
@@ -341,6 +354,61 @@ def loan_summaries(
     )
     return [LoanSummary.of(loan, state) for loan, state in rows]
 
+# ------------------------------------------------------------------ second trackers
+
+
+class TrackerLinkError(LoanError):
+    """A second tracker cannot be linked: the device already tracks a car, or the id is malformed."""
+
+
+def link_second_tracker(session: Session, loan_id: str, device_id: str, *, now_ms: int) -> bool:
+    """Link ``device_id`` as the second tracker of a loan's car (replacing any other; the caller commits).
+
+    Returns:
+        False when it was linked already (nothing changed), True otherwise.
+
+    Raises:
+        LoanNotFoundError: no such loan.
+        TrackerLinkError: a malformed id, the loan's own main device, or a device that is
+            another loan's main or second tracker.
+    """
+    loan = session.get(LoanRecord, loan_id)
+    if loan is None:
+        raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
+    try:
+        check_device_id(device_id)
+    except InvalidRecord as exc:
+        raise TrackerLinkError(str(exc)) from exc
+    if device_id == loan.device_id:
+        raise TrackerLinkError(f"{device_id} is already the main tracker of loan {loan_id}")
+    other = session.scalar(sa.select(LoanRecord.loan_id).where(LoanRecord.device_id == device_id))
+    if other is not None:
+        raise TrackerLinkError(f"{device_id} is the main tracker of loan {other}")
+    row = session.get(LoanDeviceRecord, device_id)
+    if row is not None and row.loan_id != loan_id:
+        raise TrackerLinkError(f"{device_id} is the second tracker of loan {row.loan_id}")
+    if row is not None:
+        return False
+    unlink_second_tracker(session, loan_id)
+    session.add(LoanDeviceRecord(device_id=device_id, loan_id=loan_id, added_ms=now_ms))
+    session.flush()
+    return True
+
+
+def unlink_second_tracker(session: Session, loan_id: str) -> str | None:
+    """Remove a loan's second tracker (the caller commits); returns its device id, None if it had none.
+
+    Raises:
+        LoanNotFoundError: no such loan.
+    """
+    if session.get(LoanRecord, loan_id) is None:
+        raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
+    row = session.scalar(sa.select(LoanDeviceRecord).where(LoanDeviceRecord.loan_id == loan_id))
+    if row is None:
+        return None
+    session.delete(row)
+    session.flush()
+    return row.device_id
 
 
 # ------------------------------------------------------------------ vehicle condition
@@ -350,7 +418,8 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
     """Condition summary for the disposal team: the last ``days`` days of DailyStats.
 
     Returns per-day distance (km), driving time (h), harsh accelerations and brakings, the
-    totals, and the last odometer reading known.
+    traction-battery figures (EVs; None otherwise), the totals, the last odometer reading
+    known, and ``battery`` (:func:`battery_health`; None for a car that never reported any).
     """
     first = (today - timedelta(days=days - 1)).isoformat()
     rows = list(
@@ -364,12 +433,7 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
             .order_by(DailyStatsRecord.day)
         )
     )
-    odometer = session.execute(
-        sa.select(DailyStatsRecord.odometer_km, DailyStatsRecord.day)
-        .where(DailyStatsRecord.device_id == device_id, DailyStatsRecord.odometer_km.is_not(None))
-        .order_by(DailyStatsRecord.day.desc())
-        .limit(1)
-    ).first()
+    odometer = _newest_reading(session, device_id, DailyStatsRecord.odometer_km)
     return {
         "device_id": device_id,
         "from": first,
@@ -381,6 +445,10 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
                 "driving_h": round(r.driving_s / 3600, 3),
                 "harsh_accel": r.harsh_accel,
                 "harsh_brake": r.harsh_brake,
+                "energy_used_kwh": r.energy_used_kwh,
+                "energy_charged_kwh": r.energy_charged_kwh,
+                "charging_sessions": r.charging_sessions,
+                "soh_percent": r.soh_percent,
                 "final": r.final,
             }
             for r in rows
@@ -391,4 +459,71 @@ def vehicle_condition(session: Session, device_id: str, today: date, *, days: in
         "harsh_brake": sum(r.harsh_brake for r in rows),
         "last_odometer_km": odometer[0] if odometer else None,
         "last_odometer_day": odometer[1] if odometer else None,
+        "battery": battery_health(session, device_id, rows, first, today),
     }
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+def _newest_reading(session: Session, device_id: str, column: Any) -> Any:
+    """``(value, day)`` of the newest day with ``column`` reported (any day), or None."""
+    return session.execute(
+        sa.select(column, DailyStatsRecord.day)
+        .where(DailyStatsRecord.device_id == device_id, column.is_not(None))
+        .order_by(DailyStatsRecord.day.desc())
+        .limit(1)
+    ).first()
+
+
+def _sum_or_none(values: list[float | int | None]) -> float | int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def battery_health(
+    session: Session, device_id: str, rows: list[DailyStatsRecord], first: str, today: date
+) -> dict[str, Any] | None:
+    """The traction battery over the window: state of health, its change, energy, HV disconnects.
+
+    ``soh_percent`` is the newest state of health ever reported (with its day), ``soh_change``
+    the newest minus the oldest within the window (percentage points, negative = lost health);
+    ``hv_disconnects`` and ``soh_drop_alerts`` count the raised ``hv_disconnect`` / ``soh_drop``
+    alerts with a device time inside the window (UTC days). None when the car never reported
+    a battery figure nor raised one of those alerts (not an EV, or an older agent).
+    """
+    soh_rows = [(r.day, r.soh_percent) for r in rows if r.soh_percent is not None]
+    latest = _newest_reading(session, device_id, DailyStatsRecord.soh_percent)
+    start_ms = (date.fromisoformat(first) - _EPOCH).days * 86_400_000
+    end_ms = (today + timedelta(days=1) - _EPOCH).days * 86_400_000
+    alerts = session.execute(
+        sa.select(AlertRecord.rule, sa.func.count(), sa.func.max(AlertRecord.time_ms))
+        .where(
+            AlertRecord.device_id == device_id,
+            AlertRecord.rule.in_([RuleName.HV_DISCONNECT.value, RuleName.SOH_DROP.value]),
+            AlertRecord.state == 0,  # RAISED
+            AlertRecord.time_ms >= start_ms,
+            AlertRecord.time_ms < end_ms,
+        )
+        .group_by(AlertRecord.rule)
+    ).all()
+    counts = {rule: (int(n), last) for rule, n, last in alerts}
+    energy_used = _sum_or_none([r.energy_used_kwh for r in rows])
+    if latest is None and energy_used is None and not counts:
+        return None
+    hv = counts.get(RuleName.HV_DISCONNECT.value, (0, None))
+    return {
+        "soh_percent": latest[0] if latest else None,
+        "soh_day": latest[1] if latest else None,
+        "soh_change": round(soh_rows[-1][1] - soh_rows[0][1], 2) if len(soh_rows) >= 2 else None,
+        "energy_used_kwh": _round_or_none(energy_used),
+        "energy_charged_kwh": _round_or_none(_sum_or_none([r.energy_charged_kwh for r in rows])),
+        "charging_sessions": _sum_or_none([r.charging_sessions for r in rows]),
+        "hv_disconnects": hv[0],
+        "last_hv_disconnect_ms": hv[1],
+        "soh_drop_alerts": counts.get(RuleName.SOH_DROP.value, (0, None))[0],
+    }
+
+
+def _round_or_none(value: float | int | None) -> float | None:
+    return None if value is None else round(float(value), 3)

@@ -38,6 +38,7 @@ from ..storage.tables import (
     Base,
     FixRecord,
     InstallmentRecord,
+    LoanDeviceRecord,
     LoanRecord,
     RepaymentRecord,
     RiskEventRecord,
@@ -60,6 +61,7 @@ from .features import FeatureConfig, exposure_of
 from .repayments import DEFAULT_GRACE_DAYS, Installment, LoanError, Payment, RepaymentFacts, repayment_facts
 from .score import ScoreAssessment, assess_v2
 from .settings import RiskSettings
+from .trackers import LOOKBACK_MS, TrackerView, TrackFix, newest_fixes_agree, tracker_divergence
 
 __all__ = [
     "MOVING_MPS",
@@ -78,6 +80,7 @@ __all__ = [
     "risk_commit_hook",
     "score_columns",
     "score_loan",
+    "tracker_view",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,19 +188,60 @@ def movement(session: Session, device_id: str, until_ms: int) -> Movement:
     )
 
 
+def tracker_view(session: Session, device_id: str, now_ms: int, *, history: bool = True) -> TrackerView:
+    """One tracker's newest observation and position and (``history``) its fixes of the last ``LOOKBACK_MS``."""
+    row = session.get(DeviceStatusRecord, device_id)
+    last_fix = None
+    if row is not None and row.last_fix_ms is not None and row.last_lat is not None and row.last_lon is not None:
+        last_fix = TrackFix(row.last_fix_ms, row.last_lat, row.last_lon)
+    last_seen = row.last_seen_ms if row is not None else None
+    if not history:
+        return TrackerView(device_id, last_seen, last_fix)
+    fixes = session.execute(
+        sa.select(FixRecord.time_ms, FixRecord.lat, FixRecord.lon)
+        .where(FixRecord.device_id == device_id, FixRecord.time_ms > now_ms - LOOKBACK_MS,
+               FixRecord.time_ms <= now_ms)
+        .order_by(FixRecord.time_ms, FixRecord.id)
+    ).all()
+    return TrackerView(device_id, last_seen, last_fix, tuple(TrackFix(*f) for f in fixes))
+
+
+def _divergence(session: Session, main: str, backup: str, now_ms: int, config: RiskConfig) -> OpenAlert | None:
+    """:func:`tracker_divergence` of a car's two trackers, reading their fix history only when needed."""
+    light = tracker_view(session, main, now_ms, history=False), tracker_view(session, backup, now_ms, history=False)
+    found = tracker_divergence(*light, now_ms, config)  # the silent signatures need no history
+    if found is not None or newest_fixes_agree(*light, config):
+        return found
+    full = tracker_view(session, main, now_ms), tracker_view(session, backup, now_ms)
+    return tracker_divergence(*full, now_ms, config)
+
+
 def load_risk_input(
-    session: Session, loan_id: str, now_ms: int, *, grace_days: int = DEFAULT_GRACE_DAYS
+    session: Session, loan_id: str, now_ms: int, *, grace_days: int = DEFAULT_GRACE_DAYS,
+    config: RiskConfig | None = None,
 ) -> RiskInput:
-    """Everything the risk engine needs about one stored loan at ``now_ms``."""
+    """Everything the risk engine needs about one stored loan at ``now_ms``.
+
+    With a second tracker linked (``loan_devices``), its open alerts count too, and a
+    ``tracker_divergence`` episode (:func:`collector.risk.trackers.tracker_divergence`, with the
+    ``tracker_*`` thresholds of ``config``) joins them when the two disagree.
+    """
     loan = session.get(LoanRecord, loan_id)
     if loan is None:
         raise LoanNotFoundError(f"loan {loan_id!r:.80} does not exist")
     facts = loan_facts(session, loan_id, utc_date(now_ms), grace_days=grace_days)
+    alerts = open_alerts(session, loan.device_id, now_ms)
+    backup = session.scalar(sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id))
+    if backup is not None:
+        alerts += open_alerts(session, backup, now_ms)
+        divergence = _divergence(session, loan.device_id, backup, now_ms, config or RiskConfig())
+        if divergence is not None:
+            alerts += (divergence,)
     return RiskInput(
         loan_id,
         now_ms,
         facts,
-        open_alerts(session, loan.device_id, now_ms),
+        alerts,
         device_status(session, loan.device_id),
         movement(session, loan.device_id, now_ms),
     )
@@ -259,7 +303,7 @@ def reassess_loan(
     """
     states = Base.metadata.tables["risk_states"]
     for _attempt in range(_CAS_ATTEMPTS):
-        inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
+        inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days, config=config)
         assessment = assess(inp, config)
         scored = score_loan(session, inp, config)
         stored = session.execute(
@@ -357,7 +401,9 @@ def reassess_loans(
         .order_by(LoanRecord.loan_id)
     )
     if device_ids is not None:
-        query = query.where(LoanRecord.device_id.in_(sorted(set(device_ids))))
+        wanted = sorted(set(device_ids))
+        backups = sa.select(LoanDeviceRecord.loan_id).where(LoanDeviceRecord.device_id.in_(wanted))
+        query = query.where(sa.or_(LoanRecord.device_id.in_(wanted), LoanRecord.loan_id.in_(backups)))
     changes = []
     for loan_id in session.scalars(query).all():
         _, change = reassess_loan_as_configured(session, loan_id, now_ms, risk, webhook_urls, cases=cases)

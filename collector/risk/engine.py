@@ -33,6 +33,7 @@ from .repayments import RepaymentFacts, format_cents
 
 __all__ = [
     "RULES",
+    "TRACKER_DIVERGENCE",
     "DeviceStatus",
     "Movement",
     "NextStep",
@@ -52,6 +53,8 @@ __all__ = [
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+#: The collector-side rule raised when a car's two trackers disagree (collector.risk.trackers).
+TRACKER_DIVERGENCE = "tracker_divergence"
 
 
 class RiskConfigError(CollectorError, ValueError):
@@ -237,7 +240,13 @@ class RiskConfig:
         dpd_on_site: days past due from which the level is high with an on-site check (default 90).
         stationary_days: a vehicle not moved for at least this many days while overdue is watched (7).
         market_rules / power_cut_rules / towing_rules / night_door_rules / region_rules /
-            gnss_rules: device rule names that count as each kind of alert.
+            gnss_rules / relocation_rules / hv_disconnect_rules / soh_drop_rules /
+            tracker_rules: device (or collector-side) rule names that count as each kind of alert.
+        tracker_divergence_m: a car's two trackers more than this apart (metres, default 1000) ...
+        tracker_window_minutes: ... for at least this long (default 30) is ``tracker_divergence``.
+        tracker_silent_hours: a tracker with nothing newer than this (default 2) is silent ...
+        tracker_moved_m: ... and the other one reporting this far from it (default 2000) since
+            is ``tracker_divergence`` (one was removed or unplugged).
     """
 
     offline_hours: float = 48.0
@@ -251,6 +260,14 @@ class RiskConfig:
     night_door_rules: frozenset[str] = frozenset({RuleName.NIGHT_DOOR_OPENINGS})
     region_rules: frozenset[str] = frozenset({RuleName.REGION_EXIT})
     gnss_rules: frozenset[str] = frozenset({RuleName.GNSS_LOST, RuleName.GNSS_JAMMING})
+    relocation_rules: frozenset[str] = frozenset({RuleName.RELOCATION})
+    hv_disconnect_rules: frozenset[str] = frozenset({RuleName.HV_DISCONNECT})
+    soh_drop_rules: frozenset[str] = frozenset({RuleName.SOH_DROP})
+    tracker_rules: frozenset[str] = frozenset({TRACKER_DIVERGENCE})
+    tracker_divergence_m: float = 1000.0
+    tracker_window_minutes: float = 30.0
+    tracker_silent_hours: float = 2.0
+    tracker_moved_m: float = 2000.0
 
     def __post_init__(self) -> None:
         for name, lo, hi in (
@@ -259,6 +276,10 @@ class RiskConfig:
             ("dpd_call", 1, 3650),
             ("dpd_on_site", 1, 3650),
             ("stationary_days", 0.5, 365),
+            ("tracker_divergence_m", 50, 1_000_000),
+            ("tracker_window_minutes", 1, 7 * 24 * 60),
+            ("tracker_silent_hours", 0.1, 24 * 30),
+            ("tracker_moved_m", 50, 1_000_000),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
@@ -501,6 +522,9 @@ S = NextStep
 RULES: tuple[RiskRule, ...] = (
     RiskRule("power_cut_while_overdue", C, S.RECOVERY, "box unplugged / main power cut while overdue",
              _while_overdue(lambda c: c.power_cut_rules), ("power_cut", "overdue")),
+    RiskRule("tracker_divergence_while_overdue", C, S.RECOVERY,
+             "the car's two trackers disagree (one silent while the other moves, or far apart) while overdue",
+             _while_overdue(lambda c: c.tracker_rules), ("tracker_divergence", "overdue")),
     RiskRule("towing_while_overdue", C, S.RECOVERY, "towed (moving with ignition off) while overdue",
              _while_overdue(lambda c: c.towing_rules), ("towing", "overdue")),
     RiskRule("gnss_jamming_while_overdue", C, S.RECOVERY, "GNSS jammed or lost while moving, while overdue",
@@ -512,6 +536,11 @@ RULES: tuple[RiskRule, ...] = (
              _offline(while_overdue=True), ("device_offline", "overdue")),
     RiskRule("region_exit_while_overdue", H, S.ON_SITE_CHECK, "left the allowed region while overdue",
              _while_overdue(lambda c: c.region_rules), ("region_exit", "overdue")),
+    RiskRule("relocation_while_overdue", H, S.ON_SITE_CHECK, "stopped coming home (relocated) while overdue",
+             _while_overdue(lambda c: c.relocation_rules), ("relocation", "overdue")),
+    RiskRule("hv_disconnect_while_overdue", H, S.ON_SITE_CHECK,
+             "traction battery disconnected or removed while parked, while overdue",
+             _while_overdue(lambda c: c.hv_disconnect_rules), ("hv_disconnect", "overdue")),
     RiskRule("severely_past_due", H, S.ON_SITE_CHECK, "days past due >= dpd_on_site",
              _dpd_at_least(lambda c: c.dpd_on_site), ("past_due", "overdue")),
     RiskRule("past_due", W, S.CALL, "days past due >= dpd_call", _dpd_at_least(lambda c: c.dpd_call), ("overdue",)),
@@ -524,6 +553,15 @@ RULES: tuple[RiskRule, ...] = (
     RiskRule("towing", W, S.CALL, "towed (moving with ignition off)", _alone(lambda c: c.towing_rules)),
     RiskRule("gnss_jamming", W, S.CALL, "GNSS jammed or lost while moving", _alone(lambda c: c.gnss_rules)),
     RiskRule("region_exit", W, S.CALL, "left the allowed region", _alone(lambda c: c.region_rules)),
+    RiskRule("tracker_divergence", H, S.ON_SITE_CHECK,
+             "the car's two trackers disagree: one silent while the other moves, or far apart (one was removed)",
+             _alone(lambda c: c.tracker_rules)),
+    RiskRule("relocation", W, S.CALL, "stopped coming home: nights away from every usual night place",
+             _alone(lambda c: c.relocation_rules)),
+    RiskRule("hv_disconnect", W, S.CALL, "traction battery disconnected or removed while parked",
+             _alone(lambda c: c.hv_disconnect_rules)),
+    RiskRule("soh_drop", W, S.MONITOR, "abnormal drop of the traction battery's state of health (collateral value)",
+             _alone(lambda c: c.soh_drop_rules)),
     RiskRule("device_offline", W, S.CALL, "device offline for more than offline_hours", _offline(while_overdue=False)),
     RiskRule("night_door_openings", W, S.MONITOR, "repeated door openings at night",
              _alone(lambda c: c.night_door_rules)),

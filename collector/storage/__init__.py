@@ -3,7 +3,9 @@
 * :mod:`collector.storage.tables` - every table on one declarative ``Base``.
 * :mod:`collector.storage.database` - engines (SQLite default, PostgreSQL), migrations at start.
 * :mod:`collector.storage.audit` - appending to and reading the audit log.
+* :mod:`collector.storage.places` - typed places (checked with :mod:`protocol.places`).
 * ``collector/storage/migrations`` - the Alembic environment and revisions.
 
-The bottom layer: it imports nothing of the collector but :mod:`collector.errors`.
+The bottom layer: it imports nothing of the collector but the base modules (:mod:`collector.errors`,
+:mod:`collector.files`).
 """

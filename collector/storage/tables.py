@@ -3,7 +3,7 @@
 Ingest side (migration ``0001``): device registry, batch ledger, observations, latest
 per-device state and the dead-letter table. Loan side (migrations ``0002``, ``0003``):
 loans, schedules, repayments, risk state and events, the webhook and downlink outboxes,
-the audit log, markets and fix day summaries. The migrations live in
+the audit log, typed places (0014) and fix day summaries. The migrations live in
 ``collector/storage/migrations``; a test compares this metadata with the migrated schema on
 SQLite and PostgreSQL. The operations on these tables live with their owners
 (``collector.ingest``, ``collector.risk``, ``collector.loans``, ``collector.jobs``).
@@ -44,8 +44,9 @@ __all__ = [
     "FixDaySummary",
     "FixRecord",
     "InstallmentRecord",
+    "LoanDeviceRecord",
     "LoanRecord",
-    "MarketRecord",
+    "PlaceRecord",
     "RegistryVersion",
     "RepaymentRecord",
     "RiskEventRecord",
@@ -217,7 +218,11 @@ class AlertRecord(Base):
 
 
 class DailyStatsRecord(Base):
-    """Driving figures of one device-local day; the row with the latest ``time_ms`` wins."""
+    """Driving figures of one device-local day; the row with the latest ``time_ms`` wins.
+
+    The traction-battery figures (``energy_*``, ``charging_sessions``, ``soh_percent``; EVs
+    only, NULL otherwise) were added by migration 0014.
+    """
 
     __tablename__ = "daily_stats"
 
@@ -231,6 +236,10 @@ class DailyStatsRecord(Base):
     harsh_brake: Mapped[int]
     odometer_km: Mapped[float | None] = mapped_column(sa.Double)
     final: Mapped[bool] = mapped_column(sa.Boolean)
+    energy_used_kwh: Mapped[float | None] = mapped_column(sa.Double)
+    energy_charged_kwh: Mapped[float | None] = mapped_column(sa.Double)
+    charging_sessions: Mapped[int | None] = mapped_column(sa.Integer)
+    soh_percent: Mapped[float | None] = mapped_column(sa.Double)
 
 
 class DeviceStatus(Base):
@@ -312,6 +321,24 @@ class LoanRecord(Base):
     closed_ms: Mapped[int | None]
     status_changed_ms: Mapped[int | None]  # when the collector recorded the last status change
     schedule_version: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
+
+
+class LoanDeviceRecord(Base):
+    """A second tracker on a loan's car (e.g. a hidden battery-powered backup beside the wired T-BOX).
+
+    ``loans.device_id`` stays the main device; a loan has at most one row here (``loan_id``
+    unique), so at most two trackers per car, and a device tracks at most one car. The
+    collector compares the two (``collector.risk.trackers``) and raises ``tracker_divergence``.
+    Migration 0014.
+    """
+
+    __tablename__ = "loan_devices"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("loans.loan_id", ondelete="CASCADE"), unique=True
+    )
+    added_ms: Mapped[int]
 
 
 class InstallmentRecord(Base):
@@ -423,18 +450,26 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]]
 
 
-class MarketRecord(Base):
-    """A used-car market the devices watch; stored as given (with its datum) and in WGS-84."""
+class PlaceRecord(Base):
+    """A typed place the devices watch (a used-car market, a pawn lot, a port, ...).
 
-    __tablename__ = "markets"
+    Stored as given: ``lat``/``lon`` in the declared ``datum`` (the agents convert once, with
+    :mod:`protocol.places`). A deleted place stays as a tombstone (``deleted_ms`` set) so the
+    newest ``updated_ms`` over all rows is the revision of the list: a deletion made from the
+    CLI still makes the publisher sign a new list. Migration 0014 replaced ``markets`` with it.
+    """
 
-    market_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    __tablename__ = "places"
+
+    place_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(32), index=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     lat: Mapped[float] = mapped_column(sa.Double)
     lon: Mapped[float] = mapped_column(sa.Double)
     datum: Mapped[str] = mapped_column(sa.String(8))
     radius_m: Mapped[float] = mapped_column(sa.Double)
     updated_ms: Mapped[int]
+    deleted_ms: Mapped[int | None]
 
 
 class DownlinkKey(Base):

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
 from collector.api.loans import router
+from collector.api.places import router as places_router
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.settings import Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
@@ -58,7 +59,8 @@ def _app(folder: Path) -> Any:
         session.commit()
     settings_ = Settings(data_dir=folder, api_keys={hash_api_key(k): role for role, k in KEYS.items()})
     return create_app(
-        settings_, engine=engine, routers=[router], clock_ms=lambda: NOW, config_publisher=lambda _messages: None
+        settings_, engine=engine, routers=[router, places_router], clock_ms=lambda: NOW,
+        config_publisher=lambda _messages: None,
     )
 
 
