@@ -61,7 +61,7 @@ from ..storage.audit import entry_as_dict, query_audit_log
 from ..storage.tables import DeviceStatus, FixRecord, LoanDeviceRecord, LoanRecord, RiskEventRecord, RiskStateRecord
 from ..timefmt import TimeFormatError, parse_time, zone
 from .auth import Principal, audit_principal, require_role
-from .dependencies import ClockDep, EngineDep, SessionDep, SettingsDep
+from .dependencies import ClockDep, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
     "authorize_location",

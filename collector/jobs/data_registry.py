@@ -94,6 +94,8 @@ REGISTRY: tuple[TablePolicy, ...] = (
     # --- essential records without coordinates
     TablePolicy("loans", Policy.ESSENTIAL, ("vin", "borrower_ref", "device_id"), "loan_id", None,
                 why="the loan and its vehicle"),
+    TablePolicy("loan_devices", Policy.ESSENTIAL, ("device_id",), "loan_id", None,
+                why="a loan's second tracker (the link, no positions)"),
     TablePolicy("installments", Policy.ESSENTIAL, ("amount_cents", "due_date"), "loan_id", None,
                 why="the current schedule"),
     TablePolicy("schedule_versions", Policy.ESSENTIAL, ("installments", "reason"), "loan_id", None,
@@ -120,7 +122,8 @@ REGISTRY: tuple[TablePolicy, ...] = (
                 why="the signed downlink outbox (public market places, tracking off): kept so a device stays stopped"),
     TablePolicy("downlink_keys", Policy.OPERATIONAL, (), None, None,
                 why="the collector's announced and promoted downlink signing keys (public keys)"),
-    TablePolicy("markets", Policy.OPERATIONAL, (), None, None, why="public used-car market places, not a person's"),
+    TablePolicy("places", Policy.OPERATIONAL, (), None, None,
+                why="public places (used-car markets, pawn lots, ports, ...), not a person's"),
     TablePolicy("users", Policy.OPERATIONAL, (), None, None, why="staff accounts (not borrowers)"),
     TablePolicy("console_sessions", Policy.OPERATIONAL, (), None, None, why="staff sessions, expire in hours"),
 )
