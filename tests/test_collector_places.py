@@ -37,7 +37,6 @@ from edge.agent import Agent
 from edge.downlink_apply import DownlinkApplier
 from edge.rules import RulesConfig
 from edge.uplink import ConfigGate
-from firmware_sim.rig import Mosquitto
 from protocol import DeviceConfig, config_topic, open_config, seal_config
 from protocol.cli import key_files
 from protocol.places import PlaceType
@@ -45,6 +44,7 @@ from tests.agent_harness import DEVICE, ScriptedEngine, make_config
 from tests.fake_devices import FakeDevice
 from tests.loan_api_app import NOW, Api, cli_config, open_loan_api
 from tests.mqtt_subscriber import wait_until
+from tests.secure_broker import SecureBroker
 
 REPO = Path(__file__).parents[1]
 PLACES_SAMPLE = REPO / "edge" / "data" / "places.sample.toml"
@@ -211,7 +211,7 @@ def test_the_agent_ignores_and_counts_unknown_sections_and_prefers_places(tmp_pa
     gate, rules, applier = agent_side(tmp_path, "car-1")
     topic = config_topic("car-1")
     legacy = {k: v for k, v in JIADING.items() if k != "type"}
-    body = {"places": [JIADING, PAWN], "markets": [legacy], "tracking": {"enabled": False}, "tier": {"name": "A"}}
+    body = {"places": [JIADING, PAWN], "markets": [legacy], "future": {"enabled": False}, "tier": {"name": "A"}}
     applier.handle(topic, seal_config(DeviceConfig("car-1", 1, NOW, body), KEY, topic))
     assert gate.version == 1
     assert rules.places == [("sh-jiading-ucm", "used_car_market"), ("sh-minhang-pawn", "pawn_lot")]
@@ -238,7 +238,7 @@ def test_a_cli_delete_makes_the_publisher_sign_again(engine: sa.Engine) -> None:
         assert devices_needing_config(session) == []
         delete_place(session, "sh-jiading-ucm", now_ms=NOW + 2)
         assert devices_needing_config(session) == ["car-1"]
-        assert config_body(session) == {"places": [PAWN], "markets": []}
+        assert config_body(session, "car-1") == {"places": [PAWN], "markets": []}
 
 
 # ------------------------------------------------------------------ CLI
@@ -291,18 +291,21 @@ class TypedEngine(ScriptedEngine):
 
 
 def test_typed_places_reach_a_running_agent_through_the_broker(
-    engine: sa.Engine, mosquitto: Mosquitto, tmp_path: Path
+    engine: sa.Engine, mosquitto: SecureBroker, tmp_path: Path
 ) -> None:
     collector_keys = key_files.generate(tmp_path / "keys", "collector")
     signing_key = key_files.load_private_key(collector_keys.private_path)
     agent_config = make_config(tmp_path, mosquitto.port,
-                               extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n')
+                               extra='[downlink]\ncollector_public_key = "keys/collector.pub"\n',
+                               login=mosquitto.login(DEVICE))
     with Session(engine) as session:
         upsert_places(session, [JIADING, PAWN], now_ms=NOW)
         session.commit()
     DeviceRegistry(engine, clock_ms=lambda: NOW).add(DEVICE, FakeDevice(DEVICE).pem)
-    publisher = ConfigPublisher(engine, signing_key, MqttSettings(port=mosquitto.port, client_id="places-test"),
-                                resync_interval_s=0.2, clock_ms=lambda: NOW + 1)
+    login = mosquitto.login()  # the collector's broker account
+    mqtt_settings = MqttSettings(port=mosquitto.port, client_id="places-test", username=login.username,
+                                 password=login.password)
+    publisher = ConfigPublisher(engine, signing_key, mqtt_settings, resync_interval_s=0.2, clock_ms=lambda: NOW + 1)
     rules = TypedEngine()
     agent = Agent(agent_config, engine=rules, sources={})
     thread = threading.Thread(target=agent.run, name="agent-under-test")

@@ -35,7 +35,7 @@ from collector.storage.tables import (
     FixRecord,
     InstallmentRecord,
     LoanRecord,
-    MarketRecord,
+    PlaceRecord,
     RepaymentRecord,
     RiskEventRecord,
     RiskStateRecord,
@@ -125,8 +125,8 @@ def seed_vehicle(session: Session, who: dict[str, str], lat: float, lon: float, 
 
 def seed(engine: sa.Engine) -> None:
     with Session(engine) as session:
-        session.add(MarketRecord(market_id="m1", name="Jiading used-car market", lat=31.3, lon=121.25, datum="gcj02",
-                                 radius_m=400.0, updated_ms=CLOSE))
+        session.add(PlaceRecord(place_id="m1", type="used_car_market", name="Jiading used-car market", lat=31.3,
+                                lon=121.25, datum="gcj02", radius_m=400.0, updated_ms=CLOSE))
         seed_vehicle(session, SETTLED, LAT, LON, CLOSE, date(2020, 6, 1))  # matured long ago, settled now
         seed_vehicle(session, LIVE, LIVE_LAT, LIVE_LON, CLOSE + 95 * DAY, date(2027, 6, 1))
         session.flush()

@@ -16,8 +16,9 @@ from collector.cli.commands import main as collector_main
 from collector.errors import DeviceNotFoundError, RegistryError
 from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.registry import DeviceRegistry
-from collector.jobs.downlink import ConfigPublisher, announce_next_key, upsert_markets
+from collector.jobs.downlink import ConfigPublisher, announce_next_key
 from collector.settings import Limits, MqttSettings
+from collector.storage.places import upsert_places
 from collector.storage.tables import ConfigVersion, DownlinkKey
 from edge.downlink_apply import DownlinkApplier
 from edge.rules import RulesConfig
@@ -210,7 +211,7 @@ def test_downlink_key_announced_under_the_current_key_then_promoted(
     old, new, thief = (Ed25519PrivateKey.generate() for _ in range(3))
     register(engine, car)
     with Session(engine) as session:
-        upsert_markets(session, [MARKET], now_ms=NOW)
+        upsert_places(session, [{**MARKET, "type": "used_car_market"}], now_ms=NOW)
         session.commit()
     clock = Clock(NOW + 1)
     settings = MqttSettings(client_id="rotation-test")
