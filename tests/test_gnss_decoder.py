@@ -307,9 +307,11 @@ def test_gga_before_rmc_in_the_same_epoch_is_dated() -> None:
 
 
 def test_midnight_rollover_without_rmc_moves_to_the_next_day() -> None:
-    before = nmea("GPRMC,235959,A,4807.038,N,01131.000,E,0.0,,311224,,,A")
-    after = nmea("GPGGA,000000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,,,,")
-    dated = nmea("GPRMC,000001,A,4807.038,N,01131.000,E,0.0,,010125,,,A")
+    # A receiver sending RMC then GGA each second; the RMC of 00:00:00 is lost.
+    gga = "GPGGA,{},4807.038,N,01131.000,E,1,08,0.9,545.4,M,,,,"
+    before = nmea("GPRMC,235959,A,4807.038,N,01131.000,E,0.0,,311224,,,A") + nmea(gga.format("235959"))
+    after = nmea(gga.format("000000"))
+    dated = nmea("GPRMC,000001,A,4807.038,N,01131.000,E,0.0,,010125,,,A") + nmea(gga.format("000001"))
     records, _, errors = decode(before + after + dated)
     assert errors == []
     assert [r.time_ms for r in records] == [

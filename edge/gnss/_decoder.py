@@ -97,6 +97,8 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 #: Sentence types the merger uses, and which of them carry the epoch's time of day.
 SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GSA", "GSV", "VTG", "GLL", "ZDA"})
+#: Rejections of a damaged line, which may have been the sentence that ends the epoch.
+_LINE_DAMAGE = (BadChecksum, GarbageLine, InvalidField, MissingChecksum, OversizedLine, TruncatedSentence, UnparsableSentence)
 
 
 @dataclass(slots=True)
@@ -186,8 +188,9 @@ class _Epoch:
     gsv_seen: bool = False
     snr: dict[tuple[str, int], int] = field(default_factory=dict)
     last_sig: str | None = None  # talker+type of the last sentence applied (GSV: only its last part)
-    timed_sigs: set[str] = field(default_factory=set)  # talker+type of every time-stamped sentence seen
-    last_timed_sig: str | None = None
+    reported: bool = False  # gpsd would have reported this epoch (see NmeaDecoder._note_cycle)
+    report_pos: tuple[float, float] | None = None  # the position at gpsd's last report of it
+    damaged: bool = False  # a line was rejected while the epoch was open (it may have been the ender)
 
 
 # -- strict field converters (raise ValueError with the offending text) -----------------
@@ -312,10 +315,15 @@ class NmeaDecoder:
         self._ender_candidate: str | None = None
         self._cycle_ender: str | None = None
         self._closed_tod: int | None = None
-        # The time-stamped sentence that ended the last two epochs a new time closed (gpsd's
-        # "cycle ender"): an epoch still open at the end of input without it is incomplete.
-        self._timed_ender_candidate: str | None = None
-        self._timed_ender: str | None = None
+        # gpsd's reporting cycle (driver_nmea0183.c): the sentence types that came last before
+        # the time changed are "cycle enders"; once one is known (the cycle is "reliable") an
+        # epoch is reported at its ender, with the position known then, and an epoch whose
+        # ender never came is not reported. Types only (GPGGA and GNGGA are one tag).
+        self._enders: set[str] = set()
+        self._cycle_reliable = False
+        self._ender_confirmed = False  # an ender has ended a cycle since the cycle became reliable
+        self._last_tag: str | None = None
+        self._last_frac: int | None = None
         self._fix_dated = False
         self._pending: list[GnssRecord] = []
 
@@ -368,13 +376,8 @@ class NmeaDecoder:
             if record is not None:
                 out.append(record)
         epoch, self._epoch = self._epoch, None
-        ender = self._timed_ender
-        if epoch is not None and epoch.tod_ms is not None and ender is not None and ender not in epoch.timed_sigs:
-            # Earlier epochs ended with this time-stamped sentence and this one never got it:
-            # the input stopped mid-epoch. Like gpsd, report nothing rather than half an epoch.
-            self._report(IncompleteEpoch(f"input ended before the epoch's {ender}", epoch.tod_text))
-        elif epoch is not None:
-            record = self._close(epoch)
+        if epoch is not None:
+            record = self._close(epoch, at_end=True)
             if record is not None:
                 out.append(record)
         return out
@@ -492,10 +495,10 @@ class NmeaDecoder:
                 ep.has_position_sentence = True
                 ep.no_fix |= no_fix
                 ep.rmc_fix = not no_fix
-                if not tod_text:
-                    # A receiver that sends RMC without a time (Quectel, before its first
-                    # fix) has no cycle to learn yet: forget the ender, as gpsd does.
-                    self._timed_ender = self._timed_ender_candidate = None
+                if status != "A" and not (tod_text and date_text):
+                    # A void RMC without time or date (Quectel, before its first fix) breaks
+                    # gpsd's cycle detection: it reports every position until it relearns.
+                    self._cycle_reliable = self._ender_confirmed = False
                 if pos is not None:
                     ep.pos = pos
                 if speed is not None:
@@ -505,7 +508,9 @@ class NmeaDecoder:
                     self._set_date(ep, date_text, None)
                     ep.dated_by_rmc = ep.date is not None
 
-            return self._apply_timed("RMC", tod_text, apply_rmc, talker)
+            # gpsd takes the cycle's time from an RMC only when it is valid and dated.
+            latch = status == "A" and bool(date_text)
+            return self._apply_timed("RMC", tod_text, apply_rmc, talker, latch=latch)
         if kind == "GGA":
             tod_text = _field(data, 0)
             pos = _position(data, 1)
@@ -522,6 +527,8 @@ class NmeaDecoder:
                 if pos is not None:
                     ep.pos = pos
                 ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
+                if not quality and not tod_text:
+                    self._cycle_reliable = self._ender_confirmed = False  # gpsd: as a void RMC without time
 
             return self._apply_timed("GGA", tod_text, apply_gga, talker)
         if kind == "GLL":
@@ -549,7 +556,7 @@ class NmeaDecoder:
                 self._set_date(ep, f"{day}/{month}/{year}", date_key)
 
             return self._apply_timed("ZDA", tod_text, apply_zda, talker)
-        return self._apply_timed("ZDA", tod_text, lambda ep: None, talker)
+        return self._apply_timed("ZDA", tod_text, lambda ep: None, talker, latch=False)
 
     def _set_date(self, ep: _Epoch, text: str, ymd: tuple[int, int, int] | None) -> None:
         try:
@@ -568,7 +575,9 @@ class NmeaDecoder:
         apply(self._epoch)
         self.counters.sentences_parsed += 1
 
-    def _apply_timed(self, kind: str, tod_text: str, apply: Callable[[_Epoch], None], talker: str) -> GnssRecord | None:
+    def _apply_timed(
+        self, kind: str, tod_text: str, apply: Callable[[_Epoch], None], talker: str, *, latch: bool = True
+    ) -> GnssRecord | None:
         tod = _time_of_day_ms(tod_text) if tod_text else None
         record = None
         ep = self._epoch
@@ -589,21 +598,32 @@ class NmeaDecoder:
             ep.tod_ms, ep.tod_text = tod, tod_text
         elif ep.tod_ms != tod:
             self._learn_ender(ep.last_sig)
-            if ep.has_position_sentence and ep.last_timed_sig is not None:
-                if ep.last_timed_sig == self._timed_ender_candidate:
-                    self._timed_ender = ep.last_timed_sig
-                self._timed_ender_candidate = ep.last_timed_sig
             record = self._close(ep)
             ep = self._epoch = _Epoch(tod_ms=tod, tod_text=tod_text)
         apply(ep)
-        self._note_timed(ep, talker + kind)
+        self._note_cycle(ep, kind, tod if latch else None)
         self.counters.sentences_parsed += 1
         return record
 
-    @staticmethod
-    def _note_timed(ep: _Epoch, sig: str) -> None:
-        ep.timed_sigs.add(sig)
-        ep.last_timed_sig = sig
+    def _note_cycle(self, ep: _Epoch, kind: str, tod: int | None) -> None:
+        """gpsd's end-of-cycle detector, for a sentence of ``kind`` that set the cycle's time ``tod``.
+
+        When the time changes, the type of the previous time-setting sentence becomes a cycle
+        ender (GLL, a "cycle continuer", does not make one). gpsd reports the epoch when an
+        ender arrives, or at every position while no ender is known (or a receiver quirk made
+        the cycle unreliable); the epoch's record takes the position of that report.
+        """
+        if tod is not None:
+            last_tag = self._last_tag
+            changed = self._last_frac is not None and abs(tod - self._last_frac) > 10
+            if changed and last_tag in self._enders:
+                self._ender_confirmed = self._cycle_reliable
+            elif changed and last_tag is not None and kind != "GLL":
+                self._enders.add(last_tag)
+                self._cycle_reliable = True
+            self._last_frac, self._last_tag = tod, kind
+        if not self._cycle_reliable or (tod is not None and kind in self._enders):
+            ep.reported, ep.report_pos = True, ep.pos
 
     # -- end-of-cycle detection --------------------------------------------------------
 
@@ -630,7 +650,7 @@ class NmeaDecoder:
 
     # -- closing an epoch into a record ------------------------------------------------
 
-    def _close(self, ep: _Epoch) -> GnssRecord | None:
+    def _close(self, ep: _Epoch, *, at_end: bool = False) -> GnssRecord | None:
         tod = ep.tod_ms
         if tod is None:
             self._report(UntimedEpoch("epoch without a time of day (receiver has no time yet)"))
@@ -654,6 +674,13 @@ class NmeaDecoder:
         if not ep.has_position_sentence:
             self._report(IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text))
             return None
+        if not ep.reported and not ep.damaged and (self._ender_confirmed if at_end else self._cycle_reliable):
+            # The receiver's cycle is known and this epoch never got the sentence that ends
+            # it (split cycles, the input stopping mid-epoch): gpsd reports nothing for it.
+            self._report(IncompleteEpoch(f"epoch ended without its cycle ender {sorted(self._enders)}", ep.tod_text))
+            return None
+        if ep.reported:
+            ep.pos = ep.report_pos
         time_ms = (date.toordinal() - _EPOCH_ORDINAL) * DAY_MS + tod
         if self._last_time_ms is not None and time_ms <= self._last_time_ms:
             message = f"epoch time {time_ms} is not after the last record's {self._last_time_ms}"
@@ -662,7 +689,7 @@ class NmeaDecoder:
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
         if not self._fix_dated and not _is_no_fix(ep):
             self._fix_dated = True
-            if ep.position_before_date and ep.dated_by_rmc and self._timed_ender is not None:
+            if ep.position_before_date and ep.dated_by_rmc and self._enders:
                 # The first fix once the cycle is known: its GGA/GLL came before the RMC that
                 # dates it, and earlier dates came from status-V RMCs (receiver guesses).
                 message = "first fix: its position came before the RMC that dates it"
@@ -709,6 +736,8 @@ class NmeaDecoder:
         name = error.counter
         setattr(self.counters, name, getattr(self.counters, name) + 1)
         self.last_error = error
+        if isinstance(error, _LINE_DAMAGE) and self._epoch is not None:
+            self._epoch.damaged = True
         if error.reason not in self._warned:
             self._warned.add(error.reason)
             log.warning("GNSS input rejected (%s, first of its kind): %s", error.reason, _describe(error))
