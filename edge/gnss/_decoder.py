@@ -181,6 +181,7 @@ class _Epoch:
     vtg_speed: float | None = None
     vtg_course: float | None = None
     gsa_mode: int | None = None
+    gsa_before_position: bool = False  # the GSA mode came before the epoch's RMC/GGA/GLL
     gga_hdop: float | None = None
     gsa_hdop: float | None = None
     gga_sats: int | None = None
@@ -495,6 +496,8 @@ class NmeaDecoder:
                 ep.has_position_sentence = True
                 ep.no_fix |= no_fix
                 ep.rmc_fix = not no_fix
+                if ep.rmc_fix and ep.gsa_before_position and ep.gsa_mode == 1:
+                    ep.gsa_mode = None  # a valid RMC after it outranks a GSA "no fix" (as in gpsd)
                 if status != "A" and not (tod_text and date_text):
                     # A void RMC without time or date (Quectel, before its first fix) breaks
                     # gpsd's cycle detection: it reports every position until it relearns.
@@ -778,6 +781,7 @@ def _gsa_applier(talker: str, data: list[str]) -> Callable[[_Epoch], None]:
     def apply(ep: _Epoch) -> None:
         if mode is not None:
             ep.gsa_mode = mode if ep.gsa_mode is None else max(ep.gsa_mode, mode)
+            ep.gsa_before_position = not ep.has_position_sentence
         ep.used.update((system, prn) for prn in prns if prn is not None)
         if hdop is not None:
             ep.gsa_hdop = hdop
