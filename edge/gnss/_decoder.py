@@ -172,8 +172,6 @@ class _Epoch:
     no_fix: bool = False
     pos: tuple[float, float] | None = None  # from the last RMC/GGA/GLL that carried one (as gpsd)
     rmc_fix: bool = False
-    position_before_date: bool = False  # a GGA/GLL position came before any valid date was known
-    dated_by_rmc: bool = False
     gga_zero_sats: bool = False
     alt_m: float | None = None
     rmc_speed: float | None = None
@@ -190,7 +188,8 @@ class _Epoch:
     snr: dict[tuple[str, int], int] = field(default_factory=dict)
     last_sig: str | None = None  # talker+type of the last sentence applied (GSV: only its last part)
     reported: bool = False  # gpsd would have reported this epoch (see NmeaDecoder._note_cycle)
-    report_pos: tuple[float, float] | None = None  # the position at gpsd's last report of it
+    timed_report: bool = False  # ... and with a time: a date was known when it did
+    report_pos: tuple[float, float] | None = None  # the position at gpsd's last timed report of it
     damaged: bool = False  # a line was rejected while the epoch was open (it may have been the ender)
 
 
@@ -325,7 +324,9 @@ class NmeaDecoder:
         self._ender_confirmed = False  # an ender has ended a cycle since the cycle became reliable
         self._last_tag: str | None = None
         self._last_frac: int | None = None
-        self._fix_dated = False
+        # gpsd's date (RMC with a fix, ZDA): until it has one, it reports positions without a
+        # time; a void RMC or GGA without a time of day makes it forget the date.
+        self._gpsd_dated = False
         self._pending: list[GnssRecord] = []
 
     # -- input ------------------------------------------------------------------------
@@ -468,6 +469,8 @@ class NmeaDecoder:
             return None
         if kind == "GSA":
             self._apply_untimed(_gsa_applier(talker, data))
+            if not self._cycle_reliable:  # gpsd reports every change of mode then
+                self._gpsd_report(self._epoch)
             return None
         if kind == "VTG":
             course = _number(_field(data, 0), "VTG course", 0.0, 360.0)
@@ -501,7 +504,7 @@ class NmeaDecoder:
                 if status != "A" and not (tod_text and date_text):
                     # A void RMC without time or date (Quectel, before its first fix) breaks
                     # gpsd's cycle detection: it reports every position until it relearns.
-                    self._cycle_reliable = self._ender_confirmed = False
+                    self._cycle_reliable = self._ender_confirmed = self._gpsd_dated = False
                 if pos is not None:
                     ep.pos = pos
                 if speed is not None:
@@ -509,7 +512,7 @@ class NmeaDecoder:
                 ep.rmc_course = course if course is not None else ep.rmc_course
                 if date_text:
                     self._set_date(ep, date_text, None)
-                    ep.dated_by_rmc = ep.date is not None
+                    self._gpsd_dated |= not no_fix and ep.date is not None
 
             # gpsd takes the cycle's time from an RMC only when it is valid and dated.
             latch = status == "A" and bool(date_text)
@@ -524,14 +527,13 @@ class NmeaDecoder:
 
             def apply_gga(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
-                ep.position_before_date |= ep.date is None and not self._fix_dated
                 ep.no_fix |= not quality
                 ep.gga_zero_sats = sats == 0
                 if pos is not None:
                     ep.pos = pos
                 ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
                 if not quality and not tod_text:
-                    self._cycle_reliable = self._ender_confirmed = False  # gpsd: as a void RMC without time
+                    self._cycle_reliable = self._ender_confirmed = self._gpsd_dated = False  # gpsd: as a void RMC without time
 
             return self._apply_timed("GGA", tod_text, apply_gga, talker)
         if kind == "GLL":
@@ -541,7 +543,6 @@ class NmeaDecoder:
 
             def apply_gll(ep: _Epoch) -> None:
                 ep.has_position_sentence = True
-                ep.position_before_date |= ep.date is None and not self._fix_dated
                 ep.no_fix |= no_fix
                 if pos is not None:
                     ep.pos = pos
@@ -557,6 +558,7 @@ class NmeaDecoder:
 
             def apply_zda(ep: _Epoch) -> None:
                 self._set_date(ep, f"{day}/{month}/{year}", date_key)
+                self._gpsd_dated |= ep.date is not None
 
             return self._apply_timed("ZDA", tod_text, apply_zda, talker)
         return self._apply_timed("ZDA", tod_text, lambda ep: None, talker, latch=False)
@@ -625,8 +627,13 @@ class NmeaDecoder:
                 self._enders.add(last_tag)
                 self._cycle_reliable = True
             self._last_frac, self._last_tag = tod, kind
-        if not self._cycle_reliable or (tod is not None and kind in self._enders):
-            ep.reported, ep.report_pos = True, ep.pos
+        if (tod is not None and kind in self._enders) or (not self._cycle_reliable and kind != "ZDA"):
+            self._gpsd_report(ep)
+
+    def _gpsd_report(self, ep: _Epoch) -> None:
+        ep.reported = True
+        if self._gpsd_dated:
+            ep.timed_report, ep.report_pos = True, ep.pos
 
     # -- end-of-cycle detection --------------------------------------------------------
 
@@ -682,7 +689,11 @@ class NmeaDecoder:
             # it (split cycles, the input stopping mid-epoch): gpsd reports nothing for it.
             self._report(IncompleteEpoch(f"epoch ended without its cycle ender {sorted(self._enders)}", ep.tod_text))
             return None
-        if ep.reported:
+        if ep.reported and not ep.timed_report and not _is_no_fix(ep):
+            # gpsd reported its position before any date (its RMC or ZDA came later): no time.
+            self._report(UndatedEpoch("position reported before the date that times it", ep.tod_text))
+            return None
+        if ep.timed_report:
             ep.pos = ep.report_pos
         time_ms = (date.toordinal() - _EPOCH_ORDINAL) * DAY_MS + tod
         if self._last_time_ms is not None and time_ms <= self._last_time_ms:
@@ -690,14 +701,6 @@ class NmeaDecoder:
             self._report(StaleEpoch(message, ep.tod_text))
             return None
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
-        if not self._fix_dated and not _is_no_fix(ep):
-            self._fix_dated = True
-            if ep.position_before_date and ep.dated_by_rmc and self._enders:
-                # The first fix once the cycle is known: its GGA/GLL came before the RMC that
-                # dates it, and earlier dates came from status-V RMCs (receiver guesses).
-                message = "first fix: its position came before the RMC that dates it"
-                self._report(UndatedEpoch(message, ep.tod_text))
-                return None
         return self._record(ep, time_ms)
 
     def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
