@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, fields
 from functools import reduce
 from os import PathLike
 from pathlib import Path
+from typing import TypeVar
 
 import pynmea2
 
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("edge.gnss")
+_T = TypeVar("_T")
 
 GnssRecord = Fix | NoFix
 
@@ -98,7 +100,15 @@ _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 #: Sentence types the merger uses, and which of them carry the epoch's time of day.
 SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GSA", "GSV", "VTG", "GLL", "ZDA"})
 #: Rejections of a damaged line, which may have been the sentence that ends the epoch.
-_LINE_DAMAGE = (BadChecksum, GarbageLine, InvalidField, MissingChecksum, OversizedLine, TruncatedSentence, UnparsableSentence)
+_LINE_DAMAGE = (
+    BadChecksum,
+    GarbageLine,
+    InvalidField,
+    MissingChecksum,
+    OversizedLine,
+    TruncatedSentence,
+    UnparsableSentence,
+)
 
 
 @dataclass(slots=True)
@@ -387,78 +397,97 @@ class NmeaDecoder:
     # -- one line ---------------------------------------------------------------------
 
     def _take_line(self, raw: bytes) -> GnssRecord | None:
-        counters = self.counters
-        counters.lines_read += 1
+        self.counters.lines_read += 1
+        checked = self._checked_sentence(raw)
+        if checked is None:
+            return None
+        sentence, text, kind = checked
+        try:
+            msg = pynmea2.parse(text)
+        except (ValueError, pynmea2.ParseError) as exc:
+            self._reject(UnparsableSentence(f"pynmea2 cannot parse the sentence: {exc}", sentence), sentence)
+            return None
+        try:
+            record = self._merge(kind, msg.talker, msg.data)
+            early = self._end_of_cycle(kind, msg.talker, msg.data)
+        except ValueError as exc:
+            self._reject(InvalidField(f"{kind}: {exc}", sentence), sentence)
+            return None
+        if early is None:
+            return record
+        if record is not None:  # cannot happen with one ender per cycle; never drop a fix
+            self._pending.append(early)
+            return record
+        return early
+
+    def _checked_sentence(self, raw: bytes) -> tuple[bytes, str, str] | None:
+        """Frame one line and check it on bytes: (sentence, its text without checksum, type) or None."""
+        sentence = self._framed(raw)
+        if sentence is None or not self._checksum_ok(sentence):
+            return None
+        star = sentence.rfind(b"*")
+        body = sentence[1:star]
+        if len(body) < 6 or body[0] == 0x50:  # b"P": proprietary ($PUBX, $PMTK, ...)
+            kind = UnsupportedSentence if len(body) >= 6 else UnparsableSentence
+            message = f"sentence type {body[:6]!r} is not one of {sorted(SUPPORTED_TYPES)}"
+            self._reject(kind(message, sentence), sentence)
+            return None
+        kind_text = body[2:5].decode("latin-1")
+        if kind_text not in SUPPORTED_TYPES:
+            message = f"sentence type {kind_text!r} is not one of {sorted(SUPPORTED_TYPES)}"
+            self._reject(UnsupportedSentence(message, sentence), sentence)
+            return None
+        text = sentence[:star].decode("latin-1")
+        if not text.isascii() or not text.isprintable():
+            message = "sentence contains non-ASCII or control characters"
+            self._reject(UnparsableSentence(message, sentence), sentence)
+            return None
+        return sentence, text, kind_text
+
+    def _framed(self, raw: bytes) -> bytes | None:
+        """The sentence that starts at the line's last ``$``, within ``max_sentence``."""
         start = raw.rfind(b"$")
         if start < 0:
-            counters.bytes_discarded += len(raw)
-            self._report(GarbageLine(f"line of {len(raw)} bytes has no '$' sentence start", raw))
+            self._reject(GarbageLine(f"line of {len(raw)} bytes has no '$' sentence start", raw), raw)
             return None
         if start:
-            counters.bytes_discarded += start
+            self.counters.bytes_discarded += start
             cut = raw.rfind(b"$", 0, start)
             if cut >= 0:
                 self._report(TruncatedSentence("sentence cut off by the start of the next one", raw[cut:start]))
             raw = raw[start:]
         raw = raw.rstrip()
         if len(raw) > self.max_sentence:
-            counters.bytes_discarded += len(raw)
-            self._report(OversizedLine(f"sentence of {len(raw)} bytes exceeds max_sentence={self.max_sentence}", raw))
+            message = f"sentence of {len(raw)} bytes exceeds max_sentence={self.max_sentence}"
+            self._reject(OversizedLine(message, raw), raw)
             return None
-        star = raw.rfind(b"*")
+        return raw
+
+    def _checksum_ok(self, sentence: bytes) -> bool:
+        star = sentence.rfind(b"*")
         if star < 0:
-            counters.bytes_discarded += len(raw)
-            self._report(MissingChecksum("sentence has no '*hh' checksum (required)", raw))
-            return None
-        digits = raw[star + 1 :]
+            message = "sentence has no '*hh' checksum (required)"
+            self._reject(MissingChecksum(message, sentence), sentence)
+            return False
+        digits = sentence[star + 1 :]
         if len(digits) != 2 or digits[0] not in _HEX_DIGITS or digits[1] not in _HEX_DIGITS:
-            counters.bytes_discarded += len(raw)
             if not digits:
-                self._report(MissingChecksum("sentence ends with '*' but no checksum digits", raw))
+                error: GnssError = MissingChecksum("sentence ends with '*' but no checksum digits", sentence)
             else:
-                self._report(BadChecksum(f"checksum field {digits!r} is not two hex digits", raw))
-            return None
-        body = raw[1:star]
-        computed = reduce(operator.xor, body, 0)
+                error = BadChecksum(f"checksum field {digits!r} is not two hex digits", sentence)
+            self._reject(error, sentence)
+            return False
+        computed = reduce(operator.xor, sentence[1:star], 0)
         if computed != int(digits, 16):
-            counters.bytes_discarded += len(raw)
-            self._report(BadChecksum(f"checksum {digits.decode()} does not match computed {computed:02X}", raw))
-            return None
-        if len(body) < 6 or body[0] == 0x50:  # b"P": proprietary ($PUBX, $PMTK, ...)
-            counters.bytes_discarded += len(raw)
-            kind = UnsupportedSentence if len(body) >= 6 else UnparsableSentence
-            self._report(kind(f"sentence type {body[:6]!r} is not one of {sorted(SUPPORTED_TYPES)}", raw))
-            return None
-        kind_text = body[2:5].decode("latin-1")
-        if kind_text not in SUPPORTED_TYPES:
-            counters.bytes_discarded += len(raw)
-            message = f"sentence type {kind_text!r} is not one of {sorted(SUPPORTED_TYPES)}"
-            self._report(UnsupportedSentence(message, raw))
-            return None
-        text = raw[:star].decode("latin-1")
-        if not text.isascii() or not text.isprintable():
-            counters.bytes_discarded += len(raw)
-            self._report(UnparsableSentence("sentence contains non-ASCII or control characters", raw))
-            return None
-        try:
-            msg = pynmea2.parse(text)
-        except (ValueError, pynmea2.ParseError) as exc:
-            counters.bytes_discarded += len(raw)
-            self._report(UnparsableSentence(f"pynmea2 cannot parse the sentence: {exc}", raw))
-            return None
-        try:
-            record = self._merge(kind_text, msg.talker, msg.data)
-            early = self._end_of_cycle(kind_text, msg.talker, msg.data)
-            if early is not None:
-                if record is not None:  # cannot happen with one ender per cycle; never drop a fix
-                    self._pending.append(early)
-                    return record
-                return early
-            return record
-        except ValueError as exc:
-            counters.bytes_discarded += len(raw)
-            self._report(InvalidField(f"{kind_text}: {exc}", raw))
-            return None
+            message = f"checksum {digits.decode()} does not match computed {computed:02X}"
+            self._reject(BadChecksum(message, sentence), sentence)
+            return False
+        return True
+
+    def _reject(self, error: GnssError, line: bytes) -> None:
+        """Report a rejected line and count its bytes as discarded."""
+        self.counters.bytes_discarded += len(line)
+        self._report(error)
 
     # -- merging sentences into epochs -----------------------------------------------
 
@@ -466,102 +495,99 @@ class NmeaDecoder:
         """Validate one sentence's fields fully, then apply them to the right epoch."""
         if kind == "GSV":
             self._apply_untimed(_gsv_applier(talker, data))
-            return None
-        if kind == "GSA":
-            self._apply_untimed(_gsa_applier(talker, data))
+        elif kind == "GSA":
+            ep = self._apply_untimed(_gsa_applier(talker, data))
             if not self._cycle_reliable:  # gpsd reports every change of mode then
-                self._gpsd_report(self._epoch)
-            return None
-        if kind == "VTG":
-            course = _number(_field(data, 0), "VTG course", 0.0, 360.0)
-            knots = _number(_field(data, 4), "VTG speed (knots)", 0.0, 2000.0)
-            kmh = _number(_field(data, 6), "VTG speed (km/h)", 0.0, 3700.0)
-            speed = knots * MPS_PER_KNOT if knots is not None else (kmh * MPS_PER_KMH if kmh is not None else None)
-            invalid = _field(data, 8) == "N"
+                self._gpsd_report(ep)
+        elif kind == "VTG":
+            self._apply_untimed(_vtg_applier(data))
+        else:
+            return self._MERGE_TIMED[kind](self, talker, data)
+        return None
 
-            def apply_vtg(ep: _Epoch) -> None:
-                if not invalid:
-                    ep.vtg_course, ep.vtg_speed = course, speed
+    def _merge_rmc(self, talker: str, data: list[str]) -> GnssRecord | None:
+        tod_text = _field(data, 0)
+        status = _field(data, 1)
+        pos = _position(data, 2)
+        speed = _number(_field(data, 6), "RMC speed", 0.0, 2000.0)
+        course = _number(_field(data, 7), "RMC course", 0.0, 360.0)
+        date_text = _field(data, 8)
+        no_fix = status != "A" or _field(data, 11) == "N"
 
-            self._apply_untimed(apply_vtg)
-            return None
-        if kind == "RMC":
-            tod_text = _field(data, 0)
-            status = _field(data, 1)
-            pos = _position(data, 2)
-            speed = _number(_field(data, 6), "RMC speed", 0.0, 2000.0)
-            course = _number(_field(data, 7), "RMC course", 0.0, 360.0)
-            date_text = _field(data, 8)
-            mode = _field(data, 11)
-            no_fix = status != "A" or mode == "N"
+        def apply_rmc(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= no_fix
+            ep.rmc_fix = not no_fix
+            if ep.rmc_fix and ep.gsa_before_position and ep.gsa_mode == 1:
+                ep.gsa_mode = None  # a valid RMC after it outranks a GSA "no fix" (as in gpsd)
+            if status != "A" and not (tod_text and date_text):
+                # A void RMC without time or date (Quectel, before its first fix) breaks
+                # gpsd's cycle detection: it reports every position until it relearns.
+                self._forget_cycle()
+            ep.pos = pos or ep.pos
+            if speed is not None:
+                ep.rmc_speed = speed * MPS_PER_KNOT
+            ep.rmc_course = course if course is not None else ep.rmc_course
+            if date_text:
+                self._set_date(ep, date_text, None)
+                self._gpsd_dated |= not no_fix and ep.date is not None
 
-            def apply_rmc(ep: _Epoch) -> None:
-                ep.has_position_sentence = True
-                ep.no_fix |= no_fix
-                ep.rmc_fix = not no_fix
-                if ep.rmc_fix and ep.gsa_before_position and ep.gsa_mode == 1:
-                    ep.gsa_mode = None  # a valid RMC after it outranks a GSA "no fix" (as in gpsd)
-                if status != "A" and not (tod_text and date_text):
-                    # A void RMC without time or date (Quectel, before its first fix) breaks
-                    # gpsd's cycle detection: it reports every position until it relearns.
-                    self._cycle_reliable = self._ender_confirmed = self._gpsd_dated = False
-                if pos is not None:
-                    ep.pos = pos
-                if speed is not None:
-                    ep.rmc_speed = speed * MPS_PER_KNOT
-                ep.rmc_course = course if course is not None else ep.rmc_course
-                if date_text:
-                    self._set_date(ep, date_text, None)
-                    self._gpsd_dated |= not no_fix and ep.date is not None
+        # gpsd takes the cycle's time from an RMC only when it is valid and dated.
+        latch = status == "A" and bool(date_text)
+        return self._apply_timed("RMC", tod_text, apply_rmc, talker, latch=latch)
 
-            # gpsd takes the cycle's time from an RMC only when it is valid and dated.
-            latch = status == "A" and bool(date_text)
-            return self._apply_timed("RMC", tod_text, apply_rmc, talker, latch=latch)
-        if kind == "GGA":
-            tod_text = _field(data, 0)
-            pos = _position(data, 1)
-            quality = _integer(_field(data, 5), "GGA quality", 0, 9)
-            sats = _integer(_field(data, 6), "GGA satellites", 0, 255)
-            hdop = _number(_field(data, 7), "GGA HDOP", 0.0, 999.99)
-            alt = _number(_field(data, 8), "GGA altitude", -1000.0, 100_000.0)
+    def _merge_gga(self, talker: str, data: list[str]) -> GnssRecord | None:
+        tod_text = _field(data, 0)
+        pos = _position(data, 1)
+        quality = _integer(_field(data, 5), "GGA quality", 0, 9)
+        sats = _integer(_field(data, 6), "GGA satellites", 0, 255)
+        hdop = _number(_field(data, 7), "GGA HDOP", 0.0, 999.99)
+        alt = _number(_field(data, 8), "GGA altitude", -1000.0, 100_000.0)
 
-            def apply_gga(ep: _Epoch) -> None:
-                ep.has_position_sentence = True
-                ep.no_fix |= not quality
-                ep.gga_zero_sats = sats == 0
-                if pos is not None:
-                    ep.pos = pos
-                ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
-                if not quality and not tod_text:
-                    self._cycle_reliable = self._ender_confirmed = self._gpsd_dated = False  # gpsd: as a void RMC without time
+        def apply_gga(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= not quality
+            ep.gga_zero_sats = sats == 0
+            ep.pos = pos or ep.pos
+            ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
+            if not quality and not tod_text:
+                self._forget_cycle()  # gpsd: as a void RMC without time
 
-            return self._apply_timed("GGA", tod_text, apply_gga, talker)
-        if kind == "GLL":
-            pos = _position(data, 0)
-            tod_text = _field(data, 4)
-            no_fix = _field(data, 5) != "A" or _field(data, 6) == "N"
+        return self._apply_timed("GGA", tod_text, apply_gga, talker)
 
-            def apply_gll(ep: _Epoch) -> None:
-                ep.has_position_sentence = True
-                ep.no_fix |= no_fix
-                if pos is not None:
-                    ep.pos = pos
+    def _merge_gll(self, talker: str, data: list[str]) -> GnssRecord | None:
+        pos = _position(data, 0)
+        no_fix = _field(data, 5) != "A" or _field(data, 6) == "N"
 
-            return self._apply_timed("GLL", tod_text, apply_gll, talker)
+        def apply_gll(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= no_fix
+            ep.pos = pos or ep.pos
+
+        return self._apply_timed("GLL", _field(data, 4), apply_gll, talker)
+
+    def _merge_zda(self, talker: str, data: list[str]) -> GnssRecord | None:
         # ZDA: hhmmss.ss, day, month, year
         tod_text = _field(data, 0)
         day, month, year = _field(data, 1), _field(data, 2), _field(data, 3)
-        if day or month or year:
-            if not (day.isdigit() and month.isdigit() and year.isdigit() and len(year) == 4):
-                raise ValueError(f"ZDA date {day!r}/{month!r}/{year!r} is not dd/mm/yyyy")
-            date_key = (int(year), int(month), int(day))
+        if not (day or month or year):
+            return self._apply_timed("ZDA", tod_text, lambda ep: None, talker, latch=False)
+        if not (day.isdigit() and month.isdigit() and year.isdigit() and len(year) == 4):
+            raise ValueError(f"ZDA date {day!r}/{month!r}/{year!r} is not dd/mm/yyyy")
+        date_key = (int(year), int(month), int(day))
 
-            def apply_zda(ep: _Epoch) -> None:
-                self._set_date(ep, f"{day}/{month}/{year}", date_key)
-                self._gpsd_dated |= ep.date is not None
+        def apply_zda(ep: _Epoch) -> None:
+            self._set_date(ep, f"{day}/{month}/{year}", date_key)
+            self._gpsd_dated |= ep.date is not None
 
-            return self._apply_timed("ZDA", tod_text, apply_zda, talker)
-        return self._apply_timed("ZDA", tod_text, lambda ep: None, talker, latch=False)
+        return self._apply_timed("ZDA", tod_text, apply_zda, talker)
+
+    _MERGE_TIMED: dict[str, Callable[[NmeaDecoder, str, list[str]], GnssRecord | None]] = {
+        "RMC": _merge_rmc,
+        "GGA": _merge_gga,
+        "GLL": _merge_gll,
+        "ZDA": _merge_zda,
+    }
 
     def _set_date(self, ep: _Epoch, text: str, ymd: tuple[int, int, int] | None) -> None:
         try:
@@ -574,11 +600,13 @@ class NmeaDecoder:
             return
         ep.date = date
 
-    def _apply_untimed(self, apply: Callable[[_Epoch], None]) -> None:
-        if self._epoch is None:
-            self._epoch = _Epoch()
-        apply(self._epoch)
+    def _apply_untimed(self, apply: Callable[[_Epoch], None]) -> _Epoch:
+        ep = self._epoch
+        if ep is None:
+            ep = self._epoch = _Epoch()
+        apply(ep)
         self.counters.sentences_parsed += 1
+        return ep
 
     def _apply_timed(
         self, kind: str, tod_text: str, apply: Callable[[_Epoch], None], talker: str, *, latch: bool = True
@@ -629,6 +657,10 @@ class NmeaDecoder:
             self._last_frac, self._last_tag = tod, kind
         if (tod is not None and kind in self._enders) or (not self._cycle_reliable and kind != "ZDA"):
             self._gpsd_report(ep)
+
+    def _forget_cycle(self) -> None:
+        """gpsd after a void RMC or GGA without a time: no reliable cycle end, no date."""
+        self._cycle_reliable = self._ender_confirmed = self._gpsd_dated = False
 
     def _gpsd_report(self, ep: _Epoch) -> None:
         ep.reported = True
@@ -681,17 +713,9 @@ class NmeaDecoder:
             date = self._last_date
             if tod < self._last_tod_ms - HALF_DAY_MS:
                 date += dt.timedelta(days=1)  # midnight rollover without a dated sentence yet
-        if not ep.has_position_sentence:
-            self._report(IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text))
-            return None
-        if not ep.reported and not ep.damaged and (self._ender_confirmed if at_end else self._cycle_reliable):
-            # The receiver's cycle is known and this epoch never got the sentence that ends
-            # it (split cycles, the input stopping mid-epoch): gpsd reports nothing for it.
-            self._report(IncompleteEpoch(f"epoch ended without its cycle ender {sorted(self._enders)}", ep.tod_text))
-            return None
-        if ep.reported and not ep.timed_report and not _is_no_fix(ep):
-            # gpsd reported its position before any date (its RMC or ZDA came later): no time.
-            self._report(UndatedEpoch("position reported before the date that times it", ep.tod_text))
+        refusal = self._unreported(ep, at_end=at_end)
+        if refusal is not None:
+            self._report(refusal)
             return None
         if ep.timed_report:
             ep.pos = ep.report_pos
@@ -703,6 +727,20 @@ class NmeaDecoder:
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
         return self._record(ep, time_ms)
 
+    def _unreported(self, ep: _Epoch, *, at_end: bool) -> GnssError | None:
+        """Why gpsd would not report this epoch with a time, or None (it would)."""
+        if not ep.has_position_sentence:
+            return IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text)
+        cycle_known = self._ender_confirmed if at_end else self._cycle_reliable
+        if not ep.reported and not ep.damaged and cycle_known:
+            # The receiver's cycle is known and this epoch never got the sentence that ends
+            # it (split cycles, the input stopping mid-epoch): gpsd reports nothing for it.
+            return IncompleteEpoch(f"epoch ended without its cycle ender {sorted(self._enders)}", ep.tod_text)
+        if ep.reported and not ep.timed_report and not _is_no_fix(ep):
+            # gpsd reported its position before any date (its RMC or ZDA came later): no time.
+            return UndatedEpoch("position reported before the date that times it", ep.tod_text)
+        return None
+
     def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
         snrs = [s for s in ep.snr.values() if s > 0]
         mean_snr = round(sum(snrs) / len(snrs), 1) if snrs else None
@@ -710,14 +748,8 @@ class NmeaDecoder:
         if pos is None or _is_no_fix(ep):
             self.counters.no_fix_epochs += 1
             return NoFix(time_ms=time_ms, sats_in_view=len(ep.snr) if ep.gsv_seen else None, mean_snr=mean_snr)
-        if ep.gsa_mode in (2, 3):
-            mode = FixMode(ep.gsa_mode)
-        else:
-            mode = FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
-        speed = ep.rmc_speed if ep.rmc_speed is not None else ep.vtg_speed
-        course = ep.rmc_course if ep.rmc_course is not None else ep.vtg_course
-        hdop = ep.gga_hdop if ep.gga_hdop is not None else ep.gsa_hdop
-        sats = ep.gga_sats if ep.gga_sats is not None else (len(ep.used) if ep.used else None)
+        speed = _first(ep.rmc_speed, ep.vtg_speed)
+        hdop = _first(ep.gga_hdop, ep.gsa_hdop)
         try:
             fix = Fix(
                 time_ms=time_ms,
@@ -725,10 +757,10 @@ class NmeaDecoder:
                 lon=pos[1],
                 alt_m=ep.alt_m,
                 speed_mps=speed if speed is None or speed <= 1000.0 else None,
-                course_deg=course,
-                mode=mode,
+                course_deg=_first(ep.rmc_course, ep.vtg_course),
+                mode=_fix_mode(ep),
                 hdop=hdop if hdop is None or hdop <= 100.0 else None,
-                sats_used=sats,
+                sats_used=_first(ep.gga_sats, len(ep.used) or None),
                 mean_snr=mean_snr,
             )
         except InvalidRecord as exc:  # pragma: no cover - every field is range-checked above
@@ -761,6 +793,16 @@ def _is_no_fix(ep: _Epoch) -> bool:
     return ep.no_fix or unconfirmed or ep.gsa_mode == 1 or ep.pos is None or ep.pos == (0.0, 0.0)
 
 
+def _first(preferred: _T | None, fallback: _T | None) -> _T | None:
+    return preferred if preferred is not None else fallback
+
+
+def _fix_mode(ep: _Epoch) -> FixMode:
+    if ep.gsa_mode in (2, 3):
+        return FixMode(ep.gsa_mode)
+    return FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
+
+
 def _describe(error: GnssError) -> str:
     line = getattr(error, "line", None)
     return f"{error} in {line!r}" if line else str(error)
@@ -788,6 +830,21 @@ def _gsa_applier(talker: str, data: list[str]) -> Callable[[_Epoch], None]:
         ep.used.update((system, prn) for prn in prns if prn is not None)
         if hdop is not None:
             ep.gsa_hdop = hdop
+
+    return apply
+
+
+def _vtg_applier(data: list[str]) -> Callable[[_Epoch], None]:
+    """Validate a VTG's fields now; return what applies them to an epoch."""
+    course = _number(_field(data, 0), "VTG course", 0.0, 360.0)
+    knots = _number(_field(data, 4), "VTG speed (knots)", 0.0, 2000.0)
+    kmh = _number(_field(data, 6), "VTG speed (km/h)", 0.0, 3700.0)
+    speed = knots * MPS_PER_KNOT if knots is not None else (kmh * MPS_PER_KMH if kmh is not None else None)
+    invalid = _field(data, 8) == "N"
+
+    def apply(ep: _Epoch) -> None:
+        if not invalid:
+            ep.vtg_course, ep.vtg_speed = course, speed
 
     return apply
 
