@@ -24,10 +24,13 @@ How this works:
    (counter ``undated_epochs``: at most the first second or so after start-up). A date before
    ``earliest_date`` (receivers report 1980-01-06 or 2000-01-01 before their first fix) makes
    the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time;
-   an epoch not later than the last one emitted is dropped (``stale_epochs``). As in gpsd,
-   the first fix is not dated by an RMC that follows its GGA/GLL once the receiver's cycle
-   is known, and an epoch cut off by the end of input (without the time-stamped sentence
-   that ended the earlier epochs) is dropped (``incomplete_epochs``).
+   an epoch not later than the last one emitted is dropped (``stale_epochs``).
+5. **gpsd's reporting cycle** (``driver_nmea0183.c``): the type of the sentence that set the
+   cycle time last before it changed is a *cycle ender*; gpsd reports an epoch when an ender
+   arrives (or at every position while none is known). An epoch takes the position of that
+   report and is dropped when its ender never came (``incomplete_epochs``: split-time
+   cycles, input cut off), unless a damaged line was rejected meanwhile; a position gpsd
+   reported before it had any date is not timed by a later RMC/ZDA (``undated_epochs``).
 
 Every rejected line or epoch is a typed :mod:`edge.gnss.errors` error: counted, passed to
 ``on_error`` and logged (the first of each kind at WARNING, the rest at DEBUG).
@@ -131,7 +134,8 @@ class GnssCounters:
         undated_epochs: epochs dropped because no date had been seen yet.
         invalid_dates: epochs dropped because their date is implausible (receiver default).
         stale_epochs: epochs dropped because they are not later than the last record.
-        incomplete_epochs: epochs dropped because no RMC, GGA or GLL survived.
+        incomplete_epochs: epochs dropped because no RMC, GGA or GLL survived, or because the
+            sentence that ends the receiver's cycle never came (gpsd reports nothing then).
         bytes_discarded: bytes thrown away while resynchronising or rejecting lines.
         open_failures: attempts to open the serial URL that failed.
         reopen_attempts: attempts to open the URL after the first attempt (successful or not).
