@@ -564,6 +564,16 @@ def test_a_damaged_line_does_not_cost_the_epoch_its_ender() -> None:
     assert decoder.counters.incomplete_epochs == 0
 
 
+def test_a_damaged_gsv_cannot_have_been_the_ender() -> None:
+    """A GSV cut short is no excuse for an epoch that never got its GGA: it is still dropped."""
+    good = b"".join(_rmc(f"1235{t}") + _gga(f"1235{t}") for t in (10, 11, 12))
+    cut_gsv = GSV.replace(b"*75", b"*7")
+    records, decoder, errors = decode(good + _rmc("123513") + cut_gsv + _rmc("123514") + _gga("123514"))
+    assert ms("2024-03-23T12:35:13") not in [r.time_ms for r in records]
+    assert [type(e) for e in errors] == [BadChecksum, IncompleteEpoch]
+    assert decoder.counters.incomplete_epochs == 1
+
+
 def test_a_void_rmc_without_time_makes_every_position_a_report_again() -> None:
     """Quectel before its fix sends $GPRMC,,V,...: gpsd's cycle detector is unreliable again."""
     cycle = b"".join(_rmc(f"1235{t}") + _gga(f"1235{t}") for t in (10, 11, 12))

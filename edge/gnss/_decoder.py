@@ -102,6 +102,7 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 #: Sentence types the merger uses, and which of them carry the epoch's time of day.
 SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GSA", "GSV", "VTG", "GLL", "ZDA"})
+_UNTIMED_TYPES = frozenset({"GSA", "GSV", "VTG"})
 #: Rejections of a damaged line, which may have been the sentence that ends the epoch.
 _LINE_DAMAGE = (
     BadChecksum,
@@ -778,7 +779,7 @@ class NmeaDecoder:
         name = error.counter
         setattr(self.counters, name, getattr(self.counters, name) + 1)
         self.last_error = error
-        if isinstance(error, _LINE_DAMAGE) and self._epoch is not None:
+        if self._epoch is not None and _may_have_been_timed(error):
             self._epoch.damaged = True
         if error.reason not in self._warned:
             self._warned.add(error.reason)
@@ -805,6 +806,14 @@ def _fix_mode(ep: _Epoch) -> FixMode:
     if ep.gsa_mode in (2, 3):
         return FixMode(ep.gsa_mode)
     return FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
+
+
+def _may_have_been_timed(error: GnssError) -> bool:
+    """A rejected damaged line that may have been a time-stamped sentence (a cycle ender)."""
+    if not isinstance(error, _LINE_DAMAGE):
+        return False
+    line = getattr(error, "line", "")
+    return not (line.startswith("$") and line[3:6] in _UNTIMED_TYPES)
 
 
 def _describe(error: GnssError) -> str:
