@@ -15,6 +15,7 @@ from edge.gnss import (
     GarbageLine,
     GnssError,
     ImplausibleDate,
+    IncompleteEpoch,
     InvalidField,
     MissingChecksum,
     NmeaDecoder,
@@ -307,9 +308,11 @@ def test_gga_before_rmc_in_the_same_epoch_is_dated() -> None:
 
 
 def test_midnight_rollover_without_rmc_moves_to_the_next_day() -> None:
-    before = nmea("GPRMC,235959,A,4807.038,N,01131.000,E,0.0,,311224,,,A")
-    after = nmea("GPGGA,000000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,,,,")
-    dated = nmea("GPRMC,000001,A,4807.038,N,01131.000,E,0.0,,010125,,,A")
+    # A receiver sending RMC then GGA each second; the RMC of 00:00:00 is lost.
+    gga = "GPGGA,{},4807.038,N,01131.000,E,1,08,0.9,545.4,M,,,,"
+    before = nmea("GPRMC,235959,A,4807.038,N,01131.000,E,0.0,,311224,,,A") + nmea(gga.format("235959"))
+    after = nmea(gga.format("000000"))
+    dated = nmea("GPRMC,000001,A,4807.038,N,01131.000,E,0.0,,010125,,,A") + nmea(gga.format("000001"))
     records, _, errors = decode(before + after + dated)
     assert errors == []
     assert [r.time_ms for r in records] == [
@@ -503,3 +506,87 @@ def test_a_wrong_cycle_ender_is_unlearnt() -> None:
     out = decoder.feed(_rmc_gga(14))
     assert decoder.counters.cycle_ender_resets == 0  # an untimed VTG cannot be told apart
     assert all(r.time_ms % 60_000 != 13_000 for r in out)
+
+
+# -- gpsd's reporting cycle ------------------------------------------------------------------
+
+LAT, LON = "4807.038,N", "01131.000,E"
+
+
+def _rmc(tod: str, lat: str = LAT) -> bytes:
+    return nmea(f"GPRMC,{tod},A,{lat},{LON},0.0,,230324,,,A")
+
+
+def _gga(tod: str, lat: str = LAT) -> bytes:
+    return nmea(f"GPGGA,{tod},{lat},{LON},1,08,0.9,545.4,M,,,,")
+
+
+def _gll(tod: str, lat: str = LAT) -> bytes:
+    return nmea(f"GPGLL,{lat},{LON},{tod},A,A")
+
+
+def test_split_cycle_is_reported_once_at_its_ender() -> None:
+    """Garmin 48: RMC and GGA at T, GLL at T+1. gpsd reports the cycle at the GLL only."""
+    data = b"".join(_rmc(f"1235{t:02d}") + _gga(f"1235{t:02d}") + _gll(f"1235{t + 1:02d}") for t in range(10, 20, 2))
+    records, decoder, errors = decode(data)
+    # Until GLL is known to end the cycle (at 12:35:12) every epoch is reported; after it,
+    # the RMC/GGA epochs never get their GLL and are dropped, counted incomplete.
+    assert [r.time_ms for r in records] == [ms("2024-03-23T12:35:10"), ms("2024-03-23T12:35:11")] + [
+        ms(f"2024-03-23T12:35:{t:02d}") for t in (13, 15, 17, 19)
+    ]
+    assert decoder.counters.incomplete_epochs == 4
+    assert {type(e).__name__ for e in errors} == {"IncompleteEpoch"}
+
+
+def test_the_epoch_takes_the_position_of_its_ender() -> None:
+    """GLL a second ahead of RMC/GGA (a multiplexing chartplotter): the position is GLL's."""
+    data = b"".join(_rmc(f"1235{t}") + _gga(f"1235{t}") + _gll(f"1235{t}") for t in (10, 11, 12))
+    for t in range(13, 18):  # from now on GLL carries T and starts the epoch; RMC/GGA of T follow
+        data += _gll(f"1235{t}", f"4807.{t:03d},N") + _rmc(f"1235{t}", f"4807.{t + 100:03d},N")
+        data += _gga(f"1235{t}", f"4807.{t + 200:03d},N")
+    records, _, errors = decode(data)
+    # At the switch, the learnt GLL ender closes 12:35:13 at once (as gpsd reports it there);
+    # the RMC and GGA of 12:35:13 that follow are the rest of an epoch already emitted.
+    assert [type(e) for e in errors] == [IncompleteEpoch]
+    fixes = {r.time_ms: r for r in records if isinstance(r, Fix)}
+    assert len(fixes) == 8
+    for t in range(13, 18):
+        assert fixes[ms(f"2024-03-23T12:35:{t}")].lat == pytest.approx(48 + (7 + t / 1000) / 60)
+
+
+def test_a_damaged_line_does_not_cost_the_epoch_its_ender() -> None:
+    """The GGA that ends each cycle arrives with a bad checksum: the epoch is still reported."""
+    good = b"".join(_rmc(f"1235{t}") + _gga(f"1235{t}") for t in (10, 11, 12))
+    damaged_gga = _gga("123513").replace(b"*", b"0*")  # a field grew: the checksum no longer matches
+    records, decoder, errors = decode(good + _rmc("123513") + damaged_gga + _rmc("123514") + _gga("123514"))
+    assert [r.time_ms for r in records][-2:] == [ms("2024-03-23T12:35:13"), ms("2024-03-23T12:35:14")]
+    assert [type(e) for e in errors] == [BadChecksum]
+    assert decoder.counters.incomplete_epochs == 0
+
+
+def test_a_damaged_gsv_cannot_have_been_the_ender() -> None:
+    """A GSV cut short is no excuse for an epoch that never got its GGA: it is still dropped."""
+    good = b"".join(_rmc(f"1235{t}") + _gga(f"1235{t}") for t in (10, 11, 12))
+    cut_gsv = GSV.replace(b"*75", b"*7")
+    records, decoder, errors = decode(good + _rmc("123513") + cut_gsv + _rmc("123514") + _gga("123514"))
+    assert ms("2024-03-23T12:35:13") not in [r.time_ms for r in records]
+    assert [type(e) for e in errors] == [BadChecksum, IncompleteEpoch]
+    assert decoder.counters.incomplete_epochs == 1
+
+
+def test_a_void_rmc_without_time_makes_every_position_a_report_again() -> None:
+    """Quectel before its fix sends $GPRMC,,V,...: gpsd's cycle detector is unreliable again."""
+    cycle = b"".join(_rmc(f"1235{t}") + _gga(f"1235{t}") for t in (10, 11, 12))
+    void = nmea("GPRMC,,V,,,,,,,,,,N")
+    # After the void RMC, RMC alone (no GGA, the learnt ender) at 13 is still reported.
+    records, decoder, _ = decode(cycle + void + _rmc("123513") + _rmc("123514") + _gga("123514"))
+    assert ms("2024-03-23T12:35:13") in [r.time_ms for r in records]
+    assert decoder.counters.incomplete_epochs == 0
+
+
+def test_a_position_before_any_date_is_not_timed_by_a_later_zda() -> None:
+    """As gpsd: a GLL whose date only comes with the ZDA after it is reported without time."""
+    data = b"".join(_gll(f"1235{t}.00") + nmea(f"GPZDA,1235{t}.00,23,03,2024,00,00") for t in (10, 11, 12))
+    records, _, errors = decode(data)
+    assert [r.time_ms for r in records] == [ms("2024-03-23T12:35:11"), ms("2024-03-23T12:35:12")]
+    assert [type(e) for e in errors] == [UndatedEpoch]

@@ -24,10 +24,13 @@ How this works:
    (counter ``undated_epochs``: at most the first second or so after start-up). A date before
    ``earliest_date`` (receivers report 1980-01-06 or 2000-01-01 before their first fix) makes
    the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time;
-   an epoch not later than the last one emitted is dropped (``stale_epochs``). As in gpsd,
-   the first fix is not dated by an RMC that follows its GGA/GLL once the receiver's cycle
-   is known, and an epoch cut off by the end of input (without the time-stamped sentence
-   that ended the earlier epochs) is dropped (``incomplete_epochs``).
+   an epoch not later than the last one emitted is dropped (``stale_epochs``).
+5. **gpsd's reporting cycle** (``driver_nmea0183.c``): the type of the sentence that set the
+   cycle time last before it changed is a *cycle ender*; gpsd reports an epoch when an ender
+   arrives (or at every position while none is known). An epoch takes the position of that
+   report and is dropped when its ender never came (``incomplete_epochs``: split-time
+   cycles, input cut off), unless a damaged line was rejected meanwhile; a position gpsd
+   reported before it had any date is not timed by a later RMC/ZDA (``undated_epochs``).
 
 Every rejected line or epoch is a typed :mod:`edge.gnss.errors` error: counted, passed to
 ``on_error`` and logged (the first of each kind at WARNING, the rest at DEBUG).
@@ -44,6 +47,7 @@ from dataclasses import dataclass, field, fields
 from functools import reduce
 from os import PathLike
 from pathlib import Path
+from typing import TypeVar
 
 import pynmea2
 
@@ -78,6 +82,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("edge.gnss")
+_T = TypeVar("_T")
 
 GnssRecord = Fix | NoFix
 
@@ -97,6 +102,17 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 #: Sentence types the merger uses, and which of them carry the epoch's time of day.
 SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GSA", "GSV", "VTG", "GLL", "ZDA"})
+_UNTIMED_TYPES = frozenset({"GSA", "GSV", "VTG"})
+#: Rejections of a damaged line, which may have been the sentence that ends the epoch.
+_LINE_DAMAGE = (
+    BadChecksum,
+    GarbageLine,
+    InvalidField,
+    MissingChecksum,
+    OversizedLine,
+    TruncatedSentence,
+    UnparsableSentence,
+)
 
 
 @dataclass(slots=True)
@@ -119,7 +135,8 @@ class GnssCounters:
         undated_epochs: epochs dropped because no date had been seen yet.
         invalid_dates: epochs dropped because their date is implausible (receiver default).
         stale_epochs: epochs dropped because they are not later than the last record.
-        incomplete_epochs: epochs dropped because no RMC, GGA or GLL survived.
+        incomplete_epochs: epochs dropped because no RMC, GGA or GLL survived, or because the
+            sentence that ends the receiver's cycle never came (gpsd reports nothing then).
         bytes_discarded: bytes thrown away while resynchronising or rejecting lines.
         open_failures: attempts to open the serial URL that failed.
         reopen_attempts: attempts to open the URL after the first attempt (successful or not).
@@ -170,8 +187,6 @@ class _Epoch:
     no_fix: bool = False
     pos: tuple[float, float] | None = None  # from the last RMC/GGA/GLL that carried one (as gpsd)
     rmc_fix: bool = False
-    position_before_date: bool = False  # a GGA/GLL position came before any valid date was known
-    dated_by_rmc: bool = False
     gga_zero_sats: bool = False
     alt_m: float | None = None
     rmc_speed: float | None = None
@@ -179,6 +194,7 @@ class _Epoch:
     vtg_speed: float | None = None
     vtg_course: float | None = None
     gsa_mode: int | None = None
+    gsa_before_position: bool = False  # the GSA mode came before the epoch's RMC/GGA/GLL
     gga_hdop: float | None = None
     gsa_hdop: float | None = None
     gga_sats: int | None = None
@@ -186,8 +202,10 @@ class _Epoch:
     gsv_seen: bool = False
     snr: dict[tuple[str, int], int] = field(default_factory=dict)
     last_sig: str | None = None  # talker+type of the last sentence applied (GSV: only its last part)
-    timed_sigs: set[str] = field(default_factory=set)  # talker+type of every time-stamped sentence seen
-    last_timed_sig: str | None = None
+    reported: bool = False  # gpsd would have reported this epoch (see NmeaDecoder._note_cycle)
+    timed_report: bool = False  # ... and with a time: a date was known when it did
+    report_pos: tuple[float, float] | None = None  # the position at gpsd's last timed report of it
+    damaged: bool = False  # a line was rejected while the epoch was open (it may have been the ender)
 
 
 # -- strict field converters (raise ValueError with the offending text) -----------------
@@ -312,11 +330,18 @@ class NmeaDecoder:
         self._ender_candidate: str | None = None
         self._cycle_ender: str | None = None
         self._closed_tod: int | None = None
-        # The time-stamped sentence that ended the last two epochs a new time closed (gpsd's
-        # "cycle ender"): an epoch still open at the end of input without it is incomplete.
-        self._timed_ender_candidate: str | None = None
-        self._timed_ender: str | None = None
-        self._fix_dated = False
+        # gpsd's reporting cycle (driver_nmea0183.c): the sentence types that came last before
+        # the time changed are "cycle enders"; once one is known (the cycle is "reliable") an
+        # epoch is reported at its ender, with the position known then, and an epoch whose
+        # ender never came is not reported. Types only (GPGGA and GNGGA are one tag).
+        self._enders: set[str] = set()
+        self._cycle_reliable = False
+        self._ender_confirmed = False  # an ender has ended a cycle since the cycle became reliable
+        self._last_tag: str | None = None
+        self._last_frac: int | None = None
+        # gpsd's date (RMC with a fix, ZDA): until it has one, it reports positions without a
+        # time; a void RMC or GGA without a time of day makes it forget the date.
+        self._gpsd_dated = False
         self._pending: list[GnssRecord] = []
 
     # -- input ------------------------------------------------------------------------
@@ -368,13 +393,8 @@ class NmeaDecoder:
             if record is not None:
                 out.append(record)
         epoch, self._epoch = self._epoch, None
-        ender = self._timed_ender
-        if epoch is not None and epoch.tod_ms is not None and ender is not None and ender not in epoch.timed_sigs:
-            # Earlier epochs ended with this time-stamped sentence and this one never got it:
-            # the input stopped mid-epoch. Like gpsd, report nothing rather than half an epoch.
-            self._report(IncompleteEpoch(f"input ended before the epoch's {ender}", epoch.tod_text))
-        elif epoch is not None:
-            record = self._close(epoch)
+        if epoch is not None:
+            record = self._close(epoch, at_end=True)
             if record is not None:
                 out.append(record)
         return out
@@ -382,78 +402,97 @@ class NmeaDecoder:
     # -- one line ---------------------------------------------------------------------
 
     def _take_line(self, raw: bytes) -> GnssRecord | None:
-        counters = self.counters
-        counters.lines_read += 1
+        self.counters.lines_read += 1
+        checked = self._checked_sentence(raw)
+        if checked is None:
+            return None
+        sentence, text, kind = checked
+        try:
+            msg = pynmea2.parse(text)
+        except (ValueError, pynmea2.ParseError) as exc:
+            self._reject(UnparsableSentence(f"pynmea2 cannot parse the sentence: {exc}", sentence), sentence)
+            return None
+        try:
+            record = self._merge(kind, msg.talker, msg.data)
+            early = self._end_of_cycle(kind, msg.talker, msg.data)
+        except ValueError as exc:
+            self._reject(InvalidField(f"{kind}: {exc}", sentence), sentence)
+            return None
+        if early is None:
+            return record
+        if record is not None:  # cannot happen with one ender per cycle; never drop a fix
+            self._pending.append(early)
+            return record
+        return early
+
+    def _checked_sentence(self, raw: bytes) -> tuple[bytes, str, str] | None:
+        """Frame one line and check it on bytes: (sentence, its text without checksum, type) or None."""
+        sentence = self._framed(raw)
+        if sentence is None or not self._checksum_ok(sentence):
+            return None
+        star = sentence.rfind(b"*")
+        body = sentence[1:star]
+        if len(body) < 6 or body[0] == 0x50:  # b"P": proprietary ($PUBX, $PMTK, ...)
+            kind = UnsupportedSentence if len(body) >= 6 else UnparsableSentence
+            message = f"sentence type {body[:6]!r} is not one of {sorted(SUPPORTED_TYPES)}"
+            self._reject(kind(message, sentence), sentence)
+            return None
+        kind_text = body[2:5].decode("latin-1")
+        if kind_text not in SUPPORTED_TYPES:
+            message = f"sentence type {kind_text!r} is not one of {sorted(SUPPORTED_TYPES)}"
+            self._reject(UnsupportedSentence(message, sentence), sentence)
+            return None
+        text = sentence[:star].decode("latin-1")
+        if not text.isascii() or not text.isprintable():
+            message = "sentence contains non-ASCII or control characters"
+            self._reject(UnparsableSentence(message, sentence), sentence)
+            return None
+        return sentence, text, kind_text
+
+    def _framed(self, raw: bytes) -> bytes | None:
+        """The sentence that starts at the line's last ``$``, within ``max_sentence``."""
         start = raw.rfind(b"$")
         if start < 0:
-            counters.bytes_discarded += len(raw)
-            self._report(GarbageLine(f"line of {len(raw)} bytes has no '$' sentence start", raw))
+            self._reject(GarbageLine(f"line of {len(raw)} bytes has no '$' sentence start", raw), raw)
             return None
         if start:
-            counters.bytes_discarded += start
+            self.counters.bytes_discarded += start
             cut = raw.rfind(b"$", 0, start)
             if cut >= 0:
                 self._report(TruncatedSentence("sentence cut off by the start of the next one", raw[cut:start]))
             raw = raw[start:]
         raw = raw.rstrip()
         if len(raw) > self.max_sentence:
-            counters.bytes_discarded += len(raw)
-            self._report(OversizedLine(f"sentence of {len(raw)} bytes exceeds max_sentence={self.max_sentence}", raw))
+            message = f"sentence of {len(raw)} bytes exceeds max_sentence={self.max_sentence}"
+            self._reject(OversizedLine(message, raw), raw)
             return None
-        star = raw.rfind(b"*")
+        return raw
+
+    def _checksum_ok(self, sentence: bytes) -> bool:
+        star = sentence.rfind(b"*")
         if star < 0:
-            counters.bytes_discarded += len(raw)
-            self._report(MissingChecksum("sentence has no '*hh' checksum (required)", raw))
-            return None
-        digits = raw[star + 1 :]
+            message = "sentence has no '*hh' checksum (required)"
+            self._reject(MissingChecksum(message, sentence), sentence)
+            return False
+        digits = sentence[star + 1 :]
         if len(digits) != 2 or digits[0] not in _HEX_DIGITS or digits[1] not in _HEX_DIGITS:
-            counters.bytes_discarded += len(raw)
             if not digits:
-                self._report(MissingChecksum("sentence ends with '*' but no checksum digits", raw))
+                error: GnssError = MissingChecksum("sentence ends with '*' but no checksum digits", sentence)
             else:
-                self._report(BadChecksum(f"checksum field {digits!r} is not two hex digits", raw))
-            return None
-        body = raw[1:star]
-        computed = reduce(operator.xor, body, 0)
+                error = BadChecksum(f"checksum field {digits!r} is not two hex digits", sentence)
+            self._reject(error, sentence)
+            return False
+        computed = reduce(operator.xor, sentence[1:star], 0)
         if computed != int(digits, 16):
-            counters.bytes_discarded += len(raw)
-            self._report(BadChecksum(f"checksum {digits.decode()} does not match computed {computed:02X}", raw))
-            return None
-        if len(body) < 6 or body[0] == 0x50:  # b"P": proprietary ($PUBX, $PMTK, ...)
-            counters.bytes_discarded += len(raw)
-            kind = UnsupportedSentence if len(body) >= 6 else UnparsableSentence
-            self._report(kind(f"sentence type {body[:6]!r} is not one of {sorted(SUPPORTED_TYPES)}", raw))
-            return None
-        kind_text = body[2:5].decode("latin-1")
-        if kind_text not in SUPPORTED_TYPES:
-            counters.bytes_discarded += len(raw)
-            message = f"sentence type {kind_text!r} is not one of {sorted(SUPPORTED_TYPES)}"
-            self._report(UnsupportedSentence(message, raw))
-            return None
-        text = raw[:star].decode("latin-1")
-        if not text.isascii() or not text.isprintable():
-            counters.bytes_discarded += len(raw)
-            self._report(UnparsableSentence("sentence contains non-ASCII or control characters", raw))
-            return None
-        try:
-            msg = pynmea2.parse(text)
-        except (ValueError, pynmea2.ParseError) as exc:
-            counters.bytes_discarded += len(raw)
-            self._report(UnparsableSentence(f"pynmea2 cannot parse the sentence: {exc}", raw))
-            return None
-        try:
-            record = self._merge(kind_text, msg.talker, msg.data)
-            early = self._end_of_cycle(kind_text, msg.talker, msg.data)
-            if early is not None:
-                if record is not None:  # cannot happen with one ender per cycle; never drop a fix
-                    self._pending.append(early)
-                    return record
-                return early
-            return record
-        except ValueError as exc:
-            counters.bytes_discarded += len(raw)
-            self._report(InvalidField(f"{kind_text}: {exc}", raw))
-            return None
+            message = f"checksum {digits.decode()} does not match computed {computed:02X}"
+            self._reject(BadChecksum(message, sentence), sentence)
+            return False
+        return True
+
+    def _reject(self, error: GnssError, line: bytes) -> None:
+        """Report a rejected line and count its bytes as discarded."""
+        self.counters.bytes_discarded += len(line)
+        self._report(error)
 
     # -- merging sentences into epochs -----------------------------------------------
 
@@ -461,95 +500,99 @@ class NmeaDecoder:
         """Validate one sentence's fields fully, then apply them to the right epoch."""
         if kind == "GSV":
             self._apply_untimed(_gsv_applier(talker, data))
-            return None
-        if kind == "GSA":
-            self._apply_untimed(_gsa_applier(talker, data))
-            return None
-        if kind == "VTG":
-            course = _number(_field(data, 0), "VTG course", 0.0, 360.0)
-            knots = _number(_field(data, 4), "VTG speed (knots)", 0.0, 2000.0)
-            kmh = _number(_field(data, 6), "VTG speed (km/h)", 0.0, 3700.0)
-            speed = knots * MPS_PER_KNOT if knots is not None else (kmh * MPS_PER_KMH if kmh is not None else None)
-            invalid = _field(data, 8) == "N"
+        elif kind == "GSA":
+            ep = self._apply_untimed(_gsa_applier(talker, data))
+            if not self._cycle_reliable:  # gpsd reports every change of mode then
+                self._gpsd_report(ep)
+        elif kind == "VTG":
+            self._apply_untimed(_vtg_applier(data))
+        else:
+            return self._MERGE_TIMED[kind](self, talker, data)
+        return None
 
-            def apply_vtg(ep: _Epoch) -> None:
-                if not invalid:
-                    ep.vtg_course, ep.vtg_speed = course, speed
+    def _merge_rmc(self, talker: str, data: list[str]) -> GnssRecord | None:
+        tod_text = _field(data, 0)
+        status = _field(data, 1)
+        pos = _position(data, 2)
+        speed = _number(_field(data, 6), "RMC speed", 0.0, 2000.0)
+        course = _number(_field(data, 7), "RMC course", 0.0, 360.0)
+        date_text = _field(data, 8)
+        no_fix = status != "A" or _field(data, 11) == "N"
 
-            self._apply_untimed(apply_vtg)
-            return None
-        if kind == "RMC":
-            tod_text = _field(data, 0)
-            status = _field(data, 1)
-            pos = _position(data, 2)
-            speed = _number(_field(data, 6), "RMC speed", 0.0, 2000.0)
-            course = _number(_field(data, 7), "RMC course", 0.0, 360.0)
-            date_text = _field(data, 8)
-            mode = _field(data, 11)
-            no_fix = status != "A" or mode == "N"
+        def apply_rmc(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= no_fix
+            ep.rmc_fix = not no_fix
+            if ep.rmc_fix and ep.gsa_before_position and ep.gsa_mode == 1:
+                ep.gsa_mode = None  # a valid RMC after it outranks a GSA "no fix" (as in gpsd)
+            if status != "A" and not (tod_text and date_text):
+                # A void RMC without time or date (Quectel, before its first fix) breaks
+                # gpsd's cycle detection: it reports every position until it relearns.
+                self._forget_cycle()
+            ep.pos = pos or ep.pos
+            if speed is not None:
+                ep.rmc_speed = speed * MPS_PER_KNOT
+            ep.rmc_course = course if course is not None else ep.rmc_course
+            if date_text:
+                self._set_date(ep, date_text, None)
+                self._gpsd_dated |= not no_fix and ep.date is not None
 
-            def apply_rmc(ep: _Epoch) -> None:
-                ep.has_position_sentence = True
-                ep.no_fix |= no_fix
-                ep.rmc_fix = not no_fix
-                if not tod_text:
-                    # A receiver that sends RMC without a time (Quectel, before its first
-                    # fix) has no cycle to learn yet: forget the ender, as gpsd does.
-                    self._timed_ender = self._timed_ender_candidate = None
-                if pos is not None:
-                    ep.pos = pos
-                if speed is not None:
-                    ep.rmc_speed = speed * MPS_PER_KNOT
-                ep.rmc_course = course if course is not None else ep.rmc_course
-                if date_text:
-                    self._set_date(ep, date_text, None)
-                    ep.dated_by_rmc = ep.date is not None
+        # gpsd takes the cycle's time from an RMC only when it is valid and dated.
+        latch = status == "A" and bool(date_text)
+        return self._apply_timed("RMC", tod_text, apply_rmc, talker, latch=latch)
 
-            return self._apply_timed("RMC", tod_text, apply_rmc, talker)
-        if kind == "GGA":
-            tod_text = _field(data, 0)
-            pos = _position(data, 1)
-            quality = _integer(_field(data, 5), "GGA quality", 0, 9)
-            sats = _integer(_field(data, 6), "GGA satellites", 0, 255)
-            hdop = _number(_field(data, 7), "GGA HDOP", 0.0, 999.99)
-            alt = _number(_field(data, 8), "GGA altitude", -1000.0, 100_000.0)
+    def _merge_gga(self, talker: str, data: list[str]) -> GnssRecord | None:
+        tod_text = _field(data, 0)
+        pos = _position(data, 1)
+        quality = _integer(_field(data, 5), "GGA quality", 0, 9)
+        sats = _integer(_field(data, 6), "GGA satellites", 0, 255)
+        hdop = _number(_field(data, 7), "GGA HDOP", 0.0, 999.99)
+        alt = _number(_field(data, 8), "GGA altitude", -1000.0, 100_000.0)
 
-            def apply_gga(ep: _Epoch) -> None:
-                ep.has_position_sentence = True
-                ep.position_before_date |= ep.date is None and not self._fix_dated
-                ep.no_fix |= not quality
-                ep.gga_zero_sats = sats == 0
-                if pos is not None:
-                    ep.pos = pos
-                ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
+        def apply_gga(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= not quality
+            ep.gga_zero_sats = sats == 0
+            ep.pos = pos or ep.pos
+            ep.alt_m, ep.gga_sats, ep.gga_hdop = alt, sats, hdop
+            if not quality and not tod_text:
+                self._forget_cycle()  # gpsd: as a void RMC without time
 
-            return self._apply_timed("GGA", tod_text, apply_gga, talker)
-        if kind == "GLL":
-            pos = _position(data, 0)
-            tod_text = _field(data, 4)
-            no_fix = _field(data, 5) != "A" or _field(data, 6) == "N"
+        return self._apply_timed("GGA", tod_text, apply_gga, talker)
 
-            def apply_gll(ep: _Epoch) -> None:
-                ep.has_position_sentence = True
-                ep.position_before_date |= ep.date is None and not self._fix_dated
-                ep.no_fix |= no_fix
-                if pos is not None:
-                    ep.pos = pos
+    def _merge_gll(self, talker: str, data: list[str]) -> GnssRecord | None:
+        pos = _position(data, 0)
+        no_fix = _field(data, 5) != "A" or _field(data, 6) == "N"
 
-            return self._apply_timed("GLL", tod_text, apply_gll, talker)
+        def apply_gll(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= no_fix
+            ep.pos = pos or ep.pos
+
+        return self._apply_timed("GLL", _field(data, 4), apply_gll, talker)
+
+    def _merge_zda(self, talker: str, data: list[str]) -> GnssRecord | None:
         # ZDA: hhmmss.ss, day, month, year
         tod_text = _field(data, 0)
         day, month, year = _field(data, 1), _field(data, 2), _field(data, 3)
-        if day or month or year:
-            if not (day.isdigit() and month.isdigit() and year.isdigit() and len(year) == 4):
-                raise ValueError(f"ZDA date {day!r}/{month!r}/{year!r} is not dd/mm/yyyy")
-            date_key = (int(year), int(month), int(day))
+        if not (day or month or year):
+            return self._apply_timed("ZDA", tod_text, lambda ep: None, talker, latch=False)
+        if not (day.isdigit() and month.isdigit() and year.isdigit() and len(year) == 4):
+            raise ValueError(f"ZDA date {day!r}/{month!r}/{year!r} is not dd/mm/yyyy")
+        date_key = (int(year), int(month), int(day))
 
-            def apply_zda(ep: _Epoch) -> None:
-                self._set_date(ep, f"{day}/{month}/{year}", date_key)
+        def apply_zda(ep: _Epoch) -> None:
+            self._set_date(ep, f"{day}/{month}/{year}", date_key)
+            self._gpsd_dated |= ep.date is not None
 
-            return self._apply_timed("ZDA", tod_text, apply_zda, talker)
-        return self._apply_timed("ZDA", tod_text, lambda ep: None, talker)
+        return self._apply_timed("ZDA", tod_text, apply_zda, talker)
+
+    _MERGE_TIMED: dict[str, Callable[[NmeaDecoder, str, list[str]], GnssRecord | None]] = {
+        "RMC": _merge_rmc,
+        "GGA": _merge_gga,
+        "GLL": _merge_gll,
+        "ZDA": _merge_zda,
+    }
 
     def _set_date(self, ep: _Epoch, text: str, ymd: tuple[int, int, int] | None) -> None:
         try:
@@ -562,13 +605,17 @@ class NmeaDecoder:
             return
         ep.date = date
 
-    def _apply_untimed(self, apply: Callable[[_Epoch], None]) -> None:
-        if self._epoch is None:
-            self._epoch = _Epoch()
-        apply(self._epoch)
+    def _apply_untimed(self, apply: Callable[[_Epoch], None]) -> _Epoch:
+        ep = self._epoch
+        if ep is None:
+            ep = self._epoch = _Epoch()
+        apply(ep)
         self.counters.sentences_parsed += 1
+        return ep
 
-    def _apply_timed(self, kind: str, tod_text: str, apply: Callable[[_Epoch], None], talker: str) -> GnssRecord | None:
+    def _apply_timed(
+        self, kind: str, tod_text: str, apply: Callable[[_Epoch], None], talker: str, *, latch: bool = True
+    ) -> GnssRecord | None:
         tod = _time_of_day_ms(tod_text) if tod_text else None
         record = None
         ep = self._epoch
@@ -589,21 +636,41 @@ class NmeaDecoder:
             ep.tod_ms, ep.tod_text = tod, tod_text
         elif ep.tod_ms != tod:
             self._learn_ender(ep.last_sig)
-            if ep.has_position_sentence and ep.last_timed_sig is not None:
-                if ep.last_timed_sig == self._timed_ender_candidate:
-                    self._timed_ender = ep.last_timed_sig
-                self._timed_ender_candidate = ep.last_timed_sig
             record = self._close(ep)
             ep = self._epoch = _Epoch(tod_ms=tod, tod_text=tod_text)
         apply(ep)
-        self._note_timed(ep, talker + kind)
+        self._note_cycle(ep, kind, tod if latch else None)
         self.counters.sentences_parsed += 1
         return record
 
-    @staticmethod
-    def _note_timed(ep: _Epoch, sig: str) -> None:
-        ep.timed_sigs.add(sig)
-        ep.last_timed_sig = sig
+    def _note_cycle(self, ep: _Epoch, kind: str, tod: int | None) -> None:
+        """gpsd's end-of-cycle detector, for a sentence of ``kind`` that set the cycle's time ``tod``.
+
+        When the time changes, the type of the previous time-setting sentence becomes a cycle
+        ender (GLL, a "cycle continuer", does not make one). gpsd reports the epoch when an
+        ender arrives, or at every position while no ender is known (or a receiver quirk made
+        the cycle unreliable); the epoch's record takes the position of that report.
+        """
+        if tod is not None:
+            last_tag = self._last_tag
+            changed = self._last_frac is not None and abs(tod - self._last_frac) > 10
+            if changed and last_tag in self._enders:
+                self._ender_confirmed = self._cycle_reliable
+            elif changed and last_tag is not None and kind != "GLL":
+                self._enders.add(last_tag)
+                self._cycle_reliable = True
+            self._last_frac, self._last_tag = tod, kind
+        if (tod is not None and kind in self._enders) or (not self._cycle_reliable and kind != "ZDA"):
+            self._gpsd_report(ep)
+
+    def _forget_cycle(self) -> None:
+        """gpsd after a void RMC or GGA without a time: no reliable cycle end, no date."""
+        self._cycle_reliable = self._ender_confirmed = self._gpsd_dated = False
+
+    def _gpsd_report(self, ep: _Epoch) -> None:
+        ep.reported = True
+        if self._gpsd_dated:
+            ep.timed_report, ep.report_pos = True, ep.pos
 
     # -- end-of-cycle detection --------------------------------------------------------
 
@@ -630,7 +697,7 @@ class NmeaDecoder:
 
     # -- closing an epoch into a record ------------------------------------------------
 
-    def _close(self, ep: _Epoch) -> GnssRecord | None:
+    def _close(self, ep: _Epoch, *, at_end: bool = False) -> GnssRecord | None:
         tod = ep.tod_ms
         if tod is None:
             self._report(UntimedEpoch("epoch without a time of day (receiver has no time yet)"))
@@ -651,24 +718,33 @@ class NmeaDecoder:
             date = self._last_date
             if tod < self._last_tod_ms - HALF_DAY_MS:
                 date += dt.timedelta(days=1)  # midnight rollover without a dated sentence yet
-        if not ep.has_position_sentence:
-            self._report(IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text))
+        refusal = self._unreported(ep, at_end=at_end)
+        if refusal is not None:
+            self._report(refusal)
             return None
+        if ep.timed_report:
+            ep.pos = ep.report_pos
         time_ms = (date.toordinal() - _EPOCH_ORDINAL) * DAY_MS + tod
         if self._last_time_ms is not None and time_ms <= self._last_time_ms:
             message = f"epoch time {time_ms} is not after the last record's {self._last_time_ms}"
             self._report(StaleEpoch(message, ep.tod_text))
             return None
         self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
-        if not self._fix_dated and not _is_no_fix(ep):
-            self._fix_dated = True
-            if ep.position_before_date and ep.dated_by_rmc and self._timed_ender is not None:
-                # The first fix once the cycle is known: its GGA/GLL came before the RMC that
-                # dates it, and earlier dates came from status-V RMCs (receiver guesses).
-                message = "first fix: its position came before the RMC that dates it"
-                self._report(UndatedEpoch(message, ep.tod_text))
-                return None
         return self._record(ep, time_ms)
+
+    def _unreported(self, ep: _Epoch, *, at_end: bool) -> GnssError | None:
+        """Why gpsd would not report this epoch with a time, or None (it would)."""
+        if not ep.has_position_sentence:
+            return IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text)
+        cycle_known = self._ender_confirmed if at_end else self._cycle_reliable
+        if not ep.reported and not ep.damaged and cycle_known:
+            # The receiver's cycle is known and this epoch never got the sentence that ends
+            # it (split cycles, the input stopping mid-epoch): gpsd reports nothing for it.
+            return IncompleteEpoch(f"epoch ended without its cycle ender {sorted(self._enders)}", ep.tod_text)
+        if ep.reported and not ep.timed_report and not _is_no_fix(ep):
+            # gpsd reported its position before any date (its RMC or ZDA came later): no time.
+            return UndatedEpoch("position reported before the date that times it", ep.tod_text)
+        return None
 
     def _record(self, ep: _Epoch, time_ms: int) -> GnssRecord:
         snrs = [s for s in ep.snr.values() if s > 0]
@@ -677,14 +753,8 @@ class NmeaDecoder:
         if pos is None or _is_no_fix(ep):
             self.counters.no_fix_epochs += 1
             return NoFix(time_ms=time_ms, sats_in_view=len(ep.snr) if ep.gsv_seen else None, mean_snr=mean_snr)
-        if ep.gsa_mode in (2, 3):
-            mode = FixMode(ep.gsa_mode)
-        else:
-            mode = FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
-        speed = ep.rmc_speed if ep.rmc_speed is not None else ep.vtg_speed
-        course = ep.rmc_course if ep.rmc_course is not None else ep.vtg_course
-        hdop = ep.gga_hdop if ep.gga_hdop is not None else ep.gsa_hdop
-        sats = ep.gga_sats if ep.gga_sats is not None else (len(ep.used) if ep.used else None)
+        speed = _first(ep.rmc_speed, ep.vtg_speed)
+        hdop = _first(ep.gga_hdop, ep.gsa_hdop)
         try:
             fix = Fix(
                 time_ms=time_ms,
@@ -692,10 +762,10 @@ class NmeaDecoder:
                 lon=pos[1],
                 alt_m=ep.alt_m,
                 speed_mps=speed if speed is None or speed <= 1000.0 else None,
-                course_deg=course,
-                mode=mode,
+                course_deg=_first(ep.rmc_course, ep.vtg_course),
+                mode=_fix_mode(ep),
                 hdop=hdop if hdop is None or hdop <= 100.0 else None,
-                sats_used=sats,
+                sats_used=_first(ep.gga_sats, len(ep.used) or None),
                 mean_snr=mean_snr,
             )
         except InvalidRecord as exc:  # pragma: no cover - every field is range-checked above
@@ -709,6 +779,8 @@ class NmeaDecoder:
         name = error.counter
         setattr(self.counters, name, getattr(self.counters, name) + 1)
         self.last_error = error
+        if self._epoch is not None and _may_have_been_timed(error):
+            self._epoch.damaged = True
         if error.reason not in self._warned:
             self._warned.add(error.reason)
             log.warning("GNSS input rejected (%s, first of its kind): %s", error.reason, _describe(error))
@@ -724,6 +796,24 @@ def _is_no_fix(ep: _Epoch) -> bool:
     # agrees: hemi.log); RMC status A or a GSA mode outranks it (furuno_gl_ga.log).
     unconfirmed = ep.gga_zero_sats and ep.gsa_mode is None and not ep.rmc_fix
     return ep.no_fix or unconfirmed or ep.gsa_mode == 1 or ep.pos is None or ep.pos == (0.0, 0.0)
+
+
+def _first(preferred: _T | None, fallback: _T | None) -> _T | None:
+    return preferred if preferred is not None else fallback
+
+
+def _fix_mode(ep: _Epoch) -> FixMode:
+    if ep.gsa_mode in (2, 3):
+        return FixMode(ep.gsa_mode)
+    return FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
+
+
+def _may_have_been_timed(error: GnssError) -> bool:
+    """A rejected damaged line that may have been a time-stamped sentence (a cycle ender)."""
+    if not isinstance(error, _LINE_DAMAGE):
+        return False
+    line = getattr(error, "line", "")
+    return not (line.startswith("$") and line[3:6] in _UNTIMED_TYPES)
 
 
 def _describe(error: GnssError) -> str:
@@ -749,9 +839,25 @@ def _gsa_applier(talker: str, data: list[str]) -> Callable[[_Epoch], None]:
     def apply(ep: _Epoch) -> None:
         if mode is not None:
             ep.gsa_mode = mode if ep.gsa_mode is None else max(ep.gsa_mode, mode)
+            ep.gsa_before_position = not ep.has_position_sentence
         ep.used.update((system, prn) for prn in prns if prn is not None)
         if hdop is not None:
             ep.gsa_hdop = hdop
+
+    return apply
+
+
+def _vtg_applier(data: list[str]) -> Callable[[_Epoch], None]:
+    """Validate a VTG's fields now; return what applies them to an epoch."""
+    course = _number(_field(data, 0), "VTG course", 0.0, 360.0)
+    knots = _number(_field(data, 4), "VTG speed (knots)", 0.0, 2000.0)
+    kmh = _number(_field(data, 6), "VTG speed (km/h)", 0.0, 3700.0)
+    speed = knots * MPS_PER_KNOT if knots is not None else (kmh * MPS_PER_KMH if kmh is not None else None)
+    invalid = _field(data, 8) == "N"
+
+    def apply(ep: _Epoch) -> None:
+        if not invalid:
+            ep.vtg_course, ep.vtg_speed = course, speed
 
     return apply
 
