@@ -45,6 +45,7 @@ from .downlink_apply import DownlinkApplier
 from .errors import ConfigError, EdgeError, InputError
 from .observation_clock import ObservationClock, host_wall_ms
 from .outbox import Outbox
+from .receipts import ReceiptGate, ReceiptMode
 from .place_files import load_rules_places
 from .rule_state_file import RuleStateFile
 from .sealing import BatchSealer
@@ -207,16 +208,20 @@ class Agent:
         self._sources_given = sources is not None
         self.gate: ConfigGate | None = None
         self._downlink: DownlinkApplier | None = None
+        receipts: ReceiptGate | None = None
         if config.downlink.enabled:
             from protocol.cli.key_files import load_public_key
 
             assert config.downlink.collector_public_key is not None
+            collector_key = load_public_key(config.downlink.collector_public_key)
             self.gate = ConfigGate(
                 self.device_id,
-                load_public_key(config.downlink.collector_public_key),
+                collector_key,
                 config.downlink.state_file,
                 config.downlink.floor_file,
             )
+            if config.downlink.receipts != ReceiptMode.OFF:
+                receipts = ReceiptGate(self.device_id, collector_key, self.outbox)
             self._downlink = DownlinkApplier(self.gate, self.engine, lambda: self.config.rules, config.base_dir)
             self._downlink.apply_stored()
         self.uplink = Uplink(
@@ -226,6 +231,9 @@ class Agent:
             make_state=self._state_message,
             on_config=self._on_config if self.gate is not None else None,
             on_connecting=self._new_connection,
+            receipts=receipts,
+            receipt_mode=ReceiptMode(config.downlink.receipts),
+            receipt_timeout_s=config.downlink.receipt_timeout_s,
         )
         self.sealer = BatchSealer(
             self.device_id,
@@ -287,6 +295,8 @@ class Agent:
         """Every counter of the agent and its parts, from their latest published snapshots."""
         parts = [self._published.latest, *(src.published.latest for src in self._sources.values())]
         parts.append(counter_values(self.uplink.counters))  # the uplink thread's own, read on that thread
+        if self.uplink.receipts is not None:
+            parts.append(counter_values(self.uplink.receipts.counters))
         parts.append({"uptime_s": int(time.monotonic() - self._started_mono)})
         counters = state_counters(parts)
         if OMITTED in counters and not self._omitted_logged:
