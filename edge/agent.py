@@ -45,8 +45,8 @@ from .downlink_apply import DownlinkApplier
 from .errors import ConfigError, EdgeError, InputError
 from .observation_clock import ObservationClock, host_wall_ms
 from .outbox import Outbox
-from .receipts import ReceiptGate, ReceiptMode
 from .place_files import load_rules_places
+from .receipts import ReceiptGate, ReceiptMode
 from .rule_state_file import RuleStateFile
 from .sealing import BatchSealer
 from .seams import EngineOutput, RecordSource, RulesEngine, SourceRecord

@@ -476,7 +476,8 @@ class Outbox:
         def action(db: sqlite3.Connection) -> None:
             with self._transaction(db, durable=True):
                 db.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
 

@@ -27,9 +27,10 @@ from ..clock import ClockMs, wall_clock_ms
 from ..errors import DeviceExistsError, DeviceNotFoundError, InvalidPublicKeyError, RegistryError
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_market_configs, load_signing_key
+from ..jobs.receipts import device_gaps, fleet_gaps
 from ..settings import Settings, get_settings
 from ..storage.database import open_database
-from ..storage.tables import Base, MarketRecord
+from ..storage.tables import Base, MarketRecord, SeqLedgerRecord
 from .api_schema import document_refusals
 from .auth import Principal, audit_principal, bearer_accepted, require_role
 from .dependencies import (
@@ -143,6 +144,26 @@ def _devices_router() -> APIRouter:
         signed = _send_current_markets(engine, downlink, clock_ms(), body.device_id)
         return info.as_dict() | {"configs_signed": signed}
 
+    @router.get("/gaps")
+    def list_gaps(
+        engine: EngineDep,
+        clock_ms: ClockDep,
+        principal: AdminPrincipal,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        all_devices: Annotated[bool, Query(alias="all")] = False,
+    ) -> dict[str, Any]:
+        """Devices with missing batch seqs (most missing first) and the fleet totals."""
+        with Session(engine) as session:
+            devices = fleet_gaps(session, limit=limit, include_complete=all_devices)
+            total, count = session.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(SeqLedgerRecord.missing), 0),
+                    sa.func.count().filter(SeqLedgerRecord.missing > 0),
+                )
+            ).one()
+        _audit(engine, clock_ms(), principal, "read_gaps", kind="device", subject="*", count=len(devices))
+        return {"missing": int(total), "devices_with_gaps": int(count), "devices": devices}
+
     @router.get("/{device_id}")
     def get_device(
         device_id: str, engine: EngineDep, clock_ms: ClockDep, principal: AdminPrincipal
@@ -157,8 +178,10 @@ def _devices_router() -> APIRouter:
         state = None
         if row is not None:
             state = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items() if k != "device_id"}
+        with Session(engine) as session:
+            ledger = device_gaps(session, device_id)
         _audit(engine, clock_ms(), principal, "read_device", kind="device", subject=device_id)
-        return {**info.as_dict(), "status": state}
+        return {**info.as_dict(), "status": state, "seq_ledger": ledger}
 
     @router.post("/{device_id}/revoke")
     def revoke_device(

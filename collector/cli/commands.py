@@ -1,7 +1,7 @@
 """``lienwatch collector``: run and administer the cloud collector.
 
 Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
-``migrate``, ``devices add|list|revoke``, ``dead-letters``, ``api-key new``, and (in
+``migrate``, ``devices add|list|revoke``, ``dead-letters``, ``gaps``, ``api-key new``, and (in
 collector.cli.loans) ``loans import|list|show``, ``repayments add``, ``retention run``,
 ``markets import``, and (in collector.cli.people) ``users add|list|passwd``. Every subcommand reads
 ``--config`` (or the file named by ``LIENWATCH_CONFIG``) and the ``LIENWATCH_*``
@@ -24,11 +24,13 @@ from wsgiref.simple_server import WSGIServer
 import sqlalchemy as sa
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
+from sqlalchemy.orm import Session
 
 from ..api.app import discover_routers
 from ..errors import CollectorError, DatabaseUnavailableError
 from ..files import FileReadError, read_bounded
 from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry
+from ..jobs.receipts import device_gaps, fleet_gaps
 from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
@@ -193,6 +195,25 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gaps(args: argparse.Namespace) -> int:
+    engine = open_settings_database(settings_from_args(args))
+    try:
+        with Session(engine) as session:
+            if args.device:
+                row = device_gaps(session, args.device)
+                if row is None:
+                    print(f"no batch of device {args.device!r} has been merged into the seq ledger", file=sys.stderr)
+                    return 1
+                rows = [row]
+            else:
+                rows = fleet_gaps(session, limit=args.limit, include_complete=args.all)
+        for row in rows:
+            print(json.dumps(row))
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _api_key(args: argparse.Namespace) -> int:
     key = secrets.token_urlsafe(32)
     print(f"key:    {key}")
@@ -241,6 +262,14 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=50)
     dead.add_argument("--reason", help="only this reason slug")
     dead.set_defaults(func=_dead_letters)
+
+    gaps = sub.add_parser(
+        "gaps", parents=[common], help="devices with missing batch seqs (most missing first) as JSON lines"
+    )
+    gaps.add_argument("--device", help="only this device (also when it misses nothing)")
+    gaps.add_argument("--all", action="store_true", help="also devices that miss nothing")
+    gaps.add_argument("--limit", type=int, default=100)
+    gaps.set_defaults(func=_gaps)
 
     add_subcommands(sub, common, settings_from_args)
 

@@ -18,7 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..risk.engine import RULES, NextStep, RiskLevel
-from ..storage.tables import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus, LoanRecord, RiskStateRecord
+from ..storage.tables import (
+    AlertRecord,
+    BatchRecord,
+    Device,
+    DeviceKey,
+    DeviceStatus,
+    LoanRecord,
+    RiskStateRecord,
+    SeqLedgerRecord,
+)
 
 __all__ = [
     "LEVELS",
@@ -291,7 +300,9 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
         keys.setdefault(key.device_id, []).append(key)
     statuses = {s.device_id: s for s in session.scalars(sa.select(DeviceStatus))}
     # Sequence numbers never repeat on a device: the numbers missing between its lowest and
-    # highest stored batch are batches not (yet) received.
+    # highest stored batch are batches not (yet) received. The seq ledger (collector.jobs.receipts)
+    # knows better (announced skips and clock-floor jumps are no loss); the min/max count is
+    # the fallback for a device it has not merged yet.
     ledger = {
         row.device_id: int(row.high) - int(row.low) + 1 - int(row.stored)
         for row in session.execute(
@@ -300,6 +311,7 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
             .group_by(BatchRecord.device_id)
         )
     }
+    ledger.update(session.execute(sa.select(SeqLedgerRecord.device_id, SeqLedgerRecord.missing)).tuples())
     pairs = session.execute(sa.select(LoanRecord.device_id, LoanRecord.loan_id))
     loans: dict[str, str] = {row.device_id: row.loan_id for row in pairs}
     out = []
