@@ -106,7 +106,8 @@ class ReceiptPublisher:
         self.connected = threading.Event()
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        self._unsent: dict[str, bytes] = {}  # device -> newest signed receipt not yet handed to paho
+        #: device -> its newest signed receipt not yet handed to the broker
+        self.unsent: dict[str, bytes] = {}
         self._loop = WorkerLoop("lw-receipts", self._round, on_error=self._failed)
         self._settings = mqtt_settings
         self.client: mqtt.Client | None = None
@@ -161,11 +162,12 @@ class ReceiptPublisher:
         """
         with self._lock:
             work, self._pending = self._pending, {}
+        merged = len(work)
         try:
             for device_id in sorted(work):
                 message = self._merge(device_id, work.pop(device_id))
                 if message is not None:
-                    self._unsent[device_id] = message
+                    self.unsent[device_id] = message
         except BaseException:
             with self._lock:  # keep what was not merged for the next round
                 for device_id, pending in work.items():
@@ -175,7 +177,7 @@ class ReceiptPublisher:
                     again.floors += pending.floors
             raise
         self._publish_unsent()
-        return len(work)
+        return merged
 
     def _merge(self, device_id: str, pending: _Pending) -> bytes | None:
         now = self._clock_ms()
@@ -206,7 +208,7 @@ class ReceiptPublisher:
 
     def _sign(self, device_id: str, ledger: SeqLedger, row: SeqLedgerRecord, now: int) -> bytes | None:
         view = ledger.receipt_view()
-        if self.signing_key is None or self.client is None or view is None:
+        if self.signing_key is None or view is None:
             return None
         counter = max(int(row.receipt_counter or 0) + 1, now)
         low, high, ranges = view
@@ -218,12 +220,12 @@ class ReceiptPublisher:
     def _publish_unsent(self) -> None:
         if self.client is None or not self.connected.is_set():
             return
-        for device_id in list(self._unsent):
-            info = self.client.publish(receipt_topic(device_id), self._unsent[device_id], qos=1, retain=True)
+        for device_id in list(self.unsent):
+            info = self.client.publish(receipt_topic(device_id), self.unsent[device_id], qos=1, retain=True)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self.counters["publish_failed"] += 1
                 return  # the connection is in trouble: the next round retries
-            del self._unsent[device_id]
+            del self.unsent[device_id]
             self.counters["published"] += 1
 
     # ------------------------------------------------------------ lifecycle
