@@ -28,6 +28,7 @@ from protocol.cose import ALG, ALG_EDDSA, KID, sign1
 from protocol.errors import (
     BadSignature,
     DeviceMismatch,
+    InvalidRecord,
     InvalidValue,
     LocalProtocolError,
     OversizedMessage,
@@ -77,8 +78,10 @@ def test_receipt_round_trip_and_cover() -> None:
         (1, 2**64, (), 1),  # over 64 bits
     ],
 )
-def test_impossible_receipts_cannot_be_built(low: int, high: int, ranges: tuple[tuple[int, int], ...], counter: int) -> None:
-    with pytest.raises(ValueError):
+def test_impossible_receipts_cannot_be_built(
+    low: int, high: int, ranges: tuple[tuple[int, int], ...], counter: int
+) -> None:
+    with pytest.raises(InvalidRecord, match="receipt"):
         Receipt("car-0001", low, high, ranges, T0, counter)
 
 
@@ -100,8 +103,12 @@ GOOD = {0: "car-0001", 1: 1, 2: 3, 3: [[5, 6]], 4: T0, 5: 7}
         (b"\xd2" + b"\x00" * 4096, TOPIC, OversizedMessage, "oversized"),
         (sealed(Receipt("car-0001", 1, 1, (), T0, 1), key=FORGER), TOPIC, BadSignature, "bad_signature"),
         # a genuine receipt of another device replayed onto this device's topic
-        (sealed(Receipt("car-0002", 1, 9, (), T0, 1), topic=receipt_topic("car-0002")), TOPIC, BadSignature,
-         "bad_signature"),
+        (
+            sealed(Receipt("car-0002", 1, 9, (), T0, 1), topic=receipt_topic("car-0002")),
+            TOPIC,
+            BadSignature,
+            "bad_signature",
+        ),
         (sealed(Receipt("car-0001", 1, 1, (), T0, 1)), "lw/v1/car-0001/config", TopicError, "bad_topic"),
         (raw_receipt({**GOOD, 6: 1}), TOPIC, SchemaError, "schema"),
         (raw_receipt({k: v for k, v in GOOD.items() if k != 5}), TOPIC, SchemaError, "schema"),
@@ -113,7 +120,9 @@ GOOD = {0: "car-0001", 1: 1, 2: 3, 3: [[5, 6]], 4: T0, 5: 7}
         (raw_receipt({**GOOD, 3: [[True, 6]]}), TOPIC, InvalidValue, "invalid_value"),
     ],
 )
-def test_hostile_receipts_are_refused_with_a_reason(message: bytes, topic: str, error: type[Exception], reason: str) -> None:
+def test_hostile_receipts_are_refused_with_a_reason(
+    message: bytes, topic: str, error: type[Exception], reason: str
+) -> None:
     with pytest.raises(error) as caught:
         open_receipt(message, topic, COLLECTOR.public_key())
     assert getattr(caught.value, "reason", None) == reason
@@ -128,7 +137,8 @@ def test_ledger_merges_seqs_into_ranges_and_counts_what_is_missing() -> None:
     ledger.add([5, 6, 7, 10, 12, 11, 6])
     assert ledger.stored == [(5, 7), (10, 12)]
     assert ledger.receipt_view() == (5, 7, ((10, 12),))
-    assert ledger.gaps() == [(8, 9)] and ledger.missing() == 2
+    assert ledger.gaps() == [(8, 9)]
+    assert ledger.missing() == 2
     ledger.add([8, 9, 3])  # fill the hole; a seq below the first seen one extends downwards
     assert ledger.receipt_view() == (3, 3, ((5, 12),))
     assert ledger.missing() == 1  # seq 4 has not arrived
@@ -158,7 +168,9 @@ def test_a_receipt_lists_the_highest_32_ranges() -> None:
     ledger.add([1, *range(3, 200, 2)])  # 1, 3, 5, ...: every other seq missing
     low, high, ranges = ledger.receipt_view() or (0, 0, ())
     assert (low, high) == (1, 1)
-    assert len(ranges) == MAX_RECEIPT_RANGES and ranges[-1] == (199, 199) and ranges[0] == (137, 137)
+    assert len(ranges) == MAX_RECEIPT_RANGES
+    assert ranges[-1] == (199, 199)
+    assert ranges[0] == (137, 137)
     assert ledger.missing() == 99  # 2, 4, ..., 198
 
 
@@ -252,7 +264,8 @@ def test_outbox_eviction_keeps_alerts_that_wait_for_a_receipt(tmp_path: Path) ->
     for seq in range(2, 6):
         box.put(seq, b"r" * 1500, priority=Priority.ROUTINE, fixes=1)
     seqs = [row[0] for row in sqlite3.connect(tmp_path / "outbox.db").execute("SELECT seq FROM batches")]
-    assert 1 in seqs and box.totals["evicted_batches"] >= 1
+    assert 1 in seqs
+    assert box.totals["evicted_batches"] >= 1
     box.close()
 
 
@@ -263,7 +276,8 @@ def test_an_outbox_file_from_before_receipts_is_upgraded(tmp_path: Path) -> None
         "CREATE TABLE batches (seq INTEGER PRIMARY KEY, priority INTEGER NOT NULL, fixes INTEGER NOT NULL,"
         " samples INTEGER NOT NULL, stats INTEGER NOT NULL, alerts INTEGER NOT NULL, size INTEGER NOT NULL,"
         " checksum BLOB NOT NULL, report TEXT NOT NULL, message BLOB NOT NULL);"
-        f"INSERT INTO batches VALUES (7, 0, 0, 0, 0, 0, 100, x'{hashlib.sha256(b'old').hexdigest()}', '{{}}', x'6f6c64');"
+        "INSERT INTO batches VALUES (7, 0, 0, 0, 0, 0, 100, "
+        f"x'{hashlib.sha256(b'old').hexdigest()}', '{{}}', x'6f6c64');"
     )
     old.commit()
     old.close()
@@ -293,7 +307,8 @@ def test_gate_refuses_forged_replayed_and_malformed_receipts_and_counts_them(tmp
         assert caught.value.reason == reason
         assert gate.counters[f"receipts_rejected_{reason}"] == 1
     assert gate.counters["receipts_rejected"] == len(cases)
-    assert gate.counters["receipts_accepted"] == 1 and gate.counters["receipts_unchanged"] == 1
+    assert gate.counters["receipts_accepted"] == 1
+    assert gate.counters["receipts_unchanged"] == 1
     box.close()
     # The counter floor and "receipts seen" survive a restart (they live in the outbox file).
     box = make_outbox(tmp_path, [T0])
