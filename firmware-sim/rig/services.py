@@ -64,8 +64,16 @@ class Mosquitto:
     persistence file are kept, so retained messages and persistent sessions survive.
     """
 
-    def __init__(self, port: int | None = None, workdir: str | Path | None = None, *, persistence: bool = True) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        *,
+        persistence: bool = True,
+        max_queued_messages: int = 100_000,
+    ) -> None:
         self.port = port or free_port()
+        self.max_queued_messages = max_queued_messages
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lw-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +91,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "max_inflight_messages 100",
-            "max_queued_messages 100000",
+            f"max_queued_messages {self.max_queued_messages}",
             "max_packet_size 2000000",
             "log_dest stderr",
             "log_type error",
