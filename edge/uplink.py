@@ -356,6 +356,7 @@ class Uplink:
                     self._check_receipt_timeouts(now)
                     if self._dirty:
                         self._pump()
+            self._forget_unreceipted()
             self._say_goodbye()
         except Exception:  # the thread must never die silently
             log.exception("uplink_crashed")
@@ -381,7 +382,10 @@ class Uplink:
             return True
         if not self._ready:
             return False
-        return not self._inflight and not self.outbox.pending(1, exclude=self._deferred)
+        if self._inflight or self.outbox.pending(1, exclude=self._deferred):
+            return False
+        # With receipts in use, the grace also waits for the receipts of what was published.
+        return self._resend_cutoff_ms() is None or self.outbox.awaiting_receipt() == 0
 
     def _connect(self) -> None:
         s = self.settings
@@ -535,6 +539,12 @@ class Uplink:
         if self.receipt_mode is ReceiptMode.AUTO and self.receipts is not None and not self.receipts.ever_seen:
             return None
         return self.outbox.now_ms() - self.receipt_timeout_ms
+
+    def _forget_unreceipted(self) -> None:
+        """Clean stop in ``auto`` mode before any receipt: what the broker acknowledged is done (as before receipts)."""
+        if self.receipt_mode is ReceiptMode.OFF or self._resend_cutoff_ms() is not None:
+            return
+        self.counters["batches_expired_unreceipted"] += self.outbox.expire_published(self.outbox.now_ms())
 
     def _check_receipt_timeouts(self, now: float) -> None:
         """Once a second: re-publish (or, before any receipt in ``auto`` mode, forget) stale rows."""
