@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from protocol import DeviceConfig, config_topic, seal_config
 from protocol.cli.key_files import load_private_key
-from protocol.errors import KeyFileError, PlacesError, ProtocolError
+from protocol.errors import KeyFileError, PlacesError
 from protocol.places import load_places
 
 from ..clock import ClockMs, wall_clock_ms
@@ -56,7 +56,7 @@ from ..files import FileReadError, read_bounded
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.tables import Base, ConfigVersion, LoanRecord, MarketRecord
-from .worker_loop import WorkerLoop, WorkerLoopError
+from .worker_loop import WorkerLoop, WorkerLoopError, log_round_failure
 
 __all__ = [
     "ConfigMessage",
@@ -445,9 +445,5 @@ class ConfigPublisher:
 
     def _failed(self, exc: Exception) -> float:
         self.counters["errors"] += 1
-        if isinstance(exc, (sa.exc.SQLAlchemyError, CollectorError, ProtocolError)):
-            log.warning("downlink sync round failed, retrying in %.1f s: %s", self.resync_interval_s, exc)
-        else:  # a bug: keep the traceback
-            delay = self.resync_interval_s
-            log.error("downlink sync round failed unexpectedly, retrying in %.1f s", delay, exc_info=exc)
+        log_round_failure(log, "downlink sync round", exc, self.resync_interval_s)
         return self.resync_interval_s

@@ -41,16 +41,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from protocol import Receipt, receipt_topic, seal_receipt
-from protocol.errors import ProtocolError
 
 from ..clock import ClockMs, wall_clock_ms
-from ..errors import CollectorError
 from ..ingest.ingestor import StoredBatch, StoredState
 from ..ingest.seq_ledger import MAX_LISTED_GAPS, SeqLedger
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.tables import BatchRecord, SeqLedgerRecord
-from .worker_loop import WorkerLoop, WorkerLoopError
+from .worker_loop import EXPECTED_ROUND_ERRORS, WorkerLoop, WorkerLoopError, log_round_failure
 
 __all__ = ["GapMetrics", "ReceiptPublisher", "device_gaps", "fleet_gaps"]
 
@@ -249,7 +247,7 @@ class ReceiptPublisher:
         self._loop.stop(timeout)
         try:
             self.run_once()
-        except (sa.exc.SQLAlchemyError, CollectorError, ProtocolError) as exc:
+        except EXPECTED_ROUND_ERRORS as exc:
             log.warning("last receipt round failed: %s", exc)
         if self.client is not None:
             self.client.disconnect()
@@ -261,10 +259,7 @@ class ReceiptPublisher:
 
     def _failed(self, exc: Exception) -> float:
         self.counters["errors"] += 1
-        if isinstance(exc, (sa.exc.SQLAlchemyError, CollectorError, ProtocolError)):
-            log.warning("receipt round failed, retrying in %.1f s: %s", self.interval_s, exc)
-        else:  # a bug: keep the traceback
-            log.error("receipt round failed unexpectedly, retrying in %.1f s", self.interval_s, exc_info=exc)
+        log_round_failure(log, "receipt round", exc, self.interval_s)
         return self.interval_s
 
 
