@@ -462,8 +462,8 @@ class Outbox:
 
     def awaiting_receipt(self) -> int:
         """Batches the broker acknowledged that no receipt covered yet."""
-        return int(self._guard(lambda db: db.execute(
-            "SELECT COUNT(*) FROM batches WHERE published_ms IS NOT NULL").fetchone()[0]))
+        query = "SELECT COUNT(*) FROM batches WHERE published_ms IS NOT NULL"
+        return int(self._guard(lambda db: db.execute(query).fetchone()[0]))
 
     def meta_value(self, key: str) -> int | None:
         """A value of the ``meta`` table (``receipt_counter``, ``receipts_seen``), None if unset."""

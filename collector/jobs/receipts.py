@@ -7,8 +7,9 @@ How this works
   :meth:`ReceiptPublisher.on_commit` (an ingestor hook) with each stored batch, from which
   only the seq announcements are taken (``seq_skipped_from``/``seq_skipped``, ``seq_floor``).
   Both only queue; nothing here slows the ingest.
-* Once per ``receipt_interval_s`` a round takes what was queued and, per device, in one
-  transaction: reads the device's ``seq_ledgers`` row (``FOR UPDATE`` on PostgreSQL, so the
+* Once per ``receipt_interval_s`` a round takes what was queued and, for up to
+  :data:`MERGE_CHUNK` devices per transaction (in device order, so collectors never
+  deadlock): reads each device's ``seq_ledgers`` row (``FOR UPDATE`` on PostgreSQL, so the
   collectors of one group merge into one row; a device without a row is seeded from its
   ``batches``), merges the new seqs and announcements, recomputes ``missing``, signs a
   receipt with counter ``max(last + 1, now_ms)`` (strictly increasing, also after the table
@@ -53,6 +54,9 @@ from .worker_loop import EXPECTED_ROUND_ERRORS, WorkerLoop, WorkerLoopError, log
 __all__ = ["GapMetrics", "ReceiptPublisher", "device_gaps", "fleet_gaps"]
 
 log = logging.getLogger(__name__)
+
+#: devices merged in one transaction
+MERGE_CHUNK = 500
 
 
 @dataclass(slots=True)
@@ -155,17 +159,19 @@ class ReceiptPublisher:
     def run_once(self) -> int:
         """Merge what was queued into the ledger, sign and publish receipts. Returns devices merged.
 
-        Database errors propagate (the thread logs them and the queued work is kept for the
-        next round).
+        Database errors propagate (the thread logs them); what was not merged is queued again
+        for the next round.
         """
         with self._lock:
             work, self._pending = self._pending, {}
         merged = len(work)
+        devices = sorted(work)  # one lock order for every collector process: no deadlock
         try:
-            for device_id in sorted(work):
-                message = self._merge(device_id, work.pop(device_id))
-                if message is not None:
-                    self.unsent[device_id] = message
+            for i in range(0, len(devices), MERGE_CHUNK):
+                chunk = devices[i : i + MERGE_CHUNK]
+                self.unsent.update(self._merge(chunk, work))
+                for device_id in chunk:
+                    del work[device_id]
         except BaseException:
             with self._lock:  # keep what was not merged for the next round
                 for device_id, pending in work.items():
@@ -177,32 +183,47 @@ class ReceiptPublisher:
         self._publish_unsent()
         return merged
 
-    def _merge(self, device_id: str, pending: _Pending) -> bytes | None:
+    def _merge(self, devices: Sequence[str], work: dict[str, _Pending]) -> dict[str, bytes]:
+        """One transaction: merge ``devices``' queued seqs into their rows; their signed receipts."""
         now = self._clock_ms()
+        signed: dict[str, bytes] = {}
         with Session(self.engine) as session:
-            row = session.scalars(
-                sa.select(SeqLedgerRecord).where(SeqLedgerRecord.device_id == device_id).with_for_update()
-            ).first()
-            if row is None:
-                ledger = _seed(session, device_id)
-                row = SeqLedgerRecord(device_id=device_id, ranges={}, receipt_counter=0, updated_ms=now)
-                session.add(row)
-            else:
-                ledger = SeqLedger.from_json(row.ranges)
-            ledger.add(pending.seqs)
-            for first, count in pending.skips:
-                ledger.skip(first, count)
-            for floor in pending.floors:
-                ledger.floor(floor)
-            row.ranges = ledger.as_json()
-            row.low_seq = ledger.stored[0][0] if ledger.stored else None
-            row.high_seq = ledger.highest
-            row.missing = ledger.missing()
-            row.updated_ms = now
-            message = self._sign(device_id, ledger, row, now)
+            query = (
+                sa.select(SeqLedgerRecord)
+                .where(SeqLedgerRecord.device_id.in_(devices))
+                .order_by(SeqLedgerRecord.device_id)
+                .with_for_update()
+            )
+            rows = {r.device_id: r for r in session.scalars(query)}
+            for device_id in devices:
+                row = rows.get(device_id)
+                if row is None:
+                    ledger = _seed(session, device_id)
+                    row = SeqLedgerRecord(device_id=device_id, ranges={}, receipt_counter=0, updated_ms=now)
+                    session.add(row)
+                else:
+                    ledger = SeqLedger.from_json(row.ranges)
+                message = self._apply(device_id, ledger, row, work[device_id], now)
+                if message is not None:
+                    signed[device_id] = message
             session.commit()
-        self.counters["devices_merged"] += 1
-        return message
+        self.counters["devices_merged"] += len(devices)
+        return signed
+
+    def _apply(
+        self, device_id: str, ledger: SeqLedger, row: SeqLedgerRecord, pending: _Pending, now: int
+    ) -> bytes | None:
+        ledger.add(pending.seqs)
+        for first, count in pending.skips:
+            ledger.skip(first, count)
+        for floor in pending.floors:
+            ledger.floor(floor)
+        row.ranges = ledger.as_json()
+        row.low_seq = ledger.stored[0][0] if ledger.stored else None
+        row.high_seq = ledger.highest
+        row.missing = ledger.missing()
+        row.updated_ms = now
+        return self._sign(device_id, ledger, row, now)
 
     def _sign(self, device_id: str, ledger: SeqLedger, row: SeqLedgerRecord, now: int) -> bytes | None:
         view = ledger.receipt_view()
