@@ -13,12 +13,14 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from collector.api.app import create_app
 from collector.ingest.ingestor import Ingestor
 from collector.ingest.seq_ledger import SeqLedger, merge_ranges
 from collector.jobs.receipts import GapMetrics, ReceiptPublisher, device_gaps, fleet_gaps
-from collector.settings import Limits
+from collector.settings import Limits, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import SeqLedgerRecord
 from edge.outbox import Outbox, Priority
@@ -317,3 +319,28 @@ def test_gate_refuses_forged_replayed_and_malformed_receipts_and_counts_them(tmp
     with pytest.raises(ReceiptRejectedError, match="below the newest accepted 20"):
         again.check(TOPIC, older)
     box.close()
+
+
+def test_gaps_in_the_api(tmp_path: Path) -> None:
+    key = "admin-key-0123456789abcdef"
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'c.db'}",
+                        api_keys={hash_api_key(key): "admin"})  # fmt: skip
+    engine = create_engine(settings.resolved_database_url)
+    migrate(engine)
+    register(engine, FakeDevice("car-0001"), FakeDevice("car-0002"))
+    job = ReceiptPublisher(engine, None, None, clock_ms=lambda: T0)
+    job.committed([("car-0001", s) for s in (1, 2, 5, 9)] + [("car-0002", 1), ("car-0002", 2)])
+    job.run_once()
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings, engine=engine)) as client:
+        fleet = client.get("/v1/devices/gaps", headers=headers).json()
+        assert (fleet["missing"], fleet["devices_with_gaps"]) == (5, 1)
+        assert [d["device_id"] for d in fleet["devices"]] == ["car-0001"]
+        assert fleet["devices"][0]["gaps"] == [{"first": 3, "last": 4}, {"first": 6, "last": 8}]
+        every = client.get("/v1/devices/gaps?all=true", headers=headers).json()["devices"]
+        assert [d["device_id"] for d in every] == ["car-0001", "car-0002"]
+        device = client.get("/v1/devices/car-0002", headers=headers).json()
+        assert (device["seq_ledger"]["low_seq"], device["seq_ledger"]["high_seq"]) == (1, 2)
+        assert device["seq_ledger"]["missing"] == 0
+        assert client.get("/v1/devices/gaps").status_code == 401
+    engine.dispose()
