@@ -185,8 +185,8 @@ def test_ledger_from_a_damaged_row_drops_what_it_cannot_trust() -> None:
 # ------------------------------------------------------------------ the collector's receipt job, no broker
 
 
-def test_receipt_job_merges_seeds_and_counts_gaps(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def test_receipt_job_merges_seeds_and_counts_gaps(database_url: str) -> None:
+    engine = create_engine(database_url)
     migrate(engine)
     register(engine, FakeDevice("car-0001"))
     ingestor = Ingestor(engine, Limits(key_cache_ttl_s=0, max_clock_skew_s=315_360_000))
@@ -214,8 +214,8 @@ def test_receipt_job_merges_seeds_and_counts_gaps(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_receipt_counter_rises_strictly_and_receipts_verify(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+def test_receipt_counter_rises_strictly_and_receipts_verify(database_url: str) -> None:
+    engine = create_engine(database_url)
     migrate(engine)
     clock = [T0]
     job = ReceiptPublisher(engine, COLLECTOR, None, clock_ms=lambda: clock[0])  # no broker: receipts wait in unsent
@@ -343,4 +343,31 @@ def test_gaps_in_the_api(tmp_path: Path) -> None:
         assert (device["seq_ledger"]["low_seq"], device["seq_ledger"]["high_seq"]) == (1, 2)
         assert device["seq_ledger"]["missing"] == 0
         assert client.get("/v1/devices/gaps").status_code == 401
+    engine.dispose()
+
+
+def test_announced_skips_and_floors_reach_the_ledger_through_the_ingest_hook(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    device = FakeDevice("car-0001")
+    register(engine, device)
+    job = ReceiptPublisher(engine, COLLECTOR, None, clock_ms=lambda: T0 + 50_000)
+    ingestor = Ingestor(engine, Limits(key_cache_ttl_s=0, max_clock_skew_s=315_360_000), on_commit=[job.on_commit])
+    floor = 1_700_000_000_000
+    sent = [
+        (1, {}),
+        (2, {}),
+        (19, {"seq_skipped_from": 3, "seq_skipped": 16}),  # a crash: 3..18 reserved, never used
+        (floor, {"seq_floor": floor, "seq_file_lost": 1}),  # then the sequence file was lost
+    ]
+    for seq, counters in sent:
+        ingestor.handle(device.topic, device.sealed(seq, counters=counters), received_ms=T0 + 10_000)
+    job.committed([("car-0001", seq) for seq, _ in sent])
+    job.run_once()
+    receipt = open_receipt(job.unsent["car-0001"], TOPIC, COLLECTOR.public_key())
+    assert (receipt.low, receipt.high, receipt.ranges) == (1, 19, ((floor, floor),))
+    with Session(engine) as session:
+        gaps = device_gaps(session, "car-0001")
+    assert gaps is not None
+    assert (gaps["missing"], gaps["skipped"], gaps["floor_jumps"]) == (0, 16, 1)
     engine.dispose()
