@@ -66,18 +66,26 @@ class _Pending:
     floors: list[int] = field(default_factory=list)
 
 
-def _seed(session: Session, device_id: str) -> SeqLedger:
-    """A ledger built from every stored batch of a device (its first round after 0008)."""
-    ledger = SeqLedger()
-    query = sa.select(BatchRecord.seq).where(BatchRecord.device_id == device_id).execution_options(yield_per=10_000)
-    chunk: list[int] = []
-    for seq in session.scalars(query):
+def _seed(session: Session, devices: Sequence[str]) -> dict[str, SeqLedger]:
+    """Ledgers built from every stored batch of ``devices`` (their first round after 0008)."""
+    ledgers = {device_id: SeqLedger() for device_id in devices}
+    if not devices:
+        return ledgers
+    query = (
+        sa.select(BatchRecord.device_id, BatchRecord.seq)
+        .where(BatchRecord.device_id.in_(devices))
+        .execution_options(yield_per=10_000)
+    )
+    chunks: dict[str, list[int]] = {device_id: [] for device_id in devices}
+    for device_id, seq in session.execute(query):
+        chunk = chunks[device_id]
         chunk.append(seq)
         if len(chunk) >= 10_000:
-            ledger.add(chunk)
-            chunk = []
-    ledger.add(chunk)
-    return ledger
+            ledgers[device_id].add(chunk)
+            chunk.clear()
+    for device_id, chunk in chunks.items():
+        ledgers[device_id].add(chunk)
+    return ledgers
 
 
 class ReceiptPublisher:
@@ -195,10 +203,11 @@ class ReceiptPublisher:
                 .with_for_update()
             )
             rows = {r.device_id: r for r in session.scalars(query)}
+            seeded = _seed(session, [d for d in devices if d not in rows])
             for device_id in devices:
                 row = rows.get(device_id)
                 if row is None:
-                    ledger = _seed(session, device_id)
+                    ledger = seeded[device_id]
                     row = SeqLedgerRecord(device_id=device_id, ranges={}, receipt_counter=0, updated_ms=now)
                     session.add(row)
                 else:
