@@ -21,8 +21,10 @@ How this works
   (:meth:`Outbox.confirm`). A row stamped longer ago than the receipt timeout is handed out
   again by :meth:`Outbox.pending` (``resend_before_ms``) and re-published. Rows waiting for
   a receipt are still rows: they count against the budget and are evicted by the same
-  priorities (alerts never). Whether a receipt was ever accepted, and the newest receipt
-  counter, are kept in ``meta`` so they survive restarts.
+  priorities (alerts never); within a priority, a row the broker already acknowledged goes
+  before one it never saw (it is the likelier to be stored already). Whether a receipt was
+  ever accepted, and the newest receipt counter, are kept in ``meta`` so they survive
+  restarts.
 * Corruption: on open, ``PRAGMA quick_check``; a file that fails it (or is not a database
   at all) is moved aside with its -wal/-shm files and a fresh one is started. Each row's
   checksum is verified before the row is handed out; a bad row moves to a quarantine
@@ -296,7 +298,7 @@ class Outbox:
                 while total > self.max_bytes:
                     victim = db.execute(
                         "SELECT seq, size, fixes, samples, stats, report FROM batches WHERE priority < ? "
-                        "ORDER BY priority, seq LIMIT 1",
+                        "ORDER BY priority, published_ms IS NULL, seq LIMIT 1",
                         (int(Priority.ALERT),),
                     ).fetchone()
                     if victim is None:

@@ -261,13 +261,16 @@ def test_outbox_keeps_acknowledged_batches_until_a_receipt_and_offers_them_again
 def test_outbox_eviction_keeps_alerts_that_wait_for_a_receipt(tmp_path: Path) -> None:
     clock = [T0]
     box = Outbox(tmp_path / "outbox.db", max_bytes=4096, clock_ms=lambda: clock[0])
-    box.put(1, b"a" * 1500, priority=Priority.ALERT, alerts=1)
+    box.put(1, b"a" * 1000, priority=Priority.ALERT, alerts=1)
     box.mark_published(1)
-    for seq in range(2, 6):
-        box.put(seq, b"r" * 1500, priority=Priority.ROUTINE, fixes=1)
-    seqs = [row[0] for row in sqlite3.connect(tmp_path / "outbox.db").execute("SELECT seq FROM batches")]
-    assert 1 in seqs
-    assert box.totals["evicted_batches"] >= 1
+    box.put(2, b"r" * 1000, priority=Priority.ROUTINE, fixes=1)
+    box.put(3, b"r" * 1000, priority=Priority.ROUTINE, fixes=1)
+    box.mark_published(3)  # acknowledged by the broker: likelier stored, so evicted before 2
+    evicted = box.put(4, b"r" * 1000, priority=Priority.ROUTINE, fixes=1)
+    assert evicted == [3]
+    seqs = [row[0] for row in sqlite3.connect(tmp_path / "outbox.db").execute("SELECT seq FROM batches ORDER BY seq")]
+    assert seqs == [1, 2, 4]
+    assert box.totals["evicted_batches"] == 1
     box.close()
 
 
