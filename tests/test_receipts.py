@@ -17,9 +17,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
-from collector.ingest.ingestor import Ingestor
+from collector.ingest.ingestor import Ingestor, StoredBatch
 from collector.ingest.seq_ledger import SeqLedger, merge_ranges
 from collector.jobs.receipts import GapMetrics, ReceiptPublisher, device_gaps, fleet_gaps
+from collector.loans.queries import device_rows
 from collector.settings import Limits, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import SeqLedgerRecord
@@ -373,4 +374,25 @@ def test_announced_skips_and_floors_reach_the_ledger_through_the_ingest_hook(tmp
         gaps = device_gaps(session, "car-0001")
     assert gaps is not None
     assert (gaps["missing"], gaps["skipped"], gaps["floor_jumps"]) == (0, 16, 1)
+    engine.dispose()
+
+
+def test_the_device_list_shows_the_ledger_count_of_missing_batches(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    device = FakeDevice("car-0001")
+    register(engine, device, FakeDevice("car-0002"))
+    ingestor = Ingestor(engine, Limits(key_cache_ttl_s=0, max_clock_skew_s=315_360_000))
+    for seq in (1, 2, 3, 10):
+        ingestor.handle(device.topic, device.sealed(seq), received_ms=T0 + 10_000)
+    with Session(engine) as session:  # before the ledger merged the device: lowest..highest fallback
+        assert {r["device_id"]: r["seq_gaps"] for r in device_rows(session, T0)} == {"car-0001": 6, "car-0002": 0}
+    job = ReceiptPublisher(engine, None, None, clock_ms=lambda: T0)
+    job.committed([("car-0001", 10)])
+    job.on_commit(
+        StoredBatch("car-0001", 10, device.batch(10, counters={"seq_skipped_from": 4, "seq_skipped": 6}), False, 4, T0)
+    )  # the batch after a crash announced 4..9 as never used
+    job.run_once()
+    with Session(engine) as session:
+        assert {r["device_id"]: r["seq_gaps"] for r in device_rows(session, T0)} == {"car-0001": 0, "car-0002": 0}
     engine.dispose()

@@ -311,7 +311,8 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
             .group_by(BatchRecord.device_id)
         )
     }
-    ledger.update(session.execute(sa.select(SeqLedgerRecord.device_id, SeqLedgerRecord.missing)).tuples())
+    for device_id, missing in session.execute(sa.select(SeqLedgerRecord.device_id, SeqLedgerRecord.missing)):
+        ledger[device_id] = int(missing)
     pairs = session.execute(sa.select(LoanRecord.device_id, LoanRecord.loan_id))
     loans: dict[str, str] = {row.device_id: row.loan_id for row in pairs}
     out = []
