@@ -9,7 +9,7 @@ user name for ``%u``):
   Last Will too, which Mosquitto checks at CONNECT) and subscribe only to
   ``lw/v1/{its id}/config``: it can neither read another vehicle's track nor write, or
   clear, any configuration;
-* the collector reads every batch and state topic and writes every config topic;
+* the collector reads every batch and state topic and writes every config and receipt topic;
 * anonymous clients are refused (``allow_anonymous false`` in the broker configuration,
   see :func:`mosquitto_conf_lines`).
 
@@ -95,17 +95,21 @@ def acl_text(collector_user: str = COLLECTOR_USER) -> str:
     """The ACL file: the collector's rights, then every device's own topics by pattern."""
     return (
         "# LienWatch broker ACL (written by `lienwatch collector broker`; docs/security.md).\n"
-        "# The collector reads every device's uplink and writes every device's configuration.\n"
+        "# The collector reads every device's uplink and writes every device's configuration\n"
+        "# and receipts.\n"
         f"user {collector_user}\n"
         "topic read lw/v1/+/batch\n"
         "topic read lw/v1/+/state\n"
         "topic readwrite lw/v1/+/config\n"
+        "topic write lw/v1/+/receipt\n"
         "\n"
         "# Every other account is a device whose user name is its device id: it may publish\n"
-        "# its own batches and state (its Last Will included) and read its own configuration.\n"
+        "# its own batches and state (its Last Will included) and read its own configuration\n"
+        "# and receipts.\n"
         "pattern write lw/v1/%u/batch\n"
         "pattern write lw/v1/%u/state\n"
         "pattern read lw/v1/%u/config\n"
+        "pattern read lw/v1/%u/receipt\n"
     )
 
 
