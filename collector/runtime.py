@@ -16,7 +16,10 @@ that loses nothing:
   ``[retention] interval_s`` after start);
 * the promise-to-pay check (a :class:`~collector.jobs.periodic.PeriodicJob` every ``[cases]
   promise_check_interval_s``: broken promises escalate their case);
-* the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set).
+* the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set);
+* the :class:`~collector.jobs.receipts.ReceiptPublisher` (with the ingest): the per-device seq
+  ledger behind the gap counts, and signed receipts when ``[downlink] signing_key`` is set and
+  ``[downlink] receipts`` is on. ``/metrics`` reads the gap counts from the ledger table.
 
 Start order: workers first, the ingest last (so no hook fires into a stopped worker). Stop
 order: the ingest first (it finishes the message in hand, commits and acks it), then the
@@ -44,6 +47,7 @@ from .ingest.metrics import IngestMetrics
 from .ingest.service import IngestService
 from .jobs.downlink import ConfigPublisher, load_signing_key
 from .jobs.periodic import PeriodicJob
+from .jobs.receipts import GapMetrics, ReceiptPublisher
 from .jobs.retention import RetentionPolicy, run_retention
 from .jobs.webhooks import RetryPolicy, WebhookSender, WebhookWorker
 from .risk.worker import RiskWorker
@@ -130,10 +134,21 @@ class CollectorRuntime:
                 clock_ms=clock_ms,
             )
 
+        self.metrics.registry.register(GapMetrics(engine))
         self.ingest: IngestService | None = None
+        self.receipts: ReceiptPublisher | None = None
         if ingest:
-            ingestor = Ingestor(engine, settings.limits, metrics=self.metrics, on_commit=[self.risk.on_commit])
+            self.receipts = ReceiptPublisher(
+                engine,
+                self.signing_key if settings.downlink.receipts else None,
+                settings.mqtt,
+                interval_s=settings.downlink.receipt_interval_s,
+                clock_ms=clock_ms,
+            )
+            commit_hooks = [self.risk.on_commit, self.receipts.on_commit]
+            ingestor = Ingestor(engine, settings.limits, metrics=self.metrics, on_commit=commit_hooks)
             self.ingest = IngestService(ingestor, settings.mqtt, settings.limits)
+            self.ingest.add_commit_listener(self.receipts.committed)
         self._started: list[Any] = []
 
     def _wake_webhooks(self, _changes: object) -> None:
@@ -177,7 +192,7 @@ class CollectorRuntime:
 
     def start(self) -> None:
         """Start the workers, then the ingest."""
-        parts = [self.risk, self.webhooks, self.retention, self.promises, self.publisher, self.ingest]
+        parts = [self.risk, self.webhooks, self.retention, self.promises, self.publisher, self.receipts, self.ingest]
         for part in parts:
             if part is not None:
                 part.start()

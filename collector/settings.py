@@ -174,15 +174,22 @@ class DownlinkSettings:
         resync_interval_s: how often the publisher looks for devices whose configuration is
             missing, outdated or not yet acknowledged by the broker.
         publish_timeout_s: how long one publish waits for the broker's PUBACK.
+        receipts: publish a signed receipt per device on ``lw/v1/{device}/receipt`` after
+            the commits that stored its batches (needs ``signing_key``; docs/protocol.md
+            section 14). The seq ledger and the gap counts are kept either way.
+        receipt_interval_s: receipts of one device are coalesced to at most one per this.
     """
 
     signing_key: Path | None = None
     resync_interval_s: float = 30.0
     publish_timeout_s: float = 10.0
+    receipts: bool = True
+    receipt_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         check_range("downlink.resync_interval_s", self.resync_interval_s, 0.01, 86_400)
         check_range("downlink.publish_timeout_s", self.publish_timeout_s, 0.1, 300)
+        check_range("downlink.receipt_interval_s", self.receipt_interval_s, 0.05, 60)
 
 
 @dataclass(frozen=True, slots=True)

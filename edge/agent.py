@@ -46,6 +46,7 @@ from .errors import ConfigError, EdgeError, InputError
 from .observation_clock import ObservationClock, host_wall_ms
 from .outbox import Outbox
 from .place_files import load_rules_places
+from .receipts import ReceiptGate, ReceiptMode
 from .reporting import ReportingPolicy
 from .rule_state_file import RuleStateFile
 from .sealing import BatchSealer
@@ -218,6 +219,7 @@ class Agent:
         self.gate: ConfigGate | None = None
         self.tracking = Tracking()  # the collector's `tracking` section (docs/protocol.md section 6)
         self._downlink: DownlinkApplier | None = None
+        receipts: ReceiptGate | None = None
         if collector_key is not None:
             self.gate = ConfigGate(
                 self.device_id,
@@ -225,6 +227,8 @@ class Agent:
                 config.downlink.state_file,
                 config.downlink.floor_file,
             )
+            if config.downlink.receipts != ReceiptMode.OFF:
+                receipts = ReceiptGate(self.device_id, collector_key, self.outbox)
             self._downlink = DownlinkApplier(
                 self.gate,
                 self.engine,
@@ -242,6 +246,9 @@ class Agent:
             make_state=self._state_message,
             on_config=self._on_config if self.gate is not None else None,
             on_connecting=self._new_connection,
+            receipts=receipts,
+            receipt_mode=ReceiptMode(config.downlink.receipts),
+            receipt_timeout_s=config.downlink.receipt_timeout_s,
         )
         self.sealer = BatchSealer(
             self.device_id,
@@ -304,6 +311,8 @@ class Agent:
         """Every counter of the agent and its parts, from their latest published snapshots."""
         parts = [self._published.latest, *(src.published.latest for src in self._sources.values())]
         parts.append(counter_values(self.uplink.counters))  # the uplink thread's own, read on that thread
+        if self.uplink.receipts is not None:
+            parts.append(counter_values(self.uplink.receipts.counters))
         parts.append({"uptime_s": int(time.monotonic() - self._started_mono)})
         counters = state_counters(parts)
         if OMITTED in counters and not self._omitted_logged:

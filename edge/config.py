@@ -57,6 +57,8 @@ DEFAULT_EARLIEST_DATE = dt.date(2020, 1, 1)
 #: Longest NMEA line accepted by default, bytes.
 DEFAULT_MAX_SENTENCE = 200
 #: ``bus_options`` keys that the [can] section sets itself.
+#: values of ``[downlink] receipts`` (edge.receipts.ReceiptMode)
+RECEIPT_MODES = ("auto", "required", "off")
 RESERVED_BUS_OPTIONS = frozenset({"interface", "channel", "bitrate", "can_filters", "decoder", "backoff"})
 
 
@@ -258,11 +260,26 @@ class DownlinkSettings:
         floor_file: a second copy of that version floor, kept away from the data folder
             (default: beside the device key, ``{key folder}/{device id}.config-floor``), so
             losing ``state_file`` does not let an older configuration back in.
+        receipts: ``auto`` (keep batches after PUBACK until a signed receipt covers them,
+            once the collector was seen sending receipts), ``required`` (always) or ``off``
+            (delete on PUBACK); see :mod:`edge.receipts` and docs/protocol.md section 14.
+        receipt_timeout_s: a broker-acknowledged batch no receipt covered after this long
+            is published again.
     """
 
     collector_public_key: Path | None
     state_file: Path
     floor_file: Path | None = None
+    receipts: str = "auto"
+    receipt_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.receipts not in RECEIPT_MODES:
+            raise ConfigError(f"[downlink] receipts={self.receipts!r} must be one of {', '.join(RECEIPT_MODES)}")
+        if self.receipts == "required" and self.collector_public_key is None:
+            raise ConfigError("[downlink] receipts = 'required' needs collector_public_key (receipts are signed)")
+        if not 1.0 <= self.receipt_timeout_s <= 86_400.0:
+            raise ConfigError(f"[downlink] receipt_timeout_s={self.receipt_timeout_s} must be within 1 .. 86400")
 
     @property
     def enabled(self) -> bool:
@@ -538,7 +555,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "backoff_max_s": _SECONDS,
         "shutdown_grace_s": _SECONDS,
     },
-    "downlink": {"collector_public_key": _PATH, "state_file": _PATH, "floor_file": _PATH},
+    "downlink": {
+        "collector_public_key": _PATH,
+        "state_file": _PATH,
+        "floor_file": _PATH,
+        "receipts": _STR,
+        "receipt_timeout_s": _SECONDS,
+    },
     "gnss": {
         "url": _Key(_device_url),
         "baud": _Key(_as_int),

@@ -15,6 +15,16 @@ How this works
   same file. The agent copies them into the counters of the next batch it closes and
   passes them back to :meth:`Outbox.put`, which subtracts them in the same transaction
   that stores that batch, so a report is neither lost nor sent twice.
+* End-to-end receipts (docs/protocol.md section 14): when the uplink runs with receipts,
+  a PUBACK does not delete the row, it stamps ``published_ms`` (:meth:`Outbox.mark_published`);
+  the row goes when a signed receipt from the collector covers its seq
+  (:meth:`Outbox.confirm`). A row stamped longer ago than the receipt timeout is handed out
+  again by :meth:`Outbox.pending` (``resend_before_ms``) and re-published. Rows waiting for
+  a receipt are still rows: they count against the budget and are evicted by the same
+  priorities (alerts never); within a priority, a row the broker already acknowledged goes
+  before one it never saw (it is the likelier to be stored already). Whether a receipt was
+  ever accepted, and the newest receipt counter, are kept in ``meta`` so they survive
+  restarts.
 * Corruption: on open, ``PRAGMA quick_check``; a file that fails it (or is not a database
   at all) is moved aside with its -wal/-shm files and a fresh one is started. Each row's
   checksum is verified before the row is handed out; a bad row moves to a quarantine
@@ -29,7 +39,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -43,6 +53,8 @@ __all__ = ["Outbox", "OutboxError", "Priority", "StoredBatch"]
 _T = TypeVar("_T")
 #: bytes counted per row on top of the message (row header, index entry, checksum)
 ROW_OVERHEAD = 96
+#: largest integer SQLite stores (seqs above it cannot be in the file)
+_SQLITE_MAX = 2**63 - 1
 REPORT_KEYS = (
     "evicted_batches",
     "evicted_fixes",
@@ -64,7 +76,8 @@ CREATE TABLE IF NOT EXISTS batches (
     size INTEGER NOT NULL,
     checksum BLOB NOT NULL,
     report TEXT NOT NULL,
-    message BLOB NOT NULL
+    message BLOB NOT NULL,
+    published_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS batches_eviction ON batches (priority, seq);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -98,6 +111,7 @@ class StoredBatch:
     seq: int
     message: bytes
     priority: Priority
+    published_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.seq < 2**64 or not isinstance(self.message, bytes):
@@ -141,7 +155,7 @@ class Outbox:
         self._clock_ms = clock_ms
         self._lock = threading.RLock()
         self.events: list[str] = []
-        self.totals: dict[str, int] = dict.fromkeys(("stored", "acked", *REPORT_KEYS), 0)
+        self.totals: dict[str, int] = dict.fromkeys(("stored", "acked", "receipted", *REPORT_KEYS), 0)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open_checked()
 
@@ -164,6 +178,7 @@ class Outbox:
                 db.close()
             else:
                 db.executescript(_SCHEMA)
+                self._upgrade(db)
                 return db
         except sqlite3.DatabaseError as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -171,6 +186,13 @@ class Outbox:
                 with contextlib.suppress(Exception):
                     db.close()
         return self._quarantine_file(reason)
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection) -> None:
+        """Add ``published_ms`` to a file written before receipts (NULL: never acknowledged)."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
+        if "published_ms" not in columns:
+            db.execute("ALTER TABLE batches ADD COLUMN published_ms INTEGER")
 
     def _quarantine_file(self, reason: str) -> sqlite3.Connection:
         stamp = self._clock_ms()
@@ -266,7 +288,8 @@ class Outbox:
             with self._transaction(db, durable=True):
                 try:
                     db.execute(
-                        "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO batches (seq, priority, fixes, samples, stats, alerts, size, checksum, report,"
+                        " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (seq, int(priority), fixes, samples, stats, alerts, size, digest, report, message),
                     )
                 except sqlite3.IntegrityError as exc:
@@ -275,7 +298,7 @@ class Outbox:
                 while total > self.max_bytes:
                     victim = db.execute(
                         "SELECT seq, size, fixes, samples, stats, report FROM batches WHERE priority < ? "
-                        "ORDER BY priority, seq LIMIT 1",
+                        "ORDER BY priority, published_ms IS NULL, seq LIMIT 1",
                         (int(Priority.ALERT),),
                     ).fetchone()
                     if victim is None:
@@ -304,13 +327,19 @@ class Outbox:
 
         return self._guard(action)
 
-    def pending(self, limit: int, *, exclude: Container[int] = ()) -> list[StoredBatch]:
-        """Up to ``limit`` stored batches, oldest (lowest seq) first, skipping ``exclude``.
+    def pending(
+        self, limit: int, *, exclude: Container[int] = (), resend_before_ms: int | None = None
+    ) -> list[StoredBatch]:
+        """Up to ``limit`` batches to publish, oldest (lowest seq) first, skipping ``exclude``.
+
+        A batch is to publish when the broker never acknowledged it, or (``resend_before_ms``
+        given) when its acknowledgement is older than that and no receipt covered it since.
 
         Rows whose checksum does not match are moved to the quarantine table and counted.
         """
         if limit <= 0:
             return []
+        cutoff = -1 if resend_before_ms is None else resend_before_ms
 
         def action(db: sqlite3.Connection) -> list[StoredBatch]:
             out: list[StoredBatch] = []
@@ -318,20 +347,21 @@ class Outbox:
             offset = 0
             while len(out) < limit:
                 rows = db.execute(
-                    "SELECT seq, priority, checksum, message FROM batches ORDER BY seq LIMIT ? OFFSET ?",
-                    (limit * 2 + 16, offset),
+                    "SELECT seq, priority, checksum, message, published_ms FROM batches "
+                    "WHERE published_ms IS NULL OR published_ms <= ? ORDER BY seq LIMIT ? OFFSET ?",
+                    (cutoff, limit * 2 + 16, offset),
                 ).fetchall()
                 if not rows:
                     break
                 offset += len(rows)
-                for seq, priority, checksum, message in rows:
+                for seq, priority, checksum, message, published_ms in rows:
                     if seq in exclude:
                         continue
                     problem = self._row_problem(priority, checksum, message)
                     if problem:
                         bad.append((seq, message if isinstance(message, bytes) else None, problem))
                         continue
-                    out.append(StoredBatch(seq, bytes(message), Priority(priority)))
+                    out.append(StoredBatch(seq, bytes(message), Priority(priority), published_ms))
                     if len(out) == limit:
                         break
             if bad:
@@ -372,6 +402,88 @@ class Outbox:
         if deleted:
             self.totals["acked"] += 1
         return deleted
+
+    def now_ms(self) -> int:
+        """The outbox's clock (host wall clock, epoch ms): what ``published_ms`` stamps are in."""
+        return self._clock_ms()
+
+    def mark_published(self, seq: int) -> bool:
+        """Keep a batch the broker acknowledged until a receipt covers it; stamp the time.
+
+        Returns:
+            False if it was not (or no longer) stored (a receipt came first).
+        """
+        now = self._clock_ms()
+
+        def action(db: sqlite3.Connection) -> bool:
+            with self._transaction(db, durable=False):
+                cursor = db.execute("UPDATE batches SET published_ms = ? WHERE seq = ?", (now, seq))
+            return cursor.rowcount > 0
+
+        marked = self._guard(action)
+        if marked:
+            self.totals["acked"] += 1
+        return marked
+
+    def confirm(self, low: int, high: int, ranges: Iterable[tuple[int, int]] = ()) -> int:
+        """Delete every batch whose seq is in ``low .. high`` or in one of ``ranges`` (a receipt).
+
+        Returns:
+            How many rows were deleted.
+        """
+        spans = [(low, high), *ranges]
+
+        def action(db: sqlite3.Connection) -> int:
+            deleted = 0
+            with self._transaction(db, durable=False):
+                for start, end in spans:
+                    if start <= end and start <= _SQLITE_MAX:
+                        cursor = db.execute(
+                            "DELETE FROM batches WHERE seq BETWEEN ? AND ?", (start, min(end, _SQLITE_MAX))
+                        )
+                        deleted += cursor.rowcount
+            return deleted
+
+        deleted = self._guard(action)
+        self.totals["receipted"] += deleted
+        return deleted
+
+    def expire_published(self, before_ms: int) -> int:
+        """Delete batches acknowledged by the broker at or before ``before_ms`` (no receipts in use).
+
+        Returns:
+            How many rows were deleted.
+        """
+
+        def action(db: sqlite3.Connection) -> int:
+            with self._transaction(db, durable=False):
+                cursor = db.execute("DELETE FROM batches WHERE published_ms <= ?", (before_ms,))
+            return cursor.rowcount
+
+        return self._guard(action)
+
+    def awaiting_receipt(self) -> int:
+        """Batches the broker acknowledged that no receipt covered yet."""
+        query = "SELECT COUNT(*) FROM batches WHERE published_ms IS NOT NULL"
+        return int(self._guard(lambda db: db.execute(query).fetchone()[0]))
+
+    def meta_value(self, key: str) -> int | None:
+        """A value of the ``meta`` table (``receipt_counter``, ``receipts_seen``), None if unset."""
+        row = self._guard(lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
+        return None if row is None else int(row[0])
+
+    def set_meta(self, key: str, value: int) -> None:
+        """Store ``value`` under ``key`` in the ``meta`` table (durably)."""
+
+        def action(db: sqlite3.Connection) -> None:
+            with self._transaction(db, durable=True):
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+        self._guard(action)
 
     def unreported(self) -> dict[str, int]:
         """Eviction and corruption counters not yet carried upstream by a stored batch."""

@@ -13,6 +13,12 @@ outbox only when its PUBACK arrives with a success reason code. A PUBACK with a 
 code (>= 0x80) keeps the batch and defers it with the backoff. Connection failures wait
 an exponentially growing delay with jitter (half fixed, half random) before retrying.
 
+With end-to-end receipts (:mod:`edge.receipts`) a successful PUBACK only stamps the row;
+the row is deleted when a signed receipt on ``lw/v1/{device}/receipt`` covers it, and a row
+stamped longer than ``receipt_timeout_s`` ago is published again (or, in ``auto`` mode while
+no receipt was ever accepted, deleted: an old collector sends none). Receipts are checked
+on this thread, like everything else paho delivers.
+
 The downlink is a subscription to ``lw/v1/{device}/config``. Messages are handed to a
 callback (the agent queues them for its engine thread); :class:`ConfigGate` decides
 whether one is acceptable: signature by the collector key over the topic (so a config for
@@ -37,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from protocol import DeviceConfig, batch_topic, config_topic, state_topic
+from protocol import DeviceConfig, batch_topic, config_topic, receipt_topic, state_topic
 from protocol.errors import ProtocolError
 
 from .backoff import Backoff
@@ -45,6 +51,7 @@ from .config import MqttSettings
 from .downlink_trust import DownlinkTrust
 from .errors import InputError, UsageError
 from .outbox import Outbox
+from .receipts import ReceiptGate, ReceiptMode, ReceiptRejectedError
 from .sequence import write_atomically
 
 __all__ = ["ConfigGate", "DownlinkRejectedError", "Uplink", "UplinkError"]
@@ -227,6 +234,10 @@ class Uplink:
         on_connecting: called before each connection attempt, before the Last Will is
             made (the agent moves to a new state connection counter there, so the will and
             the birth message of one connection carry the same, never reused, counter).
+        receipts: the receipt gate (None: no collector key, receipts off).
+        receipt_mode: what a PUBACK does to the outbox row (see :mod:`edge.receipts`).
+        receipt_timeout_s: a broker-acknowledged batch no receipt covered after this long
+            is published again (or, in ``auto`` mode before any receipt, forgotten).
     """
 
     def __init__(
@@ -239,8 +250,15 @@ class Uplink:
         on_config: Callable[[str, bytes], None] | None = None,
         rng: random.Random | None = None,
         on_connecting: Callable[[], None] | None = None,
+        receipts: ReceiptGate | None = None,
+        receipt_mode: ReceiptMode = ReceiptMode.AUTO,
+        receipt_timeout_s: float = 60.0,
     ) -> None:
         self.settings = settings
+        self.receipts = receipts
+        self.receipt_mode = receipt_mode if receipts is not None else ReceiptMode.OFF
+        self.receipt_timeout_ms = int(receipt_timeout_s * 1000)
+        self._next_receipt_check = 0.0
         self._on_connecting = on_connecting
         self.device_id = device_id
         self.outbox = outbox
@@ -251,6 +269,7 @@ class Uplink:
         self.batch_topic = batch_topic(device_id)
         self.state_topic = state_topic(device_id)
         self.config_topic = config_topic(device_id)
+        self.receipt_topic = receipt_topic(device_id)
         self.connected = threading.Event()
         #: set once the broker acknowledged the config subscription (cleared on disconnect)
         self.downlink_ready = threading.Event()
@@ -277,6 +296,10 @@ class Uplink:
                 "puback_failures",
                 "puback_no_subscribers",
                 "config_messages",
+                "receipt_messages",
+                "batches_receipted",
+                "batches_resent",
+                "batches_expired_unreceipted",
             ),
             0,
         )
@@ -344,8 +367,10 @@ class Uplink:
                     continue
                 if self._ready:
                     self._release_deferred(now)
+                    self._check_receipt_timeouts(now)
                     if self._dirty:
                         self._pump()
+            self._forget_unreceipted()
             self._say_goodbye()
         except Exception:  # the thread must never die silently
             log.exception("uplink_crashed")
@@ -371,7 +396,10 @@ class Uplink:
             return True
         if not self._ready:
             return False
-        return not self._inflight and not self.outbox.pending(1, exclude=self._deferred)
+        if self._inflight or self.outbox.pending(1, exclude=self._deferred):
+            return False
+        # With receipts in use, the grace also waits for the receipts of what was published.
+        return self._resend_cutoff_ms() is None or self.outbox.awaiting_receipt() == 0
 
     def _connect(self) -> None:
         s = self.settings
@@ -447,8 +475,11 @@ class Uplink:
         self._dirty = True
         self.counters["mqtt_connects"] += 1
         client.publish(self.state_topic, self._make_state(True), qos=1, retain=True)
-        if self._on_config is not None:
-            client.subscribe(self.config_topic, qos=1)
+        topics = [(self.config_topic, 1)] if self._on_config is not None else []
+        if self.receipts is not None:
+            topics.append((self.receipt_topic, 1))
+        if topics:
+            client.subscribe(topics)
         self.connected.set()
         log.info("mqtt_connected", extra={"fields": {"host": self.settings.host, "port": self.settings.port}})
 
@@ -478,7 +509,10 @@ class Uplink:
             )
             return
         self.counters["batches_acked"] += 1
-        self.outbox.ack(seq)
+        if self.receipt_mode is ReceiptMode.OFF:
+            self.outbox.ack(seq)
+        else:
+            self.outbox.mark_published(seq)
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
         if all(not r.is_failure for r in reasons):
@@ -487,6 +521,9 @@ class Uplink:
             log.error("config_subscription_refused", extra={"fields": {"reasons": [str(r) for r in reasons]}})
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.receipt_topic and self.receipts is not None:
+            self._on_receipt(message.topic, bytes(message.payload))
+            return
         if message.topic != self.config_topic or self._on_config is None:
             self.counters["unexpected_messages"] = self.counters.get("unexpected_messages", 0) + 1
             log.warning("unexpected_message", extra={"fields": {"topic": message.topic[:120]}})
@@ -494,7 +531,45 @@ class Uplink:
         self.counters["config_messages"] += 1
         self._on_config(message.topic, bytes(message.payload))
 
+    def _on_receipt(self, topic: str, payload: bytes) -> None:
+        assert self.receipts is not None
+        self.counters["receipt_messages"] += 1
+        try:
+            receipt = self.receipts.check(topic, payload)
+        except ReceiptRejectedError as exc:
+            log.warning("receipt_rejected", extra={"fields": {"reason": exc.reason, "detail": str(exc)[:300]}})
+            return
+        if receipt is None or self.receipt_mode is ReceiptMode.OFF:
+            return
+        deleted = self.outbox.confirm(receipt.low, receipt.high, receipt.ranges)
+        self.counters["batches_receipted"] += deleted
+
     # ------------------------------------------------------------------ publishing
+
+    def _resend_cutoff_ms(self) -> int | None:
+        """Acknowledged batches stamped at or before this are published again (None: never)."""
+        if self.receipt_mode is ReceiptMode.OFF:
+            return None
+        if self.receipt_mode is ReceiptMode.AUTO and self.receipts is not None and not self.receipts.ever_seen:
+            return None
+        return self.outbox.now_ms() - self.receipt_timeout_ms
+
+    def _forget_unreceipted(self) -> None:
+        """Clean stop in ``auto`` mode before any receipt: what the broker acknowledged is done (as before receipts)."""
+        if self.receipt_mode is ReceiptMode.OFF or self._resend_cutoff_ms() is not None:
+            return
+        self.counters["batches_expired_unreceipted"] += self.outbox.expire_published(self.outbox.now_ms())
+
+    def _check_receipt_timeouts(self, now: float) -> None:
+        """Once a second: re-publish (or, before any receipt in ``auto`` mode, forget) stale rows."""
+        if self.receipt_mode is ReceiptMode.OFF or now < self._next_receipt_check:
+            return
+        self._next_receipt_check = now + 1.0
+        if self._resend_cutoff_ms() is not None:
+            self._dirty = True  # _pump picks up what timed out
+            return
+        expired = self.outbox.expire_published(self.outbox.now_ms() - self.receipt_timeout_ms)
+        self.counters["batches_expired_unreceipted"] += expired
 
     def _release_deferred(self, now: float) -> None:
         if self._deferred:
@@ -510,10 +585,13 @@ class Uplink:
         if room <= 0:
             return
         exclude = set(self._inflight.values()) | set(self._deferred)
-        for stored in self.outbox.pending(room, exclude=exclude):
+        cutoff = self._resend_cutoff_ms()
+        for stored in self.outbox.pending(room, exclude=exclude, resend_before_ms=cutoff):
             info = client.publish(self.batch_topic, stored.message, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self._dirty = True
                 return
             self._inflight[info.mid] = stored.seq
             self.counters["batches_published"] += 1
+            if stored.published_ms is not None:
+                self.counters["batches_resent"] += 1

@@ -85,7 +85,12 @@ class Chain:
         return self.rig.database_path
 
     def setup(
-        self, keys: Path, *, agent_extra: dict[str, dict[str, Any]] | None = None, relay_agent_link: bool = False
+        self,
+        keys: Path,
+        *,
+        agent_extra: dict[str, dict[str, Any]] | None = None,
+        relay_agent_link: bool = False,
+        collector_extra: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Broker, keys, collector, device registration, loan book (and the agent's cuttable link)."""
         rig = self.rig
@@ -93,7 +98,7 @@ class Chain:
         if relay_agent_link:
             rig.relay_agent_link()
         rig.generate_keys(keys)
-        rig.write_collector_config()
+        rig.write_collector_config(**(collector_extra or {}))
         rig.start_collector()
         rig.provision_device()
         rig.import_sample_loans()

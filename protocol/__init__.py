@@ -15,6 +15,7 @@ from ._envelopes import (
     seal_config,
     seal_state,
 )
+from ._receipts import MAX_RECEIPT_RANGES, Receipt, open_receipt, seal_receipt
 from .errors import ProtocolError
 from .records import (
     MAX_SEQ,
@@ -29,10 +30,11 @@ from .records import (
     SignalSample,
     check_device_id,
 )
-from .topics import batch_topic, config_topic, parse_topic, state_topic
+from .topics import batch_topic, config_topic, parse_topic, receipt_topic, state_topic
 
 __all__ = [
     "LIMITS",
+    "MAX_RECEIPT_RANGES",
     "MAX_SEQ",
     "SCHEMA_VERSION",
     "Alert",
@@ -45,6 +47,7 @@ __all__ = [
     "FixMode",
     "NoFix",
     "ProtocolError",
+    "Receipt",
     "Severity",
     "SignalSample",
     "batch_topic",
@@ -56,10 +59,13 @@ __all__ = [
     "errors",
     "open_batch",
     "open_config",
+    "open_receipt",
     "open_state",
     "parse_topic",
+    "receipt_topic",
     "seal_batch",
     "seal_config",
+    "seal_receipt",
     "seal_state",
     "state_topic",
     "topics",

@@ -8,7 +8,16 @@ from enum import StrEnum
 from .errors import TopicError
 from .records import DEVICE_ID_RE
 
-__all__ = ["PREFIX", "Topic", "TopicKind", "batch_topic", "config_topic", "parse_topic", "state_topic"]
+__all__ = [
+    "PREFIX",
+    "Topic",
+    "TopicKind",
+    "batch_topic",
+    "config_topic",
+    "parse_topic",
+    "receipt_topic",
+    "state_topic",
+]
 
 PREFIX = "lw/v1"
 
@@ -19,6 +28,7 @@ class TopicKind(StrEnum):
     BATCH = "batch"
     STATE = "state"
     CONFIG = "config"
+    RECEIPT = "receipt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +71,8 @@ def state_topic(device_id: str) -> str:
 def config_topic(device_id: str) -> str:
     """``lw/v1/{device_id}/config`` (signed downlink configuration)."""
     return str(Topic(device_id, TopicKind.CONFIG))
+
+
+def receipt_topic(device_id: str) -> str:
+    """``lw/v1/{device_id}/receipt`` (signed receipt of what the collector stored)."""
+    return str(Topic(device_id, TopicKind.RECEIPT))

@@ -29,10 +29,11 @@ from ..ingest.health import IngestHealth
 from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_device_configs, load_signing_key
+from ..jobs.receipts import device_gaps, fleet_gaps
 from ..settings import Settings, get_settings
 from ..storage.database import open_database
 from ..storage.places import places_revision
-from ..storage.tables import Base
+from ..storage.tables import Base, SeqLedgerRecord
 from .api_schema import document_refusals
 from .auth import Principal, audit_principal, bearer_accepted, require_role
 from .dependencies import (
@@ -156,6 +157,26 @@ def _devices_router() -> APIRouter:
         signed = _send_current_places(engine, downlink, clock_ms(), body.device_id)
         return info.as_dict() | {"configs_signed": signed}
 
+    @router.get("/gaps")
+    def list_gaps(
+        engine: EngineDep,
+        clock_ms: ClockDep,
+        principal: AdminPrincipal,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        all_devices: Annotated[bool, Query(alias="all")] = False,
+    ) -> dict[str, Any]:
+        """Devices with missing batch seqs (most missing first) and the fleet totals."""
+        with Session(engine) as session:
+            devices = fleet_gaps(session, limit=limit, include_complete=all_devices)
+            total, count = session.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(SeqLedgerRecord.missing), 0),
+                    sa.func.count().filter(SeqLedgerRecord.missing > 0),
+                )
+            ).one()
+        _audit(engine, clock_ms(), principal, "read_gaps", kind="device", subject="*", count=len(devices))
+        return {"missing": int(total), "devices_with_gaps": int(count), "devices": devices}
+
     @router.get("/{device_id}")
     def get_device(
         device_id: str,
@@ -179,10 +200,12 @@ def _devices_router() -> APIRouter:
         if row is not None:
             hidden = {"device_id"} if reason and reason.strip() else {"device_id", *POSITION_COLUMNS}
             state = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in row.items() if k not in hidden}
+        with Session(engine) as session:
+            ledger = device_gaps(session, device_id)
         with_position = bool(reason and reason.strip())
         _audit(engine, clock_ms(), principal, "read_device", kind="device", subject=device_id,
                position=with_position, access_reason=reason.strip() if with_position and reason else None)
-        return {**info.as_dict(), "status": state}
+        return {**info.as_dict(), "status": state, "seq_ledger": ledger}
 
     @router.post("/{device_id}/revoke")
     def revoke_device(

@@ -1,7 +1,7 @@
 """``lienwatch collector``: run and administer the cloud collector.
 
 Subcommands: ``serve`` (MQTT ingest + HTTP API + background jobs, or a part of them),
-``migrate``, ``devices add|rotate|list|revoke``, ``dead-letters``, ``api-key new``, and (in
+``migrate``, ``devices add|rotate|list|revoke``, ``dead-letters``, ``gaps``, ``api-key new``, and (in
 collector.cli.loans) ``loans import|list|show``, ``repayments add``, ``retention run``,
 ``places import|list|delete``, ``markets import``, and (in collector.cli.people)
 ``users add|list|passwd``. Every subcommand reads ``--config`` (or the file named by
@@ -33,6 +33,7 @@ from ..files import FileReadError, read_bounded
 from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import MAX_PEM_BYTES, DeviceRegistry, load_public_key_pem
 from ..jobs.downlink import announce_next_key
+from ..jobs.receipts import device_gaps, fleet_gaps
 from ..runtime import CollectorRuntime
 from ..settings import ROLES, Settings, hash_api_key
 from ..storage.tables import Base
@@ -238,6 +239,25 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gaps(args: argparse.Namespace) -> int:
+    engine = open_settings_database(settings_from_args(args))
+    try:
+        with Session(engine) as session:
+            if args.device:
+                row = device_gaps(session, args.device)
+                if row is None:
+                    print(f"no batch of device {args.device!r} has been merged into the seq ledger", file=sys.stderr)
+                    return 1
+                rows = [row]
+            else:
+                rows = fleet_gaps(session, limit=args.limit, include_complete=args.all)
+        for row in rows:
+            print(json.dumps(row))
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _api_key(args: argparse.Namespace) -> int:
     key = secrets.token_urlsafe(32)
     # The whole output is valid TOML: paste the table into collector.toml (merge the line into
@@ -317,6 +337,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only this reason: {', '.join(DEAD_LETTER_REASONS)}",
     )
     dead.set_defaults(func=_dead_letters)
+
+    gaps = sub.add_parser(
+        "gaps", parents=[common], help="devices with missing batch seqs (most missing first) as JSON lines"
+    )
+    gaps.add_argument("--device", help="only this device (also when it misses nothing)")
+    gaps.add_argument("--all", action="store_true", help="also devices that miss nothing")
+    gaps.add_argument("--limit", type=int, default=100)
+    gaps.set_defaults(func=_gaps)
 
     add_subcommands(sub, common, settings_from_args)
 

@@ -40,6 +40,7 @@ import queue
 import ssl
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,10 @@ from .settings import Limits, MqttSettings
 #: refused messages whose dead-letter rows are committed together
 DEAD_LETTER_GROUP = 200
 
-__all__ = ["IngestService", "batch_subscription", "make_mqtt_client", "state_subscription"]
+__all__ = ["CommitListener", "IngestService", "batch_subscription", "make_mqtt_client", "state_subscription"]
+
+#: called after each successful commit with the (device_id, seq) pairs stored or found duplicate
+CommitListener = Callable[[Sequence[tuple[str, int]]], None]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +150,27 @@ class IngestService:
             silence_degraded_s=self.limits.silence_degraded_s,
         )
         self.link.register_metrics(ingestor.metrics.registry)
+        self._commit_listeners: list[CommitListener] = []
         self.client = self._make_client()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener`` (on the worker thread) after each successful commit with the
+        ``(device_id, seq)`` pairs it stored or found already stored (duplicates). A listener
+        that raises is logged; it never un-commits or delays the acknowledgement.
+        """
+        self._commit_listeners.append(listener)
+
+    def _notify_committed(self, result: IngestResult) -> None:
+        if result.outcome not in (Outcome.STORED, Outcome.DUPLICATE) or result.device_id is None:
+            return
+        if result.seq is None:
+            return
+        pairs = [(result.device_id, result.seq)]
+        for listener in self._commit_listeners:
+            try:
+                listener(pairs)
+            except Exception:  # a listener's bug must not stop the ingest
+                log.exception("commit listener %r failed", listener)
 
     # ------------------------------------------------------------ paho side
 
@@ -257,6 +281,7 @@ class IngestService:
             if result is None:
                 return
             self.ingestor.metrics.latency.observe(time.monotonic() - delivery.received_at)
+            self._notify_committed(result)
             if result.outcome in (Outcome.DEAD_LETTERED, Outcome.DUPLICATE, Outcome.STATE_STALE):
                 with self._admission_lock:
                     self.admission.charge(delivery.topic, time.monotonic())

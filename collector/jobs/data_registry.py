@@ -118,6 +118,8 @@ REGISTRY: tuple[TablePolicy, ...] = (
     TablePolicy("registry_version", Policy.OPERATIONAL, (), None, None, why="key cache version"),
     TablePolicy("batches", Policy.OPERATIONAL, (), None, None,
                 why="the batch ledger: seq, counts, agent counters (no payload is kept)"),
+    TablePolicy("seq_ledgers", Policy.OPERATIONAL, (), None, None,
+                why="per-device stored seq ranges and the last receipt (collector.jobs.receipts): no data"),
     TablePolicy("config_versions", Policy.OPERATIONAL, (), None, None,
                 why="the signed downlink outbox (public market places, tracking off): kept so a device stays stopped"),
     TablePolicy("downlink_keys", Policy.OPERATIONAL, (), None, None,

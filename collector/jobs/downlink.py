@@ -58,15 +58,15 @@ from sqlalchemy.orm import Session
 from protocol import DeviceConfig, config_topic, seal_config
 from protocol.cli.key_files import load_private_key
 from protocol.downlink_keys import keys_section, raw_public_key
-from protocol.errors import KeyFileError, ProtocolError
+from protocol.errors import KeyFileError
 
 from ..clock import ClockMs, wall_clock_ms
-from ..errors import CollectorError, ConfigError
+from ..errors import ConfigError
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.places import place_items, places_revision
 from ..storage.tables import FINAL_LOAN_STATUSES, Base, ConfigVersion, DownlinkKey, LoanDeviceRecord, LoanRecord
-from .worker_loop import WorkerLoop, WorkerLoopError
+from .worker_loop import WorkerLoop, WorkerLoopError, log_round_failure
 
 __all__ = [
     "SECTION_OWNERS",
@@ -449,9 +449,5 @@ class ConfigPublisher:
 
     def _failed(self, exc: Exception) -> float:
         self.counters["errors"] += 1
-        if isinstance(exc, (sa.exc.SQLAlchemyError, CollectorError, ProtocolError)):
-            log.warning("downlink sync round failed, retrying in %.1f s: %s", self.resync_interval_s, exc)
-        else:  # a bug: keep the traceback
-            delay = self.resync_interval_s
-            log.error("downlink sync round failed unexpectedly, retrying in %.1f s", delay, exc_info=exc)
+        log_round_failure(log, "downlink sync round", exc, self.resync_interval_s)
         return self.resync_interval_s

@@ -23,11 +23,28 @@ import logging
 import threading
 from collections.abc import Callable
 
+import sqlalchemy as sa
+
+from protocol.errors import ProtocolError
+
 from ..errors import CollectorError
 
-__all__ = ["WorkerLoop", "WorkerLoopError"]
+__all__ = ["WorkerLoop", "WorkerLoopError", "log_round_failure"]
 
 log = logging.getLogger(__name__)
+
+
+#: what a round can meet in normal operation (database or broker trouble, a refused key or
+#: message): logged as a warning; anything else is a bug and keeps its traceback
+EXPECTED_ROUND_ERRORS: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError, CollectorError, ProtocolError)
+
+
+def log_round_failure(logger: logging.Logger, what: str, exc: Exception, delay_s: float) -> None:
+    """Log a failed round of ``what`` the jobs' way (see :data:`EXPECTED_ROUND_ERRORS`)."""
+    if isinstance(exc, EXPECTED_ROUND_ERRORS):
+        logger.warning("%s failed, retrying in %.1f s: %s", what, delay_s, exc)
+    else:
+        logger.error("%s failed unexpectedly, retrying in %.1f s", what, delay_s, exc_info=exc)
 
 
 class WorkerLoopError(CollectorError):

@@ -28,6 +28,7 @@ from ..storage.tables import (
     LoanDeviceRecord,
     LoanRecord,
     RiskStateRecord,
+    SeqLedgerRecord,
 )
 
 __all__ = [
@@ -294,16 +295,15 @@ def alert_rules(session: Session) -> list[str]:
     return list(session.scalars(sa.select(AlertRecord.rule).distinct().order_by(AlertRecord.rule)))
 
 
-def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 60_000) -> list[dict[str, Any]]:
-    """Every registered device: online (state message, else data within ``online_window_ms``), last
-    seen, key status, batches, duplicates and sequence gaps, its loan."""
-    keys: dict[str, list[DeviceKey]] = {}
-    for key in session.scalars(sa.select(DeviceKey).order_by(DeviceKey.added_ms)):
-        keys.setdefault(key.device_id, []).append(key)
-    statuses = {s.device_id: s for s in session.scalars(sa.select(DeviceStatus))}
-    # Sequence numbers never repeat on a device: the numbers missing between its lowest and
-    # highest stored batch are batches not (yet) received.
-    ledger = {
+def _missing_batches(session: Session) -> dict[str, int]:
+    """Per device, the batches not (yet) received.
+
+    Sequence numbers never repeat on a device: the numbers missing between its lowest and
+    highest stored batch are batches not (yet) received. The seq ledger (collector.jobs.receipts)
+    knows better (announced skips and clock-floor jumps are no loss); the min/max count is the
+    fallback for a device it has not merged yet.
+    """
+    missing = {
         row.device_id: int(row.high) - int(row.low) + 1 - int(row.stored)
         for row in session.execute(
             sa.select(BatchRecord.device_id, sa.func.min(BatchRecord.seq).label("low"),
@@ -311,6 +311,19 @@ def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 6
             .group_by(BatchRecord.device_id)
         )
     }
+    for device_id, count in session.execute(sa.select(SeqLedgerRecord.device_id, SeqLedgerRecord.missing)):
+        missing[device_id] = int(count)
+    return missing
+
+
+def device_rows(session: Session, now_ms: int, *, online_window_ms: int = 10 * 60_000) -> list[dict[str, Any]]:
+    """Every registered device: online (state message, else data within ``online_window_ms``), last
+    seen, key status, batches, duplicates and sequence gaps, its loan."""
+    keys: dict[str, list[DeviceKey]] = {}
+    for key in session.scalars(sa.select(DeviceKey).order_by(DeviceKey.added_ms)):
+        keys.setdefault(key.device_id, []).append(key)
+    statuses = {s.device_id: s for s in session.scalars(sa.select(DeviceStatus))}
+    ledger = _missing_batches(session)
     pairs = session.execute(
         sa.union_all(
             sa.select(LoanRecord.device_id, LoanRecord.loan_id),

@@ -647,3 +647,24 @@ class ScheduleVersion(Base):
     created_ms: Mapped[int]
     created_by: Mapped[str] = mapped_column(sa.String(128))
     installments: Mapped[list[Any]] = mapped_column(sa.JSON)  # [[due_date ISO, amount_cents], ...]
+
+
+class SeqLedgerRecord(Base):
+    """Per-device ledger of stored seqs and the last receipt signed for it (migration 0008).
+
+    ``ranges`` is :meth:`collector.ingest.seq_ledger.SeqLedger.as_json` (stored, announced
+    skipped and floor-gap ranges); ``missing`` the seqs missing between the lowest and
+    highest known one (what ``/metrics``, the API and ``lienwatch collector gaps`` show);
+    ``receipt_counter`` the counter of the last receipt signed (strictly increasing).
+    """
+
+    __tablename__ = "seq_ledgers"
+
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    ranges: Mapped[dict[str, Any]]
+    low_seq: Mapped[int | None] = mapped_column(UInt64)
+    high_seq: Mapped[int | None] = mapped_column(UInt64)
+    missing: Mapped[int] = mapped_column(default=0, server_default="0")
+    receipt_counter: Mapped[int] = mapped_column(default=0, server_default="0")
+    receipt_ms: Mapped[int | None]
+    updated_ms: Mapped[int]

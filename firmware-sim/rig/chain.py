@@ -30,6 +30,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -151,9 +152,22 @@ class ManagedProcess:
 class LinkCutter:
     """A TCP relay on a free loopback port that can cut the line (a network outage).
 
-    The agent connects to it instead of the broker; :meth:`cut` closes every relayed
-    connection and refuses new ones until :meth:`restore`, while the broker and the
-    collector stay up. Threads are daemons and :meth:`close` joins them.
+    The agent connects to it instead of the broker. Two kinds of outage, while the broker
+    and the collector stay up:
+
+    * :meth:`cut` closes every relayed connection and refuses new ones until
+      :meth:`restore` (the peer sees FIN/RST at once: a link that is plainly gone);
+    * :meth:`blackhole` moves no byte in either direction and closes nothing (no RST, no
+      FIN), like a cellular link that silently stops carrying packets: the ends only notice
+      through their own timeouts (MQTT keepalive). Connections made during the black hole
+      are accepted by the kernel but not relayed (like a SYN that gets no answer); when the
+      link returns (:meth:`restore`) the frozen connections carry on (whatever their ends
+      did meanwhile: a broker that timed the client out has closed its side, which then
+      reaches the client), and a connection opened during the black hole is relayed if its
+      client is still waiting and dropped if the client gave up (a late SYN-ACK to a closed
+      socket is answered with RST).
+
+    Threads are daemons and :meth:`close` joins them.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -163,6 +177,8 @@ class LinkCutter:
         self.port = int(self._server.getsockname()[1])
         self._up = threading.Event()
         self._up.set()
+        self._flowing = threading.Event()  # cleared during a black hole
+        self._flowing.set()
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -185,19 +201,61 @@ class LinkCutter:
             if not self._up.is_set():
                 client.close()
                 continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                client.close()
-                continue
             with self._lock:
-                self._sockets += [client, upstream]
-            self._spawn(self._pipe, client, upstream)
-            self._spawn(self._pipe, upstream, client)
+                self._sockets.append(client)
+            if self._flowing.is_set():
+                self._relay(client, b"")
+            else:
+                self._spawn(self._hold, client)
+
+    def _relay(self, client: socket.socket, early: bytes) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            upstream.settimeout(None)
+            if early:
+                upstream.sendall(early)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets.append(upstream)
+        self._spawn(self._pipe, client, upstream)
+        self._spawn(self._pipe, upstream, client)
+
+    def _hold(self, client: socket.socket) -> None:
+        """A connection opened during a black hole: relay it once the link returns, if still wanted."""
+        while not self._flowing.wait(0.1):
+            if self._closing.is_set() or not self._up.is_set():
+                return
+        early = bytearray()
+        client.setblocking(False)
+        try:
+            while chunk := client.recv(65536):
+                early += chunk
+            gave_up = True  # EOF: the client closed the socket while its connect hung
+        except BlockingIOError:
+            gave_up = False
+        except OSError:
+            gave_up = True
+        client.setblocking(True)
+        if gave_up:
+            with contextlib.suppress(OSError):
+                client.close()
+            return
+        self._relay(client, bytes(early))
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
+        with contextlib.suppress(OSError, ValueError):
+            while not self._closing.is_set():
+                if not self._flowing.is_set():  # black hole: read nothing, send nothing, close nothing
+                    self._flowing.wait(0.1)
+                    continue
+                readable, _, _ = select.select([src], [], [], 0.1)
+                if not readable or not self._flowing.is_set():  # the black hole may have begun meanwhile
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    break
                 dst.sendall(data)
         for sock in (src, dst):
             with contextlib.suppress(OSError):
@@ -206,6 +264,7 @@ class LinkCutter:
     def cut(self) -> None:
         """Drop every relayed connection and refuse new ones."""
         self._up.clear()
+        self._flowing.set()
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
@@ -213,9 +272,19 @@ class LinkCutter:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def blackhole(self) -> None:
+        """Stop carrying bytes without closing anything (see the class docstring)."""
+        self._flowing.clear()
+
+    @property
+    def blackholed(self) -> bool:
+        """True during a black hole."""
+        return not self._flowing.is_set()
+
     def restore(self) -> None:
-        """Accept and relay connections again."""
+        """Accept and relay connections again (after :meth:`cut` or :meth:`blackhole`)."""
         self._up.set()
+        self._flowing.set()
 
     def close(self) -> None:
         self._closing.set()

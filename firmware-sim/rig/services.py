@@ -122,8 +122,10 @@ class Mosquitto:
         persistence: bool = True,
         auth: BrokerAuth | None = None,
         tls: BrokerTls | None = None,
+        max_queued_messages: int = 100_000,
     ) -> None:
         self.port = port or free_port()
+        self.max_queued_messages = max_queued_messages
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="lw-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,7 @@ class Mosquitto:
             ]
         lines += [
             "max_inflight_messages 100",
-            "max_queued_messages 100000",
+            f"max_queued_messages {self.max_queued_messages}",
             "max_packet_size 2000000",
             "log_dest stderr",
             "log_type error",

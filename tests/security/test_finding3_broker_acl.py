@@ -27,7 +27,7 @@ from collector.ingest.ingestor import Ingestor
 from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from firmware_sim.rig.tls import CertificateAuthority, ClientCertificate
-from protocol import config_topic
+from protocol import config_topic, receipt_topic
 from tests.child_processes import ChildProcesses
 from tests.secure_broker import SecureBroker, connack
 
@@ -155,6 +155,8 @@ def test_anonymous_and_wrong_device_clients_are_refused(broker: SecureBroker, ac
         # The collector keeps a retained configuration for car-b.
         assert not collector.publish(config_topic("car-b"), b"signed config v3", retain=True).is_failure
         assert not collector.publish(config_topic("car-a"), b"car-a config", retain=True).is_failure
+        assert not collector.publish(receipt_topic("car-b"), b"car-b receipt", retain=True).is_failure
+        assert not collector.publish(receipt_topic("car-a"), b"car-a receipt", retain=True).is_failure
         assert collector.subscribe("lw/v1/+/batch")[0].value < 0x80
 
         # car-a tries to read everything. Mosquitto grants the filter but delivers only what
@@ -164,13 +166,16 @@ def test_anonymous_and_wrong_device_clients_are_refused(broker: SecureBroker, ac
         assert collector.wait_message("lw/v1/car-b/batch")
         assert not a.wait_message("lw/v1/car-b/batch", timeout=1.0)
         assert not a.wait_message(config_topic("car-b"), timeout=0.1)
-        assert [t for t, _, _ in a.messages] == [config_topic("car-a")]  # its own config only
+        assert a.wait_message(receipt_topic("car-a"))
+        # its own config and receipt only
+        assert sorted(t for t, _, _ in a.messages) == [config_topic("car-a"), receipt_topic("car-a")]
 
         # car-a publishes on car-b's topics, and clears car-b's (and its own) configuration.
         assert a.publish("lw/v1/car-b/batch", b"forged").is_failure
         assert a.publish("lw/v1/car-b/state", b"forged will").is_failure
         assert a.publish(config_topic("car-b"), b"", retain=True).is_failure
         assert a.publish(config_topic("car-a"), b"", retain=True).is_failure
+        assert a.publish(receipt_topic("car-a"), b"", retain=True).is_failure  # nor clear its receipt
         assert [t for t, _, _ in collector.messages] == ["lw/v1/car-b/batch"]
 
         # The retained configuration is still there for car-b.
