@@ -63,7 +63,10 @@ class CollectorProcess:
                 raise AssertionError(f"collector exited:\n{self.log}")
             return "subscribed to" in self.log and ready()
 
-        wait_until(subscribed, what="collector ready")
+        try:
+            wait_until(subscribed, what="collector ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the collector's log ends:\n{self.log[-3000:]}") from None
 
     def kill(self) -> None:
         self.proc.kill()

@@ -102,7 +102,7 @@ def test_demo_keep_tells_one_story_and_a_parked_car_stays_quiet(processes: Child
         assert abs(alert["dwell_start_ms"] - parked_ms) < 120_000
 
         # --- the track's default period (the last 24 hours) holds the parked car's fixes
-        points = api.get("/v1/loans/L-1002/track").json()["points"]
+        points = api.get("/v1/loans/L-1002/track", params={"reason": "demo story check"}).json()["points"]
         assert points
         assert all(end_ms - DAY_MS - 60_000 <= p["time_ms"] <= time.time() * 1000 for p in points)
         assert all(p["speed_mps"] < 2.0 for p in points)

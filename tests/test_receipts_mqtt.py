@@ -32,6 +32,7 @@ from firmware_sim.rig import Mosquitto
 from protocol.cli.key_files import generate
 from tests.collector_process import CollectorProcess, collector_command, wait_until
 from tests.fake_devices import T0, FakeDevice, register
+from tests.secure_broker import SecureBroker
 
 BATCHES = 300
 FLOOD = 20_000
@@ -39,7 +40,12 @@ RECEIPT_TIMEOUT_S = 5.0
 pytestmark = pytest.mark.mqtt  # a broker and a collector process: the process tier
 
 
-def write_config(path: Path, database_url: str, broker: Mosquitto, signing_key: Path, *, receipts: bool) -> Path:
+def write_config(path: Path, database_url: str, broker: Mosquitto | SecureBroker, signing_key: Path, *,
+                 receipts: bool) -> Path:
+    account = ""
+    if isinstance(broker, SecureBroker):  # the authenticated fixture broker: the collector's account
+        login = broker.login()
+        account = f'username = "{login.username}"\npassword = "{login.password}"\n'
     path.write_text(
         f"""database_url = "{database_url}"
 data_dir = "{path.parent / "data"}"
@@ -50,7 +56,7 @@ host = "127.0.0.1"
 port = {broker.port}
 group = "collectors"
 client_id = "collector-r"
-
+{account}
 [api]
 port = 0
 
@@ -70,7 +76,7 @@ receipt_interval_s = 0.5
 class Rig:
     """A collector subprocess with a signing key, the device and the flooding device registered."""
 
-    def __init__(self, tmp_path: Path, broker: Mosquitto, *, receipts: bool = True) -> None:
+    def __init__(self, tmp_path: Path, broker: Mosquitto | SecureBroker, *, receipts: bool = True) -> None:
         self.tmp_path = tmp_path
         self.broker = broker
         self.database_url = f"sqlite:///{tmp_path / 'collector.db'}"
@@ -88,8 +94,10 @@ class Rig:
     def agent(self, mode: ReceiptMode) -> tuple[Outbox, Uplink]:
         outbox = Outbox(self.tmp_path / "agent" / "outbox.db", max_bytes=64 * 1024 * 1024)
         gate = ReceiptGate(self.device.device_id, self.keys.public_key, outbox)
+        login = self.broker.login("car-0001") if isinstance(self.broker, SecureBroker) else None
         settings = MqttSettings(
-            host="127.0.0.1", port=self.broker.port, client_id="car-0001", inflight=20, backoff_max_s=2.0
+            host="127.0.0.1", port=self.broker.port, client_id="car-0001", inflight=20, backoff_max_s=2.0,
+            username=login.username if login else None, password=login.password if login else None,
         )
         uplink = Uplink(
             settings,
@@ -212,7 +220,7 @@ def test_every_batch_is_stored_exactly_once_through_a_flood(
 
 
 def test_auto_mode_with_a_collector_that_sends_no_receipts_behaves_as_before(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: SecureBroker, tmp_path: Path
 ) -> None:
     rig = Rig(tmp_path, mosquitto, receipts=False)
     outbox, uplink = rig.agent(ReceiptMode.AUTO)
