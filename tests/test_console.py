@@ -177,18 +177,20 @@ def test_worklist_order_filters_search_and_csv(world: tuple) -> None:
     page = client.get("/console/worklist").text
     order = re.findall(r'<tr data-loan="([^"]+)"', page)
     assert order[:2] == ["L-1002", "L-1003"]
-    assert 'data-level="high"' in page
-    high = client.get("/console/worklist", params={"level": "high"}).text
-    assert re.findall(r'<tr data-loan="([^"]+)"', high) == ["L-1002"]
-    by_reason = client.get("/console/worklist", params={"reason": "late_streak_near_market"}).text
+    assert 'data-level="critical"' in page  # v2: 88 days past due with three lates is a likely default
+    critical = client.get("/console/worklist", params={"level": "critical"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', critical) == ["L-1002"]
+    by_reason = client.get("/console/worklist", params={"reason": "market_while_overdue"}).text
     assert re.findall(r'<tr data-loan="([^"]+)"', by_reason) == ["L-1002"]
+    by_credit_reason = client.get("/console/worklist", params={"reason": "dpd_1_29"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', by_credit_reason) == ["L-1003"]
     assert re.findall(r'<tr data-loan="([^"]+)"', client.get("/console/worklist", params={"q": "tbox-0003"}).text) == [
         "L-1003"]
     assert client.get("/console/worklist", params={"level": "panic"}).status_code == 422
     exported = client.get("/console/worklist.csv")
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert [r["loan_id"] for r in rows][:2] == ["L-1002", "L-1003"]
-    assert rows[0]["level"] == "high"
+    assert rows[0]["level"] == "critical"
     assert rows[0]["next_step"] == "on_site_check"
 
 
@@ -196,13 +198,14 @@ def test_loan_page_reason_sentence_in_both_languages(world: tuple) -> None:
     client, _, _ = world
     user(client, "ana")
     en = client.get("/console/loans/L-1002").text
-    assert "3 instalments in a row were paid late and the vehicle has been parked near a used-car market" in en
-    assert "(Jiading used-car market) for 3 d 0 h" in en
+    assert "¥10500.00 is overdue (3 instalments late in a row) and the vehicle has been parked near a used-car " \
+           "market (Jiading used-car market) for 3 d 0 h" in en
     assert "Asia/Shanghai" in en
     client.cookies.clear()
     user(client, "li")
     zh = client.get("/console/loans/L-1002").text
-    assert "连续 3 期还款逾期，且车辆已在二手车市场“Jiading used-car market”附近停放 3 天 0 小时" in zh
+    assert "逾期金额 ¥10500.00（连续 3 期逾期），且车辆已在二手车市场“Jiading used-car market”附近停放 3 天 0 小时" \
+        in zh
 
 
 def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tuple) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -29,13 +30,16 @@ def api(tmp_path: Path) -> Iterator[Api]:
 
 def test_assess_then_list_and_filter(api: Api) -> None:
     assessed = api.call("POST", "/v1/loans/L-1002/assess", "risk_analyst").json()
-    assert (assessed["level"], assessed["next_step"], assessed["changed"]) == ("high", "on_site_check", True)
+    # v2: 88 days past due with three lates is critical on the credit axis (a likely default)
+    assert (assessed["level"], assessed["next_step"], assessed["changed"]) == ("critical", "on_site_check", True)
+    assert assessed["reasons"][0]["explanation"]["axis"] == "credit"
     api.call("POST", "/v1/loans/L-1003/assess", "admin")
     loans = api.call("GET", "/v1/loans", "collections").json()
     top_two = [(x["loan_id"], x["level"]) for x in loans][:2]
-    assert top_two == [("L-1002", "high"), ("L-1003", "watch")]
-    high = api.call("GET", "/v1/loans", "admin", params={"level": "high"}).json()
-    assert [x["loan_id"] for x in high] == ["L-1002"]
+    assert top_two == [("L-1002", "critical"), ("L-1003", "watch")]
+    critical = api.call("GET", "/v1/loans", "admin", params={"level": "critical"}).json()
+    assert [x["loan_id"] for x in critical] == ["L-1002"]
+    assert api.call("GET", "/v1/loans", "admin", params={"level": "high"}).json() == []
     normal = api.call("GET", "/v1/loans", "admin", params={"level": "normal"}).json()
     assert [x["loan_id"] for x in normal] == ["L-1001", "L-1004", "L-1005"]
     assert api.call("GET", "/v1/loans", "admin", params={"level": "panic"}).status_code == 422
@@ -46,7 +50,7 @@ def test_assess_then_list_and_filter(api: Api) -> None:
 def test_v2_score_in_the_loan_and_the_worklist(api: Api) -> None:
     for loan_id in ("L-1001", "L-1002", "L-1003", "L-1004", "L-1005"):
         api.call("POST", f"/v1/loans/{loan_id}/assess", "admin")
-    loan = api.call("GET", "/v1/loans/L-1002", "collections").json()
+    loan = api.call("GET", "/v1/loans/L-1002", "risk_analyst").json()
     score = loan["risk"]["score"]
     assert score["model_version"] == "2026.12.1"
     assert 0 < score["score"] < 1
@@ -58,13 +62,25 @@ def test_v2_score_in_the_loan_and_the_worklist(api: Api) -> None:
     first = score["credit"]["reasons"][0]
     assert {"code", "axis", "kind", "log_odds", "pd_points", "value"} <= set(first)
     assert first["axis"] == "credit"
-    worklist = api.call("GET", "/v1/loans", "collections", params={"order": "expected_loss"}).json()
+    worklist = api.call("GET", "/v1/loans", "risk_analyst", params={"order": "expected_loss"}).json()
     losses = [float(x["expected_loss"]) for x in worklist]
     assert losses == sorted(losses, reverse=True)
     assert worklist[0]["loan_id"] == "L-1002"
     assert worklist[0]["credit"]["level"] == score["credit"]["level"]
     assert {x["tier"] for x in worklist} <= {"on_time_12m", "minor_lates_cured", "risk", "new"}
     assert api.call("GET", "/v1/loans", "admin", params={"order": "random"}).status_code == 422
+
+    # Collections see each axis's level and next step and the tier, not the score (docs/people.md).
+    seen = api.call("GET", "/v1/loans/L-1002", "collections").json()["risk"]
+    assert seen["score"] == {"level": score["level"], "tier": "risk",
+                             "credit": {"level": score["credit"]["level"], "next_step": score["credit"]["next_step"]},
+                             "collateral": {"level": "normal", "next_step": "monitor"}}
+    assert all(set(r["explanation"]) == {"axis", "kind", "summary"} for r in seen["reasons"])
+    assert all("log_odds" in r["explanation"] for r in loan["risk"]["reasons"])
+    listed = api.call("GET", "/v1/loans", "collections", params={"order": "expected_loss"}).json()
+    assert [x["loan_id"] for x in listed] == [x["loan_id"] for x in worklist]
+    assert {(x["score"], x["expected_loss"]) for x in listed} == {(None, None)}
+    assert listed[0]["credit"] == worklist[0]["credit"]
 
 
 def test_roles(api: Api) -> None:
@@ -85,9 +101,15 @@ def test_collections_see_no_coordinates(api: Api) -> None:
     api.call("POST", "/v1/loans/L-1002/assess", "admin")
     analyst = api.call("GET", "/v1/loans/L-1002", "risk_analyst").json()
     collections = api.call("GET", "/v1/loans/L-1002", "collections").json()
-    market_evidence = analyst["risk"]["reasons"][0]["evidence"]["alert"]["evidence"]
+    def dwell(loan: dict[str, Any]) -> dict[str, Any]:
+        reason: dict[str, Any] = next(r for r in loan["risk"]["reasons"] if r["code"] == "market_while_overdue")
+        return reason
+
+    market_evidence = dwell(analyst)["evidence"]["alert"]["evidence"]
     assert market_evidence == {"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456}
-    assert collections["risk"]["reasons"][0]["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm"}
+    assert dwell(collections)["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm"}
+    assert "centre_lat" not in str(collections["risk"])
+    assert "pd_points" not in str(collections["risk"])
     assert collections["repayment"]["consecutive_late"] == 3
     assert collections["risk"]["next_step"] == "on_site_check"
     alerts = api.call("GET", "/v1/loans/L-1002/alerts", "collections").json()
@@ -201,7 +223,8 @@ def test_sse_backlog(api: Api) -> None:
     frames = response.text.split("\n\n")
     assert frames[0] == "retry: 2000"
     assert frames[1].startswith("id: 1\nevent: risk\ndata: {")
-    assert '"new_level":"high"' in frames[1]
+    assert '"new_level":"critical"' in frames[1]
+    assert '"log_odds"' not in response.text  # collections: no score figures
     assert "centre_lat" not in response.text
     resumed = api.client.get("/v1/risk/stream", params={"follow": "false"},
                              headers={"Authorization": f"Bearer {KEYS['admin']}", "Last-Event-ID": "1"})

@@ -43,7 +43,12 @@ from ..jobs.downlink import (
     config_targets,
     market_items,
 )
-from ..jobs.redaction import redact_coordinates, redact_for_collections
+from ..jobs.redaction import (
+    reasons_for_collections,
+    redact_coordinates,
+    redact_for_collections,
+    score_for_collections,
+)
 from ..loans.csv_import import loan_from_fields
 from ..loans.queries import alert_row, alert_statement_after
 from ..loans.store import (
@@ -121,12 +126,14 @@ def _score_dict(state: RiskStateRecord | None) -> dict[str, Any] | None:
     }
 
 
-def _score_summary(state: RiskStateRecord | None) -> dict[str, Any]:
-    """The v2 columns of a loan list line (all None until the loan is reassessed by a v2 collector)."""
+def _score_summary(state: RiskStateRecord | None, principal: Principal) -> dict[str, Any]:
+    """The v2 columns of a loan list line (all None until the loan is reassessed by a v2 collector;
+    collections get each axis's level and next step and the tier, not the score or expected loss)."""
+    figures = _may_see_location(principal)
     return {
-        "score": state.score if state else None,
+        "score": state.score if state and figures else None,
         "expected_loss": format_cents(state.expected_loss_cents)
-        if state and state.expected_loss_cents is not None else None,
+        if state and figures and state.expected_loss_cents is not None else None,
         "credit": {"level": state.credit_level, "next_step": state.credit_next_step}
         if state and state.credit_level else None,
         "collateral": {"level": state.collateral_level, "next_step": state.collateral_next_step}
@@ -139,15 +146,15 @@ def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str
     if state is None:
         return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None,
                 "score": None}
-    reasons = state.reasons if _may_see_location(principal) else redact_for_collections(state.reasons)
+    analyst = _may_see_location(principal)
     return {
         "level": state.level,
         "next_step": state.next_step,
-        "reasons": reasons,
+        "reasons": state.reasons if analyst else reasons_for_collections(state.reasons),
         "evaluated_ms": state.evaluated_ms,
         "changed_ms": state.changed_ms,
-        # v2 reasons carry codes, values, contributions and episode ids, never coordinates.
-        "score": _score_dict(state),
+        # Scores are for admin and risk analysts (docs/people.md); collections see the levels.
+        "score": _score_dict(state) if analyst else score_for_collections(_score_dict(state)),
     }
 
 
@@ -208,7 +215,7 @@ def list_loans(
         session, level=level, most_severe_first=True, largest_expected_loss_first=order == "expected_loss",
         limit=limit, offset=offset,
     )
-    out = [LoanSummary.of(loan, state).as_dict() | _score_summary(state) for loan, state in rows]
+    out = [LoanSummary.of(loan, state).as_dict() | _score_summary(state, principal) for loan, state in rows]
     _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, order=order,
            count=len(out))
     session.commit()
@@ -338,7 +345,7 @@ def _event_dict(row: RiskEventRecord, principal: Principal) -> dict[str, Any]:
         "old_level": row.old_level,
         "new_level": row.new_level,
         "next_step": row.next_step,
-        "reasons": row.reasons if _may_see_location(principal) else redact_for_collections(row.reasons),
+        "reasons": row.reasons if _may_see_location(principal) else reasons_for_collections(row.reasons),
     }
 
 

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..risk.engine import RULES, NextStep, RiskLevel
+from ..risk.features import FEATURE_NAMES
+from ..risk.score import HARD_RULES
 from ..storage.tables import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus, LoanRecord, RiskStateRecord
 
 __all__ = [
@@ -34,7 +36,8 @@ __all__ = [
 
 LEVELS = tuple(level.label for level in sorted(RiskLevel, reverse=True))
 NEXT_STEPS = tuple(step.label for step in sorted(NextStep, reverse=True))
-REASON_CODES = tuple(rule.code for rule in RULES)
+#: Reason codes of both engines: the v1 table's rows, the v2 score's hard rules and features.
+REASON_CODES = tuple(dict.fromkeys([*(r.code for r in RULES), *(r.code for r in HARD_RULES), *FEATURE_NAMES]))
 #: Alert severities as stored (index = the wire value).
 SEVERITIES = ("info", "warning", "high", "panic")
 MAX_PAGE = 500

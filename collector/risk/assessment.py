@@ -5,7 +5,8 @@ How this works
 :func:`reassess_loan` reads the schedule, payments, open alerts, device status and recent
 movement of one loan, runs :func:`collector.risk.repayments.repayment_facts` and
 :func:`collector.risk.engine.assess` and the v2 score (:func:`collector.risk.score.assess_v2`),
-keeps the current state in ``risk_states``, and on a
+keeps the current state in ``risk_states`` - level, next step and reasons from the engine
+``[risk] model`` names (v2 by default, :mod:`collector.risk.decision`) - and on a
 level change appends a ``risk_events`` row and queues the webhook deliveries in the same
 transaction (outbox pattern, :func:`collector.jobs.webhooks.enqueue_risk_change`) - so a
 crash never leaves an event without its notifications or the reverse. Re-running it on the
@@ -41,6 +42,7 @@ from ..storage.tables import (
     RiskStateRecord,
 )
 from ..storage.tables import DeviceStatus as DeviceStatusRecord
+from .decision import decide
 from .engine import (
     DeviceStatus,
     Movement,
@@ -236,8 +238,13 @@ def reassess_loan(
     config: RiskConfig | None = None,
     grace_days: int = DEFAULT_GRACE_DAYS,
     webhook_urls: Sequence[str] = (),
+    model: str = "v2",
 ) -> tuple[RiskAssessment, RiskChange | None]:
     """Assess a loan, keep its state, and on a level change store an event and queue webhooks.
+
+    Both engines run; ``model`` (``[risk] model``, :mod:`collector.risk.decision`) says whose
+    answer is the stored level, next step and reasons, the risk event and the webhooks. The
+    v2 score and its axes are stored either way. Returns the authoritative assessment.
 
     The caller commits: state, event and outbox rows land in one transaction.
 
@@ -251,8 +258,8 @@ def reassess_loan(
     states = Base.metadata.tables["risk_states"]
     for _attempt in range(_CAS_ATTEMPTS):
         inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days)
-        assessment = assess(inp, config)
         scored = score_loan(session, inp, config)
+        assessment = decide(model, assess(inp, config), scored, inp, config)
         stored = session.execute(
             sa.select(states.c.level, states.c.evaluated_ms).where(states.c.loan_id == loan_id)
         ).first()
@@ -310,9 +317,10 @@ def reassess_loan(
 def reassess_loan_as_configured(
     session: Session, loan_id: str, now_ms: int, risk: RiskSettings, webhook_urls: Sequence[str] = ()
 ) -> tuple[RiskAssessment, RiskChange | None]:
-    """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (and ``[webhooks] urls``)."""
+    """:func:`reassess_loan` with the ``[risk]`` model, thresholds and grace days (and ``[webhooks] urls``)."""
     return reassess_loan(
-        session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls
+        session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls,
+        model=risk.model,
     )
 
 

@@ -293,6 +293,9 @@ class Reason:
         next_step: the intervention this row asks for.
         alert_episode: the device alert episode it rests on, if any.
         evidence: ``repayment`` / ``alert`` / ``device`` / ``movement`` sub-maps as relevant.
+        explanation: for a reason of the v2 score (:mod:`collector.risk.decision`), its axis,
+            kind, summary, value and contribution (``log_odds``, ``pd_points``); None for a
+            row of this table.
     """
 
     code: str
@@ -300,16 +303,20 @@ class Reason:
     next_step: NextStep
     alert_episode: str | None
     evidence: Mapping[str, Any]
+    explanation: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
+        """JSON-ready form (``explanation`` only when there is one)."""
+        out = {
             "code": self.code,
             "level": self.level.label,
             "next_step": self.next_step.label,
             "alert_episode": self.alert_episode,
             "evidence": json_ready(self.evidence),
         }
+        if self.explanation is not None:
+            out["explanation"] = dict(self.explanation)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
