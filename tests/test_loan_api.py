@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from collector.api.dependencies import ApiNotWiredError
 from collector.api.loans import router, sse_frame
-from collector.jobs.redaction import redact_coordinates
+from collector.jobs.redaction import reasons_for_collections, redact_coordinates, score_for_collections
 from collector.settings import RiskSettings, Settings, get_settings, hash_api_key
 from collector.storage.tables import WebhookDelivery
 from protocol import config_topic, open_config
@@ -123,6 +123,32 @@ def test_redact_coordinates() -> None:
     doc = {"lat": 1, "market_lon": 2, "latency_ms": 3, "long_name": 4, "items": [{"centre_lat": 5, "x": 6}],
            "Position": 7, "track": [1], "dwell_s": 8}
     assert redact_coordinates(doc) == {"latency_ms": 3, "long_name": 4, "items": [{"x": 6}], "dwell_s": 8}
+
+
+def test_reasons_and_score_for_collections_carry_no_place_and_no_figure() -> None:
+    reasons = [
+        {"code": "market_while_overdue", "level": "critical", "next_step": "on_site_check", "alert_episode": "d-1",
+         "evidence": {"alert": {"rule": "stationary_near_market", "evidence": {
+             "market_id": "sh-jiading-ucm", "market_name": "Jiading", "centre_lat": 31.3, "centre_lon": 121.2,
+             "distance_to_market_m": 3.2, "dwell_s": 10.0}}},
+         "explanation": {"axis": "credit", "kind": "feature", "summary": "market dwell while overdue",
+                         "value": 0.86, "log_odds": 0.14, "pd_points": 0.015}},
+        {"code": "overdue", "level": "watch", "next_step": "reminder", "alert_episode": None, "evidence": {}},
+    ]
+    shown = reasons_for_collections(reasons)
+    assert shown[0]["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm", "dwell_s": 10.0}
+    assert shown[0]["explanation"] == {"axis": "credit", "kind": "feature", "summary": "market dwell while overdue"}
+    assert shown[1] == reasons[1]  # a v1 reason has no explanation to trim
+    assert reasons[0]["explanation"]["pd_points"] == 0.015  # the stored value is not changed
+    score = {"model_version": "2026.12.1", "score": 0.9, "expected_loss": "100.00", "outstanding": "1.00",
+             "level": "critical", "tier": "risk", "monitoring": {"fix_interval_s": 10},
+             "credit": {"probability": 0.9, "level": "critical", "next_step": "on_site_check", "reasons": reasons},
+             "collateral": {"probability": 0.04, "level": "normal", "next_step": "monitor", "reasons": []}}
+    assert score_for_collections(score) == {
+        "level": "critical", "tier": "risk", "credit": {"level": "critical", "next_step": "on_site_check"},
+        "collateral": {"level": "normal", "next_step": "monitor"}}
+    assert score_for_collections(None) is None
+    assert reasons_for_collections("not a list") == "not a list"
 
 
 def test_track_and_range_limits(api: Api) -> None:
