@@ -473,3 +473,80 @@ def test_the_demo_users_can_sign_in(tmp_path: Path, processes: ChildProcesses) -
     lines = console_lines("http://127.0.0.1:8080")
     assert lines[0].startswith("Console: http://127.0.0.1:8080/console   users: analyst (risk_analyst)")
     assert DEMO_PASSWORD in lines[1]
+
+
+def test_worklist_orders_by_expected_loss_with_sort_choices_and_a_tier_filter(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:  # score every loan so the order has five expected losses to rank
+        for loan in ("L-1001", "L-1004", "L-1005"):
+            reassess_loan(session, loan, NOW)
+        session.commit()
+    user(client, "ana")
+    page = client.get("/console/worklist").text
+    order = re.findall(r'<tr data-loan="([^"]+)"', page)
+    losses = [float(x) for x in re.findall(r'<td class="num expected-loss">¥([\d.]+)</td>', page)]
+    assert len(losses) == 5
+    assert losses == sorted(losses, reverse=True)
+    assert order[0] == "L-1002"
+    assert 'option value="expected_loss" selected' in page
+    def loans_of(**params: str) -> list[str]:
+        return re.findall(r'<tr data-loan="([^"]+)"', client.get("/console/worklist", params=params).text)
+
+    by_severity = loans_of(sort="severity")
+    assert by_severity[:2] == ["L-1002", "L-1003"]
+    by_score = client.get("/console/worklist", params={"sort": "score"}).text
+    scores = [float(x) for x in re.findall(r'<td class="num score">([\d.]+) %</td>', by_score)]
+    assert scores == sorted(scores, reverse=True)
+    assert len(scores) == 5
+    by_dpd = loans_of(sort="days_past_due")
+    assert by_dpd[0] == "L-1002"  # 88 days past due
+    assert client.get("/console/worklist", params={"sort": "random"}).status_code == 422
+
+    risky = client.get("/console/worklist", params={"tier": "risk"}).text
+    assert sorted(re.findall(r'<tr data-loan="([^"]+)"', risky)) == ["L-1002", "L-1003", "L-1005"]
+    assert 'data-tier="risk"' in risky
+    assert client.get("/console/worklist", params={"tier": "gold"}).status_code == 422
+    exported = list(csv.DictReader(io.StringIO(client.get("/console/worklist.csv", params={"tier": "risk"}).text)))
+    assert [r["loan_id"] for r in exported] == re.findall(r'<tr data-loan="([^"]+)"', risky)
+    assert all(r["tier"] == "risk" and float(r["expected_loss"]) > 0 for r in exported)
+
+    client.cookies.clear()
+    user(client, "cole")  # collections: the same order, no score or expected loss shown or exported
+    page = client.get("/console/worklist").text
+    assert re.findall(r'<tr data-loan="([^"]+)"', page) == order
+    assert "expected-loss" not in page
+    assert 'class="num score"' not in page
+    exported = list(csv.DictReader(io.StringIO(client.get("/console/worklist.csv").text)))
+    assert {r["expected_loss"] for r in exported} == {""}
+
+
+def test_loan_page_shows_the_score_with_its_explanation_to_analysts_only(world: tuple) -> None:
+    client, _, _ = world
+    user(client, "ana")
+    page = client.get("/console/loans/L-1002").text
+    assert 'id="score"' in page
+    score = re.search(r'id="score-value" data-score="([\d.]+)"', page)
+    assert score is not None
+    assert 0.5 < float(score.group(1)) < 1
+    assert re.search(r'<h3 class="axis" data-axis="credit">Credit:\s*<span class="badge level-critical"', page)
+    assert 'data-tier="risk"' in page
+    credit = page[page.index('<table class="grid explanation" data-axis="credit">'):]
+    credit = credit[:credit.index("</table>")]
+    rows = re.findall(r'<tr data-code="([^"]+)" data-kind="(\w+)" data-log-odds="(-?[\d.]+)">', credit)
+    assert ("arrears_installments", "feature") in [(c, k) for c, k, _ in rows]
+    assert "cured" not in [c for c, _, _ in rows]  # not on this loan
+    # every contribution is shown in probability points and log-odds, both signs (ltv may lower it)
+    assert re.search(r'<td class="contribution">credit \+\d+\.\d pts \(log-odds \+\d\.\d\d\)</td>', credit)
+    # the reasons list says what each reason contributed
+    reasons = page[page.index('id="reasons"'):page.index('id="score"')]
+    assert re.search(r'<span class="contribution">credit \+\d+\.\d pts', reasons)
+    client.cookies.clear()
+    user(client, "li")
+    assert "信用风险 +" in client.get("/console/loans/L-1002").text
+    client.cookies.clear()
+    user(client, "cole")
+    seen = client.get("/console/loans/L-1002").text
+    assert 'id="score"' not in seen
+    assert "pts" not in seen
+    assert "log-odds" not in seen
+    assert '<span class="contribution">credit</span>' in seen  # the axis, no figure

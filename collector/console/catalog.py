@@ -14,7 +14,16 @@ from typing import Any
 
 from ..timefmt import format_time
 
-__all__ = ["LOCALES", "contribution_text", "evidence_items", "level_name", "reason_sentence", "step_name", "text"]
+__all__ = [
+    "LOCALES",
+    "contribution_text",
+    "evidence_items",
+    "level_name",
+    "reason_sentence",
+    "step_name",
+    "text",
+    "tier_name",
+]
 
 LOCALES = ("en", "zh-CN")
 
@@ -130,10 +139,36 @@ _UI: dict[str, tuple[str, str]] = {
     "totals": ("30-day totals", "30 天合计"),
     "print": ("Print or save as PDF from the browser.", "可通过浏览器打印或另存为 PDF。"),
     "end": ("end", "终点"),
+    "tier": ("Tier", "客户分层"),
+    "sort": ("Order by", "排序"),
+    "sort_expected_loss": ("expected loss", "预期损失"),
+    "sort_severity": ("level, then overdue", "风险等级、逾期金额"),
+    "sort_score": ("score", "评分"),
+    "sort_days_past_due": ("days past due", "逾期天数"),
+    "expected_loss": ("Expected loss", "预期损失"),
+    "score": ("Score", "评分"),
+    "risk_score": ("Risk score", "风险评分"),
+    "score_note": ("Probability of a bad outcome within 90 days (either axis); expected loss = outstanding x "
+                   "(probability x loss given default on each axis). Model", "90 天内出现不良结果（任一维度）的概率；"
+                   "预期损失 = 未偿本金 ×（各维度概率 × 违约损失率）。模型"),
+    "axis": ("Axis", "维度"),
+    "probability": ("Probability", "概率"),
+    "contribution": ("Contribution", "贡献"),
+    "outstanding": ("Outstanding", "未偿本金"),
+    "monitoring": ("Monitoring", "监控策略"),
+    "credit": ("Credit", "信用风险"),
+    "collateral": ("Collateral", "抵押物风险"),
+    "value": ("Value", "取值"),
 }
 
 _LEVELS = {"normal": ("normal", "正常"), "watch": ("watch", "关注"), "high": ("high", "高"),
            "critical": ("critical", "严重")}
+_TIERS = {"on_time_12m": ("on time 12 months", "12 个月按时还款"),
+          "minor_lates_cured": ("minor lates, cured", "轻微逾期已结清"), "risk": ("risk", "风险客户"),
+          "new": ("new", "新客户")}
+_AXIS_STEPS = {"call_borrower": ("call the borrower", "致电借款人"),
+               "verify_location": ("verify location", "核实车辆位置"),
+               "notify_recovery_and_insurer": ("notify recovery and insurer", "通知收车团队和保险公司")}
 _STEPS = {"monitor": ("monitor", "持续监控"), "reminder": ("reminder", "还款提醒"), "call": ("call", "电话联系"),
           "on_site_check": ("on-site check", "上门核查"), "recovery": ("recovery", "收车")}
 
@@ -258,9 +293,15 @@ def level_name(level: str, locale: str) -> str:
 
 
 def step_name(step: str, locale: str) -> str:
-    """A next step's name on screen."""
-    pair = _STEPS.get(step)
+    """A next step's name on screen (the loan's steps and the v2 axes' own steps)."""
+    pair = _STEPS.get(step) or _AXIS_STEPS.get(step)
     return _pick(pair, locale) if pair is not None else step
+
+
+def tier_name(tier: str, locale: str) -> str:
+    """A customer tier's name on screen."""
+    pair = _TIERS.get(tier)
+    return _pick(pair, locale) if pair is not None else tier
 
 
 def _duration(seconds: float, locale: str) -> str:

@@ -43,11 +43,14 @@ from protocol.geo import gcj02_to_wgs84, to_wgs84
 from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
 from ..clock import ClockMs, utc_date
+from ..jobs.redaction import reasons_for_collections
 from ..loans.queries import (
     LEVELS,
     NEXT_STEPS,
     REASON_CODES,
     SEVERITIES,
+    SORTS,
+    TIERS,
     AlertFilter,
     QueryError,
     WorklistFilter,
@@ -217,6 +220,8 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
         "locales": LOCALES,
         "level_name": lambda level: catalog.level_name(level, locale),
         "step_name": lambda step: catalog.step_name(step, locale),
+        "tier_name": lambda tier: catalog.tier_name(tier, locale),
+        "contribution": lambda reason: catalog.contribution_text(reason, locale),
     }
     response = templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
     response.headers.update(_SECURITY_HEADERS)
@@ -363,10 +368,22 @@ def _worklist_filter(request: Request) -> WorklistFilter:
     try:
         return WorklistFilter(
             level=q.get("level") or None, next_step=q.get("next_step") or None, reason=q.get("reason") or None,
-            search=(q.get("q") or "").strip() or None,
+            search=(q.get("q") or "").strip() or None, tier=q.get("tier") or None,
+            sort=q.get("sort") or "expected_loss",
         )
     except QueryError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+def _may_see_scores(principal: Principal) -> bool:
+    """Risk scores are for admin and risk analysts (docs/people.md); collections see levels."""
+    return principal.role in ("admin", "risk_analyst")
+
+
+def _shown_rows(rows: list[dict[str, Any]], principal: Principal) -> list[dict[str, Any]]:
+    if _may_see_scores(principal):
+        return rows
+    return [r | {"score": None, "expected_loss": None} for r in rows]
 
 
 def _page_number(request: Request) -> int:
@@ -389,7 +406,10 @@ def worklist_page(request: Request, principal: PagePrincipal) -> Response:
         session.commit()
     params = filters.as_params()
     return _render(request, "worklist.html", principal, {
-        "rows": page.rows,
+        "rows": _shown_rows(page.rows, principal),
+        "show_scores": _may_see_scores(principal),
+        "tiers": TIERS,
+        "sorts": SORTS,
         "page": page,
         "filters": filters,
         "levels": LEVELS,
@@ -413,7 +433,7 @@ def worklist_export(request: Request, principal: PagePrincipal) -> Response:
         _audit(session, request, principal, "export_worklist_csv", "loan", subject_id="*", rows=len(rows),
                **filters.as_params())
         session.commit()
-    return Response(worklist_csv(rows), media_type="text/csv; charset=utf-8",
+    return Response(worklist_csv(_shown_rows(rows, principal)), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="worklist.csv"', "Cache-Control": "no-store"})
 
 
@@ -606,6 +626,8 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
         _audit(session, request, principal, "view_loan", "loan", subject_id=loan_id)
         session.commit()
         reasons = list(state.reasons) if state is not None else []
+        if not _may_see_scores(principal):
+            reasons = reasons_for_collections(reasons)
         context = {
             "loan": {
                 "loan_id": loan.loan_id, "device_id": loan.device_id, "vin": loan.vin,
@@ -622,9 +644,11 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                     "next_step": r.get("next_step"),
                     "sentence": catalog.reason_sentence(r, principal.locale, zone_name, show_places=show_places),
                     "evidence": catalog.evidence_items(r.get("evidence"), show_places=show_places),
+                    "contribution": catalog.contribution_text(r, principal.locale),
                 }
                 for r in reasons
             ],
+            "score": _score_view(state) if _may_see_scores(principal) else None,
             "facts": facts.as_dict(with_installments=True),
             "payments": [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(),
                           "amount": format_cents(p.amount_cents)} for p in payments],
@@ -642,6 +666,32 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "may_assess": principal.role in PAGE_ROLES["assess"],
         }
     return _render(request, "loan.html", principal, context)
+
+
+def _score_view(state: RiskStateRecord | None) -> dict[str, Any] | None:
+    """The stored v2 answer for the loan page's score card (None until a v2 reassessment)."""
+    if state is None or not isinstance(state.assessment, dict):
+        return None
+    stored = state.assessment
+    axes = []
+    for name in ("credit", "collateral"):
+        axis = stored.get(name) or {}
+        axes.append({
+            "name": name,
+            "probability": float(axis.get("probability", 0.0)),
+            "level": axis.get("level", "normal"),
+            "next_step": axis.get("next_step", "monitor"),
+            "reasons": [r | {"explanation": r} for r in axis.get("reasons", [])],
+        })
+    return {
+        "score": float(stored.get("score", 0.0)),
+        "expected_loss": format_cents(int(stored.get("expected_loss_cents", 0))),
+        "outstanding": format_cents(int(stored.get("outstanding_cents", 0))),
+        "tier": stored.get("tier"),
+        "monitoring": stored.get("monitoring") or {},
+        "model_version": stored.get("model_version"),
+        "axes": axes,
+    }
 
 
 @router.post("/loans/{loan_id}/assess", response_model=None)

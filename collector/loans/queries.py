@@ -4,8 +4,11 @@ Each is one SQL statement with server-side paging (``LIMIT``/``OFFSET``) so a pa
 same with 100 or 100,000 loans (bench/console_bench.py). ``GET /v1/alerts`` uses
 :func:`alert_feed` too.
 
-Worklist order: level (critical first), then exposure (the overdue amount, ``total_overdue``
-of the stored repayment facts), then days past due, then loan id.
+Worklist order (:data:`SORTS`): by default the v2 expected loss (exposure x probability of a
+bad outcome, largest first; loans not scored yet last); or the level (critical first), then
+exposure (the overdue amount, ``total_overdue`` of the stored repayment facts), then days past
+due; or the score; or days past due. Every order ends with the severity order and the loan id.
+Filters: level, next step, reason code, tier, search.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from ..risk.engine import RULES, NextStep, RiskLevel
 from ..risk.features import FEATURE_NAMES
-from ..risk.score import HARD_RULES
+from ..risk.repayments import format_cents
+from ..risk.score import HARD_RULES, Tier
 from ..storage.tables import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus, LoanRecord, RiskStateRecord
 
 __all__ = [
@@ -27,6 +31,8 @@ __all__ = [
     "NEXT_STEPS",
     "REASON_CODES",
     "SEVERITIES",
+    "SORTS",
+    "TIERS",
     "AlertFilter",
     "WorklistFilter",
     "alert_feed",
@@ -38,6 +44,11 @@ LEVELS = tuple(level.label for level in sorted(RiskLevel, reverse=True))
 NEXT_STEPS = tuple(step.label for step in sorted(NextStep, reverse=True))
 #: Reason codes of both engines: the v1 table's rows, the v2 score's hard rules and features.
 REASON_CODES = tuple(dict.fromkeys([*(r.code for r in RULES), *(r.code for r in HARD_RULES), *FEATURE_NAMES]))
+#: Customer tiers of the v2 score (docs/risk.md).
+TIERS = tuple(t.value for t in Tier)
+#: Worklist orders: expected loss (the default: exposure x probability, the v2 ranking), the
+#: level then overdue amount then days past due, the score (probability of a bad outcome), days past due.
+SORTS = ("expected_loss", "severity", "score", "days_past_due")
 #: Alert severities as stored (index = the wire value).
 SEVERITIES = ("info", "warning", "high", "panic")
 MAX_PAGE = 500
@@ -57,8 +68,14 @@ class WorklistFilter:
     next_step: str | None = None
     reason: str | None = None
     search: str | None = None
+    tier: str | None = None
+    sort: str = "expected_loss"
 
     def __post_init__(self) -> None:
+        if self.tier is not None and self.tier not in TIERS:
+            raise QueryError(f"tier {self.tier!r:.30} is not one of {', '.join(TIERS)}")
+        if self.sort not in SORTS:
+            raise QueryError(f"sort {self.sort!r:.30} is not one of {', '.join(SORTS)}")
         if self.level is not None and self.level not in LEVELS:
             raise QueryError(f"level {self.level!r:.20} is not one of {', '.join(LEVELS)}")
         if self.next_step is not None and self.next_step not in NEXT_STEPS:
@@ -70,7 +87,8 @@ class WorklistFilter:
 
     def as_params(self) -> dict[str, str]:
         """The non-empty filters as query parameters."""
-        pairs = {"level": self.level, "next_step": self.next_step, "reason": self.reason, "q": self.search}
+        pairs = {"level": self.level, "next_step": self.next_step, "reason": self.reason, "q": self.search,
+                 "tier": self.tier, "sort": None if self.sort == "expected_loss" else self.sort}
         return {k: v for k, v in pairs.items() if v}
 
 
@@ -125,6 +143,9 @@ def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> 
         RiskStateRecord.reasons,
         RiskStateRecord.facts,
         RiskStateRecord.changed_ms,
+        RiskStateRecord.score,
+        RiskStateRecord.expected_loss_cents,
+        RiskStateRecord.tier,
     ).outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
     for wanted in (filters.level, level):
         if wanted is not None:
@@ -139,7 +160,16 @@ def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> 
         query = query.where(sa.cast(RiskStateRecord.reasons, sa.Text).like(f'%"code": "{filters.reason}"%'))
     if filters.search is not None:
         query = query.where(LoanRecord.loan_id.in_(_search_ids(filters.search)))
-    return query.order_by(_level_rank().desc(), _exposure().desc(), _dpd().desc(), LoanRecord.loan_id)
+    if filters.tier is not None:
+        query = query.where(RiskStateRecord.tier == filters.tier)
+    severity = (_level_rank().desc(), _exposure().desc(), _dpd().desc())
+    order = {
+        "severity": severity,
+        "expected_loss": (RiskStateRecord.expected_loss_cents.desc().nulls_last(), *severity),
+        "score": (RiskStateRecord.score.desc().nulls_last(), *severity),
+        "days_past_due": (_dpd().desc(), *severity),
+    }[filters.sort]
+    return query.order_by(*order, LoanRecord.loan_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +192,10 @@ def worklist(session: Session, filters: WorklistFilter, *, page: int = 1, size: 
     page, size = max(1, page), max(1, min(MAX_PAGE, size))
     skip, want = (page - 1) * size, size + 1
     found: list[Any] = []
-    # A search or a single level is one small query; the whole book is read level by level.
-    levels: list[str | None] = [None] if filters.level is not None or filters.search is not None else list(LEVELS)
+    # A search, a single level or an order other than severity is one query; the whole book by
+    # severity is read level by level.
+    one_query = filters.level is not None or filters.search is not None or filters.sort != "severity"
+    levels: list[str | None] = [None] if one_query else list(LEVELS)
     for level in levels:
         statement = worklist_statement(filters, level=level)
         if skip:
@@ -193,6 +225,9 @@ def _worklist_row(r: Any) -> dict[str, Any]:
         "days_past_due": facts.get("days_past_due", 0),
         "consecutive_late": facts.get("consecutive_late", 0),
         "changed_ms": r["changed_ms"],
+        "score": r["score"],
+        "expected_loss": format_cents(r["expected_loss_cents"]) if r["expected_loss_cents"] is not None else None,
+        "tier": r["tier"],
     }
 
 
