@@ -1,9 +1,16 @@
-"""Applying the signed configurations the collector pushes (markets, regions, rules) to the engine.
+"""Applying the signed configurations the collector pushes (markets, regions, rules, tier) to the agent.
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
-over the local file), then all are applied together, so a body is taken whole or not at all.
+over the local file, the ``tier`` section of :mod:`protocol.tier_section`), then all are
+applied together, so a body is taken whole or not at all.
+
+A section this agent does not know (one a newer collector added, docs/protocol.md section 6)
+is ignored, logged and counted (``config_sections_ignored`` on the gate's counters, in the
+state message); the known sections still apply, so old agents keep working. A known section
+that is absent means the agent's local default: no ``tier`` section puts the local
+``[batch] max_age_s`` back.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from protocol import DeviceConfig
 from protocol.errors import ProtocolError
 from protocol.places import load_places, load_regions
+from protocol.tier_section import TierSection, load_tier_section
 
 from .errors import EdgeError
 from .rules import RulesConfig
@@ -25,8 +33,8 @@ from .uplink import ConfigGate, DownlinkRejectedError
 __all__ = ["BODY_SECTIONS", "DownlinkApplier"]
 
 log = logging.getLogger("lienwatch.agent")
-#: The sections a configuration body may carry.
-BODY_SECTIONS = frozenset({"markets", "regions", "rules"})
+#: The sections this agent applies (any other is ignored and counted).
+BODY_SECTIONS = frozenset({"markets", "regions", "rules", "tier"})
 
 
 class DownlinkApplier:
@@ -37,15 +45,22 @@ class DownlinkApplier:
         engine: the rules engine the body applies to.
         local_rules: the current local ``[rules]`` (overrides are merged over it).
         base_dir: relative file names in ``rules`` overrides resolve against it.
+        on_tier: applies a ``tier`` section (None: the body has none, back to the local default).
     """
 
     def __init__(
-        self, gate: ConfigGate, engine: RulesEngine, local_rules: Callable[[], RulesConfig], base_dir: Path
+        self,
+        gate: ConfigGate,
+        engine: RulesEngine,
+        local_rules: Callable[[], RulesConfig],
+        base_dir: Path,
+        on_tier: Callable[[TierSection | None], None] | None = None,
     ) -> None:
         self.gate = gate
         self._engine = engine
         self._local_rules = local_rules
         self._base_dir = base_dir
+        self._on_tier = on_tier
 
     def apply_stored(self) -> None:
         """Re-apply the last accepted configuration at start; one that no longer applies is logged."""
@@ -78,14 +93,19 @@ class DownlinkApplier:
         """Validate every known section of a body first, then apply them together.
 
         Raises:
-            DownlinkRejectedError: an unknown section, or ``rules`` is not a map.
+            DownlinkRejectedError: ``rules`` is not a map.
             ConfigError: the merged ``rules`` are not acceptable.
             PlacesError: a market or region item is not acceptable.
+            TierSectionError: the ``tier`` section is not acceptable.
         """
         body = config.body
-        unknown = set(body) - BODY_SECTIONS
-        if unknown:
-            raise DownlinkRejectedError("invalid_body", f"configuration body has unknown sections {sorted(unknown)}")
+        unknown = sorted(set(body) - BODY_SECTIONS)
+        if unknown:  # a newer collector's section: ignored, the rest still applies
+            counters = self.gate.counters
+            counters["config_sections_ignored"] = counters.get("config_sections_ignored", 0) + len(unknown)
+            log_event(log, logging.WARNING, "config_sections_ignored", version=config.version,
+                      sections=",".join(s[:40] for s in unknown[:10]))
+        tier = load_tier_section(body["tier"]) if "tier" in body else None
         markets = load_places(body["markets"]) if "markets" in body else None
         regions = load_regions(body["regions"]) if "regions" in body else None
         rules = None
@@ -100,3 +120,5 @@ class DownlinkApplier:
             self._engine.set_markets(markets)
         if regions is not None:
             self._engine.set_regions(regions)
+        if self._on_tier is not None:
+            self._on_tier(tier)

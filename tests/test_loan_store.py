@@ -52,7 +52,7 @@ def test_migrations_match_the_models_on_sqlite(tmp_path: Path) -> None:
     migrate(engine)
     assert _my_tables_diff(engine) == []
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0013"
     engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""Signed device configurations (the used-car market list) and their MQTT publisher.
+"""Signed device configurations (the used-car market list, the risk tier) and their MQTT publisher.
 
 How this works
 --------------
@@ -10,7 +10,8 @@ publishing happens later, from the outbox, in one thread:
 
 1. **sync** - every device that should hold the current list and does not (no row yet, or
    a row older than the newest market change, e.g. after ``lienwatch collector markets
-   import`` or a device registered from the CLI) gets a freshly signed configuration;
+   import`` or a device registered from the CLI), and every device whose loan's customer
+   tier differs from the tier its configuration carries, gets a freshly signed configuration;
 2. **publish** - every row not yet acknowledged is published retained at QoS 1 on
    ``lw/v1/{device}/config`` and marked ``published_ms`` when the PUBACK arrives. After each
    (re)connect every stored configuration is published again (the broker may have lost its
@@ -20,10 +21,18 @@ Only the newest configuration of a device exists in the outbox, so a retry can n
 an older version on the retained topic after a newer one. Versions rise by one per device
 and signing; agents accept only a version above the one they hold.
 
-Body: ``{"markets": [{"id", "name", "lat", "lon", "radius_m", "datum"}, ...]}`` with each
-market as stored (its own datum; the agent converts to WGS-84). A device gets a list only
-once the collector has markets, so a device's local markets file stays in force until then;
-deleting the last market through the API pushes an empty list.
+The body is built whole for each device from every section's owner (a section absent = the
+agent's local default, docs/protocol.md section 6):
+
+* ``markets``: ``[{"id", "name", "lat", "lon", "radius_m", "datum"}, ...]`` with each market as
+  stored (its own datum; the agent converts to WGS-84). A device gets a list only once the
+  collector has markets, so a device's local markets file stays in force until then; deleting
+  the last market through the API pushes an empty list (kept when the device is re-signed
+  for another section);
+* ``tier``: ``{"name", "batch_interval_s"}`` (:mod:`protocol.tier_section`) from the loan's
+  customer tier and the monitoring policy the risk score stored with it
+  (``risk_states.tier`` and ``assessment.monitoring``, docs/risk.md): the agent uploads a
+  batch at that interval. Absent while the loan has no v2 tier.
 """
 
 from __future__ import annotations
@@ -45,17 +54,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from protocol import DeviceConfig, config_topic, seal_config
+from protocol import DeviceConfig, config_topic, open_config, seal_config
 from protocol.cli.key_files import load_private_key
-from protocol.errors import KeyFileError, PlacesError, ProtocolError
+from protocol.errors import KeyFileError, PlacesError, ProtocolError, TierSectionError
 from protocol.places import load_places
+from protocol.tier_section import TierSection
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError, ConfigError
 from ..files import FileReadError, read_bounded
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
-from ..storage.tables import Base, ConfigVersion, LoanRecord, MarketRecord
+from ..storage.tables import Base, ConfigVersion, LoanRecord, MarketRecord, RiskStateRecord
 from .worker_loop import WorkerLoop, WorkerLoopError
 
 __all__ = [
@@ -69,6 +79,7 @@ __all__ = [
     "devices_needing_config",
     "load_market_file",
     "load_signing_key",
+    "loan_tier_sections",
     "market_items",
     "upsert_markets",
 ]
@@ -238,41 +249,96 @@ def config_targets(session: Session) -> list[str]:
     return sorted({*registered, *loans})
 
 
-def devices_needing_config(session: Session) -> list[str]:
-    """Targets whose stored configuration is missing or older than the newest market change.
+def _tier_outdated(session: Session) -> list[str]:
+    """Loan devices whose current customer tier is not the one their configuration carries."""
+    signed = sa.select(ConfigVersion.tier).where(ConfigVersion.device_id == LoanRecord.device_id).scalar_subquery()
+    query = (
+        sa.select(LoanRecord.device_id)
+        .join(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .where(RiskStateRecord.tier.is_not(None), RiskStateRecord.tier.is_distinct_from(signed))
+    )
+    return list(session.scalars(query))
 
-    Empty while the collector has no markets (a device keeps its local markets file).
+
+def devices_needing_config(session: Session) -> list[str]:
+    """Targets whose stored configuration is missing or older than the newest market change,
+    and loan devices whose tier section is outdated.
+
+    Without markets and tiers this is empty (a device keeps its local files).
     """
+    out = set(_tier_outdated(session))
     revision = session.scalar(sa.select(sa.func.max(MarketRecord.updated_ms)))
-    if revision is None:
-        return []
-    stored = {row.device_id: row for row in session.scalars(sa.select(ConfigVersion))}
-    out = []
-    for device_id in config_targets(session):
-        row = stored.get(device_id)
-        if row is None or row.payload is None or row.issued_ms < revision:
-            out.append(device_id)
+    if revision is not None:
+        stored = {row.device_id: row for row in session.scalars(sa.select(ConfigVersion))}
+        for device_id in config_targets(session):
+            row = stored.get(device_id)
+            if row is None or row.payload is None or row.issued_ms < revision:
+                out.add(device_id)
+    return sorted(out)
+
+
+def loan_tier_sections(session: Session, device_ids: Iterable[str]) -> dict[str, TierSection]:
+    """The ``tier`` section of each of ``device_ids`` whose loan has a v2 tier.
+
+    The batch interval is the one the risk score stored with the tier (``assessment.monitoring``);
+    a stored value the section refuses is logged and the device gets no tier section.
+    """
+    wanted = sorted(set(device_ids))
+    rows = session.execute(
+        sa.select(LoanRecord.device_id, RiskStateRecord.tier, RiskStateRecord.assessment)
+        .join(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .where(LoanRecord.device_id.in_(wanted), RiskStateRecord.tier.is_not(None))
+    )
+    out = {}
+    for device_id, tier, assessment in rows:
+        monitoring = assessment.get("monitoring") if isinstance(assessment, dict) else None
+        interval = monitoring.get("batch_interval_s") if isinstance(monitoring, dict) else None
+        try:
+            out[device_id] = TierSection(tier, interval)
+        except TierSectionError as exc:
+            log.warning("device %s gets no tier section: %s", device_id, exc)
     return out
+
+
+def _had_markets(row: ConfigVersion, private_key: Ed25519PrivateKey) -> bool:
+    """Whether the configuration last signed for ``row``'s device carried a ``markets`` section."""
+    if row.payload is None:
+        return False
+    try:
+        previous = open_config(row.payload, config_topic(row.device_id), private_key.public_key())
+    except ProtocolError:
+        return False
+    return "markets" in previous.body
 
 
 def build_market_configs(
     session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
 ) -> list[ConfigMessage]:
-    """Sign the current market list for each device, bumping its config version.
+    """Sign the whole current body (markets, tier) for each device, bumping its config version.
 
     The version goes up by one per device per call (the agent refuses anything not newer)
-    and is kept, with the signed message to publish, in ``config_versions`` in the caller's
-    transaction (row locked on PostgreSQL, so two collectors never sign the same version).
+    and is kept, with the signed message to publish and the tier it carries, in
+    ``config_versions`` in the caller's transaction (row locked on PostgreSQL, so two
+    collectors never sign the same version).
     """
-    body = {"markets": market_items(session)}
+    wanted = sorted(set(device_ids))
+    markets = market_items(session)
+    tiers = loan_tier_sections(session, wanted)
     out = []
-    for device_id in sorted(set(device_ids)):
+    for device_id in wanted:
         row = session.get(ConfigVersion, device_id, with_for_update=True)
         if row is None:
             row = ConfigVersion(device_id=device_id, version=0, issued_ms=issued_ms)
             session.add(row)
+        body: dict[str, Any] = {}
+        if markets or _had_markets(row, private_key):
+            body["markets"] = markets
+        tier = tiers.get(device_id)
+        if tier is not None:
+            body["tier"] = tier.as_dict()
         row.version += 1
         row.issued_ms = issued_ms
+        row.tier = tier.name if tier is not None else None
         topic = config_topic(device_id)
         payload = seal_config(DeviceConfig(device_id, row.version, issued_ms, body), private_key, topic)
         row.payload = payload

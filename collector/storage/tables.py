@@ -418,7 +418,8 @@ class ConfigVersion(Base):
 
     ``payload`` is the signed message (kept so it can be published, and re-published
     retained after a broker lost it); ``published_ms`` is set once the broker acknowledged
-    it (NULL = still to publish). Migration 0003 added both.
+    it (NULL = still to publish). Migration 0003 added both. ``tier`` is the customer tier
+    whose ``tier`` section that configuration carries (NULL: none; migration 0013).
     """
 
     __tablename__ = "config_versions"
@@ -428,6 +429,7 @@ class ConfigVersion(Base):
     issued_ms: Mapped[int]
     payload: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     published_ms: Mapped[int | None]
+    tier: Mapped[str | None] = mapped_column(sa.String(24))
 
 
 class FixDaySummary(Base):

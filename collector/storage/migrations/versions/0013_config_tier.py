@@ -1,0 +1,35 @@
+"""0013 config tier: the customer tier signed into a device's configuration.
+
+Revision ID: 0013
+Revises: 0006
+Create Date: 2026-12-02
+
+``config_versions.tier`` is the loan's customer tier (risk v2, issue 15) whose ``tier``
+section is in the configuration last signed for the device (NULL: no tier section). The
+downlink sync signs a new configuration when the loan's current tier differs from it.
+
+Merge note: additive; the lead re-chains it on top of the newest revision.
+"""
+from typing import Sequence, Union
+
+from alembic import op
+import sqlalchemy as sa
+
+
+# revision identifiers, used by Alembic.
+revision: str = '0013'
+down_revision: Union[str, Sequence[str], None] = '0006'
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    with op.batch_alter_table('config_versions') as batch_op:
+        batch_op.add_column(sa.Column('tier', sa.String(length=24), nullable=True))
+
+
+def downgrade() -> None:
+    """Downgrade schema."""
+    with op.batch_alter_table('config_versions') as batch_op:
+        batch_op.drop_column('tier')
