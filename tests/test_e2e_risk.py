@@ -287,22 +287,31 @@ def test_market_dwell_and_power_cut_reach_the_loans_with_event_webhook_and_confi
         serve.wait_ready(api.client)
         assert listener.subscribed.wait(WAIT_S)
 
-        # Markets through the API -> a signed, retained config on lw/v1/tbox-0002/config.
+        # L-1002's customer tier -> a signed, retained config on lw/v1/tbox-0002/config (the
+        # downlink sync, without markets yet: the device keeps its local markets file).
+        public = load_public_key(collector_keys.public_path)
+        wait_until(lambda: listener.messages, what="the first config")
+        first = open_config(listener.messages[0], listener.topic, public)
+        assert (first.version, first.body) == (1, {"tier": {"name": "risk", "batch_interval_s": 60}})
+
+        # Markets through the API -> the whole body signed again, the tier kept.
         market = {"name": "Demo used-car market (Shanghai Jiading)", "lat": 31.3, "lon": 121.25, "radius_m": 400,
                   "datum": "gcj02"}
         put = api.put("/v1/markets/sh-jiading-ucm", "admin", market)
         assert put.status_code == 200, put.text
         assert put.json()["configs_signed"] == 5  # the five loans' devices (tbox-0002 among them)
-        public = load_public_key(collector_keys.public_path)
-        wait_until(lambda: listener.messages, what="the first config")
-        first = open_config(listener.messages[0], listener.topic, public)
-        assert first.version == 1
-        assert first.body["markets"] == [{"id": "sh-jiading-ucm", "name": market["name"], "lat": 31.3,
-                                          "lon": 121.25, "radius_m": 400.0, "datum": "gcj02"}]
+        wait_until(lambda: len(listener.messages) >= 2, what="the config with markets")
+        with_markets = open_config(listener.messages[-1], listener.topic, public)
+        assert with_markets.version == 2
+        assert with_markets.body == {
+            "markets": [{"id": "sh-jiading-ucm", "name": market["name"], "lat": 31.3, "lon": 121.25,
+                         "radius_m": 400.0, "datum": "gcj02"}],
+            "tier": {"name": "risk", "batch_interval_s": 60},
+        }
         assert api.put("/v1/markets/sh-jiading-ucm", "admin", market | {"radius_m": 500}).status_code == 200
-        wait_until(lambda: len(listener.messages) >= 2, what="the second config")
-        second = open_config(listener.messages[-1], listener.topic, public)
-        assert (second.version, second.body["markets"][0]["radius_m"]) == (2, 500.0)
+        wait_until(lambda: len(listener.messages) >= 3, what="the third config")
+        third = open_config(listener.messages[-1], listener.topic, public)
+        assert (third.version, third.body["markets"][0]["radius_m"]) == (3, 500.0)
 
         # A signed batch with the dwell alert, published at QoS 1 like the agent does.
         now = _wall_ms()
