@@ -625,9 +625,6 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                    points=len(points))
         _audit(session, request, principal, "view_loan", "loan", subject_id=loan_id)
         session.commit()
-        reasons = list(state.reasons) if state is not None else []
-        if not _may_see_scores(principal):
-            reasons = reasons_for_collections(reasons)
         context = {
             "loan": {
                 "loan_id": loan.loan_id, "device_id": loan.device_id, "vin": loan.vin,
@@ -637,17 +634,7 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "level": state.level if state is not None else "normal",
             "next_step": state.next_step if state is not None else "monitor",
             "evaluated": format_time(state.evaluated_ms if state is not None else None, zone_name),
-            "reasons": [
-                {
-                    "code": r.get("code"),
-                    "level": r.get("level"),
-                    "next_step": r.get("next_step"),
-                    "sentence": catalog.reason_sentence(r, principal.locale, zone_name, show_places=show_places),
-                    "evidence": catalog.evidence_items(r.get("evidence"), show_places=show_places),
-                    "contribution": catalog.contribution_text(r, principal.locale),
-                }
-                for r in reasons
-            ],
+            "reasons": _reason_views(state, principal, zone_name, show_places=show_places),
             "score": _score_view(state) if _may_see_scores(principal) else None,
             "facts": facts.as_dict(with_installments=True),
             "payments": [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(),
@@ -666,6 +653,26 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "may_assess": principal.role in PAGE_ROLES["assess"],
         }
     return _render(request, "loan.html", principal, context)
+
+
+def _reason_views(
+    state: RiskStateRecord | None, principal: Principal, zone_name: str, *, show_places: bool
+) -> list[dict[str, Any]]:
+    """The loan's stored reasons as the page shows them (collections: no score figures)."""
+    reasons = list(state.reasons) if state is not None else []
+    if not _may_see_scores(principal):
+        reasons = reasons_for_collections(reasons)
+    return [
+        {
+            "code": r.get("code"),
+            "level": r.get("level"),
+            "next_step": r.get("next_step"),
+            "sentence": catalog.reason_sentence(r, principal.locale, zone_name, show_places=show_places),
+            "evidence": catalog.evidence_items(r.get("evidence"), show_places=show_places),
+            "contribution": catalog.contribution_text(r, principal.locale),
+        }
+        for r in reasons
+    ]
 
 
 def _score_view(state: RiskStateRecord | None) -> dict[str, Any] | None:
