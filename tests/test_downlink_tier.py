@@ -132,6 +132,18 @@ def test_the_collector_signs_each_loans_tier_and_re_signs_when_it_changes(
         assert "markets" not in bodies["tbox-0001"]  # never had a list: still none
         session.commit()
 
+        # A stored policy the section refuses: no tier section, logged, and not re-signed every round.
+        state = session.get(RiskStateRecord, "L-1001")
+        assert state is not None
+        state.tier = "risk"
+        state.assessment = {**state.assessment, "monitoring": {"batch_interval_s": "often"}}
+        session.commit()
+        assert devices_needing_config(session) == ["tbox-0001"]
+        refused = build_market_configs(session, collector_key, ["tbox-0001"], NOW + 4)[0]
+        session.commit()
+        assert "tier" not in open_config(refused.payload, refused.topic, collector_key.public_key()).body
+        assert devices_needing_config(session) == []
+
 
 # ------------------------------------------------------------------ agent side, end to end in process
 

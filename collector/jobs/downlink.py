@@ -58,7 +58,7 @@ from protocol import DeviceConfig, config_topic, open_config, seal_config
 from protocol.cli.key_files import load_private_key
 from protocol.errors import KeyFileError, PlacesError, ProtocolError, TierSectionError
 from protocol.places import load_places
-from protocol.tier_section import TierSection
+from protocol.tier_section import TierSection, load_tier_section
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError, ConfigError
@@ -277,11 +277,12 @@ def devices_needing_config(session: Session) -> list[str]:
     return sorted(out)
 
 
-def loan_tier_sections(session: Session, device_ids: Iterable[str]) -> dict[str, TierSection]:
-    """The ``tier`` section of each of ``device_ids`` whose loan has a v2 tier.
+def loan_tier_sections(session: Session, device_ids: Iterable[str]) -> dict[str, tuple[str, TierSection | None]]:
+    """The tier and ``tier`` section of each of ``device_ids`` whose loan has a v2 tier.
 
     The batch interval is the one the risk score stored with the tier (``assessment.monitoring``);
-    a stored value the section refuses is logged and the device gets no tier section.
+    a stored value the section refuses is logged and the device gets no tier section (None),
+    but the tier counts as signed, so it is not tried again until it changes.
     """
     wanted = sorted(set(device_ids))
     rows = session.execute(
@@ -289,14 +290,15 @@ def loan_tier_sections(session: Session, device_ids: Iterable[str]) -> dict[str,
         .join(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
         .where(LoanRecord.device_id.in_(wanted), RiskStateRecord.tier.is_not(None))
     )
-    out = {}
+    out: dict[str, tuple[str, TierSection | None]] = {}
     for device_id, tier, assessment in rows:
         monitoring = assessment.get("monitoring") if isinstance(assessment, dict) else None
         interval = monitoring.get("batch_interval_s") if isinstance(monitoring, dict) else None
         try:
-            out[device_id] = TierSection(tier, interval)
+            out[device_id] = (tier, load_tier_section({"name": tier, "batch_interval_s": interval}))
         except TierSectionError as exc:
             log.warning("device %s gets no tier section: %s", device_id, exc)
+            out[device_id] = (tier, None)
     return out
 
 
@@ -333,12 +335,12 @@ def build_market_configs(
         body: dict[str, Any] = {}
         if markets or _had_markets(row, private_key):
             body["markets"] = markets
-        tier = tiers.get(device_id)
+        tier_name, tier = tiers.get(device_id, (None, None))
         if tier is not None:
             body["tier"] = tier.as_dict()
         row.version += 1
         row.issued_ms = issued_ms
-        row.tier = tier.name if tier is not None else None
+        row.tier = tier_name
         topic = config_topic(device_id)
         payload = seal_config(DeviceConfig(device_id, row.version, issued_ms, body), private_key, topic)
         row.payload = payload
