@@ -32,8 +32,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .engine import DAY_MS, HOUR_MS, NextStep, OpenAlert, Reason, RiskAssessment, RiskConfig, RiskInput, RiskLevel
-from .repayments import format_cents
+from .engine import (
+    DAY_MS,
+    HOUR_MS,
+    NextStep,
+    OpenAlert,
+    Reason,
+    RiskAssessment,
+    RiskConfig,
+    RiskInput,
+    RiskLevel,
+    repayment_evidence,
+)
 from .score import AxisResult, ScoreAssessment, ScoreReason
 
 __all__ = ["AXIS_STEP", "MODELS", "decide", "v2_decision"]
@@ -58,16 +68,6 @@ _REPAYMENT = frozenset({
 _DEVICE = frozenset({"offline", "offline_while_overdue"})
 
 
-def _repayment(inp: RiskInput) -> dict[str, Any]:
-    f = inp.facts
-    return {
-        "as_of": f.as_of.isoformat(),
-        "days_past_due": f.days_past_due,
-        "consecutive_late": f.consecutive_late,
-        "total_overdue": format_cents(f.total_overdue_cents),
-    }
-
-
 def _evidence(
     reason: ScoreReason, inp: RiskInput, alerts: Mapping[str, OpenAlert], config: RiskConfig
 ) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def _evidence(
     if reason.code in _REPAYMENT or (reason.alert_episodes and inp.facts.overdue) or reason.code.endswith(
         "_while_overdue"
     ):
-        evidence["repayment"] = _repayment(inp)
+        evidence["repayment"] = repayment_evidence(inp.facts)
     if reason.code in _DEVICE:
         offline = inp.device.offline_ms(inp.evaluated_ms)
         evidence["device"] = inp.device.as_dict()

@@ -46,6 +46,7 @@ __all__ = [
     "RiskRule",
     "assess",
     "level_change",
+    "repayment_evidence",
     "rule_table",
 ]
 
@@ -220,6 +221,16 @@ class RiskInput:
             raise RiskConfigError("alerts must be OpenAlert values")
 
 
+def repayment_evidence(facts: RepaymentFacts) -> dict[str, Any]:
+    """The ``repayment`` sub-map of a reason's evidence (both engines' reasons use it)."""
+    return {
+        "as_of": facts.as_of.isoformat(),
+        "days_past_due": facts.days_past_due,
+        "consecutive_late": facts.consecutive_late,
+        "total_overdue": format_cents(facts.total_overdue_cents),
+    }
+
+
 def _check_ms(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
         raise RiskConfigError(f"{name}={value!r:.40} must be epoch milliseconds (int, 0..2**53)")
@@ -386,13 +397,7 @@ class _Context:
         return [a for a in self.alerts if a.rule in rules]
 
     def repayment(self) -> dict[str, Any]:
-        f = self.facts
-        return {
-            "as_of": f.as_of.isoformat(),
-            "days_past_due": f.days_past_due,
-            "consecutive_late": f.consecutive_late,
-            "total_overdue": format_cents(f.total_overdue_cents),
-        }
+        return repayment_evidence(self.facts)
 
     def offline_hours(self) -> float | None:
         offline = self.inp.device.offline_ms(self.inp.evaluated_ms)
