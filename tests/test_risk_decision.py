@@ -7,7 +7,7 @@ import pytest
 
 from collector.errors import ConfigError
 from collector.risk.decision import AXIS_STEP, decide, v2_decision
-from collector.risk.engine import DeviceStatus, Movement, NextStep, RiskConfig, RiskLevel, assess
+from collector.risk.engine import DeviceStatus, Movement, NextStep, OpenAlert, RiskConfig, RiskLevel, assess
 from collector.risk.score import COLLATERAL_STEPS, CREDIT_STEPS, assess_v2
 from collector.risk.settings import RiskSettings
 from tests.test_risk_v2 import CURED, EXPOSURE, NOW, PAID_UP, THREE_LATE, alert, inp
@@ -91,3 +91,18 @@ def test_the_model_setting_is_checked() -> None:
     assert RiskSettings(model="v1").model == "v1"
     with pytest.raises(ConfigError, match=r"risk\.model='v3' is not one of v2, v1"):
         RiskSettings(model="v3")
+
+
+def test_alert_age_is_vehicle_time_while_online_and_collector_time_otherwise() -> None:
+    behind = 240 * 86_400_000  # a box whose clock runs eight months behind the collector's
+    dwell = OpenAlert("stationary_near_market", "high", NOW - behind - 86_400_000, "dwell-1")
+    online = DeviceStatus(online=True, last_seen_ms=NOW)
+    moving = Movement(last_moved_ms=NOW - behind - 2 * 86_400_000, last_fix_ms=NOW - behind)
+    evidence = inp(THREE_LATE, (dwell,), device=online, movement=moving)
+    decided = v2_decision(assess_v2(evidence, EXPOSURE), evidence)
+    market = next(r for r in decided.reasons if r.code == "market_while_overdue")
+    assert market.explanation is not None
+    assert market.explanation["value"] == pytest.approx(0.5 ** (1 / 14), abs=1e-4)  # one day old, on its clock
+    # Not known to be online: the collector's clock, so an eight-month-old episode has decayed away.
+    unknown = inp(THREE_LATE, (dwell,), device=DeviceStatus(), movement=moving)
+    assert "market_while_overdue" not in [r.code for r in v2_decision(assess_v2(unknown, EXPOSURE), unknown).reasons]
