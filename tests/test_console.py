@@ -20,6 +20,7 @@ from collector.api.app import create_app
 from collector.api.loans import router as loans_router
 from collector.console.web import router as console_router
 from collector.loans.csv_import import import_loans, parse_loans
+from collector.loans.queries import WorklistFilter, worklist
 from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
@@ -550,3 +551,17 @@ def test_loan_page_shows_the_score_with_its_explanation_to_analysts_only(world: 
     assert "pts" not in seen
     assert "log-odds" not in seen
     assert '<span class="contribution">credit</span>' in seen  # the axis, no figure
+
+
+def test_expected_loss_pages_run_from_scored_loans_into_the_unscored(world: tuple) -> None:
+    _, engine, _ = world
+    with Session(engine) as session:  # L-1002 and L-1003 are scored, the other three not yet
+        pages = [worklist(session, WorklistFilter(), page=n, size=2) for n in (1, 2, 3)]
+        by_severity = worklist(session, WorklistFilter(sort="severity"), size=10).rows
+    ids = [[r["loan_id"] for r in p.rows] for p in pages]
+    assert ids[0] == ["L-1002", "L-1003"]
+    assert [p.has_next for p in pages] == [True, True, False]
+    unscored = [r["loan_id"] for r in by_severity if r["expected_loss"] is None]
+    assert ids[1] + ids[2] == unscored
+    assert len(unscored) == 3
+    assert float(pages[0].rows[0]["expected_loss"]) > float(pages[0].rows[1]["expected_loss"])

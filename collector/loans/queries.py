@@ -7,7 +7,8 @@ same with 100 or 100,000 loans (bench/console_bench.py). ``GET /v1/alerts`` uses
 Worklist order (:data:`SORTS`): by default the v2 expected loss (exposure x probability of a
 bad outcome, largest first; loans not scored yet last); or the level (critical first), then
 exposure (the overdue amount, ``total_overdue`` of the stored repayment facts), then days past
-due; or the score; or days past due. Every order ends with the severity order and the loan id.
+due; or the score; or days past due. Ties: the severity order, then the loan id (by expected
+loss, the loan id: amounts in cents rarely tie).
 Filters: level, next step, reason code, tier, search.
 """
 
@@ -131,8 +132,11 @@ def _search_ids(term: str) -> sa.CompoundSelect[Any]:
     return sa.union(*(q.limit(MAX_SEARCH_MATCHES).subquery().select() for q in lookups))
 
 
-def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> sa.Select[Any]:
-    """The worklist's SELECT (without paging), most urgent first; ``level`` narrows to one level."""
+def worklist_statement(
+    filters: WorklistFilter, *, level: str | None = None, scored: bool | None = None
+) -> sa.Select[Any]:
+    """The worklist's SELECT (without paging) in ``filters.sort`` order; ``level`` narrows to one
+    level, ``scored`` to loans with (True) or without (False) a v2 expected loss."""
     query = sa.select(
         LoanRecord.loan_id,
         LoanRecord.device_id,
@@ -162,7 +166,12 @@ def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> 
         query = query.where(LoanRecord.loan_id.in_(_search_ids(filters.search)))
     if filters.tier is not None:
         query = query.where(RiskStateRecord.tier == filters.tier)
+    if scored is not None:
+        has_loss = RiskStateRecord.expected_loss_cents.is_not(None)
+        query = query.where(has_loss if scored else ~has_loss)
     severity = (_level_rank().desc(), _exposure().desc(), _dpd().desc())
+    if filters.sort == "expected_loss" and scored:  # the expected-loss index serves it; cents rarely tie
+        return query.order_by(RiskStateRecord.expected_loss_cents.desc(), LoanRecord.loan_id)
     order = {
         "severity": severity,
         "expected_loss": (RiskStateRecord.expected_loss_cents.desc().nulls_last(), *severity),
@@ -185,19 +194,27 @@ class Page:
 def worklist(session: Session, filters: WorklistFilter, *, page: int = 1, size: int = 50) -> Page:
     """One page of the worklist (``page`` from 1).
 
-    Read level by level, most severe first: each level is one indexed query sorted on its own
-    (a first page usually comes from the few critical and high loans, without sorting the
-    whole book); levels wholly before the page are only counted.
+    By severity it is read level by level, most severe first: each level is one indexed query
+    sorted on its own (a first page usually comes from the few critical and high loans, without
+    sorting the whole book); by expected loss the scored loans come first in the order of the
+    expected-loss index, then the loans not scored yet. Segments wholly before the page are
+    only counted.
     """
     page, size = max(1, page), max(1, min(MAX_PAGE, size))
     skip, want = (page - 1) * size, size + 1
     found: list[Any] = []
-    # A search, a single level or an order other than severity is one query; the whole book by
-    # severity is read level by level.
-    one_query = filters.level is not None or filters.search is not None or filters.sort != "severity"
-    levels: list[str | None] = [None] if one_query else list(LEVELS)
-    for level in levels:
-        statement = worklist_statement(filters, level=level)
+    # A search, a single level or the score / days past due orders are one query; the whole book
+    # by severity is read level by level, by expected loss scored loans first (index order), then
+    # the loans not scored yet.
+    segments: list[tuple[str | None, bool | None]]
+    if filters.level is not None or filters.search is not None or filters.sort in ("score", "days_past_due"):
+        segments = [(None, None)]
+    elif filters.sort == "expected_loss":
+        segments = [(None, True), (None, False)]
+    else:
+        segments = [(level, None) for level in LEVELS]
+    for level, scored in segments:
+        statement = worklist_statement(filters, level=level, scored=scored)
         if skip:
             in_level = session.scalar(sa.select(sa.func.count()).select_from(statement.order_by(None).subquery()))
             if in_level is not None and in_level <= skip:
