@@ -25,7 +25,7 @@ from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.people import SessionRecord, add_user
-from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, MarketRecord
+from collector.storage.tables import AlertRecord, AuditEntry, BatchRecord, Device, FixRecord, LoanRecord, MarketRecord
 from tests.child_processes import ChildProcesses
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
@@ -565,3 +565,23 @@ def test_expected_loss_pages_run_from_scored_loans_into_the_unscored(world: tupl
     assert ids[1] + ids[2] == unscored
     assert len(unscored) == 3
     assert float(pages[0].rows[0]["expected_loss"]) > float(pages[0].rows[1]["expected_loss"])
+
+
+def test_worklist_region_filter(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        for loan_id, region in (("L-1002", "Shanghai"), ("L-1003", "上海 浦东"), ("L-1004", "Shanghai")):
+            session.get(LoanRecord, loan_id).region = region  # type: ignore[union-attr]
+        session.commit()
+    user(client, "ana")
+    page = client.get("/console/worklist").text
+    assert '<option value="Shanghai"' in page
+    assert '<option value="上海 浦东"' in page
+    shanghai = client.get("/console/worklist", params={"region": "Shanghai"}).text
+    assert sorted(re.findall(r'<tr data-loan="([^"]+)"', shanghai)) == ["L-1002", "L-1004"]
+    pudong = client.get("/console/worklist", params={"region": "上海 浦东"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', pudong) == ["L-1003"]
+    assert client.get("/console/worklist", params={"region": "x;drop"}).status_code == 422
+    exported_csv = client.get("/console/worklist.csv", params={"region": "Shanghai"}).text
+    exported = list(csv.DictReader(io.StringIO(exported_csv)))
+    assert {r["region"] for r in exported} == {"Shanghai"}

@@ -17,7 +17,7 @@ from collector.api.dependencies import ApiNotWiredError
 from collector.api.loans import router, sse_frame
 from collector.jobs.redaction import reasons_for_collections, redact_coordinates, score_for_collections
 from collector.settings import RiskSettings, Settings, get_settings, hash_api_key
-from collector.storage.tables import WebhookDelivery
+from collector.storage.tables import LoanRecord, WebhookDelivery
 from protocol import config_topic, open_config
 from tests.loan_api_app import DAY, KEYS, NOW, Api, audit_actions, open_loan_api
 
@@ -185,9 +185,14 @@ def test_create_loan_json(api: Api) -> None:
         "principal": "7000.00",
         "schedule": [{"due_date": "2026-10-01", "amount": "3500.00"}, {"due_date": "2026-11-01", "amount": "3500.00"}],
         "payments": [{"payment_id": "P1", "paid_on": "2026-10-01", "amount": "3500.00"}],
+        "region": "Shanghai",
     }
     created = api.call("POST", "/v1/loans", "admin", json=loan)
     assert created.status_code == 201
+    with Session(api.engine) as session:
+        assert session.get(LoanRecord, "L-2001").region == "Shanghai"  # type: ignore[union-attr]
+    bad_region = api.call("POST", "/v1/loans", "admin", json=loan | {"loan_id": "L-2004", "region": "x;y"})
+    assert [e["reason"] for e in bad_region.json()["detail"]] == ["bad_region"]
     assert created.json() == {"loan_id": "L-2001", "level": "watch", "next_step": "reminder"}
     assert api.call("POST", "/v1/loans", "admin", json=loan).status_code == 409
     bad = api.call("POST", "/v1/loans", "admin", json=loan | {"loan_id": "L-2002", "vin": "1M8GDM9A0KP042788"})

@@ -196,6 +196,7 @@ class LoanIn(BaseModel):
     principal: str = Field(max_length=20)
     schedule: list[InstallmentIn] = Field(min_length=1, max_length=600)
     payments: list[PaymentIn] = Field(default_factory=list, max_length=2000)
+    region: str | None = Field(default=None, max_length=64, examples=["Shanghai"])
 
 
 @router.get("/loans")
@@ -235,6 +236,7 @@ def create_loan(
         "principal": body.principal,
         "schedule": ";".join(f"{i.due_date.isoformat()}:{i.amount}" for i in body.schedule),
         "payments": ";".join(f"{p.payment_id}:{p.paid_on.isoformat()}:{p.amount}" for p in body.payments),
+        "region": (body.region or "").strip(),
     }
     row, errors = loan_from_fields(fields)
     if row is None:

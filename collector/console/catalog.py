@@ -140,6 +140,7 @@ _UI: dict[str, tuple[str, str]] = {
     "print": ("Print or save as PDF from the browser.", "可通过浏览器打印或另存为 PDF。"),
     "end": ("end", "终点"),
     "tier": ("Tier", "客户分层"),
+    "region": ("Region", "地区"),
     "sort": ("Order by", "排序"),
     "sort_expected_loss": ("expected loss", "预期损失"),
     "sort_severity": ("level, then overdue", "风险等级、逾期金额"),

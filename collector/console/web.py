@@ -58,6 +58,7 @@ from ..loans.queries import (
     alert_feed,
     alert_rules,
     device_rows,
+    loan_regions,
     worklist,
     worklist_export_rows,
 )
@@ -369,6 +370,7 @@ def _worklist_filter(request: Request) -> WorklistFilter:
         return WorklistFilter(
             level=q.get("level") or None, next_step=q.get("next_step") or None, reason=q.get("reason") or None,
             search=(q.get("q") or "").strip() or None, tier=q.get("tier") or None,
+            region=(q.get("region") or "").strip() or None,
             sort=q.get("sort") or "expected_loss",
         )
     except QueryError as exc:
@@ -399,6 +401,7 @@ def worklist_page(request: Request, principal: PagePrincipal) -> Response:
     page_no = _page_number(request)
     with Session(_engine(request)) as session:
         page = worklist(session, filters, page=page_no)
+        regions = loan_regions(session)
         after_risk = session.scalar(sa.select(sa.func.max(RiskEventRecord.id))) or 0
         after_alert = session.scalar(sa.select(sa.func.max(AlertRecord.id))) or 0
         _audit(session, request, principal, "view_worklist", "loan", subject_id="*", page=page_no, rows=len(page.rows),
@@ -410,6 +413,7 @@ def worklist_page(request: Request, principal: PagePrincipal) -> Response:
         "show_scores": _may_see_scores(principal),
         "tiers": TIERS,
         "sorts": SORTS,
+        "regions": regions,
         "page": page,
         "filters": filters,
         "levels": LEVELS,

@@ -9,7 +9,7 @@ bad outcome, largest first; loans not scored yet last); or the level (critical f
 exposure (the overdue amount, ``total_overdue`` of the stored repayment facts), then days past
 due; or the score; or days past due. Ties: the severity order, then the loan id (by expected
 loss, the loan id: amounts in cents rarely tie).
-Filters: level, next step, reason code, tier, search.
+Filters: level, next step, reason code, tier, region, search.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..risk.features import FEATURE_NAMES
 from ..risk.repayments import format_cents
 from ..risk.score import HARD_RULES, Tier
 from ..storage.tables import AlertRecord, BatchRecord, Device, DeviceKey, DeviceStatus, LoanRecord, RiskStateRecord
+from .csv_import import REGION_RE
 
 __all__ = [
     "LEVELS",
@@ -70,9 +71,12 @@ class WorklistFilter:
     reason: str | None = None
     search: str | None = None
     tier: str | None = None
+    region: str | None = None
     sort: str = "expected_loss"
 
     def __post_init__(self) -> None:
+        if self.region is not None and not REGION_RE.fullmatch(self.region):
+            raise QueryError(f"region {self.region!r:.70} is not a region label")
         if self.tier is not None and self.tier not in TIERS:
             raise QueryError(f"tier {self.tier!r:.30} is not one of {', '.join(TIERS)}")
         if self.sort not in SORTS:
@@ -89,7 +93,8 @@ class WorklistFilter:
     def as_params(self) -> dict[str, str]:
         """The non-empty filters as query parameters."""
         pairs = {"level": self.level, "next_step": self.next_step, "reason": self.reason, "q": self.search,
-                 "tier": self.tier, "sort": None if self.sort == "expected_loss" else self.sort}
+                 "tier": self.tier, "region": self.region,
+                 "sort": None if self.sort == "expected_loss" else self.sort}
         return {k: v for k, v in pairs.items() if v}
 
 
@@ -142,6 +147,7 @@ def worklist_statement(
         LoanRecord.device_id,
         LoanRecord.vin,
         LoanRecord.borrower_ref,
+        LoanRecord.region,
         RiskStateRecord.level,
         RiskStateRecord.next_step,
         RiskStateRecord.reasons,
@@ -166,6 +172,8 @@ def worklist_statement(
         query = query.where(LoanRecord.loan_id.in_(_search_ids(filters.search)))
     if filters.tier is not None:
         query = query.where(RiskStateRecord.tier == filters.tier)
+    if filters.region is not None:
+        query = query.where(LoanRecord.region == filters.region)
     if scored is not None:
         has_loss = RiskStateRecord.expected_loss_cents.is_not(None)
         query = query.where(has_loss if scored else ~has_loss)
@@ -235,6 +243,7 @@ def _worklist_row(r: Any) -> dict[str, Any]:
         "device_id": r["device_id"],
         "vin": r["vin"],
         "borrower_ref": r["borrower_ref"],
+        "region": r["region"],
         "level": r["level"] or "normal",
         "next_step": r["next_step"] or "monitor",
         "reason_codes": [x.get("code") for x in (r["reasons"] or []) if isinstance(x, dict)],
@@ -331,6 +340,12 @@ def alert_feed(session: Session, filters: AlertFilter, *, page: int = 1, size: i
     statement = alert_statement(filters).limit(size + 1).offset((page - 1) * size)
     rows = [alert_row(r) for r in session.execute(statement).mappings()]
     return Page(rows[:size], page, size, len(rows) > size)
+
+
+def loan_regions(session: Session) -> list[str]:
+    """The region labels of the loan book (for the worklist's filter)."""
+    query = sa.select(LoanRecord.region).where(LoanRecord.region.is_not(None)).distinct().order_by(LoanRecord.region)
+    return [r for r in session.scalars(query) if r is not None]
 
 
 def alert_rules(session: Session) -> list[str]:

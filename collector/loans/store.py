@@ -50,6 +50,7 @@ class LoanRow:
     principal_cents: int
     schedule: tuple[Installment, ...]
     payments: tuple[Payment, ...] = ()
+    region: str | None = None
 
 
 def store_loan(session: Session, row: LoanRow, *, now_ms: int) -> LoanRecord:
@@ -61,6 +62,7 @@ def store_loan(session: Session, row: LoanRow, *, now_ms: int) -> LoanRecord:
         borrower_ref=row.borrower_ref,
         principal_cents=row.principal_cents,
         created_ms=now_ms,
+        region=row.region,
     )
     session.add(loan)
     session.flush()  # no ORM relationship: the parent row must exist before its children
@@ -89,6 +91,7 @@ def existing_loan_conflicts(session: Session, row: LoanRow) -> list[tuple[str | 
             and stored.vin == row.vin
             and stored.borrower_ref == row.borrower_ref
             and stored.principal_cents == row.principal_cents
+            and stored.region == row.region
             and load_schedule(session, row.loan_id) == row.schedule
         )
         if not same:

@@ -291,6 +291,8 @@ class LoanRecord(Base):
     borrower_ref: Mapped[str] = mapped_column(sa.String(64), index=True)  # console search (migration 0004)
     principal_cents: Mapped[int]
     created_ms: Mapped[int]
+    #: the lender's region label for the loan (optional CSV column, worklist filter; migration 0013)
+    region: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
 
 class InstallmentRecord(Base):
