@@ -4,8 +4,8 @@ Measured in one run on one SQLite file with ``--loans`` loans (default 100,000; 
 them assessed above normal, with repayment facts like the risk engine stores):
 
 1. the worklist query alone (``collector.loans.queries.worklist``): the first page (50 rows,
-   level, then overdue amount, then days past due), a level filter, and searches by loan id,
-   VIN prefix and device id;
+   by expected loss, the default; and by level, then overdue amount, then days past due), a
+   level filter, a tier filter, and searches by loan id, VIN prefix and device id;
 2. the same through the whole app in this process (``GET /console/worklist`` with a signed-in
    session: session lookup, query, audit row, template): the server time of a page;
 3. the baseline: a bare ``SELECT`` of exactly the rows each query returned (by primary key,
@@ -62,8 +62,11 @@ def populate(engine: sa.Engine, count: int) -> None:
                  "overdue": late > 0}
         reasons = [] if level == "normal" else [{"code": "past_due" if late else "overdue", "level": level,
                                                   "next_step": step, "alert_episode": None, "evidence": {}}]
+        score = min(0.99, 0.01 + 0.2 * late * rng.random())
         states.append({"loan_id": loan_id, "level": level, "next_step": step, "reasons": reasons, "facts": facts,
-                       "evaluated_ms": NOW, "changed_ms": NOW - rng.randrange(0, 86_400_000)})
+                       "evaluated_ms": NOW, "changed_ms": NOW - rng.randrange(0, 86_400_000), "score": score,
+                       "expected_loss_cents": int(score * 0.5 * loans[-1]["principal_cents"]),
+                       "tier": "risk" if late else "on_time_12m"})
     with engine.begin() as conn:
         for start in range(0, count, 10_000):
             conn.execute(sa.insert(LoanRecord.__table__), loans[start : start + 10_000])
@@ -103,7 +106,9 @@ def main() -> int:
         print(f"{args.loans:,} loans populated in {time.perf_counter() - t0:.1f} s; cores: {os.cpu_count()}; "
               f"load: {os.getloadavg()[0]:.2f}")
         cases = {
-            "first page (all loans)": (WorklistFilter(), {}),
+            "first page (all loans)": (WorklistFilter(), {}),  # by expected loss, the default
+            "first page by severity": (WorklistFilter(sort="severity"), {"sort": "severity"}),
+            "tier = risk": (WorklistFilter(tier="risk"), {"tier": "risk"}),
             "level = high": (WorklistFilter(level="high"), {"level": "high"}),
             "search loan id": (WorklistFilter(search=probe.loan_id), {"q": probe.loan_id}),
             "search VIN prefix (8)": (WorklistFilter(search=probe.vin[:8]), {"q": probe.vin[:8]}),

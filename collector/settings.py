@@ -336,16 +336,19 @@ def _coerce(name: str, value: Any, annotation: Any, base_dir: Path) -> Any:
         raise ConfigError(f"{name}={value!r} is not a valid {getattr(annotation, '__name__', annotation)}") from exc
 
 
+_RISK_OWN = ("model", "grace_days", "reassess_interval_s")
+
+
 def _build_risk(raw: Mapping[str, Any], base_dir: Path) -> RiskSettings:
-    """``[risk]``: ``grace_days`` and ``reassess_interval_s`` here, every other key is a threshold."""
-    own = {k: raw[k] for k in ("grace_days", "reassess_interval_s") if k in raw}
+    """``[risk]``: ``model``, ``grace_days`` and ``reassess_interval_s`` here, every other key is a threshold."""
+    own = {k: raw[k] for k in _RISK_OWN if k in raw}
     thresholds: dict[str, Any] = {}
     config_hints = typing.get_type_hints(RiskConfig)
     for key, value in raw.items():
         if key in own:
             continue
         if key not in config_hints:
-            known = ", ".join(sorted([*config_hints, *own, "grace_days", "reassess_interval_s"]))
+            known = ", ".join(sorted([*config_hints, *_RISK_OWN]))
             raise ConfigError(f"unknown setting(s) in [risk]: {key} (known: {known})")
         if isinstance(value, str):  # from the environment: coerce like any other setting
             coerced = _coerce(f"risk.{key}", value, config_hints[key], base_dir)

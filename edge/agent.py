@@ -23,6 +23,7 @@ then publishes a signed offline state. Anything unsent stays in the outbox for n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import secrets
@@ -37,9 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import Alert, DailyStats, DeviceState, Fix, NoFix, SignalSample, seal_state, state_topic
 from protocol.cli import lienwatch_version
 from protocol.errors import ProtocolError
+from protocol.tier_section import TierSection
 
 from .batcher import Batcher, ClosedBatch
-from .config import AgentConfig, load_config
+from .config import AgentConfig, BatchSettings, load_config
 from .counter_board import OMITTED, PublishedCounters, counter_values, state_counters
 from .downlink_apply import DownlinkApplier, Tracking
 from .errors import ConfigError, EdgeError, InputError
@@ -210,6 +212,8 @@ class Agent:
         self.connections = ConnectionCounter(data_dir / "connection")
         self._connection: int | None = None
         self.engine = engine if engine is not None else self._build_engine(engine_factory)
+        #: the ``tier`` section of the signed configuration in force (None: the local [batch])
+        self.tier: TierSection | None = None
         self.batcher = Batcher(config.batch)
         self.reporting = ReportingPolicy(config.reporting)
         self._queue: queue.Queue[_Message] = queue.Queue(maxsize=queue_size)
@@ -237,6 +241,7 @@ class Agent:
                 local_reporting=lambda: self.config.reporting,
                 set_reporting=self.reporting.set_settings,
                 set_tracking=self._set_tracking,
+                on_tier=self._set_tier,
             )
             self._downlink.apply_stored()
         self.uplink = Uplink(
@@ -350,6 +355,22 @@ class Agent:
     def _on_config(self, topic: str, payload: bytes) -> None:
         self._offer(_Message(MessageKind.CONFIG, topic=topic, payload=payload))
 
+    def _batch_settings(self, local: BatchSettings) -> BatchSettings:
+        """The local ``[batch]`` with the tier's batch interval in force, if a tier section is."""
+        if self.tier is None:
+            return local
+        age = float(self.tier.batch_interval_s)
+        return dataclasses.replace(local, max_age_s=age, max_age_active_s=min(local.max_age_active_s, age))
+
+    def _set_tier(self, tier: TierSection | None) -> None:
+        """Apply (or, with None, lift) the risk tier's reporting policy (docs/protocol.md section 6)."""
+        changed = tier != self.tier
+        self.tier = tier
+        self.batcher.set_settings(self._batch_settings(self.config.batch))
+        if changed:
+            _event(logging.INFO, "tier_applied", tier=tier.name if tier else "local",
+                   batch_interval_s=self.batcher.settings.max_age_s)
+
     def request_reload(self) -> None:
         """Reload the config file (safe from a signal handler)."""
         self._offer(_Message(MessageKind.RELOAD), block=False)
@@ -368,7 +389,7 @@ class Agent:
         self.engine.set_config(new.rules)
         self.engine.set_markets(markets)
         self.engine.set_regions(regions)
-        self.batcher.set_settings(new.batch)
+        self.batcher.set_settings(self._batch_settings(new.batch))
         self.reporting.set_settings(new.reporting)
         restart = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.config, name)]
         self.config = new

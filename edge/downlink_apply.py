@@ -1,20 +1,22 @@
-"""Applying the signed configurations the collector pushes (places, regions, rules, reporting, tracking).
+"""Applying the signed configurations the collector pushes (places, regions, rules, reporting, tracking, tier).
 
 The :class:`~edge.uplink.ConfigGate` decides whether a message is acceptable (signature,
 device, version floor); this module decides whether its body applies: every known section
 is validated first (the place schema of :mod:`protocol.places`, ``[rules]`` overrides merged
 over the local file, ``reporting`` merged over the local ``[reporting]``, ``tracking``, the
-``keys`` announcement of :mod:`protocol.downlink_keys`), then all are applied together, so a
-body is taken whole or not at all.
+``tier`` section of :mod:`protocol.tier_section`, the ``keys`` announcement of
+:mod:`protocol.downlink_keys`), then all are applied together, so a body is taken whole or
+not at all.
 
 Sections this agent does not know (owned by newer collector parts, docs/protocol.md section 6)
 are ignored, counted (``config_unknown_sections``) and logged, so a newer collector never
 locks an older agent out of the sections it does know. ``places`` (typed places) wins over
 ``markets`` (the same used-car markets without ``type``, kept for agents before typed places).
+A known section that is absent means the agent's local default.
 
 ``tracking`` (``{"enabled": false, "reason": "settled"}``) is sent once the loan is settled
-or transferred: the agent then stops collecting and sending positions. The collector builds
-the whole body each time, so a body without ``tracking`` means the local default (enabled).
+or transferred: the agent then stops collecting and sending positions. No ``tier`` section
+puts the local ``[batch] max_age_s`` back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from protocol import DeviceConfig
 from protocol.downlink_keys import KEYS_SECTION, announced_key
 from protocol.errors import ProtocolError
 from protocol.places import Place, load_places, load_regions
+from protocol.tier_section import TierSection, load_tier_section
 
 from .config import ReportingSettings, reporting_with_overrides
 from .errors import EdgeError
@@ -41,7 +44,7 @@ __all__ = ["BODY_SECTIONS", "DownlinkApplier", "Tracking", "load_tracking"]
 log = logging.getLogger("lienwatch.agent")
 #: The sections this agent applies; any other section of a body is ignored (counted, logged).
 #: ``keys`` is taken by the gate (edge.downlink_trust) once the body is accepted.
-BODY_SECTIONS = frozenset({"markets", "places", "regions", "rules", "reporting", "tracking", KEYS_SECTION})
+BODY_SECTIONS = frozenset({"markets", "places", "regions", "rules", "reporting", "tracking", "tier", KEYS_SECTION})
 MAX_TRACKING_REASON = 64
 
 
@@ -86,6 +89,7 @@ class DownlinkApplier:
         set_reporting: applies the resulting reporting settings (None: reporting is not handled).
         set_tracking: called with the tracking policy of every applied body (the default,
             enabled, when the body has no ``tracking`` section).
+        on_tier: applies a ``tier`` section (None: the body has none, back to the local default).
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class DownlinkApplier:
         local_reporting: Callable[[], ReportingSettings] | None = None,
         set_reporting: Callable[[ReportingSettings], None] | None = None,
         set_tracking: Callable[[Tracking], None] | None = None,
+        on_tier: Callable[[TierSection | None], None] | None = None,
     ) -> None:
         self.gate = gate
         self._engine = engine
@@ -106,6 +111,7 @@ class DownlinkApplier:
         self._local_reporting = local_reporting
         self._set_reporting = set_reporting
         self._set_tracking = set_tracking
+        self._on_tier = on_tier
 
     def apply_stored(self) -> None:
         """Re-apply the last accepted configuration at start; one that no longer applies is logged."""
@@ -149,10 +155,12 @@ class DownlinkApplier:
             ConfigError: the merged ``rules`` or ``reporting`` are not acceptable.
             PlacesError: a place, market or region item is not acceptable.
             InvalidValue: the ``keys`` section is malformed.
+            TierSectionError: the ``tier`` section is not acceptable.
         """
         body = config.body
         announced_key(body)  # a malformed announcement refuses the whole body
         tracking = load_tracking(body["tracking"]) if "tracking" in body else Tracking()
+        tier = load_tier_section(body["tier"]) if "tier" in body else None
         markets: list[Place] | None = None
         if "places" in body:
             markets = load_places(body["places"], label="places")
@@ -178,4 +186,6 @@ class DownlinkApplier:
             self._set_reporting(reporting)
         if self._set_tracking is not None:
             self._set_tracking(tracking)
+        if self._on_tier is not None:
+            self._on_tier(tier)
         return sorted(set(body) - BODY_SECTIONS)

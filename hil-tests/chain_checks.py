@@ -231,6 +231,19 @@ RULE_LEVEL_WHEN_OVERDUE = {
 }
 
 
+#: the floor each alert rule puts under the v2 collateral axis of an overdue loan with 3 late
+#: instalments (docs/risk.md, hard rules); "normal" = no hard rule for it
+RULE_COLLATERAL_FLOOR_WHEN_OVERDUE = {
+    "power_cut": "critical",
+    "towing": "critical",
+    "gnss_lost": "critical",
+    "gnss_jamming": "critical",
+    "night_door_openings": "high",
+    "stationary_near_market": "normal",
+    "region_exit": "normal",
+}
+
+
 def open_alert_rules(alerts: Iterable[Mapping[str, Any]]) -> set[str]:
     """Rules with a raised episode that was not cleared."""
     alerts = list(alerts)

@@ -109,6 +109,23 @@ class Chain:
         """The loan's risk level as the API shows it."""
         return str(self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]["level"])
 
+    def axes(self) -> tuple[str, str]:
+        """The loan's v2 (credit, collateral) levels as the API shows them to an analyst."""
+        score = self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]["score"]
+        return str(score["credit"]["level"]), str(score["collateral"]["level"])
+
+    def wait_collateral(self, floor: str, *, exact: bool, timeout: float = 60.0) -> tuple[str, str]:
+        """Wait until the collateral axis is ``floor`` (``exact``) or at least it; returns the axes seen."""
+        deadline = time.monotonic() + timeout
+        axes = self.axes()
+        while time.monotonic() < deadline:
+            collateral = axes[1]
+            if collateral == floor or (not exact and level_at_least(collateral, floor)):
+                break
+            time.sleep(0.25)
+            axes = self.axes()
+        return axes
+
     def play(
         self,
         scenario: str,

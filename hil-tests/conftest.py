@@ -106,7 +106,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"{fmt('alert_to_visible_s'):>14} {fmt('event_to_visible_s'):>14}"
         )
     tr.write_line("event = the simulator's wall_time of the trigger event; alert time = when the simulated")
-    tr.write_line("clock reached the alert's observation time; committed = the collector's risk event;")
-    tr.write_line("visible = first API poll (every 0.25 s) showing the level. Rerun:")
+    tr.write_line("clock reached the alert's observation time; committed = the collector's risk event")
+    tr.write_line("(- when the level did not change);")
+    tr.write_line("visible = first API poll (every 0.25 s) showing the scenario's reason. Rerun:")
     tr.write_line("  .venv/bin/python -m pytest -q -p no:cacheprovider hil-tests/test_scenarios.py")
     tr.write_line(f"written to {path}")

@@ -1,35 +1,35 @@
 """Each shipped scenario end to end: simulator -> agent -> Mosquitto -> collector -> API.
 
 For the late loan L-1002 (device tbox-0002): the normal week raises no alert, each anomaly
-scenario raises exactly its own alert, and the loan ends at the level the risk table in
-docs/risk.md gives (its repayment-only level, computed here from the CSV for today, raised
-by the scenario's row). Every run also checks the ledger (nothing lost or doubled) and
-records the latency from the simulated event to the risk change visible in the API.
+scenario raises exactly its own alert, and the loan ends where the v2 score of docs/risk.md
+puts it: the credit axis critical (88 days past due with three lates, from import on), the
+collateral axis at the floor the hard rules give the alerts still open at the end (power
+cut, towing, GNSS loss while overdue: critical; night doors with an active late streak: at
+least high; a market dwell alone: no collateral level), the loan's level the more severe of
+the two, and the scenario's reason among the loan's explained reasons. Every run also checks
+the ledger (nothing lost or doubled) and records the latency from the simulated event to the
+reason visible in the API.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from chain_checks import (
-    RULE_LEVEL_WHEN_OVERDUE,
+    RULE_COLLATERAL_FLOOR_WHEN_OVERDUE,
     ScenarioClock,
     agent_logged_alerts,
     alert_rows,
     check_ledger,
-    loan_base_level,
     max_level,
     open_alert_rules,
     stored_alerts,
 )
-from chain_driver import LOAN_ID, Chain, Hardware
-
-from collector.loans.csv_import import sample_loan_book
+from chain_driver import LOAN_ID, Chain, Hardware, level_at_least
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Expect:
     """What a scenario must produce."""
 
     rules: frozenset[str]  # alert rules raised, exactly
-    reason: str | None  # the risk row (docs/risk.md) it must match
-    level: str  # that row's level
+    reason: str | None  # the v2 reason (docs/risk.md: hard rule or feature) it must add
+    level: str  # the collateral floor while its alert is open
     trigger: str | None  # simulator event latency is measured from (None: the alert time itself)
     speed_factor: float | None  # --speed-factor (1x windows stay 1x)
     latency_rule: str | None = None  # the alert latency is measured to (None: the first raised)
@@ -46,8 +46,8 @@ class Expect:
 
 SCENARIOS: dict[str, Expect] = {
     "commute_week": Expect(frozenset(), None, "normal", None, None),
-    "parked_in_market": Expect(frozenset({"stationary_near_market"}), "late_streak_near_market", "high", None, None),
-    "night_doors": Expect(frozenset({"night_door_openings"}), "night_door_openings", "watch", "door_open", 2.0),
+    "parked_in_market": Expect(frozenset({"stationary_near_market"}), "market_while_overdue", "normal", None, None),
+    "night_doors": Expect(frozenset({"night_door_openings"}), "night_doors_late_streak", "high", "door_open", 2.0),
     "unplug": Expect(frozenset({"power_cut"}), "power_cut_while_overdue", "critical", "power_cut", 2.0),
     "tow_away": Expect(frozenset({"towing"}), "towing_while_overdue", "critical", "tow_start", None),
     # jamming is part of the gnss_lost rule: both are raised with the loss (docs/rules.md)
@@ -82,10 +82,8 @@ def test_scenario_end_to_end(
     if hardware is not None:
         pytest.skip("scenarios need the simulator (a real T-BOX plays no scripted scenario)")
     expect = SCENARIOS[scenario]
-    today = datetime.now(tz=UTC).date()
-    base = loan_base_level(sample_loan_book(today), LOAN_ID, today)
-    peak_level = max_level(base, expect.level)  # while the scenario's alert is open
-
+    base = "critical"  # the credit axis of L-1002 from import on (docs/risk.md, "What changes for the sample book")
+    peak_level = base  # no collateral level outranks critical
     chain.setup(hil_keys)
     played = chain.play(scenario, speed_factor=expect.speed_factor)
     high = chain.finish()
@@ -101,12 +99,18 @@ def test_scenario_end_to_end(
     assert raised >= expect.rules, f"{scenario}: alerts raised {alerts}"
     extra = raised - expect.rules
     assert not extra, f"{scenario}: unexpected alerts {sorted(extra)}: {alerts}"
-    # the final level comes from what is still open at the end (a jamming clears at the next fix)
-    final_level = max_level(base, *(RULE_LEVEL_WHEN_OVERDUE[rule] for rule in open_alert_rules(alerts)))
-    level = chain.wait_level(final_level, timeout=60)
-    assert level == final_level, f"{scenario}: loan {LOAN_ID} is {level}, expected {final_level}"
-    if expect.rules:
-        assert peak_level in played.level_first_seen, f"{peak_level} never shown while playing: {played}"
+    # the final collateral floor comes from what is still open at the end (a jamming clears at the next fix)
+    floor = max_level("normal", *(RULE_COLLATERAL_FLOOR_WHEN_OVERDUE[rule] for rule in open_alert_rules(alerts)))
+    exact = floor in ("normal", "critical")  # night doors: the floor is high, the score may add to it
+    credit, collateral = chain.wait_collateral(floor, exact=exact, timeout=60)
+    if exact:
+        assert collateral == floor, f"{scenario}: collateral axis is {collateral}, expected {floor}"
+    else:
+        assert level_at_least(collateral, floor), f"{scenario}: collateral axis is {collateral}, expected >= {floor}"
+    assert credit == base, f"{scenario}: credit axis is {credit}, expected {base}"
+    level = chain.level()
+    assert level == max_level(credit, collateral) == base, f"{scenario}: loan {LOAN_ID} is {level}"
+    assert peak_level in played.level_first_seen, f"{peak_level} never shown while playing: {played}"
     loan = chain.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")
     if expect.reason is not None:
         assert expect.reason in played.reason_first_seen, played.reason_first_seen
@@ -123,7 +127,8 @@ def test_scenario_end_to_end(
         events = list(chain.rig.sim_events())
         alert_wall = ScenarioClock(events).wall_at(first["time_ms"])
         event_wall = _trigger_wall(events, expect.trigger, first["time_ms"]) if expect.trigger else alert_wall
-        # the reason appearing is the risk change (night doors adds a reason, not a level)
+        # the reason appearing is the risk change (v2: the loan is critical on credit from import,
+        # an alert adds its explained reason and moves the collateral axis, not the loan's level)
         visible = played.reason_first_seen.get(str(expect.reason))
         committed = chain.risk_event_time(peak_level) if peak_level != base else None
         row = {

@@ -41,6 +41,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "SchemaError",
+    "TierSectionError",
     "TopicError",
     "TrailingBytes",
     "TruncatedMessage",
@@ -222,6 +223,12 @@ class PlacesError(ProtocolError, ValueError):
     """A place or region list (document or items) is malformed; the message names the item and key."""
 
     reason = "bad_places"
+
+
+class TierSectionError(ProtocolError, ValueError):
+    """The ``tier`` section of a device configuration is malformed (the message names the key)."""
+
+    reason = "bad_tier_section"
 
 
 def _all_subclasses(cls: type[ProtocolError]) -> list[type[ProtocolError]]:

@@ -120,6 +120,7 @@ def test_loan_side_sections(tmp_path: Path) -> None:
         tmp_path,
         """
 [risk]
+model = "v1"
 grace_days = 5
 reassess_interval_s = 30
 offline_hours = 72
@@ -139,7 +140,7 @@ signing_key = "keys/collector.key"
     secret = "env-secret-abcdefghijklmnop"
     settings = load_settings(path, environ={"LIENWATCH_WEBHOOKS_SECRET": secret, "LIENWATCH_RISK_LATE_STREAK": "2"})
     risk = settings.risk
-    assert (risk.grace_days, risk.reassess_interval_s) == (5, 30.0)
+    assert (risk.model, risk.grace_days, risk.reassess_interval_s) == ("v1", 5, 30.0)
     assert (risk.config.offline_hours, risk.config.late_streak, risk.config.dpd_call) == (72, 2, 30)
     assert risk.config.market_rules == frozenset({"stationary_near_market", "parked_near_dealer"})
     assert settings.webhooks.urls == ("https://hooks.example.com/lienwatch",)
@@ -155,7 +156,7 @@ signing_key = "keys/collector.key"
 
 def test_loan_side_defaults() -> None:
     settings = load_settings(None, environ={})
-    assert (settings.risk.grace_days, settings.risk.reassess_interval_s) == (3, 60.0)
+    assert (settings.risk.model, settings.risk.grace_days, settings.risk.reassess_interval_s) == ("v2", 3, 60.0)
     assert settings.webhooks.urls == ()
     assert settings.webhooks.secret is None
     assert settings.retention.interval_s == 86_400.0  # first run one day after start
@@ -183,6 +184,8 @@ def test_lists_from_the_environment() -> None:
         ("[risk]\ndpd_call = 100\n", {}, "dpd_on_site=90 must be >= dpd_call=100"),
         ("[risk]\nmarket_rules = 3\n", {}, "[risk] market_rules must be a list of rule names"),
         ("[risk]\ngrace_days = 99\n", {}, "risk.grace_days=99 is outside [0, 60]"),
+        ("[risk]\nmodel = 'v3'\n", {}, "risk.model='v3' is not one of v2, v1"),
+        ("", {"LIENWATCH_RISK_MODEL": "rules"}, "risk.model='rules' is not one of v2, v1"),
         ("", {"LIENWATCH_RISK_OFFLINE_HOURS": "soon"}, "risk.offline_hours='soon' is not a valid float"),
         ("[webhooks]\nurls = ['ftp://x/y']\n", {"LIENWATCH_WEBHOOKS_SECRET": "0123456789abcdef"},
          "must be an absolute http(s) URL"),

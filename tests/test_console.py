@@ -20,6 +20,7 @@ from collector.api.app import create_app
 from collector.api.loans import router as loans_router
 from collector.console.web import router as console_router
 from collector.loans.csv_import import import_loans, parse_loans
+from collector.loans.queries import WorklistFilter, worklist
 from collector.risk.assessment import reassess_loan
 from collector.settings import ConsoleSettings, Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
@@ -31,6 +32,7 @@ from collector.storage.tables import (
     Device,
     FixRecord,
     LoanDeviceRecord,
+    LoanRecord,
     PlaceRecord,
 )
 from tests.child_processes import ChildProcesses
@@ -185,18 +187,20 @@ def test_worklist_order_filters_search_and_csv(world: tuple) -> None:
     page = client.get("/console/worklist").text
     order = re.findall(r'<tr data-loan="([^"]+)"', page)
     assert order[:2] == ["L-1002", "L-1003"]
-    assert 'data-level="high"' in page
-    high = client.get("/console/worklist", params={"level": "high"}).text
-    assert re.findall(r'<tr data-loan="([^"]+)"', high) == ["L-1002"]
-    by_reason = client.get("/console/worklist", params={"reason": "late_streak_near_market"}).text
+    assert 'data-level="critical"' in page  # v2: 88 days past due with three lates is a likely default
+    critical = client.get("/console/worklist", params={"level": "critical"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', critical) == ["L-1002"]
+    by_reason = client.get("/console/worklist", params={"reason": "market_while_overdue"}).text
     assert re.findall(r'<tr data-loan="([^"]+)"', by_reason) == ["L-1002"]
+    by_credit_reason = client.get("/console/worklist", params={"reason": "dpd_1_29"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', by_credit_reason) == ["L-1003"]
     assert re.findall(r'<tr data-loan="([^"]+)"', client.get("/console/worklist", params={"q": "tbox-0003"}).text) == [
         "L-1003"]
     assert client.get("/console/worklist", params={"level": "panic"}).status_code == 422
     exported = client.get("/console/worklist.csv")
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert [r["loan_id"] for r in rows][:2] == ["L-1002", "L-1003"]
-    assert rows[0]["level"] == "high"
+    assert rows[0]["level"] == "critical"
     assert rows[0]["next_step"] == "on_site_check"
 
 
@@ -204,13 +208,14 @@ def test_loan_page_reason_sentence_in_both_languages(world: tuple) -> None:
     client, _, _ = world
     user(client, "ana")
     en = client.get("/console/loans/L-1002").text
-    assert "3 instalments in a row were paid late and the vehicle has been parked near a used-car market" in en
-    assert "(Jiading used-car market) for 3 d 0 h" in en
+    assert "¥10500.00 is overdue (3 instalments late in a row) and the vehicle has been parked near a used-car " \
+           "market (Jiading used-car market) for 3 d 0 h" in en
     assert "Asia/Shanghai" in en
     client.cookies.clear()
     user(client, "li")
     zh = client.get("/console/loans/L-1002").text
-    assert "连续 3 期还款逾期，且车辆已在二手车市场“Jiading used-car market”附近停放 3 天 0 小时" in zh
+    assert "逾期金额 ¥10500.00（连续 3 期逾期），且车辆已在二手车市场“Jiading used-car market”附近停放 3 天 0 小时" \
+        in zh
 
 
 def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tuple) -> None:
@@ -529,3 +534,112 @@ def test_a_second_tracker_shows_on_the_loan_page_and_among_the_devices(world: tu
     devices = client.get("/console/devices").text
     row = re.findall(r'<tr data-device="spy-0002">.*?</tr>', devices, flags=re.S)[0]
     assert '<a href="/console/loans/L-1002">L-1002</a>' in row
+def test_worklist_orders_by_expected_loss_with_sort_choices_and_a_tier_filter(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:  # score every loan so the order has five expected losses to rank
+        for loan in ("L-1001", "L-1004", "L-1005"):
+            reassess_loan(session, loan, NOW)
+        session.commit()
+    user(client, "ana")
+    page = client.get("/console/worklist").text
+    order = re.findall(r'<tr data-loan="([^"]+)"', page)
+    losses = [float(x) for x in re.findall(r'<td class="num expected-loss">¥([\d.]+)</td>', page)]
+    assert len(losses) == 5
+    assert losses == sorted(losses, reverse=True)
+    assert order[0] == "L-1002"
+    assert 'option value="expected_loss" selected' in page
+    def loans_of(**params: str) -> list[str]:
+        return re.findall(r'<tr data-loan="([^"]+)"', client.get("/console/worklist", params=params).text)
+
+    by_severity = loans_of(sort="severity")
+    assert by_severity[:2] == ["L-1002", "L-1003"]
+    by_score = client.get("/console/worklist", params={"sort": "score"}).text
+    scores = [float(x) for x in re.findall(r'<td class="num score">([\d.]+) %</td>', by_score)]
+    assert scores == sorted(scores, reverse=True)
+    assert len(scores) == 5
+    by_dpd = loans_of(sort="days_past_due")
+    assert by_dpd[0] == "L-1002"  # 88 days past due
+    assert client.get("/console/worklist", params={"sort": "random"}).status_code == 422
+
+    risky = client.get("/console/worklist", params={"tier": "risk"}).text
+    assert sorted(re.findall(r'<tr data-loan="([^"]+)"', risky)) == ["L-1002", "L-1003", "L-1005"]
+    assert 'data-tier="risk"' in risky
+    assert client.get("/console/worklist", params={"tier": "gold"}).status_code == 422
+    exported = list(csv.DictReader(io.StringIO(client.get("/console/worklist.csv", params={"tier": "risk"}).text)))
+    assert [r["loan_id"] for r in exported] == re.findall(r'<tr data-loan="([^"]+)"', risky)
+    assert all(r["tier"] == "risk" and float(r["expected_loss"]) > 0 for r in exported)
+
+    client.cookies.clear()
+    user(client, "cole")  # collections: the same order, no score or expected loss shown or exported
+    page = client.get("/console/worklist").text
+    assert re.findall(r'<tr data-loan="([^"]+)"', page) == order
+    assert "expected-loss" not in page
+    assert 'class="num score"' not in page
+    exported = list(csv.DictReader(io.StringIO(client.get("/console/worklist.csv").text)))
+    assert {r["expected_loss"] for r in exported} == {""}
+
+
+def test_loan_page_shows_the_score_with_its_explanation_to_analysts_only(world: tuple) -> None:
+    client, _, _ = world
+    user(client, "ana")
+    page = client.get("/console/loans/L-1002").text
+    assert 'id="score"' in page
+    score = re.search(r'id="score-value" data-score="([\d.]+)"', page)
+    assert score is not None
+    assert 0.5 < float(score.group(1)) < 1
+    assert re.search(r'<h3 class="axis" data-axis="credit">Credit:\s*<span class="badge level-critical"', page)
+    assert 'data-tier="risk"' in page
+    credit = page[page.index('<table class="grid explanation" data-axis="credit">'):]
+    credit = credit[:credit.index("</table>")]
+    rows = re.findall(r'<tr data-code="([^"]+)" data-kind="(\w+)" data-log-odds="(-?[\d.]+)">', credit)
+    assert ("arrears_installments", "feature") in [(c, k) for c, k, _ in rows]
+    assert "cured" not in [c for c, _, _ in rows]  # not on this loan
+    # every contribution is shown in probability points and log-odds, both signs (ltv may lower it)
+    assert re.search(r'<td class="contribution">credit \+\d+\.\d pts \(log-odds \+\d\.\d\d\)</td>', credit)
+    # the reasons list says what each reason contributed
+    reasons = page[page.index('id="reasons"'):page.index('id="score"')]
+    assert re.search(r'<span class="contribution">credit \+\d+\.\d pts', reasons)
+    client.cookies.clear()
+    user(client, "li")
+    assert "信用风险 +" in client.get("/console/loans/L-1002").text
+    client.cookies.clear()
+    user(client, "cole")
+    seen = client.get("/console/loans/L-1002").text
+    assert 'id="score"' not in seen
+    assert "pts" not in seen
+    assert "log-odds" not in seen
+    assert '<span class="contribution">credit</span>' in seen  # the axis, no figure
+
+
+def test_expected_loss_pages_run_from_scored_loans_into_the_unscored(world: tuple) -> None:
+    _, engine, _ = world
+    with Session(engine) as session:  # L-1002 and L-1003 are scored, the other three not yet
+        pages = [worklist(session, WorklistFilter(), page=n, size=2) for n in (1, 2, 3)]
+        by_severity = worklist(session, WorklistFilter(sort="severity"), size=10).rows
+    ids = [[r["loan_id"] for r in p.rows] for p in pages]
+    assert ids[0] == ["L-1002", "L-1003"]
+    assert [p.has_next for p in pages] == [True, True, False]
+    unscored = [r["loan_id"] for r in by_severity if r["expected_loss"] is None]
+    assert ids[1] + ids[2] == unscored
+    assert len(unscored) == 3
+    assert float(pages[0].rows[0]["expected_loss"]) > float(pages[0].rows[1]["expected_loss"])
+
+
+def test_worklist_region_filter(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        for loan_id, region in (("L-1002", "Shanghai"), ("L-1003", "上海 浦东"), ("L-1004", "Shanghai")):
+            session.get(LoanRecord, loan_id).region = region  # type: ignore[union-attr]
+        session.commit()
+    user(client, "ana")
+    page = client.get("/console/worklist").text
+    assert '<option value="Shanghai"' in page
+    assert '<option value="上海 浦东"' in page
+    shanghai = client.get("/console/worklist", params={"region": "Shanghai"}).text
+    assert sorted(re.findall(r'<tr data-loan="([^"]+)"', shanghai)) == ["L-1002", "L-1004"]
+    pudong = client.get("/console/worklist", params={"region": "上海 浦东"}).text
+    assert re.findall(r'<tr data-loan="([^"]+)"', pudong) == ["L-1003"]
+    assert client.get("/console/worklist", params={"region": "x;drop"}).status_code == 422
+    exported_csv = client.get("/console/worklist.csv", params={"region": "Shanghai"}).text
+    exported = list(csv.DictReader(io.StringIO(exported_csv)))
+    assert {r["region"] for r in exported} == {"Shanghai"}

@@ -5,7 +5,8 @@ Jiading used-car market and three days parked there) is rendered offline (``lien
 record``), shifted so that it ends now, and read back through the agent's own decoders and
 rules engine (what ``lienwatch replay`` does). Its fixes and alerts are sealed into signed
 batches and published over a private Mosquitto to ``lienwatch collector serve`` (a
-subprocess, SQLite), which stores them and raises L-1002 (three instalments late) to high.
+subprocess, SQLite), which stores them; L-1002 (three instalments late, 88 days past due) is
+critical on the v2 credit axis from import and the dwell adds its explained reason.
 
 Every test signs in through the form as a named user (users made with ``lienwatch collector
 users add``) and takes screenshots: into a temporary directory by default, into the directory
@@ -210,7 +211,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         fixes, alerts, stats = _record_scenario(tmp, time.time_ns() // 1_000_000 - 120_000)
         assert [a.rule for a in alerts if a.state is AlertState.RAISED].count("stationary_near_market") == 1
         _publish(broker, _batches("tbox-0002", keys["tbox-0002"], fixes, alerts, stats))
-        wait_until(lambda: api.get("/v1/loans/L-1002").json()["risk"]["level"] == "high", what="L-1002 high")
+        wait_until(lambda: any(r["code"] == "market_while_overdue" for r in api.get("/v1/loans/L-1002").json()["risk"]
+                               ["reasons"]), what="the market dwell among L-1002's reasons")
         shots = Path(os.environ.get(SCREENSHOTS_VARIABLE) or tmp / "screenshots")
         shots.mkdir(parents=True, exist_ok=True)
         yield World(base, shots, api, collector, broker, tmp, keys["tbox-0005"])
@@ -262,7 +264,7 @@ def shot(shots: Path, target: Any, name: str, *, full: bool = True) -> None:
         target.screenshot(path=str(shots / f"{name}.png"))
 
 
-def test_every_role_signs_in_to_its_page_and_the_worklist_shows_l1002_high(browser: Any, world: World) -> None:
+def test_every_role_signs_in_to_its_page_and_the_worklist_shows_l1002_critical(browser: Any, world: World) -> None:
     landing = {"ana": "/console/worklist", "cole": "/console/worklist", "audrey": "/console/audit",
                "root": "/console/worklist"}
     for name, path in landing.items():
@@ -278,7 +280,7 @@ def test_every_role_signs_in_to_its_page_and_the_worklist_shows_l1002_high(brows
     page = signed_in(browser, world, "ana")
     first = page.locator("#worklist tbody tr").first
     assert first.get_attribute("data-loan") == "L-1002"
-    assert first.locator(".level .badge").get_attribute("data-level") == "high"
+    assert first.locator(".level .badge").get_attribute("data-level") == "critical"
     assert "On-site check".lower() in first.inner_text().lower()
     shot(world.shots, page, "worklist")
     page.fill("input[name=q]", "tbox-0002")
@@ -290,9 +292,11 @@ def test_every_role_signs_in_to_its_page_and_the_worklist_shows_l1002_high(brows
 def test_the_loan_page_tells_the_reason_in_english_and_chinese(browser: Any, world: World) -> None:
     page = signed_in(browser, world, "ana")
     page.goto("/console/loans/L-1002?from=" + _iso_ago(days=3, hours=3) + "&to=" + _iso_ago(days=2, hours=18))
-    sentence = page.locator("#reasons .reason").first.locator(".sentence").inner_text()
-    assert sentence.startswith("3 instalments in a row were paid late and the vehicle has been parked near a used-car "
-                               "market (Demo used-car market (Shanghai Jiading)) for ")
+    dwell = page.locator('#reasons .reason[data-code="market_while_overdue"]')
+    sentence = dwell.locator(".sentence").inner_text()
+    assert sentence.startswith("¥10500.00 is overdue (3 instalments late in a row) and the vehicle has been parked "
+                               "near a used-car market (Demo used-car market (Shanghai Jiading)) for ")
+    assert re.fullmatch(r"credit \+\d+\.\d pts \(log-odds \+\d\.\d\d\)", dwell.locator(".contribution").inner_text())
     assert "(Asia/Shanghai)" in sentence
     shot(world.shots, page, "loan-en")
     page.click("#condition-link")
@@ -302,9 +306,9 @@ def test_the_loan_page_tells_the_reason_in_english_and_chinese(browser: Any, wor
     page.context.close()
     page = signed_in(browser, world, "li")
     page.goto("/console/loans/L-1002")
-    sentence_zh = page.locator("#reasons .reason").first.locator(".sentence").inner_text()
+    sentence_zh = page.locator('#reasons .reason[data-code="market_while_overdue"] .sentence').inner_text()
     market = "“Demo used-car market (Shanghai Jiading)”"
-    assert sentence_zh.startswith(f"连续 3 期还款逾期，且车辆已在二手车市场{market}附近停放 ")
+    assert sentence_zh.startswith(f"逾期金额 ¥10500.00（连续 3 期逾期），且车辆已在二手车市场{market}附近停放 ")
     assert page.locator("html").get_attribute("lang") == "zh-Hans"
     shot(world.shots, page, "loan-zh")
     page.context.close()
@@ -356,7 +360,7 @@ def test_a_risk_change_reaches_an_open_worklist_within_two_seconds(browser: Any,
     page = signed_in(browser, world, "ana")
     page.wait_for_selector("#live.on")
     row = page.locator('#worklist tr[data-loan="L-1005"]')
-    assert row.locator(".badge").get_attribute("data-level") == "watch"
+    assert row.locator(".badge").get_attribute("data-level") == "normal"  # v2: the partial payment stays under watch
     now = time.time_ns() // 1_000_000
     power_cut = Alert("power_cut", Severity.HIGH, now - 5_000, f"power_cut-{now}", AlertState.RAISED,
                       {"main_voltage_v": 0.0})
@@ -368,7 +372,8 @@ def test_a_risk_change_reaches_an_open_worklist_within_two_seconds(browser: Any,
     )
     shown_ms = int(row.get_attribute("data-live-updated") or 0)
     events = world.api.get("/v1/loans/L-1005/risk-events").json()
-    assert (events[0]["old_level"], events[0]["new_level"]) == ("watch", "critical")
+    assert (events[0]["old_level"], events[0]["new_level"]) == ("normal", "critical")
+    assert events[0]["reasons"][0]["code"] == "power_cut_while_overdue"
     assert shown_ms - events[0]["time_ms"] <= 2_000, f"{shown_ms - events[0]['time_ms']} ms from event to page"
     assert page.locator('#worklist tbody tr').first.get_attribute("data-loan") == "L-1005"
     shot(world.shots, page, "worklist-live")
@@ -400,7 +405,8 @@ def test_csv_and_geojson_exports_parse(browser: Any, world: World) -> None:
     page = signed_in(browser, world, "ana")
     worklist = list(csv.DictReader(io.StringIO(page.request.get("/console/worklist.csv").text())))
     assert worklist[0]["loan_id"] in ("L-1002", "L-1005")
-    assert {r["loan_id"]: r["level"] for r in worklist}["L-1002"] == "high"
+    assert {r["loan_id"]: r["level"] for r in worklist}["L-1002"] == "critical"
+    assert float({r["loan_id"]: r["expected_loss"] for r in worklist}["L-1002"]) > 0
     alerts = list(csv.DictReader(io.StringIO(page.request.get("/console/alerts.csv").text())))
     assert "stationary_near_market" in {a["rule"] for a in alerts}
     assert all(json.loads(a["evidence"]) is not None for a in alerts)
@@ -430,4 +436,38 @@ def test_audit_and_devices_pages(browser: Any, world: World) -> None:
     page.goto("/docs")
     page.wait_for_selector(".swagger-ui .info", timeout=WAIT_S * 1000)
     shot(world.shots, page, "api-docs", full=False)
+    page.context.close()
+
+
+def test_the_score_card_sort_choices_and_tier_filter(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, "ana")
+    losses = [float(t.lstrip("¥")) for t in page.locator("#worklist td.expected-loss").all_inner_texts() if t]
+    assert len(losses) >= 2
+    assert losses == sorted(losses, reverse=True)  # the default order: expected loss
+    page.select_option("select[name=sort]", "days_past_due")
+    page.select_option("select[name=tier]", "risk")
+    page.click(".filters button[type=submit]")
+    page.wait_for_load_state()
+    assert "sort=days_past_due" in page.url
+    assert "tier=risk" in page.url
+    tiers = set(page.locator("#worklist td.tier").evaluate_all("cells => cells.map(c => c.dataset.tier)"))
+    assert tiers == {"risk"}
+    assert page.locator("#worklist tbody tr").first.get_attribute("data-loan") == "L-1002"  # most days past due
+    shot(world.shots, page, "worklist-tier-risk")
+    page.goto("/console/loans/L-1002")
+    card = page.locator("#score")
+    assert card.is_visible()
+    assert float(card.locator("#score-value").get_attribute("data-score") or 0) > 0.5
+    assert card.locator('h3[data-axis="credit"] .badge').get_attribute("data-level") == "critical"
+    rows = card.locator('table[data-axis="credit"] tbody tr')
+    assert rows.count() >= 3
+    assert "pts" in rows.first.locator(".contribution").inner_text()
+    card.screenshot(path=str(world.shots / "loan-score.png"))
+    page.context.close()
+    page = signed_in(browser, world, "cole")
+    page.goto("/console/loans/L-1002")
+    assert page.locator("#score").count() == 0
+    source = page.content()
+    assert "log-odds" not in source
+    assert "pts (" not in source
     page.context.close()

@@ -255,6 +255,14 @@ def market_batch(device_id: str, now_ms: int) -> Batch:
     return Batch(device_id, BOOT, 1, now_ms, fixes=fixes, alerts=(alert,))
 
 
+def power_cut_batch(device_id: str, now_ms: int) -> Batch:
+    """The box unplugged a minute ago (the agent's RAISED power_cut with its last position)."""
+    alert = Alert("power_cut", Severity.PANIC, now_ms - 60_000, f"power_cut-{now_ms}", AlertState.RAISED,
+                  {"volts": 0.4, "lat": 31.2, "lon": 121.4})
+    return Batch(device_id, BOOT, 1, now_ms, fixes=(Fix(now_ms - 70_000, 31.2, 121.4, speed_mps=0.0),),
+                 alerts=(alert,))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -270,20 +278,24 @@ def _wall_ms() -> int:
 # ------------------------------------------------------------------ the main flow
 
 
-def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
+def test_market_dwell_and_power_cut_reach_the_loans_with_event_webhook_and_config(
     tmp_path: Path, database_url: str, mosquitto: SecureBroker, receiver: Receiver
 ) -> None:
     receiver.start()
     collector_keys = generate(tmp_path / "keys", "collector")
     device_keys = generate(tmp_path / "keys", "tbox-0002")
+    unplugged_keys = generate(tmp_path / "keys", "tbox-0003")
     api_port = free_port()
     config = write_config(tmp_path, database_url, mosquitto, api_port, receiver.url)
 
     imported = lienwatch("loans", "import", "--sample", config=config)
+    # v2 (docs/risk.md): L-1002, 88 days past due with three lates, is a likely default (credit axis)
     assert imported.stdout == (
-        "imported 5, unchanged 0, errors 0; payments recorded 21; at risk: L-1002 watch, L-1003 watch, L-1005 watch\n"
+        "imported 5, unchanged 0, errors 0; payments recorded 21; at risk: L-1002 critical, L-1003 watch\n"
     )
     lienwatch("devices", "add", "--device", "tbox-0002", "--public-key", str(device_keys.public_path), config=config)
+    lienwatch("devices", "add", "--device", "tbox-0003", "--public-key", str(unplugged_keys.public_path),
+              config=config)
 
     listener = ConfigListener(mosquitto, "tbox-0002")
     serve = Serve(config)
@@ -292,23 +304,33 @@ def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
         serve.wait_ready(api.client)
         assert listener.subscribed.wait(WAIT_S)
 
-        # Markets through the API -> a signed, retained config on lw/v1/tbox-0002/config.
+        # L-1002's customer tier -> a signed, retained config on lw/v1/tbox-0002/config (the
+        # downlink sync, without markets yet: the device keeps its local markets file).
+        public = load_public_key(collector_keys.public_path)
+        wait_until(lambda: listener.messages, what="the first config")
+        first = open_config(listener.messages[0], listener.topic, public)
+        assert (first.version, first.body) == (1, {"tier": {"name": "risk", "batch_interval_s": 60}})
+
+        # Markets through the API -> the whole body signed again, the tier kept.
         market = {"name": "Demo used-car market (Shanghai Jiading)", "lat": 31.3, "lon": 121.25, "radius_m": 400,
                   "datum": "gcj02"}
         put = api.put("/v1/markets/sh-jiading-ucm", "admin", market)
         assert put.status_code == 200, put.text
         assert put.json()["configs_signed"] == 5  # the five loans' devices (tbox-0002 among them)
-        public = load_public_key(collector_keys.public_path)
-        wait_until(lambda: listener.messages, what="the first config")
-        first = open_config(listener.messages[0], listener.topic, public)
-        assert first.version == 1
+        wait_until(lambda: len(listener.messages) >= 2, what="the config with markets")
+        with_markets = open_config(listener.messages[-1], listener.topic, public)
+        assert with_markets.version == 2
         item = {"id": "sh-jiading-ucm", "name": market["name"], "lat": 31.3, "lon": 121.25, "radius_m": 400.0,
                 "datum": "gcj02"}
-        assert first.body == {"places": [item | {"type": "used_car_market"}], "markets": [item]}
+        assert with_markets.body == {
+            "places": [item | {"type": "used_car_market"}],
+            "markets": [item],
+            "tier": {"name": "risk", "batch_interval_s": 60},
+        }
         assert api.put("/v1/markets/sh-jiading-ucm", "admin", market | {"radius_m": 500}).status_code == 200
-        wait_until(lambda: len(listener.messages) >= 2, what="the second config")
-        second = open_config(listener.messages[-1], listener.topic, public)
-        assert (second.version, second.body["markets"][0]["radius_m"]) == (2, 500.0)
+        wait_until(lambda: len(listener.messages) >= 3, what="the third config")
+        third = open_config(listener.messages[-1], listener.topic, public)
+        assert (third.version, third.body["markets"][0]["radius_m"]) == (3, 500.0)
 
         # A signed batch with the dwell alert, published at QoS 1 like the agent does.
         now = _wall_ms()
@@ -316,33 +338,59 @@ def test_market_dwell_makes_the_late_loan_high_with_event_webhook_and_config(
         topic = batch_topic("tbox-0002")
         publish_acked(mosquitto, topic, seal_batch(batch, load_private_key(device_keys.private_path), topic))
 
-        def loan_is_high() -> dict[str, Any] | None:
+        def dwell_reason() -> dict[str, Any] | None:
             loan = api.get("/v1/loans/L-1002", "risk_analyst").json()
-            return loan if loan["risk"]["level"] == "high" else None
+            found = [r for r in loan["risk"]["reasons"] if r["alert_episode"] == batch.alerts[0].episode]
+            return found[0] if found else None
 
-        loan = wait_until(loan_is_high, what="L-1002 high")
-        reason = loan["risk"]["reasons"][0]
-        assert (reason["code"], reason["next_step"]) == ("late_streak_near_market", "on_site_check")
-        assert reason["alert_episode"] == batch.alerts[0].episode
+        # The dwell is explained on the credit axis with its contribution; L-1002 stays critical.
+        reason = wait_until(dwell_reason, what="the dwell among L-1002's reasons")
+        assert reason["code"] in ("market_while_overdue", "market")
+        assert reason["explanation"]["axis"] == "credit"
+        assert reason["explanation"]["log_odds"] > 0
         assert reason["evidence"]["alert"]["evidence"]["market_id"] == "sh-jiading-ucm"
         assert reason["evidence"]["alert"]["evidence"]["centre_lat"] == 31.301992
         assert reason["evidence"]["repayment"]["consecutive_late"] == 3
-
         events = api.get("/v1/loans/L-1002/risk-events", "collections").json()
-        assert [(e["old_level"], e["new_level"]) for e in events] == [("watch", "high"), ("normal", "watch")]
-        assert "centre_lat" not in json.dumps(events)  # collections see no coordinates
+        assert [(e["old_level"], e["new_level"]) for e in events] == [("normal", "critical")]
+
+        # A power cut on L-1003 (overdue): the hard rule power_cut_while_overdue, collateral critical.
+        unplug = power_cut_batch("tbox-0003", _wall_ms())
+        topic = batch_topic("tbox-0003")
+        publish_acked(mosquitto, topic, seal_batch(unplug, load_private_key(unplugged_keys.private_path), topic))
+
+        def loan_is_critical() -> dict[str, Any] | None:
+            loan = api.get("/v1/loans/L-1003", "risk_analyst").json()
+            return loan if loan["risk"]["level"] == "critical" else None
+
+        loan = wait_until(loan_is_critical, what="L-1003 critical")
+        first_reason = loan["risk"]["reasons"][0]
+        assert (first_reason["code"], first_reason["next_step"]) == ("power_cut_while_overdue", "recovery")
+        assert first_reason["alert_episode"] == unplug.alerts[0].episode
+        assert first_reason["explanation"] == {**first_reason["explanation"], "axis": "collateral", "kind": "rule"}
+        assert loan["risk"]["score"]["collateral"]["next_step"] == "notify_recovery_and_insurer"
+
+        events = api.get("/v1/loans/L-1003/risk-events", "collections").json()
+        assert [(e["old_level"], e["new_level"]) for e in events] == [("watch", "critical"), ("normal", "watch")]
+        assert '"lat"' not in json.dumps(events)  # collections see no coordinates
+        assert '"lat"' in json.dumps(api.get("/v1/loans/L-1003/risk-events", "admin").json())
 
         # The webhook: HMAC verified, its id is the stored event's id.
-        high = wait_until(
-            lambda: [(h, b) for h, b in receiver.received if json.loads(b)["data"]["new_level"] == "high"],
-            what="the webhook of the high event",
+        def is_the_critical_event(body: bytes) -> bool:
+            data = json.loads(body)["data"]
+            return (data["loan_id"], data["new_level"]) == ("L-1003", "critical")
+
+        critical = wait_until(
+            lambda: [(h, b) for h, b in receiver.received if is_the_critical_event(b)],
+            what="the webhook of the critical event",
         )
-        headers, body = high[0]
+        headers, body = critical[0]
         verify_signature(headers[SIGNATURE_HEADER], body, SECRET.encode(), int(time.time()))
         document = json.loads(body)
         assert headers[EVENT_HEADER] == document["id"] == events[0]["event_id"]
-        assert (document["type"], document["data"]["loan_id"]) == ("risk.level_changed", "L-1002")
-        assert document["data"]["reasons"][0]["alert_episode"] == batch.alerts[0].episode
+        assert (document["type"], document["data"]["loan_id"]) == ("risk.level_changed", "L-1003")
+        assert document["data"]["reasons"][0]["alert_episode"] == unplug.alerts[0].episode
+        assert document["data"]["reasons"][0]["explanation"]["axis"] == "collateral"
 
         # Tracks: collections may not without an approved grant (audited), analysts may with a reason.
         window = {"from_ms": now - DAY, "to_ms": now + 60_000, "reason": "dwell review"}
@@ -373,7 +421,7 @@ def test_webhooks_queued_while_the_receiver_is_down_arrive_after_a_restart(
     url = f"sqlite:///{tmp_path / 'collector.db'}"
     api_port = free_port()
     config = write_config(tmp_path, url, mosquitto, api_port, receiver.url)  # receiver not started: refused
-    lienwatch("loans", "import", "--sample", config=config)  # L-1002, L-1003, L-1005 -> watch: 3 deliveries
+    lienwatch("loans", "import", "--sample", config=config)  # L-1002 -> critical, L-1003 -> watch: 2 deliveries
     engine = create_engine(url)
 
     def deliveries() -> list[tuple[str, int]]:
@@ -388,23 +436,23 @@ def test_webhooks_queued_while_the_receiver_is_down_arrive_after_a_restart(
         assert first.terminate() == 0
     finally:
         first.close()
-    assert [s for s, _ in deliveries()] == ["pending"] * 3
+    assert [s for s, _ in deliveries()] == ["pending"] * 2
     assert receiver.received == []
 
     receiver.start()
     second = Serve(config)
     try:
         second.wait_ready(api.client)
-        wait_until(lambda: len(receiver.received) == 3, what="three deliveries")
-        wait_until(lambda: [s for s, _ in deliveries()] == ["delivered"] * 3, what="delivered status")
+        wait_until(lambda: len(receiver.received) == 2, what="two deliveries")
+        wait_until(lambda: [s for s, _ in deliveries()] == ["delivered"] * 2, what="delivered status")
         assert second.terminate() == 0
     finally:
         second.close()
         api.client.close()
         engine.dispose()
     loans = sorted(e["data"]["loan_id"] for e in receiver.events())
-    assert loans == ["L-1002", "L-1003", "L-1005"]
-    assert len({h[EVENT_HEADER] for h, _ in receiver.received}) == 3
+    assert loans == ["L-1002", "L-1003"]
+    assert len({h[EVENT_HEADER] for h, _ in receiver.received}) == 2
     for headers, body in receiver.received:
         verify_signature(headers[SIGNATURE_HEADER], body, SECRET.encode(), int(time.time()))
         assert int(headers["X-LienWatch-Delivery-Attempt"]) >= 3
@@ -452,8 +500,13 @@ def test_a_device_silent_for_more_than_48_hours_makes_its_overdue_loan_high_with
         assert level_at(t0 + 48 * HOUR).level == "watch"  # exactly 48 h is not "more than 48 h"
         high = level_at(t0 + 48 * HOUR + 60_000)
         assert (high.level, high.next_step) == ("high", "on_site_check")
-        assert [r["code"] for r in high.reasons] == ["offline_while_overdue"]
-        assert high.reasons[0]["evidence"]["device"]["last_seen_ms"] == t0
+        # v2: the silence raises the collateral axis (offline, never stationary)
+        assert high.collateral_level == "high"
+        collateral = [r for r in high.reasons if r["explanation"]["axis"] == "collateral"]
+        assert collateral[0]["code"] == "offline"  # the largest contribution first
+        assert "offline_while_overdue" in {r["code"] for r in collateral}
+        assert collateral[0]["evidence"]["device"]["last_seen_ms"] == t0
+        assert "stationary" not in {r["code"] for r in high.reasons}
     finally:
         runtime.stop()
     with Session(engine) as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from collector.api.dependencies import ApiNotWiredError
 from collector.api.loans import router, sse_frame
-from collector.jobs.redaction import redact_coordinates
+from collector.jobs.redaction import reasons_for_collections, redact_coordinates, score_for_collections
 from collector.settings import RiskSettings, Settings, get_settings, hash_api_key
-from collector.storage.tables import WebhookDelivery
+from collector.storage.tables import LoanRecord, WebhookDelivery
 from protocol import config_topic, open_config
 from tests.loan_api_app import DAY, KEYS, NOW, Api, audit_actions, open_loan_api
 
@@ -29,13 +30,16 @@ def api(tmp_path: Path) -> Iterator[Api]:
 
 def test_assess_then_list_and_filter(api: Api) -> None:
     assessed = api.call("POST", "/v1/loans/L-1002/assess", "risk_analyst").json()
-    assert (assessed["level"], assessed["next_step"], assessed["changed"]) == ("high", "on_site_check", True)
+    # v2: 88 days past due with three lates is critical on the credit axis (a likely default)
+    assert (assessed["level"], assessed["next_step"], assessed["changed"]) == ("critical", "on_site_check", True)
+    assert assessed["reasons"][0]["explanation"]["axis"] == "credit"
     api.call("POST", "/v1/loans/L-1003/assess", "admin")
     loans = api.call("GET", "/v1/loans", "collections").json()
     top_two = [(x["loan_id"], x["level"]) for x in loans][:2]
-    assert top_two == [("L-1002", "high"), ("L-1003", "watch")]
-    high = api.call("GET", "/v1/loans", "admin", params={"level": "high"}).json()
-    assert [x["loan_id"] for x in high] == ["L-1002"]
+    assert top_two == [("L-1002", "critical"), ("L-1003", "watch")]
+    critical = api.call("GET", "/v1/loans", "admin", params={"level": "critical"}).json()
+    assert [x["loan_id"] for x in critical] == ["L-1002"]
+    assert api.call("GET", "/v1/loans", "admin", params={"level": "high"}).json() == []
     normal = api.call("GET", "/v1/loans", "admin", params={"level": "normal"}).json()
     assert [x["loan_id"] for x in normal] == ["L-1001", "L-1004", "L-1005"]
     assert api.call("GET", "/v1/loans", "admin", params={"level": "panic"}).status_code == 422
@@ -46,7 +50,7 @@ def test_assess_then_list_and_filter(api: Api) -> None:
 def test_v2_score_in_the_loan_and_the_worklist(api: Api) -> None:
     for loan_id in ("L-1001", "L-1002", "L-1003", "L-1004", "L-1005"):
         api.call("POST", f"/v1/loans/{loan_id}/assess", "admin")
-    loan = api.call("GET", "/v1/loans/L-1002", "collections").json()
+    loan = api.call("GET", "/v1/loans/L-1002", "risk_analyst").json()
     score = loan["risk"]["score"]
     assert score["model_version"] == "2026.12.1"
     assert 0 < score["score"] < 1
@@ -58,13 +62,25 @@ def test_v2_score_in_the_loan_and_the_worklist(api: Api) -> None:
     first = score["credit"]["reasons"][0]
     assert {"code", "axis", "kind", "log_odds", "pd_points", "value"} <= set(first)
     assert first["axis"] == "credit"
-    worklist = api.call("GET", "/v1/loans", "collections", params={"order": "expected_loss"}).json()
+    worklist = api.call("GET", "/v1/loans", "risk_analyst", params={"order": "expected_loss"}).json()
     losses = [float(x["expected_loss"]) for x in worklist]
     assert losses == sorted(losses, reverse=True)
     assert worklist[0]["loan_id"] == "L-1002"
     assert worklist[0]["credit"]["level"] == score["credit"]["level"]
     assert {x["tier"] for x in worklist} <= {"on_time_12m", "minor_lates_cured", "risk", "new"}
     assert api.call("GET", "/v1/loans", "admin", params={"order": "random"}).status_code == 422
+
+    # Collections see each axis's level and next step and the tier, not the score (docs/people.md).
+    seen = api.call("GET", "/v1/loans/L-1002", "collections").json()["risk"]
+    assert seen["score"] == {"level": score["level"], "tier": "risk",
+                             "credit": {"level": score["credit"]["level"], "next_step": score["credit"]["next_step"]},
+                             "collateral": {"level": "normal", "next_step": "monitor"}}
+    assert all(set(r["explanation"]) == {"axis", "kind", "summary"} for r in seen["reasons"])
+    assert all("log_odds" in r["explanation"] for r in loan["risk"]["reasons"])
+    listed = api.call("GET", "/v1/loans", "collections", params={"order": "expected_loss"}).json()
+    assert [x["loan_id"] for x in listed] == [x["loan_id"] for x in worklist]
+    assert {(x["score"], x["expected_loss"]) for x in listed} == {(None, None)}
+    assert listed[0]["credit"] == worklist[0]["credit"]
 
 
 def test_roles(api: Api) -> None:
@@ -85,9 +101,15 @@ def test_collections_see_no_coordinates(api: Api) -> None:
     api.call("POST", "/v1/loans/L-1002/assess", "admin")
     analyst = api.call("GET", "/v1/loans/L-1002", "risk_analyst").json()
     collections = api.call("GET", "/v1/loans/L-1002", "collections").json()
-    market_evidence = analyst["risk"]["reasons"][0]["evidence"]["alert"]["evidence"]
+    def dwell(loan: dict[str, Any]) -> dict[str, Any]:
+        reason: dict[str, Any] = next(r for r in loan["risk"]["reasons"] if r["code"] == "market_while_overdue")
+        return reason
+
+    market_evidence = dwell(analyst)["evidence"]["alert"]["evidence"]
     assert market_evidence == {"market_id": "sh-jiading-ucm", "centre_lat": 31.302, "centre_lon": 121.2456}
-    assert collections["risk"]["reasons"][0]["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm"}
+    assert dwell(collections)["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm"}
+    assert "centre_lat" not in str(collections["risk"])
+    assert "pd_points" not in str(collections["risk"])
     assert collections["repayment"]["consecutive_late"] == 3
     assert collections["risk"]["next_step"] == "on_site_check"
     alerts = api.call("GET", "/v1/loans/L-1002/alerts", "collections").json()
@@ -101,6 +123,32 @@ def test_redact_coordinates() -> None:
     doc = {"lat": 1, "market_lon": 2, "latency_ms": 3, "long_name": 4, "items": [{"centre_lat": 5, "x": 6}],
            "Position": 7, "track": [1], "dwell_s": 8}
     assert redact_coordinates(doc) == {"latency_ms": 3, "long_name": 4, "items": [{"x": 6}], "dwell_s": 8}
+
+
+def test_reasons_and_score_for_collections_carry_no_place_and_no_figure() -> None:
+    reasons = [
+        {"code": "market_while_overdue", "level": "critical", "next_step": "on_site_check", "alert_episode": "d-1",
+         "evidence": {"alert": {"rule": "stationary_near_market", "evidence": {
+             "market_id": "sh-jiading-ucm", "market_name": "Jiading", "centre_lat": 31.3, "centre_lon": 121.2,
+             "distance_to_market_m": 3.2, "dwell_s": 10.0}}},
+         "explanation": {"axis": "credit", "kind": "feature", "summary": "market dwell while overdue",
+                         "value": 0.86, "log_odds": 0.14, "pd_points": 0.015}},
+        {"code": "overdue", "level": "watch", "next_step": "reminder", "alert_episode": None, "evidence": {}},
+    ]
+    shown = reasons_for_collections(reasons)
+    assert shown[0]["evidence"]["alert"]["evidence"] == {"market_id": "sh-jiading-ucm", "dwell_s": 10.0}
+    assert shown[0]["explanation"] == {"axis": "credit", "kind": "feature", "summary": "market dwell while overdue"}
+    assert shown[1] == reasons[1]  # a v1 reason has no explanation to trim
+    assert reasons[0]["explanation"]["pd_points"] == 0.015  # the stored value is not changed
+    score = {"model_version": "2026.12.1", "score": 0.9, "expected_loss": "100.00", "outstanding": "1.00",
+             "level": "critical", "tier": "risk", "monitoring": {"fix_interval_s": 10},
+             "credit": {"probability": 0.9, "level": "critical", "next_step": "on_site_check", "reasons": reasons},
+             "collateral": {"probability": 0.04, "level": "normal", "next_step": "monitor", "reasons": []}}
+    assert score_for_collections(score) == {
+        "level": "critical", "tier": "risk", "credit": {"level": "critical", "next_step": "on_site_check"},
+        "collateral": {"level": "normal", "next_step": "monitor"}}
+    assert score_for_collections(None) is None
+    assert reasons_for_collections("not a list") == "not a list"
 
 
 def test_track_and_range_limits(api: Api) -> None:
@@ -141,9 +189,14 @@ def test_create_loan_json(api: Api) -> None:
         "principal": "7000.00",
         "schedule": [{"due_date": "2026-10-01", "amount": "3500.00"}, {"due_date": "2026-11-01", "amount": "3500.00"}],
         "payments": [{"payment_id": "P1", "paid_on": "2026-10-01", "amount": "3500.00"}],
+        "region": "Shanghai",
     }
     created = api.call("POST", "/v1/loans", "admin", json=loan)
     assert created.status_code == 201
+    with Session(api.engine) as session:
+        assert session.get(LoanRecord, "L-2001").region == "Shanghai"  # type: ignore[union-attr]
+    bad_region = api.call("POST", "/v1/loans", "admin", json=loan | {"loan_id": "L-2004", "region": "x;y"})
+    assert [e["reason"] for e in bad_region.json()["detail"]] == ["bad_region"]
     assert created.json() == {"loan_id": "L-2001", "level": "watch", "next_step": "reminder"}
     assert api.call("POST", "/v1/loans", "admin", json=loan).status_code == 409
     bad = api.call("POST", "/v1/loans", "admin", json=loan | {"loan_id": "L-2002", "vin": "1M8GDM9A0KP042788"})
@@ -207,7 +260,8 @@ def test_sse_backlog(api: Api) -> None:
     frames = response.text.split("\n\n")
     assert frames[0] == "retry: 2000"
     assert frames[1].startswith("id: 1\nevent: risk\ndata: {")
-    assert '"new_level":"high"' in frames[1]
+    assert '"new_level":"critical"' in frames[1]
+    assert '"log_odds"' not in response.text  # collections: no score figures
     assert "centre_lat" not in response.text
     resumed = api.client.get("/v1/risk/stream", params={"follow": "false"},
                              headers={"Authorization": f"Bearer {KEYS['admin']}", "Last-Event-ID": "1"})

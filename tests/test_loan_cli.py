@@ -54,12 +54,12 @@ def test_import_the_sample_book_twice(config: Path, capsys: pytest.CaptureFixtur
     code, out, err = run(capsys, "loans", "import", "--sample", "--config", str(config))
     assert code == 0
     assert err.startswith("sample loan book re-dated to ")
-    assert out == "imported 5, unchanged 0, errors 0; payments recorded 21; at risk: L-1002 watch, L-1003 watch, " \
-                  "L-1005 watch\n"
-    assert count(config, WebhookDelivery) == 3  # one per level change, delivered by the running collector
+    # v2 (docs/risk.md): L-1002 is a likely default; L-1005's partial payment stays under watch
+    assert out == "imported 5, unchanged 0, errors 0; payments recorded 21; at risk: L-1002 critical, L-1003 watch\n"
+    assert count(config, WebhookDelivery) == 2  # one per level change, delivered by the running collector
     code, out, _ = run(capsys, "loans", "import", "--sample", "--config", str(config))
     assert (code, out.split(";")[0]) == (0, "imported 0, unchanged 5, errors 0")
-    assert count(config, WebhookDelivery) == 3  # nothing changed, nothing queued
+    assert count(config, WebhookDelivery) == 2  # nothing changed, nothing queued
 
 
 def test_a_file_with_errors_imports_nothing_unless_told(
@@ -92,9 +92,10 @@ def test_list_show_and_repayments(config: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "loans", "list", "--level", "watch", "--config", str(config))
     assert code == 0
     listed = [json.loads(line) for line in out.splitlines()]
-    assert [(x["loan_id"], x["level"], x["next_step"]) for x in listed] == [
-        ("L-1002", "watch", "call"), ("L-1003", "watch", "reminder"), ("L-1005", "watch", "reminder"),
-    ]
+    assert [(x["loan_id"], x["level"], x["next_step"]) for x in listed] == [("L-1003", "watch", "reminder")]
+    code, out, _ = run(capsys, "loans", "list", "--level", "critical", "--config", str(config))
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [(x["loan_id"], x["level"], x["next_step"]) for x in listed] == [("L-1002", "critical", "on_site_check")]
     code, out, _ = run(capsys, "loans", "show", "L-1003", "--config", str(config))
     shown = json.loads(out)
     assert (shown["vin"], shown["repayment"]["consecutive_late"], shown["risk"]["level"]) == (
@@ -179,7 +180,8 @@ def test_a_long_import_shows_progress_on_stderr(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     code, out, err = run(capsys, "loans", "import", str(path), "--config", str(config))
     assert code == 0
-    assert out == "imported 600, unchanged 0, errors 0; payments recorded 0; at risk: 600 high\n"  # 180 days past due
+    # 180 days past due: the v2 hard rule severely_past_due (90+ days) makes each critical
+    assert out == "imported 600, unchanged 0, errors 0; payments recorded 0; at risk: 600 critical\n"
     assert "importing and assessing:" in err
     assert "0/600 [" in err  # a tqdm bar counting the 600 loans, one step each
     assert "/1200" not in err

@@ -246,3 +246,31 @@ def test_the_csv_example_of_docs_risk_md_is_accepted() -> None:
         parsed = parse_loans(block)
         assert parsed.errors == ()
         assert len(parsed.rows) == block.count("\n") - 1
+REGION_HEADER = "loan_id,device_id,vin,borrower_ref,principal,schedule,payments,region\n"
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"),
+    [("Shanghai", "Shanghai"), ("上海 浦东", "上海 浦东"), ("CN-31", "CN-31"), ("", None), ("  x.y_z  ", "x.y_z")],
+)
+def test_the_optional_region_column(region: str, expected: str | None) -> None:
+    parsed = parse_loans(REGION_HEADER + GOOD.rstrip("\n") + f",{region}\n")
+    assert parsed.ok, parsed.errors
+    assert parsed.rows[0].region == expected
+    assert parse_loans(HEADER + GOOD).rows[0].region is None  # the column may be left out
+
+
+@pytest.mark.parametrize("region", ["-x", "x;y", "a" * 65, "x<y>", "\u0000x"])
+def test_bad_regions_are_row_errors(region: str) -> None:
+    parsed = parse_loans(REGION_HEADER + GOOD.rstrip("\n") + f",\"{region}\"\n")
+    assert [(e.line, e.column, e.reason) for e in parsed.errors] == [(2, "region", "bad_region")]
+
+
+def test_a_changed_region_on_reimport_is_a_conflict(session: Session) -> None:
+    import_loans(session, parse_loans(REGION_HEADER + GOOD.rstrip("\n") + ",Shanghai\n"), now_ms=NOW)
+    assert session.get(LoanRecord, "L-1").region == "Shanghai"  # type: ignore[union-attr]
+    same = import_loans(session, parse_loans(REGION_HEADER + GOOD.rstrip("\n") + ",Shanghai\n"), now_ms=NOW)
+    assert same.unchanged == ("L-1",)
+    with pytest.raises(LoanImportError) as info:
+        import_loans(session, parse_loans(REGION_HEADER + GOOD.rstrip("\n") + ",Beijing\n"), now_ms=NOW)
+    assert [e.reason for e in info.value.errors] == ["loan_exists"]

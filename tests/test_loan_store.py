@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.loans.store import LoanNotFoundError, RepaymentConflictError, record_repayment, vehicle_condition
-from collector.risk.assessment import reassess_loan, reassess_loans, risk_commit_hook
-from collector.risk.engine import RiskChange
+from collector.risk.assessment import load_risk_input, reassess_loan, reassess_loans, risk_commit_hook
+from collector.risk.engine import RiskChange, assess
 from collector.risk.repayments import Payment
+from collector.risk.settings import RiskSettings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import (
     AlertRecord,
@@ -67,7 +68,12 @@ def test_migrations_on_postgres(postgres_url: str) -> None:
         session.commit()
         assessment, change = reassess_loan(session, "L-1002", NOW)
         session.commit()
-        assert (assessment.level.label, change is not None) == ("watch", True)
+        # v2: 88 days past due with three lates is a likely default within 90 days (credit axis)
+        assert (assessment.level.label, change is not None) == ("critical", True)
+        state = session.get(RiskStateRecord, "L-1002")
+        assert state is not None
+        assert state.credit_level == "critical"
+        assert state.reasons[0]["explanation"]
     engine.dispose()
 
 
@@ -125,37 +131,63 @@ def test_reassess_from_stored_alerts_device_and_fixes(session: Session) -> None:
     )
     session.commit()
     urls = ["http://127.0.0.1:9/hook"]
+    # The v1 table reads the same stored inputs: the open dwell, the movement from the fixes.
+    v1 = assess(load_risk_input(session, "L-1002", NOW))
+    assert [(r.code, r.alert_episode) for r in v1.reasons] == [
+        ("late_streak_near_market", "dwell-1"), ("past_due", None)]
+    assert v1.reasons[0].evidence["movement"] == {"last_moved_ms": NOW - 4 * DAY, "distance_24h_m": None}
+
+    # v2 (authoritative): 88 days past due with three lates is critical on the credit axis; the
+    # open dwell adds its explained contribution; the cleared night-door episode adds nothing.
     assessment, change = reassess_loan(session, "L-1002", NOW, webhook_urls=urls)
     session.commit()
-    assert assessment.level.label == "high"
-    assert [(r.code, r.alert_episode) for r in assessment.reasons] == [
-        ("late_streak_near_market", "dwell-1"),
-        ("past_due", None),
-    ]
-    assert assessment.reasons[0].evidence["movement"] == {"last_moved_ms": NOW - 4 * DAY, "distance_24h_m": None}
+    assert (assessment.level.label, assessment.next_step.label) == ("critical", "on_site_check")
+    by_code = {r.code: r for r in assessment.reasons}
+    assert {"arrears_installments", "market_while_overdue", "market"} <= set(by_code)
+    assert not any(r.alert_episode == "night-1" or "night" in r.code for r in assessment.reasons)
+    dwell = by_code["market_while_overdue"]
+    assert dwell.alert_episode == "dwell-1"
+    assert dwell.evidence["alert"]["evidence"]["market_id"] == "sh-jiading-ucm"
+    assert dwell.explanation is not None
+    assert dwell.explanation["axis"] == "credit"
+    assert dwell.explanation["log_odds"] > 0
+    assert dwell.explanation["pd_points"] > 0
+    contributions = [r.explanation["log_odds"] for r in assessment.reasons if r.explanation]
+    assert contributions == sorted(contributions, reverse=True)  # one axis here: largest first
+    assert "stationary" not in by_code  # 4 days since it moved (vehicle time) is under 7
     assert change is not None
-    assert (change.old_level.label, change.new_level.label) == ("normal", "high")
+    assert (change.old_level.label, change.new_level.label) == ("normal", "critical")
 
     state = session.get(RiskStateRecord, "L-1002")
     assert state is not None
-    assert (state.level, state.next_step, state.facts["consecutive_late"]) == ("high", "on_site_check", 3)
+    assert (state.level, state.next_step, state.facts["consecutive_late"]) == ("critical", "on_site_check", 3)
+    assert (state.credit_level, state.collateral_level) == ("critical", "normal")
     event = session.scalars(sa.select(RiskEventRecord)).one()
     delivery = session.scalars(sa.select(WebhookDelivery)).one()
     assert (delivery.event_id, delivery.url, delivery.status) == (event.event_id, urls[0], "pending")
-    assert json.loads(delivery.body)["data"]["new_level"] == "high"
+    body = json.loads(delivery.body)["data"]
+    assert body["new_level"] == "critical"
+    assert event.reasons == state.reasons
+    # the webhook carries the explained reasons (its evidence without coordinates)
+    explained = [(r["code"], r["explanation"]) for r in event.reasons]
+    assert [(r["code"], r["explanation"]) for r in body["reasons"]] == explained
 
     # Same evidence, later: same level, no new event, no new delivery.
     again, no_change = reassess_loan(session, "L-1002", NOW + 60_000, webhook_urls=urls)
     session.commit()
-    assert (again.level.label, no_change) == ("high", None)
+    assert (again.level.label, no_change) == ("critical", None)
     assert session.scalar(sa.select(sa.func.count()).select_from(RiskEventRecord)) == 1
 
-    # The device goes offline for 49 h: still high (offline_while_overdue adds a reason).
+    # The device goes offline for 49 h: the collateral axis rises (offline, offline_while_overdue);
+    # a silent box is missing data, never a stationary car.
     session.add(DeviceStatus(device_id="tbox-0002", online=False, state_time_ms=NOW - 49 * HOUR,
                              last_seen_ms=NOW - 49 * HOUR))
     session.commit()
     offline, _ = reassess_loan(session, "L-1002", NOW + 120_000)
-    assert "offline_while_overdue" in [r.code for r in offline.reasons]
+    collateral = [r for r in offline.reasons if r.explanation and r.explanation["axis"] == "collateral"]
+    assert {"offline", "offline_while_overdue"} <= {r.code for r in collateral}
+    assert "stationary" not in [r.code for r in offline.reasons]
+    assert collateral[0].evidence["offline_hours"] > 48
 
 
 def test_payment_brings_the_level_down(session: Session) -> None:
@@ -190,14 +222,19 @@ def test_vehicle_condition(session: Session) -> None:
 def test_reassess_loans_periodic_and_per_device(session: Session) -> None:
     changes = reassess_loans(session, NOW)
     session.commit()
-    assert sorted((c.loan_id, c.new_level.label) for c in changes) == [
-        ("L-1002", "watch"), ("L-1003", "watch"), ("L-1005", "watch"),
-    ]
+    # v2: L-1005's partial payment (27 days past due, arrears under one instalment) stays
+    # under the 10 % watch threshold, where the v1 table flagged every overdue loan.
+    assert sorted((c.loan_id, c.new_level.label) for c in changes) == [("L-1002", "critical"), ("L-1003", "watch")]
     assert reassess_loans(session, NOW + 1) == []  # idempotent
-    # Two days later L-1002 is 90 days past due: high, by time alone.
-    later = reassess_loans(session, NOW + 2 * DAY, device_ids=["tbox-0002", "tbox-9999"])
-    assert [(c.loan_id, c.old_level.label, c.new_level.label) for c in later] == [("L-1002", "watch", "high")]
-    assert [r.code for r in later[0].reasons] == ["severely_past_due", "late_streak"]
+    # Ten days later L-1003 has rolled into the 30-59 bucket with a second instalment unpaid: high,
+    # by time alone.
+    later = reassess_loans(session, NOW + 10 * DAY, device_ids=["tbox-0003", "tbox-9999"])
+    assert [(c.loan_id, c.old_level.label, c.new_level.label) for c in later] == [("L-1003", "watch", "high")]
+    assert {"arrears_installments", "rolled_forward", "dpd_30_59"} <= {r.code for r in later[0].reasons}
+    # The v1 table, the configured fallback, does the same by its own rows.
+    v1 = reassess_loans(session, NOW + 2 * DAY, risk=RiskSettings(model="v1"), device_ids=["tbox-0002"])
+    assert [(c.loan_id, c.old_level.label, c.new_level.label) for c in v1] == [("L-1002", "critical", "high")]
+    assert [r.code for r in v1[0].reasons] == ["severely_past_due", "late_streak"]
 
 
 def test_risk_commit_hook(session: Session) -> None:

@@ -36,7 +36,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from ..clock import utc_date
-from ..jobs.redaction import redact_coordinates, redact_for_collections
+from ..jobs.redaction import (
+    reasons_for_collections,
+    redact_coordinates,
+    redact_for_collections,
+    score_for_collections,
+)
 from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
 from ..loans.csv_import import loan_from_fields
 from ..loans.feed import MAX_FEED_ENTRIES, apply_feed
@@ -152,15 +157,15 @@ def _state_dict(state: RiskStateRecord | None, principal: Principal) -> dict[str
     if state is None:
         return {"level": "normal", "next_step": "monitor", "reasons": [], "evaluated_ms": None, "changed_ms": None,
                 "score": None}
-    reasons = state.reasons if _may_see_location(principal) else redact_for_collections(state.reasons)
+    analyst = _may_see_location(principal)
     return {
         "level": state.level,
         "next_step": state.next_step,
-        "reasons": reasons,
+        "reasons": state.reasons if analyst else reasons_for_collections(state.reasons),
         "evaluated_ms": state.evaluated_ms,
         "changed_ms": state.changed_ms,
-        # v2 reasons carry codes, values, contributions and episode ids, never coordinates.
-        "score": _score_dict(state),
+        # Scores are for admin and risk analysts (docs/people.md); collections see the levels.
+        "score": _score_dict(state) if analyst else score_for_collections(_score_dict(state)),
     }
 
 
@@ -204,6 +209,7 @@ class LoanIn(BaseModel):
     payments: list[PaymentIn] = Field(default_factory=list, max_length=2000)
     time_zone: str | None = Field(default=None, max_length=64, examples=["Asia/Shanghai"])
     jurisdiction: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,32}$", examples=["CN-GD"])
+    region: str | None = Field(default=None, max_length=64, examples=["Shanghai"])
 
 
 @router.get("/loans")
@@ -219,7 +225,10 @@ def list_loans(
 ) -> list[dict[str, Any]]:
     """Loans with their risk level, next step and v2 score; most severe first, or with
     ``order=expected_loss`` largest expected loss first (the worklist)."""
-    out = [s.as_dict() for s in loan_summaries(session, level=level, order=order, limit=limit, offset=offset)]
+    # collections get each axis's level and next step and the tier, not the score or expected loss
+    hidden = {} if _may_see_location(principal) else {"score": None, "expected_loss": None}
+    summaries = loan_summaries(session, level=level, order=order, limit=limit, offset=offset)
+    out = [s.as_dict() | hidden for s in summaries]
     _audit(session, clock_ms(), principal, "list_loans", kind="loan", subject="*", level=level, order=order,
            count=len(out))
     session.commit()
@@ -239,6 +248,7 @@ def create_loan(
         "principal": body.principal,
         "schedule": ";".join(f"{i.due_date.isoformat()}:{i.amount}" for i in body.schedule),
         "payments": ";".join(f"{p.payment_id}:{p.paid_on.isoformat()}:{p.amount}" for p in body.payments),
+        "region": (body.region or "").strip(),
     }
     if body.time_zone is not None:
         try:
@@ -461,7 +471,7 @@ def _event_dict(row: RiskEventRecord, principal: Principal) -> dict[str, Any]:
         "old_level": row.old_level,
         "new_level": row.new_level,
         "next_step": row.next_step,
-        "reasons": row.reasons if _may_see_location(principal) else redact_for_collections(row.reasons),
+        "reasons": row.reasons if _may_see_location(principal) else reasons_for_collections(row.reasons),
     }
 
 

@@ -17,6 +17,6 @@ __all__ = ["main"]
 
 def main(argv: list[str]) -> int:
     """Entry point of ``lienwatch collector`` (see :func:`collector.cli.commands.main`)."""
-    from .commands import main as commands_main  # noqa: PLC0415 - keeps `import collector.cli.broker_auth` light
+    from .commands import main as commands_main
 
     return commands_main(argv)

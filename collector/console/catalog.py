@@ -14,7 +14,16 @@ from typing import Any
 
 from ..timefmt import format_time
 
-__all__ = ["LOCALES", "evidence_items", "level_name", "reason_sentence", "step_name", "text"]
+__all__ = [
+    "LOCALES",
+    "contribution_text",
+    "evidence_items",
+    "level_name",
+    "reason_sentence",
+    "step_name",
+    "text",
+    "tier_name",
+]
 
 LOCALES = ("en", "zh-CN")
 
@@ -180,10 +189,37 @@ _UI: dict[str, tuple[str, str]] = {
     "close_case": ("Close the case", "结案"),
     "resolution": ("Resolution", "结案原因"),
     "none": ("none", "无"),
+    "tier": ("Tier", "客户分层"),
+    "region": ("Region", "地区"),
+    "sort": ("Order by", "排序"),
+    "sort_expected_loss": ("expected loss", "预期损失"),
+    "sort_severity": ("level, then overdue", "风险等级、逾期金额"),
+    "sort_score": ("score", "评分"),
+    "sort_days_past_due": ("days past due", "逾期天数"),
+    "expected_loss": ("Expected loss", "预期损失"),
+    "score": ("Score", "评分"),
+    "risk_score": ("Risk score", "风险评分"),
+    "score_note": ("Probability of a bad outcome within 90 days (either axis); expected loss = outstanding x "
+                   "(probability x loss given default on each axis). Model", "90 天内出现不良结果（任一维度）的概率；"
+                   "预期损失 = 未偿本金 ×（各维度概率 × 违约损失率）。模型"),
+    "axis": ("Axis", "维度"),
+    "probability": ("Probability", "概率"),
+    "contribution": ("Contribution", "贡献"),
+    "outstanding": ("Outstanding", "未偿本金"),
+    "monitoring": ("Monitoring", "监控策略"),
+    "credit": ("Credit", "信用风险"),
+    "collateral": ("Collateral", "抵押物风险"),
+    "value": ("Value", "取值"),
 }
 
 _LEVELS = {"normal": ("normal", "正常"), "watch": ("watch", "关注"), "high": ("high", "高"),
            "critical": ("critical", "严重")}
+_TIERS = {"on_time_12m": ("on time 12 months", "12 个月按时还款"),
+          "minor_lates_cured": ("minor lates, cured", "轻微逾期已结清"), "risk": ("risk", "风险客户"),
+          "new": ("new", "新客户")}
+_AXIS_STEPS = {"call_borrower": ("call the borrower", "致电借款人"),
+               "verify_location": ("verify location", "核实车辆位置"),
+               "notify_recovery_and_insurer": ("notify recovery and insurer", "通知收车团队和保险公司")}
 _STEPS = {"monitor": ("monitor", "持续监控"), "reminder": ("reminder", "还款提醒"), "call": ("call", "电话联系"),
           "on_site_check": ("on-site check", "上门核查"), "recovery": ("recovery", "收车")}
 
@@ -263,7 +299,48 @@ _SENTENCES: dict[str, tuple[str, str]] = {
     "overdue": ("{total_overdue} is overdue; the oldest unpaid instalment is {dpd} days past due.",
                 "逾期金额 {total_overdue}；最早一期未还款已逾期 {dpd} 天。"),
 }
+# The v2 score's reasons (docs/risk.md): features and hard rules. Codes shared with the v1
+# table above (power_cut, towing, region_exit, offline_while_overdue, the *_while_overdue
+# rules, severely_past_due) keep their sentence.
+_SENTENCES |= {
+    "dpd_1_29": ("The oldest unpaid instalment is {dpd} days past due; {total_overdue} overdue.",
+                 "最早一期未还款已逾期 {dpd} 天；逾期金额 {total_overdue}。"),
+    "rolled_forward": ("The arrears rolled into a worse bucket in the last 30 days (now {dpd} days past due).",
+                       "近 30 天逾期程度加深（现已逾期 {dpd} 天）。"),
+    "lates_decayed": ("Late instalments in the history weigh on the score, older ones less.",
+                      "历史逾期记录计入评分，时间越久影响越小。"),
+    "late_streak_active": ("{late} instalments in a row were paid late and the arrears are not cleared.",
+                           "连续 {late} 期还款逾期，且欠款尚未还清。"),
+    "cured": ("There were late instalments in the last 12 months; everything is paid up now.",
+              "近 12 个月有逾期记录，现已全部还清。"),
+    "arrears_installments": ("{total_overdue} is overdue, about {value} instalments' worth.",
+                             "逾期金额 {total_overdue}，约 {value} 期。"),
+    "ltv": ("The outstanding principal is {percent} of the vehicle's estimated value.",
+            "未偿本金约为车辆估值的 {percent}。"),
+    "early_months_on_book": ("The loan is in its first six months.", "贷款发放不足 6 个月。"),
+    "market_while_overdue": (
+        "{total_overdue} is overdue ({late} instalments late in a row) and the vehicle has been parked near a "
+        "used-car market{place} for {dwell} (since {alert_time}).",
+        "逾期金额 {total_overdue}（连续 {late} 期逾期），且车辆已在二手车市场{place}附近停放 {dwell}"
+        "（自 {alert_time} 起）。"),
+    "stationary": ("The vehicle has not moved for {stationary} days, by the vehicle's own clock.",
+                   "按车辆时间计，车辆已 {stationary} 天未移动。"),
+    "theft_signature": (
+        "The T-BOX lost power and the vehicle was moved with the ignition off ({alert_time}): the theft signature.",
+        "车载终端断电且车辆在熄火状态下被移动（{alert_time}），符合盗抢特征。"),
+    "night_doors_relocation": ("Doors were opened at night and the vehicle left its allowed region ({alert_time}).",
+                               "夜间多次开启车门且车辆驶出允许区域（{alert_time}）。"),
+    "night_doors_late_streak": (
+        "Doors were opened repeatedly at night ({alert_time}) while {late} instalments in a row are late and unpaid.",
+        "连续 {late} 期逾期未还期间，夜间多次开启车门（{alert_time}）。"),
+}
+for _same, _as in (("dpd_30_59", "dpd_1_29"), ("dpd_60_89", "dpd_1_29"), ("dpd_90_plus", "dpd_1_29"),
+                   ("market", "stationary_near_market"), ("night_doors", "night_door_openings"),
+                   ("gnss_loss", "gnss_jamming"), ("gnss_loss_while_overdue", "gnss_jamming_while_overdue"),
+                   ("offline", "device_offline")):
+    _SENTENCES[_same] = _SENTENCES[_as]
 _UNKNOWN_REASON = ("Rule {code} matched.", "规则 {code} 已触发。")
+_AXES = {"credit": ("credit", "信用风险"), "collateral": ("collateral", "抵押物风险")}
 
 #: Evidence keys that reveal a location (coordinates, place names, distances to places).
 LOCATION_KEY = re.compile(
@@ -290,9 +367,15 @@ def level_name(level: str, locale: str) -> str:
 
 
 def step_name(step: str, locale: str) -> str:
-    """A next step's name on screen."""
-    pair = _STEPS.get(step)
+    """A next step's name on screen (the loan's steps and the v2 axes' own steps)."""
+    pair = _STEPS.get(step) or _AXIS_STEPS.get(step)
     return _pick(pair, locale) if pair is not None else step
+
+
+def tier_name(tier: str, locale: str) -> str:
+    """A customer tier's name on screen."""
+    pair = _TIERS.get(tier)
+    return _pick(pair, locale) if pair is not None else tier
 
 
 def _duration(seconds: float, locale: str) -> str:
@@ -317,10 +400,40 @@ def _money(value: object) -> str:
     return f"¥{value}" if isinstance(value, str) and value else "¥0.00"
 
 
+def _number(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "?"
+
+
+def _percent(value: object) -> str:
+    return f"{value * 100:.0f} %" if isinstance(value, (int, float)) else "?"
+
+
+def contribution_text(reason: Mapping[str, Any], locale: str) -> str:
+    """A v2 reason's contribution, e.g. ``credit +15.4 pts (log-odds +0.82)`` ("" for a v1 reason).
+
+    A hard rule contributes no points: it sets a level floor, said as ``credit: at least high``.
+    """
+    explanation = reason.get("explanation")
+    if not isinstance(explanation, Mapping):
+        return ""
+    axis = _AXES.get(str(explanation.get("axis")))
+    axis_name = _pick(axis, locale) if axis is not None else str(explanation.get("axis"))
+    if explanation.get("kind") == "rule":
+        level = level_name(str(reason.get("level", "")), locale)
+        return f"{axis_name}：至少为{level}" if locale == "zh-CN" else f"{axis_name}: at least {level}"
+    points, log_odds = explanation.get("pd_points"), explanation.get("log_odds")
+    if not isinstance(points, (int, float)) or not isinstance(log_odds, (int, float)):
+        return axis_name
+    if locale == "zh-CN":
+        return f"{axis_name} {points * 100:+.1f} 个百分点（对数几率 {log_odds:+.2f}）"
+    return f"{axis_name} {points * 100:+.1f} pts (log-odds {log_odds:+.2f})"
+
+
 def reason_sentence(reason: Mapping[str, Any], locale: str, zone_name: str, *, show_places: bool) -> str:
     """One plain-language sentence for a stored reason, in ``locale``, times in ``zone_name``."""
     code = str(reason.get("code", ""))
     evidence = reason.get("evidence") or {}
+    explanation = reason.get("explanation") or {}
     repayment = evidence.get("repayment") or {}
     alert = evidence.get("alert") or {}
     alert_evidence = alert.get("evidence") or {}
@@ -344,6 +457,8 @@ def reason_sentence(reason: Mapping[str, Any], locale: str, zone_name: str, *, s
         "threshold_h": evidence.get("threshold_hours", "?"),
         "threshold": threshold,
         "stationary": evidence.get("stationary_days", "?"),
+        "value": _number(explanation.get("value")),
+        "percent": _percent(explanation.get("value")),
     }
     template = _SENTENCES.get(code, _UNKNOWN_REASON)
     return _pick(template, locale).format(**values)

@@ -15,7 +15,7 @@ from .track_map import MapPoint, Stop
 __all__ = ["alerts_csv", "track_geojson", "track_gpx", "worklist_csv"]
 
 WORKLIST_COLUMNS = ("loan_id", "device_id", "vin", "borrower_ref", "level", "next_step", "reasons", "total_overdue",
-                    "days_past_due", "consecutive_late", "level_since")
+                    "days_past_due", "consecutive_late", "level_since", "tier", "expected_loss", "region")
 ALERT_COLUMNS = ("time", "loan_id", "device_id", "rule", "severity", "state", "episode", "evidence")
 
 
@@ -39,7 +39,8 @@ def worklist_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     return _csv(WORKLIST_COLUMNS, (
         (r["loan_id"], r["device_id"], r["vin"], r["borrower_ref"], r["level"], r["next_step"],
          " ".join(c for c in r["reason_codes"] if c), r["total_overdue"], r["days_past_due"], r["consecutive_late"],
-         iso_utc(r["changed_ms"]) if r["changed_ms"] is not None else "")
+         iso_utc(r["changed_ms"]) if r["changed_ms"] is not None else "", r.get("tier") or "",
+         r.get("expected_loss") or "", r.get("region") or "")
         for r in rows
     ))
 

@@ -44,11 +44,14 @@ from protocol.places import PlaceType
 from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
 from ..clock import ClockMs, utc_date
+from ..jobs.redaction import reasons_for_collections
 from ..loans.queries import (
     LEVELS,
     NEXT_STEPS,
     REASON_CODES,
     SEVERITIES,
+    SORTS,
+    TIERS,
     AlertFilter,
     QueryError,
     WorklistFilter,
@@ -56,6 +59,7 @@ from ..loans.queries import (
     alert_feed,
     alert_rules,
     device_rows,
+    loan_regions,
     worklist,
     worklist_export_rows,
 )
@@ -224,6 +228,8 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
         "locales": LOCALES,
         "level_name": lambda level: catalog.level_name(level, locale),
         "step_name": lambda step: catalog.step_name(step, locale),
+        "tier_name": lambda tier: catalog.tier_name(tier, locale),
+        "contribution": lambda reason: catalog.contribution_text(reason, locale),
     }
     response = templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
     response.headers.update(_SECURITY_HEADERS)
@@ -370,10 +376,23 @@ def _worklist_filter(request: Request) -> WorklistFilter:
     try:
         return WorklistFilter(
             level=q.get("level") or None, next_step=q.get("next_step") or None, reason=q.get("reason") or None,
-            search=(q.get("q") or "").strip() or None,
+            search=(q.get("q") or "").strip() or None, tier=q.get("tier") or None,
+            region=(q.get("region") or "").strip() or None,
+            sort=q.get("sort") or "expected_loss",
         )
     except QueryError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+
+
+def _may_see_scores(principal: Principal) -> bool:
+    """Risk scores are for admin and risk analysts (docs/people.md); collections see levels."""
+    return principal.role in ("admin", "risk_analyst")
+
+
+def _shown_rows(rows: list[dict[str, Any]], principal: Principal) -> list[dict[str, Any]]:
+    if _may_see_scores(principal):
+        return rows
+    return [r | {"score": None, "expected_loss": None} for r in rows]
 
 
 def _page_number(request: Request) -> int:
@@ -389,6 +408,7 @@ def worklist_page(request: Request, principal: PagePrincipal) -> Response:
     page_no = _page_number(request)
     with Session(_engine(request)) as session:
         page = worklist(session, filters, page=page_no)
+        regions = loan_regions(session)
         after_risk = session.scalar(sa.select(sa.func.max(RiskEventRecord.id))) or 0
         after_alert = session.scalar(sa.select(sa.func.max(AlertRecord.id))) or 0
         _audit(session, request, principal, "view_worklist", "loan", subject_id="*", page=page_no, rows=len(page.rows),
@@ -396,7 +416,11 @@ def worklist_page(request: Request, principal: PagePrincipal) -> Response:
         session.commit()
     params = filters.as_params()
     return _render(request, "worklist.html", principal, {
-        "rows": page.rows,
+        "rows": _shown_rows(page.rows, principal),
+        "show_scores": _may_see_scores(principal),
+        "tiers": TIERS,
+        "sorts": SORTS,
+        "regions": regions,
         "page": page,
         "filters": filters,
         "levels": LEVELS,
@@ -420,7 +444,7 @@ def worklist_export(request: Request, principal: PagePrincipal) -> Response:
         _audit(session, request, principal, "export_worklist_csv", "loan", subject_id="*", rows=len(rows),
                **filters.as_params())
         session.commit()
-    return Response(worklist_csv(rows), media_type="text/csv; charset=utf-8",
+    return Response(worklist_csv(_shown_rows(rows, principal)), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="worklist.csv"', "Cache-Control": "no-store"})
 
 
@@ -612,7 +636,6 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                    points=len(points))
         _audit(session, request, principal, "view_loan", "loan", subject_id=loan_id)
         session.commit()
-        reasons = list(state.reasons) if state is not None else []
         context = {
             "loan": {
                 "loan_id": loan.loan_id, "device_id": loan.device_id, "vin": loan.vin,
@@ -625,16 +648,8 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "level": state.level if state is not None else "normal",
             "next_step": state.next_step if state is not None else "monitor",
             "evaluated": format_time(state.evaluated_ms if state is not None else None, zone_name),
-            "reasons": [
-                {
-                    "code": r.get("code"),
-                    "level": r.get("level"),
-                    "next_step": r.get("next_step"),
-                    "sentence": catalog.reason_sentence(r, principal.locale, zone_name, show_places=show_places),
-                    "evidence": catalog.evidence_items(r.get("evidence"), show_places=show_places),
-                }
-                for r in reasons
-            ],
+            "reasons": _reason_views(state, principal, zone_name, show_places=show_places),
+            "score": _score_view(state) if _may_see_scores(principal) else None,
             "facts": facts.as_dict(with_installments=True),
             "payments": [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(),
                           "amount": format_cents(p.amount_cents)} for p in payments],
@@ -653,6 +668,52 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "may_assess": principal.role in PAGE_ROLES["assess"],
         }
     return _render(request, "loan.html", principal, context)
+
+
+def _reason_views(
+    state: RiskStateRecord | None, principal: Principal, zone_name: str, *, show_places: bool
+) -> list[dict[str, Any]]:
+    """The loan's stored reasons as the page shows them (collections: no score figures)."""
+    reasons = list(state.reasons) if state is not None else []
+    if not _may_see_scores(principal):
+        reasons = reasons_for_collections(reasons)
+    return [
+        {
+            "code": r.get("code"),
+            "level": r.get("level"),
+            "next_step": r.get("next_step"),
+            "sentence": catalog.reason_sentence(r, principal.locale, zone_name, show_places=show_places),
+            "evidence": catalog.evidence_items(r.get("evidence"), show_places=show_places),
+            "contribution": catalog.contribution_text(r, principal.locale),
+        }
+        for r in reasons
+    ]
+
+
+def _score_view(state: RiskStateRecord | None) -> dict[str, Any] | None:
+    """The stored v2 answer for the loan page's score card (None until a v2 reassessment)."""
+    if state is None or not isinstance(state.assessment, dict):
+        return None
+    stored = state.assessment
+    axes = []
+    for name in ("credit", "collateral"):
+        axis = stored.get(name) or {}
+        axes.append({
+            "name": name,
+            "probability": float(axis.get("probability", 0.0)),
+            "level": axis.get("level", "normal"),
+            "next_step": axis.get("next_step", "monitor"),
+            "reasons": [r | {"explanation": r} for r in axis.get("reasons", [])],
+        })
+    return {
+        "score": float(stored.get("score", 0.0)),
+        "expected_loss": format_cents(int(stored.get("expected_loss_cents", 0))),
+        "outstanding": format_cents(int(stored.get("outstanding_cents", 0))),
+        "tier": stored.get("tier"),
+        "monitoring": stored.get("monitoring") or {},
+        "model_version": stored.get("model_version"),
+        "axes": axes,
+    }
 
 
 @router.post("/loans/{loan_id}/assess", response_model=None)

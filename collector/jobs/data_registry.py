@@ -92,7 +92,7 @@ REGISTRY: tuple[TablePolicy, ...] = (
     TablePolicy("risk_states", Policy.ESSENTIAL_STRIPPED, ("reasons", "facts", "assessment"), "loan_id",
                 "evaluated_ms", strip=("reasons", "facts", "assessment"), why="the current risk state of a loan"),
     # --- essential records without coordinates
-    TablePolicy("loans", Policy.ESSENTIAL, ("vin", "borrower_ref", "device_id"), "loan_id", None,
+    TablePolicy("loans", Policy.ESSENTIAL, ("vin", "borrower_ref", "device_id", "region"), "loan_id", None,
                 why="the loan and its vehicle"),
     TablePolicy("loan_devices", Policy.ESSENTIAL, ("device_id",), "loan_id", None,
                 why="a loan's second tracker (the link, no positions)"),

@@ -1,4 +1,4 @@
-"""Signed device configurations (the typed place list) and their MQTT publisher.
+"""Signed device configurations (typed places, tracking, key announcements, the risk tier) and their MQTT publisher.
 
 How this works
 --------------
@@ -10,7 +10,8 @@ publishing happens later, from the outbox, in one thread:
 
 1. **sync** - every device that should hold the current list and does not (no row yet, or
    a row older than the newest place change, e.g. after ``lienwatch collector places
-   import``/``delete`` or a device registered from the CLI) gets a freshly signed
+   import``/``delete`` or a device registered from the CLI), and every device whose loan's
+   customer tier differs from the tier its configuration carries, gets a freshly signed
    configuration;
 2. **publish** - every row not yet acknowledged is published retained at QoS 1 on
    ``lw/v1/{device}/config`` and marked ``published_ms`` when the PUBACK arrives. After each
@@ -32,6 +33,10 @@ docs/protocol.md section 6); a section absent means the agent's local default.
   force until then; deleting the last place pushes empty lists.
 * ``tracking``: ``{"enabled": false, "reason": "settled"}`` once the device's loan is settled
   or transferred (collector.loans.lifecycle): the agent stops collecting and sending positions.
+* ``tier``: ``{"name", "batch_interval_s"}`` (:mod:`protocol.tier_section`) from the loan's
+  customer tier and the monitoring policy the risk score stored with it
+  (``risk_states.tier`` and ``assessment.monitoring``, docs/risk.md): the agent uploads a
+  batch at that interval. Absent while the loan has no v2 tier.
 * ``keys``: ``{"next": ...}`` (:mod:`protocol.downlink_keys`) while a next downlink key is
   announced (``downlink_keys``, :func:`announce_next_key`). Announcing a key, and the
   collector's first round signing with it (:func:`promote_signing_key`), both re-sign every
@@ -58,14 +63,23 @@ from sqlalchemy.orm import Session
 from protocol import DeviceConfig, config_topic, seal_config
 from protocol.cli.key_files import load_private_key
 from protocol.downlink_keys import keys_section, raw_public_key
-from protocol.errors import KeyFileError
+from protocol.errors import KeyFileError, TierSectionError
+from protocol.tier_section import TierSection, load_tier_section
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import ConfigError
 from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.places import place_items, places_revision
-from ..storage.tables import FINAL_LOAN_STATUSES, Base, ConfigVersion, DownlinkKey, LoanDeviceRecord, LoanRecord
+from ..storage.tables import (
+    FINAL_LOAN_STATUSES,
+    Base,
+    ConfigVersion,
+    DownlinkKey,
+    LoanDeviceRecord,
+    LoanRecord,
+    RiskStateRecord,
+)
 from .worker_loop import WorkerLoop, WorkerLoopError, log_round_failure
 
 __all__ = [
@@ -81,6 +95,7 @@ __all__ = [
     "config_targets",
     "devices_needing_config",
     "load_signing_key",
+    "loan_tier_sections",
     "promote_signing_key",
     "tracking_section",
 ]
@@ -228,12 +243,24 @@ def config_body(session: Session, device_id: str) -> dict[str, Any]:
     return body
 
 
+def _tier_outdated(session: Session) -> list[str]:
+    """Loan devices whose current customer tier is not the one their configuration carries."""
+    signed = sa.select(ConfigVersion.tier).where(ConfigVersion.device_id == LoanRecord.device_id).scalar_subquery()
+    query = (
+        sa.select(LoanRecord.device_id)
+        .join(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .where(RiskStateRecord.tier.is_not(None), RiskStateRecord.tier.is_distinct_from(signed))
+    )
+    return list(session.scalars(query))
+
+
 def devices_needing_config(session: Session) -> list[str]:
     """Targets whose stored configuration is missing or older than a change it must carry.
 
     A change is the newest place change (none while the collector has never had a place: a
-    device keeps its local places file), a downlink key announced or promoted, or the status
-    change of the device's loan that stopped tracking (``loans.status_changed_ms``).
+    device keeps its local places file), a downlink key announced or promoted, the status
+    change of the device's loan that stopped tracking (``loans.status_changed_ms``), or a
+    loan tier other than the one its configuration carries.
     """
     revision = places_revision(session)
     if revision is not None:
@@ -243,30 +270,62 @@ def devices_needing_config(session: Session) -> list[str]:
     )
     closed: dict[str, int | None] = dict(session.execute(closing).all())
     stored = {row.device_id: row for row in session.scalars(sa.select(ConfigVersion))}
-    out = []
+    out = set(_tier_outdated(session))
     for device_id in config_targets(session):
         changed = max((t for t in (revision, closed.get(device_id)) if t is not None), default=None)
         if changed is None:
             continue
         row = stored.get(device_id)
         if row is None or row.payload is None or row.issued_ms < changed:
-            out.append(device_id)
+            out.add(device_id)
+    return sorted(out)
+
+
+def loan_tier_sections(session: Session, device_ids: Iterable[str]) -> dict[str, tuple[str, TierSection | None]]:
+    """The tier and ``tier`` section of each of ``device_ids`` whose loan has a v2 tier.
+
+    The batch interval is the one the risk score stored with the tier (``assessment.monitoring``);
+    a stored value the section refuses is logged and the device gets no tier section (None),
+    but the tier counts as signed, so it is not tried again until it changes.
+    """
+    wanted = sorted(set(device_ids))
+    rows = session.execute(
+        sa.select(LoanRecord.device_id, RiskStateRecord.tier, RiskStateRecord.assessment)
+        .join(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
+        .where(LoanRecord.device_id.in_(wanted), RiskStateRecord.tier.is_not(None))
+    )
+    out: dict[str, tuple[str, TierSection | None]] = {}
+    for device_id, tier, assessment in rows:
+        monitoring = assessment.get("monitoring") if isinstance(assessment, dict) else None
+        interval = monitoring.get("batch_interval_s") if isinstance(monitoring, dict) else None
+        try:
+            out[device_id] = (tier, load_tier_section({"name": tier, "batch_interval_s": interval}))
+        except TierSectionError as exc:
+            log.warning("device %s gets no tier section: %s", device_id, exc)
+            out[device_id] = (tier, None)
     return out
 
 
 def build_device_configs(
     session: Session, private_key: Ed25519PrivateKey, device_ids: Iterable[str], issued_ms: int
 ) -> list[ConfigMessage]:
-    """Sign each device's whole configuration body (:func:`config_body`), bumping its version.
+    """Sign each device's whole configuration body (:func:`config_body`, the loan's ``tier``, the
+    ``keys`` announcement), bumping its version.
 
     The version goes up by one per device per call (the agent refuses anything not newer)
-    and is kept, with the signed message to publish, in ``config_versions`` in the caller's
-    transaction (row locked on PostgreSQL, so two collectors never sign the same version).
+    and is kept, with the signed message to publish and the tier it carries, in
+    ``config_versions`` in the caller's transaction (row locked on PostgreSQL, so two
+    collectors never sign the same version).
     """
+    wanted = sorted(set(device_ids))
     next_key = announced_next_key(session, private_key)
+    tiers = loan_tier_sections(session, wanted)
     out = []
-    for device_id in sorted(set(device_ids)):
+    for device_id in wanted:
         body = config_body(session, device_id)
+        tier_name, tier = tiers.get(device_id, (None, None))
+        if tier is not None:
+            body["tier"] = tier.as_dict()
         if next_key is not None:
             body["keys"] = keys_section(next_key)
         row = session.get(ConfigVersion, device_id, with_for_update=True)
@@ -275,6 +334,7 @@ def build_device_configs(
             session.add(row)
         row.version += 1
         row.issued_ms = issued_ms
+        row.tier = tier_name
         topic = config_topic(device_id)
         payload = seal_config(DeviceConfig(device_id, row.version, issued_ms, body), private_key, topic)
         row.payload = payload

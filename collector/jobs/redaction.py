@@ -9,6 +9,11 @@ Two levels, both pure functions over JSON-like values:
   coordinate: the market's name and every distance (the opaque ``market_id`` stays, so a
   reason can still be told apart; keep market ids opaque codes, not place names). The
   collections role needs the level, the reason and the next step, not where the car is.
+* :func:`reasons_for_collections` and :func:`score_for_collections` also take the risk
+  score's figures out (docs/people.md: collections see level and next step, not scores):
+  a reason keeps its code, level, next step, episode, redacted evidence and which axis it
+  counts on, not its probability points; the v2 score keeps each axis's level and next step
+  and the tier, not the probabilities, the expected loss or the explained reasons.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["redact_coordinates", "redact_for_collections"]
+__all__ = ["reasons_for_collections", "redact_coordinates", "redact_for_collections", "score_for_collections"]
 
 _COORDINATE_KEY = re.compile(r"(^|_)(lat|lon|latitude|longitude|position|track)$", re.IGNORECASE)
 _LOCATING_KEY = re.compile(r"(^|_)(market_name|place_name|address)$|distance", re.IGNORECASE)
@@ -42,3 +47,36 @@ def redact_coordinates(value: Any) -> Any:
 def redact_for_collections(value: Any) -> Any:
     """A copy of ``value`` without coordinates, market names or distances."""
     return _without(value, _COORDINATE_KEY, _LOCATING_KEY)
+
+
+#: What of a reason's ``explanation`` (docs/risk.md) the collections role sees: no figures.
+_EXPLANATION_FOR_COLLECTIONS = ("axis", "kind", "summary")
+#: What of each axis of the v2 score the collections role sees.
+_AXIS_FOR_COLLECTIONS = ("level", "next_step")
+
+
+def reasons_for_collections(reasons: Any) -> Any:
+    """Stored risk reasons without coordinates, place names, distances or score figures."""
+    redacted = redact_for_collections(reasons)
+    if not isinstance(redacted, list):
+        return redacted
+    out = []
+    for reason in redacted:
+        explanation = reason.get("explanation") if isinstance(reason, dict) else None
+        if isinstance(explanation, dict):
+            kept = {k: explanation[k] for k in _EXPLANATION_FOR_COLLECTIONS if k in explanation}
+            out.append(reason | {"explanation": kept})
+        else:
+            out.append(reason)
+    return out
+
+
+def score_for_collections(score: Any) -> Any:
+    """The v2 score shown to collections: ``level``, ``tier``, each axis's level and next step."""
+    if not isinstance(score, dict):
+        return None
+    out: dict[str, Any] = {k: score[k] for k in ("level", "tier") if k in score}
+    for axis in ("credit", "collateral"):
+        part = score.get(axis)
+        out[axis] = {k: part[k] for k in _AXIS_FOR_COLLECTIONS if k in part} if isinstance(part, dict) else None
+    return out

@@ -43,6 +43,7 @@ from .store import LoanRow, existing_loan_conflicts, record_repayment, store_loa
 __all__ = [
     "COLUMNS",
     "LIMITS",
+    "REGION_RE",
     "ImportReport",
     "LoanImport",
     "LoanImportError",
@@ -54,7 +55,7 @@ __all__ = [
     "vin_check_digit",
 ]
 
-COLUMNS = ("loan_id", "device_id", "vin", "borrower_ref", "principal", "schedule", "payments")
+COLUMNS = ("loan_id", "device_id", "vin", "borrower_ref", "principal", "schedule", "payments", "region")
 REQUIRED = COLUMNS[:6]
 
 
@@ -73,6 +74,8 @@ LIMITS = ImportLimits()
 
 LOAN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BORROWER_REF_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: a region label: letters (any script), digits, space, ``.``, ``_``, ``-``; 1..64 characters
+REGION_RE = re.compile(r"[^\W][\w .-]{0,63}")
 # Values that look like real personal identifiers must not land in a pseudonymous column:
 # PRC resident id (18 chars, 17 digits + digit/X), old 15-digit id, mainland mobile number.
 PERSONAL_ID_RE = re.compile(r"\d{17}[\dXx]|\d{15}|1[3-9]\d{9}")
@@ -201,6 +204,14 @@ class _RowChecker:
                 "personal_identifier",
                 "borrower ref looks like an ID card or phone number; use a pseudonymous reference",
             )
+        return text
+
+    def region(self, text: str) -> str | None:
+        if not text:
+            return None
+        if not REGION_RE.fullmatch(text):
+            self.fail("region", "bad_region",
+                      f"region {text!r:.80} must be 1..64 letters, digits, spaces, '.', '_' or '-'")
         return text
 
     def amount(self, column: str, text: str, what: str) -> int | None:
@@ -390,6 +401,7 @@ def _check_record(
     principal = check.amount("principal", cell("principal"), "principal")
     schedule = check.schedule(cell("schedule"))
     payments = check.payments(cell("payments"))
+    region = check.region(cell("region"))
     if principal is not None and schedule and not check.errors:
         total = sum(i.amount_cents for i in schedule)
         if total < principal:
@@ -404,7 +416,7 @@ def _check_record(
             check.fail(column, reason, f"{column} {value!r:.64} already used on line {first}")
     if check.errors or principal is None:
         return check.errors, None
-    return [], LoanRow(line, loan_id, device_id, vin, borrower_ref, principal, schedule, payments)
+    return [], LoanRow(line, loan_id, device_id, vin, borrower_ref, principal, schedule, payments, region)
 
 
 def loan_from_fields(fields: dict[str, str]) -> tuple[LoanRow | None, list[RowError]]:

@@ -4,8 +4,12 @@ Each is one SQL statement with server-side paging (``LIMIT``/``OFFSET``) so a pa
 same with 100 or 100,000 loans (bench/console_bench.py). ``GET /v1/alerts`` uses
 :func:`alert_feed` too.
 
-Worklist order: level (critical first), then exposure (the overdue amount, ``total_overdue``
-of the stored repayment facts), then days past due, then loan id.
+Worklist order (:data:`SORTS`): by default the v2 expected loss (exposure x probability of a
+bad outcome, largest first; loans not scored yet last); or the level (critical first), then
+exposure (the overdue amount, ``total_overdue`` of the stored repayment facts), then days past
+due; or the score; or days past due. Ties: the severity order, then the loan id (by expected
+loss, the loan id: amounts in cents rarely tie).
+Filters: level, next step, reason code, tier, region, search.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..risk.engine import RULES, NextStep, RiskLevel
+from ..risk.features import FEATURE_NAMES
+from ..risk.repayments import format_cents
+from ..risk.score import HARD_RULES, Tier
 from ..storage.tables import (
     FINAL_LOAN_STATUSES,
     AlertRecord,
@@ -30,12 +37,15 @@ from ..storage.tables import (
     RiskStateRecord,
     SeqLedgerRecord,
 )
+from .csv_import import REGION_RE
 
 __all__ = [
     "LEVELS",
     "NEXT_STEPS",
     "REASON_CODES",
     "SEVERITIES",
+    "SORTS",
+    "TIERS",
     "AlertFilter",
     "WorklistFilter",
     "alert_feed",
@@ -45,7 +55,13 @@ __all__ = [
 
 LEVELS = tuple(level.label for level in sorted(RiskLevel, reverse=True))
 NEXT_STEPS = tuple(step.label for step in sorted(NextStep, reverse=True))
-REASON_CODES = tuple(rule.code for rule in RULES)
+#: Reason codes of both engines: the v1 table's rows, the v2 score's hard rules and features.
+REASON_CODES = tuple(dict.fromkeys([*(r.code for r in RULES), *(r.code for r in HARD_RULES), *FEATURE_NAMES]))
+#: Customer tiers of the v2 score (docs/risk.md).
+TIERS = tuple(t.value for t in Tier)
+#: Worklist orders: expected loss (the default: exposure x probability, the v2 ranking), the
+#: level then overdue amount then days past due, the score (probability of a bad outcome), days past due.
+SORTS = ("expected_loss", "severity", "score", "days_past_due")
 #: Alert severities as stored (index = the wire value).
 SEVERITIES = ("info", "warning", "high", "panic")
 MAX_PAGE = 500
@@ -65,8 +81,17 @@ class WorklistFilter:
     next_step: str | None = None
     reason: str | None = None
     search: str | None = None
+    tier: str | None = None
+    region: str | None = None
+    sort: str = "expected_loss"
 
     def __post_init__(self) -> None:
+        if self.region is not None and not REGION_RE.fullmatch(self.region):
+            raise QueryError(f"region {self.region!r:.70} is not a region label")
+        if self.tier is not None and self.tier not in TIERS:
+            raise QueryError(f"tier {self.tier!r:.30} is not one of {', '.join(TIERS)}")
+        if self.sort not in SORTS:
+            raise QueryError(f"sort {self.sort!r:.30} is not one of {', '.join(SORTS)}")
         if self.level is not None and self.level not in LEVELS:
             raise QueryError(f"level {self.level!r:.20} is not one of {', '.join(LEVELS)}")
         if self.next_step is not None and self.next_step not in NEXT_STEPS:
@@ -78,7 +103,9 @@ class WorklistFilter:
 
     def as_params(self) -> dict[str, str]:
         """The non-empty filters as query parameters."""
-        pairs = {"level": self.level, "next_step": self.next_step, "reason": self.reason, "q": self.search}
+        pairs = {"level": self.level, "next_step": self.next_step, "reason": self.reason, "q": self.search,
+                 "tier": self.tier, "region": self.region,
+                 "sort": None if self.sort == "expected_loss" else self.sort}
         return {k: v for k, v in pairs.items() if v}
 
 
@@ -121,18 +148,25 @@ def _search_ids(term: str) -> sa.CompoundSelect[Any]:
     return sa.union(*(q.limit(MAX_SEARCH_MATCHES).subquery().select() for q in lookups))
 
 
-def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> sa.Select[Any]:
-    """The worklist's SELECT (without paging), most urgent first; ``level`` narrows to one level."""
+def worklist_statement(
+    filters: WorklistFilter, *, level: str | None = None, scored: bool | None = None
+) -> sa.Select[Any]:
+    """The worklist's SELECT (without paging) in ``filters.sort`` order; ``level`` narrows to one
+    level, ``scored`` to loans with (True) or without (False) a v2 expected loss."""
     query = sa.select(
         LoanRecord.loan_id,
         LoanRecord.device_id,
         LoanRecord.vin,
         LoanRecord.borrower_ref,
+        LoanRecord.region,
         RiskStateRecord.level,
         RiskStateRecord.next_step,
         RiskStateRecord.reasons,
         RiskStateRecord.facts,
         RiskStateRecord.changed_ms,
+        RiskStateRecord.score,
+        RiskStateRecord.expected_loss_cents,
+        RiskStateRecord.tier,
     ).outerjoin(RiskStateRecord, RiskStateRecord.loan_id == LoanRecord.loan_id)
     query = query.where(LoanRecord.status.not_in(FINAL_LOAN_STATUSES))  # settled/transferred: nothing to work
     for wanted in (filters.level, level):
@@ -148,7 +182,23 @@ def worklist_statement(filters: WorklistFilter, *, level: str | None = None) -> 
         query = query.where(sa.cast(RiskStateRecord.reasons, sa.Text).like(f'%"code": "{filters.reason}"%'))
     if filters.search is not None:
         query = query.where(LoanRecord.loan_id.in_(_search_ids(filters.search)))
-    return query.order_by(_level_rank().desc(), _exposure().desc(), _dpd().desc(), LoanRecord.loan_id)
+    if filters.tier is not None:
+        query = query.where(RiskStateRecord.tier == filters.tier)
+    if filters.region is not None:
+        query = query.where(LoanRecord.region == filters.region)
+    if scored is not None:
+        has_loss = RiskStateRecord.expected_loss_cents.is_not(None)
+        query = query.where(has_loss if scored else ~has_loss)
+    severity = (_level_rank().desc(), _exposure().desc(), _dpd().desc())
+    if filters.sort == "expected_loss" and scored:  # the expected-loss index serves it; cents rarely tie
+        return query.order_by(RiskStateRecord.expected_loss_cents.desc(), LoanRecord.loan_id)
+    order = {
+        "severity": severity,
+        "expected_loss": (RiskStateRecord.expected_loss_cents.desc().nulls_last(), *severity),
+        "score": (RiskStateRecord.score.desc().nulls_last(), *severity),
+        "days_past_due": (_dpd().desc(), *severity),
+    }[filters.sort]
+    return query.order_by(*order, LoanRecord.loan_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,17 +214,27 @@ class Page:
 def worklist(session: Session, filters: WorklistFilter, *, page: int = 1, size: int = 50) -> Page:
     """One page of the worklist (``page`` from 1).
 
-    Read level by level, most severe first: each level is one indexed query sorted on its own
-    (a first page usually comes from the few critical and high loans, without sorting the
-    whole book); levels wholly before the page are only counted.
+    By severity it is read level by level, most severe first: each level is one indexed query
+    sorted on its own (a first page usually comes from the few critical and high loans, without
+    sorting the whole book); by expected loss the scored loans come first in the order of the
+    expected-loss index, then the loans not scored yet. Segments wholly before the page are
+    only counted.
     """
     page, size = max(1, page), max(1, min(MAX_PAGE, size))
     skip, want = (page - 1) * size, size + 1
     found: list[Any] = []
-    # A search or a single level is one small query; the whole book is read level by level.
-    levels: list[str | None] = [None] if filters.level is not None or filters.search is not None else list(LEVELS)
-    for level in levels:
-        statement = worklist_statement(filters, level=level)
+    # A search, a single level or the score / days past due orders are one query; the whole book
+    # by severity is read level by level, by expected loss scored loans first (index order), then
+    # the loans not scored yet.
+    segments: list[tuple[str | None, bool | None]]
+    if filters.level is not None or filters.search is not None or filters.sort in ("score", "days_past_due"):
+        segments = [(None, None)]
+    elif filters.sort == "expected_loss":
+        segments = [(None, True), (None, False)]
+    else:
+        segments = [(level, None) for level in LEVELS]
+    for level, scored in segments:
+        statement = worklist_statement(filters, level=level, scored=scored)
         if skip:
             in_level = session.scalar(sa.select(sa.func.count()).select_from(statement.order_by(None).subquery()))
             if in_level is not None and in_level <= skip:
@@ -195,6 +255,7 @@ def _worklist_row(r: Any) -> dict[str, Any]:
         "device_id": r["device_id"],
         "vin": r["vin"],
         "borrower_ref": r["borrower_ref"],
+        "region": r["region"],
         "level": r["level"] or "normal",
         "next_step": r["next_step"] or "monitor",
         "reason_codes": [x.get("code") for x in (r["reasons"] or []) if isinstance(x, dict)],
@@ -202,6 +263,9 @@ def _worklist_row(r: Any) -> dict[str, Any]:
         "days_past_due": facts.get("days_past_due", 0),
         "consecutive_late": facts.get("consecutive_late", 0),
         "changed_ms": r["changed_ms"],
+        "score": r["score"],
+        "expected_loss": format_cents(r["expected_loss_cents"]) if r["expected_loss_cents"] is not None else None,
+        "tier": r["tier"],
     }
 
 
@@ -288,6 +352,12 @@ def alert_feed(session: Session, filters: AlertFilter, *, page: int = 1, size: i
     statement = alert_statement(filters).limit(size + 1).offset((page - 1) * size)
     rows = [alert_row(r) for r in session.execute(statement).mappings()]
     return Page(rows[:size], page, size, len(rows) > size)
+
+
+def loan_regions(session: Session) -> list[str]:
+    """The region labels of the loan book (for the worklist's filter)."""
+    query = sa.select(LoanRecord.region).where(LoanRecord.region.is_not(None)).distinct().order_by(LoanRecord.region)
+    return [r for r in session.scalars(query) if r is not None]
 
 
 def alert_rules(session: Session) -> list[str]:

@@ -69,6 +69,7 @@ class LoanRow:
     principal_cents: int
     schedule: tuple[Installment, ...]
     payments: tuple[Payment, ...] = ()
+    region: str | None = None
 
 
 def store_loan(session: Session, row: LoanRow, *, now_ms: int) -> LoanRecord:
@@ -80,6 +81,7 @@ def store_loan(session: Session, row: LoanRow, *, now_ms: int) -> LoanRecord:
         borrower_ref=row.borrower_ref,
         principal_cents=row.principal_cents,
         created_ms=now_ms,
+        region=row.region,
     )
     session.add(loan)
     session.flush()  # no ORM relationship: the parent row must exist before its children
@@ -109,6 +111,7 @@ def existing_loan_conflicts(session: Session, row: LoanRow) -> list[tuple[str | 
             and stored.vin == row.vin
             and stored.borrower_ref == row.borrower_ref
             and stored.principal_cents == row.principal_cents
+            and stored.region == row.region
         )  # a changed schedule is a new schedule version (collector.loans.schedules), not a conflict
         if not same:
             problems.append(("loan_id", "loan_exists", f"loan {row.loan_id} is already stored with different terms"))

@@ -5,7 +5,8 @@ How this works
 :func:`reassess_loan` reads the schedule, payments, open alerts, device status and recent
 movement of one loan, runs :func:`collector.risk.repayments.repayment_facts` and
 :func:`collector.risk.engine.assess` and the v2 score (:func:`collector.risk.score.assess_v2`),
-keeps the current state in ``risk_states``, and on a
+keeps the current state in ``risk_states`` - level, next step and reasons from the engine
+``[risk] model`` names (v2 by default, :mod:`collector.risk.decision`) - and on a
 level change appends a ``risk_events`` row and queues the webhook deliveries in the same
 transaction (outbox pattern, :func:`collector.jobs.webhooks.enqueue_risk_change`) - so a
 crash never leaves an event without its notifications or the reverse. Re-running it on the
@@ -45,6 +46,7 @@ from ..storage.tables import (
     RiskStateRecord,
 )
 from ..storage.tables import DeviceStatus as DeviceStatusRecord
+from .decision import decide
 from .engine import (
     DeviceStatus,
     Movement,
@@ -286,8 +288,13 @@ def reassess_loan(
     grace_days: int = DEFAULT_GRACE_DAYS,
     webhook_urls: Sequence[str] = (),
     cases: CaseSettings | None = None,
+    model: str = "v2",
 ) -> tuple[RiskAssessment, RiskChange | None]:
     """Assess a loan, keep its state, and on a level change store an event and queue webhooks.
+
+    Both engines run; ``model`` (``[risk] model``, :mod:`collector.risk.decision`) says whose
+    answer is the stored level, next step and reasons, the risk event and the webhooks. The
+    v2 score and its axes are stored either way. Returns the authoritative assessment.
 
     The caller commits: state, event, outbox and case rows land in one transaction. The
     loan's collections case follows the level (:func:`collector.cases.store.sync_case_with_risk`:
@@ -304,8 +311,8 @@ def reassess_loan(
     states = Base.metadata.tables["risk_states"]
     for _attempt in range(_CAS_ATTEMPTS):
         inp = load_risk_input(session, loan_id, now_ms, grace_days=grace_days, config=config)
-        assessment = assess(inp, config)
         scored = score_loan(session, inp, config)
+        assessment = decide(model, assess(inp, config), scored, inp, config)
         stored = session.execute(
             sa.select(states.c.level, states.c.evaluated_ms).where(states.c.loan_id == loan_id)
         ).first()
@@ -373,10 +380,10 @@ def reassess_loan_as_configured(
     *,
     cases: CaseSettings | None = None,
 ) -> tuple[RiskAssessment, RiskChange | None]:
-    """:func:`reassess_loan` with the ``[risk]`` thresholds and grace days (``[webhooks] urls``, ``[cases]``)."""
+    """:func:`reassess_loan` with the ``[risk]`` model, thresholds and grace days (``[webhooks] urls``, ``[cases]``)."""
     return reassess_loan(
         session, loan_id, now_ms, config=risk.config, grace_days=risk.grace_days, webhook_urls=webhook_urls,
-        cases=cases,
+        cases=cases, model=risk.model,
     )
 
 

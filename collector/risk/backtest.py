@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
@@ -67,13 +67,16 @@ __all__ = [
     "auc",
     "backtest_real_book",
     "evaluate_book",
+    "evaluate_inputs",
     "figures",
     "fit_from_book",
     "inputs_at",
     "markdown_table",
     "parse_day",
+    "read_outcomes",
     "read_real_book",
     "run_backtest",
+    "whole_book_report",
 ]
 
 DAY_MS = 86_400_000
@@ -167,12 +170,14 @@ def _cured(facts: RepaymentFacts) -> bool:
     return not facts.overdue and any(s.late and s.due_date.toordinal() > year_ago for s in facts.installments)
 
 
-def evaluate_book(
-    loans: Sequence[BookLoan], as_of_ms: int, outcomes: Mapping[str, tuple[str, int | None]] | None = None
-) -> Evaluated:
-    """Read every loan at ``as_of_ms``, keep the population, label it and run v1.
+#: One loan read at the snapshot: its id, the engines' input, its exposure, (outcome, outcome ms).
+BookItem = tuple[str, RiskInput, Exposure, tuple[str, int | None]]
 
-    ``outcomes`` (loan id -> (outcome, outcome ms)) overrides the loans' own outcome fields.
+
+def evaluate_inputs(items: Iterable[BookItem], as_of_ms: int) -> Evaluated:
+    """Keep the population of loans read at ``as_of_ms``, label it and run v1.
+
+    Loans lost before the snapshot or already 90+ days past due are left out.
     """
     config = FeatureConfig()
     ids: list[str] = []
@@ -183,17 +188,13 @@ def evaluate_book(
     lead: list[float] = []
     cured: list[bool] = []
     v1: list[int] = []
-    for loan in loans:
-        outcome, outcome_ms = outcomes.get(loan.loan_id, ("good", None)) if outcomes is not None else (
-            loan.outcome, loan.outcome_ms
-        )
+    for loan_id, inp, exposure, (outcome, outcome_ms) in items:
         if outcome in BAD_OUTCOMES and outcome_ms is not None and outcome_ms <= as_of_ms:
             continue  # already lost
-        inp, exposure = inputs_at(loan, as_of_ms)
         if inp.facts.overdue and inp.facts.days_past_due >= 90:
             continue  # already in default
         bad = outcome in BAD_OUTCOMES and outcome_ms is not None and outcome_ms <= as_of_ms + WINDOW_DAYS * DAY_MS
-        ids.append(loan.loan_id)
+        ids.append(loan_id)
         rows.append(feature_row(inp, exposure, config))
         outstanding.append(exposure.outstanding_cents)
         y_credit.append(float(bad and outcome == "default"))
@@ -205,6 +206,25 @@ def evaluate_book(
         tuple(ids), feature_matrix(rows), np.array(outstanding, dtype=np.float64), np.array(y_credit),
         np.array(y_collateral), np.array(lead), np.array(cured, dtype=bool), np.array(v1, dtype=np.int64),
     )
+
+
+def evaluate_book(
+    loans: Sequence[BookLoan], as_of_ms: int, outcomes: Mapping[str, tuple[str, int | None]] | None = None
+) -> Evaluated:
+    """Read every loan at ``as_of_ms``, keep the population, label it and run v1.
+
+    ``outcomes`` (loan id -> (outcome, outcome ms)) overrides the loans' own outcome fields.
+    """
+
+    def items() -> Iterator[BookItem]:
+        for loan in loans:
+            outcome = outcomes.get(loan.loan_id, ("good", None)) if outcomes is not None else (
+                loan.outcome, loan.outcome_ms
+            )
+            inp, exposure = inputs_at(loan, as_of_ms)
+            yield loan.loan_id, inp, exposure, outcome
+
+    return evaluate_inputs(items(), as_of_ms)
 
 
 # ------------------------------------------------------------------ figures
@@ -383,6 +403,15 @@ def read_real_book(
                  (), (), (), "good", None)
         for row in rows
     ]
+    return loans, read_outcomes(outcomes_csv)
+
+
+def read_outcomes(outcomes_csv: str) -> dict[str, tuple[str, int | None]]:
+    """An outcomes file (``loan_id,outcome,outcome_date``): loan id -> (outcome, outcome ms).
+
+    Raises:
+        BacktestError: unknown outcomes, bad dates.
+    """
     outcomes: dict[str, tuple[str, int | None]] = {}
     for n, record in enumerate(csv.DictReader(io.StringIO(outcomes_csv)), 2):
         outcome = (record.get("outcome") or "").strip()
@@ -392,7 +421,7 @@ def read_real_book(
         outcomes[(record.get("loan_id") or "").strip()] = (
             outcome, parse_day(when, f"outcomes line {n} outcome_date") if when else None
         )
-    return loans, outcomes
+    return outcomes
 
 
 def backtest_real_book(
@@ -409,10 +438,15 @@ def backtest_real_book(
         BacktestError: ``as_of`` is not a date.
     """
     ev = evaluate_book(loans, parse_day(as_of, "--as-of"), outcomes)
+    return whole_book_report(ev, {"file": file, "as_of": as_of}, model)
+
+
+def whole_book_report(ev: Evaluated, book: Mapping[str, Any], model: RiskModel | None = None) -> dict[str, Any]:
+    """v1 and v2 figures over every loan of an evaluated book (no split: the model was not fitted on it)."""
     model = model or default_model()
     result = compare(ev, model)
     return {
-        "book": {"file": file, "as_of": as_of, "population": len(ev.loan_ids)},
+        "book": {**book, "population": len(ev.loan_ids)},
         "model": model.version,
         "split": "all",
         "v1": result["v1"].as_dict(),
@@ -458,6 +492,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         a, b = report["v1"][key], report["v2"][key]
         better = b > a if higher else b < a
         lines.append(f"| {label} | {a} | {b} | {'v2' if better else 'v1 or tie'} |")
-    lines.append(f"| loans in the test split (bad outcomes) | {report['v1']['loans']} ({report['v1']['bad']}) | "
+    population = "loans in the test split" if report.get("split") == "test" else "loans evaluated"
+    lines.append(f"| {population} (bad outcomes) | {report['v1']['loans']} ({report['v1']['bad']}) | "
                  f"{report['v2']['loans']} ({report['v2']['bad']}) | |")
     return "\n".join(lines)

@@ -48,6 +48,7 @@ __all__ = [
     "RiskRule",
     "assess",
     "level_change",
+    "repayment_evidence",
     "rule_table",
 ]
 
@@ -224,6 +225,16 @@ class RiskInput:
             raise RiskConfigError("alerts must be OpenAlert values")
 
 
+def repayment_evidence(facts: RepaymentFacts) -> dict[str, Any]:
+    """The ``repayment`` sub-map of a reason's evidence (both engines' reasons use it)."""
+    return {
+        "as_of": facts.as_of.isoformat(),
+        "days_past_due": facts.days_past_due,
+        "consecutive_late": facts.consecutive_late,
+        "total_overdue": format_cents(facts.total_overdue_cents),
+    }
+
+
 def _check_ms(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
         raise RiskConfigError(f"{name}={value!r:.40} must be epoch milliseconds (int, 0..2**53)")
@@ -315,6 +326,9 @@ class Reason:
         next_step: the intervention this row asks for.
         alert_episode: the device alert episode it rests on, if any.
         evidence: ``repayment`` / ``alert`` / ``device`` / ``movement`` sub-maps as relevant.
+        explanation: for a reason of the v2 score (:mod:`collector.risk.decision`), its axis,
+            kind, summary, value and contribution (``log_odds``, ``pd_points``); None for a
+            row of this table.
     """
 
     code: str
@@ -322,16 +336,20 @@ class Reason:
     next_step: NextStep
     alert_episode: str | None
     evidence: Mapping[str, Any]
+    explanation: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
+        """JSON-ready form (``explanation`` only when there is one)."""
+        out = {
             "code": self.code,
             "level": self.level.label,
             "next_step": self.next_step.label,
             "alert_episode": self.alert_episode,
             "evidence": json_ready(self.evidence),
         }
+        if self.explanation is not None:
+            out["explanation"] = dict(self.explanation)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,13 +419,7 @@ class _Context:
         return [a for a in self.alerts if a.rule in rules]
 
     def repayment(self) -> dict[str, Any]:
-        f = self.facts
-        return {
-            "as_of": f.as_of.isoformat(),
-            "days_past_due": f.days_past_due,
-            "consecutive_late": f.consecutive_late,
-            "total_overdue": format_cents(f.total_overdue_cents),
-        }
+        return repayment_evidence(self.facts)
 
     def offline_hours(self) -> float | None:
         offline = self.inp.device.offline_ms(self.inp.evaluated_ms)

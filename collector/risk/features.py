@@ -243,13 +243,18 @@ def _alert_features(v: dict[str, float], inp: RiskInput, config: FeatureConfig) 
     for alert in inp.alerts:
         if alert.raised_ms <= now:
             unique.setdefault((alert.rule, alert.episode), alert)
+    # An episode's age is measured on vehicle time while the device is online (up to its newest
+    # fix: a box whose clock runs behind the collector's still ages its alerts correctly), on the
+    # collector clock otherwise (a silent box is missing data; "offline" carries that).
+    last_fix = inp.movement.last_fix_ms
+    clock = last_fix if inp.device.online and last_fix is not None else now
     episodes: dict[str, tuple[str, ...]] = {}
     for kind, rules in _alert_kinds(config.risk) if unique else ():
         matching = [a for a in unique.values() if a.rule in rules]
         if not matching:
             continue
         newest = max(a.raised_ms for a in matching)
-        v[kind] = 0.5 ** ((now - newest) / DAY_MS / config.half_life_days[kind])
+        v[kind] = 0.5 ** (max(0, clock - newest) / DAY_MS / config.half_life_days[kind])
         episodes[kind] = tuple(sorted(a.episode for a in matching))
     return episodes
 

@@ -321,6 +321,8 @@ class LoanRecord(Base):
     closed_ms: Mapped[int | None]
     status_changed_ms: Mapped[int | None]  # when the collector recorded the last status change
     schedule_version: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
+    #: the lender's region label for the loan (optional CSV column, worklist filter; migration 0013)
+    region: Mapped[str | None] = mapped_column(sa.String(64), index=True)
 
 
 class LoanDeviceRecord(Base):
@@ -494,7 +496,8 @@ class ConfigVersion(Base):
 
     ``payload`` is the signed message (kept so it can be published, and re-published
     retained after a broker lost it); ``published_ms`` is set once the broker acknowledged
-    it (NULL = still to publish). Migration 0003 added both.
+    it (NULL = still to publish). Migration 0003 added both. ``tier`` is the customer tier
+    whose ``tier`` section that configuration carries (NULL: none; migration 0013).
     """
 
     __tablename__ = "config_versions"
@@ -504,6 +507,7 @@ class ConfigVersion(Base):
     issued_ms: Mapped[int]
     payload: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     published_ms: Mapped[int | None]
+    tier: Mapped[str | None] = mapped_column(sa.String(24))
 
 
 class FixDaySummary(Base):

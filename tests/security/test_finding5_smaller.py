@@ -64,7 +64,7 @@ def test_collections_learn_no_market_name_or_distance(api: Api) -> None:
 
 
 def test_webhook_bodies_carry_no_precise_centre(api: Api) -> None:
-    assert api.call("POST", "/v1/loans/L-1002/assess", "admin").json()["level"] == "high"
+    assert api.call("POST", "/v1/loans/L-1002/assess", "admin").json()["level"] == "critical"  # v2
     with Session(api.engine) as session:
         bodies = [bytes(d.body) for d in session.scalars(sa.select(WebhookDelivery))]
     assert bodies
