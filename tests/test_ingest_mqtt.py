@@ -107,6 +107,30 @@ def test_same_batch_published_three_times_is_stored_once(
     assert status_row(engine, "truck-1")["duplicates"] == 2
 
 
+def test_commit_listener_gets_stored_and_duplicate_seqs_after_the_commit(
+    engine: sa.Engine, service: IngestService, publisher: Publisher
+) -> None:
+    truck = FakeDevice("truck-1")
+    register(engine, truck)
+    seen: list[tuple[str, int]] = []
+    committed: list[bool] = []
+
+    def listener(pairs: Sequence[tuple[str, int]]) -> None:
+        assert pairs
+        committed.append(all(s in stored_seqs(engine, "truck-1") for _, s in pairs))
+        seen.extend(pairs)
+
+    service.add_commit_listener(listener)
+    service.add_commit_listener(lambda pairs: 1 / 0)  # a failing listener is counted, nothing else
+    for seq in (1, 2, 2, 3):
+        assert publisher.publish_acked(truck.topic, truck.sealed(seq))
+    assert publisher.publish_acked(truck.topic, b"junk")
+    wait_until(lambda: service.acked == 5, what="5 acknowledgements")
+    assert sorted(seen) == [("truck-1", 1), ("truck-1", 2), ("truck-1", 2), ("truck-1", 3)]
+    assert all(committed)
+    assert service.ingestor.counters["hook_errors"] == len(committed)
+
+
 def test_poisoned_messages_are_dead_lettered_while_valid_traffic_flows(
     engine: sa.Engine, service: IngestService, publisher: Publisher
 ) -> None:

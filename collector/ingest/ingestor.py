@@ -861,4 +861,3 @@ def _state_is_newer(state: DeviceState) -> sa.ColumnElement[bool]:
 def _forward(column: sa.ColumnElement[Any], value: int) -> sa.ColumnElement[Any]:
     """SQL for "max(column, value)" that treats NULL as "no value yet" (portable)."""
     return sa.case((sa.or_(column.is_(None), column < value), sa.literal(value, sa.BigInteger)), else_=column)
-
