@@ -77,9 +77,8 @@ def make_workload(n: int, fixes: int, devices: int) -> Workload:
         device = names[i % devices]
         seq = i // devices + 1
         start = T0 + seq * 60_000
-        step = 60_000 // max(fixes, 1)
         track = tuple(
-            Fix(start + k * step, 31.2 + (seq * fixes + k) * 1e-6, 121.4 + k * 1e-6, speed_mps=12.5, hdop=0.9,
+            Fix(start + k * 100, 31.2 + (seq * fixes + k) * 1e-6, 121.4 + k * 1e-6, speed_mps=12.5, hdop=0.9,
                 sats_used=12, mean_snr=38.0)
             for k in range(fixes)
         )  # fmt: skip
