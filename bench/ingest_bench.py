@@ -51,6 +51,7 @@ from collector.ingest.ingestor import Ingestor
 from collector.ingest.registry import DeviceRegistry
 from collector.settings import Limits
 from collector.storage.database import create_engine, migrate
+from firmware_sim.fleet import FleetGenerator, FleetKeys
 from firmware_sim.rig import Mosquitto, Postgres
 from protocol import Batch, Fix, batch_topic, open_batch, seal_batch
 
@@ -69,23 +70,33 @@ class Workload:
 
 
 def make_workload(n: int, fixes: int, devices: int) -> Workload:
-    """``n`` one-minute batches of ``fixes`` 1 Hz fixes, spread round-robin over ``devices``."""
-    names = ["bench-truck"] if devices == 1 else [f"bench-{i:05d}" for i in range(devices)]
-    keys = {d: Ed25519PrivateKey.from_private_bytes(hashlib.sha256(d.encode()).digest()) for d in names}
+    """``n`` one-minute batches of ``fixes`` fixes.
+
+    One device (the default, the workload of issue #12): one truck, fixes 100 ms apart.
+    More devices: the ``lienwatch sim fleet`` generator (firmware_sim.fleet: derived keys,
+    1 Hz fixes along a drive, 1 % with an alert), message ``i`` from device ``i mod devices``.
+    """
+    if devices > 1:
+        fleet = FleetKeys(devices, prefix="bench")
+        generator = FleetGenerator(fleet, fixes)
+        keys = {fleet.device_id(i): fleet.private_key(i) for i in range(devices)}
+        end_ms = T0 + 3_600_000
+        messages = [generator.message(i, end_ms + (i // devices) * 60_000)[:2] for i in range(n)]
+        return Workload(keys, messages)
+    device = "bench-truck"
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(device.encode()).digest())
+    topic = batch_topic(device)
     messages = []
-    for i in range(n):
-        device = names[i % devices]
-        seq = i // devices + 1
+    for seq in range(1, n + 1):
         start = T0 + seq * 60_000
         track = tuple(
             Fix(start + k * 100, 31.2 + (seq * fixes + k) * 1e-6, 121.4 + k * 1e-6, speed_mps=12.5, hdop=0.9,
                 sats_used=12, mean_snr=38.0)
             for k in range(fixes)
         )  # fmt: skip
-        topic = batch_topic(device)
         batch = Batch(device, b"\x07" * 16, seq, start + 60_000, fixes=track)
-        messages.append((topic, seal_batch(batch, keys[device], topic)))
-    return Workload(keys, messages)
+        messages.append((topic, seal_batch(batch, key, topic)))
+    return Workload({device: key}, messages)
 
 
 def pem_of(key: Ed25519PrivateKey) -> bytes:
@@ -276,7 +287,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=1000, help="number of one-minute batches (default 1000)")
     parser.add_argument("--fixes", type=int, default=60, help="fixes per batch (default 60 = 1 min at 1 Hz)")
-    parser.add_argument("--devices", type=int, default=1, help="devices the batches are spread over (default 1)")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="devices the batches are spread over (default 1; >1: sim fleet)"
+    )
     parser.add_argument("--workers", type=int, default=3, help="scale table: 1..K collector processes (default 3)")
     parser.add_argument("--group", type=int, default=250, help="in-process handle_group size (default 250)")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL runs")
