@@ -14,7 +14,10 @@ that loses nothing:
   ``[webhooks] secret`` is configured);
 * the retention job (:class:`~collector.jobs.periodic.PeriodicJob`, first run one
   ``[retention] interval_s`` after start);
-* the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set).
+* the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set);
+* on PostgreSQL, the day partitions of ``fixes``/``samples`` from yesterday to
+  :data:`PARTITION_DAYS_AHEAD` days ahead, created at start (before the ingest) and hourly
+  (collector.storage.partitions).
 
 Start order: workers first, the ingest last (so no hook fires into a stopped worker). Stop
 order: the ingest first (it finishes the message in hand, commits and acks it), then the
@@ -45,10 +48,14 @@ from .jobs.retention import RetentionPolicy, run_retention
 from .jobs.webhooks import RetryPolicy, WebhookSender, WebhookWorker
 from .risk.worker import RiskWorker
 from .settings import Settings
+from .storage.partitions import DAY_MS, PARTITIONED_TABLES, ensure_partitions
 
 __all__ = ["CollectorRuntime", "wall_clock_ms"]
 
 log = logging.getLogger(__name__)
+
+#: day partitions (PostgreSQL) kept ready ahead of the collector clock
+PARTITION_DAYS_AHEAD = 7
 
 _RETENTION_LOCK = 0x4C57_0002  # "LW" + 2: advisory lock held by the collector running retention
 
@@ -123,11 +130,24 @@ class CollectorRuntime:
                 clock_ms=clock_ms,
             )
 
+        self.partitions: PeriodicJob | None = None
+        if engine.dialect.name == "postgresql":
+            self.partitions = PeriodicJob("partitions", 3600.0, self.ensure_partitions)
+
         self.ingest: IngestService | None = None
         if ingest:
             ingestor = Ingestor(engine, settings.limits, metrics=self.metrics, on_commit=[self.risk.on_commit])
             self.ingest = IngestService(ingestor, settings.mqtt, settings.limits)
         self._started: list[Any] = []
+
+    def ensure_partitions(self) -> dict[str, list[str]]:
+        """Create the missing day partitions from yesterday to PARTITION_DAYS_AHEAD days ahead."""
+        now = self.clock_ms()
+        with self.engine.begin() as conn:
+            return {
+                table: ensure_partitions(conn, table, now - DAY_MS, now + PARTITION_DAYS_AHEAD * DAY_MS)
+                for table in PARTITIONED_TABLES
+            }
 
     def _wake_webhooks(self, _changes: object) -> None:
         if self.webhooks is not None:
@@ -162,7 +182,9 @@ class CollectorRuntime:
 
     def start(self) -> None:
         """Start the workers, then the ingest."""
-        parts = [self.risk, self.webhooks, self.retention, self.publisher, self.ingest]
+        if self.partitions is not None:
+            log.info("day partitions: %s", self.ensure_partitions())  # before the first row lands
+        parts = [self.partitions, self.risk, self.webhooks, self.retention, self.publisher, self.ingest]
         for part in parts:
             if part is not None:
                 part.start()

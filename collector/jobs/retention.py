@@ -8,7 +8,9 @@ evaluation time given as ``now_ms``:
 1. fixes older than ``now - fix_days`` are folded into ``fix_day_summaries`` (one row per
    device and UTC day: count, first/last time, driven distance - no coordinates) unless
    ``fix_mode = "delete"``, then deleted. A summary row that already exists (a late batch
-   for an old day) is merged into, so re-running is harmless;
+   for an old day) is merged into, so re-running is harmless. On PostgreSQL the day
+   partitions wholly older than the cut-off are dropped (``DROP TABLE``) and only the rest
+   is deleted row by row (collector.storage.partitions);
 2. loans whose last instalment fell due more than ``record_years`` ago are deleted with
    their schedule, repayments, risk state and risk events; risk events and alerts older
    than ``record_years`` are deleted too (a loan's repayments stay as long as the loan,
@@ -34,6 +36,7 @@ from sqlalchemy.orm import Session
 from ..clock import utc_date
 from ..errors import CollectorError
 from ..storage.audit import SYSTEM_ROLE, record_access
+from ..storage.partitions import drop_partitions_before
 from ..storage.tables import (
     AlertRecord,
     DeadLetter,
@@ -196,7 +199,10 @@ def run_retention(
             _merge_summary(session, summary)
             summaries += 1
         session.flush()
-    fixes_deleted = _delete(session, sa.delete(FixRecord).where(FixRecord.time_ms < fix_cutoff))
+    # PostgreSQL: whole day partitions older than the cut-off are dropped, not deleted row by
+    # row (collector.storage.partitions); the DELETE then only meets what is left.
+    _dropped, fixes_deleted = drop_partitions_before(session.connection(), "fixes", fix_cutoff)
+    fixes_deleted += _delete(session, sa.delete(FixRecord).where(FixRecord.time_ms < fix_cutoff))
 
     # A loan is over when its last instalment fell due; it is kept record_years after that.
     last_due = (
