@@ -34,7 +34,7 @@ from protocol import Alert, Batch, Fix, Severity, batch_topic, seal_batch
 
 from .errors import SimError
 
-__all__ = ["FleetGenerator", "FleetKeys", "FleetReport", "run_fleet"]
+__all__ = ["FleetError", "FleetGenerator", "FleetKeys", "FleetReport", "run_fleet"]
 
 _TICK_S = 0.005
 MAX_DEVICES = 10_000_000
