@@ -45,7 +45,7 @@ def generate(conn: sa.Connection, table: str, rows: int, vehicles: int, days: in
             f"INSERT INTO {table} (batch_id, device_id, time_ms, lat, lon, speed_mps, mode, hdop, sats_used) "
             "SELECT 1, 'v' || lpad((g % :v)::text, 6, '0'), :start + (g / :v) * :step + (g % :v), "
             "31.2 + (g % 1000) * 1e-4, 121.4 + (g % 997) * 1e-4, 12.5, 3, 0.9, 11 "
-            "FROM generate_series(0, :n - 1) AS g"
+            "FROM generate_series(0::bigint, :n - 1) AS g"
         ),
         {"v": vehicles, "start": START_MS, "step": step, "n": per_vehicle * vehicles},
     )

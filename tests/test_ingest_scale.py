@@ -28,6 +28,7 @@ from collector.storage.database import create_engine, migrate
 from firmware_sim.rig import Mosquitto
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.fake_devices import NOW, T0, FakeDevice, count, register
+from tests.test_ingest_mqtt import write_config
 
 #: the fairness bound of issue #12: beyond the normal latency at the measured throughput
 FAIRNESS_BOUND_S = 1.0
@@ -102,29 +103,6 @@ def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound
     assert count(sqlite_engine, "batches", device_id=flood.device_id) == 600
     assert count(sqlite_engine, "batches", device_id=quiet.device_id) == 4
     print(f"fairness: quiet {during:.3f} s in a flood of {len(infos)} (backlog {backlog}); {normal:.3f} s without")
-
-
-def write_config(path: Path, database_url: str, broker: Mosquitto, client_id: str) -> Path:
-    path.write_text(
-        f"""database_url = "{database_url}"
-data_dir = "{path.parent / "data"}"
-log_level = "INFO"
-
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-group = "fleet"
-client_id = "{client_id}"
-
-[api]
-port = 0
-
-[limits]
-key_cache_ttl_s = 1
-max_clock_skew_s = 315360000
-"""
-    )
-    return path
 
 
 def test_three_collectors_sigkilled_at_random_store_every_seq_exactly_once(
