@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -41,7 +40,10 @@ class FairQueue(Generic[_T]):
         self._turns: collections.deque[str] = collections.deque()  # keys with something queued
         self._bytes = 0
         self._count = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._items = threading.Condition(self._lock)  # the worker waits here
+        self._room = threading.Condition(self._lock)  # the MQTT thread waits here
+        self._want = 1  # items the waiting worker needs: fewer do not wake it
 
     def __len__(self) -> int:
         return self._count
@@ -54,11 +56,11 @@ class FairQueue(Generic[_T]):
     def put(self, key: str, item: _T, stopping: threading.Event) -> bool:
         """Queue ``item`` under ``key``, waiting for room; False when ``stopping`` was set first."""
         size = self._size(item)
-        with self._cond:
+        with self._lock:
             while self._bytes and self._bytes + size > self.max_bytes:
                 if stopping.is_set():
                     return False
-                self._cond.wait(0.2)
+                self._room.wait(0.2)
             lane = self._lanes.get(key)
             if lane is None:
                 lane = self._lanes[key] = collections.deque()
@@ -66,7 +68,8 @@ class FairQueue(Generic[_T]):
             lane.append(item)
             self._bytes += size
             self._count += 1
-            self._cond.notify_all()
+            if self._count >= self._want:
+                self._items.notify()
         return True
 
     def take_group(self, max_items: int, first_wait_s: float, linger_s: float) -> list[_T]:
@@ -76,12 +79,15 @@ class FairQueue(Generic[_T]):
         group to fill (it returns at once when ``max_items`` are there). The bytes of the
         taken items are freed by :meth:`release` once they are processed.
         """
-        with self._cond:
-            if not self._count and not self._cond.wait_for(lambda: self._count > 0, first_wait_s):
+        with self._lock:
+            if not self._count and not self._items.wait_for(lambda: self._count > 0, first_wait_s):
                 return []
             if self._count < max_items and linger_s > 0:
-                deadline = time.monotonic() + linger_s
-                self._cond.wait_for(lambda: self._count >= max_items, max(0.0, deadline - time.monotonic()))
+                self._want = max_items
+                try:
+                    self._items.wait_for(lambda: self._count >= max_items, linger_s)
+                finally:
+                    self._want = 1
             group: list[_T] = []
             while self._turns and len(group) < max_items:
                 key = self._turns.popleft()
@@ -96,6 +102,6 @@ class FairQueue(Generic[_T]):
 
     def release(self, items: list[_T]) -> None:
         """Free the bytes of processed ``items`` (wakes a waiting :meth:`put`)."""
-        with self._cond:
+        with self._lock:
             self._bytes -= sum(self._size(item) for item in items)
-            self._cond.notify_all()
+            self._room.notify_all()
