@@ -27,7 +27,7 @@ How the ack path works (the one thing here that must not be got wrong):
   ``receive_maximum / throughput`` seconds (0.5 s at 1,000 and 2,000 batches/s).
 * After each commit the listeners added with :meth:`IngestService.add_commit_listener` get
   the (device_id, seq) of every batch the group stored or found already stored.
-* If the database is unreachable, the worker keeps the message unacknowledged and retries
+* If the database is unreachable, the worker keeps the group unacknowledged and retries
   it with exponential backoff; nothing behind it is acknowledged either.
 * A message received on an earlier connection is never acknowledged on a later one (its
   packet id may name another message now); the broker redelivers it, and the redelivered
