@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from collector.ingest.ingestor import Ingestor
 from collector.jobs.retention import RetentionPolicy, run_retention
-from collector.settings import Limits
+from collector.runtime import PARTITION_DAYS_AHEAD, CollectorRuntime
+from collector.settings import Limits, RiskSettings, Settings
 from collector.storage.database import alembic_config, create_engine, migrate
 from collector.storage.partitions import (
     DAY_MS,
@@ -132,4 +133,23 @@ def test_migration_keeps_existing_rows_both_ways(postgres_url: str) -> None:
     with engine.connect() as conn:
         assert not is_partitioned(conn, "fixes")
     assert count(engine, "fixes") == 20
+    engine.dispose()
+
+
+def test_the_runtime_creates_the_day_partitions_ahead_at_start(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    migrate(engine)
+    runtime = CollectorRuntime(
+        Settings(risk=RiskSettings(reassess_interval_s=3600)), engine, ingest=False, clock_ms=lambda: T0
+    )
+    runtime.start()
+    try:
+        assert runtime.partitions is not None
+        with engine.connect() as conn:
+            days = sorted(day_partitions(conn, "fixes"))
+            assert sorted(day_partitions(conn, "samples")) == [d.replace("fixes", "samples") for d in days]
+        assert days == [partition_name("fixes", DAY0 + d * DAY_MS) for d in range(-1, PARTITION_DAYS_AHEAD + 1)]
+        assert runtime.ensure_partitions() == {"fixes": [], "samples": []}  # the hourly run: nothing new
+    finally:
+        runtime.stop()
     engine.dispose()

@@ -107,6 +107,9 @@ def ensure_partitions(conn: Connection, table: str, from_ms: int, to_ms: int) ->
             continue
         end = start + DAY_MS
         conn.execute(sa.text(f'CREATE TABLE "{name}" (LIKE "{table}" INCLUDING DEFAULTS)'))
+        # No row of the day may reach the default partition between the move and the attach
+        # (the attach would fail): hold it until commit (inserts of other days wait briefly).
+        conn.execute(sa.text(f'LOCK TABLE "{table}_default" IN EXCLUSIVE MODE'))
         moved = (
             f'WITH moved AS (DELETE FROM "{table}_default" WHERE time_ms >= {start} AND time_ms < {end} '
             f'RETURNING *) INSERT INTO "{name}" SELECT * FROM moved'
