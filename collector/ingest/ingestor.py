@@ -89,6 +89,9 @@ _dead = Base.metadata.tables["dead_letters"]
 
 _FIX_COLUMNS = ("batch_id", "device_id", "time_ms", "lat", "lon", "alt_m", "speed_mps", "course_deg", "mode",
                 "hdop", "sats_used", "mean_snr")  # fmt: skip
+#: PostgreSQL types of _FIX_COLUMNS, in order (binary COPY sends exactly these)
+_FIX_COPY_TYPES = ("int8", "varchar", "int8", "float8", "float8", "float8", "float8", "float8", "int2", "float8",
+                   "int2", "float8")  # fmt: skip
 MAX_TOPIC_CHARS = 1024
 MAX_DETAIL_CHARS = 2000
 _T = TypeVar("_T")
@@ -231,7 +234,7 @@ class Ingestor:
         self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
         columns = ", ".join(_FIX_COLUMNS)
         self._fix_insert_sql = f"INSERT INTO fixes ({columns}) VALUES ({', '.join(['?'] * len(_FIX_COLUMNS))})"
-        self._fix_copy_sql = f"COPY fixes ({columns}) FROM STDIN"
+        self._fix_copy_sql = f"COPY fixes ({columns}) FROM STDIN (FORMAT BINARY)"
 
     # ------------------------------------------------------------ entry points
 
@@ -484,6 +487,7 @@ class Ingestor:
             # more than the insert itself; see bench/ingest_bench.py).
             if conn.dialect.name == "postgresql":
                 with conn.connection.cursor() as cursor, cursor.copy(self._fix_copy_sql) as copy:  # type: ignore[attr-defined]
+                    copy.set_types(_FIX_COPY_TYPES)  # binary COPY: a quarter of the text format's client CPU
                     for row in fixes:
                         copy.write_row(row)
             else:
