@@ -19,7 +19,10 @@ that loses nothing:
 * the :class:`~collector.jobs.downlink.ConfigPublisher` (when ``[downlink] signing_key`` is set);
 * the :class:`~collector.jobs.receipts.ReceiptPublisher` (with the ingest): the per-device seq
   ledger behind the gap counts, and signed receipts when ``[downlink] signing_key`` is set and
-  ``[downlink] receipts`` is on. ``/metrics`` reads the gap counts from the ledger table.
+  ``[downlink] receipts`` is on. ``/metrics`` reads the gap counts from the ledger table;
+* on PostgreSQL, the day partitions of ``fixes``/``samples`` from yesterday to
+  :data:`PARTITION_DAYS_AHEAD` days ahead, created at start (before the ingest) and hourly
+  (collector.storage.partitions).
 
 Start order: workers first, the ingest last (so no hook fires into a stopped worker). Stop
 order: the ingest first (it finishes the message in hand, commits and acks it), then the
@@ -52,10 +55,14 @@ from .jobs.retention import RetentionPolicy, run_retention
 from .jobs.webhooks import RetryPolicy, WebhookSender, WebhookWorker
 from .risk.worker import RiskWorker
 from .settings import Settings
+from .storage.partitions import DAY_MS, PARTITIONED_TABLES, ensure_partitions
 
 __all__ = ["CollectorRuntime", "wall_clock_ms"]
 
 log = logging.getLogger(__name__)
+
+#: day partitions (PostgreSQL) kept ready ahead of the collector clock
+PARTITION_DAYS_AHEAD = 7
 
 _RETENTION_LOCK = 0x4C57_0002  # "LW" + 2: advisory lock held by the collector running retention
 
@@ -135,6 +142,9 @@ class CollectorRuntime:
             )
 
         self.metrics.registry.register(GapMetrics(engine))
+        self.partitions: PeriodicJob | None = None
+        if engine.dialect.name == "postgresql":
+            self.partitions = PeriodicJob("partitions", 3600.0, self.ensure_partitions)
         self.ingest: IngestService | None = None
         self.receipts: ReceiptPublisher | None = None
         if ingest:
@@ -150,6 +160,15 @@ class CollectorRuntime:
             self.ingest = IngestService(ingestor, settings.mqtt, settings.limits)
             self.ingest.add_commit_listener(self.receipts.committed)
         self._started: list[Any] = []
+
+    def ensure_partitions(self) -> dict[str, list[str]]:
+        """Create the missing day partitions from yesterday to PARTITION_DAYS_AHEAD days ahead."""
+        now = self.clock_ms()
+        with self.engine.begin() as conn:
+            return {
+                table: ensure_partitions(conn, table, now - DAY_MS, now + PARTITION_DAYS_AHEAD * DAY_MS)
+                for table in PARTITIONED_TABLES
+            }
 
     def _wake_webhooks(self, _changes: object) -> None:
         if self.webhooks is not None:
@@ -192,7 +211,12 @@ class CollectorRuntime:
 
     def start(self) -> None:
         """Start the workers, then the ingest."""
-        parts = [self.risk, self.webhooks, self.retention, self.promises, self.publisher, self.receipts, self.ingest]
+        if self.partitions is not None:
+            log.info("day partitions: %s", self.ensure_partitions())  # before the first row lands
+        parts = [
+            self.partitions, self.risk, self.webhooks, self.retention, self.promises, self.publisher, self.receipts,
+            self.ingest,
+        ]
         for part in parts:
             if part is not None:
                 part.start()

@@ -17,7 +17,8 @@ Public modules, each re-exported here (sans-I/O ones first, no clock, no files):
 * :mod:`.errors` the error tree (:class:`SimError`)
 
 Thin I/O shells: :mod:`.pty` (:class:`PtyLink`), :mod:`.runner` (:func:`run_scenario`),
-:mod:`.load` (:func:`run_load`) and :mod:`.cli` (``lienwatch sim`` / ``lienwatch demo``).
+:mod:`.load` (:func:`run_load`), :mod:`.fleet` (:func:`run_fleet`: signed batches of a
+fleet over MQTT) and :mod:`.cli` (``lienwatch sim`` / ``lienwatch demo``).
 Whole-chain orchestration (chain rig, private Mosquitto/PostgreSQL, the demo) lives in the
 subpackage :mod:`firmware_sim.rig`, which the simulator never imports.
 
@@ -26,6 +27,7 @@ import ``firmware_sim.rig.services`` in every test session.
 """
 
 from .errors import LinkError, ScenarioError, SimError
+from .fleet import FleetError, FleetGenerator, FleetKeys, FleetReport, run_fleet
 from .gnss import GnssReceiver, SkyConditions, Truth
 from .load import LoadPattern, LoadReport, run_load
 from .nmea import CONSTELLATIONS, Epoch, Satellite, encode_epoch, nmea_checksum, sentence
@@ -56,6 +58,10 @@ __all__ = [
     "CanCatalog",
     "CanFrame",
     "Epoch",
+    "FleetError",
+    "FleetGenerator",
+    "FleetKeys",
+    "FleetReport",
     "GnssReceiver",
     "LinkError",
     "LoadPattern",
@@ -94,6 +100,7 @@ __all__ = [
     "record_scenario",
     "record_to_files",
     "resolve_scenario",
+    "run_fleet",
     "run_load",
     "run_scenario",
     "sentence",

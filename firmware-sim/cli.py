@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import SimError
+from .fleet import FleetGenerator, FleetKeys, run_fleet
 from .load import run_load
 from .record import RecordPlan, record_to_files
 from .runner import iso_utc, run_scenario, stop_on_signals
@@ -106,6 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--gnss-hz", type=float, default=10.0, help="its epoch rate, 1-10 (default 10)")
     load.add_argument("--open-timeout", type=float, default=60.0, help="give up if nobody opens the channel (s)")
 
+    fleet = sub.add_parser(
+        "fleet",
+        help="a fleet of devices publishing signed 1 Hz batches to a broker; prints JSON at the end",
+        description="N devices with keys derived from --seed publish signed one-minute batches of 1 Hz fixes "
+        "(occasionally with an alert) at QoS 1, RATE batches per second in total, for DURATION seconds. "
+        "--keys-out writes the public keys (JSON lines) for the collector's registry.",
+    )
+    fleet.add_argument("--devices", type=int, required=True, help="fleet size")
+    fleet.add_argument("--rate", type=float, required=True, help="batches per second, whole fleet")
+    fleet.add_argument("--duration", type=float, required=True, help="seconds to publish (0: keys only)")
+    fleet.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
+    fleet.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    fleet.add_argument("--seed", default="lienwatch-fleet", help="key seed: the same seed, the same keys")
+    fleet.add_argument("--prefix", default="fleet", help="device id prefix (default fleet)")
+    fleet.add_argument("--fixes", type=int, default=60, help="fixes per batch at 1 Hz (default 60)")
+    fleet.add_argument("--alert-share", type=float, default=0.01, help="share of batches with an alert (0.01)")
+    fleet.add_argument("--first-seq", type=int, default=1, help="every device's first sequence number (default 1)")
+    fleet.add_argument("--keys-out", type=Path, help="write the public keys here as JSON lines first")
+
     sub.add_parser("list", help="list the shipped scenarios")
 
     show = sub.add_parser("show", help="print a scenario's compiled timeline as JSON lines")
@@ -152,6 +172,21 @@ def _show(name: str, speed: float | None, factor: float) -> int:
     return 0
 
 
+def _fleet(args: argparse.Namespace, stop: threading.Event) -> int:
+    keys = FleetKeys(args.devices, args.seed, args.prefix)
+    generator = FleetGenerator(keys, args.fixes, args.alert_share, args.first_seq)
+    if args.keys_out is not None:
+        keys.write_public_keys(args.keys_out)
+    if args.duration == 0:
+        return 0
+    with stop_on_signals(stop):
+        report = run_fleet(
+            generator, host=args.host, port=args.port, rate=args.rate, duration_s=args.duration, stop=stop
+        )
+    print(json.dumps(report.as_dict()), flush=True)
+    return 0 if report.acknowledged == report.published else 1
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``lienwatch sim``."""
     parser = _parser()
@@ -180,6 +215,8 @@ def main(argv: list[str]) -> int:
             print(json.dumps(recorded.as_dict()), flush=True)
             return 0
         stop = threading.Event()
+        if args.command == "fleet":
+            return _fleet(args, stop)
         if args.command == "run":
             if args.loop and (args.end_now or args.hold):
                 parser.error("--loop cannot be combined with --end-now or --hold")

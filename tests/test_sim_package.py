@@ -38,7 +38,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_the_simulator_modules_are_public_and_complete() -> None:
     assert [p.stem for p in SIMULATOR_MODULES] == [
-        "errors", "gnss", "load", "nmea", "pace", "pty", "record", "route", "runner", "scenario", "simulation",
+        "errors", "fleet", "gnss", "load", "nmea", "pace", "pty", "record", "route", "runner", "scenario", "simulation",
         "slcan", "traction_battery", "vehicle",
     ]  # fmt: skip
     for name in firmware_sim.__all__:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["Admission", "DeadLetterQuota", "Refusal", "TokenBucket"]
+__all__ = ["Admission", "DeadLetterQuota", "Refusal", "TokenBucket", "device_of"]
 
 #: device ids tracked at once before idle buckets are forgotten
 MAX_TRACKED_DEVICES = 100_000
@@ -66,7 +66,7 @@ class TokenBucket:
         return self.tokens + max(0.0, now_s - self.updated_s) * self.rate >= self.burst
 
 
-def _device_of(topic: str) -> str:
+def device_of(topic: str) -> str:
     """The device level of ``lw/v1/{device}/...`` without validating anything else."""
     parts = topic.split("/", 3)
     return parts[2][:64] if len(parts) >= 3 else ""
@@ -89,14 +89,14 @@ class Admission:
         """``None`` to admit the message, else why it is refused (nothing is charged here)."""
         if qos == 0:
             return Refusal.QOS0
-        bucket = self._buckets.get(_device_of(topic))
+        bucket = self._buckets.get(device_of(topic))
         if bucket is None or bucket.has_token(now_s):
             return None
         return Refusal.RATE_LIMITED
 
     def charge(self, topic: str, now_s: float) -> None:
         """Spend a token of the topic's device: its message cost work and stored nothing."""
-        device = _device_of(topic)
+        device = device_of(topic)
         bucket = self._buckets.get(device)
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED_DEVICES:

@@ -30,7 +30,7 @@ class IngestMetrics:
             (also dead-lettered with reason ``seq_conflict``).
         states: state messages, by result (``applied``, ``stale``).
         latency: seconds from receipt (paho callback) to commit.
-        db_seconds: seconds spent in the database transaction per message.
+        db_seconds: seconds spent in one database transaction (one group of messages).
         db_retries: retries after the database was unreachable.
         hook_errors: on_commit hooks that raised.
         queue_depth: messages received but not yet committed.
@@ -65,7 +65,7 @@ class IngestMetrics:
             "lienwatch_ingest_latency_seconds", "Receipt to commit", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.db_seconds = Histogram(
-            "lienwatch_ingest_db_seconds", "Database time per message", buckets=_LATENCY_BUCKETS, registry=r
+            "lienwatch_ingest_db_seconds", "Database time per transaction (group)", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.db_retries = Counter("lienwatch_ingest_db_retries", "Retries while the database was down", registry=r)
         self.hook_errors = Counter("lienwatch_ingest_hook_errors", "on_commit hooks that raised", registry=r)

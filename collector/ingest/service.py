@@ -9,13 +9,25 @@ How the ack path works (the one thing here that must not be got wrong):
   stream) and ``lw/v1/+/state`` (every collector sees every state; applying one is
   idempotent).
 * paho runs with ``manual_ack=True``. Its network thread only puts each message on a
-  queue; one worker thread takes them in arrival order, calls
-  :meth:`collector.ingest.ingestor.Ingestor.handle` (verify + one transaction), and only after the
-  commit calls ``client.ack(mid, qos)``. Acks therefore leave in order, each after its
-  commit. Dead-lettered messages are acknowledged too: the broker's in-flight window
-  (MQTT 5 Receive Maximum) would otherwise fill and delivery would silently stall. A
-  PUBACK with a failure reason code is never sent: the broker would drop the message.
-* If the database is unreachable, the worker keeps the message unacknowledged and retries
+  :class:`~collector.ingest.fairqueue.FairQueue` (one FIFO per device, served round-robin,
+  bounded in bytes); one worker thread takes a *group* (up to ``limits.group_max_messages``,
+  waiting at most ``limits.group_max_wait_ms`` for it to fill), calls
+  :meth:`collector.ingest.ingestor.Ingestor.handle_group` (verify each, ONE transaction for
+  all), and only after that commit calls ``client.ack(mid, qos)`` for them. Acks leave in
+  arrival order, each after its commit: a message stored early (round-robin) waits for
+  the acks of the messages received before it. Dead-lettered messages are acknowledged
+  too (their rows are in the same transaction): the broker's in-flight window (MQTT 5
+  Receive Maximum) would otherwise fill and delivery would silently stall. A PUBACK with
+  a failure reason code is never sent: the broker would drop the message.
+* Fairness: the round-robin means a device with a backlog (a flood of new batches, or of
+  forged / duplicate messages until its admission bucket is empty) gets one place per
+  round in a group, like a device with one batch; so another device's batch waits at
+  most one group behind whatever is already received. What is still at the broker is
+  behind at most ``mqtt.receive_maximum`` messages in flight, i.e. about
+  ``receive_maximum / throughput`` seconds (0.5 s at 1,000 and 2,000 batches/s).
+* After each commit the listeners added with :meth:`IngestService.add_commit_listener` get
+  the (device_id, seq) of every batch the group stored or found already stored.
+* If the database is unreachable, the worker keeps the group unacknowledged and retries
   it with exponential backoff; nothing behind it is acknowledged either.
 * A message received on an earlier connection is never acknowledged on a later one (its
   packet id may name another message now); the broker redelivers it, and the redelivered
@@ -27,16 +39,14 @@ How the ack path works (the one thing here that must not be got wrong):
   (dead letter, duplicate, stale state). The queue holds at most ``queue_max_bytes`` of
   payload: when it is full the paho thread waits, so the broker keeps the rest (QoS 1 flow
   control by Receive Maximum), and memory stays bounded whatever is published.
-* :meth:`IngestService.stop` lets the worker finish the message it is in (commit, ack),
+* :meth:`IngestService.stop` lets the worker finish the group it is in (commit, ack),
   leaves the rest unacknowledged (the broker redelivers them) and disconnects normally,
   which keeps the session.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import queue
 import ssl
 import threading
 import time
@@ -52,19 +62,21 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..clock import wall_clock_ms
 from ..errors import DatabaseUnavailableError, StorageError
-from .admission import Admission, Refusal
+from .admission import Admission, Refusal, device_of
+from .fairqueue import FairQueue
 from .health import BrokerLink
-from .ingestor import Ingestor, IngestResult, Outcome
+from .ingestor import Ingestor, IngestResult, Message, Outcome
 from .memory import release_large_buffers
 from .settings import Limits, MqttSettings
 
-#: refused messages whose dead-letter rows are committed together
-DEAD_LETTER_GROUP = 200
-
 __all__ = ["CommitListener", "IngestService", "batch_subscription", "make_mqtt_client", "state_subscription"]
 
-#: called after each successful commit with the (device_id, seq) pairs stored or found duplicate
+#: Called after each commit with the (device_id, seq) of every batch stored or found
+#: already stored in it (the receipts are built from these).
 CommitListener = Callable[[Sequence[tuple[str, int]]], None]
+
+#: outcomes that cost work and stored nothing: they charge the device's admission bucket
+_CHARGED = (Outcome.DEAD_LETTERED, Outcome.DUPLICATE, Outcome.STATE_STALE)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +124,11 @@ class _Delivery:
     generation: int
     received_ms: int
     received_at: float
+    order: int  # arrival order: acks leave in it
+
+
+def _payload_size(delivery: _Delivery) -> int:
+    return len(delivery.payload)
 
 
 class IngestService:
@@ -125,23 +142,25 @@ class IngestService:
 
     def __init__(self, ingestor: Ingestor, settings: MqttSettings, limits: Limits | None = None) -> None:
         self.ingestor = ingestor
-        ingestor.defer_dead_letters = True
         self.settings = settings
         self.limits = limits or Limits()
         #: Set once the subscriptions are granted (after each connect).
         self.ready = threading.Event()
-        self._queue: queue.Queue[_Delivery] = queue.Queue()
+        self._queue: FairQueue[_Delivery] = FairQueue(self.limits.queue_max_bytes, _payload_size)
         self.admission = Admission(self.limits.device_rate_per_s, self.limits.device_burst)
         self._admission_lock = threading.Lock()
-        self._room = threading.Condition()
-        self._queued_bytes = 0
         self.refused: dict[str, int] = {r.value: 0 for r in Refusal}
         self._stopping = threading.Event()
         self._generation = 0
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._sub_mid: int | None = None
+        self._listeners: list[CommitListener] = []
+        self._arrivals = 0  # order given to the next queued message (paho thread only)
+        self._next_ack = 0  # order of the next message to acknowledge (worker only)
+        self._committed: dict[int, _Delivery] = {}  # committed, waiting for an earlier ack
         self.acked = 0
+        self.groups = 0
         self.unacked_old_connection = 0
         #: broker connection state, ingest lag and last message age (``/healthz``, ``/metrics``)
         self.link = BrokerLink(
@@ -150,27 +169,21 @@ class IngestService:
             silence_degraded_s=self.limits.silence_degraded_s,
         )
         self.link.register_metrics(ingestor.metrics.registry)
-        self._commit_listeners: list[CommitListener] = []
         self.client = self._make_client()
 
-    def add_commit_listener(self, listener: CommitListener) -> None:
-        """Call ``listener`` (on the worker thread) after each successful commit with the
-        ``(device_id, seq)`` pairs it stored or found already stored (duplicates). A listener
-        that raises is logged; it never un-commits or delays the acknowledgement.
-        """
-        self._commit_listeners.append(listener)
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes received and not yet processed."""
+        return self._queue.bytes
 
-    def _notify_committed(self, result: IngestResult) -> None:
-        if result.outcome not in (Outcome.STORED, Outcome.DUPLICATE) or result.device_id is None:
-            return
-        if result.seq is None:
-            return
-        pairs = [(result.device_id, result.seq)]
-        for listener in self._commit_listeners:
-            try:
-                listener(pairs)
-            except Exception:  # a listener's bug must not stop the ingest
-                log.exception("commit listener %r failed", listener)
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener`` after each commit with the (device_id, seq) of the batches it stored
+        or found already stored (in message order; never with an empty list).
+
+        It runs on the worker thread before the group's acks go out: keep it short (hand the
+        pairs to another thread). An exception is logged and counted, never un-commits.
+        """
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------ paho side
 
@@ -233,99 +246,89 @@ class IngestService:
                 with self._lock:
                     self.acked += 1
             return
-        size = len(message.payload)
-        with self._room:  # back-pressure: the broker keeps what does not fit
-            while self._queued_bytes and self._queued_bytes + size > self.limits.queue_max_bytes:
-                if self._stopping.is_set():
-                    return  # not acknowledged: redelivered on the next session
-                self._room.wait(0.2)
-            self._queued_bytes += size
-        self.link.queued()
-        self._queue.put(
-            _Delivery(
-                topic=topic,
-                payload=bytes(message.payload),
-                mid=message.mid,
-                qos=message.qos,
-                generation=self._generation,
-                received_ms=wall_clock_ms(),
-                received_at=time.monotonic(),
-            )
+        delivery = _Delivery(
+            topic=topic,
+            payload=bytes(message.payload),
+            mid=message.mid,
+            qos=message.qos,
+            generation=self._generation,
+            received_ms=wall_clock_ms(),
+            received_at=time.monotonic(),
+            order=self._arrivals,
         )
+        # back-pressure: while the queue is full the broker keeps what does not fit
+        if not self._queue.put(device_of(topic), delivery, self._stopping):
+            return  # stopping: not acknowledged, redelivered on the next session
+        self._arrivals += 1
+        self.link.queued()
         self.ingestor.metrics.queue_depth.inc()
 
     # ------------------------------------------------------------ worker side
 
     def _work(self) -> None:
-        # Refused messages are held (unacknowledged) until their dead-letter rows commit in
-        # one transaction: when the queue runs dry, when DEAD_LETTER_GROUP are held, or
-        # before the next acknowledgement (acks stay in arrival order, each after its commit).
-        held: list[_Delivery] = []
-        while True:
-            try:
-                delivery = self._queue.get(timeout=0.05 if held else 0.2)
-            except queue.Empty:
-                if held and not self._flush_held(held):
-                    return
-                if self._stopping.is_set():
-                    return
+        limits = self.limits
+        while not self._stopping.is_set():
+            group = self._queue.take_group(limits.group_max_messages, 0.2, limits.group_max_wait_ms / 1000)
+            if not group:
                 continue
-            if self._stopping.is_set():
-                return  # left unacknowledged: the broker redelivers it
-            self.ingestor.metrics.queue_depth.dec()
-            result = self._process(delivery)
-            self.link.handled()
-            with self._room:
-                self._queued_bytes -= len(delivery.payload)
-                self._room.notify_all()
-            if result is None:
-                return
-            self.ingestor.metrics.latency.observe(time.monotonic() - delivery.received_at)
-            self._notify_committed(result)
-            if result.outcome in (Outcome.DEAD_LETTERED, Outcome.DUPLICATE, Outcome.STATE_STALE):
-                with self._admission_lock:
-                    self.admission.charge(delivery.topic, time.monotonic())
-            if result.outcome is Outcome.DEAD_LETTERED:
-                held.append(dataclasses.replace(delivery, payload=b""))  # only what the ack needs
-                if len(held) >= DEAD_LETTER_GROUP and not self._flush_held(held):
-                    return
-                continue
-            if held and not self._flush_held(held):
-                return
-            self._ack(delivery)
+            self.ingestor.metrics.queue_depth.dec(len(group))
+            results = None if self._stopping.is_set() else self._process(group)
+            self._queue.release(group)
+            if results is None:
+                return  # stopping: left unacknowledged, the broker redelivers them
+            for _ in group:
+                self.link.handled()
+            self.groups += 1
+            now = time.monotonic()
+            with self._admission_lock:
+                for delivery, result in zip(group, results, strict=True):
+                    if result.outcome in _CHARGED:
+                        self.admission.charge(delivery.topic, now)
+            for delivery in group:
+                self.ingestor.metrics.latency.observe(now - delivery.received_at)
+            self._notify(results)
+            self._ack_in_order(group)
 
-    def _flush_held(self, held: list[_Delivery]) -> bool:
-        """Commit the deferred dead letters, then acknowledge ``held`` in order. False = stopping."""
+    def _process(self, group: list[_Delivery]) -> list[IngestResult] | None:
+        """Handle one group; on a database outage retry it with backoff. None = stopping."""
+        messages = [Message(d.topic, d.payload, d.received_ms) for d in group]
         delay = self.limits.db_retry_initial_s
         while True:
             try:
-                self.ingestor.flush_dead_letters()
-                break
+                return self.ingestor.handle_group(messages)
             except (DatabaseUnavailableError, StorageError) as exc:
                 self.ingestor.metrics.db_retries.inc()
                 self.ingestor.counters["db_retries"] += 1
-                log.warning("database trouble, dead letters kept unacknowledged; retrying in %.1f s: %s", delay, exc)
-            if self._stopping.wait(delay):
-                return False
-            delay = min(delay * 2, self.limits.db_retry_max_s)
-        for delivery in held:
-            self._ack(delivery)
-        held.clear()
-        return True
-
-    def _process(self, delivery: _Delivery) -> IngestResult | None:
-        """Handle one message; on a database outage retry with backoff. None = stopping."""
-        delay = self.limits.db_retry_initial_s
-        while True:
-            try:
-                return self.ingestor.handle(delivery.topic, delivery.payload, received_ms=delivery.received_ms)
-            except (DatabaseUnavailableError, StorageError) as exc:
-                self.ingestor.metrics.db_retries.inc()
-                self.ingestor.counters["db_retries"] += 1
-                log.warning("database trouble, message kept unacknowledged; retrying in %.1f s: %s", delay, exc)
+                log.warning(
+                    "database trouble, %d message(s) kept unacked; retrying in %.1f s: %s", len(group), delay, exc
+                )
             if self._stopping.wait(delay):
                 return None
             delay = min(delay * 2, self.limits.db_retry_max_s)
+
+    def _notify(self, results: list[IngestResult]) -> None:
+        pairs = [
+            (r.device_id, r.seq)
+            for r in results
+            if r.outcome in (Outcome.STORED, Outcome.DUPLICATE) and r.device_id is not None and r.seq is not None
+        ]
+        if not pairs:
+            return
+        for listener in self._listeners:
+            try:
+                listener(pairs)
+            except Exception:  # committed already: a listener cannot undo it
+                log.exception("commit listener %r failed", listener)
+                self.ingestor.metrics.hook_errors.inc()
+                self.ingestor.counters["hook_errors"] += 1
+
+    def _ack_in_order(self, group: list[_Delivery]) -> None:
+        """Acknowledge every committed message whose predecessors are all acknowledged."""
+        for delivery in group:
+            self._committed[delivery.order] = delivery
+        while self._next_ack in self._committed:
+            self._ack(self._committed.pop(self._next_ack))
+            self._next_ack += 1
 
     def _ack(self, delivery: _Delivery) -> None:
         if delivery.qos == 0:
@@ -353,7 +356,7 @@ class IngestService:
         self.client.loop_start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the message in hand (commit + ack), then disconnect keeping the session."""
+        """Finish the group in hand (commit + ack), then disconnect keeping the session."""
         self._stopping.set()
         if self._worker is not None:
             self._worker.join(timeout)

@@ -36,7 +36,9 @@ class MqttSettings:
         keepalive_s: MQTT keepalive.
         session_expiry_s: how long the broker keeps the session (and its unacked messages)
             while this collector is away.
-        receive_maximum: in-flight window granted to the broker (MQTT 5 Receive Maximum).
+        receive_maximum: in-flight window granted to the broker (MQTT 5 Receive Maximum):
+            the most unacknowledged messages the broker sends at once; a group commit
+            can only group what is in flight, and the fair queue can only reorder it.
         tls: connect with TLS.
         ca_file: CA bundle for TLS (system default when unset).
         cert_file: client certificate for mutual TLS.
@@ -51,7 +53,7 @@ class MqttSettings:
     client_id: str = field(default_factory=_default_client_id)
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86_400
-    receive_maximum: int = 100
+    receive_maximum: int = 1000
     tls: bool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -95,6 +97,10 @@ class Limits:
         device_burst: bucket size of that rate limit.
         queue_max_bytes: bytes of received messages waiting for the worker; the MQTT
             thread waits (the broker holds the rest) when it is full.
+        group_max_messages: messages the worker stores in one transaction (group commit).
+        group_max_wait_ms: how long the worker waits for a group to fill once it has a
+            first message (it stores at once when the group is full); bounds the latency
+            group commit adds.
         lag_degraded_s: ``/healthz`` says degraded when the oldest message received and
             not yet handled is older than this.
         silence_degraded_s: ``/healthz`` says degraded when no message came for this long
@@ -112,6 +118,8 @@ class Limits:
     device_rate_per_s: float = 5.0
     device_burst: int = 300
     queue_max_bytes: int = 16 << 20
+    group_max_messages: int = 250
+    group_max_wait_ms: int = 20
     lag_degraded_s: float = 60.0
     silence_degraded_s: float = 900.0
 
@@ -127,5 +135,7 @@ class Limits:
         check_range("limits.device_rate_per_s", self.device_rate_per_s, 0.01, 100_000)
         check_range("limits.device_burst", self.device_burst, 1, 1_000_000)
         check_range("limits.queue_max_bytes", self.queue_max_bytes, self.max_message_bytes, 1 << 34)
+        check_range("limits.group_max_messages", self.group_max_messages, 1, 10_000)
+        check_range("limits.group_max_wait_ms", self.group_max_wait_ms, 0, 10_000)
         check_range("limits.lag_degraded_s", self.lag_degraded_s, 0.1, 86_400)
         check_range("limits.silence_degraded_s", self.silence_degraded_s, 1, 30 * 86_400)

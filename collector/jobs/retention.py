@@ -11,7 +11,9 @@ with two clocks from ``[retention]``: ``fix_days`` (90) and ``record_years`` (5)
    ``fix_mode = "delete"``. A summary row that already exists (a late batch for an old day)
    is merged into, so re-running is harmless;
 2. ``location`` tables lose rows older than ``fix_days`` and every row of a loan **closed**
-   (``loans.closed_ms``, collector.loans.lifecycle) more than ``fix_days`` ago;
+   (``loans.closed_ms``, collector.loans.lifecycle) more than ``fix_days`` ago. On PostgreSQL
+   the day partitions of ``fixes`` and ``samples`` wholly older than the cut-off are dropped
+   first (``DROP TABLE``, collector.storage.partitions), so the DELETE only meets the rest;
 3. ``until_closure`` tables lose the rows of those closed loans;
 4. ``essential_stripped`` tables keep their rows but lose every coordinate key in their JSON
    columns (:func:`collector.jobs.redaction.redact_coordinates`) once the row is older than
@@ -42,6 +44,7 @@ from sqlalchemy.orm import Session
 from ..clock import utc_date
 from ..errors import CollectorError
 from ..storage.audit import SYSTEM_ROLE, record_access
+from ..storage.partitions import drop_partitions_before
 from ..storage.tables import Base, FixDaySummary, FixRecord, InstallmentRecord, LoanRecord, RiskEventRecord
 from .data_registry import Policy, TablePolicy, tables_with
 from .downlink import STOP_TRACKING_STATUSES
@@ -268,6 +271,8 @@ def run_retention(
     closed = sa.select(LoanRecord.loan_id).where(LoanRecord.closed_ms < fix_cutoff)
     purged: Counter[str] = Counter()
     stripped: Counter[str] = Counter()
+    for name in ("fixes", "samples"):  # PostgreSQL: whole day partitions go first (DROP, not DELETE)
+        purged[name] += drop_partitions_before(session.connection(), name, fix_cutoff)[1]
     for entry in tables_with(Policy.LOCATION):
         table = Base.metadata.tables[entry.table]
         where = sa.or_(_older(entry, table, fix_cutoff), _about(entry, table, closed))

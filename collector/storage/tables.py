@@ -163,7 +163,11 @@ class BatchRecord(Base):
 
 
 class FixRecord(Base):
-    """One GNSS fix, stored by observation time."""
+    """One GNSS fix, stored by observation time.
+
+    On PostgreSQL partitioned by day of ``time_ms`` (migration 0007,
+    collector.storage.partitions); there the primary key is ``(id, time_ms)``.
+    """
 
     __tablename__ = "fixes"
     __table_args__ = (sa.Index("ix_fixes_device_time", "device_id", "time_ms"),)
@@ -184,7 +188,10 @@ class FixRecord(Base):
 
 
 class SampleRecord(Base):
-    """One canonical signal sample; ``value`` is JSON (bool, int, float or text)."""
+    """One canonical signal sample; ``value`` is JSON (bool, int, float or text).
+
+    On PostgreSQL partitioned by day of ``time_ms`` like :class:`FixRecord`.
+    """
 
     __tablename__ = "samples"
     __table_args__ = (sa.Index("ix_samples_device_name_time", "device_id", "name", "time_ms"),)

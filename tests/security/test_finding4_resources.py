@@ -184,7 +184,7 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
     assert [r["seq"] for r in rows(engine, "batches")] == [1]
     assert stored_after < 10.0, f"the genuine batch took {stored_after:.1f} s behind the flood"
     assert service.refused["qos0"] == 5000
-    assert service._queued_bytes == 0
+    assert service.queued_bytes == 0
     letters = rows(engine, "dead_letters", device_id="junk-1")
     assert 0 < len(letters) <= 30
     assert all(len(bytes(d["payload"])) <= 4096 for d in letters)  # type: ignore[arg-type]
