@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from collector.jobs.downlink import build_market_configs, devices_needing_config, upsert_markets
+from collector.jobs.downlink import build_device_configs, devices_needing_config
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.risk.assessment import reassess_loan
 from collector.storage.database import create_engine, migrate
+from collector.storage.places import delete_place, upsert_places
 from collector.storage.tables import ConfigVersion, RiskStateRecord
 from edge.agent import Agent
 from edge.config import load_config
@@ -98,7 +99,7 @@ def test_the_collector_signs_each_loans_tier_and_re_signs_when_it_changes(
             reassess_loan(session, loan, NOW)
         session.commit()
         assert devices_needing_config(session) == ["tbox-0001", "tbox-0003"]
-        messages = {m.device_id: m for m in build_market_configs(session, collector_key, ["tbox-0001", DEVICE], NOW)}
+        messages = {m.device_id: m for m in build_device_configs(session, collector_key, ["tbox-0001", DEVICE], NOW)}
         session.commit()
         assert devices_needing_config(session) == []
         risk = open_config(messages[DEVICE].payload, config_topic(DEVICE), collector_key.public_key())
@@ -116,20 +117,20 @@ def test_the_collector_signs_each_loans_tier_and_re_signs_when_it_changes(
         session.commit()
         assert devices_needing_config(session) == [DEVICE]
 
-        # Markets appear: every target needs the whole body, tier sections included.
-        upsert_markets(session, [JIADING], now_ms=NOW + 1)
+        # Places appear: every target needs the whole body, tier sections included.
+        upsert_places(session, [JIADING | {"type": "used_car_market"}], now_ms=NOW + 1)
         session.commit()
         assert DEVICE in devices_needing_config(session)
-        again = build_market_configs(session, collector_key, [DEVICE], NOW + 2)[0]
+        again = build_device_configs(session, collector_key, [DEVICE], NOW + 2)[0]
         body = open_config(again.payload, config_topic(DEVICE), collector_key.public_key()).body
-        assert body == {"markets": [JIADING], "tier": {"name": "minor_lates_cured", "batch_interval_s": 600}}
-        # The last market deleted: the empty list stays in the body when the tier re-signs it.
-        session.execute(sa.delete(ConfigVersion).where(ConfigVersion.device_id == "tbox-0001"))
-        session.execute(sa.text("DELETE FROM markets"))
-        latest = build_market_configs(session, collector_key, [DEVICE, "tbox-0001"], NOW + 3)
+        assert body == {"places": [JIADING | {"type": "used_car_market"}], "markets": [JIADING],
+                        "tier": {"name": "minor_lates_cured", "batch_interval_s": 600}}
+        # The last place deleted: empty lists go with the tier (the collector has had places).
+        delete_place(session, "sh-jiading-ucm", now_ms=NOW + 3)
+        latest = build_device_configs(session, collector_key, devices_needing_config(session), NOW + 3)
         bodies = {m.device_id: open_config(m.payload, m.topic, collector_key.public_key()).body for m in latest}
-        assert bodies[DEVICE]["markets"] == []
-        assert "markets" not in bodies["tbox-0001"]  # never had a list: still none
+        assert (bodies[DEVICE]["places"], bodies[DEVICE]["markets"]) == ([], [])
+        assert bodies["tbox-0001"]["places"] == []
         session.commit()
 
         # A stored policy the section refuses: no tier section, logged, and not re-signed every round.
@@ -139,7 +140,7 @@ def test_the_collector_signs_each_loans_tier_and_re_signs_when_it_changes(
         state.assessment = {**state.assessment, "monitoring": {"batch_interval_s": "often"}}
         session.commit()
         assert devices_needing_config(session) == ["tbox-0001"]
-        refused = build_market_configs(session, collector_key, ["tbox-0001"], NOW + 4)[0]
+        refused = build_device_configs(session, collector_key, ["tbox-0001"], NOW + 4)[0]
         session.commit()
         assert "tier" not in open_config(refused.payload, refused.topic, collector_key.public_key()).body
         assert devices_needing_config(session) == []
@@ -180,7 +181,7 @@ def test_the_agent_applies_the_tier_ignores_unknown_sections_and_refuses_bad_one
     with Session(engine) as session:
         reassess_loan(session, "L-1003", NOW)
         session.commit()
-        signed = build_market_configs(session, collector_key, [DEVICE], NOW)[0]
+        signed = build_device_configs(session, collector_key, [DEVICE], NOW)[0]
         session.commit()
     agent = agent_for(tmp_path, DEVICE)
     try:
