@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ from collector.errors import ConfigError
 from collector.loans.compliance import compliance_report
 from collector.loans.csv_import import import_loans, parse_loans
 from collector.loans.store import record_repayment
-from collector.risk.assessment import reassess_loan
+from collector.risk.assessment import reassess_loan as _reassess_loan
 from collector.risk.repayments import Payment
 from collector.risk.worker import RiskWorker
 from collector.settings import load_settings
@@ -49,6 +50,10 @@ NOW = 1_795_858_800_000  # 2026-11-28T09:40:00Z = 17:40 in Shanghai
 AGENT = Actor("user:chen", "collections")
 CONTACT = ContactSettings()
 CASES = CaseSettings()
+
+#: Cases follow the stored level whatever the model decides it; these tests pin the v1 table's
+#: levels (L-1002 at 58 days past due is ``watch`` there, ``critical`` under v2's credit axis).
+reassess_loan = functools.partial(_reassess_loan, model="v1")
 
 
 def act(session: Session, case_id: int, action: ActionIn, at: int, contact: ContactSettings = CONTACT) -> ActionResult:
@@ -361,7 +366,9 @@ def test_a_replay_that_loses_the_race_returns_the_stored_action(
 def test_the_risk_worker_opens_cases_with_the_configured_sla(session: Session) -> None:
     engine = session.get_bind()
     assert isinstance(engine, sa.Engine)
-    worker = RiskWorker(engine, cases=CaseSettings(sla_watch_s=2 * 3600.0), clock_ms=lambda: NOW)
+    # v2 decides (L-1002 critical), so every level gets the same configured SLA here
+    sla = CaseSettings(sla_watch_s=2 * 3600.0, sla_high_s=2 * 3600.0, sla_critical_s=2 * 3600.0)
+    worker = RiskWorker(engine, cases=sla, clock_ms=lambda: NOW)
     worker.run_once()  # the first round reassesses every loan
     opened = {c["loan_id"]: c for c in list_cases(session, CONTACT)}
     assert "L-1002" in opened

@@ -211,7 +211,7 @@ def test_the_agent_ignores_and_counts_unknown_sections_and_prefers_places(tmp_pa
     gate, rules, applier = agent_side(tmp_path, "car-1")
     topic = config_topic("car-1")
     legacy = {k: v for k, v in JIADING.items() if k != "type"}
-    body = {"places": [JIADING, PAWN], "markets": [legacy], "future": {"enabled": False}, "tier": {"name": "A"}}
+    body = {"places": [JIADING, PAWN], "markets": [legacy], "future": {"enabled": False}, "later": {"name": "A"}}
     applier.handle(topic, seal_config(DeviceConfig("car-1", 1, NOW, body), KEY, topic))
     assert gate.version == 1
     assert rules.places == [("sh-jiading-ucm", "used_car_market"), ("sh-minhang-pawn", "pawn_lot")]

@@ -252,7 +252,11 @@ def test_loans_list_prints_what_get_v1_loans_answers(config: Path, capsys: pytes
             listed = [json.loads(line) for line in out.splitlines()]
             answered = client.get("/v1/loans", params={"order": order}, headers=headers).json()
             assert listed == answered
-            assert [x["level"] for x in listed][:3] == ["watch", "watch", "watch"]  # most severe first
+            levels = [x["level"] for x in listed]
+            assert levels[0] == "critical"  # v2: L-1002, 88 days past due with three lates
+            if order == "severity":  # most severe first
+                rank = {"critical": 3, "high": 2, "watch": 1, "normal": 0}
+                assert [rank[v] for v in levels] == sorted((rank[v] for v in levels), reverse=True)
             assert set(listed[0]) >= {"score", "expected_loss", "credit", "collateral", "tier", "facts"}
         code, out, _ = run(capsys, "loans", "list", "--limit", "2", "--offset", "1", "--config", str(config))
         assert [json.loads(line) for line in out.splitlines()] == client.get(

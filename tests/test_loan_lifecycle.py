@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
 from collector.cli.commands import main
-from collector.jobs.downlink import ConfigPublisher, devices_needing_config
+from collector.jobs.downlink import ConfigPublisher, config_body, devices_needing_config
 from collector.loans.lifecycle import LifecycleError, change_status
 from collector.loans.queries import WorklistFilter, worklist
 from collector.risk.assessment import reassess_loans
@@ -105,7 +105,7 @@ def _send(applier: DownlinkApplier, version: int, body: dict[str, Any]) -> None:
 
 def test_agent_ignores_unknown_sections_and_applies_tracking(tmp_path: Path) -> None:
     gate, applier, seen = _gate_and_applier(tmp_path)
-    _send(applier, 1, {"tier": {"name": "risk"}, "future": {}, "tracking": {"enabled": False, "reason": "settled"}})
+    _send(applier, 1, {"later": {"name": "risk"}, "future": {}, "tracking": {"enabled": False, "reason": "settled"}})
     assert gate.version == 1
     assert seen == [Tracking(False, "settled")]
     assert gate.counters["config_unknown_sections"] == 2
@@ -212,7 +212,9 @@ def test_loans_close_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main([*argv[:-2], "--at", "someday"]) == 2
     engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'collector.db'}")
     with Session(engine) as session:
-        assert devices_needing_config(session) == ["tbox-0001"]  # the running publisher signs it
+        # the running publisher signs it (the other devices wait for their first tier section)
+        assert "tbox-0001" in devices_needing_config(session)
+        assert config_body(session, "tbox-0001")["tracking"] == {"enabled": False, "reason": "settled"}
         [audit] = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "change_loan_status"))
         assert audit.actor.startswith("cli:")
     engine.dispose()

@@ -28,6 +28,7 @@ Policies (the clocks, from ``[retention]``: ``fix_days`` 90, ``record_years`` 5)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -133,9 +134,14 @@ REGISTRY: tuple[TablePolicy, ...] = (
 _BY_TABLE = {entry.table: entry for entry in REGISTRY}
 
 
+#: PostgreSQL day partitions (collector.storage.partitions) belong to their parent's line.
+_PARTITION_RE = re.compile(r"(fixes|samples)_(default|p\d{8})")
+
+
 def policy_of(table: str) -> TablePolicy | None:
-    """The registry line of ``table`` (None: the table is not registered)."""
-    return _BY_TABLE.get(table)
+    """The registry line of ``table`` (a day partition: its parent's; None: not registered)."""
+    partition = _PARTITION_RE.fullmatch(table)
+    return _BY_TABLE.get(partition.group(1) if partition else table)
 
 
 def tables_with(*policies: Policy) -> tuple[TablePolicy, ...]:

@@ -25,6 +25,12 @@ From a v2 :class:`~collector.risk.score.ScoreAssessment` (:func:`v2_decision`):
   ``log_odds`` and ``pd_points`` (its contribution). An axis at ``normal`` has no reasons,
   as a v1 loan at ``normal`` has none; the whole explanation (every contribution, both
   signs) stays in the stored score (``risk_states.assessment``).
+
+Signals the v2 model has no feature for yet (:data:`V1_FLOOR_CODES`: relocation, traction
+battery disconnect and health drop, a car's two trackers diverging; issue 17) keep their v1
+table rows as **floors** on the collateral axis: a matching v1 row raises the level and the
+next step to its own and is listed as a reason of kind ``rule`` (no contribution figure), so
+making v2 authoritative never silences a signal the v1 table acts on.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from .engine import (
 )
 from .score import AxisResult, ScoreAssessment, ScoreReason
 
-__all__ = ["AXIS_STEP", "MODELS", "decide", "v2_decision"]
+__all__ = ["AXIS_STEP", "MODELS", "V1_FLOOR_CODES", "decide", "v2_decision"]
 
 #: Values of ``[risk] model``.
 MODELS = ("v2", "v1")
@@ -66,6 +72,12 @@ _REPAYMENT = frozenset({
     "late_streak_active", "cured", "arrears_installments", "severely_past_due",
 })
 _DEVICE = frozenset({"offline", "offline_while_overdue"})
+
+#: v1 rows that floor the v2 collateral axis (signals with no v2 feature yet; module docstring).
+V1_FLOOR_CODES = frozenset({
+    "relocation", "relocation_while_overdue", "hv_disconnect", "hv_disconnect_while_overdue", "soh_drop",
+    "tracker_divergence", "tracker_divergence_while_overdue",
+})
 
 
 def _evidence(
@@ -122,18 +134,38 @@ def _axis_reasons(
     return out
 
 
-def v2_decision(scored: ScoreAssessment, inp: RiskInput, config: RiskConfig | None = None) -> RiskAssessment:
-    """The loan's level, next step and explained reasons from a v2 score (module docstring)."""
+def _floors(v1: RiskAssessment | None) -> list[Reason]:
+    """The v1 rows of :data:`V1_FLOOR_CODES`, as collateral-axis rules without a contribution."""
+    if v1 is None:
+        return []
+    return [
+        Reason(r.code, r.level, r.next_step, r.alert_episode, r.evidence,
+               {"axis": "collateral", "kind": "rule", "summary": f"{r.code.replace('_', ' ')} (v1 table floor: "
+                "no v2 feature for this signal yet)"})
+        for r in v1.reasons
+        if r.code in V1_FLOOR_CODES
+    ]
+
+
+def v2_decision(
+    scored: ScoreAssessment, inp: RiskInput, config: RiskConfig | None = None, v1: RiskAssessment | None = None
+) -> RiskAssessment:
+    """The loan's level, next step and explained reasons from a v2 score (module docstring);
+    ``v1``'s rows of :data:`V1_FLOOR_CODES` floor the result."""
     config = config or RiskConfig()
     alerts = {a.episode: a for a in inp.alerts}
     axes = sorted((scored.collateral, scored.credit), key=lambda a: -int(a.level))  # stable: collateral first on ties
     reasons = [reason for axis in axes for reason in _axis_reasons(axis, inp, alerts, config)]
     step = max(AXIS_STEP[scored.credit.next_step], AXIS_STEP[scored.collateral.next_step])
-    return RiskAssessment(scored.loan_id, scored.evaluated_ms, scored.level, step, tuple(reasons))
+    level = scored.level
+    for floor in _floors(v1):
+        level, step = max(level, floor.level), max(step, floor.next_step)
+        reasons.append(floor)
+    return RiskAssessment(scored.loan_id, scored.evaluated_ms, level, step, tuple(reasons))
 
 
 def decide(
     model: str, v1: RiskAssessment, scored: ScoreAssessment, inp: RiskInput, config: RiskConfig | None = None
 ) -> RiskAssessment:
     """The authoritative assessment: ``v1`` as is, or the :func:`v2_decision` of ``scored``."""
-    return v1 if model == "v1" else v2_decision(scored, inp, config)
+    return v1 if model == "v1" else v2_decision(scored, inp, config, v1)

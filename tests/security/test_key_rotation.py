@@ -277,7 +277,7 @@ def test_unknown_sections_are_ignored_and_a_bad_announcement_refuses_the_body(tm
         return seal_config(DeviceConfig("car-1", version, NOW, body), signer, topic)
 
     # A newer collector's sections (owned by other parts) do not make an old agent refuse the rest.
-    future = {"markets": [MARKET], "future": {"enabled": False}, "tier": {"x": 1}}
+    future = {"markets": [MARKET], "future": {"enabled": False}, "later": {"x": 1}}
     assert agent.deliver(signed(1, future)) == 1
     assert agent.engine.calls == [("markets", ["m1"])]
     assert agent.gate.counters["config_unknown_sections"] == 2
