@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from firmware_sim.rig import Postgres
+from firmware_sim.rig import Mosquitto, Postgres
 from tests.child_processes import ChildProcesses
 from tests.secure_broker import SecureBroker
 
@@ -45,6 +45,22 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker
     ``mosquitto.login()`` (the collector's account) or ``mosquitto.login(device_id)``.
     """
     broker = SecureBroker(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def open_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private broker WITHOUT authentication, for load generators only.
+
+    ``lienwatch sim fleet`` and the scale-out tests publish for many devices on one
+    connection, which the per-device ACL of :func:`mosquitto` refuses by design (a device may
+    publish only on its own topics). Everything else uses :func:`mosquitto`.
+    """
+    broker = Mosquitto(workdir=tmp_path_factory.mktemp("open-broker"), persistence=False)
     broker.start()
     try:
         yield broker

@@ -25,6 +25,7 @@ from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from collector.storage.database import create_engine, migrate
 from collector.storage.tables import Base
+from firmware_sim.rig import Mosquitto
 from protocol import parse_topic, state_topic
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.fake_devices import NOW, T0, FakeDevice, count, register, status_row
@@ -258,8 +259,11 @@ def test_database_outage_holds_the_ack_and_retries(
 # ------------------------------------------------------------------ separate processes
 
 
-def write_config(path: Path, database_url: str, broker: SecureBroker, client_id: str) -> Path:
-    login = broker.login()  # the collector's account
+def write_config(path: Path, database_url: str, broker: SecureBroker | Mosquitto, client_id: str) -> Path:
+    account = ""
+    if isinstance(broker, SecureBroker):  # the collector's account (an open load-generator broker has none)
+        login = broker.login()
+        account = f'username = "{login.username}"\npassword = "{login.password}"\n'
     path.write_text(
         f"""database_url = "{database_url}"
 data_dir = "{path.parent / "data"}"
@@ -270,9 +274,7 @@ host = "127.0.0.1"
 port = {broker.port}
 group = "collectors"
 client_id = "{client_id}"
-username = "{login.username}"
-password = "{login.password}"
-
+{account}
 [api]
 port = 0
 

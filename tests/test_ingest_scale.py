@@ -28,14 +28,21 @@ from collector.storage.database import create_engine, migrate
 from firmware_sim.rig import Mosquitto
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.fake_devices import NOW, T0, FakeDevice, count, register
+from tests.secure_broker import SecureBroker
 from tests.test_ingest_mqtt import write_config
 
 #: the fairness bound of issue #12: beyond the normal latency at the measured throughput
 FAIRNESS_BOUND_S = 1.0
 
 
-def publisher(broker: Mosquitto, client_id: str, inflight: int = 100) -> mqtt.Client:
+def publisher(broker: Mosquitto | SecureBroker, client_id: str, inflight: int = 100, *,
+              login: str | None = None) -> mqtt.Client:
+    """A publishing client; ``login``: the device account to use on the authenticated broker."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if login is not None:
+        assert isinstance(broker, SecureBroker)
+        credentials = broker.login(login)
+        client.username_pw_set(credentials.username, credentials.password)
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", broker.port)
@@ -52,14 +59,15 @@ def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
 
 
 def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound(
-    sqlite_engine: sa.Engine, mosquitto: Mosquitto
+    sqlite_engine: sa.Engine, mosquitto: SecureBroker
 ) -> None:
     flood, quiet = FakeDevice("flood-1"), FakeDevice("quiet-1")
     register(sqlite_engine, flood, quiet)
     limits = Limits(key_cache_ttl_s=1, max_clock_skew_s=10 * 365 * 86_400)
     service = IngestService(
         Ingestor(sqlite_engine, limits, clock_ms=lambda: NOW),
-        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="fair-collector", group="fair"),
+        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="fair-collector", group="fair",
+                     username=mosquitto.login().username, password=mosquitto.login().password),
         limits,
     )
     committed: dict[tuple[str, int], float] = {}
@@ -71,8 +79,8 @@ def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound
 
     service.add_commit_listener(listener)
     flood_messages = [flood.sealed(seq, t0=T0 + seq * 60_000, fixes=60) for seq in range(1, 601)]
-    flooder = publisher(mosquitto, "flooder", inflight=1000)
-    device = publisher(mosquitto, "quiet-device")
+    flooder = publisher(mosquitto, "flooder", inflight=1000, login=flood.device_id)
+    device = publisher(mosquitto, "quiet-device", login=quiet.device_id)
 
     def latency(seq: int) -> float:
         sent = time.monotonic()
@@ -106,8 +114,9 @@ def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound
 
 
 def test_three_collectors_sigkilled_at_random_store_every_seq_exactly_once(
-    postgres_url: str, mosquitto: Mosquitto, tmp_path: Path
+    postgres_url: str, open_broker: Mosquitto, tmp_path: Path
 ) -> None:
+    mosquitto = open_broker  # one publisher speaks for 50 devices: a load generator (conftest.open_broker)
     engine = create_engine(postgres_url)
     migrate(engine)
     devices = [FakeDevice(f"car-{i:02d}") for i in range(50)]

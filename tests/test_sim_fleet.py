@@ -96,8 +96,9 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
 
 
 def test_a_fleet_run_is_bounded_in_time_and_every_batch_is_stored(
-    engine: sa.Engine, mosquitto: Mosquitto, tmp_path: Path
+    engine: sa.Engine, open_broker: Mosquitto, tmp_path: Path
 ) -> None:
+    mosquitto = open_broker  # one connection speaks for 20 devices: a load generator (conftest.open_broker)
     keys_file = tmp_path / "keys.jsonl"
     limits = Limits(key_cache_ttl_s=0)
     settings = MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="fleet-collector", group="fleet")

@@ -29,9 +29,9 @@ import pytest
 
 TIERS = ("unit", "process", "hil")
 #: fixtures that start a child process, a broker or a database server (tests/conftest.py)
-PROCESS_FIXTURES = frozenset({"mosquitto", "postgres_server", "processes"})
+PROCESS_FIXTURES = frozenset({"mosquitto", "open_broker", "postgres_server", "processes"})
 #: fixture -> the service marker it implies
-SERVICE_MARKERS = {"mosquitto": "mqtt", "postgres_server": "postgres"}
+SERVICE_MARKERS = {"mosquitto": "mqtt", "open_broker": "mqtt", "postgres_server": "postgres"}
 HIL_DIR = Path(__file__).resolve().parents[1] / "hil-tests"
 
 

@@ -174,7 +174,7 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
         stored_after = time.monotonic() - sent
         # The genuine batch came from another connection, so it may overtake the last junk:
         # let the worker drain before checking that nothing stays queued.
-        while service._queued_bytes and time.monotonic() < deadline:
+        while service.queued_bytes and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         service.stop()
