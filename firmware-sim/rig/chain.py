@@ -611,6 +611,9 @@ class ChainRig:
                 "markets_file": str(PACKAGE_DATA / "places.sample.toml"),  # the market plus typed places (#17)
             },
             "batch": {"max_age_s": 10.0, "max_age_active_s": 5.0},
+            # The rig shows a parked car each minute (a fix and a batch); the production default
+            # is a fix every 15 minutes and a batch an hour (docs/agent.md, "Reporting policy").
+            "reporting": {"parked_fix_interval_s": 60.0, "parked_batch_s": 60.0},
             "mqtt": {
                 "host": "127.0.0.1",
                 "port": self.agent_link.port if self.agent_link else self.agent_broker_port,
