@@ -210,6 +210,32 @@ _UI: dict[str, tuple[str, str]] = {
     "credit": ("Credit", "信用风险"),
     "collateral": ("Collateral", "抵押物风险"),
     "value": ("Value", "取值"),
+    # user management (collector.console.user_pages)
+    "users": ("Users", "用户"),
+    "display_name": ("Display name", "显示名称"),
+    "time_zone": ("Time zone", "时区"),
+    "last_sign_in": ("Last sign-in", "最近登录"),
+    "never": ("never", "从未"),
+    "enabled": ("enabled", "已启用"),
+    "disabled": ("disabled", "已停用"),
+    "you": ("you", "本人"),
+    "change_role": ("Change role", "更改角色"),
+    "disable": ("Disable", "停用"),
+    "enable": ("Enable", "启用"),
+    "reset_password": ("Reset password", "重置密码"),
+    "new_password": ("New password", "新密码"),
+    "password_again": ("Password again", "再次输入密码"),
+    "add_user": ("Add a user", "添加用户"),
+    "add": ("Add", "添加"),
+    "users_note": ("A role change, a disable and a password reset end the user's sessions. Passwords have at "
+                   "least 10 characters; tell the user theirs in person.", "更改角色、停用和重置密码会结束该用户的所有会话。"
+                   "密码至少 10 个字符，请当面告知用户。"),
+    "refused": ("Refused", "已拒绝"),
+    "user_added": ("User added.", "用户已添加。"),
+    "role_changed": ("Role changed; the user's sessions ended.", "角色已更改，该用户的会话已结束。"),
+    "user_disabled": ("User disabled; their sessions ended.", "用户已停用，其会话已结束。"),
+    "user_enabled": ("User enabled.", "用户已启用。"),
+    "password_reset": ("Password reset; the user's sessions ended.", "密码已重置，该用户的会话已结束。"),
 }
 
 _LEVELS = {"normal": ("normal", "正常"), "watch": ("watch", "关注"), "high": ("high", "高"),
