@@ -228,8 +228,8 @@ _UI: dict[str, tuple[str, str]] = {
     "add_user": ("Add a user", "添加用户"),
     "add": ("Add", "添加"),
     "users_note": ("A role change, a disable and a password reset end the user's sessions. Passwords have at "
-                   "least 10 characters; tell the user theirs in person.", "更改角色、停用和重置密码会结束该用户的所有会话。"
-                   "密码至少 10 个字符，请当面告知用户。"),
+                   "least 10 characters; tell the user theirs in person.",
+                   "更改角色、停用和重置密码会结束该用户的所有会话。密码至少 10 个字符，请当面告知用户。"),
     "refused": ("Refused", "已拒绝"),
     "user_added": ("User added.", "用户已添加。"),
     "role_changed": ("Role changed; the user's sessions ended.", "角色已更改，该用户的会话已结束。"),

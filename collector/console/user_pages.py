@@ -95,8 +95,11 @@ def _two_passwords(fields: dict[str, str]) -> str:
     return password
 
 
-def _change(request: Request, principal: Principal, action: str, username: str, fields: dict[str, str],
-            apply: Callable[[Session], dict[str, Any] | None], *, done: str, detail: dict[str, Any] | None = None) -> Response:
+Change = Callable[[Session], dict[str, Any] | None]
+
+
+def _change(request: Request, principal: Principal, action: str, username: str, *, fields: dict[str, str],
+            apply: Change, done: str, detail: dict[str, Any] | None = None) -> Response:
     """Run ``apply(session)`` as one audited change; a PeopleError comes back on the page (422)."""
     with Session(_engine(request)) as session:
         try:
@@ -129,7 +132,7 @@ async def create_user(request: Request, principal: PagePrincipal) -> Response:
                  locale=_field(fields, "locale") or "en",
                  time_zone=_field(fields, "time_zone").strip() or DEFAULT_TIME_ZONE)
 
-    return _change(request, principal, "add_user", username, fields, apply, done="user_added",
+    return _change(request, principal, "add_user", username, fields=fields, apply=apply, done="user_added",
                    detail={"role": role[:40]})
 
 
@@ -148,8 +151,8 @@ async def change_role(username: str, request: Request, principal: PagePrincipal)
         old = set_role(session, _target(username), role, now_ms=_now_ms(request), acting_username=principal.username)
         return {"old_role": old}
 
-    return _change(request, principal, "set_user_role", _target(username), fields, apply, done="role_changed",
-                   detail={"role": role[:40]})
+    return _change(request, principal, "set_user_role", _target(username), fields=fields, apply=apply,
+                   done="role_changed", detail={"role": role[:40]})
 
 
 @router.post("/users/{username}/disabled", response_model=None)
@@ -167,7 +170,7 @@ async def change_disabled(username: str, request: Request, principal: PagePrinci
         set_disabled(session, _target(username), disabled, now_ms=_now_ms(request),
                      acting_username=principal.username)
 
-    return _change(request, principal, action, _target(username), fields, apply,
+    return _change(request, principal, action, _target(username), fields=fields, apply=apply,
                    done="user_disabled" if disabled else "user_enabled")
 
 
@@ -180,4 +183,5 @@ async def reset_password(username: str, request: Request, principal: PagePrincip
     def apply(session: Session) -> None:
         set_password(session, _target(username), _two_passwords(fields), now_ms=_now_ms(request))
 
-    return _change(request, principal, "reset_password", _target(username), fields, apply, done="password_reset")
+    return _change(request, principal, "reset_password", _target(username), fields=fields, apply=apply,
+                   done="password_reset")

@@ -274,7 +274,8 @@ def _other_enabled_admins(session: Session, username: str) -> int:
 def _keep_an_admin(session: Session, user: UserRecord, *, acting_username: str | None, losing_admin: bool) -> None:
     if user.username == acting_username and losing_admin:
         raise SelfLockoutError("you cannot disable yourself or take away your own admin role")
-    if losing_admin and user.role == "admin" and not user.disabled and _other_enabled_admins(session, user.username) == 0:
+    last = user.role == "admin" and not user.disabled and _other_enabled_admins(session, user.username) == 0
+    if losing_admin and last:
         raise LastAdminError(f"{user.username} is the last enabled admin; make another admin first")
 
 
