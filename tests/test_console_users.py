@@ -168,6 +168,7 @@ def test_an_admin_creates_a_user_who_can_then_sign_in(world: World) -> None:
     ({"username": "x" * 300}, "must match"),
     ({"username": "ana"}, "already exists"),
     ({"role": "superuser"}, "is not one of"),
+    ({"role": ""}, "is not one of"),
     ({"locale": "fr"}, "is not one of"),
     ({"time_zone": "Mars/Olympus"}, "not an IANA zone"),
     ({"password": "short", "password_again": "short"}, "at least 10 characters"),
