@@ -5,6 +5,7 @@ disable/enable, password reset, the self-lockout and last-admin rules, typed err
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -352,3 +353,39 @@ def test_forged_replayed_and_hostile_requests_are_refused(world: World) -> None:
     assert stored(engine, "wei") is None
     assert stored(engine, "ana").role == "risk_analyst"  # type: ignore[union-attr]
     assert audit(engine, "add_user") == []
+
+
+def test_two_admins_disabling_each_other_at_once_leave_one_on_postgresql(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    migrate(engine)
+    with Session(engine) as session:
+        for name in ("root", "boss"):
+            add_user(session, username=name, display_name=name, role="admin", password=PASSWORD, now_ms=NOW)
+        session.commit()
+    outcome: list[str] = []
+
+    def boss_disables_root() -> None:
+        with Session(engine) as session:
+            try:
+                set_disabled(session, "root", True, now_ms=NOW, acting_username="boss")
+                session.commit()
+                outcome.append("disabled root")
+            except LastAdminError:
+                outcome.append("refused")
+
+    first = Session(engine)
+    try:
+        set_disabled(first, "boss", True, now_ms=NOW, acting_username="root")  # holds the admin rows
+        second = threading.Thread(target=boss_disables_root)
+        second.start()
+        second.join(timeout=2)
+        assert second.is_alive()  # waits for the first change instead of reading around it
+        first.commit()
+    finally:
+        first.close()
+    second.join(timeout=30)
+    assert outcome == ["refused"]
+    with Session(engine) as session:
+        enabled = session.scalars(sa.select(UserRecord.username).where(UserRecord.disabled.is_(False))).all()
+        assert enabled == ["root"]
+    engine.dispose()

@@ -265,17 +265,27 @@ def _end_sessions(session: Session, username: str) -> None:
 
 
 def _other_enabled_admins(session: Session, username: str) -> int:
-    return int(session.scalar(
-        sa.select(sa.func.count()).select_from(UserRecord)
-        .where(UserRecord.role == "admin", UserRecord.disabled.is_(False), UserRecord.username != username)
-    ) or 0)
+    """How many enabled admins besides ``username``, with their rows locked (``FOR UPDATE``).
+
+    The lock makes two admins who disable (or demote) each other at the same moment run one
+    after the other on PostgreSQL, so the second sees the first's change and is refused rather
+    than both succeeding and leaving no admin. SQLite runs one writer at a time anyway.
+    """
+    admins = session.scalars(
+        sa.select(UserRecord.username)
+        .where(UserRecord.role == "admin", UserRecord.disabled.is_(False))
+        .order_by(UserRecord.username)
+        .with_for_update()
+    ).all()
+    return sum(1 for name in admins if name != username)
 
 
 def _keep_an_admin(session: Session, user: UserRecord, *, acting_username: str | None, losing_admin: bool) -> None:
     if user.username == acting_username and losing_admin:
         raise SelfLockoutError("you cannot disable yourself or take away your own admin role")
-    last = user.role == "admin" and not user.disabled and _other_enabled_admins(session, user.username) == 0
-    if losing_admin and last:
+    if not losing_admin or user.role != "admin" or user.disabled:
+        return
+    if _other_enabled_admins(session, user.username) == 0:
         raise LastAdminError(f"{user.username} is the last enabled admin; make another admin first")
 
 
