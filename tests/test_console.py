@@ -356,6 +356,24 @@ def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert authenticate_user(session, "mei", "second password 2") is not None
         assert "scrypt$" in session.scalar(sa.text("SELECT password_hash FROM users"))
     engine.dispose()
+    assert main(["users", "role", "mei", "auditor", "--config", str(config)]) == 0
+    assert main(["users", "disable", "mei", "--config", str(config)]) == 0
+    assert main(["users", "enable", "mei", "--config", str(config)]) == 0
+    assert main(["users", "disable", "ghost", "--config", str(config)]) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("boss password 3\n"))
+    assert main(["users", "add", "boss", "--role", "admin", "--password-stdin", "--config", str(config)]) == 0
+    assert main(["users", "disable", "boss", "--config", str(config)]) == 1  # the last enabled admin
+    assert "last enabled admin" in capsys.readouterr().err
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with Session(engine) as session:
+        rows = session.scalars(sa.select(AuditEntry).where(AuditEntry.subject_type == "user")
+                               .order_by(AuditEntry.id)).all()
+        assert [(r.action, r.subject_id) for r in rows] == [
+            ("add_user", "mei"), ("reset_password", "mei"), ("set_user_role", "mei"), ("disable_user", "mei"),
+            ("enable_user", "mei"), ("add_user", "boss")]
+        assert all(r.actor.startswith("cli:") and r.role == "admin" for r in rows)
+        assert rows[2].detail == {"role": "auditor", "old_role": "collections"}
+    engine.dispose()
 
 
 def test_worklist_pages_run_across_levels_in_order(world: tuple) -> None:

@@ -471,3 +471,42 @@ def test_the_score_card_sort_choices_and_tier_filter(browser: Any, world: World)
     assert "log-odds" not in source
     assert "pts (" not in source
     page.context.close()
+
+
+def test_an_admin_adds_a_user_who_then_signs_in(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, "root")
+    page.click('header nav a[href="/console/users"]')
+    page.wait_for_load_state()
+    assert page.url.endswith("/console/users")
+    assert "(you)" in page.locator('#users tr[data-user="root"]').inner_text()
+    form = page.locator("#add-user-form")
+    form.locator("input[name=username]").fill("wei")
+    form.locator("input[name=display_name]").fill("Wei Collections")
+    form.locator("select[name=role]").select_option("collections")
+    form.locator("input[name=password]").fill(PASSWORD)
+    form.locator("input[name=password_again]").fill(PASSWORD)
+    form.locator("#add-user-button").click()
+    page.wait_for_load_state()
+    assert page.url.endswith("/console/users?done=user_added")
+    assert page.locator("#users-notice").inner_text() == "User added."
+    row = page.locator('#users tr[data-user="wei"]')
+    assert "Wei Collections" in row.inner_text()
+    assert row.locator(".role").inner_text() == "collections"
+    shot(world.shots, page, "users")
+
+    wei = signed_in(browser, world, "wei")
+    assert wei.url.endswith("/console/worklist")
+    assert "Wei Collections" in wei.inner_text("header")
+    assert wei.locator('header nav a[href="/console/users"]').count() == 0
+    assert wei.request.get("/console/users").status == 403
+
+    page.reload()
+    page.locator('#users tr[data-user="wei"] .disable-form button').click()
+    page.wait_for_load_state()
+    assert page.locator('#users tr[data-user="wei"] .user-state').inner_text() == "disabled"
+    wei.reload()
+    assert wei.url.endswith("/console/sign-in")  # the disabled user's session ended
+    actions = [e["action"] for e in world.api.get("/v1/audit", params={"actor": "user:root"}).json()]
+    assert {"add_user", "disable_user"} <= set(actions)
+    wei.context.close()
+    page.context.close()

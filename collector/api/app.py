@@ -61,6 +61,7 @@ OPTIONAL_ROUTER_MODULES: tuple[str, ...] = (
     "collector.api.cases",
     "collector.console.web",
     "collector.console.case_pages",
+    "collector.console.user_pages",
 )
 
 _status = Base.metadata.tables["device_status"]

@@ -1,4 +1,9 @@
-"""``lienwatch collector users add|list|passwd``: named people of the console (docs/people.md).
+"""``lienwatch collector users add|list|passwd|role|disable|enable``: named people of the console (docs/people.md).
+
+Every change is an audit row (actor ``cli:{OS user}``, role ``admin``, subject ``user:{name}``)
+with the same action names as the console's user page: ``add_user``, ``reset_password``,
+``set_user_role``, ``disable_user``, ``enable_user``. The last enabled admin cannot be
+disabled or demoted here either.
 
 Passwords are read from standard input (``--password-stdin``, one line) or asked for on the
 terminal, never taken from the command line (it shows in ``ps`` and shell history).
@@ -16,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from ..clock import wall_clock_ms
 from ..settings import ROLES, Settings
-from ..storage.people import PeopleError, add_user, list_users, set_password
-from .context import open_settings_database
+from ..storage.audit import record_access
+from ..storage.people import PeopleError, add_user, list_users, set_disabled, set_password, set_role
+from .context import cli_actor, open_settings_database
 
 __all__ = ["add_subcommands"]
 
@@ -42,18 +48,31 @@ def _run(args: argparse.Namespace, load: SettingsLoader) -> int:
                 for user in list_users(session):
                     print(json.dumps(user, ensure_ascii=False))
                 return 0
+            detail: dict[str, str] = {}
             try:
                 if args.action == "add":
                     add_user(session, username=args.username, display_name=args.display_name or args.username,
                              role=args.role, password=_read_password(args), now_ms=now, locale=args.locale,
                              time_zone=args.time_zone)
+                    action, detail = "add_user", {"role": args.role}
                     print(f"user {args.username} added ({args.role})")
-                else:
+                elif args.action == "passwd":
                     set_password(session, args.username, _read_password(args), now_ms=now)
+                    action = "reset_password"
                     print(f"password of {args.username} changed; their sessions ended")
+                elif args.action == "role":
+                    old = set_role(session, args.username, args.role, now_ms=now)
+                    action, detail = "set_user_role", {"role": args.role, "old_role": old}
+                    print(f"{args.username} is now {args.role}; their sessions ended")
+                else:
+                    set_disabled(session, args.username, args.action == "disable", now_ms=now)
+                    action = f"{args.action}_user"
+                    print(f"{args.username} {args.action}d")
             except PeopleError as exc:
                 print(f"lienwatch collector: {exc}", file=sys.stderr)
                 return 1
+            record_access(session, actor=cli_actor(), role="admin", action=action, subject_type="user",
+                          subject_id=args.username, time_ms=now, detail=detail)
             session.commit()
         return 0
     finally:
@@ -77,4 +96,9 @@ def add_subcommands(
     passwd = usub.add_parser("passwd", parents=[common], help="set a user's password (ends their sessions)")
     passwd.add_argument("username")
     passwd.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    role = usub.add_parser("role", parents=[common], help="give a user another role (ends their sessions)")
+    role.add_argument("username")
+    role.add_argument("role", choices=ROLES)
+    for name, text in (("disable", "disable a user (ends their sessions)"), ("enable", "enable a disabled user")):
+        usub.add_parser(name, parents=[common], help=text).add_argument("username")
     users.set_defaults(func=lambda args: _run(args, load))

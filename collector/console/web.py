@@ -120,6 +120,7 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "cases": frozenset({"admin", "risk_analyst", "collections"}),  # collector.console.case_pages
     "act_on_case": frozenset({"admin", "collections"}),
     "places": LOCATION_ROLES,
+    "users": frozenset({"admin"}),  # collector.console.user_pages
 }
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -216,7 +217,7 @@ def _render(request: Request, name: str, principal: Principal | None, context: M
     if principal is not None:
         for page, href in (("worklist", "/console/worklist"), ("cases", "/console/cases"),
                            ("alerts", "/console/alerts"), ("places", "/console/places"), ("audit", "/console/audit"),
-                           ("devices", "/console/devices")):
+                           ("devices", "/console/devices"), ("users", "/console/users")):
             if principal.role in PAGE_ROLES[page]:
                 nav.append((t(page), href))
     base = {

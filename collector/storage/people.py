@@ -35,13 +35,16 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ..errors import CollectorError
 from ..roles import ROLES
-from .tables import Base
+from .tables import AuditEntry, Base
 
 __all__ = [
+    "DEFAULT_TIME_ZONE",
     "LOCALES",
     "SESSION_COOKIE",
     "ConsoleSession",
+    "LastAdminError",
     "PeopleError",
+    "SelfLockoutError",
     "SessionRecord",
     "UserRecord",
     "add_user",
@@ -51,10 +54,13 @@ __all__ = [
     "end_session",
     "find_session",
     "hash_password",
+    "last_sign_ins",
     "list_users",
     "open_session",
     "purge_sessions",
+    "set_disabled",
     "set_password",
+    "set_role",
     "update_session_locale",
     "verify_password",
 ]
@@ -71,6 +77,14 @@ MAX_PASSWORD_CHARS = 1024
 
 class PeopleError(CollectorError, ValueError):
     """A user or session operation was refused (bad name, role, locale, zone or password)."""
+
+
+class LastAdminError(PeopleError):
+    """The change would leave no enabled admin (nobody could manage users any more)."""
+
+
+class SelfLockoutError(PeopleError):
+    """An admin tried to disable themselves or take away their own admin role."""
 
 
 class UserRecord(Base):
@@ -232,13 +246,105 @@ def set_password(session: Session, username: str, password: str, *, now_ms: int)
     Raises:
         PeopleError: no such user, or a weak password.
     """
+    user = _existing(session, username)
+    user.password_hash = hash_password(password)
+    user.updated_ms = now_ms
+    _end_sessions(session, username)
+    session.flush()
+
+
+def _existing(session: Session, username: str) -> UserRecord:
     user = session.get(UserRecord, username)
     if user is None:
         raise PeopleError(f"user {username!r:.70} does not exist")
-    user.password_hash = hash_password(password)
-    user.updated_ms = now_ms
+    return user
+
+
+def _end_sessions(session: Session, username: str) -> None:
     session.execute(sa.delete(SessionRecord).where(SessionRecord.username == username))
+
+
+def _other_enabled_admins(session: Session, username: str) -> int:
+    """How many enabled admins besides ``username``, with their rows locked (``FOR UPDATE``).
+
+    The lock makes two admins who disable (or demote) each other at the same moment run one
+    after the other on PostgreSQL, so the second sees the first's change and is refused rather
+    than both succeeding and leaving no admin. SQLite runs one writer at a time anyway.
+    """
+    admins = session.scalars(
+        sa.select(UserRecord.username)
+        .where(UserRecord.role == "admin", UserRecord.disabled.is_(False))
+        .order_by(UserRecord.username)
+        .with_for_update()
+    ).all()
+    return sum(1 for name in admins if name != username)
+
+
+def _keep_an_admin(session: Session, user: UserRecord, *, acting_username: str | None, losing_admin: bool) -> None:
+    if user.username == acting_username and losing_admin:
+        raise SelfLockoutError("you cannot disable yourself or take away your own admin role")
+    if not losing_admin or user.role != "admin" or user.disabled:
+        return
+    if _other_enabled_admins(session, user.username) == 0:
+        raise LastAdminError(f"{user.username} is the last enabled admin; make another admin first")
+
+
+def set_role(session: Session, username: str, role: str, *, now_ms: int, acting_username: str | None = None) -> str:
+    """Give a user another role and end their sessions (a session carries the role it began with).
+
+    Returns the previous role (the same role again changes nothing and keeps the sessions).
+
+    Raises:
+        PeopleError: no such user or an unknown role; :class:`SelfLockoutError` when
+            ``acting_username`` demotes themselves; :class:`LastAdminError` when the last
+            enabled admin would lose the role.
+    """
+    if role not in ROLES:
+        raise PeopleError(f"role {role!r:.40} is not one of {', '.join(ROLES)}")
+    user = _existing(session, username)
+    old = user.role
+    if old == role:
+        return old
+    _keep_an_admin(session, user, acting_username=acting_username, losing_admin=old == "admin")
+    user.role = role
+    user.updated_ms = now_ms
+    _end_sessions(session, username)
     session.flush()
+    return old
+
+
+def set_disabled(
+    session: Session, username: str, disabled: bool, *, now_ms: int, acting_username: str | None = None
+) -> bool:
+    """Disable (ending every session) or enable a user; returns the previous state.
+
+    Raises:
+        PeopleError: no such user; :class:`SelfLockoutError` when ``acting_username``
+            disables themselves; :class:`LastAdminError` for the last enabled admin.
+    """
+    user = _existing(session, username)
+    old = user.disabled
+    if disabled and not old:
+        _keep_an_admin(session, user, acting_username=acting_username, losing_admin=True)
+    user.disabled = disabled
+    user.updated_ms = now_ms
+    if disabled:
+        _end_sessions(session, username)
+    session.flush()
+    return old
+
+
+def last_sign_ins(session: Session, usernames: list[str]) -> dict[str, int]:
+    """The time of each user's last successful sign-in, from the audit log (``sign_in`` rows)."""
+    if not usernames:
+        return {}
+    rows = session.execute(
+        sa.select(AuditEntry.subject_id, sa.func.max(AuditEntry.time_ms))
+        .where(AuditEntry.subject_type == "console", AuditEntry.action == "sign_in",
+               AuditEntry.subject_id.in_(usernames))
+        .group_by(AuditEntry.subject_id)
+    )
+    return {name: int(time_ms) for name, time_ms in rows}
 
 
 def list_users(session: Session) -> list[dict[str, Any]]:
