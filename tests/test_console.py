@@ -221,7 +221,8 @@ def test_loan_page_reason_sentence_in_both_languages(world: tuple) -> None:
 def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tuple) -> None:
     client, engine, _ = world
     user(client, "ana")
-    page = client.get("/console/loans/L-1002", params={"from": "2026-11-28T13:00", "to": "2026-11-28T17:40"}).text
+    page = client.get("/console/loans/L-1002", params={"from": "2026-11-28T13:00", "to": "2026-11-28T17:40",
+                                                        "reason": "dwell check"}).text
     market = re.search(r'<circle class="market-area" cx="([\d.]+)" cy="([\d.]+)" r="([\d.]+)"', page)
     stops = re.findall(r'<circle class="stop" cx="([\d.]+)" cy="([\d.]+)" r="7" data-duration-s="(\d+)"', page)
     assert market is not None
@@ -231,17 +232,19 @@ def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tup
     assert ((sx - mx) ** 2 + (sy - my) ** 2) ** 0.5 < r
     assert duration >= 7000
     assert 'class="scale-bar"' in page
-    geo = client.get("/console/loans/L-1002/track.geojson", params={"from": "2026-11-28T05:00:00Z"}).json()
+    why = {"reason": "dwell check"}
+    geo = client.get("/console/loans/L-1002/track.geojson", params={"from": "2026-11-28T05:00:00Z"} | why).json()
     kinds = [f["properties"]["kind"] for f in geo["features"]]
     assert kinds[0] == "track"
     assert "stop" in kinds
     assert geo["features"][0]["geometry"]["coordinates"][-1] == [pytest.approx(MARKET[1], abs=1e-3),
                                                                  pytest.approx(MARKET[0], abs=1e-3)]
-    gpx = client.get("/console/loans/L-1002/track.gpx", params={"from": "2026-11-28T05:00:00Z"}).text
+    gpx = client.get("/console/loans/L-1002/track.gpx", params={"from": "2026-11-28T05:00:00Z"} | why).text
     assert gpx.count("<trkpt ") == 150
     with Session(engine) as session:
         actions = {e.action for e in session.scalars(sa.select(AuditEntry).where(AuditEntry.subject_id == "L-1002"))}
     assert {"view_loan", "view_track", "export_track_geojson", "export_track_gpx"} <= actions
+    assert client.get("/console/loans/L-1002/track.geojson").status_code == 422  # no reason
 
 
 def test_collections_see_no_map_no_coordinates_and_no_place_names(world: tuple) -> None:
@@ -439,7 +442,7 @@ def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_pa
     app = create_app(settings, engine=engine, routers=[console_router], clock_ms=lambda: NOW)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         user(client, "ana")
-        page = client.get("/console/loans/L-1002")
+        page = client.get("/console/loans/L-1002", params={"reason": "tile check"})
         assert '<image class="tile" href="https://tiles.invalid/' in page.text
         assert "img-src 'self' data: https://tiles.invalid;" in page.headers["content-security-policy"]
     engine.dispose()
