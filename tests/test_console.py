@@ -700,7 +700,8 @@ def test_analyst_sees_the_track_only_after_giving_a_reason_which_the_audit_row_k
 
 def _no_coordinates(response: Any) -> None:
     assert not COORDINATE.search(response.text), response.request.url
-    assert '"lat"' not in response.text and "<trkpt" not in response.text
+    assert '"lat"' not in response.text
+    assert "<trkpt" not in response.text
 
 
 def test_collections_see_the_track_only_under_an_approved_grant(world: tuple) -> None:

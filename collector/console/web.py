@@ -595,6 +595,50 @@ def _region_circles(rows: list[dict[str, Any]]) -> list[MapMarket]:
     return out
 
 
+def _track_view(session: Session, request: Request, principal: Principal, loan: LoanRecord, *, access: LocationAccess,
+                alert_rows: list[dict[str, Any]], window: tuple[int, int], zone_name: str) -> dict[str, Any]:
+    """The loan page's track card for an authorised read (the read is audited with its access basis)."""
+    since, until = window
+    loan_id = loan.loan_id
+    points, truncated = _track_points(session, loan.device_id, since, until)
+    stops = find_stops(points)
+    in_window = [a for a in alert_rows if since <= a["time_ms"] <= until]
+    stop_labels = [catalog.duration_text(s.duration_s, principal.locale) for s in stops]
+    svg = render_track_svg(
+        points, markets=[*market_circles(session), *_region_circles(alert_rows)],
+        alerts=_alert_positions(in_window), stops=stops, stop_labels=stop_labels, title=f"track {loan_id}",
+        tiles=_tile_layer(_console_settings(request)),
+    )
+    query = {"from": iso_utc(since), "to": iso_utc(until)}
+    if access.basis == "role":
+        query["reason"] = access.reason
+    exports = urlencode(query)
+    _audit(session, request, principal, "view_track", "loan", subject_id=loan_id, from_ms=since, to_ms=until,
+           points=len(points), **access.audit_detail())
+    return {
+        "svg": svg,
+        "points": len(points),
+        "truncated": truncated,
+        "stops": [{"start": format_time(s.start_ms, zone_name), "end": format_time(s.end_ms, zone_name),
+                   "duration": label} for s, label in zip(stops, stop_labels, strict=True)],
+        "geojson_url": f"/console/loans/{loan_id}/track.geojson?{exports}",
+        "gpx_url": f"/console/loans/{loan_id}/track.gpx?{exports}",
+        "basis": access.basis,
+        "grant_id": access.grant_id,
+        "reason": access.reason,
+    }
+
+
+def _payment_views(payments: list[RepaymentRecord], zone_name: str) -> dict[str, Any]:
+    """The payment list (reversed payments marked) and its total without the reversed ones."""
+    rows = [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(), "amount": format_cents(p.amount_cents),
+             "reversed": p.reversed_ms is not None, "reversal_id": p.reversal_id,
+             "reversed_at": format_time(p.reversed_ms, zone_name) if p.reversed_ms is not None else ""}
+            for p in payments]
+    return {"payments": rows,
+            "payments_total": format_cents(sum(p.amount_cents for p in payments if p.reversed_ms is None))}
+
+
 @router.get("/loans/{loan_id}", response_model=None)
 def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
     """A loan's story: level, next step, reasons, schedule, payments, timeline, alerts, device, track."""
@@ -623,36 +667,9 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
         )
         since, until = _track_window(request, zone_name, now)
         access, refusal = _page_location_access(session, request, principal, loan_id, now)
-        track: dict[str, Any] | None = None
-        if access is not None:
-            points, truncated = _track_points(session, loan.device_id, since, until)
-            stops = find_stops(points)
-            in_window = [a for a in alert_rows if since <= a["time_ms"] <= until]
-            locale = principal.locale
-            stop_labels = [catalog.duration_text(s.duration_s, locale) for s in stops]
-            svg = render_track_svg(
-                points, markets=[*market_circles(session), *_region_circles(alert_rows)],
-                alerts=_alert_positions(in_window), stops=stops, stop_labels=stop_labels, title=f"track {loan_id}",
-                tiles=_tile_layer(_console_settings(request)),
-            )
-            query = {"from": iso_utc(since), "to": iso_utc(until)}
-            if access.basis == "role":
-                query["reason"] = access.reason
-            window = urlencode(query)
-            track = {
-                "svg": svg,
-                "points": len(points),
-                "truncated": truncated,
-                "stops": [{"start": format_time(s.start_ms, zone_name), "end": format_time(s.end_ms, zone_name),
-                           "duration": label} for s, label in zip(stops, stop_labels, strict=True)],
-                "geojson_url": f"/console/loans/{loan_id}/track.geojson?{window}",
-                "gpx_url": f"/console/loans/{loan_id}/track.gpx?{window}",
-                "basis": access.basis,
-                "grant_id": access.grant_id,
-                "reason": access.reason,
-            }
-            _audit(session, request, principal, "view_track", "loan", subject_id=loan_id, from_ms=since, to_ms=until,
-                   points=len(points), **access.audit_detail())
+        track = None if access is None else _track_view(
+            session, request, principal, loan, access=access, alert_rows=alert_rows, window=(since, until),
+            zone_name=zone_name)
         location = _location_panel(session, principal, loan_id, now, track=track, refusal=refusal)
         location |= {"from_value": local_input_value(since, zone_name), "to_value": local_input_value(until, zone_name)}
         located = access is not None
@@ -673,12 +690,7 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "reasons": _reason_views(state, principal, zone_name, show_places=show_places, located=located),
             "score": _score_view(state) if _may_see_scores(principal) else None,
             "facts": facts.as_dict(with_installments=True),
-            "payments": [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(),
-                          "amount": format_cents(p.amount_cents), "reversed": p.reversed_ms is not None,
-                          "reversal_id": p.reversal_id,
-                          "reversed_at": format_time(p.reversed_ms, zone_name) if p.reversed_ms is not None else ""}
-                         for p in payments],
-            "payments_total": format_cents(sum(p.amount_cents for p in payments if p.reversed_ms is None)),
+            **_payment_views(payments, zone_name),
             "events": [{"time": format_time(e.time_ms, zone_name), "old": e.old_level, "new": e.new_level,
                         "next_step": e.next_step, "codes": [x.get("code") for x in e.reasons]} for e in events],
             "alerts": [{**_shown_alert(a, principal), "time": format_time(a["time_ms"], zone_name),
