@@ -13,12 +13,17 @@ the API's ``require_role`` accept the session (so the worklist's
 on every write there too. Console writes (sign-out, language, reassess) are HTML forms that
 carry the token in a hidden field; a write without it is refused with 403.
 
-What each role sees: ``admin`` everything; ``risk_analyst`` worklist, loans with the track
-map, alerts with evidence, exports; ``collections`` worklist, loans and alerts **without**
-map, coordinates or place names (evidence keys that reveal a location are left out of the
-page); ``auditor`` the audit log. Every page that shows personal or location data writes an
-audit row like the API (``view_worklist``, ``view_loan``, ``view_track``, ``view_alerts``,
-``export_*``), committed before the page is sent.
+What each role sees: ``admin`` everything; ``risk_analyst`` worklist, loans, alerts with
+evidence, exports; ``collections`` worklist, loans and alerts **without** coordinates or place
+names (evidence keys that reveal a location are left out of the page); ``auditor`` the audit
+log. The loan page's track map and its GeoJSON/GPX exports follow the API's rule through the
+same function (:func:`collector.api.loans.authorize_location`, over
+:func:`collector.loans.access.authorize_location_read`): analysts and admins give a reason
+first (a form; until then the page holds no coordinates), collections need an approved grant
+or an emergency access of their own (else the page offers the request form). Every page that
+shows personal or location data writes an audit row like the API (``view_worklist``,
+``view_loan``, ``view_track``, ``view_alerts``, ``export_*``; track reads with
+``access_basis``, ``grant_id``, ``access_reason``), committed before the page is sent.
 """
 
 from __future__ import annotations
