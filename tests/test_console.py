@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -34,6 +35,7 @@ from collector.storage.tables import (
     LoanDeviceRecord,
     LoanRecord,
     PlaceRecord,
+    RepaymentRecord,
 )
 from tests.child_processes import ChildProcesses
 
@@ -221,7 +223,8 @@ def test_loan_page_reason_sentence_in_both_languages(world: tuple) -> None:
 def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tuple) -> None:
     client, engine, _ = world
     user(client, "ana")
-    page = client.get("/console/loans/L-1002", params={"from": "2026-11-28T13:00", "to": "2026-11-28T17:40"}).text
+    page = client.get("/console/loans/L-1002", params={"from": "2026-11-28T13:00", "to": "2026-11-28T17:40",
+                                                        "reason": "dwell check"}).text
     market = re.search(r'<circle class="market-area" cx="([\d.]+)" cy="([\d.]+)" r="([\d.]+)"', page)
     stops = re.findall(r'<circle class="stop" cx="([\d.]+)" cy="([\d.]+)" r="7" data-duration-s="(\d+)"', page)
     assert market is not None
@@ -231,17 +234,19 @@ def test_track_map_draws_the_stop_inside_the_market_and_exports_parse(world: tup
     assert ((sx - mx) ** 2 + (sy - my) ** 2) ** 0.5 < r
     assert duration >= 7000
     assert 'class="scale-bar"' in page
-    geo = client.get("/console/loans/L-1002/track.geojson", params={"from": "2026-11-28T05:00:00Z"}).json()
+    why = {"reason": "dwell check"}
+    geo = client.get("/console/loans/L-1002/track.geojson", params={"from": "2026-11-28T05:00:00Z"} | why).json()
     kinds = [f["properties"]["kind"] for f in geo["features"]]
     assert kinds[0] == "track"
     assert "stop" in kinds
     assert geo["features"][0]["geometry"]["coordinates"][-1] == [pytest.approx(MARKET[1], abs=1e-3),
                                                                  pytest.approx(MARKET[0], abs=1e-3)]
-    gpx = client.get("/console/loans/L-1002/track.gpx", params={"from": "2026-11-28T05:00:00Z"}).text
+    gpx = client.get("/console/loans/L-1002/track.gpx", params={"from": "2026-11-28T05:00:00Z"} | why).text
     assert gpx.count("<trkpt ") == 150
     with Session(engine) as session:
         actions = {e.action for e in session.scalars(sa.select(AuditEntry).where(AuditEntry.subject_id == "L-1002"))}
     assert {"view_loan", "view_track", "export_track_geojson", "export_track_gpx"} <= actions
+    assert client.get("/console/loans/L-1002/track.geojson").status_code == 422  # no reason
 
 
 def test_collections_see_no_map_no_coordinates_and_no_place_names(world: tuple) -> None:
@@ -457,7 +462,7 @@ def test_a_configured_tile_server_is_drawn_and_allowed_by_the_page_policy(tmp_pa
     app = create_app(settings, engine=engine, routers=[console_router], clock_ms=lambda: NOW)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         user(client, "ana")
-        page = client.get("/console/loans/L-1002")
+        page = client.get("/console/loans/L-1002", params={"reason": "tile check"})
         assert '<image class="tile" href="https://tiles.invalid/' in page.text
         assert "img-src 'self' data: https://tiles.invalid;" in page.headers["content-security-policy"]
     engine.dispose()
@@ -661,3 +666,169 @@ def test_worklist_region_filter(world: tuple) -> None:
     exported_csv = client.get("/console/worklist.csv", params={"region": "Shanghai"}).text
     exported = list(csv.DictReader(io.StringIO(exported_csv)))
     assert {r["region"] for r in exported} == {"Shanghai"}
+
+
+COORDINATE = re.compile(r"\b(31|121)\.\d{3,}")  # a latitude/longitude of the drive or the market
+
+
+def _audit_rows(engine: sa.Engine, action: str, loan_id: str = "L-1002") -> list[AuditEntry]:
+    with Session(engine) as session:
+        return list(session.scalars(sa.select(AuditEntry).where(AuditEntry.action == action,
+                                                                AuditEntry.subject_id == loan_id)
+                                    .order_by(AuditEntry.id)))
+
+
+def test_analyst_sees_the_track_only_after_giving_a_reason_which_the_audit_row_keeps(world: tuple) -> None:
+    client, engine, _ = world
+    user(client, "ana")
+    window = {"from": "2026-11-28T13:00", "to": "2026-11-28T17:40"}
+    asked = client.get("/console/loans/L-1002", params=window).text
+    assert 'id="track-reason-form"' in asked
+    assert "<svg" not in asked
+    assert not COORDINATE.search(asked)  # neither the map nor the alert's evidence coordinates
+    assert "Jiading used-car market" in asked  # the reason sentence still names the market
+    assert _audit_rows(engine, "view_track") == []
+    assert client.get("/console/loans/L-1002/track.geojson", params=window).status_code == 422
+    blank = client.get("/console/loans/L-1002", params=window | {"reason": "  "}).text
+    assert 'id="track-refusal"' in blank
+    assert "<svg" not in blank
+    assert not COORDINATE.search(blank)
+    denied = _audit_rows(engine, "location_access_denied")
+    assert len(denied) == 2
+    assert all(e.actor == "user:ana" and e.detail["scope"] == "track" for e in denied)
+
+    shown = client.get("/console/loans/L-1002", params=window | {"reason": "recovery visit planned"}).text
+    assert 'class="track-map"' in shown
+    assert COORDINATE.search(shown)  # the evidence coordinates come with the authorised read
+    assert 'data-basis="role"' in shown
+    geojson_url = re.search(r'href="(/console/loans/L-1002/track\.geojson\?[^"]+)"', shown)
+    assert geojson_url is not None
+    assert "reason=recovery+visit+planned" in geojson_url.group(1)
+    exported = client.get(geojson_url.group(1).replace("&amp;", "&"))
+    assert exported.status_code == 200
+    assert exported.json()["features"][0]["properties"]["kind"] == "track"
+    (view,) = _audit_rows(engine, "view_track")
+    assert view.actor == "user:ana"
+    assert view.detail["access_basis"] == "role"
+    assert view.detail["grant_id"] is None
+    assert view.detail["access_reason"] == "recovery visit planned"
+    (export,) = _audit_rows(engine, "export_track_geojson")
+    assert export.detail["access_reason"] == "recovery visit planned"
+
+
+def _no_coordinates(response: Any) -> None:
+    assert not COORDINATE.search(response.text), response.request.url
+    assert '"lat"' not in response.text
+    assert "<trkpt" not in response.text
+
+
+def test_collections_see_the_track_only_under_an_approved_grant(world: tuple) -> None:
+    from collector.loans.access import decide_access
+
+    client, engine, clock = world
+    csrf = user(client, "cole")
+    page = client.get("/console/loans/L-1002")
+    assert 'id="track-grant-needed"' in page.text
+    assert 'id="access-request-form"' in page.text
+    assert 'id="emergency-form"' not in page.text  # no theft signature open
+    assert "<svg" not in page.text
+    _no_coordinates(page)
+    for kind in ("geojson", "gpx"):
+        refused = client.get(f"/console/loans/L-1002/track.{kind}", params={"reason": "I say so"})
+        assert refused.status_code == 403
+        _no_coordinates(refused)
+    assert len(_audit_rows(engine, "location_access_denied")) == 2
+    assert _audit_rows(engine, "view_track") == []
+
+    assert client.post("/console/loans/L-1002/access-request",
+                       data={"reason": "visit booked", "minutes": "60"}).status_code == 403  # no CSRF token
+    bad = client.post("/console/loans/L-1002/access-request",
+                      data={"csrf_token": csrf, "reason": "visit booked", "minutes": "5"}, follow_redirects=False)
+    assert bad.status_code == 422
+    assert _audit_rows(engine, "access_request_refused")[0].detail["error"].startswith("duration")
+    for minutes in ("", "abc", "1" * 40, "６０"):
+        assert client.post("/console/loans/L-1002/access-request", follow_redirects=False,
+                           data={"csrf_token": csrf, "reason": "visit", "minutes": minutes}).status_code == 422
+    filed = client.post("/console/loans/L-1002/access-request",
+                        data={"csrf_token": csrf, "reason": "visit booked", "minutes": "60"}, follow_redirects=False)
+    assert filed.status_code == 303
+    (request_row,) = _audit_rows(engine, "request_location_access")
+    grant_id = request_row.detail["grant_id"]
+    pending = client.get("/console/loans/L-1002")
+    assert f'data-request="{grant_id}"' in pending.text
+    assert "<svg" not in pending.text
+    _no_coordinates(pending)
+
+    with Session(engine) as session:
+        decide_access(session, grant_id, actor="user:ana", role="risk_analyst", approve=True, note=None,
+                      now_ms=clock.now)
+        session.commit()
+    shown = client.get("/console/loans/L-1002", params={"from": "2026-11-28T13:00", "to": "2026-11-28T17:40"})
+    assert 'class="track-map"' in shown.text
+    assert 'data-basis="grant"' in shown.text
+    reasons = re.search(r'<section class="card" id="reasons">.*?</section>', shown.text, flags=re.S)
+    assert reasons is not None
+    assert "Jiading" not in reasons.group(0)  # the map shows the market; reasons stay redacted for collections
+    geo = client.get("/console/loans/L-1002/track.geojson", params={"from": "2026-11-28T05:00:00Z"})
+    assert geo.status_code == 200
+    assert len(geo.json()["features"][0]["geometry"]["coordinates"]) == 150
+    (view,) = _audit_rows(engine, "view_track")
+    assert (view.actor, view.detail["access_basis"], view.detail["grant_id"]) == ("user:cole", "grant", grant_id)
+    assert view.detail["access_reason"] == "visit booked"
+    assert _audit_rows(engine, "export_track_geojson")[0].detail["grant_id"] == grant_id
+
+    clock.now += 61 * MIN  # the grant has run out (and the idle session: sign in again)
+    client.cookies.clear()
+    user(client, "cole")
+    expired = client.get("/console/loans/L-1002")
+    assert 'id="track-grant-needed"' in expired.text
+    assert "<svg" not in expired.text
+    _no_coordinates(expired)
+    assert client.get("/console/loans/L-1002/track.geojson").status_code == 403
+
+
+def test_collections_take_the_emergency_access_while_a_theft_signature_is_open(world: tuple) -> None:
+    client, engine, clock = world
+    csrf = user(client, "cole")
+    refused = client.post("/console/loans/L-1002/emergency-access", data={"csrf_token": csrf, "reason": "towed?"},
+                          follow_redirects=False)
+    assert refused.status_code == 403  # no theft signature
+    assert _audit_rows(engine, "emergency_access_refused")
+    with Session(engine) as session:
+        batch_id = session.scalar(sa.select(BatchRecord.id))
+        session.add(AlertRecord(batch_id=batch_id, device_id="tbox-0002", rule="power_cut", severity=3, state=0,
+                                time_ms=clock.now - MIN, episode="cut-1", evidence={"volts": 0.0}))
+        session.commit()
+    assert 'id="emergency-form"' in client.get("/console/loans/L-1002").text
+    taken = client.post("/console/loans/L-1002/emergency-access",
+                        data={"csrf_token": csrf, "reason": "power cut, car moving"}, follow_redirects=False)
+    assert taken.status_code == 303
+    page = client.get("/console/loans/L-1002")
+    assert 'class="track-map"' in page.text
+    assert 'data-basis="emergency"' in page.text
+    (view,) = _audit_rows(engine, "view_track")
+    assert view.detail["access_basis"] == "emergency"
+    assert view.detail["access_reason"].startswith("power cut, car moving [emergency: power_cut]")
+    assert client.post("/console/loans/L-1002/emergency-access", data={"csrf_token": csrf, "reason": "x"},
+                       follow_redirects=False).status_code == 303
+    client.cookies.clear()
+    analyst_csrf = user(client, "ana")
+    assert client.post("/console/loans/L-1002/access-request", follow_redirects=False,
+                       data={"csrf_token": analyst_csrf, "reason": "r", "minutes": "60"}).status_code == 403
+
+
+def test_reversed_payments_are_marked_and_left_out_of_the_total(world: tuple) -> None:
+    client, engine, _ = world
+    with Session(engine) as session:
+        payment = session.scalar(sa.select(RepaymentRecord).where(RepaymentRecord.payment_id == "P1002-202608"))
+        assert payment is not None
+        payment.reversal_id, payment.reversed_ms = "R-bounce-1", NOW - MIN
+        session.commit()
+    user(client, "cole")
+    page = client.get("/console/loans/L-1002").text
+    rows = dict(re.findall(r'<tr data-payment="([^"]+)"([^>]*)>', page))
+    assert rows["P1002-202608"] == ' class="reversed" data-reversed="R-bounce-1"'
+    assert rows["P1002-202606"] == rows["P1002-202607"] == ""
+    assert '<span class="badge reversed">reversed</span> R-bounce-1' in page
+    assert '<td class="num" id="payments-total">¥7000.00</td>' in page
+    assert "<dt>Paid</dt><dd>¥7000.00</dd>" in page  # the facts agree

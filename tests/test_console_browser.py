@@ -322,6 +322,12 @@ def _iso_ago(*, days: int = 0, hours: int = 0) -> str:
 def test_the_tracks_dwell_cluster_is_inside_the_market_circle(browser: Any, world: World) -> None:
     page = signed_in(browser, world, "ana")
     page.goto("/console/loans/L-1002")  # default: the last 24 hours, all of it parked
+    assert page.locator("svg.track-map").count() == 0  # no map before a reason is given
+    assert not re.search(r"\b(31|121)\.\d{3,}", page.content())
+    page.fill("#track-reason-form input[name=reason]", "dwell at the market: check before the visit")
+    page.click("#show-track")
+    page.wait_for_load_state()
+    assert page.locator("#track-basis").get_attribute("data-basis") == "role"
     geometry = page.evaluate("""() => {
         const m = document.querySelector('svg.track-map circle.market-area');
         const stops = [...document.querySelectorAll('svg.track-map circle.stop')];
@@ -336,7 +342,8 @@ def test_the_tracks_dwell_cluster_is_inside_the_market_circle(browser: Any, worl
     assert longest[2] >= 20 * 3600
     assert ((longest[0] - mx) ** 2 + (longest[1] - my) ** 2) ** 0.5 < r
     assert page.locator("svg.track-map .scale-bar").count() == 1
-    page.goto("/console/loans/L-1002?from=" + _iso_ago(days=3, hours=3) + "&to=" + _iso_ago(days=2, hours=20))
+    page.goto("/console/loans/L-1002?from=" + _iso_ago(days=3, hours=3) + "&to=" + _iso_ago(days=2, hours=20)
+              + "&reason=dwell+at+the+market")
     shot(world.shots, page.locator("#track"), "track")  # the drive in and the start of the stay
     page.context.close()
 
@@ -351,8 +358,27 @@ def test_collections_see_no_map_no_coordinates_no_place_names(browser: Any, worl
         assert "jiading" not in source.lower(), path
     page.goto("/console/loans/L-1002")
     assert "parked near a used-car market for" in page.locator("#reasons").inner_text()
+    assert page.locator("#track-grant-needed").count() == 1
     shot(world.shots, page, "loan-collections")
-    assert page.request.get("/console/loans/L-1002/track.geojson").status == 403
+    refused = page.request.get("/console/loans/L-1002/track.geojson")
+    assert refused.status == 403
+    assert not re.search(r"\b(31|121)\.\d{3,}", refused.text())
+    # cole asks, an admin approves (through the API), and the map is there
+    page.fill("#access-request-form input[name=reason]", "visit booked for tomorrow")
+    page.fill("#access-request-form input[name=minutes]", "60")
+    page.click("#request-access")
+    page.wait_for_load_state()
+    request_id = page.locator("#pending-requests li").first.get_attribute("data-request")
+    assert page.locator("svg.track-map").count() == 0
+    approved = world.api.post(f"/v1/access-requests/{request_id}/approve", json={"note": "ok"})
+    assert approved.status_code == 200, approved.text
+    page.reload()
+    assert page.locator("#track-basis").get_attribute("data-basis") == "grant"
+    assert page.locator("svg.track-map polyline.track").count() == 1
+    reads = [r for r in world.api.get("/v1/audit", params={"actor": "user:cole"}).json() if r["action"] == "view_track"]
+    assert reads[0]["detail"]["access_basis"] == "grant"
+    assert reads[0]["detail"]["grant_id"] == int(request_id or 0)
+    assert reads[0]["detail"]["access_reason"] == "visit booked for tomorrow"
     page.context.close()
 
 
@@ -410,7 +436,8 @@ def test_csv_and_geojson_exports_parse(browser: Any, world: World) -> None:
     alerts = list(csv.DictReader(io.StringIO(page.request.get("/console/alerts.csv").text())))
     assert "stationary_near_market" in {a["rule"] for a in alerts}
     assert all(json.loads(a["evidence"]) is not None for a in alerts)
-    geo = json.loads(page.request.get("/console/loans/L-1002/track.geojson").text())
+    assert page.request.get("/console/loans/L-1002/track.geojson").status == 422  # no reason
+    geo = json.loads(page.request.get("/console/loans/L-1002/track.geojson?reason=export+check").text())
     track = next(f for f in geo["features"] if f["properties"]["kind"] == "track")
     assert len(track["geometry"]["coordinates"]) > 1000
     assert any(f["properties"]["kind"] == "stop" for f in geo["features"])

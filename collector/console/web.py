@@ -13,17 +13,23 @@ the API's ``require_role`` accept the session (so the worklist's
 on every write there too. Console writes (sign-out, language, reassess) are HTML forms that
 carry the token in a hidden field; a write without it is refused with 403.
 
-What each role sees: ``admin`` everything; ``risk_analyst`` worklist, loans with the track
-map, alerts with evidence, exports; ``collections`` worklist, loans and alerts **without**
-map, coordinates or place names (evidence keys that reveal a location are left out of the
-page); ``auditor`` the audit log. Every page that shows personal or location data writes an
-audit row like the API (``view_worklist``, ``view_loan``, ``view_track``, ``view_alerts``,
-``export_*``), committed before the page is sent.
+What each role sees: ``admin`` everything; ``risk_analyst`` worklist, loans, alerts with
+evidence, exports; ``collections`` worklist, loans and alerts **without** coordinates or place
+names (evidence keys that reveal a location are left out of the page); ``auditor`` the audit
+log. The loan page's track map and its GeoJSON/GPX exports follow the API's rule through the
+same function (:func:`collector.api.loans.authorize_location`, over
+:func:`collector.loans.access.authorize_location_read`): analysts and admins give a reason
+first (a form; until then the page holds no coordinates), collections need an approved grant
+or an emergency access of their own (else the page offers the request form). Every page that
+shows personal or location data writes an audit row like the API (``view_worklist``,
+``view_loan``, ``view_track``, ``view_alerts``, ``export_*``; track reads with
+``access_basis``, ``grant_id``, ``access_reason``), committed before the page is sent.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,8 +49,20 @@ from protocol.places import PlaceType
 
 from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
+from ..api.loans import authorize_location
 from ..clock import ClockMs, utc_date
-from ..jobs.redaction import reasons_for_collections
+from ..jobs.redaction import reasons_for_collections, redact_coordinates
+from ..loans.access import (
+    GRANTEE_ROLES,
+    AccessDeniedError,
+    AccessError,
+    LocationAccess,
+    authorize_location_read,
+    list_access_requests,
+    request_access,
+    request_emergency_access,
+    theft_signatures,
+)
 from ..loans.queries import (
     LEVELS,
     NEXT_STEPS,
@@ -64,7 +82,7 @@ from ..loans.queries import (
     worklist_export_rows,
 )
 from ..loans.store import vehicle_condition
-from ..risk.assessment import loan_facts, reassess_loan_as_configured
+from ..risk.assessment import LoanNotFoundError, loan_facts, reassess_loan_as_configured
 from ..risk.repayments import format_cents
 from ..settings import ConsoleSettings, Settings
 from ..storage.audit import query_audit_log, record_access
@@ -113,7 +131,8 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "worklist": frozenset({"admin", "risk_analyst", "collections"}),
     "alerts": frozenset({"admin", "risk_analyst", "collections"}),
     "loan": frozenset({"admin", "risk_analyst", "collections"}),
-    "track": LOCATION_ROLES,
+    "track": frozenset({"admin", "risk_analyst", "collections"}),  # under collector.loans.access
+    "request_access": frozenset(GRANTEE_ROLES),
     "assess": LOCATION_ROLES,
     "audit": frozenset({"admin", "auditor"}),
     "devices": frozenset({"admin"}),
@@ -582,6 +601,50 @@ def _region_circles(rows: list[dict[str, Any]]) -> list[MapMarket]:
     return out
 
 
+def _track_view(session: Session, request: Request, principal: Principal, loan: LoanRecord, *, access: LocationAccess,
+                alert_rows: list[dict[str, Any]], window: tuple[int, int], zone_name: str) -> dict[str, Any]:
+    """The loan page's track card for an authorised read (the read is audited with its access basis)."""
+    since, until = window
+    loan_id = loan.loan_id
+    points, truncated = _track_points(session, loan.device_id, since, until)
+    stops = find_stops(points)
+    in_window = [a for a in alert_rows if since <= a["time_ms"] <= until]
+    stop_labels = [catalog.duration_text(s.duration_s, principal.locale) for s in stops]
+    svg = render_track_svg(
+        points, markets=[*market_circles(session), *_region_circles(alert_rows)],
+        alerts=_alert_positions(in_window), stops=stops, stop_labels=stop_labels, title=f"track {loan_id}",
+        tiles=_tile_layer(_console_settings(request)),
+    )
+    query = {"from": iso_utc(since), "to": iso_utc(until)}
+    if access.basis == "role":
+        query["reason"] = access.reason
+    exports = urlencode(query)
+    _audit(session, request, principal, "view_track", "loan", subject_id=loan_id, from_ms=since, to_ms=until,
+           points=len(points), **access.audit_detail())
+    return {
+        "svg": svg,
+        "points": len(points),
+        "truncated": truncated,
+        "stops": [{"start": format_time(s.start_ms, zone_name), "end": format_time(s.end_ms, zone_name),
+                   "duration": label} for s, label in zip(stops, stop_labels, strict=True)],
+        "geojson_url": f"/console/loans/{loan_id}/track.geojson?{exports}",
+        "gpx_url": f"/console/loans/{loan_id}/track.gpx?{exports}",
+        "basis": access.basis,
+        "grant_id": access.grant_id,
+        "reason": access.reason,
+    }
+
+
+def _payment_views(payments: list[RepaymentRecord], zone_name: str) -> dict[str, Any]:
+    """The payment list (reversed payments marked) and its total without the reversed ones."""
+    rows = [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(), "amount": format_cents(p.amount_cents),
+             "reversed": p.reversed_ms is not None, "reversal_id": p.reversal_id,
+             "reversed_at": format_time(p.reversed_ms, zone_name) if p.reversed_ms is not None else ""}
+            for p in payments]
+    return {"payments": rows,
+            "payments_total": format_cents(sum(p.amount_cents for p in payments if p.reversed_ms is None))}
+
+
 @router.get("/loans/{loan_id}", response_model=None)
 def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
     """A loan's story: level, next step, reasons, schedule, payments, timeline, alerts, device, track."""
@@ -608,33 +671,14 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
         second_tracker = session.scalar(
             sa.select(LoanDeviceRecord.device_id).where(LoanDeviceRecord.loan_id == loan_id)
         )
-        track: dict[str, Any] | None = None
-        if principal.role in PAGE_ROLES["track"]:
-            since, until = _track_window(request, zone_name, now)
-            points, truncated = _track_points(session, loan.device_id, since, until)
-            stops = find_stops(points)
-            in_window = [a for a in alert_rows if since <= a["time_ms"] <= until]
-            locale = principal.locale
-            stop_labels = [catalog.duration_text(s.duration_s, locale) for s in stops]
-            svg = render_track_svg(
-                points, markets=[*market_circles(session), *_region_circles(alert_rows)],
-                alerts=_alert_positions(in_window), stops=stops, stop_labels=stop_labels, title=f"track {loan_id}",
-                tiles=_tile_layer(_console_settings(request)),
-            )
-            window = urlencode({"from": iso_utc(since), "to": iso_utc(until)})
-            track = {
-                "svg": svg,
-                "points": len(points),
-                "truncated": truncated,
-                "stops": [{"start": format_time(s.start_ms, zone_name), "end": format_time(s.end_ms, zone_name),
-                           "duration": label} for s, label in zip(stops, stop_labels, strict=True)],
-                "from_value": local_input_value(since, zone_name),
-                "to_value": local_input_value(until, zone_name),
-                "geojson_url": f"/console/loans/{loan_id}/track.geojson?{window}",
-                "gpx_url": f"/console/loans/{loan_id}/track.gpx?{window}",
-            }
-            _audit(session, request, principal, "view_track", "loan", subject_id=loan_id, from_ms=since, to_ms=until,
-                   points=len(points))
+        since, until = _track_window(request, zone_name, now)
+        access, refusal = _page_location_access(session, request, principal, loan_id, now)
+        track = None if access is None else _track_view(
+            session, request, principal, loan, access=access, alert_rows=alert_rows, window=(since, until),
+            zone_name=zone_name)
+        location = _location_panel(session, principal, loan_id, now, track=track, refusal=refusal)
+        location |= {"from_value": local_input_value(since, zone_name), "to_value": local_input_value(until, zone_name)}
+        located = access is not None
         _audit(session, request, principal, "view_loan", "loan", subject_id=loan_id)
         session.commit()
         context = {
@@ -649,15 +693,14 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             "level": state.level if state is not None else "normal",
             "next_step": state.next_step if state is not None else "monitor",
             "evaluated": format_time(state.evaluated_ms if state is not None else None, zone_name),
-            "reasons": _reason_views(state, principal, zone_name, show_places=show_places),
+            "reasons": _reason_views(state, principal, zone_name, show_places=show_places, located=located),
             "score": _score_view(state) if _may_see_scores(principal) else None,
             "facts": facts.as_dict(with_installments=True),
-            "payments": [{"payment_id": p.payment_id, "paid_on": p.paid_on.isoformat(),
-                          "amount": format_cents(p.amount_cents)} for p in payments],
+            **_payment_views(payments, zone_name),
             "events": [{"time": format_time(e.time_ms, zone_name), "old": e.old_level, "new": e.new_level,
                         "next_step": e.next_step, "codes": [x.get("code") for x in e.reasons]} for e in events],
             "alerts": [{**_shown_alert(a, principal), "time": format_time(a["time_ms"], zone_name),
-                        "evidence_items": catalog.evidence_items(a["evidence"], show_places=show_places)}
+                        "evidence_items": _evidence_items(a["evidence"], show_places=show_places, located=located)}
                        for a in alert_rows],
             "device": {
                 "online": device.online if device is not None else None,
@@ -666,13 +709,62 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
                 "second_tracker": second_tracker,
             },
             "track": track,
+            "location": location,
             "may_assess": principal.role in PAGE_ROLES["assess"],
         }
     return _render(request, "loan.html", principal, context)
 
 
+def _page_location_access(
+    session: Session, request: Request, principal: Principal, loan_id: str, now: int
+) -> tuple[LocationAccess | None, str | None]:
+    """May the loan page show the track now, and on what grounds (collector.loans.access decides).
+
+    ``risk_analyst``/``admin``: only once a ``reason`` came with the request (the form on the
+    page), through the API's :func:`collector.api.loans.authorize_location` (a refusal is an
+    audit row ``location_access_denied``). ``collections``: under an approved, unexpired grant
+    or an emergency access of their own; without one the page offers the request form (a page
+    view asks for nothing, so it is no refusal). Returns the access or the refusal's text.
+    """
+    if principal.role in LOCATION_ROLES:
+        if "reason" not in request.query_params:
+            return None, None
+        try:
+            return authorize_location(session, now, principal, loan_id, scope="track",
+                                      reason=request.query_params.get("reason")), None
+        except HTTPException as exc:
+            return None, str(exc.detail)
+    if principal.role in GRANTEE_ROLES:
+        try:
+            return authorize_location_read(session, loan_id=loan_id, actor=principal.key_id, role=principal.role,
+                                           scope="track", reason=None, now_ms=now), None
+        except AccessDeniedError:
+            return None, None
+    return None, None
+
+
+def _location_panel(session: Session, principal: Principal, loan_id: str, now: int, *,
+                    track: dict[str, Any] | None, refusal: str | None) -> dict[str, Any]:
+    """What the loan page's track card offers when it shows no map: the reason form or the request form."""
+    if principal.role not in PAGE_ROLES["track"]:
+        return {"kind": None}
+    if track is not None:
+        return {"kind": "shown"}
+    if principal.role in LOCATION_ROLES:
+        return {"kind": "reason", "refusal": refusal}
+    pending = [{"id": g.id, "reason": g.reason, "minutes": g.duration_ms // 60_000}
+               for g in list_access_requests(session, loan_id=loan_id, status="pending")
+               if g.requester == principal.key_id]
+    return {"kind": "grant", "pending": pending, "emergency": bool(theft_signatures(session, loan_id, now))}
+
+
+def _evidence_items(evidence: Any, *, show_places: bool, located: bool) -> list[tuple[str, str]]:
+    """Evidence as the loan page lists it: coordinates only next to an authorised track read."""
+    return catalog.evidence_items(evidence if located else redact_coordinates(evidence), show_places=show_places)
+
+
 def _reason_views(
-    state: RiskStateRecord | None, principal: Principal, zone_name: str, *, show_places: bool
+    state: RiskStateRecord | None, principal: Principal, zone_name: str, *, show_places: bool, located: bool = True
 ) -> list[dict[str, Any]]:
     """The loan's stored reasons as the page shows them (collections: no score figures)."""
     reasons = list(state.reasons) if state is not None else []
@@ -684,7 +776,7 @@ def _reason_views(
             "level": r.get("level"),
             "next_step": r.get("next_step"),
             "sentence": catalog.reason_sentence(r, principal.locale, zone_name, show_places=show_places),
-            "evidence": catalog.evidence_items(r.get("evidence"), show_places=show_places),
+            "evidence": _evidence_items(r.get("evidence"), show_places=show_places, located=located),
             "contribution": catalog.contribution_text(r, principal.locale),
         }
         for r in reasons
@@ -741,16 +833,18 @@ def _export_track(request: Request, principal: Principal, loan_id: str, kind: st
         if loan is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"loan {loan_id!r:.80} does not exist")
         since, until = _track_window(request, _loan_zone(loan), _now_ms(request))
+        access = authorize_location(session, _now_ms(request), principal, loan_id, scope="track",
+                                    reason=request.query_params.get("reason"))
         points, _ = _track_points(session, loan.device_id, since, until)
         _audit(session, request, principal, f"export_track_{kind}", "loan", subject_id=loan_id, from_ms=since,
-               to_ms=until, points=len(points))
+               to_ms=until, points=len(points), **access.audit_detail())
         session.commit()
     return loan_id, points
 
 
 @router.get("/loans/{loan_id}/track.geojson", response_model=None)
 def track_geojson_export(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
-    """The track of the period as GeoJSON (path + stops), audited."""
+    """The track of the period as GeoJSON (path + stops), audited; a ``reason`` or a grant as for the page."""
     loan_id, points = _export_track(request, principal, loan_id, "geojson")
     body = json.dumps(track_geojson(loan_id, points, find_stops(points)), separators=(",", ":"))
     return Response(body, media_type="application/geo+json", headers={
@@ -759,10 +853,61 @@ def track_geojson_export(loan_id: str, request: Request, principal: PagePrincipa
 
 @router.get("/loans/{loan_id}/track.gpx", response_model=None)
 def track_gpx_export(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
-    """The track of the period as GPX 1.1, audited."""
+    """The track of the period as GPX 1.1, audited; a ``reason`` or a grant as for the page."""
     loan_id, points = _export_track(request, principal, loan_id, "gpx")
     return Response(track_gpx(loan_id, points), media_type="application/gpx+xml", headers={
         "Content-Disposition": f'attachment; filename="{loan_id}-track.gpx"', "Cache-Control": "no-store"})
+
+
+MINUTES = re.compile(r"[0-9]{1,6}")
+
+
+async def _access_form(
+    request: Request, principal: Principal, loan_id: str, *, emergency: bool
+) -> Response:
+    """File an access request or take the emergency access from the loan page (collections; CSRF token)."""
+    _allow(principal, "request_access")
+    fields = await _checked_form(request, principal)
+    now = _now_ms(request)
+    action = "emergency_location_access" if emergency else "request_location_access"
+    with Session(_engine(request)) as session:
+        try:
+            if emergency:
+                grant = request_emergency_access(session, loan_id=loan_id, requester=principal.key_id,
+                                                 requester_role=principal.role, reason=fields.get("reason", ""),
+                                                 now_ms=now)
+            else:
+                minutes = fields.get("minutes", "").strip()
+                if not MINUTES.fullmatch(minutes):
+                    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "minutes must be a whole number")
+                grant = request_access(session, loan_id=loan_id, requester=principal.key_id,
+                                       requester_role=principal.role, reason=fields.get("reason", ""),
+                                       scope=["track"], duration_ms=int(minutes) * 60_000, now_ms=now)
+        except (AccessError, LoanNotFoundError) as exc:
+            session.rollback()
+            refused = "emergency_access_refused" if emergency else "access_request_refused"
+            _audit(session, request, principal, refused, "loan", subject_id=loan_id, error=str(exc))
+            session.commit()
+            code = (status.HTTP_404_NOT_FOUND if isinstance(exc, LoanNotFoundError) else
+                    status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else
+                    status.HTTP_422_UNPROCESSABLE_CONTENT)
+            raise HTTPException(code, str(exc)) from exc
+        _audit(session, request, principal, action, "loan", subject_id=loan_id, grant_id=grant.id,
+               status=grant.status, emergency=grant.emergency)
+        session.commit()
+    return RedirectResponse(f"/console/loans/{loan_id}#track", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/loans/{loan_id}/access-request", response_model=None)
+async def access_request_from_console(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
+    """File a track access request (reason, minutes) for a risk analyst or an admin to approve."""
+    return await _access_form(request, principal, loan_id, emergency=False)
+
+
+@router.post("/loans/{loan_id}/emergency-access", response_model=None)
+async def emergency_access_from_console(loan_id: str, request: Request, principal: PagePrincipal) -> Response:
+    """Take the emergency access while the vehicle shows a theft signature (flagged for review)."""
+    return await _access_form(request, principal, loan_id, emergency=True)
 
 
 # ------------------------------------------------------------------ vehicle condition
