@@ -25,17 +25,23 @@ from collector.ingest.ingestor import Ingestor
 from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from collector.storage.database import create_engine, migrate
-from firmware_sim.rig import Mosquitto
 from tests.collector_process import WAIT_S, CollectorProcess, wait_until
 from tests.fake_devices import NOW, T0, FakeDevice, count, register
+from tests.secure_broker import SecureBroker
 from tests.test_ingest_mqtt import write_config
 
 #: the fairness bound of issue #12: beyond the normal latency at the measured throughput
 FAIRNESS_BOUND_S = 1.0
 
 
-def publisher(broker: Mosquitto, client_id: str, inflight: int = 100) -> mqtt.Client:
+def publisher(broker: SecureBroker, client_id: str, inflight: int = 100, account: str | None = None) -> mqtt.Client:
+    """A publisher logged in with ``account`` (a device id: it may publish on that device's
+    topics only) or, by default, the collector's account."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if account is None:
+        broker.authenticate(client)
+    else:
+        broker.authenticate(client, account)
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", broker.port)
@@ -52,16 +58,17 @@ def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
 
 
 def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound(
-    sqlite_engine: sa.Engine, mosquitto: Mosquitto
+    sqlite_engine: sa.Engine, mosquitto: SecureBroker
 ) -> None:
     flood, quiet = FakeDevice("flood-1"), FakeDevice("quiet-1")
     register(sqlite_engine, flood, quiet)
     limits = Limits(key_cache_ttl_s=1, max_clock_skew_s=10 * 365 * 86_400)
-    service = IngestService(
-        Ingestor(sqlite_engine, limits, clock_ms=lambda: NOW),
-        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="fair-collector", group="fair"),
-        limits,
-    )
+    login = mosquitto.login()  # the collector's account
+    settings = MqttSettings(
+        host="127.0.0.1", port=mosquitto.port, client_id="fair-collector", group="fair",
+        username=login.username, password=login.password,
+    )  # fmt: skip
+    service = IngestService(Ingestor(sqlite_engine, limits, clock_ms=lambda: NOW), settings, limits)
     committed: dict[tuple[str, int], float] = {}
 
     def listener(pairs: Sequence[tuple[str, int]]) -> None:
@@ -71,8 +78,8 @@ def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound
 
     service.add_commit_listener(listener)
     flood_messages = [flood.sealed(seq, t0=T0 + seq * 60_000, fixes=60) for seq in range(1, 601)]
-    flooder = publisher(mosquitto, "flooder", inflight=1000)
-    device = publisher(mosquitto, "quiet-device")
+    flooder = publisher(mosquitto, "flooder", inflight=1000, account=flood.device_id)
+    device = publisher(mosquitto, "quiet-device", account=quiet.device_id)
 
     def latency(seq: int) -> float:
         sent = time.monotonic()
@@ -106,7 +113,7 @@ def test_a_flooding_device_does_not_delay_another_devices_batch_beyond_the_bound
 
 
 def test_three_collectors_sigkilled_at_random_store_every_seq_exactly_once(
-    postgres_url: str, mosquitto: Mosquitto, tmp_path: Path
+    postgres_url: str, mosquitto: SecureBroker, tmp_path: Path
 ) -> None:
     engine = create_engine(postgres_url)
     migrate(engine)
