@@ -36,7 +36,9 @@ How the ack path works (the one thing here that must not be got wrong):
   messages (never queued, never acknowledged: there is nothing to acknowledge) and
   messages of a device id whose token bucket is empty (acknowledged at once, counted,
   not stored); the bucket is charged by the worker for every message that stored nothing
-  (dead letter, duplicate, stale state). The queue holds at most ``queue_max_bytes`` of
+  (dead letter, duplicate, stale state), by its size (one token per started 64 KiB), so a
+  device pushing 1 MiB junk is refused on this thread after a few groups instead of
+  having hundreds of them copied, hashed and dead-lettered. The queue holds at most ``queue_max_bytes`` of
   payload: when it is full the paho thread waits, so the broker keeps the rest (QoS 1 flow
   control by Receive Maximum), and memory stays bounded whatever is published.
 * :meth:`IngestService.stop` lets the worker finish the group it is in (commit, ack),
@@ -289,7 +291,7 @@ class IngestService:
             with self._admission_lock:
                 for delivery, result in zip(group, results, strict=True):
                     if result.outcome in _CHARGED:
-                        self.admission.charge(delivery.topic, now)
+                        self.admission.charge(delivery.topic, now, len(delivery.payload))
             for delivery in group:
                 self.ingestor.metrics.latency.observe(now - delivery.received_at)
             self._notify(results)

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
-from collector.ingest.admission import Admission, DeadLetterQuota, Refusal
+from collector.ingest.admission import CHARGE_UNIT_BYTES, Admission, DeadLetterQuota, Refusal
 from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.service import IngestService
 from collector.jobs.retention import run_retention
@@ -132,6 +132,20 @@ def test_rate_limit_charges_only_messages_that_stored_nothing() -> None:
     assert gate.check("lw/v1/b/batch", 1, 0.5) is None  # another device is not affected
     assert gate.check("lw/v1/a/batch", 1, 1.0) is None  # a token per second comes back
     assert DeadLetterQuota(2).allow("a", 0)
+
+
+def test_rate_limit_charges_junk_by_its_size() -> None:
+    gate = Admission(rate_per_s=1.0, burst=40)
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # 1 MiB that stored nothing: 16 tokens
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)
+    assert gate.check("lw/v1/j/batch", 1, 0.0) is None  # 8 left
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # more than is left: the bucket is emptied
+    assert gate.check("lw/v1/j/batch", 1, 0.5) is Refusal.RATE_LIMITED
+    for _ in range(39):  # a small replay costs one token, like before
+        gate.charge("lw/v1/r/batch", 0.0, 1020)
+    assert gate.check("lw/v1/r/batch", 1, 0.0) is None
+    gate.charge("lw/v1/r/batch", 0.0, CHARGE_UNIT_BYTES + 1)  # a started unit counts whole: 2
+    assert gate.check("lw/v1/r/batch", 1, 0.0) is Refusal.RATE_LIMITED
 
 
 #: the fairness bound of the fleet-ingest work (issue 12): beyond the normal latency
