@@ -116,9 +116,12 @@ def stored_in(engine: sa.Engine) -> Arrived:
 
     def stored(seq: int, _payload: bytes) -> bool:
         with engine.connect() as conn:
-            return conn.execute(
-                sa.text("SELECT 1 FROM batches WHERE device_id = :d AND seq = :s"), {"d": DEVICE, "s": seq}
-            ).first() is not None
+            return (
+                conn.execute(
+                    sa.text("SELECT 1 FROM batches WHERE device_id = :d AND seq = :s"), {"d": DEVICE, "s": seq}
+                ).first()
+                is not None
+            )
 
     return stored
 
