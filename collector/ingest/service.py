@@ -80,6 +80,11 @@ CommitListener = Callable[[Sequence[tuple[str, int]]], None]
 #: outcomes that cost work and stored nothing: they charge the device's admission bucket
 _CHARGED = (Outcome.DEAD_LETTERED, Outcome.DUPLICATE, Outcome.STATE_STALE)
 
+#: a rate-limited device id is named in the log at most this often (seconds)
+RATE_LIMIT_LOG_INTERVAL_S = 60.0
+#: device ids remembered for that; beyond it the memory starts over
+_RATE_LIMIT_LOG_MAX_IDS = 10_000
+
 log = logging.getLogger(__name__)
 
 
@@ -153,6 +158,7 @@ class IngestService:
         self._admission_lock = threading.Lock()
         self.refused: dict[str, int] = {r.value: 0 for r in Refusal}
         self._refused_qos0 = ingestor.metrics.refused.labels(Refusal.QOS0.value)
+        self._rate_limit_logged: dict[str, float] = {}  # device id -> when it was last named (paho thread)
         self._stopping = threading.Event()
         self._generation = 0
         self._lock = threading.Lock()
@@ -245,11 +251,14 @@ class IngestService:
             topic = message.topic
         except UnicodeDecodeError:  # brokers check UTF-8, but never trust it
             topic = repr(message._topic)
+        now = time.monotonic()
         with self._admission_lock:
-            refusal = self.admission.check(topic, message.qos, time.monotonic())
+            refusal = self.admission.check(topic, message.qos, now)
         if refusal is not None:
             self.refused[refusal.value] += 1
             self.ingestor.metrics.refused.labels(refusal.value).inc()
+            if refusal is Refusal.RATE_LIMITED:
+                self._name_rate_limited(device_of(topic), now)
             client.ack(message.mid, message.qos)
             with self._lock:
                 self.acked += 1
@@ -270,6 +279,21 @@ class IngestService:
         self._arrivals += 1
         self.link.queued()
         self.ingestor.metrics.queue_depth.inc()
+
+    def _name_rate_limited(self, device: str, now: float) -> None:
+        """Log which device id is refused for its rate (the metric has no device label): on a
+        broker without per-client limits the remedy is revoking that id's broker account."""
+        last = self._rate_limit_logged.get(device)
+        if last is not None and now - last < RATE_LIMIT_LOG_INTERVAL_S:
+            return
+        if len(self._rate_limit_logged) >= _RATE_LIMIT_LOG_MAX_IDS:
+            self._rate_limit_logged.clear()
+        self._rate_limit_logged[device] = now
+        log.warning(
+            "device id %r is over its admission rate limit: its messages are refused before verification "
+            "(docs/security.md section 4; revoke its broker account unless it is a genuine agent)",
+            device,
+        )
 
     # ------------------------------------------------------------ worker side
 

@@ -153,7 +153,7 @@ FAIRNESS_BOUND_S = 1.0
 
 
 def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_the_bound(
-    engine: sa.Engine, mosquitto: SecureBroker, car: SigningDevice
+    engine: sa.Engine, mosquitto: SecureBroker, car: SigningDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The smallest flood that still exercises every refusal: 5,000 QoS 0 and 30 x 1 MiB junk
     from a stolen device account, while another device's batch is in the broker behind it.
@@ -215,6 +215,12 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_th
     assert during <= normal + FAIRNESS_BOUND_S, f"genuine batch: {during:.2f} s in the flood, {normal:.2f} s without"
     assert service.refused["qos0"] == 5000  # every QoS 0 message refused in the callback, none queued
     assert service.queued_bytes == 0
+    # 30 x 1 MiB of junk cost 16 tokens each: the bucket (300) is empty before the last ones,
+    # which are refused on the MQTT thread, and the log names the device id to revoke.
+    assert service.refused["rate_limited"] > 0
+    named = [r for r in caplog.records if "over its admission rate limit" in r.getMessage()]
+    assert len(named) == 1
+    assert "'junk-1'" in named[0].getMessage()
     print(f"fairness: genuine batch {during:.3f} s behind 5,000 QoS 0 + 30 x 1 MiB junk, {normal:.3f} s without")
     letters = rows(engine, "dead_letters", device_id="junk-1")
     assert 0 < len(letters) <= 30
