@@ -55,14 +55,14 @@ class TokenBucket:
         self.tokens = self.burst
 
     def take(self, now_s: float, cost: float = 1.0) -> bool:
-        """Spend ``cost`` tokens if there are that many at ``now_s``; else empty the bucket."""
+        """Spend ``cost`` tokens at ``now_s``; False when there were fewer. The cost is spent
+        either way (the work was done): the bucket goes into debt, down to ``-burst``, and
+        refills from there."""
         self.tokens = min(self.burst, self.tokens + max(0.0, now_s - self.updated_s) * self.rate)
         self.updated_s = now_s
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        self.tokens = 0.0
-        return False
+        enough = self.tokens >= cost
+        self.tokens = max(-self.burst, self.tokens - cost)
+        return enough
 
     def has_token(self, now_s: float) -> bool:
         """True when :meth:`take` at ``now_s`` would succeed (nothing is spent)."""

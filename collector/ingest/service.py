@@ -305,17 +305,20 @@ class IngestService:
                 continue
             self.ingestor.metrics.queue_depth.dec(len(group))
             results = None if self._stopping.is_set() else self._process(group)
+            now = time.monotonic()
+            if results is not None:
+                # charged before the room is released: the MQTT thread, waiting for that room,
+                # must see the device's bucket already charged for what it just cost
+                with self._admission_lock:
+                    for delivery, result in zip(group, results, strict=True):
+                        if result.outcome in _CHARGED:
+                            self.admission.charge(delivery.topic, now, len(delivery.payload))
             self._queue.release(group)
             if results is None:
                 return  # stopping: left unacknowledged, the broker redelivers them
             for _ in group:
                 self.link.handled()
             self.groups += 1
-            now = time.monotonic()
-            with self._admission_lock:
-                for delivery, result in zip(group, results, strict=True):
-                    if result.outcome in _CHARGED:
-                        self.admission.charge(delivery.topic, now, len(delivery.payload))
             for delivery in group:
                 self.ingestor.metrics.latency.observe(now - delivery.received_at)
             self._notify(results)

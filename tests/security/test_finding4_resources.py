@@ -139,8 +139,9 @@ def test_rate_limit_charges_junk_by_its_size() -> None:
     gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # 1 MiB that stored nothing: 16 tokens
     gate.charge("lw/v1/j/batch", 0.0, 1 << 20)
     assert gate.check("lw/v1/j/batch", 1, 0.0) is None  # 8 left
-    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # more than is left: the bucket is emptied
-    assert gate.check("lw/v1/j/batch", 1, 0.5) is Refusal.RATE_LIMITED
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # more than is left: 8 tokens of debt
+    assert gate.check("lw/v1/j/batch", 1, 8.5) is Refusal.RATE_LIMITED
+    assert gate.check("lw/v1/j/batch", 1, 9.0) is None  # the debt is paid back at 1 token/s
     for _ in range(39):  # a small replay costs one token, like before
         gate.charge("lw/v1/r/batch", 0.0, 1020)
     assert gate.check("lw/v1/r/batch", 1, 0.0) is None
