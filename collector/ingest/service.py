@@ -24,7 +24,10 @@ How the ack path works (the one thing here that must not be got wrong):
   round in a group, like a device with one batch; so another device's batch waits at
   most one group behind whatever is already received. What is still at the broker is
   behind at most ``mqtt.receive_maximum`` messages in flight, i.e. about
-  ``receive_maximum / throughput`` seconds (0.5 s at 1,000 and 2,000 batches/s).
+  ``receive_maximum / throughput`` seconds (0.5 s at 1,000 and 2,000 batches/s), plus
+  whatever the broker queued for this session before it: a flood faster than this client
+  can read (Mosquitto has no per-client rate limit) delays every device by seconds
+  before ``on_message`` (docs/security.md section 4).
 * After each commit the listeners added with :meth:`IngestService.add_commit_listener` get
   the (device_id, seq) of every batch the group stored or found already stored.
 * If the database is unreachable, the worker keeps the group unacknowledged and retries
