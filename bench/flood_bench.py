@@ -22,7 +22,14 @@ the flood, in the same run. Pass criteria of issue 13: peak RSS - idle RSS < 100
 the flood adds no more than about a second to the genuine latency (the fleet-ingest
 fairness bound).
 
+``--subscriber bare`` runs the same flood against a reference instead of the collector: a
+bare paho MQTT 5 subscriber process (same shared subscription, same Receive Maximum, manual
+acks sent at once, nothing verified or stored); the latency is publish -> its
+``on_message``. It shows how much of the wait is the broker's in-order delivery to one
+session and the MQTT client's read rate, which no code after ``on_message`` can shorten.
+
     .venv/bin/python bench/flood_bench.py [--qos0 50000] [--junk 600] [--broker authenticated|open]
+                                          [--subscriber collector|bare]
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -45,9 +53,13 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from collector.cli.broker_auth import BrokerAccounts, Credentials
 from collector.ingest.registry import DeviceRegistry
+from collector.ingest.service import batch_subscription
+from collector.ingest.settings import MqttSettings
 from collector.storage.database import create_engine, migrate
 from firmware_sim.rig import BrokerAuth, Mosquitto
 from protocol import Batch, Fix, batch_topic, seal_batch
@@ -95,8 +107,66 @@ def genuine(key: Ed25519PrivateKey, seq: int) -> bytes:
     return seal_batch(Batch(DEVICE, b"\x01" * 16, seq, now, fixes=fixes), key, batch_topic(DEVICE))
 
 
+#: has the genuine batch (seq, sealed bytes) arrived where it is measured?
+Arrived = Callable[[int, bytes], bool]
+
+
+def stored_in(engine: sa.Engine) -> Arrived:
+    """The collector: the batch is a row in ``batches``."""
+
+    def stored(seq: int, _payload: bytes) -> bool:
+        with engine.connect() as conn:
+            return (
+                conn.execute(
+                    sa.text("SELECT 1 FROM batches WHERE device_id = :d AND seq = :s"), {"d": DEVICE, "s": seq}
+                ).first()
+                is not None
+            )
+
+    return stored
+
+
+def received_by(log_path: Path) -> Arrived:
+    """The bare subscriber: the SHA-256 of the payload is a line of its log."""
+
+    def received(_seq: int, payload: bytes) -> bool:
+        return hashlib.sha256(payload).hexdigest() in log_path.read_text(encoding="ascii")
+
+    return received
+
+
+def bare_subscriber(port: int, out: Path) -> None:
+    """The reference subscriber (``--subscriber bare``; runs in its own process): the
+    collector's subscription and Receive Maximum, acks at once, logs the digest of each
+    genuine message. Credentials come from LW_BENCH_MQTT_USER / LW_BENCH_MQTT_PASSWORD."""
+    settings = MqttSettings()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood-bare", protocol=mqtt.MQTTv5, manual_ack=True)
+    if os.environ.get("LW_BENCH_MQTT_USER"):
+        client.username_pw_set(os.environ["LW_BENCH_MQTT_USER"], os.environ.get("LW_BENCH_MQTT_PASSWORD"))
+    genuine_topic = batch_topic(DEVICE)
+    with out.open("a", encoding="ascii") as log:
+
+        def on_message(cl: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+            if message.topic == genuine_topic:
+                log.write(hashlib.sha256(message.payload).hexdigest() + "\n")
+                log.flush()
+            if message.qos:
+                cl.ack(message.mid, message.qos)
+
+        def on_subscribe(*_args: object) -> None:
+            print("subscribed to", batch_subscription(settings.group), flush=True)
+
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.ReceiveMaximum = settings.receive_maximum
+        client.connect("127.0.0.1", port, properties=props)
+        client.subscribe(batch_subscription(settings.group), qos=1)
+        client.loop_forever()
+
+
 def measure_latency(
-    port: int, engine: sa.Engine, key: Ed25519PrivateKey, seqs: range, *, stop: threading.Event | None,
+    port: int, arrived: Arrived, key: Ed25519PrivateKey, seqs: range, *, stop: threading.Event | None,
     out: list[float], login: Credentials | None,
 ) -> None:  # fmt: skip
     client = _client(f"genuine-{seqs.start}", login)
@@ -107,15 +177,10 @@ def measure_latency(
             if stop is not None and stop.is_set():
                 return
             sent = time.monotonic()
-            client.publish(batch_topic(DEVICE), genuine(key, seq), qos=1)
+            payload = genuine(key, seq)
+            client.publish(batch_topic(DEVICE), payload, qos=1)
             deadline = sent + TIMEOUT_S
-            while time.monotonic() < deadline:
-                with engine.connect() as conn:
-                    found = conn.execute(
-                        sa.text("SELECT 1 FROM batches WHERE device_id = :d AND seq = :s"), {"d": DEVICE, "s": seq}
-                    ).first()
-                if found:
-                    break
+            while time.monotonic() < deadline and not arrived(seq, payload):
                 time.sleep(0.01)
             out.append(time.monotonic() - sent)
             time.sleep(max(0.0, 1.0 - (time.monotonic() - sent)))
@@ -158,8 +223,16 @@ def main() -> int:
     parser.add_argument("--broker", choices=("authenticated", "open"), default="authenticated",
                         help="authenticated: accounts + ACL, the attacker holds one device account (default); "
                         "open: anonymous, no ACL")  # fmt: skip
+    parser.add_argument("--subscriber", choices=("collector", "bare"), default="collector",
+                        help="collector: lienwatch collector serve --ingest-only (default); bare: a paho "
+                        "subscriber that only acks (the reference)")  # fmt: skip
+    parser.add_argument("--bare-subscriber", nargs=2, metavar=("PORT", "LOG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    command = f".venv/bin/python bench/flood_bench.py --qos0 {args.qos0} --junk {args.junk} --broker {args.broker}"
+    if args.bare_subscriber:
+        bare_subscriber(int(args.bare_subscriber[0]), Path(args.bare_subscriber[1]))
+        return 0
+    command = (f".venv/bin/python bench/flood_bench.py --qos0 {args.qos0} --junk {args.junk} --broker {args.broker}"
+               f" --subscriber {args.subscriber}")  # fmt: skip
 
     workdir = Path(tempfile.mkdtemp(prefix="lw-flood-bench-"))
     key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(DEVICE.encode()).digest())
@@ -188,19 +261,26 @@ def main() -> int:
                 f'database_url = "{url}"\n[mqtt]\nport = {broker.port}\nclient_id = "flood-collector"\n{account}'
             )
             log_path = workdir / "collector.log"
+            env = dict(os.environ)
+            if args.subscriber == "collector":
+                argv = [sys.executable, "-m", "collector", "serve", "--ingest-only", "--config", str(config)]
+                arrived = stored_in(engine)
+            else:
+                received = workdir / "bare-received.log"
+                received.touch()
+                argv = [sys.executable, __file__, "--bare-subscriber", str(broker.port), str(received)]
+                if mqtt_login is not None:
+                    env.update(LW_BENCH_MQTT_USER=mqtt_login.username, LW_BENCH_MQTT_PASSWORD=mqtt_login.password)
+                arrived = received_by(received)
             with log_path.open("wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "collector", "serve", "--ingest-only", "--config", str(config)],
-                    stdout=log,
-                    stderr=log,
-                )
+                proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
             deadline = time.monotonic() + 60
             while "subscribed to" not in log_path.read_text(errors="replace"):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"collector did not start:\n{log_path.read_text()[-2000:]}")
                 time.sleep(0.05)
             baseline: list[float] = []
-            measure_latency(broker.port, engine, key, range(1, 6), stop=None, out=baseline, login=logins[DEVICE])
+            measure_latency(broker.port, arrived, key, range(1, 6), stop=None, out=baseline, login=logins[DEVICE])
             idle = rss_mb(proc.pid)
             sampler = RssSampler(proc.pid)
             sampler.start()
@@ -208,7 +288,7 @@ def main() -> int:
             stop = threading.Event()
             meter = threading.Thread(
                 target=measure_latency,
-                args=(broker.port, engine, key, range(100, 10_000)),
+                args=(broker.port, arrived, key, range(100, 10_000)),
                 kwargs={"stop": stop, "out": during, "login": logins[DEVICE]},
             )
             meter.start()
@@ -244,8 +324,9 @@ def main() -> int:
     added = (max(during) - normal) if during else float("inf")
     latency_ok = bool(during) and added < LATENCY_BOUND_S
     attacker = f"one device account ({ATTACKER})" if args.broker == "authenticated" else "anonymous"
+    where = "stored by the collector" if args.subscriber == "collector" else "received by the bare subscriber"
     print(f"command: {command}")
-    print(f"broker: {args.broker}; attacker: {attacker}")
+    print(f"broker: {args.broker}; attacker: {attacker}; latency = publish -> {where}")
     print(f"flood: {args.qos0:,} QoS 0 x 200 B + {args.junk} QoS 1 x 1 MiB junk, published in {flood_s:.1f} s")
     print(f"dead letters kept: {letters} rows, {kept / 1024:.0f} KiB of raw bytes; "
           f"back to normal latency {drained_s:.1f} s after the last flood message was published")  # fmt: skip

@@ -7,10 +7,13 @@ topic, the QoS and the size, so a flood costs a dictionary lookup per message:
   cannot be flow-controlled by the broker's Receive Maximum, so it could fill memory) and
   applies a per-device token bucket keyed on the topic's device id. The bucket is charged
   for every message that turned out to cost work without storing anything (refused,
-  dead-lettered, duplicate); a message that is stored costs nothing. So a genuine agent
-  flushing a day of backlog is never throttled, while a topic flooded with junk or
-  replays is refused after ``burst`` such messages, at ``rate_per_s`` afterwards. Refused
-  messages are counted, never queued and never written to the database.
+  dead-lettered, duplicate): one token per started :data:`CHARGE_UNIT_BYTES` of payload
+  (reading, copying and hashing a message costs in proportion to its size, so 1 MiB of
+  junk costs 16 tokens, a 1 KiB replay one); a message that is stored costs nothing. So
+  a genuine agent flushing a day of backlog is never throttled, while a topic flooded
+  with junk or replays is refused after ``burst`` tokens' worth of them, at
+  ``rate_per_s`` afterwards. Refused messages are counted, never queued and never
+  written to the database.
 * :class:`DeadLetterQuota` bounds the dead-letter rows one device id (or the pool of
   messages without a device) may add per hour; beyond it a refusal is only counted.
 
@@ -23,10 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["Admission", "DeadLetterQuota", "Refusal", "TokenBucket", "device_of"]
+__all__ = ["CHARGE_UNIT_BYTES", "Admission", "DeadLetterQuota", "Refusal", "TokenBucket", "device_of"]
 
 #: device ids tracked at once before idle buckets are forgotten
 MAX_TRACKED_DEVICES = 100_000
+
+#: a message that stored nothing costs one token per started unit of this many payload bytes
+CHARGE_UNIT_BYTES = 64 << 10
 
 
 class Refusal(StrEnum):
@@ -38,7 +44,7 @@ class Refusal(StrEnum):
 
 @dataclass(slots=True)
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; one message costs one token."""
+    """``rate`` tokens per second, at most ``burst`` saved up."""
 
     rate: float
     burst: float
@@ -48,14 +54,15 @@ class TokenBucket:
     def __post_init__(self) -> None:
         self.tokens = self.burst
 
-    def take(self, now_s: float) -> bool:
-        """Spend a token if there is one at ``now_s``."""
+    def take(self, now_s: float, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens at ``now_s``; False when there were fewer. The cost is spent
+        either way (the work was done): the bucket goes into debt, down to ``-burst``, and
+        refills from there."""
         self.tokens = min(self.burst, self.tokens + max(0.0, now_s - self.updated_s) * self.rate)
         self.updated_s = now_s
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+        enough = self.tokens >= cost
+        self.tokens = max(-self.burst, self.tokens - cost)
+        return enough
 
     def has_token(self, now_s: float) -> bool:
         """True when :meth:`take` at ``now_s`` would succeed (nothing is spent)."""
@@ -94,8 +101,9 @@ class Admission:
             return None
         return Refusal.RATE_LIMITED
 
-    def charge(self, topic: str, now_s: float) -> None:
-        """Spend a token of the topic's device: its message cost work and stored nothing."""
+    def charge(self, topic: str, now_s: float, size: int = 0) -> None:
+        """Charge the topic's device for a message of ``size`` payload bytes that cost work and
+        stored nothing: one token per started :data:`CHARGE_UNIT_BYTES` (at least one)."""
         device = device_of(topic)
         bucket = self._buckets.get(device)
         if bucket is None:
@@ -103,7 +111,7 @@ class Admission:
                 self._forget_idle(now_s)
             bucket = self._buckets[device] = TokenBucket(self.rate_per_s, float(self.burst))
             bucket.updated_s = now_s
-        bucket.take(now_s)
+        bucket.take(now_s, float(max(1, -(-size // CHARGE_UNIT_BYTES))))
 
     def _forget_idle(self, now_s: float) -> None:
         self._buckets = {d: b for d, b in self._buckets.items() if not b.full_at(now_s)}

@@ -24,7 +24,10 @@ How the ack path works (the one thing here that must not be got wrong):
   round in a group, like a device with one batch; so another device's batch waits at
   most one group behind whatever is already received. What is still at the broker is
   behind at most ``mqtt.receive_maximum`` messages in flight, i.e. about
-  ``receive_maximum / throughput`` seconds (0.5 s at 1,000 and 2,000 batches/s).
+  ``receive_maximum / throughput`` seconds (0.5 s at 1,000 and 2,000 batches/s), plus
+  whatever the broker queued for this session before it: a flood faster than this client
+  can read (Mosquitto has no per-client rate limit) delays every device by seconds
+  before ``on_message`` (docs/security.md section 4).
 * After each commit the listeners added with :meth:`IngestService.add_commit_listener` get
   the (device_id, seq) of every batch the group stored or found already stored.
 * If the database is unreachable, the worker keeps the group unacknowledged and retries
@@ -36,7 +39,9 @@ How the ack path works (the one thing here that must not be got wrong):
   messages (never queued, never acknowledged: there is nothing to acknowledge) and
   messages of a device id whose token bucket is empty (acknowledged at once, counted,
   not stored); the bucket is charged by the worker for every message that stored nothing
-  (dead letter, duplicate, stale state). The queue holds at most ``queue_max_bytes`` of
+  (dead letter, duplicate, stale state), by its size (one token per started 64 KiB), so a
+  device pushing 1 MiB junk is refused on this thread after a few groups instead of
+  having hundreds of them copied, hashed and dead-lettered. The queue holds at most ``queue_max_bytes`` of
   payload: when it is full the paho thread waits, so the broker keeps the rest (QoS 1 flow
   control by Receive Maximum), and memory stays bounded whatever is published.
 * :meth:`IngestService.stop` lets the worker finish the group it is in (commit, ack),
@@ -77,6 +82,11 @@ CommitListener = Callable[[Sequence[tuple[str, int]]], None]
 
 #: outcomes that cost work and stored nothing: they charge the device's admission bucket
 _CHARGED = (Outcome.DEAD_LETTERED, Outcome.DUPLICATE, Outcome.STATE_STALE)
+
+#: a rate-limited device id is named in the log at most this often (seconds)
+RATE_LIMIT_LOG_INTERVAL_S = 60.0
+#: device ids remembered for that; beyond it the memory starts over
+_RATE_LIMIT_LOG_MAX_IDS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +160,8 @@ class IngestService:
         self.admission = Admission(self.limits.device_rate_per_s, self.limits.device_burst)
         self._admission_lock = threading.Lock()
         self.refused: dict[str, int] = {r.value: 0 for r in Refusal}
+        self._refused_qos0 = ingestor.metrics.refused.labels(Refusal.QOS0.value)
+        self._rate_limit_logged: dict[str, float] = {}  # device id -> when it was last named (paho thread)
         self._stopping = threading.Event()
         self._generation = 0
         self._lock = threading.Lock()
@@ -232,19 +244,27 @@ class IngestService:
         self.link.down(str(reason), expected=self._stopping.is_set())
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.qos == 0:
+            # Fast path, before the topic is even decoded: this thread's time per message is
+            # what a QoS 0 flood costs every other device (the broker delivers in order).
+            self.refused[Refusal.QOS0.value] += 1
+            self._refused_qos0.inc()
+            return
         try:
             topic = message.topic
         except UnicodeDecodeError:  # brokers check UTF-8, but never trust it
             topic = repr(message._topic)
+        now = time.monotonic()
         with self._admission_lock:
-            refusal = self.admission.check(topic, message.qos, time.monotonic())
+            refusal = self.admission.check(topic, message.qos, now)
         if refusal is not None:
             self.refused[refusal.value] += 1
             self.ingestor.metrics.refused.labels(refusal.value).inc()
-            if message.qos > 0:
-                client.ack(message.mid, message.qos)
-                with self._lock:
-                    self.acked += 1
+            if refusal is Refusal.RATE_LIMITED:
+                self._name_rate_limited(device_of(topic), now)
+            client.ack(message.mid, message.qos)
+            with self._lock:
+                self.acked += 1
             return
         delivery = _Delivery(
             topic=topic,
@@ -263,6 +283,21 @@ class IngestService:
         self.link.queued()
         self.ingestor.metrics.queue_depth.inc()
 
+    def _name_rate_limited(self, device: str, now: float) -> None:
+        """Log which device id is refused for its rate (the metric has no device label): on a
+        broker without per-client limits the remedy is revoking that id's broker account."""
+        last = self._rate_limit_logged.get(device)
+        if last is not None and now - last < RATE_LIMIT_LOG_INTERVAL_S:
+            return
+        if len(self._rate_limit_logged) >= _RATE_LIMIT_LOG_MAX_IDS:
+            self._rate_limit_logged.clear()
+        self._rate_limit_logged[device] = now
+        log.warning(
+            "device id %r is over its admission rate limit: its messages are refused before verification "
+            "(docs/security.md section 4; revoke its broker account unless it is a genuine agent)",
+            device,
+        )
+
     # ------------------------------------------------------------ worker side
 
     def _work(self) -> None:
@@ -273,17 +308,20 @@ class IngestService:
                 continue
             self.ingestor.metrics.queue_depth.dec(len(group))
             results = None if self._stopping.is_set() else self._process(group)
+            now = time.monotonic()
+            if results is not None:
+                # charged before the room is released: the MQTT thread, waiting for that room,
+                # must see the device's bucket already charged for what it just cost
+                with self._admission_lock:
+                    for delivery, result in zip(group, results, strict=True):
+                        if result.outcome in _CHARGED:
+                            self.admission.charge(delivery.topic, now, len(delivery.payload))
             self._queue.release(group)
             if results is None:
                 return  # stopping: left unacknowledged, the broker redelivers them
             for _ in group:
                 self.link.handled()
             self.groups += 1
-            now = time.monotonic()
-            with self._admission_lock:
-                for delivery, result in zip(group, results, strict=True):
-                    if result.outcome in _CHARGED:
-                        self.admission.charge(delivery.topic, now)
             for delivery in group:
                 self.ingestor.metrics.latency.observe(now - delivery.received_at)
             self._notify(results)

@@ -92,9 +92,10 @@ class Limits:
             (messages without a device id share one pool); more are only counted.
         device_rate_per_s: refused, dead-lettered or duplicate messages per second one
             device id may cost before its messages are refused before verification (token
-            bucket, collector.ingest.admission; stored messages cost nothing); refused ones are
+            bucket, collector.ingest.admission; one token per started 64 KiB of payload, so
+            1 MiB of junk costs 16; stored messages cost nothing); refused ones are
             acknowledged and counted, not stored.
-        device_burst: bucket size of that rate limit.
+        device_burst: bucket size of that rate limit (tokens).
         queue_max_bytes: bytes of received messages waiting for the worker; the MQTT
             thread waits (the broker holds the rest) when it is full.
         group_max_messages: messages the worker stores in one transaction (group commit).

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
-from collector.ingest.admission import Admission, DeadLetterQuota, Refusal
+from collector.ingest.admission import CHARGE_UNIT_BYTES, Admission, DeadLetterQuota, Refusal
 from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.service import IngestService
 from collector.jobs.retention import run_retention
@@ -134,9 +134,33 @@ def test_rate_limit_charges_only_messages_that_stored_nothing() -> None:
     assert DeadLetterQuota(2).allow("a", 0)
 
 
-def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
-    engine: sa.Engine, mosquitto: SecureBroker, car: SigningDevice
+def test_rate_limit_charges_junk_by_its_size() -> None:
+    gate = Admission(rate_per_s=1.0, burst=40)
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # 1 MiB that stored nothing: 16 tokens
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)
+    assert gate.check("lw/v1/j/batch", 1, 0.0) is None  # 8 left
+    gate.charge("lw/v1/j/batch", 0.0, 1 << 20)  # more than is left: 8 tokens of debt
+    assert gate.check("lw/v1/j/batch", 1, 8.5) is Refusal.RATE_LIMITED
+    assert gate.check("lw/v1/j/batch", 1, 9.0) is None  # the debt is paid back at 1 token/s
+    for _ in range(39):  # a small replay costs one token, like before
+        gate.charge("lw/v1/r/batch", 0.0, 1020)
+    assert gate.check("lw/v1/r/batch", 1, 0.0) is None
+    gate.charge("lw/v1/r/batch", 0.0, CHARGE_UNIT_BYTES + 1)  # a started unit counts whole: 2
+    assert gate.check("lw/v1/r/batch", 1, 0.0) is Refusal.RATE_LIMITED
+
+
+#: the fairness bound of the fleet-ingest work (issue 12): beyond the normal latency
+FAIRNESS_BOUND_S = 1.0
+
+
+def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_the_bound(
+    engine: sa.Engine, mosquitto: SecureBroker, car: SigningDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The smallest flood that still exercises every refusal: 5,000 QoS 0 and 30 x 1 MiB junk
+    from a stolen device account, while another device's batch is in the broker behind it.
+    The full-size flood (50,000 + 600 x 1 MiB) is ``bench/flood_bench.py``: there the
+    broker's in-order delivery to the collector's one session is the limit (docs/security.md
+    section 4), which a test cannot bound on a shared machine."""
     register(engine, car)
     ingest = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
     login = mosquitto.login()  # the collector's broker account
@@ -158,33 +182,47 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_promptly(
     device.connect("127.0.0.1", mosquitto.port)
     device.loop_start()
     service = IngestService(ingest, settings, Limits(key_cache_ttl_s=0, queue_max_bytes=4 << 20))
+    stored: dict[int, float] = {}
+    service.add_commit_listener(lambda pairs: stored.update({seq: time.monotonic() for _, seq in pairs}))
+
+    def latency(seq: int) -> float:
+        sent = time.monotonic()
+        device.publish(car.topic, car.sealed(seq, t0=NOW - 60_000 + seq), qos=1).wait_for_publish(30)
+        deadline = sent + 60
+        while seq not in stored and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seq in stored, f"genuine batch {seq} not stored within 60 s"
+        return stored[seq] - sent
+
     try:
         service.start()
         assert service.ready.wait(30)
+        normal = max(latency(seq) for seq in (1, 2, 3))  # the same run, without the flood
         for _ in range(5000):
             attacker.publish("lw/v1/junk-1/batch", b"\x00" * 100, qos=0)
         junk = [attacker.publish("lw/v1/junk-1/batch", b"\xff" * (1 << 20), qos=1) for _ in range(30)]
-        sent = time.monotonic()
-        genuine = device.publish(car.topic, car.sealed(1, t0=NOW - 60_000), qos=1)
-        for info in [*junk, genuine]:
+        during = latency(4)  # published while the flood is still on its way through the broker
+        for info in junk:
             info.wait_for_publish(30)
         deadline = time.monotonic() + 30
-        while not rows(engine, "batches") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stored_after = time.monotonic() - sent
-        # The genuine batch came from another connection, so it may overtake the last junk:
-        # let the worker drain before checking that nothing stays queued.
-        while service.queued_bytes and time.monotonic() < deadline:
+        while (service.refused["qos0"] < 5000 or service.queued_bytes) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         service.stop()
         for client in (attacker, device):
             client.disconnect()
             client.loop_stop()
-    assert [r["seq"] for r in rows(engine, "batches")] == [1]
-    assert stored_after < 10.0, f"the genuine batch took {stored_after:.1f} s behind the flood"
-    assert service.refused["qos0"] == 5000
+    assert sorted(r["seq"] for r in rows(engine, "batches")) == [1, 2, 3, 4]  # type: ignore[type-var]
+    assert during <= normal + FAIRNESS_BOUND_S, f"genuine batch: {during:.2f} s in the flood, {normal:.2f} s without"
+    assert service.refused["qos0"] == 5000  # every QoS 0 message refused in the callback, none queued
     assert service.queued_bytes == 0
+    # 30 x 1 MiB of junk cost 16 tokens each: the bucket (300) is empty before the last ones,
+    # which are refused on the MQTT thread, and the log names the device id to revoke.
+    assert service.refused["rate_limited"] > 0
+    named = [r for r in caplog.records if "over its admission rate limit" in r.getMessage()]
+    assert len(named) == 1
+    assert "'junk-1'" in named[0].getMessage()
+    print(f"fairness: genuine batch {during:.3f} s behind 5,000 QoS 0 + 30 x 1 MiB junk, {normal:.3f} s without")
     letters = rows(engine, "dead_letters", device_id="junk-1")
     assert 0 < len(letters) <= 30
     assert all(len(bytes(d["payload"])) <= 4096 for d in letters)  # type: ignore[arg-type]
