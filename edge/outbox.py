@@ -22,7 +22,9 @@ How this works
   again by :meth:`Outbox.pending` (``resend_before_ms``) and re-published. Rows waiting for
   a receipt are still rows: they count against the budget and are evicted by the same
   priorities (alerts never); within a priority, a row the broker already acknowledged goes
-  before one it never saw (it is the likelier to be stored already). Whether a receipt was
+  before one it never saw (it is the likelier to be stored already) and is counted apart as
+  ``evicted_acked_batches`` (not in ``evicted_batches``, the count of batches that never
+  left the box: a gap the collector sees for one of those is a real loss). Whether a receipt was
   ever accepted, and the newest receipt counter, are kept in ``meta`` so they survive
   restarts.
 * Corruption: on open, ``PRAGMA quick_check``; a file that fails it (or is not a database
@@ -57,6 +59,7 @@ ROW_OVERHEAD = 96
 _SQLITE_MAX = 2**63 - 1
 REPORT_KEYS = (
     "evicted_batches",
+    "evicted_acked_batches",
     "evicted_fixes",
     "evicted_samples",
     "evicted_stats",
@@ -297,7 +300,7 @@ class Outbox:
                 total = db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
                 while total > self.max_bytes:
                     victim = db.execute(
-                        "SELECT seq, size, fixes, samples, stats, report FROM batches WHERE priority < ? "
+                        "SELECT seq, size, fixes, samples, stats, report, published_ms FROM batches WHERE priority < ? "
                         "ORDER BY priority, published_ms IS NULL, seq LIMIT 1",
                         (int(Priority.ALERT),),
                     ).fetchone()
@@ -307,10 +310,13 @@ class Outbox:
                     db.execute("DELETE FROM batches WHERE seq = ?", (victim[0],))
                     evicted.append(victim[0])
                     total -= victim[1]
-                    counts["evicted_batches"] += 1
-                    counts["evicted_fixes"] += victim[2]
-                    counts["evicted_samples"] += victim[3]
-                    counts["evicted_stats"] += victim[4]
+                    if victim[6] is not None:  # the broker acknowledged it: waiting for a receipt
+                        counts["evicted_acked_batches"] += 1
+                    else:
+                        counts["evicted_batches"] += 1
+                        counts["evicted_fixes"] += victim[2]
+                        counts["evicted_samples"] += victim[3]
+                        counts["evicted_stats"] += victim[4]
                     for key, value in _report_of(victim[5]).items():
                         counts[key] += value  # the victim's own report goes back to unreported
                 deltas = {k: v - int(carried.get(k, 0)) for k, v in counts.items()}

@@ -241,6 +241,11 @@ RULE_COLLATERAL_FLOOR_WHEN_OVERDUE = {
     "night_door_openings": "high",
     "stationary_near_market": "normal",
     "region_exit": "normal",
+    # #17's signals have no v2 feature: the v2 collateral axis does not move; their v1 rows
+    # floor the loan's level instead (collector.risk.decision.V1_FLOOR_CODES)
+    "soh_drop": "normal",
+    "hv_disconnect": "normal",
+    "relocation": "normal",
 }
 
 

@@ -120,6 +120,12 @@ def test_outbox_fills_during_a_long_outage(
             "outbox": {"max_bytes": 65_536},
             "batch": {"max_age_s": 0.05, "max_fixes": 1, "max_samples": 1},
             "rules": {"regions_file": str(region)},
+            "reporting": {"enabled": False},  # every fix its own batch: the outbox must overflow
+            # Receipts off: with hundreds of evicted seqs the receipt's 32 ranges cannot cover the
+            # stored batches above the gaps, so they would wait in the 64 KiB outbox until evicted
+            # themselves. Known limit (issue 12's note): announce evicted seqs so the ledger
+            # bridges them, as it does announced skips.
+            "downlink": {"receipts": "off"},
         },
         relay_agent_link=True,  # a network outage: the broker stays up
     )
@@ -151,7 +157,7 @@ def test_faults_scenario_serial_noise_gnss_restart_can_unplug(
     stays whole."""
     if hardware is not None:
         pytest.skip("the faults scenario is injected by the simulator")
-    chain.setup(hil_keys)
+    chain.setup(hil_keys, agent_extra={"reporting": {"enabled": False}})  # every decoded fix goes up
     chain.play("faults")
     high = chain.finish()
     ledger = check_ledger(chain.db, chain.rig.device_id, expected_high=high)

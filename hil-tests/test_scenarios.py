@@ -62,9 +62,7 @@ SCENARIOS: dict[str, Expect] = {
     # #17: ten nights away from the learned home base
     "relocation": Expect(frozenset({"relocation"}), "relocation_while_overdue", "high", None, None),
     # #17: left in a pawn lot (a typed place of the agent's place list) for its 24 h dwell
-    "pawn_lot_second_lien": Expect(
-        frozenset({"stationary_near_market"}), "late_streak_near_market", "high", None, None
-    ),
+    "pawn_lot_second_lien": Expect(frozenset({"stationary_near_market"}), "market_while_overdue", "normal", None, None),
 }
 
 

@@ -271,6 +271,10 @@ def test_outbox_eviction_keeps_alerts_that_wait_for_a_receipt(tmp_path: Path) ->
     assert evicted == [3]
     seqs = [row[0] for row in sqlite3.connect(tmp_path / "outbox.db").execute("SELECT seq FROM batches ORDER BY seq")]
     assert seqs == [1, 2, 4]
+    # counted apart: the broker had it, so it is not a batch that never left the box
+    assert (box.totals["evicted_acked_batches"], box.totals["evicted_batches"]) == (1, 0)
+    assert box.unreported() == {"evicted_acked_batches": 1}
+    assert box.put(5, b"r" * 1000, priority=Priority.ROUTINE, fixes=1) == [2]  # never sent: a real eviction
     assert box.totals["evicted_batches"] == 1
     box.close()
 
