@@ -11,6 +11,7 @@ stays un-receipted. Loads are the issue's numbers (300 batches, a 20,000-message
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -170,8 +171,14 @@ def bounded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquit
         broker.close()
 
 
-def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: int | None = None) -> None:
-    """Store BATCHES signed one-minute batches in the outbox while the flood runs."""
+def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: int | None = None,
+               stall_collector_at: int | None = None) -> None:
+    """Store BATCHES signed one-minute batches in the outbox while the flood runs.
+
+    ``stall_collector_at``: at that seq the collector process is stopped (SIGSTOP) for 3 s, as
+    a busy collector would be, so the broker's queue for its session overflows for certain
+    (a fast collector on an idle machine may otherwise keep the queue under 1,000).
+    """
     flood_message = rig.flooder.sealed(1, fixes=60)  # stored once, then 19,999 duplicates
     flood = Flood(rig.broker, rig.flooder.topic, flood_message)
     try:
@@ -179,6 +186,10 @@ def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: i
             message = rig.device.sealed(seq, fixes=60, t0=T0 + seq * 60_000)
             outbox.put(seq, message, priority=Priority.ROUTINE, fixes=60)
             uplink.wake()
+            if seq == stall_collector_at:
+                rig.collector.proc.send_signal(signal.SIGSTOP)
+                time.sleep(3.0)
+                rig.collector.proc.send_signal(signal.SIGCONT)
             if seq == restart_broker_at:
                 rig.broker.stop(kill=True)  # no persistence: its queues and retained receipts are gone
                 time.sleep(1.0)
@@ -196,7 +207,8 @@ def test_every_batch_is_stored_exactly_once_through_a_flood(
     rig = Rig(tmp_path, bounded_broker)
     outbox, uplink = rig.agent(ReceiptMode.REQUIRED)
     try:
-        run_stream(rig, outbox, uplink, restart_broker_at=BATCHES // 2 if restart else None)
+        run_stream(rig, outbox, uplink, restart_broker_at=BATCHES // 2 if restart else None,
+                   stall_collector_at=None if restart else BATCHES // 3)
         assert rig.stored_seqs() == list(range(1, BATCHES + 1))  # all there; (device, seq) is unique
         wait_until(lambda: rig.gaps()["missing"] == 0, what="the gap count back to 0")
         gaps = rig.gaps()
