@@ -259,7 +259,10 @@ def test_database_outage_holds_the_ack_and_retries(
 # ------------------------------------------------------------------ separate processes
 
 
-def write_config(path: Path, database_url: str, broker: SecureBroker | Mosquitto, client_id: str) -> Path:
+def write_config(
+    path: Path, database_url: str, broker: SecureBroker | Mosquitto, client_id: str, extra: str = ""
+) -> Path:
+    """A collector.toml for a collector subprocess; ``extra``: more TOML appended (e.g. ``[downlink]``)."""
     account = ""
     if isinstance(broker, SecureBroker):  # the collector's account (an open load-generator broker has none)
         login = broker.login()
@@ -281,7 +284,7 @@ port = 0
 [limits]
 key_cache_ttl_s = 0
 max_clock_skew_s = 315360000
-"""
+{extra}"""
     )
     return path
 

@@ -34,6 +34,7 @@ from protocol.cli.key_files import generate
 from tests.collector_process import CollectorProcess, collector_command, wait_until
 from tests.fake_devices import T0, FakeDevice, register
 from tests.secure_broker import SecureBroker
+from tests.test_ingest_mqtt import write_config as write_ingest_config
 
 BATCHES = 300
 FLOOD = 20_000
@@ -43,35 +44,12 @@ pytestmark = pytest.mark.mqtt  # a broker and a collector process: the process t
 
 def write_config(path: Path, database_url: str, broker: Mosquitto | SecureBroker, signing_key: Path, *,
                  receipts: bool) -> Path:
-    account = ""
-    if isinstance(broker, SecureBroker):  # the authenticated fixture broker: the collector's account
-        login = broker.login()
-        account = f'username = "{login.username}"\npassword = "{login.password}"\n'
-    path.write_text(
-        f"""database_url = "{database_url}"
-data_dir = "{path.parent / "data"}"
-log_level = "INFO"
-
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-group = "collectors"
-client_id = "collector-r"
-{account}
-[api]
-port = 0
-
-[limits]
-key_cache_ttl_s = 0
-max_clock_skew_s = 315360000
-
-[downlink]
-signing_key = "{signing_key}"
-receipts = {"true" if receipts else "false"}
-receipt_interval_s = 0.5
-"""
+    """The ingest tests' collector.toml with a signing key and receipts on or off."""
+    downlink = (
+        f'\n[downlink]\nsigning_key = "{signing_key}"\nreceipts = {"true" if receipts else "false"}\n'
+        "receipt_interval_s = 0.5\n"
     )
-    return path
+    return write_ingest_config(path, database_url, broker, "collector-r", extra=downlink)
 
 
 class Rig:
