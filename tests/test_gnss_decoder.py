@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from functools import reduce
 from pathlib import Path
 
@@ -154,6 +155,55 @@ def test_zero_filled_sentences_yield_nofix() -> None:
         assert records == [NoFix(time_ms=ms("2024-03-23T12:35:19"))]
 
 
+ZDA = nmea("GPZDA,123519,23,03,2024,00,00")
+
+
+def test_gns_gives_position_altitude_satellites_and_hdop() -> None:
+    gns = nmea("GNGNS,123519,4807.038,N,01131.000,W,ADN,14,0.7,545.4,46.9,,,S")
+    records, decoder, errors = decode(ZDA + gns)
+    assert errors == []
+    assert records == [
+        Fix(
+            time_ms=ms("2024-03-23T12:35:19"),
+            lat=48 + 7.038 / 60,
+            lon=-(11 + 31.0 / 60),
+            alt_m=545.4,
+            speed_mps=None,
+            course_deg=None,
+            mode=FixMode.THREE_D,
+            hdop=0.7,
+            sats_used=14,
+            mean_snr=None,
+        )
+    ]
+    assert decoder.counters.sentences_parsed == 2
+
+
+def test_gns_with_three_satellites_is_2d_as_gpsd_says() -> None:
+    records, _, _ = decode(ZDA + nmea("GPGNS,123519,4807.038,N,01131.000,E,A,03,2.0,545.4,,,"))
+    assert isinstance(records[0], Fix)
+    assert records[0].mode is FixMode.TWO_D
+
+
+@pytest.mark.parametrize("modes", ["N", "NN", "NNNNNN", ""])
+def test_gns_without_a_fix_in_any_constellation_is_no_fix(modes: str) -> None:
+    records, _, errors = decode(ZDA + nmea(f"GNGNS,123519,4807.038,N,01131.000,E,{modes},00,,,,,"))
+    assert errors == []
+    assert [type(r) for r in records] == [NoFix]
+
+
+def test_gns_without_gps_or_marked_unsafe_leaves_the_position_to_rmc_and_gga() -> None:
+    """Furuno GN-87: "NDD" (GLONASS and Galileo fix, no GPS) and navigation status V, as gpsd."""
+    rmc = nmea("GNRMC,123519,A,4807.038,N,01131.000,E,0.0,0.0,230324,,,D,V")
+    gns = nmea("GNGNS,123519,4807.500,N,01131.500,E,NDD,11,1.3,168.9,39.5,,,V")
+    gga = nmea("GNGGA,123519,4807.038,N,01131.000,E,2,11,1.3,168.9,M,39.5,M,,")
+    records, _, errors = decode(rmc + gns + gga)
+    assert errors == []
+    assert [(type(r), r.lat) for r in records if isinstance(r, Fix)] == [(Fix, 48 + 7.038 / 60)]
+    only_gns, _, _ = decode(ZDA + nmea("GNGNS,123519,4807.500,N,01131.500,E,NDD,11,1.3,168.9,39.5,,,V"))
+    assert [type(r) for r in only_gns] == [NoFix]
+
+
 def test_rmc_alone_is_a_2d_fix_and_gll_is_a_fallback() -> None:
     records, _, _ = decode(RMC)
     assert isinstance(records[0], Fix)
@@ -219,6 +269,14 @@ def test_fractional_seconds_are_kept_to_the_millisecond() -> None:
         (nmea("GPGSV,1,1,01,07,95,083,46").strip(), InvalidField, "invalid_fields"),
         (nmea("GPGSA,A,7,04,,,,,,,,,,,,2.5,1.3,2.1").strip(), InvalidField, "invalid_fields"),
         (nmea("GPZDA,123519,31,12,24,00,00").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,N,01131.000,E,AX,08,0.9,545.4,46.9,,").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,N,01131.000,E,AAAAAAAAA,08,0.9,545.4,,,").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,N,01131.000,E,AA,-1,0.9,545.4,,,").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,N,01131.000,E,AA,08,nan,545.4,,,").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,N,01131.000,E,AA,08,0.9,1e9,,,").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,N,01131.000,E,AA,08,0.9,545.4,,,,X").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,123519,4807.038,Q,01131.000,E,AA,08,0.9,545.4,,,").strip(), InvalidField, "invalid_fields"),
+        (nmea("GNGNS,126519,4807.038,N,01131.000,E,AA,08,0.9,545.4,,,").strip(), InvalidField, "invalid_fields"),
     ],
 )
 def test_bad_lines_are_typed_counted_and_never_raise(line: bytes, error: type[GnssError], counter: str) -> None:
@@ -283,6 +341,84 @@ def test_replayed_epoch_is_dropped_as_stale() -> None:
     assert [r.time_ms for r in records] == [ms("2024-03-23T12:35:19"), ms("2024-03-23T12:35:20")]
     assert [type(e) for e in errors] == [StaleEpoch]
     assert decoder.counters.stale_epochs == 1
+
+
+def _epochs(*seconds: int, minute: int = 35) -> bytes:
+    return b"".join(_rmc_gga(second, minute=minute) for second in seconds)
+
+
+def test_a_clock_that_jumps_back_and_runs_on_is_a_new_time_base() -> None:
+    """humminbird-M37: 12:35:20..24, then the receiver's clock restarts at 12:35:11 and runs on."""
+    records, decoder, errors = decode(_epochs(20, 21, 22, 23, 24, 11, 12, 13, 14, 15))
+    assert [r.time_ms % 60_000 // 1000 for r in records] == [20, 21, 22, 23, 24, 11, 12, 13, 14, 15]
+    assert decoder.counters.time_resets == 1
+    assert decoder.counters.stale_epochs == 0
+    assert errors == []
+    # Within each time base the records increase.
+    assert all(b.time_ms > a.time_ms for a, b in itertools.pairwise(records[5:]))
+
+
+def test_a_new_time_base_is_held_until_confirmed_then_released_in_order() -> None:
+    decoder = NmeaDecoder()
+    decoder.feed(_epochs(20, 21, 22))
+    assert decoder.feed(_rmc_gga(11)) == []  # back in time: held, not dropped, not yet emitted
+    assert decoder.feed(_rmc_gga(12)) == []
+    assert [r.time_ms % 60_000 for r in decoder.feed(_rmc_gga(13))] == [11_000, 12_000, 13_000]
+    assert decoder.counters.time_resets == 1
+    assert [r.time_ms % 60_000 for r in decoder.feed(_rmc_gga(14))] == [14_000]
+
+
+def test_two_captures_joined_the_second_an_hour_earlier() -> None:
+    """bt451: the log's second capture starts 52 minutes before the first one ended."""
+    records, decoder, _ = decode(_epochs(10, 11, 12, minute=35) + _epochs(6, 7, 8, 9, minute=33))
+    assert [(r.time_ms // 60_000 % 60, r.time_ms // 1000 % 60) for r in records] == [
+        (35, 10),
+        (35, 11),
+        (35, 12),
+        (33, 6),
+        (33, 7),
+        (33, 8),
+        (33, 9),
+    ]
+    assert decoder.counters.time_resets == 1
+
+
+def test_one_stray_epoch_back_in_time_stays_stale() -> None:
+    """telit-he910: one epoch 0.3 s before the last, then the receiver's time goes on."""
+    early = nmea(f"GPRMC,123520.400,A,{LAT},{LON},0.0,,230324,,,A") + nmea(
+        f"GPGGA,123520.400,{LAT},{LON},1,08,0.9,545.4,M,,,,"
+    )
+    late = nmea(f"GPRMC,123520.700,A,{LAT},{LON},0.0,,230324,,,A") + nmea(
+        f"GPGGA,123520.700,{LAT},{LON},1,08,0.9,545.4,M,,,,"
+    )
+    records, decoder, errors = decode(_epochs(18, 19) + late + early + _epochs(21, 22))
+    assert [r.time_ms % 60_000 for r in records] == [18_000, 19_000, 20_700, 21_000, 22_000]
+    assert [type(e) for e in errors] == [StaleEpoch]
+    assert decoder.counters.stale_epochs == 1
+    assert decoder.counters.time_resets == 0
+
+
+@pytest.mark.parametrize(
+    ("after", "stale"),
+    [
+        ((11, 12), 2),  # the input ends before a third epoch confirms them
+        ((11, 10, 12), 3),  # 10 does not increase from 11: 11 is dropped, 10 12 wait
+        ((11, 12, 23), 2),  # the old time base goes on: the two were strays
+    ],
+)
+def test_epochs_back_in_time_that_are_not_confirmed_are_stale(after: tuple[int, ...], stale: int) -> None:
+    records, decoder, errors = decode(_epochs(20, 21, 22, *after))
+    assert all(b.time_ms > a.time_ms for a, b in itertools.pairwise(records))
+    assert decoder.counters.time_resets == 0
+    assert decoder.counters.stale_epochs == stale
+    assert [type(e) for e in errors] == [StaleEpoch] * stale
+
+
+def test_a_replay_of_a_whole_stretch_is_a_new_time_base_counted_once() -> None:
+    """A receiver (or a log) that repeats three or more epochs: indistinguishable from a reset."""
+    records, decoder, _ = decode(_epochs(10, 11, 12, 13, 10, 11, 12, 13, 14))
+    assert [r.time_ms % 60_000 // 1000 for r in records] == [10, 11, 12, 13, 10, 11, 12, 13, 14]
+    assert decoder.counters.time_resets == 1
 
 
 def test_repeated_sentences_within_an_epoch_merge() -> None:
@@ -473,8 +609,8 @@ def test_arbitrary_bytes_never_raise(blob: bytes) -> None:
     assert decoder.counters.bytes_discarded <= len(blob)
 
 
-def _rmc_gga(second: int) -> bytes:
-    t = f"1235{second:02d}"
+def _rmc_gga(second: int, minute: int = 35) -> bytes:
+    t = f"12{minute:02d}{second:02d}"
     return nmea(f"GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230324,003.1,W") + nmea(
         f"GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
     )

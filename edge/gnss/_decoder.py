@@ -92,6 +92,10 @@ DEFAULT_EARLIEST_DATE = dt.date(2020, 1, 1)
 LATEST_DATE = dt.date(2099, 12, 31)
 #: The lowest ``earliest_date`` accepted: records carry times from 2000-01-01 on.
 EARLIEST_ALLOWED_DATE = dt.date(2000, 1, 1)
+#: Epochs in a row, all going back before the last record and increasing among themselves,
+#: that make a new time base (a receiver whose clock was reset, two captures joined). Fewer
+#: are a stray out-of-order epoch and dropped as stale.
+TIME_RESET_EPOCHS = 3
 #: NMEA 0183 allows 82 characters; proprietary and NMEA 4.11 sentences run longer.
 DEFAULT_MAX_SENTENCE = 200
 MPS_PER_KNOT = 1852 / 3600
@@ -101,7 +105,11 @@ HALF_DAY_MS = DAY_MS // 2
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 #: Sentence types the merger uses, and which of them carry the epoch's time of day.
-SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GSA", "GSV", "VTG", "GLL", "ZDA"})
+SUPPORTED_TYPES = frozenset({"RMC", "GGA", "GNS", "GSA", "GSV", "VTG", "GLL", "ZDA"})
+#: GNS mode indicator letters (one per constellation: GPS, GLONASS, Galileo, BDS, QZSS, NavIC).
+_GNS_MODES = frozenset("ADEFMNPRSV")
+#: GNS navigation status (NMEA 4.10+): U unsafe and V not valid carry no usable position.
+_GNS_NAV_STATUS = frozenset("SCUV")
 _UNTIMED_TYPES = frozenset({"GSA", "GSV", "VTG"})
 #: Rejections of a damaged line, which may have been the sentence that ends the epoch.
 _LINE_DAMAGE = (
@@ -134,8 +142,12 @@ class GnssCounters:
         untimed_epochs: epochs dropped because the receiver sent no time of day.
         undated_epochs: epochs dropped because no date had been seen yet.
         invalid_dates: epochs dropped because their date is implausible (receiver default).
-        stale_epochs: epochs dropped because they are not later than the last record.
-        incomplete_epochs: epochs dropped because no RMC, GGA or GLL survived, or because the
+        stale_epochs: epochs dropped because they are not later than the last record (and
+            did not start a new time base).
+        time_resets: times the receiver's time went back and stayed there: a new time base
+            (:data:`TIME_RESET_EPOCHS` increasing epochs before the last record), whose
+            epochs are emitted from then on.
+        incomplete_epochs: epochs dropped because no RMC, GGA, GNS or GLL survived, or because the
             sentence that ends the receiver's cycle never came (gpsd reports nothing then).
         bytes_discarded: bytes thrown away while resynchronising or rejecting lines.
         open_failures: attempts to open the serial URL that failed.
@@ -159,6 +171,7 @@ class GnssCounters:
     undated_epochs: int = 0
     invalid_dates: int = 0
     stale_epochs: int = 0
+    time_resets: int = 0
     incomplete_epochs: int = 0
     epochs_closed_early: int = 0
     cycle_ender_resets: int = 0
@@ -185,16 +198,17 @@ class _Epoch:
     bad_date: str | None = None
     has_position_sentence: bool = False
     no_fix: bool = False
-    pos: tuple[float, float] | None = None  # from the last RMC/GGA/GLL that carried one (as gpsd)
+    pos: tuple[float, float] | None = None  # from the last RMC/GGA/GNS/GLL that carried one (as gpsd)
     rmc_fix: bool = False
     gga_zero_sats: bool = False
     alt_m: float | None = None
+    gns_2d: bool = False  # a GNS with an altitude but at most 3 satellites used (gpsd: 2D)
     rmc_speed: float | None = None
     rmc_course: float | None = None
     vtg_speed: float | None = None
     vtg_course: float | None = None
     gsa_mode: int | None = None
-    gsa_before_position: bool = False  # the GSA mode came before the epoch's RMC/GGA/GLL
+    gsa_before_position: bool = False  # the GSA mode came before the epoch's RMC/GGA/GNS/GLL
     gga_hdop: float | None = None
     gsa_hdop: float | None = None
     gga_sats: int | None = None
@@ -343,6 +357,8 @@ class NmeaDecoder:
         # time; a void RMC or GGA without a time of day makes it forget the date.
         self._gpsd_dated = False
         self._pending: list[GnssRecord] = []
+        # Epochs that went back in time, waiting to prove a new time base (see _behind).
+        self._held: list[tuple[_Epoch, int]] = []
 
     # -- input ------------------------------------------------------------------------
 
@@ -397,6 +413,9 @@ class NmeaDecoder:
             record = self._close(epoch, at_end=True)
             if record is not None:
                 out.append(record)
+        out.extend(self._pending)
+        self._pending.clear()
+        self._drop_held("the input ended before a new time base was confirmed")
         return out
 
     # -- one line ---------------------------------------------------------------------
@@ -587,9 +606,45 @@ class NmeaDecoder:
 
         return self._apply_timed("ZDA", tod_text, apply_zda, talker)
 
+    def _merge_gns(self, talker: str, data: list[str]) -> GnssRecord | None:
+        # GNS (NMEA 4.0+, GGA for several constellations): hhmmss.ss, lat, N/S, lon, E/W,
+        # mode indicator (one letter per constellation), satellites used, HDOP, altitude MSL,
+        # geoid separation, age and station of corrections, [navigation status (4.10+)].
+        tod_text = _field(data, 0)
+        pos = _position(data, 1)
+        modes = _field(data, 5)
+        if len(modes) > 8 or not set(modes) <= _GNS_MODES:
+            raise ValueError(f"GNS mode indicator {modes!r} is not up to 8 of {''.join(sorted(_GNS_MODES))}")
+        sats = _integer(_field(data, 6), "GNS satellites", 0, 255)
+        hdop = _number(_field(data, 7), "GNS HDOP", 0.0, 999.99)
+        alt = _number(_field(data, 8), "GNS altitude", -1000.0, 100_000.0)
+        nav_status = _field(data, 12)
+        if nav_status and nav_status not in _GNS_NAV_STATUS:
+            raise ValueError(f"GNS navigation status {nav_status!r} is not one of S/C/U/V")
+        # As gpsd, only the first (GPS) letter says whether this sentence gives a position,
+        # and an unsafe or invalid navigation status keeps its time but not its position
+        # (multi-GNSS receivers send "NDD" with a fix from GLONASS and Galileo, which their
+        # GGA and RMC report). The epoch is "no fix" only when no constellation has a fix.
+        no_fix = not modes.strip("NV")
+        usable = modes[:1] not in ("", "N", "V") and nav_status not in ("U", "V")
+
+        def apply_gns(ep: _Epoch) -> None:
+            ep.has_position_sentence = True
+            ep.no_fix |= no_fix
+            if not usable:
+                return
+            ep.pos = pos or ep.pos
+            ep.gga_sats, ep.gga_hdop = sats, hdop
+            if pos is not None:
+                ep.alt_m = alt
+                ep.gns_2d = alt is not None and (sats is None or sats <= 3)
+
+        return self._apply_timed("GNS", tod_text, apply_gns, talker)
+
     _MERGE_TIMED: dict[str, Callable[[NmeaDecoder, str, list[str]], GnssRecord | None]] = {
         "RMC": _merge_rmc,
         "GGA": _merge_gga,
+        "GNS": _merge_gns,
         "GLL": _merge_gll,
         "ZDA": _merge_zda,
     }
@@ -725,17 +780,56 @@ class NmeaDecoder:
         if ep.timed_report:
             ep.pos = ep.report_pos
         time_ms = (date.toordinal() - _EPOCH_ORDINAL) * DAY_MS + tod
-        if self._last_time_ms is not None and time_ms <= self._last_time_ms:
-            message = f"epoch time {time_ms} is not after the last record's {self._last_time_ms}"
-            self._report(StaleEpoch(message, ep.tod_text))
-            return None
-        self._last_date, self._last_tod_ms, self._last_time_ms = date, tod, time_ms
+        self._last_date, self._last_tod_ms = date, tod
+        last = self._last_time_ms
+        if last is not None and time_ms <= last:
+            return self._behind(ep, time_ms, last)
+        self._drop_held(f"the receiver's time went on after {last}: a stray epoch, not a new time base")
+        self._last_time_ms = time_ms
         return self._record(ep, time_ms)
+
+    # -- time going back: a stray epoch or a new time base ---------------------------------
+
+    def _behind(self, ep: _Epoch, time_ms: int, last: int) -> GnssRecord | None:
+        """An epoch not after the last record: hold it until it proves to start a new time base.
+
+        It does when :data:`TIME_RESET_EPOCHS` epochs in a row, this one first, increase from
+        it while all stay at or before the last record (so none of them can belong to the old
+        time base). An epoch after the last record (the old time base went on) or one that
+        does not increase from the held ones ends the wait: the held epochs were stale.
+        """
+        if self._held and time_ms <= self._held[-1][1]:
+            self._drop_held(f"epoch time {time_ms} is not after the held epoch's {self._held[-1][1]}")
+        held = self._held
+        held.append((ep, time_ms))
+        if len(held) < TIME_RESET_EPOCHS:
+            return None
+        self._held = []
+        self._last_time_ms = time_ms
+        self.counters.time_resets += 1
+        log.warning(
+            "GNSS time base reset: the receiver's time went back from %d to %d ms and went on for %d epochs",
+            last,
+            held[0][1],
+            len(held),
+        )
+        records = [self._record(held_ep, held_ms) for held_ep, held_ms in held]
+        self._pending.extend(records[1:])
+        return records[0]
+
+    def _drop_held(self, why: str) -> None:
+        """The held epochs were not a new time base: each one is stale."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        for ep, time_ms in held:
+            message = f"epoch time {time_ms} is not after the last record's {self._last_time_ms} ({why})"
+            self._report(StaleEpoch(message, ep.tod_text))
 
     def _unreported(self, ep: _Epoch, *, at_end: bool) -> GnssError | None:
         """Why gpsd would not report this epoch with a time, or None (it would)."""
         if not ep.has_position_sentence:
-            return IncompleteEpoch("epoch has no RMC, GGA or GLL", ep.tod_text)
+            return IncompleteEpoch("epoch has no RMC, GGA, GNS or GLL", ep.tod_text)
         cycle_known = self._ender_confirmed if at_end else self._cycle_reliable
         if not ep.reported and not ep.damaged and cycle_known:
             # The receiver's cycle is known and this epoch never got the sentence that ends
@@ -805,6 +899,8 @@ def _first(preferred: _T | None, fallback: _T | None) -> _T | None:
 def _fix_mode(ep: _Epoch) -> FixMode:
     if ep.gsa_mode in (2, 3):
         return FixMode(ep.gsa_mode)
+    if ep.gns_2d:
+        return FixMode.TWO_D
     return FixMode.THREE_D if ep.alt_m is not None else FixMode.TWO_D
 
 

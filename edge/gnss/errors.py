@@ -160,7 +160,7 @@ class StaleEpoch(EpochDropped):
 
 
 class IncompleteEpoch(EpochDropped):
-    """An epoch with a time but none of RMC, GGA or GLL, so nothing says whether there is a fix."""
+    """An epoch with a time but none of RMC, GGA, GNS or GLL, so nothing says whether there is a fix."""
 
     reason = "incomplete_epoch"
     counter = "incomplete_epochs"
