@@ -14,6 +14,13 @@ simulator plays scenarios with time acceleration: GNSS time runs at the scenario
 while the host clock does not. Anchoring on the last fix keeps CAN and GNSS on one time
 line (errors bounded by one fix interval) in both cases, and monotonic time keeps a host
 clock step (NTP, RTC reset) out of the picture.
+
+Observation time never goes back. When the receiver's own clock does (a new GNSS time base,
+``edge.gnss`` counter ``time_resets``), an epoch older than the anchor does not re-anchor:
+the clock runs on from the last anchor on host monotonic time until GNSS time passes it
+again. CAN samples stamped meanwhile stay on the rules engine's time line (which does not go
+back either: docs/gnss.md, "Time going back"); anchoring on the older epoch would stamp them
+behind the engine's clock and have them dropped as stale.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class ObservationClock:
         self._started = monotonic()
         self._hold_s = hold_s
         self.free_running = False  # True when anchored on host time for want of GNSS
+        self.time_went_back = 0  # GNSS epochs older than the anchor, not anchored on
 
     @property
     def anchored(self) -> bool:
@@ -68,8 +76,16 @@ class ObservationClock:
             return self._anchor is not None
 
     def on_fix(self, time_ms: int) -> None:
-        """Re-anchor on a GNSS epoch (fix or no-fix with a valid time) that just arrived."""
+        """Re-anchor on a GNSS epoch (fix or no-fix with a valid time) that just arrived.
+
+        An epoch older than the current GNSS anchor (the receiver's time went back) is
+        ignored: observation time does not go back. Host time (free running) always yields.
+        """
         with self._lock:
+            anchor = self._anchor
+            if anchor is not None and not self.free_running and time_ms < anchor[0]:
+                self.time_went_back += 1
+                return
             self._anchor = (time_ms, self._monotonic())
             self.free_running = False
 

@@ -12,9 +12,9 @@ How this works:
    three-letter code. Only then does pynmea2 parse the text (without its checksum, so it is
    not computed twice), and every field we use is converted strictly here, because
    pynmea2's attribute access returns the raw text when a conversion fails.
-3. **Epochs.** Sentences of one epoch share the UTC time of day (RMC, GGA, GLL, ZDA carry
+3. **Epochs.** Sentences of one epoch share the UTC time of day (RMC, GGA, GNS, GLL, ZDA carry
    it; GSA, GSV and VTG join the epoch that is open). When a sentence brings another time,
-   the open epoch is merged into one record: position and status from GGA/RMC/GLL, date
+   the open epoch is merged into one record: position and status from GGA/RMC/GNS/GLL, date
    from RMC/ZDA, speed and course from RMC (VTG as fallback), mode and PRNs from the GSAs,
    C/N0 of tracked satellites from the GSVs of every constellation. Any sign of "no fix"
    (void RMC/GLL, RMC mode N, GGA quality 0, GSA mode 1, empty or 0,0 position) yields
@@ -23,8 +23,10 @@ How this works:
    day when the time of day wrapped around midnight. An epoch before any date is dropped
    (counter ``undated_epochs``: at most the first second or so after start-up). A date before
    ``earliest_date`` (receivers report 1980-01-06 or 2000-01-01 before their first fix) makes
-   the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time;
-   an epoch not later than the last one emitted is dropped (``stale_epochs``).
+   the epoch's time unusable (``invalid_dates``). Records leave in strictly increasing time
+   within a *time base*: an epoch not later than the last one emitted is held, and emitted
+   with the next ones when :data:`TIME_RESET_EPOCHS` increasing epochs show the receiver's
+   clock went back and stayed (``time_resets``); otherwise it is dropped (``stale_epochs``).
 5. **gpsd's reporting cycle** (``driver_nmea0183.c``): the type of the sentence that set the
    cycle time last before it changed is a *cycle ender*; gpsd reports an epoch when an ender
    arrives (or at every position while none is known). An epoch takes the position of that

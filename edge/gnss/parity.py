@@ -45,7 +45,7 @@ POSITION_TOLERANCE_DEG = 1e-6
 GPSD_EARLIEST_DATE = dt.date(2000, 1, 1)
 _ROLLOVER_MS = 1024 * 7 * 86_400_000
 _BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
-_POSITION_SENTENCE = re.compile(rb"^\$[A-Z]{2}(RMC|GGA|GLL),", re.MULTILINE)
+_POSITION_SENTENCE = re.compile(rb"^\$[A-Z]{2}(RMC|GGA|GNS|GLL),", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
