@@ -309,6 +309,7 @@ class Agent:
             out.update(self.gate.counters)
             out["config_version"] = self.gate.version
         out["seq_next"] = self.sequence.peek()
+        out["observation_clock_went_back"] = self.clock.time_went_back  # GNSS epochs behind it (docs/gnss.md)
         out.update({f"rules_{k}": v for k, v in counter_values(self.engine.counters).items()})
         self._published.publish(counter_values(out))
 
