@@ -726,3 +726,12 @@ def test_a_position_before_any_date_is_not_timed_by_a_later_zda() -> None:
     records, _, errors = decode(data)
     assert [r.time_ms for r in records] == [ms("2024-03-23T12:35:11"), ms("2024-03-23T12:35:12")]
     assert [type(e) for e in errors] == [UndatedEpoch]
+
+
+def test_a_new_time_base_confirmed_by_an_unterminated_last_line_keeps_its_order() -> None:
+    """flush(): the last line (no line end) ends the third epoch back and so confirms the reset."""
+    decoder = NmeaDecoder()
+    data = _epochs(20, 21, 22, 11, 12) + _rmc_gga(13).rstrip(b"\r\n")
+    records = decoder.feed(data) + decoder.flush()
+    assert [r.time_ms % 60_000 // 1000 for r in records] == [20, 21, 22, 11, 12, 13]
+    assert decoder.counters.time_resets == 1

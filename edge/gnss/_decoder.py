@@ -410,13 +410,15 @@ class NmeaDecoder:
             record = self._take_line(tail.strip())
             if record is not None:
                 out.append(record)
+            out.extend(self._pending)
+            self._pending.clear()
         epoch, self._epoch = self._epoch, None
         if epoch is not None:
             record = self._close(epoch, at_end=True)
             if record is not None:
                 out.append(record)
-        out.extend(self._pending)
-        self._pending.clear()
+            out.extend(self._pending)
+            self._pending.clear()
         self._drop_held("the input ended before a new time base was confirmed")
         return out
 
