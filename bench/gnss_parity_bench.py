@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(goal >= 99.5 %; {sums.rollover_shifted} compared modulo gpsd's 1024-week rollover shift)"
     )
     print(f"extra fixes where gpsd reports none: {sums.extra} = {100 * sums.extra_ratio:.2f} % (goal <= 0.5 %)")
+    print(f"new time bases (receiver time went back and stayed): {sums.time_resets}; stale epochs: {sums.stale_epochs}")
+    print(f"rerun: .venv/bin/python bench/gnss_parity_bench.py {args.folder}")
     return 0
 
 

@@ -61,6 +61,8 @@ class LogParity:
         rollover_shifted: reproduced fixes whose gpsd time is ours plus 1024 GPS weeks.
         missed_times: epoch ms of gpsd fixes we did not reproduce (gpsd's time).
         extra_times: epoch ms of our extra fixes.
+        time_resets: new time bases the decoder started (the receiver's time went back and stayed).
+        stale_epochs: epochs the decoder dropped as not later than its last record.
     """
 
     name: str
@@ -71,6 +73,8 @@ class LogParity:
     rollover_shifted: int
     missed_times: tuple[int, ...]
     extra_times: tuple[int, ...]
+    time_resets: int = 0
+    stale_epochs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,8 @@ class ParityTotals:
     reproduced: int
     extra: int
     rollover_shifted: int
+    time_resets: int = 0
+    stale_epochs: int = 0
 
     @property
     def reproduced_ratio(self) -> float:
@@ -130,11 +136,10 @@ def gpsd_fixes(chk_text: str) -> dict[int, tuple[float, float]]:
 def compare_log(log: Path, chk: Path, *, earliest_date: dt.date = GPSD_EARLIEST_DATE) -> LogParity:
     """Decode ``log`` with a fresh :class:`NmeaDecoder` and compare its fixes with ``chk``."""
     theirs = gpsd_fixes(chk.read_text(encoding="utf-8", errors="replace"))
-    ours = {
-        r.time_ms: (r.lat, r.lon)
-        for r in read_nmea_file(log, decoder=NmeaDecoder(earliest_date=earliest_date))
-        if isinstance(r, Fix)
-    }
+    decoder = NmeaDecoder(earliest_date=earliest_date)
+    # A new time base may repeat times of the old one: the later fix of a time counts, as
+    # gpsd's last report of it does.
+    ours = {r.time_ms: (r.lat, r.lon) for r in read_nmea_file(log, decoder=decoder) if isinstance(r, Fix)}
     matched: set[int] = set()
     reproduced = shifted = 0
     missed: list[int] = []
@@ -163,6 +168,8 @@ def compare_log(log: Path, chk: Path, *, earliest_date: dt.date = GPSD_EARLIEST_
         rollover_shifted=shifted,
         missed_times=tuple(missed),
         extra_times=tuple(extra),
+        time_resets=decoder.counters.time_resets,
+        stale_epochs=decoder.counters.stale_epochs,
     )
 
 
@@ -175,4 +182,6 @@ def total(results: Iterable[LogParity]) -> ParityTotals:
         reproduced=sum(r.reproduced for r in rows),
         extra=sum(r.extra for r in rows),
         rollover_shifted=sum(r.rollover_shifted for r in rows),
+        time_resets=sum(r.time_resets for r in rows),
+        stale_epochs=sum(r.stale_epochs for r in rows),
     )
