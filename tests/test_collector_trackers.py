@@ -113,6 +113,9 @@ def test_thresholds_come_from_the_risk_config() -> None:
     assert tracker_divergence(view("b", box), view("s", far), NOW, RiskConfig(tracker_divergence_m=5000)) is None
     assert tracker_divergence(view("b", box), view("s", far), NOW, RiskConfig(tracker_window_minutes=180)) is None
     assert RiskConfig.from_dict({"tracker_silent_hours": 6, "tracker_moved_m": 500}).tracker_silent_hours == 6
+    assert RiskConfig(tracker_silent_hours=0.01).tracker_silent_hours == 0.01  # 36 s, the HIL rig's live clock
+    with pytest.raises(RiskConfigError, match="tracker_silent_hours=0.005 must be a number in"):
+        RiskConfig(tracker_silent_hours=0.005)
     with pytest.raises(RiskConfigError, match="tracker_divergence_m=10 must be a number in"):
         RiskConfig(tracker_divergence_m=10)
 
