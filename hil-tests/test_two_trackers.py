@@ -106,7 +106,7 @@ def test_one_tracker_torn_out_while_the_other_moves(
         agent_extra={"reporting": {"moving_max_interval_s": MOVING_FIX_S}},
     )
     backup = chain.add_tracker(BACKUP_ID)
-    assert chain.rig.get(f"/v1/loans/{LOAN}")["risk"]["level"] == "normal"
+    assert chain.level() == "normal"
     gone, staying = (chain.rig, backup) if torn_out == "wired" else (backup, chain.rig)
     unplugged: list[float] = []
 
@@ -147,9 +147,9 @@ def test_one_tracker_torn_out_while_the_other_moves(
     assert evidence["distance_m"] > MOVED_M, evidence
     assert reason["alert_episode"] == f"{REASON}:silent:{gone.device_id}:{evidence['silent_since_ms']}", reason
     # the silence began with the torn-out box's last record (vehicle time = host time, live),
-    # at most one batch interval (10 s) plus transit before the unplug
+    # about one batch interval (10 s) plus transit before the unplug
     silent_since_s = evidence["silent_since_ms"] / 1000
-    assert unplugged[0] - 15 <= silent_since_s <= unplugged[0], (silent_since_s, unplugged)
+    assert unplugged[0] - 20 <= silent_since_s <= unplugged[0], (silent_since_s, unplugged)
     # never before the threshold, and soon after it (the other box's next batch reassesses)
     first_shown = played.reason_first_seen[REASON]
     assert silent_since_s + SILENT_S <= first_shown <= silent_since_s + SILENT_S + DETECT_MARGIN_S, (
@@ -158,6 +158,7 @@ def test_one_tracker_torn_out_while_the_other_moves(
     # the loan escalated because of it: normal -> high (docs/risk.md: tracker_divergence is high,
     # on-site check, either way round), recorded as a risk event after the threshold
     assert level == "high", chain.risk()
+    assert played.level_first_seen["high"] >= silent_since_s + SILENT_S, played.level_first_seen
     assert reason["level"] == "high", reason
     assert risk_event_s is not None, "no risk event to high"
     assert risk_event_s >= silent_since_s + SILENT_S, risk_event_s - silent_since_s
