@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         "(docs/simulator.md, One clock)",
     )
     run.add_argument(
+        "--start-now",
+        action="store_true",
+        help="start the scenario the moment its clock starts (live vehicle time for a 1x scenario; "
+        "docs/simulator.md, One clock)",
+    )
+    run.add_argument(
         "--hold",
         action="store_true",
         help="after the end keep the car parked and reporting at 1x until stopped (no invented unplug)",
@@ -220,6 +226,8 @@ def main(argv: list[str]) -> int:
         if args.command == "run":
             if args.loop and (args.end_now or args.hold):
                 parser.error("--loop cannot be combined with --end-now or --hold")
+            if args.start_now and args.end_now:
+                parser.error("--start-now cannot be combined with --end-now")
             scenario = load_scenario(args.scenario)
             with stop_on_signals(stop), _events_stream(args.events_jsonl) as events:
                 run_scenario(
@@ -234,6 +242,7 @@ def main(argv: list[str]) -> int:
                     stop=stop,
                     end_now=args.end_now,
                     hold=args.hold,
+                    start_now=args.start_now,
                 )
             return 0
         with stop_on_signals(stop):

@@ -125,6 +125,7 @@ def run_scenario(
     clock: Callable[[], float] = time.time,
     end_now: bool = False,
     hold: bool = False,
+    start_now: bool = False,
 ) -> RunReport:
     """Play ``scenario`` on a GNSS pty and an SLCAN pty until it ends (or forever with ``loop``).
 
@@ -143,6 +144,9 @@ def run_scenario(
             (:meth:`Scenario.ending_at`: moved by whole days, the car parked until then).
         hold: after the end, keep the car parked and reporting at 1x until stopped
             (a ``hold`` line is written when that starts).
+        start_now: move the scenario so that it starts the moment its clock starts (after
+            ``wait_open``), to the millisecond: a 1x scenario then plays on the host clock
+            while it plays (live vehicle time; local times of day change). Not with ``end_now``.
 
     Raises:
         LinkError: a pty or symlink could not be created.
@@ -150,6 +154,8 @@ def run_scenario(
     """
     if loop and (end_now or hold):
         raise ValueError("--loop cannot be combined with --end-now or --hold")
+    if start_now and end_now:
+        raise ValueError("--start-now cannot be combined with --end-now")
     stop = stop or threading.Event()
     catalog = CanCatalog(scenario.can.dbc)
     pace = scenario.pace(override=speed, factor=speed_factor)
@@ -171,6 +177,9 @@ def run_scenario(
         deadline = clock() + wait_open
         while not stop.is_set() and not rig.adapter.is_open and clock() < deadline:
             rig.serve(_MAX_SLEEP_S)
+        if start_now:
+            scenario = scenario.shifted(round(clock() * 1000) - scenario.start_ms)
+            pace = scenario.pace(override=speed, factor=speed_factor)
         current = scenario
         if end_now or hold:
             target_ms = scenario.end_ms

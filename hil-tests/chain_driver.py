@@ -10,6 +10,12 @@ level while the scenario plays, firing the test's faults at wall offsets from th
 start; :meth:`Chain.finish` stops the agent cleanly (it flushes its open batch and drains
 its outbox) and waits until the collector has stored the highest sequence number the agent
 ever committed, so the checks that follow see the final state. Every wait is bounded.
+
+A car may carry a second tracker (:meth:`Chain.add_tracker`: a GNSS-only box with its own
+simulator and agent, linked to the loan through the API); :meth:`Chain.play` then starts it
+too, and ``live=True`` puts every simulator on the host clock (``sim run --start-now``) so
+that both boxes report the same spot at the same time and the collector's "silent for"
+thresholds are real time. :func:`unplug` tears a box out (a fault action).
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class Chain:
     def __init__(self, rig: ChainRig, hardware: Hardware | None) -> None:
         self.rig = rig
         self.hardware = hardware
+        #: the loan the level is read from (the sample book's late loan unless a test imports its own)
+        self.loan_id = LOAN_ID
 
     @property
     def db(self) -> Path:
@@ -91,8 +99,12 @@ class Chain:
         agent_extra: dict[str, dict[str, Any]] | None = None,
         relay_agent_link: bool = False,
         collector_extra: dict[str, dict[str, Any]] | None = None,
+        loans: Path | None = None,
     ) -> None:
-        """Broker, keys, collector, device registration, loan book (and the agent's cuttable link)."""
+        """Broker, keys, collector, device registration, loan book (and the agent's cuttable link).
+
+        ``loans``: a loan CSV to import instead of the sample book (set :attr:`loan_id` to its loan).
+        """
         rig = self.rig
         rig.start_broker()
         if relay_agent_link:
@@ -101,17 +113,33 @@ class Chain:
         rig.write_collector_config(**(collector_extra or {}))
         rig.start_collector()
         rig.provision_device()
-        rig.import_sample_loans()
+        if loans is None:
+            rig.import_sample_loans()
+        else:
+            rig.import_loans(loans)
         for section, values in (agent_extra or {}).items():
             rig.agent_extra.setdefault(section, {}).update(values)
 
+    def add_tracker(self, device_id: str) -> ChainRig:
+        """A second tracker on the loan's car: a GNSS-only box (a battery-powered backup has no
+        CAN) with its own simulator and agent (:meth:`ChainRig.add_tracker`), linked to the loan
+        with ``PUT /v1/loans/{id}/second-tracker``. :meth:`play` starts it with the main box."""
+        tracker = self.rig.add_tracker(device_id)
+        tracker.write_agent_config(with_can=False)
+        self.rig.http("PUT", f"/v1/loans/{self.loan_id}/second-tracker", json={"device_id": device_id})
+        return tracker
+
+    def risk(self) -> dict[str, Any]:
+        """The loan's ``risk`` object as the API shows it to an analyst."""
+        return dict(self.rig.get(f"/v1/loans/{self.loan_id}", role="risk_analyst")["risk"])
+
     def level(self) -> str:
         """The loan's risk level as the API shows it."""
-        return str(self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]["level"])
+        return str(self.risk()["level"])
 
     def axes(self) -> tuple[str, str]:
         """The loan's v2 (credit, collateral) levels as the API shows them to an analyst."""
-        score = self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]["score"]
+        score = self.risk()["score"]
         return str(score["credit"]["level"]), str(score["collateral"]["level"])
 
     def wait_collateral(self, floor: str, *, exact: bool, timeout: float = 60.0) -> tuple[str, str]:
@@ -133,16 +161,28 @@ class Chain:
         speed_factor: float | None = None,
         faults: Sequence[Fault] = (),
         timeout: float = 180.0,
+        live: bool = False,
+        until: Callable[[PlayResult], bool] | None = None,
     ) -> PlayResult:
-        """Play ``scenario`` to its end (hardware: run ``seconds``), firing ``faults`` on the way."""
+        """Play ``scenario`` to its end (hardware: run ``seconds``), firing ``faults`` on the way.
+
+        Every tracker of :meth:`add_tracker` plays the same scenario on its own simulator; the
+        play ends when every simulator has ended or was stopped (by a fault), or as soon as
+        ``until`` (asked at every API poll, after the faults) says so. ``live``: the simulators
+        start the scenario when their clocks start (``--start-now``), on the host clock.
+        """
         rig = self.rig
+        extra = ("--start-now",) if live else ()
         if self.hardware is None:
             rig.write_agent_config()
-            rig.start_sim(scenario, speed_factor=speed_factor)
+            rig.start_sim(scenario, speed_factor=speed_factor, extra=extra)
         else:
             hw = self.hardware
             rig.write_agent_config(gnss_url=hw.gnss_url, can_interface=hw.can_interface, can_channel=hw.can_channel)
         rig.start_agent()
+        for tracker in rig.trackers:  # no CAN: its simulator's clock starts at once
+            tracker.start_sim(scenario, speed_factor=speed_factor, wait_open=None, extra=extra)
+            tracker.start_agent()
         start_event = rig.sim_event("start") if self.hardware is None else None
         result = PlayResult(scenario_start_wall=float(start_event["wall_time"]) if start_event else time.time())
         pending = sorted(faults, key=lambda f: f.at_s)
@@ -159,8 +199,11 @@ class Chain:
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + 0.25
                 self._poll_level(result)
+                if until is not None and not pending and until(result):
+                    break
             if self.hardware is None:
-                if not rig.processes["sim"].running and not pending:
+                sims = [r.processes["sim"] for r in (rig, *rig.trackers) if "sim" in r.processes]
+                if not any(sim.running for sim in sims) and not pending:
                     break
             elif now >= end_wall and not pending:
                 break
@@ -177,7 +220,7 @@ class Chain:
         if collector is None or not collector.running:
             return  # a fault test killed it on purpose
         try:
-            risk = self.rig.get(f"/v1/loans/{LOAN_ID}", role="risk_analyst")["risk"]
+            risk = self.risk()
         except Exception:
             return
         seen = time.time()
@@ -185,9 +228,12 @@ class Chain:
         for reason in risk["reasons"]:
             result.reason_first_seen.setdefault(str(reason["code"]), seen)
 
-    def finish(self, *, timeout: float = 90.0) -> int:
-        """Stop the agent cleanly and wait until the collector stored its last batch; return that seq."""
-        rig = self.rig
+    def finish(self, *, timeout: float = 90.0, box: ChainRig | None = None) -> int:
+        """Stop the agent cleanly and wait until the collector stored its last batch; return that seq.
+
+        ``box``: one of the rig's trackers instead of the main box.
+        """
+        rig = box or self.rig
         if "sim" in rig.processes:
             rig.processes["sim"].stop()
         agent = rig.processes["agent"]
@@ -199,7 +245,7 @@ class Chain:
         last = (-1, -1)
         stable_since = time.monotonic()
         while True:
-            count, stored_high = stored_seq_count(rig.database_path, rig.device_id)
+            count, stored_high = stored_seq_count(self.db, rig.device_id)
             if (count, stored_high) != last:
                 last, stable_since = (count, stored_high), time.monotonic()
             if stored_high >= high and time.monotonic() - stable_since >= 1.0:
@@ -221,9 +267,18 @@ class Chain:
 
     def risk_event_time(self, level: str) -> float | None:
         """Collector wall time (s) at which the loan first changed to ``level`` (its risk event)."""
-        events = self.rig.get(f"/v1/loans/{LOAN_ID}/risk-events", role="risk_analyst")
+        events = self.rig.get(f"/v1/loans/{self.loan_id}/risk-events", role="risk_analyst")
         times = [e["time_ms"] / 1000 for e in events if e["new_level"] == level]
         return min(times) if times else None
+
+
+def unplug(box: ChainRig) -> None:
+    """Tear a box out (a fault action): power, serial and CAN gone at once. Its agent is
+    SIGKILLed (no power: nothing flushed, no goodbye) and its simulator stops (both ptys vanish)."""
+    box.kill("agent")
+    if "sim" in box.processes:
+        box.processes["sim"].stop()
+    box.say(f"{box.device_id:<10} unplugged: agent without power, serial and CAN ports gone")
 
 
 def level_at_least(level: str, floor: str) -> bool:

@@ -80,6 +80,13 @@ def test_silence_alone_or_short_silence_is_not_divergence() -> None:
     assert tracker_divergence(view("box", box), view("spy", parked_spy), NOW, CONFIG) is None
     both_quiet = track(NOW - 5 * HOUR, NOW - 3 * HOUR, *HOME)  # underground garage: nobody reports
     assert tracker_divergence(view("box", box), view("spy", both_quiet), NOW, CONFIG) is None
+    # both quiet, their last reports far apart: the hourly backup's last one was 30 km back on
+    # the drive into the garage, the box's at the entrance; nobody reports now, nothing to compare
+    drive_in = track(NOW - 4 * HOUR, NOW - 3 * HOUR, HOME[0] - 30 * KM_NORTH, HOME[1], every_ms=5 * MIN,
+                     dlat=2.5 * KM_NORTH)
+    hourly_spy = [drive_in[0]]
+    assert tracker_divergence(view("box", drive_in), view("spy", hourly_spy), NOW, CONFIG) is None
+    assert tracker_divergence(view("spy", hourly_spy), view("box", drive_in), NOW, CONFIG) is None
     sparse_spy = track(NOW - 90 * MIN, NOW - 90 * MIN, *HOME)  # a battery tracker reporting every few hours
     moving_box = track(NOW - 90 * MIN, NOW, *HOME, dlat=0.5 * KM_NORTH)
     assert tracker_divergence(view("box", moving_box), view("spy", sparse_spy), NOW, CONFIG) is None
@@ -113,6 +120,9 @@ def test_thresholds_come_from_the_risk_config() -> None:
     assert tracker_divergence(view("b", box), view("s", far), NOW, RiskConfig(tracker_divergence_m=5000)) is None
     assert tracker_divergence(view("b", box), view("s", far), NOW, RiskConfig(tracker_window_minutes=180)) is None
     assert RiskConfig.from_dict({"tracker_silent_hours": 6, "tracker_moved_m": 500}).tracker_silent_hours == 6
+    assert RiskConfig(tracker_silent_hours=0.01).tracker_silent_hours == 0.01  # 36 s, the HIL rig's live clock
+    with pytest.raises(RiskConfigError, match=r"tracker_silent_hours=0\.005 must be a number in \[0\.01, "):
+        RiskConfig(tracker_silent_hours=0.005)
     with pytest.raises(RiskConfigError, match="tracker_divergence_m=10 must be a number in"):
         RiskConfig(tracker_divergence_m=10)
 

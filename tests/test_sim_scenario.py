@@ -484,3 +484,60 @@ def test_the_extended_park_reports_its_dwell_up_to_the_target() -> None:
     anchored = scenario.ending_at(NOW, hold=True)
     (begin,) = [e for e in anchored.events if e.name == "stop_begin" and e.segment == anchored.segments[-1].index]
     assert begin.data["duration_s"] == (NOW - begin.time_ms) / 1000
+
+
+# -- live play: ``sim run --start-now`` -----------------------------------------------------
+
+_ONE_X_DRIVE = """
+name = "one_x"
+start = 2026-03-12T14:00:00+08:00
+position = [31.2290, 121.4480]
+speed = 1
+
+[[segment]]
+kind = "drive"
+speed_kmh = 50
+route = [[31.2470, 121.4480]]
+"""
+
+
+def test_start_now_plays_a_1x_scenario_on_the_host_clock(tmp_path: Path) -> None:
+    import io
+    import json
+    import threading
+
+    from firmware_sim.runner import run_scenario
+
+    scenario = parse_scenario(_ONE_X_DRIVE, "one_x.toml")
+    out, stop = io.StringIO(), threading.Event()
+    timer = threading.Timer(2.5, stop.set)
+    timer.start()
+    try:
+        run_scenario(scenario, gnss_link=tmp_path / "gnss0", can_link=tmp_path / "can0", events_out=out, stop=stop,
+                     start_now=True)  # fmt: skip
+    finally:
+        timer.cancel()
+        timer.join()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    (start,) = [line for line in lines if line["type"] == "start"]
+    started_ms = datetime.fromisoformat(start["scenario_start"]).timestamp() * 1000
+    assert abs(started_ms - start["wall_time"] * 1000) < 50  # moved to the moment the clock started
+    clocks = [line for line in lines if line["type"] == "clock"]
+    assert len(clocks) >= 2
+    for line in clocks:  # vehicle time is the host clock while it plays
+        assert abs(line["scenario_time_ms"] - line["wall_time"] * 1000) < 100, line
+    (drive_start,) = [line for line in lines if line.get("event") == "drive_start"]
+    assert abs(drive_start["scenario_time_ms"] - started_ms) < 1
+
+
+def test_start_now_and_end_now_do_not_mix(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from firmware_sim.cli import main
+    from firmware_sim.runner import run_scenario
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--scenario", "unplug", "--gnss-link", "g", "--can-link", "c", "--start-now", "--end-now"])
+    assert exit_info.value.code == 2
+    assert "--start-now cannot be combined with --end-now" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--start-now cannot be combined with --end-now"):
+        run_scenario(parse_scenario(_ONE_X_DRIVE, "one_x.toml"), gnss_link=tmp_path / "g", can_link=tmp_path / "c",
+                     start_now=True, end_now=True)  # fmt: skip

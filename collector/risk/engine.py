@@ -289,7 +289,7 @@ class RiskConfig:
             ("stationary_days", 0.5, 365),
             ("tracker_divergence_m", 50, 1_000_000),
             ("tracker_window_minutes", 1, 7 * 24 * 60),
-            ("tracker_silent_hours", 0.1, 24 * 30),
+            ("tracker_silent_hours", 0.01, 24 * 30),  # 36 s: a live-clock rig (hil-tests/test_two_trackers.py)
             ("tracker_moved_m", 50, 1_000_000),
         ):
             value = getattr(self, name)

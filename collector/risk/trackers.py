@@ -10,8 +10,9 @@ evaluation time) and recognises two signatures, both ways round:
 
 * **one silent while the other moves** - one tracker has reported nothing for more than
   ``tracker_silent_hours`` (its newest observation, vehicle time, against the evaluation
-  time) while the other reported a position newer than that silence began and more than
-  ``tracker_moved_m`` from the silent one's last position (the car left without it);
+  time) while the other is not silent (it reported within that time) and reported a
+  position newer than that silence began and more than ``tracker_moved_m`` from the silent
+  one's last position (the car left without it);
 * **positions disagree** - both report, and their fixes (paired when within
   :data:`PAIR_MS` of each other) have been more than ``tracker_divergence_m`` apart without a
   break for at least ``tracker_window_minutes`` up to the newest pair (one tracker was moved
@@ -78,11 +79,13 @@ class TrackerView:
 def _silent_while_other_moves(
     silent: TrackerView, other: TrackerView, now_ms: int, config: RiskConfig
 ) -> OpenAlert | None:
-    if silent.last_seen_ms is None or silent.last_fix is None or other.last_fix is None:
+    if silent.last_seen_ms is None or silent.last_fix is None or other.last_fix is None or other.last_seen_ms is None:
         return None
-    silent_ms = now_ms - silent.last_seen_ms
-    if silent_ms <= config.tracker_silent_hours * HOUR_MS or other.last_fix.time_ms <= silent.last_seen_ms:
+    silent_ms, threshold_ms = now_ms - silent.last_seen_ms, config.tracker_silent_hours * HOUR_MS
+    if silent_ms <= threshold_ms or other.last_fix.time_ms <= silent.last_seen_ms:
         return None
+    if now_ms - other.last_seen_ms > threshold_ms:
+        return None  # both silent (a garage, a dead zone): the other one is not reporting either
     apart = distance_m(silent.last_fix.lat, silent.last_fix.lon, other.last_fix.lat, other.last_fix.lon)
     if apart <= config.tracker_moved_m:
         return None

@@ -347,6 +347,9 @@ class ChainRig:
         #: MQTT user name -> password, as ``broker init`` and ``devices add --broker-dir`` printed them
         self.mqtt_logins: dict[str, str] = {}
         self.collector_user = ""
+        #: more devices on this rig's broker and collector (:meth:`add_tracker`)
+        self.trackers: list[ChainRig] = []
+        self._owns_services = True  # False for a tracker: the broker and the link are its parent's
 
     # ------------------------------------------------------------------ parts
 
@@ -478,6 +481,31 @@ class ChainRig:
             self.broker.reload()  # the broker reads the new account on SIGHUP
         self.say(f"registry   device {self.device_id} registered with its public key and its broker account")
 
+    def add_tracker(self, device_id: str) -> ChainRig:
+        """A second device on this chain, e.g. a car's hidden backup tracker (docs/hil.md).
+
+        The returned rig has its own simulator, agent, ptys, agent data and logs in the
+        sub-folder ``device_id`` of this rig's work dir, and shares this rig's broker (its TLS
+        CA and accounts), collector and key folder: its key pair is generated there and it is
+        registered with its broker account, so call this after :meth:`start_collector`. Its
+        agent starts with a copy of this rig's :attr:`agent_extra` (the fleet's settings). This
+        rig's :meth:`stop` stops it first, and :meth:`logs` and :meth:`leftovers` include it.
+        """
+        if self.broker is None or not self.collector_config.exists():
+            raise RigError("add_tracker needs the broker and the collector's configuration: start them first")
+        tracker = ChainRig(self.workdir / device_id, device_id=device_id, say=self.say,
+                           agent_identity=self.agent_identity)  # fmt: skip
+        tracker._owns_services = False
+        tracker.broker, tracker.ca, tracker.api_port = self.broker, self.ca, self.api_port
+        tracker.keys_dir, tracker.broker_accounts = self.keys_dir, self.broker_accounts
+        tracker.collector_config, tracker.collector_user = self.collector_config, self.collector_user
+        tracker.mqtt_logins = self.mqtt_logins  # one set of broker accounts
+        tracker.agent_extra = {section: dict(values) for section, values in self.agent_extra.items()}
+        self.run_cli("keys", "generate", "--device", device_id, "--out", str(self.keys_dir))
+        tracker.provision_device()
+        self.trackers.append(tracker)
+        return tracker
+
     def import_sample_loans(self) -> str:
         """Import the shipped sample loan book re-dated to today (``loans import --sample``)."""
         out = self.run_cli("collector", "loans", "import", "--sample", "--config", str(self.collector_config))
@@ -589,7 +617,8 @@ class ChainRig:
         self._link_can()
 
     def write_agent_config(self, *, gnss_url: str | None = None, can_interface: str = "slcan",
-                           can_channel: str | None = None) -> None:  # fmt: skip
+                           can_channel: str | None = None, with_can: bool = True) -> None:  # fmt: skip
+        """The agent's ``agent.toml``; ``with_can=False`` leaves ``[can]`` out (a GNSS-only box)."""
         assert self.broker is not None
         sections: dict[str, dict[str, Any]] = {
             "device": {
@@ -624,7 +653,9 @@ class ChainRig:
             },
             "downlink": {"collector_public_key": str(self.keys_dir / "collector.pub")},
         }
-        if can_interface == "slcan":
+        if not with_can:
+            del sections["can"]
+        elif can_interface == "slcan":
             sections["can"]["bus_options"] = {"sleep_after_open": 0}
         for name, values in self.agent_extra.items():
             sections.setdefault(name, {}).update(values)
@@ -750,29 +781,34 @@ class ChainRig:
 
     def logs(self, lines: int = 80) -> str:
         parts = [f"----- {name} ({p.log_path})\n{p.tail(lines)}" for name, p in self.processes.items()]
-        if self.broker is not None:
+        parts += [f"===== tracker {t.device_id}\n{t.logs(lines)}" for t in self.trackers]
+        if self.broker is not None and self._owns_services:
             with contextlib.suppress(FileNotFoundError):
                 tail = "\n".join(self.broker.log_path.read_text(errors="replace").splitlines()[-lines:])
                 parts.append(f"----- broker\n{tail}")
         return "\n".join(parts)
 
     def stop(self) -> None:
-        """Stop everything, agent first so it can flush, broker last."""
+        """Stop everything, agent first so it can flush, broker last (a tracker: its own parts only)."""
+        for tracker in self.trackers:
+            tracker.stop()
         for name in ("sim", "agent", "collector"):
             if name in self.processes:
                 self.processes[name].stop()
         for proc in self.processes.values():
             proc.stop()
-        if self.agent_link is not None:
-            self.agent_link.close()
-        if self.broker is not None:
-            self.broker.close()
+        if self._owns_services:
+            if self.agent_link is not None:
+                self.agent_link.close()
+            if self.broker is not None:
+                self.broker.close()
         with contextlib.suppress(FileNotFoundError):
             self.can_link.unlink()
 
     def leftovers(self) -> list[str]:
         """Processes the rig started that still exist (empty after a good :meth:`stop`)."""
         left = [f"{name} (pid {p.pid})" for name, p in self.processes.items() if p.group_alive()]
+        left += [f"{t.device_id} {what}" for t in self.trackers for what in t.leftovers()]
         for pid in self._broker_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, 0)  # the broker runs in its own session: pid == process group
