@@ -110,6 +110,10 @@ _UI: dict[str, tuple[str, str]] = {
     "track_reason_needed": ("Say why you look at where this car has been: the reason is recorded with the read.",
                             "请说明查看该车行驶轨迹的原因：原因将与本次查看一起记录。"),
     "show_track": ("Show track", "显示轨迹"),
+    "alerts_reason_needed": ("The evidence is shown without coordinates. Say why you need them: the reason is "
+                             "recorded with the read, for every loan on the page.",
+                             "证据中的坐标已隐去。如需查看，请说明原因：原因将与本次查看一起按每笔贷款记录。"),
+    "show_coordinates": ("Show coordinates", "显示坐标"),
     "track_grant_needed": ("The track is shown only under an approved access request (approved by a risk analyst or "
                            "an admin who is not you) or an emergency access.",
                            "仅在访问申请获批准（由您以外的风险分析员或管理员批准）或紧急访问时显示轨迹。"),
