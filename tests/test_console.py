@@ -377,7 +377,7 @@ def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ("add_user", "mei"), ("reset_password", "mei"), ("set_user_role", "mei"), ("disable_user", "mei"),
             ("enable_user", "mei"), ("add_user", "boss")]
         assert all(r.actor.startswith("cli:") and r.role == "admin" for r in rows)
-        assert rows[2].detail == {"role": "auditor", "old_role": "collections"}
+        assert rows[2].detail == {"role": "auditor", "old_role": "collections", "open_cases": 0, "reassigned_to": None}
     engine.dispose()
 
 
