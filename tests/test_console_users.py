@@ -478,3 +478,23 @@ def test_a_role_change_that_holds_no_cases_hands_them_to_the_chosen_user(world: 
                               .where(CaseRecord.assignee == "lee")) == 1
     client.post("/console/users/lee/role", data={"csrf_token": csrf, "role": "admin"})
     assert assignee_of(engine, case_id) == "lee"
+
+
+def test_cases_held_by_someone_who_cannot_act_are_flagged_until_handed_over(world: World) -> None:
+    client, engine = world
+    case_id = _case_held_by_cole(engine)
+    with Session(engine) as session:  # disabled around the handover rule (before it existed, or by hand)
+        set_disabled(session, "cole", True, now_ms=NOW)
+        session.commit()
+    csrf = sign_in(client, "root")
+    cases = client.get("/console/cases").text
+    flagged = re.search(r'<div role="alert" class="card refused" id="stranded-cases">(.*?)</div>', cases, re.S)
+    assert flagged is not None
+    assert f'data-case="{case_id}"' in flagged.group(1)
+    assert 'data-stranded="true"' in cases.split('id="h-other_cases"')[1]
+    row = row_of(client.get("/console/users").text, "cole")
+    assert '<a href="/console/cases">1</a>' in row  # the disabled user still holds one
+    assert 'id="reassign-disable-cole"' not in row  # the button enables: no choice there
+    client.post("/console/users/cole/role", data={"csrf_token": csrf, "role": "auditor", "reassign_to": "lee"})
+    assert assignee_of(engine, case_id) == "lee"
+    assert 'id="stranded-cases"' not in client.get("/console/cases").text

@@ -62,6 +62,7 @@ __all__ = [
     "InvalidActionError",
     "UnknownAssigneeError",
     "assign_case",
+    "assignees_who_cannot_act",
     "case_details",
     "case_zone",
     "check_promises",
@@ -700,6 +701,14 @@ def list_cases(
         query = query.where(CaseRecord.loan_id == loan_id)
     query = query.order_by(CaseRecord.sla_due_ms, CaseRecord.id).limit(max(1, min(1000, limit)))
     return [_case_dict(case, loan_zone(loan, contact)) for case, loan in session.execute(query).all()]
+
+
+def assignees_who_cannot_act(session: Session, names: set[str]) -> set[str]:
+    """Those of ``names`` who are disabled or hold a role that takes no cases (their cases are stranded)."""
+    if not names:
+        return set()
+    users = session.scalars(sa.select(UserRecord).where(UserRecord.username.in_(sorted(names))))
+    return {u.username for u in users if u.disabled or u.role not in ASSIGNABLE_ROLES}
 
 
 def open_case_counts(session: Session) -> dict[str, int]:

@@ -269,6 +269,11 @@ _UI: dict[str, tuple[str, str]] = {
     "returned_from": ("back from", "退回自"),
     "because_user_disabled": ("disabled", "已停用"),
     "because_role_changed": ("role changed", "角色已更改"),
+    "stranded_cases": ("These open cases are held by someone who is disabled or no longer works cases; an admin "
+                       "hands them over (Users page, or lienwatch collector users disable NAME), or take them over:",
+                       "以下未结案件的负责人已被停用或不再负责催收；请管理员移交（用户页面，或 lienwatch collector "
+                       "users disable 用户名），或直接接手："),
+    "cannot_act": ("cannot act", "无法处理"),
 }
 
 _LEVELS = {"normal": ("normal", "正常"), "watch": ("watch", "关注"), "high": ("high", "高"),
