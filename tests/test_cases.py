@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -459,6 +459,23 @@ def test_a_disabled_default_assignee_gets_no_new_case(session: Session) -> None:
     assert case.assignee is None
 
 
+def _second_waits_for_the_first(engine: sa.Engine, first: Callable[[Session], object],
+                                second: Callable[[], None]) -> None:
+    """``first`` in an open transaction; ``second`` on a thread must wait until that commits."""
+    session = Session(engine)
+    try:
+        first(session)
+        racer = threading.Thread(target=second)
+        racer.start()
+        racer.join(timeout=2)
+        assert racer.is_alive()  # waits for the first change instead of reading around it
+        session.commit()
+    finally:
+        session.close()
+    racer.join(timeout=30)
+    assert not racer.is_alive()
+
+
 def test_an_assignment_and_a_disable_of_the_same_user_run_one_after_the_other_on_postgresql(postgres_url: str) -> None:
     engine = create_engine(postgres_url)
     migrate(engine)
@@ -479,39 +496,21 @@ def test_an_assignment_and_a_disable_of_the_same_user_run_one_after_the_other_on
             except UnknownAssigneeError:
                 outcome.append("refused")
 
-    first = Session(engine)
-    try:
-        staff.disable_user(first, "chen", reassign_to=None, now_ms=NOW, who=LEAD)  # holds chen's row
-        racer = threading.Thread(target=assign_to_chen)
-        racer.start()
-        racer.join(timeout=2)
-        assert racer.is_alive()  # waits for the disable instead of reading around it
-        first.commit()
-    finally:
-        first.close()
-    racer.join(timeout=30)
-    assert outcome == ["refused"]
-    with Session(engine) as s:
-        assert s.get(CaseRecord, case_id).assignee is None  # a disabled user holds no open case
-        set_disabled(s, "chen", False, now_ms=NOW)
-        s.commit()
-
     def disable_chen() -> None:
         with Session(engine) as s:
             outcome.append(f"moved {staff.disable_user(s, 'chen', reassign_to=None, now_ms=NOW, who=LEAD).case_ids}")
             s.commit()
 
-    first = Session(engine)
-    try:
-        assign_case(first, case_id, "chen", NOW, AGENT)  # the assignment first: the disable waits for it
-        racer = threading.Thread(target=disable_chen)
-        racer.start()
-        racer.join(timeout=2)
-        assert racer.is_alive()
-        first.commit()
-    finally:
-        first.close()
-    racer.join(timeout=30)
+    # the disable first (it holds chen's row): the assignment then sees chen disabled
+    _second_waits_for_the_first(
+        engine, lambda first: staff.disable_user(first, "chen", reassign_to=None, now_ms=NOW, who=LEAD), assign_to_chen)
+    assert outcome == ["refused"]
+    with Session(engine) as s:
+        assert s.get(CaseRecord, case_id).assignee is None  # a disabled user holds no open case
+        set_disabled(s, "chen", False, now_ms=NOW)
+        s.commit()
+    # the assignment first: the disable then sees the new case and hands it over
+    _second_waits_for_the_first(engine, lambda first: assign_case(first, case_id, "chen", NOW, AGENT), disable_chen)
     assert outcome[-1] == f"moved {(case_id,)}"
     with Session(engine) as s:
         assert s.get(CaseRecord, case_id).assignee is None
