@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from collector.cases import store
+from collector.cases import staff, store
 from collector.cases.contact_rules import check_contact
 from collector.cases.settings import CaseSettings, ContactRules, ContactSettings
 from collector.cases.store import (
@@ -27,6 +28,7 @@ from collector.cases.store import (
     check_promises,
     close_case,
     close_open_case,
+    handed_back,
     list_cases,
     record_action,
 )
@@ -39,7 +41,7 @@ from collector.risk.repayments import Payment
 from collector.risk.worker import RiskWorker
 from collector.settings import load_settings
 from collector.storage.database import create_engine, migrate
-from collector.storage.people import add_user
+from collector.storage.people import UserRecord, add_user, set_disabled
 from collector.storage.tables import AuditEntry, CaseActionRecord, CaseRecord, LoanRecord
 
 SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
@@ -375,3 +377,141 @@ def test_the_risk_worker_opens_cases_with_the_configured_sla(session: Session) -
     assert "L-1001" not in opened  # paid up
     case = session.scalars(sa.select(CaseRecord).where(CaseRecord.loan_id == "L-1002")).one()
     assert case.sla_due_ms == NOW + 2 * HOUR
+
+
+# ------------------------------------------------------------------ a person who stops working cases
+
+LEAD = Actor("user:lead", "admin")
+
+
+def _held_by_chen(session: Session) -> CaseRecord:
+    case = _watch_case(session)
+    assign_case(session, case.id, "chen", NOW, LEAD)
+    add_user(session, username="lee", display_name="Lee", role="collections", password="p" * 12, now_ms=NOW)
+    session.commit()
+    return case
+
+
+def test_disabling_a_user_sends_their_open_cases_back_to_the_queue_recorded_and_audited(session: Session) -> None:
+    case = _held_by_chen(session)
+    handover = staff.disable_user(session, "chen", reassign_to=None, now_ms=NOW + HOUR, who=LEAD)
+    session.commit()
+    assert (handover.case_ids, handover.to) == ((case.id,), None)
+    assert handover.audit_detail() == {"open_cases": 1, "reassigned_to": None}
+    assert session.get(UserRecord, "chen").disabled
+    session.refresh(case)
+    assert (case.assignee, case.updated_ms) == (None, NOW + HOUR)
+    event = case_details(session, case.id, CONTACT)["events"][-1]
+    assert (event["kind"], event["actor"], event["detail"]) == (
+        "assigned", "user:lead", {"assignee": None, "previous": "chen", "because": "user_disabled"})
+    audit = session.scalars(sa.select(AuditEntry).where(AuditEntry.action == "assign_case")
+                            .order_by(AuditEntry.id.desc())).first()
+    assert audit is not None
+    assert (audit.actor, audit.subject_type, audit.subject_id, audit.detail["because"]) == (
+        "user:lead", "loan", "L-1002", "user_disabled")
+    assert handed_back(session, [case.id]) == {
+        case.id: {"previous": "chen", "because": "user_disabled", "time_ms": NOW + HOUR}}
+    assign_case(session, case.id, "lee", NOW + 2 * HOUR, Actor("user:lee", "collections"))  # taken from the queue
+    assert handed_back(session, [case.id]) == {}
+    # disabling again (already disabled, nothing held) hands nothing over
+    assert staff.disable_user(session, "chen", reassign_to=None, now_ms=NOW, who=LEAD).case_ids == ()
+
+
+def test_disabling_with_a_reassignee_moves_the_cases_to_them_and_a_bad_one_is_refused(session: Session) -> None:
+    case = _held_by_chen(session)
+    add_user(session, username="gone", display_name="Gone", role="collections", password="p" * 12, now_ms=NOW)
+    staff.disable_user(session, "gone", reassign_to=None, now_ms=NOW, who=LEAD)
+    session.commit()
+    for bad in ("ana", "chen", "gone", "nobody"):  # an analyst, themself, a disabled user, no one
+        with pytest.raises(UnknownAssigneeError):
+            staff.disable_user(session, "chen", reassign_to=bad, now_ms=NOW, who=LEAD)
+        session.rollback()
+        assert not session.get(UserRecord, "chen").disabled  # nothing changed
+    handover = staff.disable_user(session, "chen", reassign_to="lee", now_ms=NOW, who=LEAD)
+    session.commit()
+    assert handover.summary() == f"1 open case(s) reassigned to lee: #{case.id}"
+    assert [c["case_id"] for c in list_cases(session, CONTACT, assignee="lee")] == [case.id]
+    assert handed_back(session, [case.id]) == {}  # reassigned, not returned to the queue
+    assert case_details(session, case.id, CONTACT)["events"][-1]["detail"] == {
+        "assignee": "lee", "previous": "chen", "because": "user_disabled"}
+
+
+def test_a_role_that_holds_no_cases_hands_them_over_and_one_that_does_keeps_them(session: Session) -> None:
+    case = _held_by_chen(session)
+    add_user(session, username="root", display_name="Root", role="admin", password="p" * 12, now_ms=NOW)
+    old, kept = staff.change_role(session, "chen", "admin", reassign_to=None, now_ms=NOW, who=LEAD)
+    assert (old, kept.case_ids) == ("collections", ())
+    assert session.get(CaseRecord, case.id).assignee == "chen"
+    old, moved = staff.change_role(session, "chen", "auditor", reassign_to="lee", now_ms=NOW, who=LEAD)
+    session.commit()
+    assert (old, moved.case_ids, moved.to) == ("admin", (case.id,), "lee")
+    assert session.get(CaseRecord, case.id).assignee == "lee"
+    assert case_details(session, case.id, CONTACT)["events"][-1]["detail"]["because"] == "role_changed"
+
+
+def test_a_disabled_default_assignee_gets_no_new_case(session: Session) -> None:
+    staff.disable_user(session, "chen", reassign_to=None, now_ms=NOW, who=LEAD)
+    session.commit()
+    _reassess_loan(session, "L-1002", NOW, model="v1", cases=CaseSettings(default_assignee="chen"))
+    session.commit()
+    case = session.scalar(sa.select(CaseRecord).where(CaseRecord.loan_id == "L-1002"))
+    assert case is not None
+    assert case.assignee is None
+
+
+def _second_waits_for_the_first(engine: sa.Engine, first: Callable[[Session], object],
+                                second: Callable[[], None]) -> None:
+    """``first`` in an open transaction; ``second`` on a thread must wait until that commits."""
+    session = Session(engine)
+    try:
+        first(session)
+        racer = threading.Thread(target=second)
+        racer.start()
+        racer.join(timeout=2)
+        assert racer.is_alive()  # waits for the first change instead of reading around it
+        session.commit()
+    finally:
+        session.close()
+    racer.join(timeout=30)
+    assert not racer.is_alive()
+
+
+def test_an_assignment_and_a_disable_of_the_same_user_run_one_after_the_other_on_postgresql(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    migrate(engine)
+    with Session(engine) as s:
+        import_loans(s, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
+        add_user(s, username="chen", display_name="Chen", role="collections", password="p" * 12, now_ms=NOW)
+        reassess_loan(s, "L-1002", NOW)
+        s.commit()
+        case_id = s.scalars(sa.select(CaseRecord.id).where(CaseRecord.loan_id == "L-1002")).one()
+    outcome: list[str] = []
+
+    def assign_to_chen() -> None:
+        with Session(engine) as s:
+            try:
+                assign_case(s, case_id, "chen", NOW, AGENT)
+                s.commit()
+                outcome.append("assigned")
+            except UnknownAssigneeError:
+                outcome.append("refused")
+
+    def disable_chen() -> None:
+        with Session(engine) as s:
+            outcome.append(f"moved {staff.disable_user(s, 'chen', reassign_to=None, now_ms=NOW, who=LEAD).case_ids}")
+            s.commit()
+
+    # the disable first (it holds chen's row): the assignment then sees chen disabled
+    _second_waits_for_the_first(
+        engine, lambda first: staff.disable_user(first, "chen", reassign_to=None, now_ms=NOW, who=LEAD), assign_to_chen)
+    assert outcome == ["refused"]
+    with Session(engine) as s:
+        assert s.get(CaseRecord, case_id).assignee is None  # a disabled user holds no open case
+        set_disabled(s, "chen", False, now_ms=NOW)
+        s.commit()
+    # the assignment first: the disable then sees the new case and hands it over
+    _second_waits_for_the_first(engine, lambda first: assign_case(first, case_id, "chen", NOW, AGENT), disable_chen)
+    assert outcome[-1] == f"moved {(case_id,)}"
+    with Session(engine) as s:
+        assert s.get(CaseRecord, case_id).assignee is None
+    engine.dispose()

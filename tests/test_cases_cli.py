@@ -74,3 +74,38 @@ def test_cases_from_the_shell(config: Path, capsys: pytest.CaptureFixture[str]) 
         actions = set(session.scalars(sa.select(AuditEntry.action)))
     engine.dispose()
     assert {"list_cases", "contact_refused", "case_action", "assign_case", "read_case", "case_closed"} <= actions
+
+
+def test_disabling_a_user_from_the_shell_hands_their_open_cases_over(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "loans", "import", "--sample", "--config", str(config))[0] == 0
+    case_id = str(json.loads(run(capsys, "cases", "list", "--config", str(config))[1].splitlines()[0])["case_id"])
+    engine = create_engine(f"sqlite:///{config.parent / 'data' / 'collector.db'}")
+    with Session(engine) as session:
+        for name in ("chen", "lee"):
+            add_user(session, username=name, display_name=name, role="collections", password="p" * 12, now_ms=1)
+        session.commit()
+    assert run(capsys, "cases", "assign", case_id, "chen", "--config", str(config))[0] == 0
+
+    code, _, err = run(capsys, "users", "disable", "chen", "--reassign-to", "chen", "--config", str(config))
+    assert (code, "cannot take over their own cases" in err) == (1, True)
+    code, out, _ = run(capsys, "users", "disable", "chen", "--reassign-to", "lee", "--config", str(config))
+    assert code == 0
+    assert out.strip() == f"chen disabled; 1 open case(s) reassigned to lee: #{case_id}"
+    assert json.loads(run(capsys, "cases", "show", case_id, "--config", str(config))[1])["assignee"] == "lee"
+    code, out, _ = run(capsys, "users", "role", "lee", "auditor", "--config", str(config))
+    assert code == 0
+    assert out.strip().endswith(f"1 open case(s) back in the unassigned queue: #{case_id}")
+    shown = json.loads(run(capsys, "cases", "show", case_id, "--config", str(config))[1])
+    assert shown["assignee"] is None
+    assert [(e["detail"]["previous"], e["detail"]["because"]) for e in shown["events"]
+            if e["kind"] == "assigned" and "because" in e["detail"]] == [("chen", "user_disabled"),
+                                                                         ("lee", "role_changed")]
+    with Session(engine) as session:
+        rows = {e.action: e for e in session.scalars(sa.select(AuditEntry).where(AuditEntry.subject_type == "user"))}
+    engine.dispose()
+    assert rows["disable_user"].detail == {"open_cases": 1, "reassigned_to": "lee"}
+    assert rows["disable_user"].actor.startswith("cli:")
+    assert rows["set_user_role"].detail == {"role": "auditor", "old_role": "collections", "open_cases": 1,
+                                            "reassigned_to": None}

@@ -377,7 +377,7 @@ def test_users_cli_add_list_passwd(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ("add_user", "mei"), ("reset_password", "mei"), ("set_user_role", "mei"), ("disable_user", "mei"),
             ("enable_user", "mei"), ("add_user", "boss")]
         assert all(r.actor.startswith("cli:") and r.role == "admin" for r in rows)
-        assert rows[2].detail == {"role": "auditor", "old_role": "collections"}
+        assert rows[2].detail == {"role": "auditor", "old_role": "collections", "open_cases": 0, "reassigned_to": None}
     engine.dispose()
 
 
@@ -832,3 +832,76 @@ def test_reversed_payments_are_marked_and_left_out_of_the_total(world: tuple) ->
     assert '<span class="badge reversed">reversed</span> R-bounce-1' in page
     assert '<td class="num" id="payments-total">¥7000.00</td>' in page
     assert "<dt>Paid</dt><dd>¥7000.00</dd>" in page  # the facts agree
+
+
+def _feed_reads(engine: sa.Engine, action: str) -> list[AuditEntry]:
+    with Session(engine) as session:
+        return list(session.scalars(sa.select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id)))
+
+
+def test_alert_feed_shows_evidence_coordinates_only_after_a_reason_audited_per_loan(world: tuple) -> None:
+    from collector.loans.compliance import compliance_report
+
+    client, engine, _ = world
+    user(client, "ana")
+    asked = client.get("/console/alerts", params={"rule": "stationary_near_market"})
+    assert asked.status_code == 200
+    assert 'id="alerts-reason-form"' in asked.text
+    assert '<input type="hidden" name="rule" value="stationary_near_market">' in asked.text  # the filter stays
+    assert not COORDINATE.search(asked.text)  # no centre_lat / centre_lon in the evidence
+    assert "Jiading used-car market" in asked.text  # the rest of the evidence is there, as on the loan page
+    assert "dwell_s" in asked.text
+    plain = client.get("/console/alerts.csv")
+    assert plain.status_code == 200
+    (row,) = [r for r in csv.DictReader(io.StringIO(plain.text)) if r["rule"] == "stationary_near_market"]
+    assert json.loads(row["evidence"]) == {"market_id": "sh-jiading-ucm", "market_name": "Jiading used-car market",
+                                           "dwell_s": 259_200.0}
+    assert _feed_reads(engine, "view_alert_locations") == _feed_reads(engine, "export_alert_locations_csv") == []
+    (view,) = _feed_reads(engine, "view_alerts")
+    assert view.detail["located"] == 0
+    assert "access_basis" not in view.detail
+
+    blank = client.get("/console/alerts", params={"reason": "  "})
+    assert 'id="alerts-refusal"' in blank.text
+    assert not COORDINATE.search(blank.text)
+    refused_csv = client.get("/console/alerts.csv", params={"reason": ""})
+    assert refused_csv.status_code == 422
+    assert not COORDINATE.search(refused_csv.text)
+    denied = _feed_reads(engine, "location_access_denied")
+    assert [(e.actor, e.subject_type, e.subject_id, e.detail["scope"]) for e in denied] == [
+        ("user:ana", "alert", "*", "alerts")] * 2
+
+    shown = client.get("/console/alerts", params={"rule": "stationary_near_market", "reason": "dwell review"})
+    assert COORDINATE.search(shown.text)
+    assert 'data-basis="role"' in shown.text
+    assert 'id="alerts-reason-form"' not in shown.text
+    csv_url = re.search(r'href="(/console/alerts\.csv\?[^"]+)" id="alerts-csv"', shown.text)
+    assert csv_url is not None
+    assert "reason=dwell+review" in csv_url.group(1)
+    exported = client.get(csv_url.group(1).replace("&amp;", "&"))
+    (row,) = list(csv.DictReader(io.StringIO(exported.text)))
+    assert json.loads(row["evidence"])["centre_lat"] == MARKET[0]
+    for action in ("view_alert_locations", "export_alert_locations_csv"):
+        (read,) = _feed_reads(engine, action)  # one row per loan whose coordinates were shown
+        assert (read.actor, read.subject_type, read.subject_id) == ("user:ana", "loan", "L-1002")
+        assert read.detail == {"alerts": 1, "access_basis": "role", "grant_id": None,
+                               "access_reason": "dwell review"}
+    assert _feed_reads(engine, "view_alerts")[-1].detail["access_reason"] == "dwell review"
+    with Session(engine) as session:
+        report = compliance_report(session, NOW - DAY, NOW + DAY)
+    assert {r["action"] for r in report["location_reads"]} == {"view_alert_locations", "export_alert_locations_csv"}
+    assert report["summary"]["location_reads"] == {"role": 2}
+
+    client.cookies.clear()
+    user(client, "cole")  # collections: no coordinates, no places; a reason opens nothing (grants are per loan)
+    for params in ({}, {"reason": "recovery"}):
+        page = client.get("/console/alerts", params=params)
+        assert page.status_code == 200
+        assert 'id="alerts-reason-form"' not in page.text
+        assert not COORDINATE.search(page.text)
+        assert "Jiading" not in page.text
+    refused = client.get("/console/alerts.csv", params={"reason": "recovery"})
+    assert refused.status_code == 403
+    assert not COORDINATE.search(refused.text)
+    assert [e.actor for e in _feed_reads(engine, "location_access_denied")][-2:] == ["user:cole"] * 2
+    assert len(_feed_reads(engine, "view_alert_locations")) == 1

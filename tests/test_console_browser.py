@@ -348,6 +348,30 @@ def test_the_tracks_dwell_cluster_is_inside_the_market_circle(browser: Any, worl
     page.context.close()
 
 
+def test_the_alert_feed_shows_coordinates_after_the_reason_form(browser: Any, world: World) -> None:
+    coordinate = re.compile(r"\b(31|121)\.\d{3,}")
+    page = signed_in(browser, world, "ana")
+    page.goto("/console/alerts?rule=stationary_near_market")
+    assert page.locator("#alert-feed tbody tr[data-alert]").count() >= 1
+    assert not coordinate.search(page.content())  # evidence without centre/market coordinates
+    page.get_by_label("Reason").fill("dwell review before the visit")
+    page.get_by_role("button", name="Show coordinates").click()
+    page.wait_for_load_state()
+    assert "rule=stationary_near_market" in page.url  # the filter came along
+    assert page.locator("#alerts-basis").get_attribute("data-basis") == "role"
+    assert coordinate.search(page.content())
+    href = page.locator("#alerts-csv").get_attribute("href")
+    assert href is not None
+    rows = list(csv.DictReader(io.StringIO(page.request.get(href).text())))
+    assert rows
+    assert all("market_lat" in json.loads(r["evidence"]) for r in rows if r["state"] == "raised")
+    reads = world.api.get("/v1/audit", params={"actor": "user:ana", "subject_id": "L-1002", "limit": 1000}).json()
+    located = [r for r in reads if r["action"] in ("view_alert_locations", "export_alert_locations_csv")]
+    assert {r["action"] for r in located} == {"view_alert_locations", "export_alert_locations_csv"}
+    assert all(r["detail"]["access_reason"] == "dwell review before the visit" for r in located)
+    page.context.close()
+
+
 def test_collections_see_no_map_no_coordinates_no_place_names(browser: Any, world: World) -> None:
     page = signed_in(browser, world, "cole")
     for path in ("/console/loans/L-1002", "/console/worklist", "/console/alerts"):

@@ -16,8 +16,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
+from collector.cases.store import Actor, assign_case
+from collector.console.case_pages import router as case_router
 from collector.console.user_pages import router as users_router
 from collector.console.web import router as console_router
+from collector.loans.csv_import import import_loans, parse_loans
+from collector.risk.assessment import reassess_loan
 from collector.settings import Settings, hash_api_key
 from collector.storage.database import create_engine, migrate
 from collector.storage.people import (
@@ -30,11 +34,12 @@ from collector.storage.people import (
     set_disabled,
     set_role,
 )
-from collector.storage.tables import AuditEntry
+from collector.storage.tables import AuditEntry, CaseRecord
 
 NOW = 1_795_858_800_000  # 2026-11-28T09:40:00Z
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "a brand new password"
+SAMPLE = Path(__file__).parents[1] / "collector" / "data" / "sample_loans.csv"
 USERS = {"root": "admin", "ana": "risk_analyst", "cole": "collections", "audrey": "auditor"}
 ADMIN_KEY = "k-admin-0123456789"
 World = tuple[TestClient, sa.Engine]
@@ -49,7 +54,8 @@ def world(tmp_path: Path) -> Iterator[World]:
             add_user(session, username=name, display_name=name.title(), role=role, password=PASSWORD, now_ms=NOW)
         session.commit()
     settings = Settings(api_keys={hash_api_key(ADMIN_KEY): "admin"})
-    app = create_app(settings, engine=engine, routers=[console_router, users_router], clock_ms=lambda: NOW)
+    app = create_app(settings, engine=engine, routers=[console_router, users_router, case_router],
+                     clock_ms=lambda: NOW)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, engine
     engine.dispose()
@@ -218,7 +224,7 @@ def test_a_role_change_ends_the_users_sessions_and_is_audited(world: World) -> N
     assert other.get("/console/worklist", follow_redirects=False).headers["location"] == "/console/sign-in"
     [row] = audit(engine, "set_user_role")
     assert (row.actor, row.subject_id) == ("user:root", "ana")
-    assert row.detail == {"role": "auditor", "old_role": "risk_analyst"}
+    assert row.detail == {"role": "auditor", "old_role": "risk_analyst", "open_cases": 0, "reassigned_to": None}
     bad = client.post("/console/users/ana/role", data={"csrf_token": csrf, "role": "owner"})
     assert bad.status_code == 422
     assert "is not one of" in bad.text
@@ -389,3 +395,106 @@ def test_two_admins_disabling_each_other_at_once_leave_one_on_postgresql(postgre
         enabled = session.scalars(sa.select(UserRecord.username).where(UserRecord.disabled.is_(False))).all()
         assert enabled == ["root"]
     engine.dispose()
+
+
+def _case_held_by_cole(engine: sa.Engine) -> int:
+    with Session(engine) as session:
+        import_loans(session, parse_loans(SAMPLE.read_text(encoding="utf-8")), now_ms=NOW)
+        add_user(session, username="lee", display_name="Lee", role="collections", password=PASSWORD, now_ms=NOW)
+        reassess_loan(session, "L-1002", NOW)
+        case_id = session.scalars(sa.select(CaseRecord.id).where(CaseRecord.loan_id == "L-1002")).one()
+        assign_case(session, case_id, "cole", NOW, Actor("user:root", "admin"))
+        session.commit()
+    return case_id
+
+
+def assignee_of(engine: sa.Engine, case_id: int) -> str | None:
+    with Session(engine) as session:
+        case = session.get(CaseRecord, case_id)
+        assert case is not None
+        return case.assignee
+
+
+def test_disabling_a_user_with_open_cases_hands_them_over_and_the_cases_page_says_so(world: World) -> None:
+    client, engine = world
+    case_id = _case_held_by_cole(engine)
+    csrf = sign_in(client, "root")
+    row = row_of(client.get("/console/users").text, "cole")
+    assert re.search(r'<td class="num open-cases"><a href="/console/cases">1</a></td>', row)
+    choices = re.search(r'<select name="reassign_to" id="reassign-disable-cole">(.*?)</select>', row, re.S)
+    assert choices is not None
+    assert re.findall(r'<option value="([^"]*)"', choices.group(1)) == ["", "lee", "root"]  # who may hold cases
+    assert 'name="reassign_to"' not in row_of(client.get("/console/users").text, "lee")  # holds nothing
+
+    refused = client.post("/console/users/cole/disabled", data={"csrf_token": csrf, "disabled": "true",
+                                                                "reassign_to": "ana"})
+    assert refused.status_code == 422
+    assert "must be an enabled user with role collections or admin" in refused.text
+    assert not stored(engine, "cole").disabled  # nothing changed
+    assert assignee_of(engine, case_id) == "cole"
+    assert audit(engine, "disable_user_refused")[0].detail["error"] == "UnknownAssigneeError"
+
+    done = client.post("/console/users/cole/disabled", data={"csrf_token": csrf, "disabled": "true",
+                                                             "reassign_to": ""}, follow_redirects=False)
+    assert done.headers["location"] == "/console/users?done=user_disabled&cases=1&to="
+    page = client.get(done.headers["location"]).text
+    assert 'id="handover-notice" data-cases="1" data-to=""' in page
+    assert "the unassigned queue" in page
+    assert stored(engine, "cole").disabled
+    assert assignee_of(engine, case_id) is None
+    (change,) = audit(engine, "disable_user")
+    assert (change.actor, change.detail) == ("user:root", {"open_cases": 1, "reassigned_to": None})
+    moved = [e for e in audit(engine, "assign_case") if e.detail.get("because") == "user_disabled"]
+    assert [(e.actor, e.subject_id, e.detail["previous"], e.detail["assignee"]) for e in moved] == [
+        ("user:root", "L-1002", "cole", None)]
+
+    client.cookies.clear()
+    lee_csrf = sign_in(client, "lee")
+    cases = client.get("/console/cases").text
+    notice = re.search(r'<div role="status" class="card" id="returned-cases">(.*?)</div>', cases, re.S)
+    assert notice is not None
+    assert f'data-case="{case_id}"' in notice.group(1)
+    assert "back from cole (disabled" in notice.group(1)
+    unassigned = cases.split('id="h-unassigned_cases"')[1].split("</section>")[0]
+    assert 'data-returned-from="cole"' in unassigned
+    client.post(f"/console/cases/{case_id}/assign", data={"csrf_token": lee_csrf})
+    assert assignee_of(engine, case_id) == "lee"
+    assert 'id="returned-cases"' not in client.get("/console/cases").text  # taken: no longer a notice
+
+
+def test_a_role_change_that_holds_no_cases_hands_them_to_the_chosen_user(world: World) -> None:
+    client, engine = world
+    case_id = _case_held_by_cole(engine)
+    csrf = sign_in(client, "root")
+    done = client.post("/console/users/cole/role", data={"csrf_token": csrf, "role": "risk_analyst",
+                                                         "reassign_to": "lee"}, follow_redirects=False)
+    assert done.headers["location"] == "/console/users?done=role_changed&cases=1&to=lee"
+    assert assignee_of(engine, case_id) == "lee"
+    (change,) = audit(engine, "set_user_role")
+    assert change.detail == {"role": "risk_analyst", "old_role": "collections", "open_cases": 1,
+                             "reassigned_to": "lee"}
+    with Session(engine) as session:  # lee -> admin keeps the case (admins may hold cases)
+        assert session.scalar(sa.select(sa.func.count()).select_from(CaseRecord)
+                              .where(CaseRecord.assignee == "lee")) == 1
+    client.post("/console/users/lee/role", data={"csrf_token": csrf, "role": "admin"})
+    assert assignee_of(engine, case_id) == "lee"
+
+
+def test_cases_held_by_someone_who_cannot_act_are_flagged_until_handed_over(world: World) -> None:
+    client, engine = world
+    case_id = _case_held_by_cole(engine)
+    with Session(engine) as session:  # disabled around the handover rule (before it existed, or by hand)
+        set_disabled(session, "cole", True, now_ms=NOW)
+        session.commit()
+    csrf = sign_in(client, "root")
+    cases = client.get("/console/cases").text
+    flagged = re.search(r'<div role="alert" class="card refused" id="stranded-cases">(.*?)</div>', cases, re.S)
+    assert flagged is not None
+    assert f'data-case="{case_id}"' in flagged.group(1)
+    assert 'data-stranded="true"' in cases.split('id="h-other_cases"')[1]
+    row = row_of(client.get("/console/users").text, "cole")
+    assert '<a href="/console/cases">1</a>' in row  # the disabled user still holds one
+    assert 'id="reassign-disable-cole"' not in row  # the button enables: no choice there
+    client.post("/console/users/cole/role", data={"csrf_token": csrf, "role": "auditor", "reassign_to": "lee"})
+    assert assignee_of(engine, case_id) == "lee"
+    assert 'id="stranded-cases"' not in client.get("/console/cases").text

@@ -150,7 +150,8 @@ class CaseSettings:
             going up) to its first action is due, by the loan's risk level.
         escalation_sla_s: an escalated case (broken promise) is due again within this.
         promise_check_interval_s: how often ``serve`` looks for broken promises.
-        default_assignee: user name new cases are assigned to (none: unassigned).
+        default_assignee: user name new cases are assigned to (none, or a user who is disabled or
+            holds a role that takes no cases: unassigned).
     """
 
     sla_watch_s: float = 3 * 86_400.0

@@ -19,6 +19,10 @@ How this works
   the ladder sms -> call -> visit -> field check -> recovery order, due within
   ``[cases] escalation_sla_s``).
 
+* :func:`hand_over_cases` moves a person's open cases to someone else or back to the queue
+  when they are disabled or lose the role (:mod:`collector.cases.staff`); an assignment locks
+  the assignee's row so it cannot slip past a disable of the same user.
+
 Every change is a ``case_events`` row and an ``audit_log`` row (subject: the loan) in the
 caller's transaction; the caller commits.
 """
@@ -45,6 +49,7 @@ from .settings import LEVELS, CaseSettings, ContactSettings
 __all__ = [
     "ACTION_KINDS",
     "ASSIGNABLE_ROLES",
+    "HANDOVER_CAUSES",
     "LADDER",
     "OUTCOMES",
     "RESOLUTIONS",
@@ -57,14 +62,18 @@ __all__ = [
     "InvalidActionError",
     "UnknownAssigneeError",
     "assign_case",
+    "assignees_who_cannot_act",
     "case_details",
     "case_zone",
     "check_promises",
     "close_case",
     "close_open_case",
     "escalate_case",
+    "hand_over_cases",
+    "handed_back",
     "list_cases",
     "loan_zone",
+    "open_case_counts",
     "record_action",
     "sync_case_with_risk",
 ]
@@ -293,8 +302,9 @@ def sync_case_with_risk(
 def _open_case(session: Session, loan_id: str, level: str, now_ms: int, settings: CaseSettings) -> CaseRecord:
     due = now_ms + settings.sla_ms(level)
     assignee = settings.default_assignee
-    if assignee is not None and session.get(UserRecord, assignee) is None:
-        assignee = None
+    default = session.get(UserRecord, assignee) if assignee is not None else None
+    if default is None or default.disabled or default.role not in ASSIGNABLE_ROLES:
+        assignee = None  # a default assignee who left (or never existed) leaves the case in the queue
     case = CaseRecord(
         loan_id=loan_id,
         status="open",
@@ -361,6 +371,22 @@ def close_open_case(
     return close_case(session, case.id, resolution, now_ms=now_ms, who=who, note=note)
 
 
+def _check_assignee(session: Session, assignee: str) -> UserRecord:
+    """The assignee's row, locked (``FOR UPDATE``) so a disable running at the same moment waits.
+
+    Locking the user row orders an assignment and a disable of the same user on PostgreSQL:
+    the disable (which updates the row, then hands the open cases over) either sees the new
+    assignment, or the assignment sees the user disabled and is refused.
+    """
+    user = (session.get(UserRecord, assignee, with_for_update=True)
+            if isinstance(assignee, str) and len(assignee) <= 64 else None)
+    if user is None or user.disabled or user.role not in ASSIGNABLE_ROLES:
+        raise UnknownAssigneeError(
+            f"assignee {assignee!r:.70} must be an enabled user with role {' or '.join(ASSIGNABLE_ROLES)}"
+        )
+    return user
+
+
 def assign_case(session: Session, case_id: int, assignee: str, now_ms: int, who: Actor) -> CaseRecord:
     """Assign a case to a user (``users.username``, role collections or admin, not disabled).
 
@@ -368,17 +394,70 @@ def assign_case(session: Session, case_id: int, assignee: str, now_ms: int, who:
         CaseNotFoundError, CaseClosedError, UnknownAssigneeError.
     """
     case = _case(session, case_id)
-    user = session.get(UserRecord, assignee) if isinstance(assignee, str) and len(assignee) <= 64 else None
-    if user is None or user.disabled or user.role not in ASSIGNABLE_ROLES:
-        raise UnknownAssigneeError(
-            f"assignee {assignee!r:.70} must be an enabled user with role {' or '.join(ASSIGNABLE_ROLES)}"
-        )
+    _check_assignee(session, assignee)
     previous = case.assignee
     case.assignee = assignee
     case.updated_ms = now_ms
     _event(session, case, now_ms, who, "assigned", assignee=assignee, previous=previous)
     session.flush()
     return case
+
+
+#: Why a case changed hands without anyone choosing that case (``because`` of its ``assigned`` event).
+HANDOVER_CAUSES = ("user_disabled", "role_changed")
+
+
+def hand_over_cases(
+    session: Session, username: str, *, to: str | None, because: str, now_ms: int, who: Actor
+) -> list[int]:
+    """Move every open case of ``username`` to ``to`` (``None``: back to the unassigned queue).
+
+    Each case gets an ``assigned`` event (``assignee``, ``previous``, ``because``) and an audit
+    row ``assign_case`` (subject: the loan), like any reassignment. The caller commits.
+
+    Args:
+        because: one of :data:`HANDOVER_CAUSES`.
+
+    Returns:
+        The ids of the cases moved, in id order.
+
+    Raises:
+        UnknownAssigneeError: ``to`` is ``username``, or not an enabled collections or admin user.
+    """
+    if because not in HANDOVER_CAUSES:
+        raise ValueError(f"because {because!r:.30} is not one of {', '.join(HANDOVER_CAUSES)}")
+    if to is not None:
+        if to == username:
+            raise UnknownAssigneeError(f"{to} cannot take over their own cases; name someone else or none")
+        _check_assignee(session, to)
+    cases = session.scalars(
+        sa.select(CaseRecord).where(CaseRecord.assignee == username, CaseRecord.status == "open")
+        .order_by(CaseRecord.id).with_for_update()
+    ).all()
+    for case in cases:
+        case.assignee = to
+        case.updated_ms = now_ms
+        _event(session, case, now_ms, who, "assigned", assignee=to, previous=username, because=because)
+    session.flush()
+    return [case.id for case in cases]
+
+
+def handed_back(session: Session, case_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The cases among ``case_ids`` whose last assignment sent them back to the queue because
+    their assignee was disabled or lost the role: ``{case_id: {"previous", "because", "time_ms"}}``."""
+    if not case_ids:
+        return {}
+    last: dict[int, CaseEventRecord] = {}
+    for event in session.scalars(
+        sa.select(CaseEventRecord).where(CaseEventRecord.case_id.in_(case_ids), CaseEventRecord.kind == "assigned")
+        .order_by(CaseEventRecord.id)
+    ):
+        last[event.case_id] = event
+    return {
+        case_id: {"previous": e.detail.get("previous"), "because": e.detail["because"], "time_ms": e.time_ms}
+        for case_id, e in last.items()
+        if e.detail.get("assignee") is None and e.detail.get("because") in HANDOVER_CAUSES
+    }
 
 
 def _contacts_since(session: Session, loan_id: str, since_ms: int) -> list[int]:
@@ -622,6 +701,24 @@ def list_cases(
         query = query.where(CaseRecord.loan_id == loan_id)
     query = query.order_by(CaseRecord.sla_due_ms, CaseRecord.id).limit(max(1, min(1000, limit)))
     return [_case_dict(case, loan_zone(loan, contact)) for case, loan in session.execute(query).all()]
+
+
+def assignees_who_cannot_act(session: Session, names: set[str]) -> set[str]:
+    """Those of ``names`` who are disabled or hold a role that takes no cases (their cases are stranded)."""
+    if not names:
+        return set()
+    users = session.scalars(sa.select(UserRecord).where(UserRecord.username.in_(sorted(names))))
+    return {u.username for u in users if u.disabled or u.role not in ASSIGNABLE_ROLES}
+
+
+def open_case_counts(session: Session) -> dict[str, int]:
+    """How many open cases each assignee holds (the unassigned are left out)."""
+    rows = session.execute(
+        sa.select(CaseRecord.assignee, sa.func.count()).where(CaseRecord.status == "open",
+                                                              CaseRecord.assignee.is_not(None))
+        .group_by(CaseRecord.assignee)
+    ).all()
+    return {assignee: count for assignee, count in rows if assignee is not None}
 
 
 def case_details(session: Session, case_id: int, contact: ContactSettings) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Every change is an audit row (actor ``cli:{OS user}``, role ``admin``, subject ``user:{name}``)
 with the same action names as the console's user page: ``add_user``, ``reset_password``,
 ``set_user_role``, ``disable_user``, ``enable_user``. The last enabled admin cannot be
-disabled or demoted here either.
+disabled or demoted here either. ``disable`` and a ``role`` that may not hold cases hand the
+user's open cases to ``--reassign-to USER`` or back to the unassigned queue
+(:mod:`collector.cases.staff`, the same path as the console's).
 
 Passwords are read from standard input (``--password-stdin``, one line) or asked for on the
 terminal, never taken from the command line (it shows in ``ps`` and shell history).
@@ -19,10 +21,12 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from ..cases.staff import change_role, disable_user
+from ..cases.store import Actor, CaseError
 from ..clock import wall_clock_ms
 from ..settings import ROLES, Settings
 from ..storage.audit import record_access
-from ..storage.people import PeopleError, add_user, list_users, set_disabled, set_password, set_role
+from ..storage.people import PeopleError, add_user, list_users, set_disabled, set_password
 from .context import cli_actor, open_settings_database
 
 __all__ = ["add_subcommands"]
@@ -48,7 +52,8 @@ def _run(args: argparse.Namespace, load: SettingsLoader) -> int:
                 for user in list_users(session):
                     print(json.dumps(user, ensure_ascii=False))
                 return 0
-            detail: dict[str, str] = {}
+            detail: dict[str, str | int | None] = {}
+            who = Actor(cli_actor(), "admin")
             try:
                 if args.action == "add":
                     add_user(session, username=args.username, display_name=args.display_name or args.username,
@@ -61,14 +66,19 @@ def _run(args: argparse.Namespace, load: SettingsLoader) -> int:
                     action = "reset_password"
                     print(f"password of {args.username} changed; their sessions ended")
                 elif args.action == "role":
-                    old = set_role(session, args.username, args.role, now_ms=now)
-                    action, detail = "set_user_role", {"role": args.role, "old_role": old}
-                    print(f"{args.username} is now {args.role}; their sessions ended")
+                    old, handover = change_role(session, args.username, args.role, reassign_to=args.reassign_to,
+                                                now_ms=now, who=who)
+                    action, detail = "set_user_role", {"role": args.role, "old_role": old, **handover.audit_detail()}
+                    print(f"{args.username} is now {args.role}; their sessions ended; {handover.summary()}")
+                elif args.action == "disable":
+                    handover = disable_user(session, args.username, reassign_to=args.reassign_to, now_ms=now, who=who)
+                    action, detail = "disable_user", handover.audit_detail()
+                    print(f"{args.username} disabled; {handover.summary()}")
                 else:
-                    set_disabled(session, args.username, args.action == "disable", now_ms=now)
-                    action = f"{args.action}_user"
-                    print(f"{args.username} {args.action}d")
-            except PeopleError as exc:
+                    set_disabled(session, args.username, False, now_ms=now)
+                    action = "enable_user"
+                    print(f"{args.username} enabled")
+            except (PeopleError, CaseError) as exc:
                 print(f"lienwatch collector: {exc}", file=sys.stderr)
                 return 1
             record_access(session, actor=cli_actor(), role="admin", action=action, subject_type="user",
@@ -99,6 +109,13 @@ def add_subcommands(
     role = usub.add_parser("role", parents=[common], help="give a user another role (ends their sessions)")
     role.add_argument("username")
     role.add_argument("role", choices=ROLES)
-    for name, text in (("disable", "disable a user (ends their sessions)"), ("enable", "enable a disabled user")):
-        usub.add_parser(name, parents=[common], help=text).add_argument("username")
+    disable = usub.add_parser("disable", parents=[common], help="disable a user (ends their sessions)")
+    disable.add_argument("username")
+    for parser in (role, disable):
+        parser.add_argument(
+            "--reassign-to", metavar="USER",
+            help="who takes the user's open cases (an enabled collections or admin user) when they are disabled or "
+                 "get a role that holds no cases; default: back to the unassigned queue",
+        )
+    usub.add_parser("enable", parents=[common], help="enable a disabled user").add_argument("username")
     users.set_defaults(func=lambda args: _run(args, load))

@@ -3,6 +3,9 @@
 Pages (``/console/cases``, ``/console/cases/{id}``) are readable by ``admin``,
 ``risk_analyst`` and ``collections``; the forms (record an action, assign to me, close) are
 for ``collections`` and ``admin`` and carry the session's CSRF token like every console write.
+Unassigned cases that came back to the queue because their assignee was disabled or lost the
+role (:mod:`collector.cases.staff`) are marked, with a notice at the top of the list; so are
+cases still held by such a user (assigned before the handover rule, or by a direct change).
 A contact the rules refuse (:mod:`collector.cases.contact_rules`) is recorded and the page
 says why and from when it is allowed, in the borrower's zone. Every page view and change
 writes an audit row (``view_cases``, ``view_case`` and the case store's own rows). Mounted
@@ -32,9 +35,11 @@ from ..cases.store import (
     CaseError,
     CaseNotFoundError,
     assign_case,
+    assignees_who_cannot_act,
     case_details,
     case_zone,
     close_case,
+    handed_back,
     list_cases,
     record_action,
 )
@@ -68,15 +73,25 @@ def cases_page(request: Request, principal: PagePrincipal) -> Response:
     contact = _wiring(request).settings.contact
     with Session(_engine(request)) as session:
         open_cases = list_cases(session, contact, status="open", limit=1000)
+        returned = handed_back(session, [c["case_id"] for c in open_cases if c["assignee"] is None])
+        stranded = assignees_who_cannot_act(session, {c["assignee"] for c in open_cases if c["assignee"]})
         _audit(session, request, principal, "view_cases", "case", subject_id="*", rows=len(open_cases))
         session.commit()
     me = principal.username
+    for case in open_cases:
+        back = returned.get(case["case_id"])
+        case["returned"] = None if back is None else back | {"at": iso_local(back["time_ms"], case["time_zone"])}
+        case["stranded"] = case["assignee"] in stranded  # held by someone who can no longer act on it
     groups = [
         ("my_cases", [c for c in open_cases if me is not None and c["assignee"] == me]),
         ("unassigned_cases", [c for c in open_cases if c["assignee"] is None]),
         ("other_cases", [c for c in open_cases if c["assignee"] not in (None, me)]),
     ]
-    return _render(request, "cases.html", principal, {"groups": groups, "shown": _shown})
+    notice = [c for c in open_cases if c["returned"] is not None]
+    return _render(request, "cases.html", principal, {
+        "groups": groups, "shown": _shown, "returned": notice,
+        "stranded": [c for c in open_cases if c["stranded"]],
+    })
 
 
 def _refusal_of(session: Session, case_id: int, raw: str | None, zone_name: str) -> dict[str, Any] | None:

@@ -110,6 +110,10 @@ _UI: dict[str, tuple[str, str]] = {
     "track_reason_needed": ("Say why you look at where this car has been: the reason is recorded with the read.",
                             "请说明查看该车行驶轨迹的原因：原因将与本次查看一起记录。"),
     "show_track": ("Show track", "显示轨迹"),
+    "alerts_reason_needed": ("The evidence is shown without coordinates. Say why you need them: the reason is "
+                             "recorded with the read, for every loan on the page.",
+                             "证据中的坐标已隐去。如需查看，请说明原因：原因将与本次查看一起按每笔贷款记录。"),
+    "show_coordinates": ("Show coordinates", "显示坐标"),
     "track_grant_needed": ("The track is shown only under an approved access request (approved by a risk analyst or "
                            "an admin who is not you) or an emergency access.",
                            "仅在访问申请获批准（由您以外的风险分析员或管理员批准）或紧急访问时显示轨迹。"),
@@ -243,14 +247,33 @@ _UI: dict[str, tuple[str, str]] = {
     "add_user": ("Add a user", "添加用户"),
     "add": ("Add", "添加"),
     "users_note": ("A role change, a disable and a password reset end the user's sessions. Passwords have at "
-                   "least 10 characters; tell the user theirs in person.",
-                   "更改角色、停用和重置密码会结束该用户的所有会话。密码至少 10 个字符，请当面告知用户。"),
+                   "least 10 characters; tell the user theirs in person. A disabled user, or one whose new role "
+                   "holds no cases (risk_analyst, auditor), hands their open cases to the person you choose, or "
+                   "back to the unassigned queue.",
+                   "更改角色、停用和重置密码会结束该用户的所有会话。密码至少 10 个字符，请当面告知用户。"
+                   "被停用的用户或新角色不负责案件（风险分析员、审计员）的用户，其未结案件将移交给您选择的人，"
+                   "或退回未分配队列。"),
     "refused": ("Refused", "已拒绝"),
     "user_added": ("User added.", "用户已添加。"),
     "role_changed": ("Role changed; the user's sessions ended.", "角色已更改，该用户的会话已结束。"),
     "user_disabled": ("User disabled; their sessions ended.", "用户已停用，其会话已结束。"),
     "user_enabled": ("User enabled.", "用户已启用。"),
     "password_reset": ("Password reset; the user's sessions ended.", "密码已重置，该用户的会话已结束。"),
+    "open_cases": ("Open cases", "未结案件"),
+    "cases_go_to": ("Their open cases go to", "其未结案件转给"),
+    "unassigned_queue": ("the unassigned queue", "未分配队列"),
+    "cases_handed_over": ("Open cases handed over", "已移交的未结案件"),
+    "returned_cases": ("These cases came back to the queue because their assignee was disabled or no longer works "
+                       "cases; take them over:",
+                       "以下案件因原负责人被停用或不再负责催收而退回队列，请接手："),
+    "returned_from": ("back from", "退回自"),
+    "because_user_disabled": ("disabled", "已停用"),
+    "because_role_changed": ("role changed", "角色已更改"),
+    "stranded_cases": ("These open cases are held by someone who is disabled or no longer works cases; an admin "
+                       "hands them over (Users page, or lienwatch collector users disable NAME), or take them over:",
+                       "以下未结案件的负责人已被停用或不再负责催收；请管理员移交（用户页面，或 lienwatch collector "
+                       "users disable 用户名），或直接接手："),
+    "cannot_act": ("cannot act", "无法处理"),
 }
 
 _LEVELS = {"normal": ("normal", "正常"), "watch": ("watch", "关注"), "high": ("high", "高"),

@@ -10,18 +10,26 @@ role, leaving no enabled admin, and bad input (the typed :class:`PeopleError` co
 the page with 422). Every change is an audit row with the signed-in admin as actor and
 subject ``user:{username}``: ``add_user``, ``set_user_role``, ``disable_user``,
 ``enable_user``, ``reset_password``; a refused change is ``{action}_refused`` with the reason.
+
+A user who holds open cases gets a choice on the disable and role forms: who takes the cases
+(an enabled collections or admin user) or the unassigned queue (the default).
+:mod:`collector.cases.staff` moves them in the change's transaction, as the CLI does; the
+change's audit row says how many and to whom (``open_cases``, ``reassigned_to``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from ..api.auth import Principal
+from ..cases import staff
+from ..cases.store import ASSIGNABLE_ROLES, Actor, CaseError, open_case_counts
 from ..roles import ROLES
 from ..storage.people import (
     DEFAULT_TIME_ZONE,
@@ -32,7 +40,6 @@ from ..storage.people import (
     list_users,
     set_disabled,
     set_password,
-    set_role,
 )
 from ..timefmt import format_time
 from .web import PAGE_ROLES, PagePrincipal, _audit, _checked_form, _engine, _now_ms, _render, _wire
@@ -58,18 +65,30 @@ def _page(request: Request, principal: Principal, *, error: str | None = None, e
     with Session(_engine(request)) as session:
         users = list_users(session)
         signed_in = last_sign_ins(session, [u["username"] for u in users])
+        held = open_case_counts(session)
         _audit(session, request, principal, "view_users", "user", subject_id="*", rows=len(users))
         session.commit()
     zone_name = principal.time_zone
+    takers = [u["username"] for u in users if not u["disabled"] and u["role"] in ASSIGNABLE_ROLES]
     rows: list[dict[str, Any]] = [
         {**u, "last_sign_in": format_time(signed_in.get(u["username"]), zone_name),
-         "me": u["username"] == principal.username}
+         "me": u["username"] == principal.username, "open_cases": held.get(u["username"], 0),
+         "takers": [name for name in takers if name != u["username"]]}
         for u in users
     ]
     return _render(request, "users.html", principal, {
         "rows": rows, "roles": ROLES, "user_locales": LOCALES, "zone": zone_name, "error": error,
         "error_for": error_for, "notice": notice, "form": form or {}, "default_zone": DEFAULT_TIME_ZONE,
+        "handed_over": _handed_over(request),
     }, status_code=status_code)
+
+
+def _handed_over(request: Request) -> dict[str, Any] | None:
+    """What the last change did with the user's open cases (``?cases=N&to=USER``), for the notice."""
+    count, to = request.query_params.get("cases", ""), request.query_params.get("to", "")
+    if not count.isdigit() or not 0 < int(count) < 1_000_000:
+        return None
+    return {"count": int(count), "to": to[:64] or None}
 
 
 @router.get("/users", response_model=None)
@@ -104,7 +123,7 @@ def _change(request: Request, principal: Principal, action: str, username: str, 
     with Session(_engine(request)) as session:
         try:
             extra = apply(session) or {}
-        except PeopleError as exc:
+        except (PeopleError, CaseError) as exc:  # CaseError: a reassignee who may not take cases
             session.rollback()
             _audit(session, request, principal, f"{action}_refused", "user", subject_id=username[:128],
                    error=type(exc).__name__, reason=str(exc)[:300], **(detail or {}))
@@ -115,7 +134,10 @@ def _change(request: Request, principal: Principal, action: str, username: str, 
                          form=safe_form, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
         _audit(session, request, principal, action, "user", subject_id=username, **(detail or {}), **extra)
         session.commit()
-    return RedirectResponse(f"/console/users?done={done}", status.HTTP_303_SEE_OTHER)
+    query = {"done": done}
+    if extra.get("open_cases"):
+        query |= {"cases": str(extra["open_cases"]), "to": extra.get("reassigned_to") or ""}
+    return RedirectResponse(f"/console/users?{urlencode(query)}", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/users", response_model=None)
@@ -140,6 +162,15 @@ def _target(username: str) -> str:
     return username[:64]
 
 
+def _reassignee(fields: dict[str, str]) -> str | None:
+    """Who takes the user's open cases (the form's ``reassign_to``; empty: the unassigned queue)."""
+    return _field(fields, "reassign_to").strip()[:64] or None
+
+
+def _who(principal: Principal) -> Actor:
+    return Actor(principal.key_id, principal.role)
+
+
 @router.post("/users/{username}/role", response_model=None)
 async def change_role(username: str, request: Request, principal: PagePrincipal) -> Response:
     """Give the user another role (their sessions end)."""
@@ -148,8 +179,10 @@ async def change_role(username: str, request: Request, principal: PagePrincipal)
     role = _field(fields, "role")
 
     def apply(session: Session) -> dict[str, Any]:
-        old = set_role(session, _target(username), role, now_ms=_now_ms(request), acting_username=principal.username)
-        return {"old_role": old}
+        old, handover = staff.change_role(
+            session, _target(username), role, reassign_to=_reassignee(fields), now_ms=_now_ms(request),
+            who=_who(principal), acting_username=principal.username)
+        return {"old_role": old, **handover.audit_detail()}
 
     return _change(request, principal, "set_user_role", _target(username), fields=fields, apply=apply,
                    done="role_changed", detail={"role": role[:40]})
@@ -166,9 +199,13 @@ async def change_disabled(username: str, request: Request, principal: PagePrinci
     disabled = raw == "true"
     action = "disable_user" if disabled else "enable_user"
 
-    def apply(session: Session) -> None:
-        set_disabled(session, _target(username), disabled, now_ms=_now_ms(request),
-                     acting_username=principal.username)
+    def apply(session: Session) -> dict[str, Any] | None:
+        if not disabled:
+            set_disabled(session, _target(username), False, now_ms=_now_ms(request))
+            return None
+        handover = staff.disable_user(session, _target(username), reassign_to=_reassignee(fields),
+                                      now_ms=_now_ms(request), who=_who(principal), acting_username=principal.username)
+        return handover.audit_detail()
 
     return _change(request, principal, action, _target(username), fields=fields, apply=apply,
                    done="user_disabled" if disabled else "user_enabled")

@@ -20,10 +20,13 @@ log. The loan page's track map and its GeoJSON/GPX exports follow the API's rule
 same function (:func:`collector.api.loans.authorize_location`, over
 :func:`collector.loans.access.authorize_location_read`): analysts and admins give a reason
 first (a form; until then the page holds no coordinates), collections need an approved grant
-or an emergency access of their own (else the page offers the request form). Every page that
-shows personal or location data writes an audit row like the API (``view_worklist``,
-``view_loan``, ``view_track``, ``view_alerts``, ``export_*``; track reads with
-``access_basis``, ``grant_id``, ``access_reason``), committed before the page is sent.
+or an emergency access of their own (else the page offers the request form). The alert feed
+and its CSV show evidence coordinates only to analysts and admins who gave a reason
+(:func:`collector.loans.access.authorize_book_location_read`). Every page that shows personal
+or location data writes an audit row like the API (``view_worklist``, ``view_loan``,
+``view_track``, ``view_alerts``, ``export_*``; location reads, ``view_track`` and the feed's
+``view_alert_locations`` per loan, with ``access_basis``, ``grant_id``, ``access_reason``),
+committed before the page is sent.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from ..loans.access import (
     AccessDeniedError,
     AccessError,
     LocationAccess,
+    authorize_book_location_read,
     authorize_location_read,
     list_access_requests,
     request_access,
@@ -482,39 +486,96 @@ def _alert_filter(request: Request, zone_name: str) -> AlertFilter:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
-def _shown_alert(row: dict[str, Any], principal: Principal) -> dict[str, Any]:
-    if principal.role in LOCATION_ROLES:
-        return row
-    return {**row, "evidence": catalog.redact_locations(row["evidence"])}
+def _shown_alert(row: dict[str, Any], principal: Principal, *, located: bool) -> dict[str, Any]:
+    """An alert row as ``principal`` may see it: coordinates only with a location read (``located``)."""
+    if principal.role not in LOCATION_ROLES:
+        return {**row, "evidence": catalog.redact_locations(row["evidence"])}
+    return row if located else {**row, "evidence": redact_coordinates(row["evidence"])}
+
+
+def _feed_location_access(session: Session, request: Request, principal: Principal) -> LocationAccess | None:
+    """May the alert feed (page or CSV) show its evidence coordinates, and on what grounds.
+
+    The loan page's rule for the track (:func:`_page_location_access`), across the book:
+    ``risk_analyst``/``admin`` only once a ``reason`` came with the request (the form on the
+    page). A request with a ``reason`` that is refused (empty, or a role that never sees the
+    book's locations: grants are per loan) is an audit row ``location_access_denied``
+    committed here, then :class:`AccessError`. Without a ``reason`` the feed is shown without
+    coordinates and asks for nothing.
+    """
+    if "reason" not in request.query_params:
+        return None
+    try:
+        return authorize_book_location_read(role=principal.role, reason=request.query_params.get("reason"))
+    except AccessError as exc:
+        _audit(session, request, principal, "location_access_denied", "alert", subject_id="*", scope="alerts",
+               error=str(exc))
+        session.commit()
+        raise
+
+
+def _audit_feed_locations(session: Session, request: Request, principal: Principal, action: str, *,
+                          rows: list[dict[str, Any]], access: LocationAccess) -> int:
+    """One audit row per loan (or unlinked device) whose alert coordinates were shown, like a track read."""
+    shown: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if redact_coordinates(row["evidence"]) != row["evidence"]:
+            key = ("loan", row["loan_id"]) if row["loan_id"] else ("device", row["device_id"])
+            shown[key] = shown.get(key, 0) + 1
+    for (subject_type, subject_id), count in sorted(shown.items()):
+        _audit(session, request, principal, action, subject_type, subject_id=subject_id, alerts=count,
+               **access.audit_detail())
+    return len(shown)
+
+
+def _feed_params(request: Request, access: LocationAccess | None) -> dict[str, str]:
+    """The feed's filters for its links (the reason too once given, like the track's export links)."""
+    params = {k: v for k, v in request.query_params.items() if k in ("rule", "severity", "from", "to") and v}
+    if access is not None:
+        params["reason"] = access.reason
+    return params
 
 
 @router.get("/alerts", response_model=None)
 def alerts_page(request: Request, principal: PagePrincipal) -> Response:
-    """Every alert across the book, newest first, with filters; new ones arrive live."""
+    """Every alert across the book, newest first, with filters; new ones arrive live.
+
+    Evidence coordinates only for an analyst or admin who gave a reason (the form on the
+    page); each loan whose coordinates were shown gets a ``view_alert_locations`` audit row.
+    """
     _allow(principal, "alerts")
     filters = _alert_filter(request, DEFAULT_LOAN_ZONE)
     page_no = _page_number(request)
     show_places = principal.role in LOCATION_ROLES
     with Session(_engine(request)) as session:
+        refusal = None
+        try:
+            access = _feed_location_access(session, request, principal)
+        except AccessError as exc:
+            access, refusal = None, str(exc)
         page = alert_feed(session, filters, page=page_no)
         rules = alert_rules(session)
         after_risk = session.scalar(sa.select(sa.func.max(RiskEventRecord.id))) or 0
         after_alert = session.scalar(sa.select(sa.func.max(AlertRecord.id))) or 0
+        located = access is not None
+        loans_located = 0 if access is None else _audit_feed_locations(
+            session, request, principal, "view_alert_locations", rows=page.rows, access=access)
         _audit(session, request, principal, "view_alerts", "alert", subject_id="*", page=page_no, rows=len(page.rows),
-               rule=filters.rule, severity=filters.severity)
+               rule=filters.rule, severity=filters.severity, located=loans_located,
+               **(access.audit_detail() if access is not None else {}))
         session.commit()
-    params = {k: v for k, v in request.query_params.items() if k in ("rule", "severity", "from", "to") and v}
-    rows = [
-        {**_shown_alert(r, principal),
-         "evidence_items": catalog.evidence_items(r["evidence"], show_places=show_places)}
-        for r in page.rows
-    ]
+    params = _feed_params(request, access)
+    rows = []
+    for r in page.rows:
+        shown = _shown_alert(r, principal, located=located)
+        rows.append({**shown, "evidence_items": catalog.evidence_items(shown["evidence"], show_places=show_places)})
     return _render(request, "alerts.html", principal, {
         "rows": rows,
         "page": page,
         "rules": rules,
         "severities": SEVERITIES,
         "query": params,
+        "location": {"may_ask": principal.role in LOCATION_ROLES, "access": access, "refusal": refusal},
         "prev_url": f"/console/alerts?{urlencode({**params, 'page': page_no - 1})}" if page_no > 1 else None,
         "next_url": f"/console/alerts?{urlencode({**params, 'page': page_no + 1})}" if page.has_next else None,
         "csv_url": f"/console/alerts.csv?{urlencode(params)}",
@@ -525,12 +586,25 @@ def alerts_page(request: Request, principal: PagePrincipal) -> Response:
 
 @router.get("/alerts.csv", response_model=None)
 def alerts_export(request: Request, principal: PagePrincipal) -> Response:
-    """The filtered alert feed as CSV (evidence redacted for collections), audited."""
+    """The filtered alert feed as CSV, audited: coordinates as on the page (a ``reason`` first).
+
+    Without a ``reason`` the evidence has no coordinates (collections: no places either); a
+    refused ``reason`` is 422 (empty) or 403 (a role that never sees them), audited.
+    """
     _allow(principal, "alerts")
     filters = _alert_filter(request, DEFAULT_LOAN_ZONE)
     with Session(_engine(request)) as session:
-        rows = [_shown_alert(r, principal) for r in alert_export_rows(session, filters, limit=MAX_EXPORT_ROWS)]
-        _audit(session, request, principal, "export_alerts_csv", "alert", subject_id="*", rows=len(rows))
+        try:
+            access = _feed_location_access(session, request, principal)
+        except AccessError as exc:
+            code = status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else 422
+            raise HTTPException(code, str(exc)) from exc
+        found = alert_export_rows(session, filters, limit=MAX_EXPORT_ROWS)
+        loans_located = 0 if access is None else _audit_feed_locations(
+            session, request, principal, "export_alert_locations_csv", rows=found, access=access)
+        rows = [_shown_alert(r, principal, located=access is not None) for r in found]
+        _audit(session, request, principal, "export_alerts_csv", "alert", subject_id="*", rows=len(rows),
+               located=loans_located, **(access.audit_detail() if access is not None else {}))
         session.commit()
     return Response(alerts_csv(rows), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="alerts.csv"', "Cache-Control": "no-store"})
@@ -699,7 +773,7 @@ def loan_page(loan_id: str, request: Request, principal: PagePrincipal) -> Respo
             **_payment_views(payments, zone_name),
             "events": [{"time": format_time(e.time_ms, zone_name), "old": e.old_level, "new": e.new_level,
                         "next_step": e.next_step, "codes": [x.get("code") for x in e.reasons]} for e in events],
-            "alerts": [{**_shown_alert(a, principal), "time": format_time(a["time_ms"], zone_name),
+            "alerts": [{**_shown_alert(a, principal, located=located), "time": format_time(a["time_ms"], zone_name),
                         "evidence_items": _evidence_items(a["evidence"], show_places=show_places, located=located)}
                        for a in alert_rows],
             "device": {

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.engine import Engine
@@ -68,7 +67,6 @@ from protocol.tier_section import TierSection, load_tier_section
 
 from ..clock import ClockMs, wall_clock_ms
 from ..errors import ConfigError
-from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.places import place_items, places_revision
 from ..storage.tables import (
@@ -80,7 +78,7 @@ from ..storage.tables import (
     LoanRecord,
     RiskStateRecord,
 )
-from .worker_loop import WorkerLoop, WorkerLoopError, log_round_failure
+from .publishing_worker import PublishingWorker
 
 __all__ = [
     "SECTION_OWNERS",
@@ -384,30 +382,22 @@ class ConfigPublisher:
         self.publish_timeout_s = publish_timeout_s
         self._clock_ms = clock_ms
         self.counters: Counter[str] = Counter()
-        self.connected = threading.Event()
         self._republish_all = threading.Event()
-        self._loop = WorkerLoop("lw-downlink", self._round, on_error=self._failed)
         self._settings = mqtt_settings
-        client_id = f"{mqtt_settings.client_id[:55]}-downlink"
-        self.client = make_mqtt_client(mqtt_settings, client_id, manual_ack=False)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        self._worker = PublishingWorker(
+            "downlink", mqtt_settings, self.sync_once, interval_s=resync_interval_s, counters=self.counters,
+            logger=log, title="config publisher", round_name="downlink sync round", on_connected=self._on_connected,
+        )
+        self.connected = self._worker.connected
+        client = self._worker.client
+        assert client is not None  # [mqtt] is given
+        self.client = client
 
-    # ------------------------------------------------------------ paho callbacks
-
-    def _on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the downlink connection: %s", reason)
-            return
+    def _on_connected(self) -> None:
+        """After each accepted connection: publish everything again (the broker may have lost it)."""
         log.info("downlink publisher connected to %s:%s", self._settings.host, self._settings.port)
-        self.connected.set()
         self._republish_all.set()
-        self._loop.wake()
-
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self.connected.clear()
-        if not self._loop.stopping:
-            log.warning("downlink publisher disconnected (%s); reconnecting", reason)
+        self._worker.wake()
 
     # ------------------------------------------------------------ the work
 
@@ -418,7 +408,7 @@ class ConfigPublisher:
 
     def wake(self) -> None:
         """Run a sync round now instead of at the next interval."""
-        self._loop.wake()
+        self._worker.wake()
 
     def sync_once(self) -> PublishRound:
         """Sign what is missing or outdated, then publish what the broker has not acknowledged.
@@ -449,7 +439,7 @@ class ConfigPublisher:
             rows = session.execute(query.order_by(ConfigVersion.device_id)).all()
         published = failed = 0
         for device_id, version, payload in rows:
-            if self._loop.stopping:
+            if self._worker.stopping:
                 break
             assert payload is not None  # selected on it
             if self._publish(config_topic(device_id), payload):
@@ -490,24 +480,8 @@ class ConfigPublisher:
         Raises:
             WorkerLoopError: already started.
         """
-        if self._loop.running:
-            raise WorkerLoopError("config publisher already started")
-        s = self._settings
-        self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
-        self.client.loop_start()
-        self._loop.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the thread and disconnect (unpublished configurations stay in the outbox)."""
-        self._loop.stop(timeout)
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _round(self) -> float:
-        self.sync_once()
-        return self.resync_interval_s
-
-    def _failed(self, exc: Exception) -> float:
-        self.counters["errors"] += 1
-        log_round_failure(log, "downlink sync round", exc, self.resync_interval_s)
-        return self.resync_interval_s
+        self._worker.stop(timeout)

@@ -46,10 +46,10 @@ from protocol import Receipt, receipt_topic, seal_receipt
 from ..clock import ClockMs, wall_clock_ms
 from ..ingest.ingestor import StoredBatch, StoredState
 from ..ingest.seq_ledger import MAX_LISTED_GAPS, SeqLedger
-from ..ingest.service import make_mqtt_client
 from ..ingest.settings import MqttSettings
 from ..storage.tables import BatchRecord, SeqLedgerRecord
-from .worker_loop import EXPECTED_ROUND_ERRORS, WorkerLoop, WorkerLoopError, log_round_failure
+from .publishing_worker import PublishingWorker
+from .worker_loop import EXPECTED_ROUND_ERRORS
 
 __all__ = ["GapMetrics", "ReceiptPublisher", "device_gaps", "fleet_gaps"]
 
@@ -113,18 +113,16 @@ class ReceiptPublisher:
         self.interval_s = interval_s
         self._clock_ms = clock_ms
         self.counters: Counter[str] = Counter()
-        self.connected = threading.Event()
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         #: device -> its newest signed receipt not yet handed to the broker
         self.unsent: dict[str, bytes] = {}
-        self._loop = WorkerLoop("lw-receipts", self._round, on_error=self._failed)
-        self._settings = mqtt_settings
-        self.client: mqtt.Client | None = None
-        if signing_key is not None and mqtt_settings is not None:
-            self.client = make_mqtt_client(mqtt_settings, f"{mqtt_settings.client_id[:55]}-receipts", manual_ack=False)
-            self.client.on_connect = self._on_connect
-            self.client.on_disconnect = self._on_disconnect
+        self._worker = PublishingWorker(
+            "receipts", mqtt_settings if signing_key is not None else None, self.run_once, interval_s=interval_s,
+            counters=self.counters, logger=log, title="receipt publisher", round_name="receipt round",
+        )
+        self.connected = self._worker.connected
+        self.client = self._worker.client
 
     # ------------------------------------------------------------ inputs (ingest worker thread)
 
@@ -148,19 +146,6 @@ class ReceiptPublisher:
                 pending.skips.append((first, count))
             if floor:
                 pending.floors.append(floor)
-
-    # ------------------------------------------------------------ paho callbacks
-
-    def _on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the receipts connection: %s", reason)
-            return
-        self.connected.set()
-
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self.connected.clear()
-        if not self._loop.stopping:
-            log.warning("receipts publisher disconnected (%s); reconnecting", reason)
 
     # ------------------------------------------------------------ the work
 
@@ -264,33 +249,17 @@ class ReceiptPublisher:
         Raises:
             WorkerLoopError: already started.
         """
-        if self._loop.running:
-            raise WorkerLoopError("receipt publisher already started")
-        if self.client is not None and self._settings is not None:
-            s = self._settings
-            self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
-            self.client.loop_start()
-        self._loop.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Run a last round (what was committed gets its ledger entry), then disconnect."""
-        self._loop.stop(timeout)
+        self._worker.stop(timeout, before_disconnect=self._last_round)
+
+    def _last_round(self) -> None:
         try:
             self.run_once()
         except EXPECTED_ROUND_ERRORS as exc:
             log.warning("last receipt round failed: %s", exc)
-        if self.client is not None:
-            self.client.disconnect()
-            self.client.loop_stop()
-
-    def _round(self) -> float:
-        self.run_once()
-        return self.interval_s
-
-    def _failed(self, exc: Exception) -> float:
-        self.counters["errors"] += 1
-        log_round_failure(log, "receipt round", exc, self.interval_s)
-        return self.interval_s
 
 
 # ------------------------------------------------------------------ reading the ledger

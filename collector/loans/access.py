@@ -15,6 +15,9 @@ authorised by :func:`authorize_location_read` before any row is fetched:
   ``risk_analyst`` or ``admin`` who is not the requester reviews it.
 * ``risk_analyst`` and ``admin`` read by role (they are the approvers), but every read must
   carry a **reason** (``MissingReasonError`` otherwise); the reason is audited with the read.
+* A read across the whole book (the console's alert feed and its CSV, whose evidence holds
+  the coordinates of many loans) is :func:`authorize_book_location_read`: by role with a
+  reason only; a grant covers one loan, so it never opens the whole book.
 
 The module decides; the API writes the audit rows (the grant id, or the reason, with every
 read, and ``location_access_denied`` for every refusal).
@@ -48,6 +51,7 @@ __all__ = [
     "LocationAccess",
     "MissingReasonError",
     "SelfApprovalError",
+    "authorize_book_location_read",
     "authorize_location_read",
     "decide_access",
     "grant_as_dict",
@@ -285,6 +289,20 @@ def authorize_location_read(
             f"no approved, unexpired {scope} access grant of loan {loan_id} for {actor}; file an access request"
         )
     return LocationAccess("emergency" if grant.emergency else "grant", grant.id, grant.reason)
+
+
+def authorize_book_location_read(*, role: str, reason: str | None) -> LocationAccess:
+    """Decide whether a reader may see the locations of every loan at once (the alert feed's evidence).
+
+    Raises:
+        MissingReasonError: an approver role read without a reason.
+        AccessDeniedError: any other role (a grant covers one loan, never the whole book).
+    """
+    if role not in APPROVER_ROLES:
+        raise AccessDeniedError(
+            f"role {role!r} sees the alert feed without locations; a grant opens one loan's track on its page"
+        )
+    return LocationAccess("role", None, _reason(reason))
 
 
 def list_access_requests(

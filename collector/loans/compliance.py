@@ -28,8 +28,9 @@ from .access import grant_as_dict
 __all__ = ["LOCATION_READ_ACTIONS", "REFUSAL_ACTIONS", "REFUSED_CONTACTS", "RefusedContacts", "compliance_report",
            "refused_contacts"]
 
-#: Audit actions that showed a vehicle's location (API and console).
-LOCATION_READ_ACTIONS = ("read_track", "read_position", "view_track", "export_track_geojson", "export_track_gpx")
+#: Audit actions that showed a vehicle's location (API and console; the alert feed's rows are one per loan).
+LOCATION_READ_ACTIONS = ("read_track", "read_position", "view_track", "export_track_geojson", "export_track_gpx",
+                         "view_alert_locations", "export_alert_locations_csv")
 #: Audit actions of a refused access.
 REFUSAL_ACTIONS = ("location_access_denied", "access_denied", "access_request_refused", "emergency_access_refused",
                    "access_decision_refused", "access_review_refused")
