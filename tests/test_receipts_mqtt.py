@@ -10,14 +10,15 @@ stays un-receipted. Loads are the issue's numbers (300 batches, a 20,000-message
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -37,9 +38,8 @@ from edge.uplink import Uplink
 from firmware_sim.rig import LinkCutter, Mosquitto
 from protocol import Alert, Fix, Severity
 from protocol.cli.key_files import generate
-from tests.fake_devices import BOOT_A
 from tests.collector_process import CollectorProcess, collector_command, wait_until
-from tests.fake_devices import T0, FakeDevice, register
+from tests.fake_devices import BOOT_A, T0, FakeDevice, register
 from tests.secure_broker import SecureBroker
 from tests.test_ingest_mqtt import write_config as write_ingest_config
 
@@ -297,7 +297,7 @@ def test_an_overflowing_outbox_announces_its_evictions_and_receipts_bridge_them(
         lost = sorted(set(sealed) - stored)
         assert lost == sorted(set(evicted) - stored)  # an evicted batch the broker had acknowledged may have landed
         assert all(seq % 3 != 0 for seq in lost)  # no alert batch lost (seq i is batch i here)
-        holes = sum(1 for a, b in zip(lost, lost[1:], strict=False) if b != a + 1) + 1
+        holes = sum(1 for a, b in itertools.pairwise(lost) if b != a + 1) + 1
         assert holes > 32  # more than one receipt's ranges: only bridging makes the outbox drain
         wait_until(lambda: rig.gaps()["high_seq"] == sealed[-1], what="the ledger merged the last batch")
         gaps = rig.gaps()
