@@ -191,7 +191,9 @@ class ReceiptPublisher:
                 pending.evictions.append((evicted, event.duplicate))
 
     def _count_announcement(self, result: str) -> None:
-        self.counters[f"evicted_announcements_{result}"] += 1
+        """Count one announcement by result (from the ingest thread and the round thread)."""
+        with self._lock:
+            self.counters[f"evicted_announcements_{result}"] += 1
         self._announcements.labels(result).inc()
 
     # ------------------------------------------------------------ paho callbacks
