@@ -154,6 +154,7 @@ class CollectorRuntime:
                 settings.mqtt,
                 interval_s=settings.downlink.receipt_interval_s,
                 clock_ms=clock_ms,
+                registry=self.metrics.registry,
             )
             commit_hooks = [self.risk.on_commit, self.receipts.on_commit]
             ingestor = Ingestor(engine, settings.limits, metrics=self.metrics, on_commit=commit_hooks)

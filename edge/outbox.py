@@ -27,6 +27,16 @@ How this works
   left the box: a gap the collector sees for one of those is a real loss). Whether a receipt was
   ever accepted, and the newest receipt counter, are kept in ``meta`` so they survive
   restarts.
+* Evicted seqs are announced (docs/protocol.md section 13, "Evicted seqs"): every evicted
+  row's seq goes, in the eviction's transaction, into ``evicted_seqs`` (coalesced inclusive
+  ranges). The agent puts the lowest of them into the counters of the next batch it closes
+  (:meth:`Outbox.unannounced_evicted`) and passes them to :meth:`Outbox.put`, which moves
+  them, in the transaction that stores that batch, into the batch row's ``report``. When
+  that row is evicted in turn, the ranges it carried go back to ``evicted_seqs`` with its
+  own seq; when it is delivered (receipt, or PUBACK without receipts) they are gone with
+  it. So a restart at any point neither loses an announcement nor needs one resent.
+  At most :data:`MAX_PENDING_EVICTED_RANGES` ranges wait; beyond that the lowest are dropped
+  and counted (``evicted_ranges_dropped``): their seqs then show as missing upstream.
 * Corruption: on open, ``PRAGMA quick_check``; a file that fails it (or is not a database
   at all) is moved aside with its -wal/-shm files and a fresh one is started. Each row's
   checksum is verified before the row is handed out; a bad row moves to a quarantine
@@ -41,11 +51,13 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import TypeVar
+
+from protocol import MAX_EVICTED_SPAN
 
 from .errors import DeviceError
 from .observation_clock import host_wall_ms
@@ -57,6 +69,10 @@ _T = TypeVar("_T")
 ROW_OVERHEAD = 96
 #: largest integer SQLite stores (seqs above it cannot be in the file)
 _SQLITE_MAX = 2**63 - 1
+#: evicted seq ranges waiting for their announcement at most (the lowest beyond are dropped)
+MAX_PENDING_EVICTED_RANGES = 4096
+#: key of a row's ``report`` holding the evicted ranges that row announces
+_ANNOUNCED = "seq_evicted"
 REPORT_KEYS = (
     "evicted_batches",
     "evicted_acked_batches",
@@ -66,7 +82,9 @@ REPORT_KEYS = (
     "outbox_corrupt_rows",
     "outbox_quarantined_files",
     "outbox_over_budget",
+    "evicted_ranges_dropped",
 )
+Range = tuple[int, int]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -90,6 +108,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     message BLOB
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evicted_seqs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 """
 
 
@@ -130,6 +149,22 @@ def _report_of(text: object) -> dict[str, int]:
     if not isinstance(raw, dict):
         return {}
     return {k: v for k, v in raw.items() if k in REPORT_KEYS and isinstance(v, int) and v > 0}
+
+
+def _announced_of(text: object) -> list[Range]:
+    """The evicted ranges a stored row announces (its ``report``'s ``seq_evicted``)."""
+    try:
+        raw = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return []
+    ranges = raw.get(_ANNOUNCED) if isinstance(raw, dict) else None
+    if not isinstance(ranges, list):
+        return []
+    return [
+        (r[0], r[1])
+        for r in ranges
+        if isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r) and 1 <= r[0] <= r[1] <= _SQLITE_MAX
+    ]
 
 
 class Outbox:
@@ -259,6 +294,7 @@ class Outbox:
         stats: int = 0,
         alerts: int = 0,
         reported: Mapping[str, int] | None = None,
+        announced: Sequence[Range] = (),
     ) -> list[int]:
         """Store a signed batch durably, evicting routine rows if over budget.
 
@@ -273,6 +309,9 @@ class Outbox:
             reported: counters this batch carries upstream (from :meth:`unreported`);
                 they are subtracted from the unreported counters in the same transaction,
                 and added back if this batch is itself evicted later.
+            announced: evicted seq ranges this batch announces (from :meth:`unannounced_evicted`);
+                they leave the waiting ranges in the same transaction and come back if this
+                batch is itself evicted later.
 
         Returns:
             The sequence numbers evicted to make room (possibly including ``seq``).
@@ -282,7 +321,10 @@ class Outbox:
         """
         digest = hashlib.sha256(message).digest()
         carried = {k: int(v) for k, v in (reported or {}).items() if k in REPORT_KEYS and v}
-        report = json.dumps(carried, sort_keys=True)
+        row_report: dict[str, object] = dict(carried)
+        if announced:
+            row_report[_ANNOUNCED] = [[first, last] for first, last in announced]
+        report = json.dumps(row_report, sort_keys=True)
         size = len(message) + ROW_OVERHEAD
 
         def action(db: sqlite3.Connection) -> list[int]:
@@ -297,6 +339,7 @@ class Outbox:
                     )
                 except sqlite3.IntegrityError as exc:
                     raise OutboxError(f"sequence number {seq} is already in the outbox") from exc
+                self._remove_evicted(db, announced)
                 total = db.execute("SELECT COALESCE(SUM(size), 0) FROM batches").fetchone()[0]
                 while total > self.max_bytes:
                     victim = db.execute(
@@ -319,6 +362,10 @@ class Outbox:
                         counts["evicted_stats"] += victim[4]
                     for key, value in _report_of(victim[5]).items():
                         counts[key] += value  # the victim's own report goes back to unreported
+                    # its seq is lost, and what it announced waits for the next batch again
+                    self._add_evicted(db, [(victim[0], victim[0]), *_announced_of(victim[5])])
+                if evicted:
+                    counts["evicted_ranges_dropped"] += self._bound_evicted(db)
                 deltas = {k: v - int(carried.get(k, 0)) for k, v in counts.items()}
                 self._bump(db, deltas)
                 db.execute(
@@ -330,6 +377,66 @@ class Outbox:
             for key, value in counts.items():
                 self.totals[key] += value
             return evicted
+
+        return self._guard(action)
+
+    @staticmethod
+    def _add_evicted(db: sqlite3.Connection, ranges: Iterable[Range]) -> None:
+        """Merge ``ranges`` into ``evicted_seqs`` (overlapping and adjacent ones become one)."""
+        for low, high in ranges:
+            touching = db.execute(
+                "SELECT first, last FROM evicted_seqs WHERE first <= ? AND last >= ?",
+                (min(high + 1, _SQLITE_MAX), low - 1),
+            ).fetchall()
+            first, last = low, high
+            for start, end in touching:
+                first, last = min(first, start), max(last, end)
+                db.execute("DELETE FROM evicted_seqs WHERE first = ?", (start,))
+            db.execute("INSERT INTO evicted_seqs (first, last) VALUES (?, ?)", (first, last))
+
+    @staticmethod
+    def _remove_evicted(db: sqlite3.Connection, ranges: Iterable[Range]) -> None:
+        """Take ``ranges`` out of ``evicted_seqs`` (they ride in a stored batch now)."""
+        for first, last in ranges:
+            touching = db.execute(
+                "SELECT first, last FROM evicted_seqs WHERE first <= ? AND last >= ?", (last, first)
+            ).fetchall()
+            for start, end in touching:
+                db.execute("DELETE FROM evicted_seqs WHERE first = ?", (start,))
+                if start < first:
+                    db.execute("INSERT INTO evicted_seqs (first, last) VALUES (?, ?)", (start, first - 1))
+                if end > last:
+                    db.execute("INSERT INTO evicted_seqs (first, last) VALUES (?, ?)", (last + 1, end))
+
+    @staticmethod
+    def _bound_evicted(db: sqlite3.Connection) -> int:
+        """Drop the lowest waiting ranges over :data:`MAX_PENDING_EVICTED_RANGES`; how many went."""
+        count = db.execute("SELECT COUNT(*) FROM evicted_seqs").fetchone()[0]
+        over = count - MAX_PENDING_EVICTED_RANGES
+        if over > 0:
+            db.execute(
+                "DELETE FROM evicted_seqs WHERE first IN (SELECT first FROM evicted_seqs ORDER BY first LIMIT ?)",
+                (over,),
+            )
+        return max(int(over), 0)
+
+    def unannounced_evicted(self, limit: int) -> list[Range]:
+        """Up to ``limit`` evicted seq ranges no stored batch announces yet, lowest first.
+
+        A run longer than :data:`protocol.MAX_EVICTED_SPAN` comes as several adjacent ranges.
+        """
+        if limit <= 0:
+            return []
+
+        def action(db: sqlite3.Connection) -> list[Range]:
+            out: list[Range] = []
+            for low, last in db.execute("SELECT first, last FROM evicted_seqs ORDER BY first LIMIT ?", (limit,)):
+                first = int(low)
+                while first <= last and len(out) < limit:
+                    end = min(int(last), first + MAX_EVICTED_SPAN - 1)
+                    out.append((first, end))
+                    first = end + 1
+            return out
 
         return self._guard(action)
 

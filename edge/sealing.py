@@ -2,9 +2,11 @@
 
 Every closed batch gets the next persisted sequence number, is sealed as a COSE_Sign1
 (:func:`protocol.seal_batch`) and put in the outbox, together with the counters the outbox
-has not reported yet and, in the first batch of a boot, the boot report (skipped sequence
-numbers, a lost sequence file). A batch too large to seal is split in two halves that get
-new numbers; the skipped number is announced like any other skipped range.
+has not reported yet, the lowest evicted seq ranges no stored batch announces yet
+(:func:`protocol.evicted_counters`, docs/protocol.md section 13) and, in the first batch of
+a boot, the boot report (skipped sequence numbers, a lost sequence file). A batch too large
+to seal is split in two halves that get new numbers; the skipped number is announced like
+any other skipped range.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import Batch, batch_topic, seal_batch
+from protocol import MAX_EVICTED_RANGES, Batch, batch_topic, evicted_counters, seal_batch
 from protocol.errors import LocalProtocolError
 
 from .batcher import ClosedBatch
@@ -73,7 +75,8 @@ class BatchSealer:
         if closed.empty and not self._boot_counters:
             return None
         reported = {**self._outbox.unreported()}
-        counters = {**reported, **self._boot_counters}
+        announced = self._outbox.unannounced_evicted(MAX_EVICTED_RANGES)
+        counters = {**reported, **evicted_counters(announced), **self._boot_counters}
         seq = self._sequence.next()
         batch = Batch(
             device_id=self.device_id,
@@ -106,6 +109,7 @@ class BatchSealer:
             stats=len(closed.stats),
             alerts=len(closed.alerts),
             reported=reported,
+            announced=announced,
         )
         self._boot_counters.clear()
         self.counters["batches_stored"] += 1

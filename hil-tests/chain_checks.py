@@ -8,10 +8,17 @@ How this works
   match the counts in its ledger entry, and every sequence number from 1 to the highest
   present is stored unless the agent said it never will be (``seq_skipped_from`` /
   ``seq_skipped`` in the first batch of a boot) or reported it evicted: the sum of the
-  ``evicted_batches`` counters must cover every unexplained gap, and may exceed them by at
-  most the agent's in-flight window (a batch evicted while its PUBACK was lost to the
-  outage did reach the broker: at-least-once cannot tell, so it is counted evicted *and*
-  stored).
+  ``evicted_batches`` counters (plus ``evicted_acked_batches``: rows the broker had
+  acknowledged, kept for a receipt, then evicted) must cover every unexplained gap, and the
+  never-published ones may exceed them by at most the agent's in-flight window (a batch
+  evicted while its PUBACK was lost to the outage did reach the broker: at-least-once cannot
+  tell, so it is counted evicted *and* stored). When the agent announces its evicted seqs
+  (``seq_evicted_{i}_from``/``_count``, docs/protocol.md section 13) the check is exact
+  instead: every missing seq must be announced, and an announced one may be stored only if
+  the broker had acknowledged it before the eviction (at most ``evicted_acked_batches``).
+  The counts cannot be compared then: an acknowledged row that carried counters and is
+  evicted before its receipt gives them back to be reported again, so with receipts a
+  report can arrive twice. A refused announcement is a problem.
 * :func:`agent_committed_high` reads the agent's outbox (after the agent stopped) for the
   highest sequence number it ever committed: the collector must end up with that one.
 * :class:`ScenarioClock` maps scenario time to wall time from the simulator's ``clock``
@@ -29,6 +36,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from collector.ingest.seq_ledger import SeqLedger
+from protocol import evicted_ranges
+from protocol.errors import AnnouncementRefused
+
 LEVELS = ("normal", "watch", "high", "critical")
 
 
@@ -44,11 +55,14 @@ class LedgerReport:
     evicted_batches: int
     missing: tuple[int, ...]
     problems: tuple[str, ...] = field(default=())
+    evicted_acked_batches: int = 0
+    announced_evicted: frozenset[int] = frozenset()
 
     def summary(self) -> str:
         return (
             f"{self.batches} batches (max seq {self.max_seq}), {self.fixes} fixes, {self.alerts} alert rows, "
-            f"{len(self.skipped)} seq announced skipped, {self.evicted_batches} reported evicted, "
+            f"{len(self.skipped)} seq announced skipped, {self.evicted_batches} reported evicted "
+            f"(+{self.evicted_acked_batches} acknowledged), {len(self.announced_evicted)} seq announced evicted, "
             f"{len(self.missing)} gaps"
         )
 
@@ -115,7 +129,8 @@ def check_ledger(db_path: Path, device_id: str, *, expected_high: int | None = N
     rows = ledger_rows(db_path, device_id)
     seqs = {seq for seq, _ in rows}
     skipped: set[int] = set()
-    evicted = 0
+    evicted = evicted_acked = 0
+    announced: set[int] = set()
     for seq, counters in rows:
         if counters.get("seq_file_lost"):
             problems.append(f"batch {seq} reports seq_file_lost (the sequence file was lost)")
@@ -126,16 +141,33 @@ def check_ledger(db_path: Path, device_id: str, *, expected_high: int | None = N
             else:
                 skipped.update(range(first, first + count))
         evicted += int(counters.get("evicted_batches", 0) or 0)
+        evicted_acked += int(counters.get("evicted_acked_batches", 0) or 0)
+        try:
+            for first, last in evicted_ranges(counters, seq):
+                announced.update(range(first, last + 1))
+        except AnnouncementRefused as exc:
+            problems.append(f"batch {seq}: evicted-seq announcement refused: {exc}")
     max_seq = max(seqs, default=0)
     if skipped & seqs:
         problems.append(f"numbers announced as skipped were stored: {sorted(skipped & seqs)[:10]}")
     # an agent's first boot starts at the clock floor it announces (docs/protocol.md, "Sequence identity")
     first_seq = min((c["seq_floor"] for _, c in rows if isinstance(c.get("seq_floor"), int)), default=1)
     missing = tuple(n for n in range(first_seq, max_seq + 1) if n not in seqs and n not in skipped)
-    if not len(missing) <= evicted <= len(missing) + INFLIGHT_WINDOW:
+    if announced:  # the agent names its evicted seqs: check them one by one
+        unexplained = sorted(set(missing) - announced)
+        if unexplained:
+            problems.append(f"{len(unexplained)} missing seqs never announced as evicted ({_ranges(unexplained)})")
+        landed = announced & seqs
+        if len(landed) > evicted_acked + INFLIGHT_WINDOW:
+            problems.append(
+                f"{len(landed)} seqs announced as evicted were stored ({_ranges(landed)}), but only "
+                f"{evicted_acked} evicted rows had been acknowledged by the broker"
+            )
+    elif not len(missing) <= evicted + evicted_acked or evicted > len(missing) + INFLIGHT_WINDOW:
         problems.append(
             f"{len(missing)} sequence numbers missing ({_ranges(missing)}) but the agent reported "
-            f"{evicted} evicted batches (expected between {len(missing)} and {len(missing) + INFLIGHT_WINDOW})"
+            f"{evicted} evicted batches and {evicted_acked} acknowledged ones (expected at least {len(missing)} "
+            f"together, and at most {len(missing) + INFLIGHT_WINDOW} never published)"
         )
     if expected_high is not None and expected_high not in seqs:
         problems.append(f"the agent committed seq {expected_high} but the collector stored up to {max_seq}")
@@ -148,7 +180,16 @@ def check_ledger(db_path: Path, device_id: str, *, expected_high: int | None = N
         evicted_batches=evicted,
         missing=missing,
         problems=tuple(problems),
+        evicted_acked_batches=evicted_acked,
+        announced_evicted=frozenset(announced),
     )
+
+
+def seq_ledger_receipt_view(db_path: Path, device_id: str) -> tuple[int, int, tuple[tuple[int, int], ...]] | None:
+    """``(low, high, ranges)`` the collector's seq ledger gives a receipt of ``device_id`` now."""
+    with _connect(db_path) as db:
+        row = db.execute("SELECT ranges FROM seq_ledgers WHERE device_id = ?", (device_id,)).fetchone()
+    return None if row is None else SeqLedger.from_json(json.loads(row[0])).receipt_view()
 
 
 #: [mqtt] inflight default: at most this many batches were published and unacknowledged

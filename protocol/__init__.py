@@ -15,6 +15,7 @@ from ._envelopes import (
     seal_config,
     seal_state,
 )
+from ._evicted_seqs import MAX_EVICTED_RANGES, MAX_EVICTED_SPAN, evicted_counters, evicted_ranges
 from ._receipts import MAX_RECEIPT_RANGES, Receipt, open_receipt, seal_receipt
 from .errors import ProtocolError
 from .records import (
@@ -34,6 +35,8 @@ from .topics import batch_topic, config_topic, parse_topic, receipt_topic, state
 
 __all__ = [
     "LIMITS",
+    "MAX_EVICTED_RANGES",
+    "MAX_EVICTED_SPAN",
     "MAX_RECEIPT_RANGES",
     "MAX_SEQ",
     "SCHEMA_VERSION",
@@ -57,6 +60,8 @@ __all__ = [
     "decode_batch",
     "encode_batch",
     "errors",
+    "evicted_counters",
+    "evicted_ranges",
     "open_batch",
     "open_config",
     "open_receipt",

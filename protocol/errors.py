@@ -18,6 +18,10 @@ from __future__ import annotations
 
 __all__ = [
     "REASONS",
+    "AnnouncementAboveSeq",
+    "AnnouncementMalformed",
+    "AnnouncementOversized",
+    "AnnouncementRefused",
     "BadSignature",
     "ColumnLengthMismatch",
     "DepthExceeded",
@@ -229,6 +233,34 @@ class TierSectionError(ProtocolError, ValueError):
     """The ``tier`` section of a device configuration is malformed (the message names the key)."""
 
     reason = "bad_tier_section"
+
+
+class AnnouncementRefused(RemoteProtocolError):
+    """A verified batch announces evicted seqs (counters ``seq_evicted_*``) that cannot be true.
+
+    The batch itself is fine and stored; only the announcement is ignored (docs/protocol.md
+    section 13, "Evicted seqs").
+    """
+
+    reason = "announcement_refused"
+
+
+class AnnouncementMalformed(AnnouncementRefused):
+    """The ``seq_evicted_*`` counters do not form numbered ``from``/``count`` pairs."""
+
+    reason = "announcement_malformed"
+
+
+class AnnouncementOversized(AnnouncementRefused):
+    """More ranges than one batch may carry, or a range longer than the span limit."""
+
+    reason = "announcement_oversized"
+
+
+class AnnouncementAboveSeq(AnnouncementRefused):
+    """A range reaches the seq of the batch that carries it (a device announces only older seqs)."""
+
+    reason = "announcement_above_seq"
 
 
 def _all_subclasses(cls: type[ProtocolError]) -> list[type[ProtocolError]]:

@@ -203,8 +203,12 @@ def test_receipt_job_merges_seeds_and_counts_gaps(database_url: str) -> None:
         assert (gaps["low_seq"], gaps["high_seq"], gaps["missing"]) == (1, 6, 2)
         assert gaps["gaps"] == [{"first": 4, "last": 5}]
         assert [g["device_id"] for g in fleet_gaps(session)] == ["car-0001"]
-    samples = {m.name: m.samples[0].value for m in GapMetrics(engine).collect()}
-    assert samples == {"lienwatch_ingest_seq_missing": 2.0, "lienwatch_ingest_seq_gap_devices": 1.0}
+    samples = {s.name: s.value for m in GapMetrics(engine).collect() for s in m.samples}
+    assert samples == {
+        "lienwatch_ingest_seq_missing": 2.0,
+        "lienwatch_ingest_seq_gap_devices": 1.0,
+        "lienwatch_ingest_seq_evicted_total": 0.0,  # no device announced an eviction
+    }
     ingestor.handle(device.topic, device.sealed(4), received_ms=T0 + 30_000)
     ingestor.handle(device.topic, device.sealed(5), received_ms=T0 + 30_000)
     job.committed([("car-0001", 4), ("car-0001", 5)])

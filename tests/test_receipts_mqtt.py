@@ -10,6 +10,7 @@ stays un-receipted. Loads are the issue's numbers (300 batches, a 20,000-message
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -17,22 +18,28 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.ingest.seq_ledger import SeqLedger
 from collector.storage.database import create_engine, migrate
-from collector.storage.tables import Base
+from collector.storage.tables import Base, SeqLedgerRecord
+from edge.batcher import ClosedBatch
 from edge.config import MqttSettings
 from edge.outbox import Outbox, Priority
 from edge.receipts import ReceiptGate, ReceiptMode
+from edge.sealing import BatchSealer
+from edge.sequence import SequenceAllocator, provision_sequence
 from edge.uplink import Uplink
-from firmware_sim.rig import Mosquitto
+from firmware_sim.rig import LinkCutter, Mosquitto
+from protocol import Alert, Fix, Severity
 from protocol.cli.key_files import generate
 from tests.collector_process import CollectorProcess, collector_command, wait_until
-from tests.fake_devices import T0, FakeDevice, register
+from tests.fake_devices import BOOT_A, T0, FakeDevice, register
 from tests.secure_broker import SecureBroker
 from tests.test_ingest_mqtt import write_config as write_ingest_config
 
@@ -70,12 +77,14 @@ class Rig:
         self.collector = CollectorProcess(self.config, "--ingest-only")
         self.collector.wait_ready()
 
-    def agent(self, mode: ReceiptMode) -> tuple[Outbox, Uplink]:
-        outbox = Outbox(self.tmp_path / "agent" / "outbox.db", max_bytes=64 * 1024 * 1024)
+    def agent(self, mode: ReceiptMode, *, max_bytes: int = 64 * 1024 * 1024, port: int | None = None
+              ) -> tuple[Outbox, Uplink]:
+        """The device's outbox and uplink (to the broker, or to ``port``: a relay in front of it)."""
+        outbox = Outbox(self.tmp_path / "agent" / "outbox.db", max_bytes=max_bytes)
         gate = ReceiptGate(self.device.device_id, self.keys.public_key, outbox)
         login = self.broker.login("car-0001") if isinstance(self.broker, SecureBroker) else None
         settings = MqttSettings(
-            host="127.0.0.1", port=self.broker.port, client_id="car-0001", inflight=20, backoff_max_s=2.0,
+            host="127.0.0.1", port=port or self.broker.port, client_id="car-0001", inflight=20, backoff_max_s=2.0,
             username=login.username if login else None, password=login.password if login else None,
         )
         uplink = Uplink(
@@ -229,4 +238,79 @@ def test_auto_mode_with_a_collector_that_sends_no_receipts_behaves_as_before(
     finally:
         uplink.stop()
         outbox.close()
+        rig.close()
+
+
+def test_an_overflowing_outbox_announces_its_evictions_and_receipts_bridge_them(
+    mosquitto: SecureBroker, tmp_path: Path
+) -> None:
+    """Issue 12: a 16 KiB outbox overflows while the broker is unreachable (every third batch an
+    alert, which is never evicted, so the evicted seqs form more holes than a receipt's 32
+    ranges could list); the link returns. The device announces what it evicted, the ledger
+    bridges it: receipts run past the evicted seqs, the outbox drains to empty, and the gaps
+    show the evicted count and nothing missing."""
+    rig = Rig(tmp_path, mosquitto)
+    cutter = LinkCutter(mosquitto.port)
+    outbox, uplink = rig.agent(ReceiptMode.REQUIRED, max_bytes=16 * 1024, port=cutter.port)
+    provision_sequence(tmp_path / "agent" / "sequence")
+    sealer = BatchSealer(
+        "car-0001", BOOT_A, rig.device.key, SequenceAllocator(tmp_path / "agent" / "sequence"), outbox,
+        stored=uplink.wake, boot_counters={}, counters={}, wall_ms=lambda: T0 + 86_400_000,
+    )  # fmt: skip
+    sealed: list[int] = []
+    evicted: list[int] = []
+    put = outbox.put
+
+    def put_and_note(*args: Any, **kw: Any) -> list[int]:
+        made_room = put(*args, **kw)
+        evicted.extend(made_room)
+        return made_room
+
+    outbox.put = put_and_note  # type: ignore[method-assign]
+
+    def store(i: int) -> None:
+        fixes = tuple(Fix(T0 + i * 60_000 + j * 1000, 31.2 + j * 1e-5, 121.4, speed_mps=10.0) for j in range(20))
+        alerts = (Alert("power_cut", Severity.HIGH, T0 + i * 60_000, f"ep-{i}"),) if i % 3 == 0 else ()
+        seq = sealer.store(ClosedBatch(fixes=fixes[:1] if alerts else fixes, alerts=alerts))
+        assert seq is not None
+        sealed.append(seq)
+
+    try:
+        for i in range(1, 6):  # the link is up: stored and receipted
+            store(i)
+        wait_until(lambda: outbox.stats()["outbox_batches"] == 0, timeout=60, what="the first batches receipted")
+        cutter.cut()  # the broker is unreachable
+        wait_until(lambda: not uplink.connected.is_set(), timeout=30, what="the uplink to notice the outage")
+        for i in range(6, 126):
+            store(i)
+        assert len(evicted) > 60, f"only {len(evicted)} evicted: the outbox did not overflow"
+        cutter.restore()
+        # the link is back: batches keep coming; the next ones carry what is still unannounced
+        i = 126
+        while outbox.unannounced_evicted(100) and i < 200:
+            store(i)
+            i += 1
+            time.sleep(0.2)
+        assert outbox.unannounced_evicted(100) == []
+        wait_until(lambda: outbox.stats()["outbox_batches"] == 0, timeout=180, what="the outbox drained by receipts")
+        stored = set(rig.stored_seqs())
+        lost = sorted(set(sealed) - stored)
+        assert lost == sorted(set(evicted) - stored)  # an evicted batch the broker had acknowledged may have landed
+        assert all(seq % 3 != 0 for seq in lost)  # no alert batch lost (seq i is batch i here)
+        holes = sum(1 for a, b in itertools.pairwise(lost) if b != a + 1) + 1
+        assert holes > 32  # more than one receipt's ranges: only bridging makes the outbox drain
+        wait_until(lambda: rig.gaps()["high_seq"] == sealed[-1], what="the ledger merged the last batch")
+        gaps = rig.gaps()
+        assert (gaps["missing"], gaps["evicted"], gaps["low_seq"]) == (0, len(lost), 1), gaps
+        assert gaps["evicted_ranges"][0]["first"] == lost[0]
+        with rig.engine.connect() as conn:  # the receipt the collector signed last runs to the end
+            row = conn.execute(sa.select(SeqLedgerRecord.ranges)).scalar_one()
+        assert SeqLedger.from_json(row).receipt_view() == (1, sealed[-1], ())
+        counters = {**uplink.counters, **(uplink.receipts.counters if uplink.receipts else {})}
+        assert counters["receipts_rejected"] == 0
+        assert counters["batches_receipted"] == len(sealed) - len(evicted)  # every batch: receipted or evicted
+    finally:
+        uplink.stop()
+        outbox.close()
+        cutter.close()
         rig.close()

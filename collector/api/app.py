@@ -29,11 +29,11 @@ from ..ingest.health import IngestHealth
 from ..ingest.ingestor import DEAD_LETTER_REASONS
 from ..ingest.registry import DeviceRegistry
 from ..jobs.downlink import ConfigMessage, build_device_configs, load_signing_key
-from ..jobs.receipts import device_gaps, fleet_gaps
+from ..jobs.receipts import device_gaps, fleet_gap_totals, fleet_gaps
 from ..settings import Settings, get_settings
 from ..storage.database import open_database
 from ..storage.places import places_revision
-from ..storage.tables import Base, SeqLedgerRecord
+from ..storage.tables import Base
 from .api_schema import document_refusals
 from .auth import Principal, audit_principal, bearer_accepted, require_role
 from .dependencies import (
@@ -169,14 +169,9 @@ def _devices_router() -> APIRouter:
         """Devices with missing batch seqs (most missing first) and the fleet totals."""
         with Session(engine) as session:
             devices = fleet_gaps(session, limit=limit, include_complete=all_devices)
-            total, count = session.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(SeqLedgerRecord.missing), 0),
-                    sa.func.count().filter(SeqLedgerRecord.missing > 0),
-                )
-            ).one()
+            totals = fleet_gap_totals(session)
         _audit(engine, clock_ms(), principal, "read_gaps", kind="device", subject="*", count=len(devices))
-        return {"missing": int(total), "devices_with_gaps": int(count), "devices": devices}
+        return {**totals, "devices": devices}
 
     @router.get("/{device_id}")
     def get_device(

@@ -10,12 +10,16 @@ section 13). :class:`SeqLedger` holds, as inclusive ``(start, end)`` ranges:
 * ``skipped``: seqs the device itself announced it will never send (counters
   ``seq_skipped_from`` + ``seq_skipped`` in the first batch of a boot: numbers reserved
   but never used before a crash). No device holds them, so a receipt may bridge them;
+* ``evicted``: seqs the device announced its full outbox evicted (counters
+  ``seq_evicted_{i}_from``/``_count``, :func:`protocol.evicted_ranges`): known losses. No
+  device holds them either, so a receipt bridges them too; those never stored are counted
+  apart from the missing ones (:meth:`SeqLedger.evicted_lost`);
 * ``floor_gaps``: the hole below an announced clock floor (counter ``seq_floor``: the
   sequence file was lost and the device jumped to the clock). The numbers in it were
   never issued, but batches of the earlier run may still sit in the device's outbox below
   the floor, so a receipt does **not** bridge it; it is only not counted as missing.
 
-The receipt view is the union of ``stored`` and ``skipped``: its first range gives
+The receipt view is the union of ``stored``, ``skipped`` and ``evicted``: its first range gives
 ``low .. high``, the others (the highest :data:`protocol.MAX_RECEIPT_RANGES`) the ranges
 above. Missing seqs are the holes of that union between its lowest and highest seq, minus
 the floor gaps. Pure: no I/O, no clock.
@@ -71,6 +75,10 @@ def _subtract(holes: Iterable[Range], cover: Sequence[Range]) -> list[Range]:
     return out
 
 
+def _count(ranges: Iterable[Range]) -> int:
+    return sum(end - start + 1 for start, end in ranges)
+
+
 def _as_ranges(raw: object) -> list[Range]:
     if not isinstance(raw, list):
         return []
@@ -83,11 +91,12 @@ def _as_ranges(raw: object) -> list[Range]:
 
 @dataclass(slots=True)
 class SeqLedger:
-    """The stored, announced-skipped and floor-gap seq ranges of one device."""
+    """The stored, announced-skipped, announced-evicted and floor-gap seq ranges of one device."""
 
     stored: list[Range] = field(default_factory=list)
     skipped: list[Range] = field(default_factory=list)
     floor_gaps: list[Range] = field(default_factory=list)
+    evicted: list[Range] = field(default_factory=list)
 
     # ------------------------------------------------------------------ feeding
 
@@ -102,6 +111,16 @@ class SeqLedger:
         if first >= 1 and count >= 1:
             self.skipped = merge_ranges([*self.skipped, (first, min(first + count - 1, MAX_SEQ))])
 
+    def evict(self, ranges: Iterable[Range]) -> int:
+        """The device announced ``ranges`` (inclusive) as evicted from its outbox.
+
+        Returns:
+            How many of their seqs were not known as evicted before (0: a repetition).
+        """
+        before = _count(self.evicted)
+        self.evicted = merge_ranges([*self.evicted, *((a, min(b, MAX_SEQ)) for a, b in ranges if 1 <= a <= b)])
+        return _count(self.evicted) - before
+
     def floor(self, seq: int) -> None:
         """The device announced a clock floor at ``seq``: the hole just below it is no loss."""
         known_below: int | None = None  # the highest known seq under the floor
@@ -115,8 +134,8 @@ class SeqLedger:
     # ------------------------------------------------------------------ reading
 
     def covered(self) -> list[Range]:
-        """Seqs a receipt may claim: stored or announced as never sent."""
-        return merge_ranges([*self.stored, *self.skipped])
+        """Seqs a receipt may claim: stored, or announced as never sent or evicted."""
+        return merge_ranges([*self.stored, *self.skipped, *self.evicted])
 
     def receipt_view(self) -> tuple[int, int, tuple[Range, ...]] | None:
         """``(low, high, ranges)`` for a receipt; None before anything was stored."""
@@ -132,7 +151,15 @@ class SeqLedger:
 
     def missing(self) -> int:
         """How many seqs are missing (see :meth:`gaps`)."""
-        return sum(end - start + 1 for start, end in self.gaps())
+        return _count(self.gaps())
+
+    def evicted_lost(self) -> list[Range]:
+        """Evicted seqs never stored: the device's known losses (a copy the broker had may still land)."""
+        return _subtract(self.evicted, self.stored)
+
+    def evicted_total(self) -> int:
+        """How many seqs the device ever announced as evicted (stored or not; never decreases)."""
+        return _count(self.evicted)
 
     @property
     def highest(self) -> int | None:
@@ -147,6 +174,7 @@ class SeqLedger:
             "stored": [list(r) for r in self.stored],
             "skipped": [list(r) for r in self.skipped],
             "floor_gaps": [list(r) for r in self.floor_gaps],
+            "evicted": [list(r) for r in self.evicted],
         }
 
     @classmethod
@@ -154,4 +182,9 @@ class SeqLedger:
         """Rebuild from :meth:`as_json` output; anything malformed is dropped, not trusted."""
         if not isinstance(raw, dict):
             return cls()
-        return cls(_as_ranges(raw.get("stored")), _as_ranges(raw.get("skipped")), _as_ranges(raw.get("floor_gaps")))
+        return cls(
+            _as_ranges(raw.get("stored")),
+            _as_ranges(raw.get("skipped")),
+            _as_ranges(raw.get("floor_gaps")),
+            _as_ranges(raw.get("evicted")),  # absent in a row written before evicted seqs were announced
+        )

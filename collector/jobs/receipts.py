@@ -5,8 +5,14 @@ How this works
 * The ingest calls :meth:`ReceiptPublisher.committed` (its commit listener) after every
   commit with the ``(device_id, seq)`` pairs stored or found already stored, and
   :meth:`ReceiptPublisher.on_commit` (an ingestor hook) with each stored batch, from which
-  only the seq announcements are taken (``seq_skipped_from``/``seq_skipped``, ``seq_floor``).
-  Both only queue; nothing here slows the ingest.
+  only the seq announcements are taken (``seq_skipped_from``/``seq_skipped``, ``seq_floor``,
+  and the evicted ranges ``seq_evicted_{i}_from``/``_count``, checked by
+  :func:`protocol.evicted_ranges`: a refused one is counted by reason and ignored, the batch
+  stays stored). Both only queue; nothing here slows the ingest.
+* Evicted ranges are also taken from a duplicate (a re-sent copy of a stored batch: the
+  same device-signed bytes): when a round was lost (collector crash after the commit), the
+  copy brings them back; when they are known already it is counted ``replayed`` and
+  changes nothing.
 * Once per ``receipt_interval_s`` a round takes what was queued and, for up to
   :data:`MERGE_CHUNK` devices per transaction (in device order, so collectors never
   deadlock): reads each device's ``seq_ledgers`` row (``FOR UPDATE`` on PostgreSQL, so the
@@ -36,12 +42,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from protocol import Receipt, receipt_topic, seal_receipt
+from protocol import Receipt, evicted_ranges, receipt_topic, seal_receipt
+from protocol.errors import AnnouncementRefused
 
 from ..clock import ClockMs, wall_clock_ms
 from ..ingest.ingestor import StoredBatch, StoredState
@@ -51,7 +60,7 @@ from ..storage.tables import BatchRecord, SeqLedgerRecord
 from .publishing_worker import PublishingWorker
 from .worker_loop import EXPECTED_ROUND_ERRORS
 
-__all__ = ["GapMetrics", "ReceiptPublisher", "device_gaps", "fleet_gaps"]
+__all__ = ["GapMetrics", "ReceiptPublisher", "device_gaps", "fleet_gap_totals", "fleet_gaps"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,15 @@ class _Pending:
     seqs: set[int] = field(default_factory=set)
     skips: list[tuple[int, int]] = field(default_factory=list)
     floors: list[int] = field(default_factory=list)
+    #: (ranges, from a duplicate) of each evicted-seq announcement
+    evictions: list[tuple[tuple[tuple[int, int], ...], bool]] = field(default_factory=list)
+
+    def absorb(self, other: _Pending) -> None:
+        """Take ``other``'s queued work too (a round that failed gives its work back)."""
+        self.seqs |= other.seqs
+        self.skips += other.skips
+        self.floors += other.floors
+        self.evictions += other.evictions
 
 
 def _seed(session: Session, devices: Sequence[str]) -> dict[str, SeqLedger]:
@@ -97,6 +115,8 @@ class ReceiptPublisher:
         mqtt_settings: ``[mqtt]`` (the client id gets a ``-receipts`` suffix).
         interval_s: one round per interval: at most one receipt per device per interval.
         clock_ms: collector clock (injected in tests).
+        registry: where the evicted-announcement counters go (``/metrics``); None keeps them
+            in :attr:`counters` only.
     """
 
     def __init__(
@@ -107,12 +127,19 @@ class ReceiptPublisher:
         *,
         interval_s: float = 1.0,
         clock_ms: ClockMs = wall_clock_ms,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.signing_key = signing_key
         self.interval_s = interval_s
         self._clock_ms = clock_ms
         self.counters: Counter[str] = Counter()
+        self._announcements = PromCounter(
+            "lienwatch_ingest_evicted_announcements",
+            "Evicted-seq announcements of stored batches, by result (applied, replayed, or the refusal reason)",
+            ["result"],
+            registry=registry,
+        )
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         #: device -> its newest signed receipt not yet handed to the broker
@@ -133,12 +160,24 @@ class ReceiptPublisher:
                 self._pending.setdefault(device_id, _Pending()).seqs.add(seq)
 
     def on_commit(self, event: StoredBatch | StoredState) -> None:
-        """Ingestor hook: remember the seq announcements of a newly stored batch."""
-        if not isinstance(event, StoredBatch) or event.duplicate:
+        """Ingestor hook: remember the seq announcements of a stored batch.
+
+        Skips and floors count from the first delivery only; evicted ranges from a duplicate
+        too (see the module notes).
+        """
+        if not isinstance(event, StoredBatch):
             return
         counters = event.batch.counters
+        try:
+            evicted = evicted_ranges(counters, event.seq)
+        except AnnouncementRefused as exc:
+            self._count_announcement(exc.reason)
+            log.warning("device %s batch %d: evicted-seq announcement refused: %s", event.device_id, event.seq, exc)
+            evicted = ()
         first, count, floor = counters.get("seq_skipped_from"), counters.get("seq_skipped"), counters.get("seq_floor")
-        if not (first and count) and not floor:
+        if event.duplicate:
+            first = count = floor = None
+        if not (first and count) and not floor and not evicted:
             return
         with self._lock:
             pending = self._pending.setdefault(event.device_id, _Pending())
@@ -146,6 +185,14 @@ class ReceiptPublisher:
                 pending.skips.append((first, count))
             if floor:
                 pending.floors.append(floor)
+            if evicted:
+                pending.evictions.append((evicted, event.duplicate))
+
+    def _count_announcement(self, result: str) -> None:
+        """Count one announcement by result (from the ingest thread and the round thread)."""
+        with self._lock:
+            self.counters[f"evicted_announcements_{result}"] += 1
+        self._announcements.labels(result).inc()
 
     # ------------------------------------------------------------ the work
 
@@ -168,10 +215,7 @@ class ReceiptPublisher:
         except BaseException:
             with self._lock:  # keep what was not merged for the next round
                 for device_id, pending in work.items():
-                    again = self._pending.setdefault(device_id, _Pending())
-                    again.seqs |= pending.seqs
-                    again.skips += pending.skips
-                    again.floors += pending.floors
+                    self._pending.setdefault(device_id, _Pending()).absorb(pending)
             raise
         self._publish_unsent()
         return merged
@@ -210,9 +254,13 @@ class ReceiptPublisher:
         ledger.add(pending.seqs)
         for first, count in pending.skips:
             ledger.skip(first, count)
+        for ranges, duplicate in pending.evictions:
+            new = ledger.evict(ranges)
+            self._count_announcement("applied" if new or not duplicate else "replayed")
         for floor in pending.floors:
             ledger.floor(floor)
         row.ranges = ledger.as_json()
+        row.evicted = ledger.evicted_total()
         row.low_seq = ledger.stored[0][0] if ledger.stored else None
         row.high_seq = ledger.highest
         row.missing = ledger.missing()
@@ -268,6 +316,7 @@ class ReceiptPublisher:
 def _gap_row(row: SeqLedgerRecord) -> dict[str, Any]:
     ledger = SeqLedger.from_json(row.ranges)
     gaps = ledger.gaps()
+    lost = ledger.evicted_lost()
     return {
         "device_id": row.device_id,
         "low_seq": row.low_seq,
@@ -275,6 +324,9 @@ def _gap_row(row: SeqLedgerRecord) -> dict[str, Any]:
         "missing": row.missing,
         "gaps": [{"first": a, "last": b} for a, b in gaps[:MAX_LISTED_GAPS]],
         "gap_ranges": len(gaps),
+        "evicted": sum(b - a + 1 for a, b in lost),
+        "evicted_ranges": [{"first": a, "last": b} for a, b in lost[:MAX_LISTED_GAPS]],
+        "evicted_announced": row.evicted,
         "skipped": sum(b - a + 1 for a, b in ledger.skipped),
         "floor_jumps": len(ledger.floor_gaps),
         "receipt_counter": row.receipt_counter or None,
@@ -289,45 +341,84 @@ def device_gaps(session: Session, device_id: str) -> dict[str, Any] | None:
 
 
 def fleet_gaps(session: Session, *, limit: int = 100, include_complete: bool = False) -> list[dict[str, Any]]:
-    """Devices with missing seqs, most missing first (every device with ``include_complete``)."""
+    """Devices with missing or evicted seqs, most missing first (every device with ``include_complete``)."""
     query = sa.select(SeqLedgerRecord)
     if not include_complete:
-        query = query.where(SeqLedgerRecord.missing > 0)
-    query = query.order_by(SeqLedgerRecord.missing.desc(), SeqLedgerRecord.device_id).limit(limit)
+        query = query.where((SeqLedgerRecord.missing > 0) | (SeqLedgerRecord.evicted > 0))
+    order = (SeqLedgerRecord.missing.desc(), SeqLedgerRecord.evicted.desc(), SeqLedgerRecord.device_id)
+    query = query.order_by(*order).limit(limit)
     return [_gap_row(row) for row in session.scalars(query)]
 
 
+def fleet_gap_totals(session: Session) -> dict[str, int]:
+    """Fleet totals: missing seqs, devices with some, announced evicted seqs, devices with some."""
+    total, count, evicted, evicted_devices = session.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(SeqLedgerRecord.missing), 0),
+            sa.func.count().filter(SeqLedgerRecord.missing > 0),
+            sa.func.coalesce(sa.func.sum(SeqLedgerRecord.evicted), 0),
+            sa.func.count().filter(SeqLedgerRecord.evicted > 0),
+        )
+    ).one()
+    return {
+        "missing": int(total),
+        "devices_with_gaps": int(count),
+        "evicted": int(evicted),
+        "devices_with_evictions": int(evicted_devices),
+    }
+
+
+#: devices listed with their own evicted-seq series in ``/metrics`` (the most evicted first)
+MAX_EVICTED_SERIES = 1000
+
+
 class GapMetrics(Collector):
-    """``/metrics``: fleet-wide missing seqs, read from ``seq_ledgers`` at scrape time.
+    """``/metrics``: fleet-wide missing seqs and evicted seqs, read from ``seq_ledgers`` at scrape time.
 
     Reading the table (not a per-process gauge) keeps the figures right when several
-    collector processes share the stream.
+    collector processes share the stream. Evicted seqs are counters (an announced range
+    never shrinks): the fleet total, and per device for the :data:`MAX_EVICTED_SERIES`
+    devices with the most (a bound on the series a scrape returns).
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         missing = GaugeMetricFamily(
             "lienwatch_ingest_seq_missing", "Batches missing between each device's lowest and highest stored seq"
         )
         devices = GaugeMetricFamily("lienwatch_ingest_seq_gap_devices", "Devices with at least one missing seq")
+        evicted = CounterMetricFamily(
+            "lienwatch_ingest_seq_evicted", "Seqs devices announced as evicted from their full outboxes (known losses)"
+        )
+        per_device = CounterMetricFamily(
+            "lienwatch_ingest_device_seq_evicted",
+            f"Seqs one device announced as evicted (the {MAX_EVICTED_SERIES} devices with the most)",
+            labels=["device_id"],
+        )
         try:
-            with self.engine.connect() as conn:
-                total, count = conn.execute(
-                    sa.select(
-                        sa.func.coalesce(sa.func.sum(SeqLedgerRecord.missing), 0),
-                        sa.func.count().filter(SeqLedgerRecord.missing > 0),
-                    )
-                ).one()
+            with Session(self.engine) as session:
+                totals = fleet_gap_totals(session)
+                top = session.execute(
+                    sa.select(SeqLedgerRecord.device_id, SeqLedgerRecord.evicted)
+                    .where(SeqLedgerRecord.evicted > 0)
+                    .order_by(SeqLedgerRecord.evicted.desc(), SeqLedgerRecord.device_id)
+                    .limit(MAX_EVICTED_SERIES)
+                ).all()
         except sa.exc.SQLAlchemyError as exc:
             log.warning("gap metrics unavailable: %s", exc)
             return
-        missing.add_metric([], float(total))
-        devices.add_metric([], float(count))
+        missing.add_metric([], float(totals["missing"]))
+        devices.add_metric([], float(totals["devices_with_gaps"]))
+        evicted.add_metric([], float(totals["evicted"]))
+        for device_id, count in top:
+            per_device.add_metric([device_id], float(count))
         yield missing
         yield devices
+        yield evicted
+        yield per_device
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         """No describe-time query (the registry calls it at registration)."""
         return []

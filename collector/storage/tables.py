@@ -666,6 +666,7 @@ class SeqLedgerRecord(Base):
     ``ranges`` is :meth:`collector.ingest.seq_ledger.SeqLedger.as_json` (stored, announced
     skipped and floor-gap ranges); ``missing`` the seqs missing between the lowest and
     highest known one (what ``/metrics``, the API and ``lienwatch collector gaps`` show);
+    ``evicted`` the seqs the device announced as evicted from its outbox (migration 0015);
     ``receipt_counter`` the counter of the last receipt signed (strictly increasing).
     """
 
@@ -676,6 +677,7 @@ class SeqLedgerRecord(Base):
     low_seq: Mapped[int | None] = mapped_column(UInt64)
     high_seq: Mapped[int | None] = mapped_column(UInt64)
     missing: Mapped[int] = mapped_column(default=0, server_default="0")
+    evicted: Mapped[int] = mapped_column(default=0, server_default="0")
     receipt_counter: Mapped[int] = mapped_column(default=0, server_default="0")
     receipt_ms: Mapped[int | None]
     updated_ms: Mapped[int]
