@@ -158,6 +158,9 @@ def bounded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquit
         broker.close()
 
 
+STALL_BEFORE_KILL = 20
+
+
 def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: int | None = None,
                stall_collector_at: int | None = None) -> None:
     """Store BATCHES signed one-minute batches in the outbox while the flood runs.
@@ -165,6 +168,10 @@ def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: i
     ``stall_collector_at``: at that seq the collector process is stopped (SIGSTOP) for 3 s, as
     a busy collector would be, so the broker's queue for its session overflows for certain
     (a fast collector on an idle machine may otherwise keep the queue under 1,000).
+    ``restart_broker_at``: the collector is stopped from ``STALL_BEFORE_KILL`` seqs before it,
+    so the batches published meanwhile sit acknowledged in the broker's queue; then the broker
+    is killed (they are gone with it), restarted, and the collector resumed. Without the stall
+    a fast collector may hold every batch already, and the kill would lose nothing.
     """
     flood_message = rig.flooder.sealed(1, fixes=60)  # stored once, then 19,999 duplicates
     flood = Flood(rig.broker, rig.flooder.topic, flood_message)
@@ -177,12 +184,17 @@ def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: i
                 rig.collector.proc.send_signal(signal.SIGSTOP)
                 time.sleep(3.0)
                 rig.collector.proc.send_signal(signal.SIGCONT)
+            if restart_broker_at is not None and seq == restart_broker_at - STALL_BEFORE_KILL:
+                rig.collector.proc.send_signal(signal.SIGSTOP)
             if seq == restart_broker_at:
+                time.sleep(1.0)  # the last batches reach the broker's queue and are acknowledged
                 rig.broker.stop(kill=True)  # no persistence: its queues and retained receipts are gone
                 time.sleep(1.0)
                 rig.broker.start()
+                rig.collector.proc.send_signal(signal.SIGCONT)
             time.sleep(0.01)
     finally:
+        rig.collector.proc.send_signal(signal.SIGCONT)  # never leave it stopped, whatever failed
         flood.close()
     wait_until(lambda: outbox.stats()["outbox_batches"] == 0, timeout=300, what="every batch receipted")
 
