@@ -9,3 +9,7 @@
 The bottom layer: it imports nothing of the collector but the base modules (:mod:`collector.errors`,
 :mod:`collector.files`).
 """
+
+# Every table on Base, whichever storage module a caller imports first: ``cases.assignee``
+# (tables) refers to ``users`` (people), so a metadata built without people is incomplete.
+from . import people as _people  # noqa: F401
