@@ -21,7 +21,7 @@ from ..loans.queries import SEVERITIES, AlertFilter, QueryError, alert_row, aler
 from ..storage.audit import record_access
 from .auth import Principal, require_role
 from .dependencies import ClockDep, SessionDep
-from .loans import FeedReason, audit_alert_locations, authorize_alert_locations, time_param
+from .loans import ALERT_LOCATION_REFUSALS, FeedReason, audit_alert_locations, authorize_alert_locations, time_param
 
 __all__ = ["router"]
 
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["alerts"])
 LoanReader = Annotated[Principal, Depends(require_role("admin", "risk_analyst", "collections"))]
 
 
-@router.get("/alerts")
+@router.get("/alerts", responses=ALERT_LOCATION_REFUSALS)
 def list_alerts(
     *,
     session: SessionDep,

@@ -7,7 +7,8 @@ role               may
 =================  =====================================================================
 ``admin``          everything
 ``risk_analyst``   loans, risk events, alerts with evidence, tracks and positions (with a
-                   ``reason``), places (read; collector.api.places)
+                   ``reason``; the book-wide feed and stream give evidence coordinates only
+                   with one too), places (read; collector.api.places)
 ``collections``    loans, repayment facts, level and next step, record repayments;
                    evidence with coordinates removed; tracks and positions only under an
                    approved access grant (collector.loans.access, collector.api.access)
@@ -76,6 +77,7 @@ from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
+    "ALERT_LOCATION_REFUSALS",
     "FeedReason",
     "audit_alert_locations",
     "authorize_alert_locations",
@@ -131,6 +133,22 @@ FeedReason = Annotated[
     Query(max_length=500, description="why you need the evidence coordinates (risk_analyst and admin; without a "
           "reason the evidence has no coordinate keys; with one, every loan located is audited)"),
 ]
+
+
+
+class RefusalOut(BaseModel):
+    """A refused request: ``detail`` says why (a sentence, or the list of parameter errors)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+#: The refusals of the book-wide alert reads (``GET /v1/alerts``, the stream), for the OpenAPI.
+ALERT_LOCATION_REFUSALS: dict[int | str, dict[str, Any]] = {
+    403: {"model": RefusalOut, "description": "a reason from a role that never sees the book's locations "
+          "(audited location_access_denied)"},
+    422: {"model": RefusalOut, "description": "a malformed parameter, or an empty reason (audited "
+          "location_access_denied)"},
+}
 
 
 def authorize_alert_locations(
@@ -695,7 +713,7 @@ def sse_frame(event_id: int | str, event: str, data: Any) -> bytes:
     return f"id: {event_id}\nevent: {event}\ndata: {text}\n\n".encode()
 
 
-@router.get("/risk/stream")
+@router.get("/risk/stream", responses=ALERT_LOCATION_REFUSALS)
 async def risk_stream(
     request: Request,
     *,

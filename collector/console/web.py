@@ -22,7 +22,8 @@ same function (:func:`collector.api.loans.authorize_location`, over
 first (a form; until then the page holds no coordinates), collections need an approved grant
 or an emergency access of their own (else the page offers the request form). The alert feed
 and its CSV show evidence coordinates only to analysts and admins who gave a reason
-(:func:`collector.loans.access.authorize_book_location_read`). Every page that shows personal
+(:func:`collector.loans.access.authorize_book_location_read`); its live stream carries the reason
+only once given, so the browser receives no coordinates before (:func:`_stream_url`). Every page that shows personal
 or location data writes an audit row like the API (``view_worklist``, ``view_loan``,
 ``view_track``, ``view_alerts``, ``export_*``; location reads, ``view_track`` and the feed's
 ``view_alert_locations`` per loan, with ``access_basis``, ``grant_id``, ``access_reason``),
