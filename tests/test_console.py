@@ -297,7 +297,10 @@ def test_v1_alerts_filters_iso_times_and_redaction(world: tuple) -> None:
 
     rows = get("risk_analyst", rule="stationary_near_market", severity="high", **{"from": "2026-11-25T00:00:00+08:00"})
     assert [(r["loan_id"], r["rule"], r["state"]) for r in rows] == [("L-1002", "stationary_near_market", "raised")]
-    assert rows[0]["evidence"]["centre_lat"] == MARKET[0]
+    assert "centre_lat" not in rows[0]["evidence"]  # coordinates only with a reason
+    assert rows[0]["evidence"]["market_id"] == "sh-jiading-ucm"
+    assert get("risk_analyst", rule="stationary_near_market", reason="dwell review")[0]["evidence"]["centre_lat"] \
+        == MARKET[0]
     assert get("risk_analyst", to="2026-11-24") == []
     assert get("risk_analyst", **{"from": str(NOW - 4 * DAY)})[0]["episode"] == "dwell-1"
     assert "centre_lat" not in json.dumps(get("collections"))
@@ -905,3 +908,123 @@ def test_alert_feed_shows_evidence_coordinates_only_after_a_reason_audited_per_l
     assert not COORDINATE.search(refused.text)
     assert [e.actor for e in _feed_reads(engine, "location_access_denied")][-2:] == ["user:cole"] * 2
     assert len(_feed_reads(engine, "view_alert_locations")) == 1
+
+
+def _api(client: TestClient, path: str, role: str, **params: str) -> Any:
+    return client.get(path, params=params, headers={"Authorization": f"Bearer {KEYS[role]}"})
+
+
+def test_v1_alerts_give_coordinates_only_with_a_reason_audited_per_loan_like_the_console_feed(world: tuple) -> None:
+    client, engine, _ = world
+    for role in ("risk_analyst", "admin", "collections"):
+        plain = _api(client, "/v1/alerts", role)
+        assert plain.status_code == 200
+        assert "market_id" in plain.text
+        assert not COORDINATE.search(plain.text)
+    assert _feed_reads(engine, "view_alert_locations") == []
+    assert {e.detail["located"] for e in _feed_reads(engine, "list_alerts")} == {0}
+    assert not any("access_basis" in e.detail for e in _feed_reads(engine, "list_alerts"))
+
+    for bad in ("", "   ", "x" * 501):
+        refused = _api(client, "/v1/alerts", "risk_analyst", reason=bad)
+        assert refused.status_code == 422, bad
+        assert not COORDINATE.search(refused.text)
+    denied = _api(client, "/v1/alerts", "collections", reason="recovery")  # a grant is per loan, never the book
+    assert denied.status_code == 403
+    assert not COORDINATE.search(denied.text)
+    refusals = _feed_reads(engine, "location_access_denied")
+    assert [(e.role, e.subject_type, e.subject_id, e.detail["scope"]) for e in refusals] == [
+        ("risk_analyst", "alert", "*", "alerts")] * 2 + [("collections", "alert", "*", "alerts")]
+
+    shown = _api(client, "/v1/alerts", "risk_analyst", reason=" dwell review ")
+    assert shown.status_code == 200
+    (row,) = [r for r in shown.json() if r["rule"] == "stationary_near_market"]
+    assert (row["evidence"]["centre_lat"], row["evidence"]["centre_lon"]) == MARKET
+    (read,) = _feed_reads(engine, "view_alert_locations")  # one row per loan located, as the console writes
+    assert (read.role, read.subject_type, read.subject_id) == ("risk_analyst", "loan", "L-1002")
+    assert read.detail == {"alerts": 1, "access_basis": "role", "grant_id": None, "access_reason": "dwell review"}
+    listed = _feed_reads(engine, "list_alerts")[-1]
+    assert (listed.detail["located"], listed.detail["access_reason"]) == (1, "dwell review")
+    nothing_located = _api(client, "/v1/alerts", "admin", reason="audit sample", rule="no_such_rule")
+    assert nothing_located.json() == []
+    assert len(_feed_reads(engine, "view_alert_locations")) == 1  # no loan located, no location read
+
+
+def _frames(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) of every event frame of a text/event-stream body."""
+    out = []
+    for frame in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.split("\n") if ": " in line)
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_risk_stream_sends_coordinates_only_with_a_reason_audited_per_loan(world: tuple) -> None:
+    client, engine, _ = world
+    backlog = {"follow": "false", "alerts": "true"}
+    for role in ("risk_analyst", "admin", "collections"):
+        plain = _api(client, "/v1/risk/stream", role, **backlog)
+        assert plain.status_code == 200
+        events = _frames(plain.text)
+        assert {"risk", "alert"} <= {e for e, _ in events}
+        assert any(e == "alert" and d["evidence"].get("market_id") == "sh-jiading-ucm" for e, d in events)
+        assert not COORDINATE.search(plain.text), role  # neither the alerts nor the alerts behind risk reasons
+    assert _feed_reads(engine, "view_alert_locations") == []
+    assert not any("access_basis" in e.detail for e in _feed_reads(engine, "subscribe_risk_stream"))
+
+    assert _api(client, "/v1/risk/stream", "risk_analyst", reason=" ", **backlog).status_code == 422
+    assert _api(client, "/v1/risk/stream", "risk_analyst", reason="x" * 501, **backlog).status_code == 422
+    assert _api(client, "/v1/risk/stream", "collections", reason="recovery", **backlog).status_code == 403
+    assert [e.role for e in _feed_reads(engine, "location_access_denied")] == ["risk_analyst", "collections"]
+
+    shown = _api(client, "/v1/risk/stream", "risk_analyst", reason="dwell review", **backlog)
+    (alert,) = [d for e, d in _frames(shown.text) if e == "alert" and d["rule"] == "stationary_near_market"]
+    assert (alert["evidence"]["centre_lat"], alert["evidence"]["centre_lon"]) == MARKET
+    risk_located = [d["loan_id"] for e, d in _frames(shown.text) if e == "risk" and COORDINATE.search(json.dumps(d))]
+    assert set(risk_located) == {"L-1002"}  # its risk reasons rest on the market alert
+    (subscribed,) = [e for e in _feed_reads(engine, "subscribe_risk_stream") if "access_reason" in e.detail]
+    assert subscribed.detail["access_reason"] == "dwell review"
+    reads = _feed_reads(engine, "view_alert_locations")  # per loan, for what each batch sent
+    assert [(e.role, e.subject_type, e.subject_id) for e in reads] == [("risk_analyst", "loan", "L-1002")] * 2
+    assert [e.detail for e in reads] == [
+        {"risk_events": len(risk_located), "access_basis": "role", "grant_id": None, "access_reason": "dwell review"},
+        {"alerts": 1, "access_basis": "role", "grant_id": None, "access_reason": "dwell review"},
+    ]
+
+
+def _stream_url(page: str) -> str:
+    found = re.search(r'id="live" data-stream="([^"]+)"', page)
+    assert found is not None
+    return found.group(1).replace("&amp;", "&")
+
+
+def test_the_alert_page_opens_the_stream_with_coordinates_only_after_the_reason(world: tuple) -> None:
+    client, engine, _ = world
+    user(client, "ana")
+    before = _stream_url(client.get("/console/alerts").text)
+    after = _stream_url(client.get("/console/alerts", params={"reason": "dwell review"}).text)
+    page_reads = len(_feed_reads(engine, "view_alert_locations"))  # the page's own, for its rows
+    assert "reason" not in before
+    assert "reason=dwell+review" in after
+    assert "reason" not in _stream_url(client.get("/console/worklist").text)
+    with Session(engine) as session:  # a new alert arrives after the pages were rendered
+        session.add(AlertRecord(batch_id=1, device_id="tbox-0002", rule="stationary_near_market", severity=2,
+                                state=1, time_ms=NOW, episode="dwell-1",
+                                evidence={"market_id": "sh-jiading-ucm", "centre_lat": MARKET[0],
+                                          "centre_lon": MARKET[1]}))
+        session.commit()
+
+    unasked = client.get(before + "&follow=false")  # what the browser receives before any reason
+    assert unasked.status_code == 200
+    (alert,) = [d for e, d in _frames(unasked.text) if e == "alert"]
+    assert alert["evidence"] == {"market_id": "sh-jiading-ucm"}
+    assert not COORDINATE.search(unasked.text)
+    assert len(_feed_reads(engine, "view_alert_locations")) == page_reads
+
+    live = client.get(after + "&follow=false")
+    (alert,) = [d for e, d in _frames(live.text) if e == "alert"]
+    assert (alert["state"], alert["evidence"]["centre_lat"]) == ("cleared", MARKET[0])
+    streamed = [e for e in _feed_reads(engine, "view_alert_locations")[page_reads:] if "alerts" in e.detail]
+    assert [(e.actor, e.subject_id, e.detail["alerts"], e.detail["access_reason"]) for e in streamed] == [
+        ("user:ana", "L-1002", 1, "dwell review")]

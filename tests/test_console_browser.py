@@ -354,12 +354,19 @@ def test_the_alert_feed_shows_coordinates_after_the_reason_form(browser: Any, wo
     page.goto("/console/alerts?rule=stationary_near_market")
     assert page.locator("#alert-feed tbody tr[data-alert]").count() >= 1
     assert not coordinate.search(page.content())  # evidence without centre/market coordinates
+    stream = page.locator("#live").get_attribute("data-stream")  # the browser gets none over the stream either
+    assert stream is not None
+    assert "reason" not in stream
+    assert not coordinate.search(page.request.get(stream + "&after_id=0&alert_after_id=0&follow=false").text())
     page.get_by_label("Reason").fill("dwell review before the visit")
     page.get_by_role("button", name="Show coordinates").click()
     page.wait_for_load_state()
     assert "rule=stationary_near_market" in page.url  # the filter came along
     assert page.locator("#alerts-basis").get_attribute("data-basis") == "role"
     assert coordinate.search(page.content())
+    stream = page.locator("#live").get_attribute("data-stream")
+    assert stream is not None
+    assert "reason=dwell+review+before+the+visit" in stream
     href = page.locator("#alerts-csv").get_attribute("href")
     assert href is not None
     rows = list(csv.DictReader(io.StringIO(page.request.get(href).text())))

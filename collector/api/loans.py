@@ -7,7 +7,8 @@ role               may
 =================  =====================================================================
 ``admin``          everything
 ``risk_analyst``   loans, risk events, alerts with evidence, tracks and positions (with a
-                   ``reason``), places (read; collector.api.places)
+                   ``reason``; the book-wide feed and stream give evidence coordinates only
+                   with one too), places (read; collector.api.places)
 ``collections``    loans, repayment facts, level and next step, record repayments;
                    evidence with coordinates removed; tracks and positions only under an
                    approved access grant (collector.loans.access, collector.api.access)
@@ -37,12 +38,19 @@ from sqlalchemy.orm import Session
 
 from ..clock import utc_date
 from ..jobs.redaction import (
+    located_subjects,
     reasons_for_collections,
     redact_coordinates,
     redact_for_collections,
     score_for_collections,
 )
-from ..loans.access import AccessDeniedError, AccessRequestError, LocationAccess, authorize_location_read
+from ..loans.access import (
+    AccessDeniedError,
+    AccessRequestError,
+    LocationAccess,
+    authorize_book_location_read,
+    authorize_location_read,
+)
 from ..loans.csv_import import loan_from_fields
 from ..loans.feed import MAX_FEED_ENTRIES, apply_feed
 from ..loans.lifecycle import STATUSES, LifecycleError, change_status
@@ -69,6 +77,10 @@ from .auth import Principal, audit_principal, require_role
 from .dependencies import ClockDep, DownlinkDep, EngineDep, SessionDep, SettingsDep
 
 __all__ = [
+    "ALERT_LOCATION_REFUSALS",
+    "FeedReason",
+    "audit_alert_locations",
+    "authorize_alert_locations",
     "authorize_location",
     "redact_coordinates",
     "router",
@@ -115,6 +127,65 @@ Reason = Annotated[
     str | None,
     Query(max_length=500, description="why you read this location (required for risk_analyst and admin; audited)"),
 ]
+
+FeedReason = Annotated[
+    str | None,
+    Query(max_length=500, description="why you need the evidence coordinates (risk_analyst and admin; without a "
+          "reason the evidence has no coordinate keys; with one, every loan located is audited)"),
+]
+
+
+
+class RefusalOut(BaseModel):
+    """A refused request: ``detail`` says why (a sentence, or the list of parameter errors)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+#: The refusals of the book-wide alert reads (``GET /v1/alerts``, the stream), for the OpenAPI.
+ALERT_LOCATION_REFUSALS: dict[int | str, dict[str, Any]] = {
+    403: {"model": RefusalOut, "description": "a reason from a role that never sees the book's locations "
+          "(audited location_access_denied)"},
+    422: {"model": RefusalOut, "description": "a malformed parameter, or an empty reason (audited "
+          "location_access_denied)"},
+}
+
+
+def authorize_alert_locations(
+    session: Session, now_ms: int, principal: Principal, reason: str | None
+) -> LocationAccess | None:
+    """May alert evidence across the book carry coordinates (``GET /v1/alerts``, the stream)?
+
+    The console feed's rule (:func:`collector.loans.access.authorize_book_location_read`):
+    no ``reason``, no coordinates (``None``, nothing refused); a ``reason`` from
+    ``risk_analyst``/``admin`` opens them; an empty one is 422, any other role's 403 (a grant
+    covers one loan, never the book), each refusal an audit row ``location_access_denied``
+    committed before the answer leaves.
+    """
+    if reason is None:
+        return None
+    try:
+        return authorize_book_location_read(role=principal.role, reason=reason)
+    except (AccessDeniedError, AccessRequestError) as exc:
+        session.rollback()
+        _audit(session, now_ms, principal, "location_access_denied", kind="alert", subject="*", scope="alerts",
+               error=str(exc))
+        session.commit()
+        code = status.HTTP_403_FORBIDDEN if isinstance(exc, AccessDeniedError) else 422
+        raise HTTPException(code, str(exc)) from exc
+
+
+def audit_alert_locations(
+    session: Session, now_ms: int, principal: Principal, rows: list[dict[str, Any]], *, key: str = "evidence",
+    count: str = "alerts", access: LocationAccess,
+) -> int:
+    """One ``view_alert_locations`` audit row per loan whose coordinates ``rows`` reveal (as the
+    console feed writes them); the caller commits. Returns how many loans."""
+    shown = located_subjects(rows, key)
+    for (kind, subject), n in shown.items():
+        _audit(session, now_ms, principal, "view_alert_locations", kind=kind, subject=subject, **{count: n},
+               **access.audit_detail())
+    return len(shown)
 
 
 def time_param(value: str | None, name: str) -> int | None:
@@ -642,7 +713,7 @@ def sse_frame(event_id: int | str, event: str, data: Any) -> bytes:
     return f"id: {event_id}\nevent: {event}\ndata: {text}\n\n".encode()
 
 
-@router.get("/risk/stream")
+@router.get("/risk/stream", responses=ALERT_LOCATION_REFUSALS)
 async def risk_stream(
     request: Request,
     *,
@@ -654,13 +725,17 @@ async def risk_stream(
     follow: bool = True,
     alerts: bool = False,
     alert_after_id: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
+    reason: FeedReason = None,
 ) -> StreamingResponse:
     """Risk level changes (``event: risk``) as server-sent events (resume with ``Last-Event-ID``).
 
     ``alerts=true`` also sends every new alert record (``event: alert``, the ``GET /v1/alerts``
-    row; evidence without coordinates for collections); event ids are then
-    ``{risk id}:{alert id}`` and ``alert_after_id`` is where the alerts start.
-    ``follow=false`` sends the backlog after ``after_id`` and ends (handy for scripts).
+    row); event ids are then ``{risk id}:{alert id}`` and ``alert_after_id`` is where the
+    alerts start. ``follow=false`` sends the backlog after ``after_id`` and ends (handy for
+    scripts). Evidence (of alerts, and of the alerts behind a risk event's reasons) has no
+    coordinates unless a ``risk_analyst``/``admin`` gave a ``reason`` (as ``GET /v1/alerts``);
+    then every batch sent writes a ``view_alert_locations`` audit row per loan it locates.
+    Collections also lose place names and score figures from risk events.
     """
     start = after_id if after_id is not None else 0
     alert_start = alert_after_id if alert_after_id is not None else 0
@@ -672,28 +747,39 @@ async def risk_stream(
             alert_start = int(alert_part)
         if max(start, alert_start) > MAX_INT64:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "Last-Event-ID is beyond any event id")
-    may_see_location = _may_see_location(principal)
 
-    def fetch(after: int) -> list[RiskEventRecord]:
+    def shown(rows: list[dict[str, Any]], key: str, count: str, access: LocationAccess | None) -> list[dict[str, Any]]:
+        """``rows`` as sent: coordinates only under ``access``, audited per loan (committed before sending)."""
+        if access is None:
+            return list(redact_coordinates(rows))
         with Session(engine) as session:
-            return list(
-                session.scalars(
+            if audit_alert_locations(session, clock_ms(), principal, rows, key=key, count=count, access=access):
+                session.commit()
+        return rows
+
+    def subscribe() -> LocationAccess | None:
+        with Session(engine) as session:
+            access = authorize_alert_locations(session, clock_ms(), principal, reason)
+            _audit(session, clock_ms(), principal, "subscribe_risk_stream", kind="loan", subject="*", after_id=start,
+                   alerts=alerts, **(access.audit_detail() if access is not None else {}))
+            session.commit()
+        return access
+
+    access = await run_in_threadpool(subscribe)
+
+    def fetch(after: int) -> list[dict[str, Any]]:
+        with Session(engine) as session:
+            rows = [
+                _event_dict(r, principal) for r in session.scalars(
                     sa.select(RiskEventRecord).where(RiskEventRecord.id > after).order_by(RiskEventRecord.id).limit(500)
                 )
-            )
+            ]
+        return shown(rows, "reasons", "risk_events", access)
 
     def fetch_alerts(after: int) -> list[dict[str, Any]]:
         with Session(engine) as session:
             rows = [alert_row(r) for r in session.execute(alert_statement_after(after, 500)).mappings()]
-        return rows if may_see_location else redact_coordinates(rows)
-
-    def audit_subscription() -> None:
-        with Session(engine) as session:
-            _audit(session, clock_ms(), principal, "subscribe_risk_stream", kind="loan", subject="*", after_id=start,
-                   alerts=alerts)
-            session.commit()
-
-    await run_in_threadpool(audit_subscription)
+        return shown(rows, "evidence", "alerts", access)
 
     async def frames() -> AsyncIterator[bytes]:
         after, alert_after = start, alert_start
@@ -701,9 +787,9 @@ async def risk_stream(
         while True:
             rows = await run_in_threadpool(fetch, after)
             for row in rows:
-                after = row.id
-                frame_id: int | str = f"{after}:{alert_after}" if alerts else row.id
-                yield sse_frame(frame_id, "risk", _event_dict(row, principal))
+                after = row["id"]
+                frame_id: int | str = f"{after}:{alert_after}" if alerts else after
+                yield sse_frame(frame_id, "risk", row)
             alert_rows = await run_in_threadpool(fetch_alerts, alert_after) if alerts else []
             for alert in alert_rows:
                 alert_after = alert["id"]

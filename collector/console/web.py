@@ -22,7 +22,8 @@ same function (:func:`collector.api.loans.authorize_location`, over
 first (a form; until then the page holds no coordinates), collections need an approved grant
 or an emergency access of their own (else the page offers the request form). The alert feed
 and its CSV show evidence coordinates only to analysts and admins who gave a reason
-(:func:`collector.loans.access.authorize_book_location_read`). Every page that shows personal
+(:func:`collector.loans.access.authorize_book_location_read`); its live stream carries the reason
+only once given, so the browser receives no coordinates before (:func:`_stream_url`). Every page that shows personal
 or location data writes an audit row like the API (``view_worklist``, ``view_loan``,
 ``view_track``, ``view_alerts``, ``export_*``; location reads, ``view_track`` and the feed's
 ``view_alert_locations`` per loan, with ``access_basis``, ``grant_id``, ``access_reason``),
@@ -54,7 +55,7 @@ from ..api.auth import Principal, authenticate, console_session, csrf_matches
 from ..api.dependencies import ClockDep, EngineDep, SettingsDep
 from ..api.loans import authorize_location
 from ..clock import ClockMs, utc_date
-from ..jobs.redaction import reasons_for_collections, redact_coordinates
+from ..jobs.redaction import located_subjects, reasons_for_collections, redact_coordinates
 from ..loans.access import (
     GRANTEE_ROLES,
     AccessDeniedError,
@@ -283,9 +284,16 @@ async def _checked_form(request: Request, principal: Principal) -> dict[str, str
     return fields
 
 
-def _stream_url(after_risk: int, after_alert: int) -> str:
-    """The risk stream with alerts, starting after what the page already shows."""
-    return f"/v1/risk/stream?{urlencode({'after_id': after_risk, 'alerts': 'true', 'alert_after_id': after_alert})}"
+def _stream_url(after_risk: int, after_alert: int, access: LocationAccess | None = None) -> str:
+    """The risk stream with alerts, starting after what the page already shows.
+
+    Without ``access`` the stream sends no coordinates (the browser gets none before a reason
+    was given); with it, the page's reason goes along and the stream audits what it sends.
+    """
+    params: dict[str, str | int] = {"after_id": after_risk, "alerts": "true", "alert_after_id": after_alert}
+    if access is not None:
+        params["reason"] = access.reason
+    return f"/v1/risk/stream?{urlencode(params)}"
 
 
 def _loan_zone(loan: LoanRecord) -> str:
@@ -517,12 +525,8 @@ def _feed_location_access(session: Session, request: Request, principal: Princip
 def _audit_feed_locations(session: Session, request: Request, principal: Principal, action: str, *,
                           rows: list[dict[str, Any]], access: LocationAccess) -> int:
     """One audit row per loan (or unlinked device) whose alert coordinates were shown, like a track read."""
-    shown: dict[tuple[str, str], int] = {}
-    for row in rows:
-        if redact_coordinates(row["evidence"]) != row["evidence"]:
-            key = ("loan", row["loan_id"]) if row["loan_id"] else ("device", row["device_id"])
-            shown[key] = shown.get(key, 0) + 1
-    for (subject_type, subject_id), count in sorted(shown.items()):
+    shown = located_subjects(rows, "evidence")
+    for (subject_type, subject_id), count in shown.items():
         _audit(session, request, principal, action, subject_type, subject_id=subject_id, alerts=count,
                **access.audit_detail())
     return len(shown)
@@ -579,7 +583,7 @@ def alerts_page(request: Request, principal: PagePrincipal) -> Response:
         "prev_url": f"/console/alerts?{urlencode({**params, 'page': page_no - 1})}" if page_no > 1 else None,
         "next_url": f"/console/alerts?{urlencode({**params, 'page': page_no + 1})}" if page.has_next else None,
         "csv_url": f"/console/alerts.csv?{urlencode(params)}",
-        "stream_url": _stream_url(after_risk, after_alert),
+        "stream_url": _stream_url(after_risk, after_alert, access),
         "fmt": lambda ms: format_time(ms, DEFAULT_LOAN_ZONE),
     })
 

@@ -9,6 +9,9 @@ Two levels, both pure functions over JSON-like values:
   coordinate: the market's name and every distance (the opaque ``market_id`` stays, so a
   reason can still be told apart; keep market ids opaque codes, not place names). The
   collections role needs the level, the reason and the next step, not where the car is.
+* :func:`located_subjects` names whose coordinates a list of rows (alerts, risk events) would
+  reveal, one entry per loan (or per device for an alert of a device on no loan): a reader
+  who sees them leaves one audit row per entry, like a track read.
 * :func:`reasons_for_collections` and :func:`score_for_collections` also take the risk
   score's figures out (docs/people.md: collections see level and next step, not scores):
   a reason keeps its code, level, next step, episode, redacted evidence and which axis it
@@ -19,9 +22,16 @@ Two levels, both pure functions over JSON-like values:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["reasons_for_collections", "redact_coordinates", "redact_for_collections", "score_for_collections"]
+__all__ = [
+    "located_subjects",
+    "reasons_for_collections",
+    "redact_coordinates",
+    "redact_for_collections",
+    "score_for_collections",
+]
 
 _COORDINATE_KEY = re.compile(r"(^|_)(lat|lon|latitude|longitude|position|track)$", re.IGNORECASE)
 _LOCATING_KEY = re.compile(r"(^|_)(market_name|place_name|address)$|distance", re.IGNORECASE)
@@ -42,6 +52,17 @@ def _without(value: Any, pattern: re.Pattern[str], *more: re.Pattern[str]) -> An
 def redact_coordinates(value: Any) -> Any:
     """A copy of ``value`` without coordinate keys (``lat``, ``centre_lon``, ``position``...)."""
     return _without(value, _COORDINATE_KEY)
+
+
+def located_subjects(rows: Iterable[Mapping[str, Any]], key: str) -> dict[tuple[str, str], int]:
+    """How many ``rows`` hold coordinates under ``key``, per ``("loan", id)`` (``("device", id)``
+    for a row of no loan), in subject order: what a reader of the rows learns the position of."""
+    shown: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if redact_coordinates(row.get(key)) != row.get(key):
+            subject = ("loan", str(row["loan_id"])) if row.get("loan_id") else ("device", str(row.get("device_id")))
+            shown[subject] = shown.get(subject, 0) + 1
+    return dict(sorted(shown.items()))
 
 
 def redact_for_collections(value: Any) -> Any:

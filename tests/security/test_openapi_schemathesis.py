@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from sqlalchemy.orm import Session
 
+from collector.api.alerts import router as alerts_router
 from collector.api.app import create_app
 from collector.api.loans import router
 from collector.api.places import router as places_router
@@ -59,7 +60,7 @@ def _app(folder: Path) -> Any:
         session.commit()
     settings_ = Settings(data_dir=folder, api_keys={hash_api_key(k): role for role, k in KEYS.items()})
     return create_app(
-        settings_, engine=engine, routers=[router, places_router], clock_ms=lambda: NOW,
+        settings_, engine=engine, routers=[router, places_router, alerts_router], clock_ms=lambda: NOW,
         config_publisher=lambda _messages: None,
     )
 
