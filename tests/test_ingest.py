@@ -320,7 +320,7 @@ def test_commit_hooks_see_what_was_stored(ingestor: Ingestor, truck: FakeDevice)
     assert isinstance(second, StoredBatch)
     assert isinstance(state, StoredState)
     assert (first.seq, first.duplicate, first.batch.seq, second.duplicate, second.batch_id) == (5, False, 5, True, None)
-    assert first.batch == decode_batch(encode_batch(truck.batch(5)))  # what the wire carried
+    assert first.batch.to_batch() == decode_batch(encode_batch(truck.batch(5)))  # what the wire carried
     assert (state.applied, state.state.online) == (True, True)
     assert ingestor.counters["hook_errors"] == 3
     assert count(ingestor.engine, "batches") == 1

@@ -47,13 +47,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import repeat
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from protocol import Batch, DeviceState, open_batch, open_state, parse_topic
+from protocol import Batch, ColumnarBatch, DeviceState, open_batch_columns, open_state, parse_topic
 from protocol.errors import REASONS, BadSignature, ProtocolError, UnknownDevice
 from protocol.topics import TopicKind
 
@@ -141,7 +142,8 @@ class StoredBatch:
     Attributes:
         device_id: the sending device.
         seq: the batch sequence number.
-        batch: the verified batch.
+        batch: the verified batch (its fixes column by column: :class:`protocol.ColumnarBatch`;
+            ``batch.to_batch()`` gives the :class:`protocol.Fix` records).
         duplicate: True when (device_id, seq) was already stored (nothing new was written).
         batch_id: the ledger row id (of the earlier row for a duplicate: ``None``).
         received_ms: collector clock when the message arrived.
@@ -149,7 +151,7 @@ class StoredBatch:
 
     device_id: str
     seq: int
-    batch: Batch
+    batch: ColumnarBatch | Batch
     duplicate: bool
     batch_id: int | None
     received_ms: int
@@ -199,8 +201,9 @@ class _RefusedError(CollectorError):
         self.detail = detail
 
 
-def _observation_times(batch: Batch) -> list[int]:
-    times = [f.time_ms for f in batch.fixes[:1]] + [f.time_ms for f in batch.fixes[-1:]]
+def _observation_times(batch: ColumnarBatch) -> list[int]:
+    fix_times = batch.fixes.time_ms
+    times = [*fix_times[:1], *fix_times[-1:]]  # fixes are in time order
     times += [s.time_ms for s in batch.samples]
     times += [a.time_ms for a in batch.alerts]
     times += [d.time_ms for d in batch.stats]
@@ -324,7 +327,7 @@ class Ingestor:
         except ProtocolError as exc:
             raise _RefusedError(exc.reason, str(exc)) from exc
         if parsed.kind is TopicKind.BATCH:
-            batch = self._open(open_batch, payload, topic)
+            batch = self._open(open_batch_columns, payload, topic)
             self._check_times(batch, item.received_ms)
             item.batch = batch
         elif parsed.kind is TopicKind.STATE:
@@ -381,7 +384,7 @@ class Ingestor:
         self.counters["verified_by_retiring_key"] += 1
         return opened
 
-    def _check_times(self, batch: Batch, received_ms: int) -> None:
+    def _check_times(self, batch: ColumnarBatch, received_ms: int) -> None:
         limit = received_ms + self.limits.max_clock_skew_s * 1000
         latest = max([batch.created_ms, *_observation_times(batch)])
         if latest > limit:
@@ -486,11 +489,9 @@ class Ingestor:
             batch, batch_id = item.batch, item.batch_id
             assert batch is not None
             device = batch.device_id
-            fixes += [
-                (batch_id, device, f.time_ms, f.lat, f.lon, f.alt_m, f.speed_mps, f.course_deg, int(f.mode),
-                 f.hdop, f.sats_used, f.mean_snr)
-                for f in batch.fixes
-            ]  # fmt: skip
+            f = batch.fixes
+            fixes += zip(repeat(batch_id), repeat(device), f.time_ms, f.lat, f.lon, f.alt_m, f.speed_mps, f.course_deg,
+                         map(int, f.mode), f.hdop, f.sats_used, f.mean_snr)  # fmt: skip
             samples += [
                 {"batch_id": batch_id, "device_id": device, "name": s.name, "time_ms": s.time_ms, "value": s.value}
                 for s in batch.samples
@@ -689,7 +690,7 @@ class _Item:
     topic: str
     payload: Any
     received_ms: int
-    batch: Batch | None = None
+    batch: ColumnarBatch | None = None
     state: DeviceState | None = None
     refused: tuple[str, str] | None = None  # (reason slug, detail)
     conflict: str | None = None  # seq_conflict detail
@@ -781,7 +782,7 @@ class _DeviceDelta:
     counters_ms: int | None = None
     counters: dict[str, Any] | None = None
 
-    def add(self, batch: Batch, received_ms: int) -> None:
+    def add(self, batch: ColumnarBatch, received_ms: int) -> None:
         self.batches += 1
         self.fixes += len(batch.fixes)
         self.samples += len(batch.samples)
@@ -789,11 +790,10 @@ class _DeviceDelta:
         seen = max([batch.created_ms, *_observation_times(batch)])
         self.seen_ms = seen if self.seen_ms is None else max(self.seen_ms, seen)
         self.received_ms = received_ms if self.received_ms is None else max(self.received_ms, received_ms)
-        if batch.fixes:
-            newest = batch.fixes[-1]  # fixes are in time order (Batch validates it)
-            if self.fix_ms is None or newest.time_ms > self.fix_ms:
-                self.fix_ms, self.fix_lat, self.fix_lon = newest.time_ms, newest.lat, newest.lon
-                self.fix_speed = newest.speed_mps
+        fixes = batch.fixes  # the newest is the last: fixes are in time order (FixColumns validates it)
+        if fixes and (self.fix_ms is None or fixes.time_ms[-1] > self.fix_ms):
+            self.fix_ms, self.fix_lat, self.fix_lon = fixes.time_ms[-1], fixes.lat[-1], fixes.lon[-1]
+            self.fix_speed = fixes.speed_mps[-1]
         if self.counters_ms is None or batch.created_ms > self.counters_ms:
             self.counters_ms, self.counters = batch.created_ms, dict(batch.counters)
 
