@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,7 +63,7 @@ from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError, DatabaseUnavailableError, StorageError
 from ..json_values import json_ready
 from ..storage.database import is_transient
-from ..storage.tables import Base
+from ..storage.tables import Base, UInt64
 from .admission import DeadLetterQuota
 from .metrics import IngestMetrics
 from .registry import KeyCache
@@ -99,6 +100,16 @@ _FIX_COLUMNS = ("batch_id", "device_id", "time_ms", "lat", "lon", "alt_m", "spee
 #: PostgreSQL types of _FIX_COLUMNS, in order (binary COPY sends exactly these)
 _FIX_COPY_TYPES = ("int8", "varchar", "int8", "float8", "float8", "float8", "float8", "float8", "int2", "float8",
                    "int2", "float8")  # fmt: skip
+_LEDGER_COLUMNS = ("device_id", "seq", "boot_id", "created_ms", "received_ms", "fix_count", "sample_count",
+                   "alert_count", "stats_count", "first_time_ms", "last_time_ms", "counters",
+                   "message_bytes")  # fmt: skip
+_LEDGER_INSERT_PG = (
+    f"INSERT INTO batches ({', '.join(_LEDGER_COLUMNS)}) "
+    "SELECT * FROM unnest(%s::varchar[], %s::int8[], %s::bytea[], %s::int8[], %s::int8[], %s::int4[], %s::int4[], "
+    "%s::int4[], %s::int4[], %s::int8[], %s::int8[], %s::json[], %s::int4[]) "
+    "ON CONFLICT (device_id, seq) DO NOTHING RETURNING id, device_id, seq"
+)
+_UINT64 = UInt64()
 MAX_TOPIC_CHARS = 1024
 MAX_DETAIL_CHARS = 2000
 _T = TypeVar("_T")
@@ -449,14 +460,7 @@ class Ingestor:
             else:
                 first[key] = item
         fresh = list(first.values())
-        inserted: dict[tuple[str, int], int] = {}
-        for batch_id, device_id, seq in conn.execute(
-            self._insert(_batches)
-            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
-            .returning(_batches.c.id, _batches.c.device_id, _batches.c.seq),
-            [_ledger_row(item) for item in fresh],
-        ):
-            inserted[(device_id, seq)] = batch_id
+        inserted = self._insert_ledger(conn, [_ledger_row(item) for item in fresh])
         known = [item for item in fresh if _ledger_key(item) not in inserted]
         stored: dict[tuple[str, int], Any] = {}
         if known:
@@ -480,6 +484,27 @@ class Ingestor:
         new = [item for item in fresh if item.batch_id is not None]
         self._store_records(conn, new)
         self._update_status(conn, items)
+
+    def _insert_ledger(self, conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
+        """Insert the ledger rows that are new; return (device_id, seq) -> id of those inserted."""
+        if conn.dialect.name == "postgresql":
+            # One statement with an array per column: its text never changes, so the driver
+            # parses it once and the server prepares it (SQLAlchemy's multi-row VALUES is a new
+            # text of a few thousand characters for every group size, parsed again each time).
+            columns = [[row[name] for row in rows] for name in _LEDGER_COLUMNS]
+            seq, counters = _LEDGER_COLUMNS.index("seq"), _LEDGER_COLUMNS.index("counters")
+            columns[seq] = [_UINT64.process_bind_param(v, conn.dialect) for v in columns[seq]]
+            columns[counters] = [json.dumps(c) for c in columns[counters]]  # SQLAlchemy's JSON text
+            with conn.connection.cursor() as cursor:  # type: ignore[attr-defined]
+                cursor.execute(_LEDGER_INSERT_PG, columns)
+                return {(d, _UINT64.process_result_value(q, conn.dialect)): i for i, d, q in cursor.fetchall()}
+        result = conn.execute(
+            self._insert(_batches)
+            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            .returning(_batches.c.id, _batches.c.device_id, _batches.c.seq),
+            rows,
+        )
+        return {(device_id, seq): batch_id for batch_id, device_id, seq in result}
 
     def _store_records(self, conn: Connection, items: list[_Item]) -> None:
         fixes: list[tuple[Any, ...]] = []
