@@ -497,7 +497,7 @@ class Ingestor:
             columns[counters] = [json.dumps(c) for c in columns[counters]]  # SQLAlchemy's JSON text
             with conn.connection.cursor() as cursor:  # type: ignore[attr-defined]
                 cursor.execute(_LEDGER_INSERT_PG, columns)
-                return {(d, _UINT64.process_result_value(q, conn.dialect)): i for i, d, q in cursor.fetchall()}
+                return {(d, q + 2**64 if q < 0 else q): i for i, d, q in cursor.fetchall()}  # UInt64
         result = conn.execute(
             self._insert(_batches)
             .on_conflict_do_nothing(index_elements=["device_id", "seq"])
