@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.errors import DatabaseUnavailableError
-from collector.ingest.ingestor import Ingestor, IngestResult, PreparedGroup
+from collector.ingest.ingestor import Ingestor, IngestResult, Message
 from collector.ingest.service import IngestService
 from collector.settings import Limits, MqttSettings
 from collector.storage.database import create_engine, migrate
@@ -220,20 +220,20 @@ def test_state_messages_set_online_and_offline(
 
 
 class FlakyIngestor(Ingestor):
-    """Reports the database as unreachable for the first ``failures`` commits."""
+    """Reports the database as unreachable for the first ``failures`` calls."""
 
     def __init__(self, *args: object, failures: int, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.failures = failures
         self.release = threading.Event()
 
-    def commit_group(self, prepared: PreparedGroup) -> list[IngestResult]:
+    def handle_group(self, messages: Sequence[Message]) -> list[IngestResult]:
         if self.failures > 0:
             self.failures -= 1
             if self.failures == 0:
                 self.release.wait(WAIT_S)
             raise DatabaseUnavailableError("database unreachable (simulated)")
-        return super().commit_group(prepared)
+        return super().handle_group(messages)
 
 
 def test_database_outage_holds_the_ack_and_retries(

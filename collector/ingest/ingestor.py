@@ -76,7 +76,6 @@ __all__ = [
     "Ingestor",
     "Message",
     "Outcome",
-    "PreparedGroup",
     "StoredBatch",
     "StoredState",
 ]
@@ -285,33 +284,7 @@ class Ingestor:
                 them, retry the whole group.
             StorageError: the database refused even the dead letter.
         """
-        return self.commit_group(self.prepare_group(messages))
-
-    def prepare_group(self, messages: Sequence[Message]) -> PreparedGroup:
-        """The first half of :meth:`handle_group`: verify and decode ``messages``, write nothing.
-
-        Lets a caller verify the next group while the database stores this one
-        (collector.ingest.service); the result goes to :meth:`commit_group`, once.
-
-        Raises:
-            DatabaseUnavailableError: the key registry could not be read; retry the group.
-        """
-        return PreparedGroup([self._prepare(i, m) for i, m in enumerate(messages)])
-
-    def commit_group(self, prepared: PreparedGroup) -> list[IngestResult]:
-        """The second half of :meth:`handle_group`: store a group :meth:`prepare_group` returned.
-
-        A group is committed at most once: after :class:`~collector.errors.DatabaseUnavailableError`
-        retry it whole with :meth:`handle_group` (verified again).
-
-        Raises:
-            DatabaseUnavailableError: the database cannot be reached; acknowledge none of them.
-            StorageError: the database refused even the dead letter.
-        """
-        if prepared.used:
-            raise CollectorError("a prepared group is committed at most once; retry with handle_group")
-        prepared.used = True
-        items = prepared.items
+        items = [self._prepare(i, m) for i, m in enumerate(messages)]
         try:
             return self._commit_isolating(items)
         except sa.exc.SQLAlchemyError as exc:
@@ -732,17 +705,6 @@ class Ingestor:
                 log.exception("on_commit hook %r failed for device %s", hook, event.device_id)
                 self.metrics.hook_errors.inc()
                 self.counters["hook_errors"] += 1
-
-
-@dataclass(slots=True)
-class PreparedGroup:
-    """A verified group on its way to :meth:`Ingestor.commit_group` (opaque to callers)."""
-
-    items: list[_Item]
-    used: bool = False
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 @dataclass(slots=True)

@@ -318,11 +318,10 @@ class KeyCache:
             .where(_keys.c.revoked_ms > self._wall_ms())
             .order_by(_keys.c.id)
         )
-        retiring: dict[str, tuple[Ed25519PublicKey, int]] = {}
+        self.retiring = {}
         for device_id, raw, until in old:
-            if device_id in self.keys and (device_id not in retiring or retiring[device_id][1] < until):
-                retiring[device_id] = (Ed25519PublicKey.from_public_bytes(raw), int(until))
-        self.retiring = retiring  # one assignment: a reader on another thread never sees it half filled
+            if device_id in self.keys and (device_id not in self.retiring or self.retiring[device_id][1] < until):
+                self.retiring[device_id] = (Ed25519PublicKey.from_public_bytes(raw), int(until))
         self.version = version
         self.reloads += 1
         return True

@@ -10,14 +10,10 @@ How the ack path works (the one thing here that must not be got wrong):
   idempotent).
 * paho runs with ``manual_ack=True``. Its network thread only puts each message on a
   :class:`~collector.ingest.fairqueue.FairQueue` (one FIFO per device, served round-robin,
-  bounded in bytes); a verifier thread takes a *group* (up to ``limits.group_max_messages``,
-  waiting at most ``limits.group_max_wait_ms`` for it to fill) and verifies and decodes it
-  (:meth:`collector.ingest.ingestor.Ingestor.prepare_group`, no writes); one worker thread
-  stores the verified groups in the order they were taken, each in ONE transaction
-  (:meth:`~collector.ingest.ingestor.Ingestor.commit_group`), and only after that commit calls
-  ``client.ack(mid, qos)`` for them. At most one verified group waits for the worker, so the
-  next group is verified while the database stores this one (the worker would otherwise sit
-  idle for a third of its time, waiting for PostgreSQL). Acks leave in
+  bounded in bytes); one worker thread takes a *group* (up to ``limits.group_max_messages``,
+  waiting at most ``limits.group_max_wait_ms`` for it to fill), calls
+  :meth:`collector.ingest.ingestor.Ingestor.handle_group` (verify each, ONE transaction for
+  all), and only after that commit calls ``client.ack(mid, qos)`` for them. Acks leave in
   arrival order, each after its commit: a message stored early (round-robin) waits for
   the acks of the messages received before it. Dead-lettered messages are acknowledged
   too (their rows are in the same transaction): the broker's in-flight window (MQTT 5
@@ -35,8 +31,7 @@ How the ack path works (the one thing here that must not be got wrong):
 * After each commit the listeners added with :meth:`IngestService.add_commit_listener` get
   the (device_id, seq) of every batch the group stored or found already stored.
 * If the database is unreachable, the worker keeps the group unacknowledged and retries
-  it whole (verified again, :meth:`~collector.ingest.ingestor.Ingestor.handle_group`) with
-  exponential backoff; nothing behind it is acknowledged either.
+  it with exponential backoff; nothing behind it is acknowledged either.
 * A message received on an earlier connection is never acknowledged on a later one (its
   packet id may name another message now); the broker redelivers it, and the redelivered
   copy is stored as a duplicate and acknowledged.
@@ -50,14 +45,13 @@ How the ack path works (the one thing here that must not be got wrong):
   payload: when it is full the paho thread waits, so the broker keeps the rest (QoS 1 flow
   control by Receive Maximum), and memory stays bounded whatever is published.
 * :meth:`IngestService.stop` lets the worker finish the group it is in (commit, ack),
-  leaves the rest (a verified group waiting for it included) unacknowledged (the broker
-  redelivers them) and disconnects normally, which keeps the session.
+  leaves the rest unacknowledged (the broker redelivers them) and disconnects normally,
+  which keeps the session.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import ssl
 import threading
 import time
@@ -76,7 +70,7 @@ from ..errors import DatabaseUnavailableError, StorageError
 from .admission import Admission, Refusal, device_of
 from .fairqueue import FairQueue
 from .health import BrokerLink
-from .ingestor import Ingestor, IngestResult, Message, Outcome, PreparedGroup
+from .ingestor import Ingestor, IngestResult, Message, Outcome
 from .memory import release_large_buffers
 from .settings import Limits, MqttSettings
 
@@ -171,11 +165,7 @@ class IngestService:
         self._stopping = threading.Event()
         self._generation = 0
         self._lock = threading.Lock()
-        self._verifier: threading.Thread | None = None
         self._worker: threading.Thread | None = None
-        #: verified groups waiting for the worker: one, so verifying the next group overlaps the
-        #: database storing this one, and no more (acks wait for commits anyway)
-        self._verified: queue.Queue[tuple[list[_Delivery], PreparedGroup | None]] = queue.Queue(maxsize=1)
         self._sub_mid: int | None = None
         self._listeners: list[CommitListener] = []
         self._arrivals = 0  # order given to the next queued message (paho thread only)
@@ -310,35 +300,14 @@ class IngestService:
 
     # ------------------------------------------------------------ worker side
 
-    def _verify_groups(self) -> None:
-        """The verifier thread: take groups off the queue, verify and decode them, hand them on."""
+    def _work(self) -> None:
         limits = self.limits
         while not self._stopping.is_set():
             group = self._queue.take_group(limits.group_max_messages, 0.2, limits.group_max_wait_ms / 1000)
             if not group:
                 continue
             self.ingestor.metrics.queue_depth.dec(len(group))
-            try:
-                prepared: PreparedGroup | None = self.ingestor.prepare_group(
-                    [Message(d.topic, d.payload, d.received_ms) for d in group]
-                )
-            except DatabaseUnavailableError:
-                prepared = None  # the worker retries it whole, with backoff
-            while not self._stopping.is_set():
-                try:
-                    self._verified.put((group, prepared), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-
-    def _work(self) -> None:
-        """The worker thread: commit each verified group, in the order taken, then acknowledge it."""
-        while not self._stopping.is_set():
-            try:
-                group, prepared = self._verified.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            results = None if self._stopping.is_set() else self._process(group, prepared)
+            results = None if self._stopping.is_set() else self._process(group)
             now = time.monotonic()
             if results is not None:
                 # charged before the room is released: the MQTT thread, waiting for that room,
@@ -358,18 +327,14 @@ class IngestService:
             self._notify(results)
             self._ack_in_order(group)
 
-    def _process(self, group: list[_Delivery], prepared: PreparedGroup | None) -> list[IngestResult] | None:
-        """Commit one verified group; on a database outage retry it whole (verified again) with
-        backoff. None = stopping."""
+    def _process(self, group: list[_Delivery]) -> list[IngestResult] | None:
+        """Handle one group; on a database outage retry it with backoff. None = stopping."""
         messages = [Message(d.topic, d.payload, d.received_ms) for d in group]
         delay = self.limits.db_retry_initial_s
         while True:
             try:
-                if prepared is not None:
-                    return self.ingestor.commit_group(prepared)
                 return self.ingestor.handle_group(messages)
             except (DatabaseUnavailableError, StorageError) as exc:
-                prepared = None
                 self.ingestor.metrics.db_retries.inc()
                 self.ingestor.counters["db_retries"] += 1
                 log.warning(
@@ -423,9 +388,7 @@ class IngestService:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry_s
         props.ReceiveMaximum = s.receive_maximum
-        self._verifier = threading.Thread(target=self._verify_groups, name="lw-ingest-verifier", daemon=True)
         self._worker = threading.Thread(target=self._work, name="lw-ingest-worker", daemon=True)
-        self._verifier.start()
         self._worker.start()
         self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
         self.client.loop_start()
@@ -433,11 +396,10 @@ class IngestService:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the group in hand (commit + ack), then disconnect keeping the session."""
         self._stopping.set()
-        for thread in (self._verifier, self._worker):
-            if thread is not None:
-                thread.join(timeout)
-                if thread.is_alive():
-                    log.error("ingest thread %s did not finish within %.0f s", thread.name, timeout)
+        if self._worker is not None:
+            self._worker.join(timeout)
+            if self._worker.is_alive():
+                log.error("ingest worker did not finish within %.0f s", timeout)
         self.client.disconnect()
         self.client.loop_stop()
         self.ready.clear()
