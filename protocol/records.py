@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import lru_cache
 from itertools import pairwise, repeat
+from operator import attrgetter
 from typing import cast
 
 from .errors import InvalidRecord
@@ -452,6 +453,7 @@ _FIX_FLOAT_RANGES = (
     ("hdop", 0.0, 100.0),
     ("mean_snr", 0.0, 99.0),
 )
+_fix_fields = attrgetter(*_FIX_FIELDS)
 _OPTIONAL_FIX_COLUMNS = frozenset({"alt_m", "speed_mps", "course_deg", "hdop", "sats_used", "mean_snr"})
 
 
@@ -492,8 +494,8 @@ class FixColumns:
     mean_snr: tuple[float | None, ...]
 
     def __post_init__(self) -> None:
-        columns = tuple(getattr(self, name) for name in _FIX_FIELDS)
-        if not all(type(c) is tuple for c in columns) or len({len(c) for c in columns}) != 1:
+        columns = _fix_fields(self)
+        if set(map(type, columns)) != {tuple} or len(set(map(len, columns))) != 1:
             raise InvalidRecord("fix columns must be tuples of one length")
         if not self._columns_valid():
             self.records()  # raises InvalidRecord naming the field (or finds them valid after all)
@@ -503,23 +505,24 @@ class FixColumns:
                     raise InvalidRecord(f"fixes must be in time order ({cur} after {prev})")
 
     def _columns_valid(self) -> bool:
-        times, sats = self.time_ms, self.sats_used
-        if times and not (
+        """The checks of :class:`Fix` and :class:`Batch`, a column at a time (loops in C)."""
+        times, sats, modes = self.time_ms, self.sats_used, self.mode
+        if not times:
+            return True
+        if not (
             set(map(type, times)) == {int}
             and times[0] >= MIN_TIME_MS
             and times[-1] <= MAX_TIME_MS
             and all(map(int.__le__, times, times[1:]))
         ):
             return False
-        if not all(
-            _floats_within(getattr(self, name), lo, hi, optional=name in _OPTIONAL_FIX_COLUMNS)
-            for name, lo, hi in _FIX_FLOAT_RANGES
-        ):
+        for name, lo, hi in _FIX_FLOAT_RANGES:
+            if not _floats_within(getattr(self, name), lo, hi, optional=name in _OPTIONAL_FIX_COLUMNS):
+                return False
+        if set(map(type, modes)) != {FixMode} or FixMode.NONE in modes:
             return False
-        if not set(self.mode) <= {FixMode.TWO_D, FixMode.THREE_D} or not all(type(m) is FixMode for m in self.mode):
-            return False
-        known = cast("list[int]", [s for s in sats if s is not None])
-        return not known or (set(map(type, known)) == {int} and min(known) >= 0 and max(known) <= 255)
+        known = cast("list[int]", [s for s in sats if s is not None]) if None in sats else sats
+        return not known or (set(map(type, known)) == {int} and min(known) >= 0 and max(known) <= 255)  # type: ignore[type-var, operator]
 
     @classmethod
     def of(cls, fixes: tuple[Fix, ...]) -> FixColumns:
