@@ -6,7 +6,9 @@ Measured in one run, on the same pre-sealed one-minute batches (default: 1,000 b
 1. ``protocol.open_batch`` alone (verify + strict decode), in this process;
 2. ``collector.ingest.ingestor.Ingestor`` alone in this process, on SQLite and on
    PostgreSQL: one message per call (``handle``) and groups of ``--group`` messages
-   (``handle_group``): the database cost without MQTT;
+   (``handle_group``): the database cost without MQTT; then PostgreSQL's share alone: the
+   fixes just stored copied in again with the ingest's binary COPY, ``--group`` batches a
+   COPY and commit (the table's indexes and reference checks included);
 3. a bare paho subscriber (QoS 1, auto ack) receiving the batches through a private
    Mosquitto: the transport ceiling, the baseline every collector figure is divided by;
 4. one collector process (``python -m collector serve --ingest-only``) storing them
@@ -143,6 +145,30 @@ def bench_ingestor(url: str, work: Workload, group: int) -> float:
     assert ingestor.counters["stored"] == len(work.messages), ingestor.counters
     engine.dispose()
     return rate(len(work.messages), elapsed)
+
+
+def bench_pg_copy(url: str, n: int, group: int) -> float:
+    """PostgreSQL's share: the fixes the in-process run stored at ``url`` copied in again, ``group``
+    batches per binary COPY and commit, with the table's indexes and checks (batches/s of COPY alone)."""
+    engine = create_engine(url)
+    columns = ", ".join(ingestor_module._FIX_COLUMNS)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"SELECT {columns} FROM fixes ORDER BY id").fetchall()
+    per_batch = len(rows) // n
+    raw = engine.raw_connection()
+    started = time.perf_counter()
+    try:
+        cursor = raw.cursor()
+        for i in range(0, len(rows), per_batch * group):
+            with cursor.copy(f"COPY fixes ({columns}) FROM STDIN (FORMAT BINARY)") as copy:  # type: ignore[attr-defined]
+                copy.set_types(ingestor_module._FIX_COPY_TYPES)
+                for row in rows[i : i + per_batch * group]:
+                    copy.write_row(row)
+            raw.commit()
+    finally:
+        raw.close()
+        engine.dispose()
+    return rate(n, time.perf_counter() - started)
 
 
 def publish_all(port: int, messages: list[tuple[str, bytes]]) -> float:
@@ -321,12 +347,15 @@ def main() -> int:
             for group in (1, args.group):
                 label = f"inproc_{group}"
                 what = "handle" if group == 1 else f"handle_group({group})"
+                url = url_for(name, label)
                 try:
-                    results[f"Ingestor.{what} on {name}, in-process"] = bench_ingestor(
-                        url_for(name, label), work, group
-                    )
+                    results[f"Ingestor.{what} on {name}, in-process"] = bench_ingestor(url, work, group)
                 except NotImplementedError:
                     print(f"(no handle_group in this collector: {what} skipped)")
+                if name == "postgres" and group != 1:
+                    results[f"PostgreSQL alone: COPY of the fixes, {group} batches a COPY"] = bench_pg_copy(
+                        url, len(work.messages), group
+                    )
         (workdir / "broker").mkdir()
         with Mosquitto(workdir=workdir / "broker") as broker:
             results["bare paho subscriber via Mosquitto"] = bench_bare_subscriber(broker.port, work)

@@ -4,11 +4,12 @@ Sans-I/O: nothing here reads a clock, a file or a socket. See docs/protocol.md.
 """
 
 from . import cose, errors, topics
-from ._batch_codec import LIMITS, SCHEMA_VERSION, decode_batch, encode_batch
+from ._batch_codec import LIMITS, SCHEMA_VERSION, decode_batch, decode_batch_columns, encode_batch
 from ._envelopes import (
     DeviceConfig,
     DeviceState,
     open_batch,
+    open_batch_columns,
     open_config,
     open_state,
     seal_batch,
@@ -23,8 +24,10 @@ from .records import (
     Alert,
     AlertState,
     Batch,
+    ColumnarBatch,
     DailyStats,
     Fix,
+    FixColumns,
     FixMode,
     NoFix,
     Severity,
@@ -43,10 +46,12 @@ __all__ = [
     "Alert",
     "AlertState",
     "Batch",
+    "ColumnarBatch",
     "DailyStats",
     "DeviceConfig",
     "DeviceState",
     "Fix",
+    "FixColumns",
     "FixMode",
     "NoFix",
     "ProtocolError",
@@ -58,11 +63,13 @@ __all__ = [
     "config_topic",
     "cose",
     "decode_batch",
+    "decode_batch_columns",
     "encode_batch",
     "errors",
     "evicted_counters",
     "evicted_ranges",
     "open_batch",
+    "open_batch_columns",
     "open_config",
     "open_receipt",
     "open_state",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ._batch_codec import LIMITS, decode_batch, encode_batch
+from ._batch_codec import LIMITS, decode_batch, decode_batch_columns, encode_batch
 from ._strict_cbor import decode_strict, encode_deterministic
 from .cose import ALG, ALG_EDDSA, KID, Sign1Message, decode_sign1, sign1
 from .errors import (
@@ -27,13 +27,14 @@ from .errors import (
     TopicError,
     UnknownDevice,
 )
-from .records import Batch, _check_evidence, check_device_id
+from .records import Batch, ColumnarBatch, _check_evidence, check_device_id
 from .topics import Topic, TopicKind, parse_topic
 
 __all__ = [
     "DeviceConfig",
     "DeviceState",
     "open_batch",
+    "open_batch_columns",
     "open_config",
     "open_state",
     "seal_batch",
@@ -106,15 +107,34 @@ def open_batch(message: bytes, topic: str, keys: Mapping[str, Ed25519PublicKey])
     Raises:
         RemoteProtocolError: a typed subclass naming what was wrong.
     """
+    device_id, payload = _verified_batch_payload(message, topic, keys)
+    return _same_device(decode_batch(payload), device_id)
+
+
+def open_batch_columns(message: bytes, topic: str, keys: Mapping[str, Ed25519PublicKey]) -> ColumnarBatch:
+    """:func:`open_batch` returning the fixes column by column (:class:`~protocol.records.ColumnarBatch`):
+    the same checks, in the same order, with the same errors; for a store that writes columns."""
+    device_id, payload = _verified_batch_payload(message, topic, keys)
+    return _same_device(decode_batch_columns(payload), device_id)
+
+
+def _verified_batch_payload(message: bytes, topic: str, keys: Mapping[str, Ed25519PublicKey]) -> tuple[str, bytes]:
+    """The topic's device id and the payload whose signature verified."""
     parsed = _topic_of(topic, TopicKind.BATCH)
     sign1_message = decode_sign1(message)
     kid = _kid_text(sign1_message)
     if kid != parsed.device_id:
         raise DeviceMismatch(f"kid {kid!r:.80} does not match topic device {parsed.device_id!r}")
     sign1_message.verify(_device_public_key(keys, kid), topic.encode())
-    batch = decode_batch(sign1_message.payload)
-    if batch.device_id != parsed.device_id:
-        raise DeviceMismatch(f"payload device {batch.device_id!r} does not match topic device {parsed.device_id!r}")
+    return parsed.device_id, sign1_message.payload
+
+
+_B = TypeVar("_B", Batch, ColumnarBatch)
+
+
+def _same_device(batch: _B, device_id: str) -> _B:
+    if batch.device_id != device_id:
+        raise DeviceMismatch(f"payload device {batch.device_id!r} does not match topic device {device_id!r}")
     return batch
 
 

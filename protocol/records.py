@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import lru_cache
-from itertools import repeat
+from itertools import pairwise, repeat
+from operator import attrgetter
+from typing import cast
 
 from .errors import InvalidRecord
 
@@ -26,9 +28,11 @@ __all__ = [
     "Alert",
     "AlertState",
     "Batch",
+    "ColumnarBatch",
     "DailyStats",
     "Evidence",
     "Fix",
+    "FixColumns",
     "FixMode",
     "NoFix",
     "SampleValue",
@@ -436,3 +440,138 @@ class Batch:
         """Most severe raised alert in the batch, or None."""
         raised = [a.severity for a in self.alerts if a.state is AlertState.RAISED]
         return max(raised) if raised else None
+
+
+#: (column, lowest, highest) of the float columns of :class:`FixColumns`, as :class:`Fix` checks them
+_FIX_FIELDS = ("time_ms", "lat", "lon", "alt_m", "speed_mps", "course_deg", "mode", "hdop", "sats_used", "mean_snr")
+_FIX_FLOAT_RANGES = (
+    ("lat", -90.0, 90.0),
+    ("lon", -180.0, 180.0),
+    ("alt_m", -1000.0, 100_000.0),
+    ("speed_mps", 0.0, 1000.0),
+    ("course_deg", 0.0, 360.0),
+    ("hdop", 0.0, 100.0),
+    ("mean_snr", 0.0, 99.0),
+)
+_fix_fields = attrgetter(*_FIX_FIELDS)
+_OPTIONAL_FIX_COLUMNS = frozenset({"alt_m", "speed_mps", "course_deg", "hdop", "sats_used", "mean_snr"})
+
+
+def _floats_within(column: tuple[float | None, ...], lo: float, hi: float, *, optional: bool) -> bool:
+    """True when every value is a float in [lo, hi] (None allowed if ``optional``); C loops only."""
+    values = [v for v in column if v is not None] if optional and None in column else column
+    if not values:
+        return True
+    # exact types keep ints and bools to the reference path; a NaN or an infinity makes the sum
+    # non-finite (in-range values cannot overflow it)
+    if set(map(type, values)) != {float}:
+        return False
+    floats = cast("list[float]", values)
+    return lo <= min(floats) and max(floats) <= hi and math.isfinite(sum(floats))
+
+
+@dataclass(frozen=True, slots=True)
+class FixColumns:
+    """The fixes of one batch column by column: what the collector stores, without a
+    :class:`Fix` object per epoch (one per second of driving).
+
+    Holds the same values as a tuple of :class:`Fix` (one tuple per field, in time order) and
+    validates them as :class:`Fix` and :class:`Batch` do: whole columns at a time (types,
+    ranges, time order); a column that does not pass builds the :class:`Fix` records, so an
+    impossible value raises the same :class:`~protocol.errors.InvalidRecord` naming the field.
+    It is a sequence of :class:`Fix` (built on access).
+    """
+
+    time_ms: tuple[int, ...]
+    lat: tuple[float, ...]
+    lon: tuple[float, ...]
+    alt_m: tuple[float | None, ...]
+    speed_mps: tuple[float | None, ...]
+    course_deg: tuple[float | None, ...]
+    mode: tuple[FixMode, ...]
+    hdop: tuple[float | None, ...]
+    sats_used: tuple[int | None, ...]
+    mean_snr: tuple[float | None, ...]
+
+    def __post_init__(self) -> None:
+        columns = _fix_fields(self)
+        if set(map(type, columns)) != {tuple} or len(set(map(len, columns))) != 1:
+            raise InvalidRecord("fix columns must be tuples of one length")
+        if not self._columns_valid():
+            self.records()  # raises InvalidRecord naming the field (or finds them valid after all)
+            times = self.time_ms
+            for prev, cur in pairwise(times):
+                if cur < prev:
+                    raise InvalidRecord(f"fixes must be in time order ({cur} after {prev})")
+
+    def _columns_valid(self) -> bool:
+        """The checks of :class:`Fix` and :class:`Batch`, a column at a time (loops in C)."""
+        times, sats, modes = self.time_ms, self.sats_used, self.mode
+        if not times:
+            return True
+        if not (
+            set(map(type, times)) == {int}
+            and times[0] >= MIN_TIME_MS
+            and times[-1] <= MAX_TIME_MS
+            and all(map(int.__le__, times, times[1:]))
+        ):
+            return False
+        for name, lo, hi in _FIX_FLOAT_RANGES:
+            if not _floats_within(getattr(self, name), lo, hi, optional=name in _OPTIONAL_FIX_COLUMNS):
+                return False
+        if set(map(type, modes)) != {FixMode} or FixMode.NONE in modes:
+            return False
+        known = cast("list[int]", [s for s in sats if s is not None]) if None in sats else sats
+        return not known or (set(map(type, known)) == {int} and min(known) >= 0 and max(known) <= 255)  # type: ignore[type-var, operator]
+
+    @classmethod
+    def of(cls, fixes: tuple[Fix, ...]) -> FixColumns:
+        """The columns of ``fixes``."""
+        return cls(*(tuple(getattr(f, name) for f in fixes) for name in _FIX_FIELDS))
+
+    def records(self) -> tuple[Fix, ...]:
+        """The fixes as :class:`Fix` records."""
+        return tuple(map(Fix, *(getattr(self, name) for name in _FIX_FIELDS)))
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+    def __iter__(self) -> Iterator[Fix]:
+        return iter(self.records())
+
+    def __getitem__(self, index: int) -> Fix:
+        return Fix(*(getattr(self, name)[index] for name in _FIX_FIELDS))
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnarBatch:
+    """A :class:`Batch` whose fixes are :class:`FixColumns` (what ``protocol.open_batch_columns``
+    returns): the same fields and checks, without the per-fix objects.
+
+    Attributes:
+        header: the batch without its fixes (``header.fixes`` is empty).
+        fixes: the fixes, column by column.
+    """
+
+    header: Batch
+    fixes: FixColumns
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.header, Batch) or self.header.fixes:
+            raise InvalidRecord("a ColumnarBatch header is a Batch without fixes")
+        if not isinstance(self.fixes, FixColumns):
+            raise InvalidRecord("ColumnarBatch fixes must be FixColumns")
+
+    device_id = property(lambda self: self.header.device_id, doc="See :class:`Batch`.")
+    boot_id = property(lambda self: self.header.boot_id, doc="See :class:`Batch`.")
+    seq = property(lambda self: self.header.seq, doc="See :class:`Batch`.")
+    created_ms = property(lambda self: self.header.created_ms, doc="See :class:`Batch`.")
+    catalog = property(lambda self: self.header.catalog, doc="See :class:`Batch`.")
+    samples = property(lambda self: self.header.samples, doc="See :class:`Batch`.")
+    alerts = property(lambda self: self.header.alerts, doc="See :class:`Batch`.")
+    stats = property(lambda self: self.header.stats, doc="See :class:`Batch`.")
+    counters = property(lambda self: self.header.counters, doc="See :class:`Batch`.")
+
+    def to_batch(self) -> Batch:
+        """The same batch with :class:`Fix` records."""
+        return replace(self.header, fixes=self.fixes.records())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.orm import Session
@@ -152,4 +153,54 @@ def test_the_runtime_creates_the_day_partitions_ahead_at_start(postgres_url: str
         assert runtime.ensure_partitions() == {"fixes": [], "samples": []}  # the hourly run: nothing new
     finally:
         runtime.stop()
+    engine.dispose()
+
+
+def _refused(engine: sa.Engine, statement: str) -> str:
+    """The foreign_key_violation message ``statement`` is refused with (the transaction rolls back)."""
+    with pytest.raises(sa.exc.IntegrityError) as refused, engine.begin() as conn:
+        conn.execute(sa.text(statement))
+    assert getattr(refused.value.orig, "sqlstate", None) == "23503"
+    return str(refused.value.orig)
+
+
+def test_batch_references_are_checked_per_statement_and_the_downgrade_restores_the_keys(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    migrate(engine)
+    truck = FakeDevice("truck-1")
+    register(engine, truck)
+    store_days(engine, truck, range(2))  # two batches, 10 fixes, 2 samples
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(sa.text("SELECT id FROM batches")).scalars())
+        constraints = set(conn.execute(sa.text("SELECT conname FROM pg_constraint WHERE contype = 'f'")).scalars())
+    assert not constraints & {"fk_fixes_batch_id_batches", "fk_samples_batch_id_batches"}
+    dangling = ids[-1] + 1000
+    columns = "INSERT INTO fixes (batch_id, device_id, time_ms, lat, lon, mode) SELECT {} FROM fixes"
+    copy = columns.format("batch_id, device_id, time_ms + 1, lat, lon, mode")
+    copy_dangling = columns.format(f"{dangling}, device_id, time_ms + 1, lat, lon, mode")
+    message = _refused(engine, copy_dangling)
+    assert "violates the batch reference" in message
+    assert f"({dangling})" in message
+    sample = f"({dangling}, 'truck-1', 'ignition', {T0}, 'true')"
+    _refused(engine, f"INSERT INTO samples (batch_id, device_id, name, time_ms, value) VALUES {sample}")
+    _refused(engine, f"UPDATE fixes SET batch_id = {dangling} WHERE batch_id = {ids[0]}")
+    assert "still referenced" in _refused(engine, f"DELETE FROM batches WHERE id = {ids[0]}")
+    _refused(engine, f"UPDATE batches SET id = {dangling} WHERE id = {ids[1]}")
+    _refused(engine, "TRUNCATE batches CASCADE")
+    with engine.begin() as conn:  # rows naming existing batches go in: one statement, many rows, both batches
+        conn.execute(sa.text(copy))
+        conn.execute(sa.text("DELETE FROM fixes WHERE batch_id = :b"), {"b": ids[1]})
+        conn.execute(sa.text("DELETE FROM samples WHERE batch_id = :b"), {"b": ids[1]})
+        conn.execute(sa.text("DELETE FROM batches WHERE id = :b"), {"b": ids[1]})  # no longer referenced
+    assert count(engine, "fixes") == 10
+    assert count(engine, "batches") == 1
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0014")
+    with engine.connect() as conn:
+        constraints = set(conn.execute(sa.text("SELECT conname FROM pg_constraint WHERE contype = 'f'")).scalars())
+    assert {"fk_fixes_batch_id_batches", "fk_samples_batch_id_batches"} <= constraints
+    assert "is not present" in _refused(engine, copy_dangling)
+    migrate(engine)
     engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from protocol import (
     Batch,
     DailyStats,
     Fix,
+    FixColumns,
     FixMode,
     Severity,
     SignalSample,
@@ -27,6 +29,7 @@ from protocol import (
     decode_batch,
     encode_batch,
     open_batch,
+    open_batch_columns,
     seal_batch,
 )
 from protocol.errors import InvalidRecord, LocalProtocolError
@@ -440,3 +443,44 @@ def test_sample_fast_path_agrees_with_the_full_checks(name: object, time_ms: obj
             SignalSample(name, time_ms, value)  # type: ignore[arg-type]
     else:
         SignalSample(name, time_ms, value)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ fixes column by column
+
+
+def _columns(fixes: tuple[Fix, ...], **replaced: tuple[object, ...]) -> FixColumns:
+    columns = FixColumns.of(fixes)
+    return FixColumns(**{name: replaced.get(name, getattr(columns, name)) for name in FixColumns.__slots__})
+
+
+def test_fix_columns_hold_the_same_fixes_and_refuse_what_fix_refuses() -> None:
+    fixes = minute_batch().fixes
+    columns = FixColumns.of(fixes)
+    assert columns.records() == fixes
+    assert (len(columns), columns[-1], list(columns)) == (len(fixes), fixes[-1], list(fixes))
+    assert _columns(fixes, lat=(31, *columns.lat[1:])).records()[0].lat == 31  # an int: Fix accepts it too
+    for name, value, message in (
+        ("lat", float("nan"), "lat=nan is outside"),
+        ("lon", 180.5, r"lon=180.5 is outside \[-180.0, 180.0\]"),
+        ("hdop", float("inf"), "hdop=inf is outside"),
+        ("sats_used", 256, r"sats_used=256 must be an int in \[0, 255\]"),
+        ("time_ms", 5, "fix time_ms=5 is outside"),
+        ("mode", FixMode.NONE, "fix mode must be"),
+    ):
+        with pytest.raises(InvalidRecord, match=message):
+            _columns(fixes, **{name: (*getattr(columns, name)[:-1], value)})
+    with pytest.raises(InvalidRecord, match="fixes must be in time order"):
+        _columns(fixes, time_ms=(*columns.time_ms[1:2], *columns.time_ms[:1], *columns.time_ms[2:]))
+    with pytest.raises(InvalidRecord, match="tuples of one length"):
+        _columns(fixes, lat=columns.lat[1:])
+
+
+def test_open_batch_columns_is_open_batch_with_columns() -> None:
+    batch = minute_batch()
+    message = seal_batch(batch, example_key(), TOPIC)
+    opened, reference = open_batch_columns(message, TOPIC, KEYS), open_batch(message, TOPIC, KEYS)
+    assert opened.to_batch() == reference  # the wire's values (quantised), as open_batch gives them
+    assert (opened.device_id, opened.seq, opened.counters, opened.fixes) == (
+        batch.device_id, batch.seq, batch.counters, FixColumns.of(reference.fixes))  # fmt: skip
+    header_only = seal_batch(replace(batch, fixes=()), example_key(), TOPIC)
+    assert len(open_batch_columns(header_only, TOPIC, KEYS).fixes) == 0

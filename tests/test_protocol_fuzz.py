@@ -11,11 +11,21 @@ import copy
 from typing import Any
 
 import cbor2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol
-from protocol import ProtocolError, batch_topic, config_topic, open_batch, open_config, open_state, state_topic
+from protocol import (
+    ProtocolError,
+    batch_topic,
+    config_topic,
+    open_batch,
+    open_batch_columns,
+    open_config,
+    open_state,
+    state_topic,
+)
 from protocol.cose import decode_sign1, sign1
 from protocol.examples import EXAMPLE_DEVICE, example_key, minute_batch, tiny_batch
 
@@ -27,7 +37,8 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 def opens_or_refuses(message: bytes, topic: str = TOPIC) -> None:
-    """The property: a Batch or a ProtocolError, never any other exception."""
+    """The property: a Batch or a ProtocolError, never any other exception; the column path
+    (open_batch_columns) gives the same batch or the same error."""
     error: ProtocolError | None = None
     try:
         batch = open_batch(message, topic, KEYS)
@@ -35,9 +46,13 @@ def opens_or_refuses(message: bytes, topic: str = TOPIC) -> None:
         error = exc
     else:
         assert batch.device_id == EXAMPLE_DEVICE
+        assert open_batch_columns(message, topic, KEYS).to_batch() == batch
     if error is not None:
         assert error.reason in protocol.errors.REASONS
         assert str(error), "every error names what was wrong"
+        with pytest.raises(type(error)) as columnar:
+            open_batch_columns(message, topic, KEYS)
+        assert str(columnar.value) == str(error)
 
 
 def resigned(payload: bytes) -> bytes:

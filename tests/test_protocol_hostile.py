@@ -15,7 +15,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import protocol
-from protocol import DeviceConfig, DeviceState, batch_topic, open_batch, open_config, open_state, seal_batch
+from protocol import (
+    DeviceConfig,
+    DeviceState,
+    batch_topic,
+    open_batch,
+    open_batch_columns,
+    open_config,
+    open_state,
+    seal_batch,
+)
 from protocol import errors as e
 from protocol.cose import sign1
 from protocol.examples import EXAMPLE_DEVICE, example_key, tiny_batch
@@ -50,11 +59,15 @@ def rejects(
     error = info.value
     assert isinstance(error, e.RemoteProtocolError), "the sender is to blame for bad bytes"
     assert error.reason == kind.reason
+    with pytest.raises(kind) as columnar:  # the collector's column path refuses it the same way
+        open_batch_columns(message, topic, KEYS)
+    assert (type(columnar.value), str(columnar.value)) == (type(error), str(error))
     return error
 
 
 def test_the_valid_message_opens() -> None:
     assert open_batch(with_payload(lambda raw: None), TOPIC, KEYS) == tiny_batch()
+    assert open_batch_columns(with_payload(lambda raw: None), TOPIC, KEYS).to_batch() == tiny_batch()
 
 
 # ------------------------------------------------------------------ size and CBOR well-formedness

@@ -42,18 +42,20 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import repeat
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from protocol import Batch, DeviceState, open_batch, open_state, parse_topic
+from protocol import Batch, ColumnarBatch, DeviceState, open_batch_columns, open_state, parse_topic
 from protocol.errors import REASONS, BadSignature, ProtocolError, UnknownDevice
 from protocol.topics import TopicKind
 
@@ -61,7 +63,7 @@ from ..clock import ClockMs, wall_clock_ms
 from ..errors import CollectorError, DatabaseUnavailableError, StorageError
 from ..json_values import json_ready
 from ..storage.database import is_transient
-from ..storage.tables import Base
+from ..storage.tables import Base, UInt64
 from .admission import DeadLetterQuota
 from .metrics import IngestMetrics
 from .registry import KeyCache
@@ -98,6 +100,16 @@ _FIX_COLUMNS = ("batch_id", "device_id", "time_ms", "lat", "lon", "alt_m", "spee
 #: PostgreSQL types of _FIX_COLUMNS, in order (binary COPY sends exactly these)
 _FIX_COPY_TYPES = ("int8", "varchar", "int8", "float8", "float8", "float8", "float8", "float8", "int2", "float8",
                    "int2", "float8")  # fmt: skip
+_LEDGER_COLUMNS = ("device_id", "seq", "boot_id", "created_ms", "received_ms", "fix_count", "sample_count",
+                   "alert_count", "stats_count", "first_time_ms", "last_time_ms", "counters",
+                   "message_bytes")  # fmt: skip
+_LEDGER_INSERT_PG = (
+    f"INSERT INTO batches ({', '.join(_LEDGER_COLUMNS)}) "
+    "SELECT * FROM unnest(%s::varchar[], %s::int8[], %s::bytea[], %s::int8[], %s::int8[], %s::int4[], %s::int4[], "
+    "%s::int4[], %s::int4[], %s::int8[], %s::int8[], %s::json[], %s::int4[]) "
+    "ON CONFLICT (device_id, seq) DO NOTHING RETURNING id, device_id, seq"
+)
+_UINT64 = UInt64()
 MAX_TOPIC_CHARS = 1024
 MAX_DETAIL_CHARS = 2000
 _T = TypeVar("_T")
@@ -141,7 +153,8 @@ class StoredBatch:
     Attributes:
         device_id: the sending device.
         seq: the batch sequence number.
-        batch: the verified batch.
+        batch: the verified batch (its fixes column by column: :class:`protocol.ColumnarBatch`;
+            ``batch.to_batch()`` gives the :class:`protocol.Fix` records).
         duplicate: True when (device_id, seq) was already stored (nothing new was written).
         batch_id: the ledger row id (of the earlier row for a duplicate: ``None``).
         received_ms: collector clock when the message arrived.
@@ -149,7 +162,7 @@ class StoredBatch:
 
     device_id: str
     seq: int
-    batch: Batch
+    batch: ColumnarBatch | Batch
     duplicate: bool
     batch_id: int | None
     received_ms: int
@@ -199,8 +212,9 @@ class _RefusedError(CollectorError):
         self.detail = detail
 
 
-def _observation_times(batch: Batch) -> list[int]:
-    times = [f.time_ms for f in batch.fixes[:1]] + [f.time_ms for f in batch.fixes[-1:]]
+def _observation_times(batch: ColumnarBatch) -> list[int]:
+    fix_times = batch.fixes.time_ms
+    times = [*fix_times[:1], *fix_times[-1:]]  # fixes are in time order
     times += [s.time_ms for s in batch.samples]
     times += [a.time_ms for a in batch.alerts]
     times += [d.time_ms for d in batch.stats]
@@ -324,7 +338,7 @@ class Ingestor:
         except ProtocolError as exc:
             raise _RefusedError(exc.reason, str(exc)) from exc
         if parsed.kind is TopicKind.BATCH:
-            batch = self._open(open_batch, payload, topic)
+            batch = self._open(open_batch_columns, payload, topic)
             self._check_times(batch, item.received_ms)
             item.batch = batch
         elif parsed.kind is TopicKind.STATE:
@@ -381,7 +395,7 @@ class Ingestor:
         self.counters["verified_by_retiring_key"] += 1
         return opened
 
-    def _check_times(self, batch: Batch, received_ms: int) -> None:
+    def _check_times(self, batch: ColumnarBatch, received_ms: int) -> None:
         limit = received_ms + self.limits.max_clock_skew_s * 1000
         latest = max([batch.created_ms, *_observation_times(batch)])
         if latest > limit:
@@ -446,14 +460,7 @@ class Ingestor:
             else:
                 first[key] = item
         fresh = list(first.values())
-        inserted: dict[tuple[str, int], int] = {}
-        for batch_id, device_id, seq in conn.execute(
-            self._insert(_batches)
-            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
-            .returning(_batches.c.id, _batches.c.device_id, _batches.c.seq),
-            [_ledger_row(item) for item in fresh],
-        ):
-            inserted[(device_id, seq)] = batch_id
+        inserted = self._insert_ledger(conn, [_ledger_row(item) for item in fresh])
         known = [item for item in fresh if _ledger_key(item) not in inserted]
         stored: dict[tuple[str, int], Any] = {}
         if known:
@@ -478,6 +485,27 @@ class Ingestor:
         self._store_records(conn, new)
         self._update_status(conn, items)
 
+    def _insert_ledger(self, conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
+        """Insert the ledger rows that are new; return (device_id, seq) -> id of those inserted."""
+        if conn.dialect.name == "postgresql":
+            # One statement with an array per column: its text never changes, so the driver
+            # parses it once and the server prepares it (SQLAlchemy's multi-row VALUES is a new
+            # text of a few thousand characters for every group size, parsed again each time).
+            columns = [[row[name] for row in rows] for name in _LEDGER_COLUMNS]
+            seq, counters = _LEDGER_COLUMNS.index("seq"), _LEDGER_COLUMNS.index("counters")
+            columns[seq] = [_UINT64.process_bind_param(v, conn.dialect) for v in columns[seq]]
+            columns[counters] = [json.dumps(c) for c in columns[counters]]  # SQLAlchemy's JSON text
+            with conn.connection.cursor() as cursor:  # type: ignore[attr-defined]
+                cursor.execute(_LEDGER_INSERT_PG, columns)
+                return {(d, q + 2**64 if q < 0 else q): i for i, d, q in cursor.fetchall()}  # UInt64
+        result = conn.execute(
+            self._insert(_batches)
+            .on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            .returning(_batches.c.id, _batches.c.device_id, _batches.c.seq),
+            rows,
+        )
+        return {(device_id, seq): batch_id for batch_id, device_id, seq in result}
+
     def _store_records(self, conn: Connection, items: list[_Item]) -> None:
         fixes: list[tuple[Any, ...]] = []
         samples: list[dict[str, Any]] = []
@@ -486,11 +514,9 @@ class Ingestor:
             batch, batch_id = item.batch, item.batch_id
             assert batch is not None
             device = batch.device_id
-            fixes += [
-                (batch_id, device, f.time_ms, f.lat, f.lon, f.alt_m, f.speed_mps, f.course_deg, int(f.mode),
-                 f.hdop, f.sats_used, f.mean_snr)
-                for f in batch.fixes
-            ]  # fmt: skip
+            f = batch.fixes
+            fixes += zip(repeat(batch_id), repeat(device), f.time_ms, f.lat, f.lon, f.alt_m, f.speed_mps, f.course_deg,
+                         map(int, f.mode), f.hdop, f.sats_used, f.mean_snr)  # fmt: skip
             samples += [
                 {"batch_id": batch_id, "device_id": device, "name": s.name, "time_ms": s.time_ms, "value": s.value}
                 for s in batch.samples
@@ -689,7 +715,7 @@ class _Item:
     topic: str
     payload: Any
     received_ms: int
-    batch: Batch | None = None
+    batch: ColumnarBatch | None = None
     state: DeviceState | None = None
     refused: tuple[str, str] | None = None  # (reason slug, detail)
     conflict: str | None = None  # seq_conflict detail
@@ -781,7 +807,7 @@ class _DeviceDelta:
     counters_ms: int | None = None
     counters: dict[str, Any] | None = None
 
-    def add(self, batch: Batch, received_ms: int) -> None:
+    def add(self, batch: ColumnarBatch, received_ms: int) -> None:
         self.batches += 1
         self.fixes += len(batch.fixes)
         self.samples += len(batch.samples)
@@ -789,11 +815,10 @@ class _DeviceDelta:
         seen = max([batch.created_ms, *_observation_times(batch)])
         self.seen_ms = seen if self.seen_ms is None else max(self.seen_ms, seen)
         self.received_ms = received_ms if self.received_ms is None else max(self.received_ms, received_ms)
-        if batch.fixes:
-            newest = batch.fixes[-1]  # fixes are in time order (Batch validates it)
-            if self.fix_ms is None or newest.time_ms > self.fix_ms:
-                self.fix_ms, self.fix_lat, self.fix_lon = newest.time_ms, newest.lat, newest.lon
-                self.fix_speed = newest.speed_mps
+        fixes = batch.fixes  # the newest is the last: fixes are in time order (FixColumns validates it)
+        if fixes and (self.fix_ms is None or fixes.time_ms[-1] > self.fix_ms):
+            self.fix_ms, self.fix_lat, self.fix_lon = fixes.time_ms[-1], fixes.lat[-1], fixes.lon[-1]
+            self.fix_speed = fixes.speed_mps[-1]
         if self.counters_ms is None or batch.created_ms > self.counters_ms:
             self.counters_ms, self.counters = batch.created_ms, dict(batch.counters)
 
