@@ -197,7 +197,7 @@ def test_batch_references_are_checked_per_statement_and_the_downgrade_restores_t
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0014")
+        command.downgrade(config, "0015")
     with engine.connect() as conn:
         constraints = set(conn.execute(sa.text("SELECT conname FROM pg_constraint WHERE contype = 'f'")).scalars())
     assert {"fk_fixes_batch_id_batches", "fk_samples_batch_id_batches"} <= constraints

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x4C57_0001  # "LW" + 1: the advisory lock id held while migrating
 #: Foreign keys of the models that PostgreSQL checks once per statement by triggers instead
-#: (migration 0015: a per-row check cost more than the rest of the ingest's COPY).
+#: (migration 0016: a per-row check cost more than the rest of the ingest's COPY).
 STATEMENT_CHECKED_FOREIGN_KEYS = frozenset({"fk_fixes_batch_id_batches", "fk_samples_batch_id_batches"})
 
 
@@ -92,7 +92,7 @@ def open_database(url: str, *, sqlite_busy_timeout_ms: int = 10_000, run_migrati
 def compared_with_models(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Alembic ``include_object`` hook: every schema object but :data:`STATEMENT_CHECKED_FOREIGN_KEYS`.
 
-    On PostgreSQL those foreign keys are triggers (migration 0015); comparing the migrated
+    On PostgreSQL those foreign keys are triggers (migration 0016); comparing the migrated
     schema with the models must not report them missing.
     """
     return not (type_ == "foreign_key_constraint" and name in STATEMENT_CHECKED_FOREIGN_KEYS)

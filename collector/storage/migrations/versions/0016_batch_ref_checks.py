@@ -1,7 +1,7 @@
-"""0015 batch reference checks: one check per statement instead of one per row (PostgreSQL only).
+"""0016 batch reference checks: one check per statement instead of one per row (PostgreSQL only).
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-02
 
 The foreign keys ``fixes.batch_id`` and ``samples.batch_id`` -> ``batches.id`` ran a
@@ -31,8 +31,8 @@ from alembic import op
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0015'
-down_revision: Union[str, Sequence[str], None] = '0014'
+revision: str = '0016'
+down_revision: Union[str, Sequence[str], None] = '0015'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
