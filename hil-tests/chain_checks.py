@@ -13,7 +13,7 @@ How this works
   never-published ones may exceed them by at most the agent's in-flight window (a batch
   evicted while its PUBACK was lost to the outage did reach the broker: at-least-once cannot
   tell, so it is counted evicted *and* stored). When the agent announces its evicted seqs
-  (``seq_evicted_{i}_from``/``_count``, docs/protocol.md section 13) the check is exact
+  (``seq_evicted_{i}_from``/``_count``, docs/protocol.md section 13) it is checked per seq
   as well: every missing seq must be announced, an announced one may be stored only if the
   broker had acknowledged it before the eviction (at most ``evicted_acked_batches``, plus
   the in-flight window), and each announced seq is counted once: every batch evicted before
