@@ -221,6 +221,12 @@ def agent_committed_high(agent_data_dir: Path) -> tuple[int, int]:
     return (int(row[0]) if row else 0), int(waiting)
 
 
+def agent_evicted_unsettled(agent_data_dir: Path) -> int:
+    """Evicted batches the broker had acknowledged whose fate no receipt settled yet (a stopped agent's outbox)."""
+    with _connect(agent_data_dir / "outbox.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM evicted_acked").fetchone()[0])
+
+
 def stored_seq_count(db_path: Path, device_id: str) -> tuple[int, int]:
     """``(batches stored, highest seq)`` for a device (0, 0 before the database exists)."""
     if not db_path.exists():

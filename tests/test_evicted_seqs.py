@@ -313,6 +313,25 @@ def test_without_receipts_an_evicted_acknowledged_batch_is_forgotten_with_its_ti
     chain.box.close()
 
 
+def test_acknowledged_evictions_waiting_for_a_receipt_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge.outbox, "MAX_EVICTED_ACKED", 2)
+    chain = Chain(tmp_path / "outbox.db")
+    for seq in (1, 2, 3):
+        chain.store(seq)
+        chain.acked(seq, reaches_collector=False)  # no collector answers for a long time
+    for seq in (4, 5, 6):
+        assert chain.store(seq) == [seq - 3]
+    # 1, 2 and 3 wait for a receipt; over the bound the oldest, 1, is taken as lost
+    assert chain.box.unannounced_evicted(16) == [(1, 1)]
+    with sqlite3.connect(chain.path) as db:
+        assert db.execute("SELECT seq FROM evicted_acked ORDER BY seq").fetchall() == [(2,), (3,)]
+    assert (chain.carried[5], chain.carried[6]) == ({"evicted_acked_batches": 1},) * 2
+    assert chain.box.unreported() == {"evicted_acked_batches": 1}  # 3's, for the next batch
+    chain.box.close()
+
+
 # ------------------------------------------------------------------ the sealer sends them
 
 
