@@ -322,10 +322,11 @@ class Outbox:
             alerts: number of alerts in it.
             reported: counters this batch carries upstream (from :meth:`unreported`);
                 they are subtracted from the unreported counters in the same transaction,
-                and added back if this batch is itself evicted later.
+                and added back if this batch is itself evicted later (once the broker
+                acknowledged it: only if a receipt shows it lost, see :meth:`confirm`).
             announced: evicted seq ranges this batch announces (from :meth:`unannounced_evicted`);
-                they leave the waiting ranges in the same transaction and come back if this
-                batch is itself evicted later.
+                they leave the waiting ranges in the same transaction and come back like
+                ``reported`` if this batch is itself evicted later.
 
         Returns:
             The sequence numbers evicted to make room (possibly including ``seq``).
