@@ -27,14 +27,25 @@ How this works
   left the box: a gap the collector sees for one of those is a real loss). Whether a receipt was
   ever accepted, and the newest receipt counter, are kept in ``meta`` so they survive
   restarts.
+* Such an acknowledged row may well be stored upstream already, with the counters and
+  evicted ranges it carried. So its eviction does not give them back: its seq and report go,
+  in the eviction's transaction, to table ``evicted_acked`` until its fate is known. A
+  receipt that covers it says the collector has it: the entry is dropped (giving its report
+  back would count every eviction in it twice). A receipt that still lacks it one receipt
+  timeout after its PUBACK (when the row would have been published again) says the broker
+  lost it: its report goes back to the unreported counters and its seq, with the ranges it
+  announced, to ``evicted_seqs``. Without receipts (``expire_published``) a PUBACK is
+  delivery and the entry is dropped with its timeout. So each evicted seq is counted once, in
+  ``evicted_batches`` or ``evicted_acked_batches``, also across restarts.
 * Evicted seqs are announced (docs/protocol.md section 13, "Evicted seqs"): every evicted
   row's seq goes, in the eviction's transaction, into ``evicted_seqs`` (coalesced inclusive
   ranges). The agent puts the lowest of them into the counters of the next batch it closes
   (:meth:`Outbox.unannounced_evicted`) and passes them to :meth:`Outbox.put`, which moves
   them, in the transaction that stores that batch, into the batch row's ``report``. When
   that row is evicted in turn, the ranges it carried go back to ``evicted_seqs`` with its
-  own seq; when it is delivered (receipt, or PUBACK without receipts) they are gone with
-  it. So a restart at any point neither loses an announcement nor needs one resent.
+  own seq (for a row the broker acknowledged: once a receipt shows it lost, above); when it
+  is delivered (receipt, or PUBACK without receipts) they are gone with it. So a restart at
+  any point neither loses an announcement nor needs one resent.
   At most :data:`MAX_PENDING_EVICTED_RANGES` ranges wait; beyond that the lowest are dropped
   and counted (``evicted_ranges_dropped``): their seqs then show as missing upstream.
 * Corruption: on open, ``PRAGMA quick_check``; a file that fails it (or is not a database
@@ -71,6 +82,8 @@ ROW_OVERHEAD = 96
 _SQLITE_MAX = 2**63 - 1
 #: evicted seq ranges waiting for their announcement at most (the lowest beyond are dropped)
 MAX_PENDING_EVICTED_RANGES = 4096
+#: evicted acknowledged rows waiting to learn their fate at most (the oldest beyond are taken as lost)
+MAX_EVICTED_ACKED = 4096
 #: key of a row's ``report`` holding the evicted ranges that row announces
 _ANNOUNCED = "seq_evicted"
 REPORT_KEYS = (
@@ -109,6 +122,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS evicted_seqs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evicted_acked (seq INTEGER PRIMARY KEY, report TEXT NOT NULL, published_ms INTEGER NOT NULL);
 """
 
 
@@ -308,10 +322,11 @@ class Outbox:
             alerts: number of alerts in it.
             reported: counters this batch carries upstream (from :meth:`unreported`);
                 they are subtracted from the unreported counters in the same transaction,
-                and added back if this batch is itself evicted later.
+                and added back if this batch is itself evicted later (once the broker
+                acknowledged it: only if a receipt shows it lost, see :meth:`confirm`).
             announced: evicted seq ranges this batch announces (from :meth:`unannounced_evicted`);
-                they leave the waiting ranges in the same transaction and come back if this
-                batch is itself evicted later.
+                they leave the waiting ranges in the same transaction and come back like
+                ``reported`` if this batch is itself evicted later.
 
         Returns:
             The sequence numbers evicted to make room (possibly including ``seq``).
@@ -353,18 +368,22 @@ class Outbox:
                     db.execute("DELETE FROM batches WHERE seq = ?", (victim[0],))
                     evicted.append(victim[0])
                     total -= victim[1]
-                    if victim[6] is not None:  # the broker acknowledged it: waiting for a receipt
+                    if victim[6] is not None:
+                        # The broker acknowledged it: the collector probably stored it, report and
+                        # announcement included. Its seq and report wait for a receipt to tell.
                         counts["evicted_acked_batches"] += 1
-                    else:
-                        counts["evicted_batches"] += 1
-                        counts["evicted_fixes"] += victim[2]
-                        counts["evicted_samples"] += victim[3]
-                        counts["evicted_stats"] += victim[4]
-                    for key, value in _report_of(victim[5]).items():
-                        counts[key] += value  # the victim's own report goes back to unreported
-                    # its seq is lost, and what it announced waits for the next batch again
-                    self._add_evicted(db, [(victim[0], victim[0]), *_announced_of(victim[5])])
+                        db.execute(
+                            "INSERT OR REPLACE INTO evicted_acked (seq, report, published_ms) VALUES (?, ?, ?)",
+                            (victim[0], victim[5], victim[6]),
+                        )
+                        continue
+                    counts["evicted_batches"] += 1
+                    counts["evicted_fixes"] += victim[2]
+                    counts["evicted_samples"] += victim[3]
+                    counts["evicted_stats"] += victim[4]
+                    self._give_back(db, victim[0], victim[5], counts)
                 if evicted:
+                    self._bound_evicted_acked(db, counts)
                     counts["evicted_ranges_dropped"] += self._bound_evicted(db)
                 deltas = {k: v - int(carried.get(k, 0)) for k, v in counts.items()}
                 self._bump(db, deltas)
@@ -379,6 +398,32 @@ class Outbox:
             return evicted
 
         return self._guard(action)
+
+    @classmethod
+    def _give_back(cls, db: sqlite3.Connection, seq: int, report: object, counts: dict[str, int]) -> None:
+        """A batch that will never reach the collector: its seq is lost, and what it carried waits again.
+
+        Its report goes back to the unreported counters (in ``counts``) and the ranges it
+        announced, with its own seq, to ``evicted_seqs``.
+        """
+        for key, value in _report_of(report).items():
+            counts[key] += value
+        cls._add_evicted(db, [(seq, seq), *_announced_of(report)])
+
+    @classmethod
+    def _settle_lost(cls, db: sqlite3.Connection, rows: Iterable[tuple[int, str]], counts: dict[str, int]) -> None:
+        """Evicted acknowledged rows the collector did not get: give back what they carried."""
+        for seq, report in rows:
+            db.execute("DELETE FROM evicted_acked WHERE seq = ?", (seq,))
+            cls._give_back(db, seq, report, counts)
+
+    @classmethod
+    def _bound_evicted_acked(cls, db: sqlite3.Connection, counts: dict[str, int]) -> None:
+        """Over :data:`MAX_EVICTED_ACKED` waiting (no receipts for a long time), take the oldest as lost."""
+        over = db.execute("SELECT COUNT(*) FROM evicted_acked").fetchone()[0] - MAX_EVICTED_ACKED
+        if over > 0:
+            oldest = db.execute("SELECT seq, report FROM evicted_acked ORDER BY seq LIMIT ?", (over,)).fetchall()
+            cls._settle_lost(db, oldest, counts)
 
     @staticmethod
     def _add_evicted(db: sqlite3.Connection, ranges: Iterable[Range]) -> None:
@@ -538,31 +583,61 @@ class Outbox:
             self.totals["acked"] += 1
         return marked
 
-    def confirm(self, low: int, high: int, ranges: Iterable[tuple[int, int]] = ()) -> int:
+    def confirm(
+        self, low: int, high: int, ranges: Iterable[tuple[int, int]] = (), *, lost_before_ms: int | None = None
+    ) -> int:
         """Delete every batch whose seq is in ``low .. high`` or in one of ``ranges`` (a receipt).
+
+        An evicted row the broker had acknowledged (table ``evicted_acked``) that the receipt
+        covers was stored by the collector, with the counters and ranges it carried: it is
+        forgotten. One it does not cover although it was acknowledged at or before
+        ``lost_before_ms`` (the receipt timeout: it would be published again now) is taken as
+        lost by the broker: its seq is announced and its report goes back to the unreported
+        counters, so neither is counted twice nor lost.
+
+        Args:
+            low: first seq of the receipt's contiguous run.
+            high: last seq of it.
+            ranges: further stored runs, inclusive.
+            lost_before_ms: host epoch ms; None (no receipts in use) takes nothing as lost.
 
         Returns:
             How many rows were deleted.
         """
-        spans = [(low, high), *ranges]
+        spans = [
+            (start, min(end, _SQLITE_MAX)) for start, end in [(low, high), *ranges] if start <= min(end, _SQLITE_MAX)
+        ]
 
-        def action(db: sqlite3.Connection) -> int:
+        def action(db: sqlite3.Connection) -> tuple[int, dict[str, int]]:
             deleted = 0
+            counts = dict.fromkeys(REPORT_KEYS, 0)
+            # not durable: lost to a power cut, the next receipt does the same again
             with self._transaction(db, durable=False):
                 for start, end in spans:
-                    if start <= end and start <= _SQLITE_MAX:
-                        cursor = db.execute(
-                            "DELETE FROM batches WHERE seq BETWEEN ? AND ?", (start, min(end, _SQLITE_MAX))
-                        )
-                        deleted += cursor.rowcount
-            return deleted
+                    cursor = db.execute("DELETE FROM batches WHERE seq BETWEEN ? AND ?", (start, end))
+                    deleted += cursor.rowcount
+                    db.execute("DELETE FROM evicted_acked WHERE seq BETWEEN ? AND ?", (start, end))
+                if lost_before_ms is not None:
+                    lost = db.execute(
+                        "SELECT seq, report FROM evicted_acked WHERE published_ms <= ? ORDER BY seq", (lost_before_ms,)
+                    ).fetchall()
+                    if lost:
+                        self._settle_lost(db, lost, counts)
+                        counts["evicted_ranges_dropped"] += self._bound_evicted(db)
+                        self._bump(db, counts)
+            return deleted, counts
 
-        deleted = self._guard(action)
+        deleted, counts = self._guard(action)
         self.totals["receipted"] += deleted
+        for key, value in counts.items():
+            self.totals[key] += value
         return deleted
 
     def expire_published(self, before_ms: int) -> int:
         """Delete batches acknowledged by the broker at or before ``before_ms`` (no receipts in use).
+
+        Without receipts a PUBACK is delivery: evicted acknowledged rows of that age (and the
+        counters and ranges they carried) are taken as delivered too.
 
         Returns:
             How many rows were deleted.
@@ -571,6 +646,7 @@ class Outbox:
         def action(db: sqlite3.Connection) -> int:
             with self._transaction(db, durable=False):
                 cursor = db.execute("DELETE FROM batches WHERE published_ms <= ?", (before_ms,))
+                db.execute("DELETE FROM evicted_acked WHERE published_ms <= ?", (before_ms,))
             return cursor.rowcount
 
         return self._guard(action)

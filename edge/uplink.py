@@ -62,6 +62,7 @@ log = logging.getLogger("lienwatch.uplink")
 #: PUBACK reason code 0x10 (MQTT 5): accepted, but nobody was subscribed, so nothing was delivered.
 NO_MATCHING_SUBSCRIBERS = 0x10
 
+
 class UplinkError(UsageError):
     """The uplink was used wrongly (started twice, bad settings)."""
 
@@ -541,7 +542,10 @@ class Uplink:
             return
         if receipt is None or self.receipt_mode is ReceiptMode.OFF:
             return
-        deleted = self.outbox.confirm(receipt.low, receipt.high, receipt.ranges)
+        # an evicted acknowledged batch this receipt lacks after the timeout was lost by the broker
+        deleted = self.outbox.confirm(
+            receipt.low, receipt.high, receipt.ranges, lost_before_ms=self._resend_cutoff_ms()
+        )
         self.counters["batches_receipted"] += deleted
 
     # ------------------------------------------------------------------ publishing

@@ -13,12 +13,13 @@ How this works
   never-published ones may exceed them by at most the agent's in-flight window (a batch
   evicted while its PUBACK was lost to the outage did reach the broker: at-least-once cannot
   tell, so it is counted evicted *and* stored). When the agent announces its evicted seqs
-  (``seq_evicted_{i}_from``/``_count``, docs/protocol.md section 13) the check is exact
-  instead: every missing seq must be announced, and an announced one may be stored only if
-  the broker had acknowledged it before the eviction (at most ``evicted_acked_batches``).
-  The counts cannot be compared then: an acknowledged row that carried counters and is
-  evicted before its receipt gives them back to be reported again, so with receipts a
-  report can arrive twice. A refused announcement is a problem.
+  (``seq_evicted_{i}_from``/``_count``, docs/protocol.md section 13) it is checked per seq
+  as well: every missing seq must be announced, an announced one may be stored only if the
+  broker had acknowledged it before the eviction (at most ``evicted_acked_batches``, plus
+  the in-flight window), and each announced seq is counted once: every batch evicted before
+  its PUBACK is announced, and an acknowledged one only when its receipt showed it lost, so
+  ``evicted_batches <= announced <= evicted_batches + evicted_acked_batches``. A refused
+  announcement is a problem.
 * :func:`agent_committed_high` reads the agent's outbox (after the agent stopped) for the
   highest sequence number it ever committed: the collector must end up with that one.
 * :class:`ScenarioClock` maps scenario time to wall time from the simulator's ``clock``
@@ -153,7 +154,13 @@ def check_ledger(db_path: Path, device_id: str, *, expected_high: int | None = N
     # an agent's first boot starts at the clock floor it announces (docs/protocol.md, "Sequence identity")
     first_seq = min((c["seq_floor"] for _, c in rows if isinstance(c.get("seq_floor"), int)), default=1)
     missing = tuple(n for n in range(first_seq, max_seq + 1) if n not in seqs and n not in skipped)
-    if announced:  # the agent names its evicted seqs: check them one by one
+    if not len(missing) <= evicted + evicted_acked or evicted > len(missing) + INFLIGHT_WINDOW:
+        problems.append(
+            f"{len(missing)} sequence numbers missing ({_ranges(missing)}) but the agent reported "
+            f"{evicted} evicted batches and {evicted_acked} acknowledged ones (expected at least {len(missing)} "
+            f"together, and at most {len(missing) + INFLIGHT_WINDOW} never published)"
+        )
+    if announced:  # the agent names its evicted seqs: check them one by one, and against the counts
         unexplained = sorted(set(missing) - announced)
         if unexplained:
             problems.append(f"{len(unexplained)} missing seqs never announced as evicted ({_ranges(unexplained)})")
@@ -163,12 +170,12 @@ def check_ledger(db_path: Path, device_id: str, *, expected_high: int | None = N
                 f"{len(landed)} seqs announced as evicted were stored ({_ranges(landed)}), but only "
                 f"{evicted_acked} evicted rows had been acknowledged by the broker"
             )
-    elif not len(missing) <= evicted + evicted_acked or evicted > len(missing) + INFLIGHT_WINDOW:
-        problems.append(
-            f"{len(missing)} sequence numbers missing ({_ranges(missing)}) but the agent reported "
-            f"{evicted} evicted batches and {evicted_acked} acknowledged ones (expected at least {len(missing)} "
-            f"together, and at most {len(missing) + INFLIGHT_WINDOW} never published)"
-        )
+        if not evicted <= len(announced) <= evicted + evicted_acked:
+            problems.append(
+                f"{len(announced)} seqs announced as evicted, but the agent reported {evicted} evicted batches "
+                f"and {evicted_acked} acknowledged ones (each announced seq is counted once: expected at least "
+                f"{evicted} and at most {evicted + evicted_acked} announced)"
+            )
     if expected_high is not None and expected_high not in seqs:
         problems.append(f"the agent committed seq {expected_high} but the collector stored up to {max_seq}")
     return LedgerReport(
@@ -212,6 +219,12 @@ def agent_committed_high(agent_data_dir: Path) -> tuple[int, int]:
         row = db.execute("SELECT value FROM meta WHERE key = 'high_seq'").fetchone()
         waiting = db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
     return (int(row[0]) if row else 0), int(waiting)
+
+
+def agent_evicted_unsettled(agent_data_dir: Path) -> int:
+    """Evicted batches the broker had acknowledged whose fate no receipt settled yet (a stopped agent's outbox)."""
+    with _connect(agent_data_dir / "outbox.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM evicted_acked").fetchone()[0])
 
 
 def stored_seq_count(db_path: Path, device_id: str) -> tuple[int, int]:

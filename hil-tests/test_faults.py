@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from chain_checks import (
     INFLIGHT_WINDOW,
+    agent_evicted_unsettled,
     agent_logged_alerts,
     alert_rows,
     check_ledger,
@@ -142,12 +143,15 @@ def test_outbox_overflows_during_a_long_outage(
     ledger = check_ledger(chain.db, chain.rig.device_id, expected_high=high)
     assert not ledger.problems, f"{ledger.summary()}: {ledger.problems}"
     assert ledger.evicted_batches > 0, f"nothing was evicted: the outage did not fill the outbox ({ledger.summary()})"
-    # every missing batch was reported evicted and its seq announced; an announced one may
-    # still have arrived if the broker had acknowledged it first: see chain_checks.check_ledger
+    # every missing batch was reported evicted and its seq announced, each counted once; an
+    # announced one may still have arrived (its PUBACK lost to the outage, or its receipt late):
+    # see chain_checks.check_ledger
     assert len(ledger.missing) <= ledger.evicted_batches + ledger.evicted_acked_batches
     assert set(ledger.missing) <= ledger.announced_evicted, sorted(set(ledger.missing) - ledger.announced_evicted)[:20]
     landed = ledger.announced_evicted - set(ledger.missing)
     assert len(landed) <= ledger.evicted_acked_batches + INFLIGHT_WINDOW, (len(landed), ledger.summary())
+    # the receipts settled every acknowledged batch that was evicted (stored, or lost and announced)
+    assert agent_evicted_unsettled(chain.rig.agent_data_dir) == 0
     gaps = json.loads(chain.rig.run_cli("collector", "gaps", "--device", chain.rig.device_id,
                                         "--config", str(chain.rig.collector_config)))  # fmt: skip
     assert (gaps["missing"], gaps["evicted"], gaps["high_seq"]) == (0, len(ledger.missing), high), gaps

@@ -80,8 +80,11 @@ def test_announcement_round_trip_through_a_signed_batch() -> None:
         ({"seq_evicted_0_from": 3, "seq_evicted_0_count": 0}, 10, AnnouncementMalformed),  # empty range
         ({**evicted_counters([(5, 6)]), "seq_evicted_1_from": 2, "seq_evicted_1_count": 1}, 10, AnnouncementMalformed),
         ({"seq_evicted_0_from": 3, "seq_evicted_0_count": MAX_EVICTED_SPAN + 1}, 2**40, AnnouncementOversized),
-        ({f"seq_evicted_{i}_{f}": 2 * i + 1 if f == "from" else 1 for i in range(17) for f in ("from", "count")},
-         100, AnnouncementOversized),  # 17 ranges
+        (
+            {f"seq_evicted_{i}_{f}": 2 * i + 1 if f == "from" else 1 for i in range(17) for f in ("from", "count")},
+            100,
+            AnnouncementOversized,
+        ),  # 17 ranges
         ({"seq_evicted_0_from": 8, "seq_evicted_0_count": 3}, 10, AnnouncementAboveSeq),  # 8..10 reaches seq 10
         ({"seq_evicted_0_from": 2**62, "seq_evicted_0_count": 1}, 10, AnnouncementAboveSeq),  # far above the batch
     ],
@@ -180,6 +183,153 @@ def test_a_long_run_comes_in_pieces_and_the_waiting_list_is_bounded(
     assert box.unannounced_evicted(16) == [(7, 7), (9, 11)]
     assert box.unreported()["evicted_ranges_dropped"] == 3  # 1, 3 and 5 will show as missing
     box.close()
+
+
+# ------------------------------------------------------------------ each evicted seq is counted once
+
+
+class Chain:
+    """The outbox with the agent's sealing steps, and a broker + collector that store what they are given.
+
+    ``delivered`` holds what the collector stored: seq -> the counters the batch carried.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.clock = [T0]
+        self.box = self.open()
+        self.carried: dict[int, dict[str, int]] = {}
+        self.delivered: dict[int, dict[str, int]] = {}
+
+    def open(self) -> Outbox:
+        return Outbox(self.path, max_bytes=1024, clock_ms=lambda: self.clock[0])
+
+    def restart(self) -> None:
+        self.box.close()
+        self.box = self.open()
+
+    def store(self, seq: int) -> list[int]:
+        """What :class:`BatchSealer` does: the batch carries the unreported counters and waiting ranges."""
+        reported = self.box.unreported()
+        announced = self.box.unannounced_evicted(MAX_EVICTED_RANGES)
+        self.carried[seq] = {**reported, **evicted_counters(announced)}
+        return fill(self.box, seq, fixes=1, reported=reported, announced=announced)
+
+    def acked(self, seq: int, *, reaches_collector: bool = True) -> None:
+        """The broker acknowledges ``seq`` (and loses it unless ``reaches_collector``)."""
+        assert self.box.mark_published(seq)
+        if reaches_collector:
+            self.delivered[seq] = self.carried[seq]
+
+    def announced(self) -> set[int]:
+        seqs: set[int] = set()
+        for seq, counters in self.delivered.items():
+            for first, last in evicted_ranges(counters, seq):
+                seqs.update(range(first, last + 1))
+        return seqs
+
+    def receipt(self, lost_before_ms: int | None = None) -> None:
+        """The collector's receipt: what it stored plus what was announced, as contiguous from 1."""
+        known = set(self.delivered) | self.announced()
+        high = 0
+        while high + 1 in known:
+            high += 1
+        ranges = [(s, s) for s in sorted(known) if s > high + 1]
+        self.box.confirm(1, high, ranges, lost_before_ms=lost_before_ms)
+
+    def drain(self, next_seq: int) -> int:
+        """The link is back: everything is published, stored and receipted until nothing waits."""
+        while True:
+            for stored in self.box.pending(100, resend_before_ms=self.clock[0]):
+                self.acked(stored.seq)
+            self.receipt(lost_before_ms=self.clock[0] - 60_000)
+            if (
+                not self.box.unreported()
+                and not self.box.unannounced_evicted(1)
+                and not self.box.stats()["outbox_batches"]
+            ):
+                return next_seq
+            self.store(next_seq)
+            next_seq += 1
+
+    def reported(self, key: str) -> int:
+        return sum(counters.get(key, 0) for counters in self.delivered.values())
+
+
+def test_a_report_in_an_acknowledged_batch_evicted_before_its_receipt_is_counted_once(tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "outbox.db")
+    for seq in (1, 2, 3):
+        chain.store(seq)
+    assert chain.store(4) == [1]  # never sent: a real loss
+    assert chain.store(5) == [2]  # 5 carries the report of 1 (and announces it)
+    assert chain.carried[5]["evicted_batches"] == 1
+    chain.acked(5)  # the broker has it, and the collector stores it with its report
+    assert chain.store(6) == [5]  # the acknowledged row goes first, before its receipt came
+    chain.restart()
+    chain.drain(7)
+    # 1 and 2 never left the box, 5 did and was stored: each counted once, in one counter
+    assert (chain.reported("evicted_batches"), chain.reported("evicted_acked_batches")) == (2, 1)
+    assert chain.reported("evicted_fixes") == 2
+    assert chain.announced() == {1, 2}  # 5 was stored: not announced as a loss
+    assert set(range(1, max(chain.delivered) + 1)) - set(chain.delivered) == {1, 2}
+
+
+def test_an_acknowledged_batch_the_broker_lost_is_announced_and_its_report_sent_again(tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "outbox.db")
+    for seq in (1, 2, 3):
+        chain.store(seq)
+    chain.store(4)
+    chain.store(5)
+    chain.acked(5, reaches_collector=False)  # acknowledged, then lost by the broker (a crash)
+    assert chain.store(6) == [5]
+    chain.restart()
+    for stored in chain.box.pending(100):
+        chain.acked(stored.seq)
+    chain.receipt(lost_before_ms=chain.clock[0] - 60_000)  # too early to call 5 lost
+    assert chain.box.unannounced_evicted(16) == []
+    assert chain.box.unreported() == {"evicted_acked_batches": 1}  # what 5 carried is not back yet
+    chain.clock[0] += 61_000
+    chain.restart()  # the wait survives a restart
+    chain.drain(7)  # a receipt over a minute after 5's PUBACK still lacks it: 5 is lost
+    assert (chain.reported("evicted_batches"), chain.reported("evicted_acked_batches")) == (2, 1)
+    assert chain.reported("evicted_fixes") == 2
+    assert chain.announced() == {1, 2, 5}
+    assert set(range(1, max(chain.delivered) + 1)) - set(chain.delivered) == {1, 2, 5}
+
+
+def test_without_receipts_an_evicted_acknowledged_batch_is_forgotten_with_its_timeout(tmp_path: Path) -> None:
+    chain = Chain(tmp_path / "outbox.db")
+    for seq in (1, 2, 3, 4, 5):
+        chain.store(seq)  # 4 evicts 1, 5 (carrying 1's report) evicts 2
+    chain.acked(5)
+    assert chain.store(6) == [5]
+    chain.clock[0] += 61_000
+    assert chain.box.expire_published(chain.clock[0] - 60_000) == 0  # no row: 5 was evicted already
+    # PUBACK is delivery when no collector sends receipts: 5 and its report count as delivered
+    assert chain.box.unreported() == {"evicted_acked_batches": 1}
+    assert chain.box.unannounced_evicted(16) == []  # 1 went with 5, 2 rides in 6
+    with sqlite3.connect(chain.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM evicted_acked").fetchone() == (0,)
+    chain.box.close()
+
+
+def test_acknowledged_evictions_waiting_for_a_receipt_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge.outbox, "MAX_EVICTED_ACKED", 2)
+    chain = Chain(tmp_path / "outbox.db")
+    for seq in (1, 2, 3):
+        chain.store(seq)
+        chain.acked(seq, reaches_collector=False)  # no collector answers for a long time
+    for seq in (4, 5, 6):
+        assert chain.store(seq) == [seq - 3]
+    # 1, 2 and 3 wait for a receipt; over the bound the oldest, 1, is taken as lost
+    assert chain.box.unannounced_evicted(16) == [(1, 1)]
+    with sqlite3.connect(chain.path) as db:
+        assert db.execute("SELECT seq FROM evicted_acked ORDER BY seq").fetchall() == [(2,), (3,)]
+    assert (chain.carried[5], chain.carried[6]) == ({"evicted_acked_batches": 1},) * 2
+    assert chain.box.unreported() == {"evicted_acked_batches": 1}  # 3's, for the next batch
+    chain.box.close()
 
 
 # ------------------------------------------------------------------ the sealer sends them
