@@ -40,6 +40,7 @@ class Refusal(StrEnum):
 
     QOS0 = "qos0"
     RATE_LIMITED = "rate_limited"
+    OVERSIZED = "oversized"  # payload over [limits] max_message_bytes: never read
 
 
 @dataclass(slots=True)
