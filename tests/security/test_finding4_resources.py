@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -151,16 +155,51 @@ def test_rate_limit_charges_junk_by_its_size() -> None:
 
 #: the fairness bound of the fleet-ingest work (issue 12): beyond the normal latency
 FAIRNESS_BOUND_S = 1.0
+#: the flood of issue 13, finding 4 (bench/flood_bench.py runs the same one against the whole
+#: collector process and measures its RSS)
+FLOOD_QOS0 = 50_000
+FLOOD_JUNK = 600
+
+
+class _Probe:
+    """The genuine device: publishes a batch every ``period_s`` and times each to its commit."""
+
+    def __init__(self, client: mqtt.Client, device: SigningDevice) -> None:
+        self.client = client
+        self.device = device
+        self.sent: dict[int, float] = {}
+        self.stored: dict[int, float] = {}
+
+    def on_commit(self, pairs: list[tuple[str, int]]) -> None:
+        now = time.monotonic()
+        for device_id, seq in pairs:
+            if device_id == self.device.device_id:
+                self.stored.setdefault(seq, now)
+
+    def publish(self, seq: int) -> None:
+        payload = self.device.sealed(seq, t0=NOW - 60_000 + seq)
+        self.sent[seq] = time.monotonic()
+        self.client.publish(self.device.topic, payload, qos=1)
+
+    def latencies(self, seqs: range, timeout_s: float = 120.0) -> list[float]:
+        deadline = time.monotonic() + timeout_s
+        while any(seq not in self.stored for seq in seqs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        missing = [seq for seq in seqs if seq not in self.stored]
+        assert not missing, f"genuine batches {missing} not stored within {timeout_s:.0f} s"
+        return [self.stored[seq] - self.sent[seq] for seq in seqs]
 
 
 def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_the_bound(
     engine: sa.Engine, mosquitto: SecureBroker, car: SigningDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The smallest flood that still exercises every refusal: 5,000 QoS 0 and 30 x 1 MiB junk
-    from a stolen device account, while another device's batch is in the broker behind it.
-    The full-size flood (50,000 + 600 x 1 MiB) is ``bench/flood_bench.py``: there the
-    broker's in-order delivery to the collector's one session is the limit (docs/security.md
-    section 4), which a test cannot bound on a shared machine."""
+    """The flood of finding 4 (50,000 QoS 0 + 600 x 1 MiB junk) from a stolen device account,
+    published by another process as fast as the broker takes it, while another device
+    publishes a batch every 0.2 s: each of those is stored within its normal latency (same
+    run) + 1 s. The broker delivers one session's messages in order, so this holds only
+    because the collector reads faster than the flood arrives and skips what it refuses
+    unread (collector.ingest.mqtt_read); with paho's own reader these batches waited 1.7 to
+    2.2 s (docs/security.md section 4). Every flood message is accounted for."""
     register(engine, car)
     ingest = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
     login = mosquitto.login()  # the collector's broker account
@@ -170,59 +209,70 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_th
     )  # fmt: skip
     # The attacker holds a device's broker account (a stolen box: the broker's ACL keeps it on
     # its own topics, so the flood arrives there); the genuine car is another device.
-    attacker = mosquitto.authenticate(
-        mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker", protocol=mqtt.MQTTv5), "junk-1"
-    )
-    attacker.max_inflight_messages_set(50)
-    attacker.connect("127.0.0.1", mosquitto.port)
-    attacker.loop_start()
+    stolen = mosquitto.login("junk-1")
     device = mosquitto.authenticate(
         mqtt.Client(CallbackAPIVersion.VERSION2, client_id=car.device_id, protocol=mqtt.MQTTv5), car.device_id
     )
     device.connect("127.0.0.1", mosquitto.port)
     device.loop_start()
     service = IngestService(ingest, settings, Limits(key_cache_ttl_s=0, queue_max_bytes=4 << 20))
-    stored: dict[int, float] = {}
-    service.add_commit_listener(lambda pairs: stored.update({seq: time.monotonic() for _, seq in pairs}))
-
-    def latency(seq: int) -> float:
-        sent = time.monotonic()
-        device.publish(car.topic, car.sealed(seq, t0=NOW - 60_000 + seq), qos=1).wait_for_publish(30)
-        deadline = sent + 60
-        while seq not in stored and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert seq in stored, f"genuine batch {seq} not stored within 60 s"
-        return stored[seq] - sent
-
+    probe = _Probe(device, car)
+    service.add_commit_listener(probe.on_commit)
+    attacker = None
     try:
         service.start()
         assert service.ready.wait(30)
-        normal = max(latency(seq) for seq in (1, 2, 3))  # the same run, without the flood
-        for _ in range(5000):
-            attacker.publish("lw/v1/junk-1/batch", b"\x00" * 100, qos=0)
-        junk = [attacker.publish("lw/v1/junk-1/batch", b"\xff" * (1 << 20), qos=1) for _ in range(30)]
-        during = latency(4)  # published while the flood is still on its way through the broker
-        for info in junk:
-            info.wait_for_publish(30)
-        deadline = time.monotonic() + 30
-        while (service.refused["qos0"] < 5000 or service.queued_bytes) and time.monotonic() < deadline:
+        for seq in (1, 2, 3):  # the same run, without the flood
+            probe.publish(seq)
+            probe.latencies(range(seq, seq + 1))
+        normal = max(probe.latencies(range(1, 4)))
+        attacker = subprocess.Popen(
+            [sys.executable, "-m", "tests.security.flood_publisher", str(mosquitto.port), "lw/v1/junk-1/batch",
+             str(FLOOD_QOS0), str(FLOOD_JUNK)],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "LW_FLOOD_USER": stolen.username,
+                                                    "LW_FLOOD_PASSWORD": stolen.password},
+        )  # fmt: skip
+        assert attacker.stdout is not None
+        assert attacker.stdout.readline().strip() == "flooding"
+        seq = 4
+        while attacker.poll() is None:  # batches published while the flood goes through the broker
+            probe.publish(seq)
+            seq += 1
+            time.sleep(0.2)
+        during_seqs = range(4, seq)
+        during = probe.latencies(during_seqs)
+        assert attacker.wait(120) == 0
+        assert attacker.stdout.read().split() == ["done", str(FLOOD_JUNK)]  # the broker took all the junk
+        deadline = time.monotonic() + 60
+        while (service.refused["qos0"] < FLOOD_QOS0 or service.acked < FLOOD_JUNK + seq - 1 or service.queued_bytes) \
+                and time.monotonic() < deadline:  # fmt: skip
             time.sleep(0.05)
     finally:
+        if attacker is not None and attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
         service.stop()
-        for client in (attacker, device):
-            client.disconnect()
-            client.loop_stop()
-    assert sorted(r["seq"] for r in rows(engine, "batches")) == [1, 2, 3, 4]  # type: ignore[type-var]
-    assert during <= normal + FAIRNESS_BOUND_S, f"genuine batch: {during:.2f} s in the flood, {normal:.2f} s without"
-    assert service.refused["qos0"] == 5000  # every QoS 0 message refused in the callback, none queued
+        device.disconnect()
+        device.loop_stop()
+    print(f"fairness: {len(during)} genuine batches during {FLOOD_QOS0:,} QoS 0 + {FLOOD_JUNK} x 1 MiB junk: "
+          f"median {statistics.median(during):.3f} s, max {max(during):.3f} s; {normal:.3f} s without")  # fmt: skip
+    assert len(during) >= 3, "the flood was over before three genuine batches were published behind it"
+    assert max(during) <= normal + FAIRNESS_BOUND_S, f"genuine batches: {during} in the flood, {normal:.2f} s without"
+    assert sorted(r["seq"] for r in rows(engine, "batches")) == list(range(1, seq))  # type: ignore[type-var]
+    # Every flood message is accounted for: each QoS 0 refused (skipped unread, none queued);
+    # each junk message either dead-lettered (until the device's bucket was empty) or refused
+    # for the rate limit, unread, and acknowledged either way.
+    assert service.refused["qos0"] == FLOOD_QOS0
     assert service.queued_bytes == 0
-    # 30 x 1 MiB of junk cost 16 tokens each: the bucket (300) is empty before the last ones,
-    # which are refused on the MQTT thread, and the log names the device id to revoke.
+    junk_letters = ingest.counters["dead_letters"]
     assert service.refused["rate_limited"] > 0
+    assert junk_letters + service.refused["rate_limited"] == FLOOD_JUNK
+    assert service.acked == FLOOD_JUNK + seq - 1
+    assert service.client.skipped_bytes >= service.refused["rate_limited"] * (1 << 20) + FLOOD_QOS0 * 200
+    # the log names the device id to revoke
     named = [r for r in caplog.records if "over its admission rate limit" in r.getMessage()]
     assert len(named) == 1
     assert "'junk-1'" in named[0].getMessage()
-    print(f"fairness: genuine batch {during:.3f} s behind 5,000 QoS 0 + 30 x 1 MiB junk, {normal:.3f} s without")
     letters = rows(engine, "dead_letters", device_id="junk-1")
-    assert 0 < len(letters) <= 30
+    assert 0 < len(letters) == junk_letters
     assert all(len(bytes(d["payload"])) <= 4096 for d in letters)  # type: ignore[arg-type]
