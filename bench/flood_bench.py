@@ -21,7 +21,8 @@ the latency (publish -> row in ``batches``) of 10 genuine batches without the fl
 every one published from the start of the flood until the collector is back to normal
 (median and max); the collector's RSS when idle and its peak during the flood (sampled
 from /proc every 50 ms); and how every flood message was accounted for (the collector's
-``/metrics``: QoS 0 and rate-limited junk refused unread, junk dead-lettered). Pass criteria of issue 13: peak RSS - idle RSS < 100 MB, and
+``/metrics``: QoS 0 and rate-limited junk refused unread, junk dead-lettered).
+Pass criteria of issue 13: peak RSS - idle RSS < 100 MB, and
 the flood adds no more than about a second to the genuine latency (the fleet-ingest
 fairness bound).
 

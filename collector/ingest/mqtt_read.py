@@ -71,6 +71,7 @@ class _PacketSocket:
         self._start = 0  # first unread byte
         self._end = 0  # end of the bytes received
         self._skip = 0  # bytes of a refused payload still to discard
+        self._admitted = False  # the PUBLISH at the front was screened and admitted
         self.received = 0  # bytes read from the socket (a refused payload's included)
 
     # ------------------------------------------------------------ what paho calls
@@ -171,7 +172,7 @@ class _PacketSocket:
         buf, start = self._buf, self._start
         command = buf[start]
         total = head + remaining
-        if command & 0xF0 == _PUBLISH:
+        if command & 0xF0 == _PUBLISH and not self._admitted:
             qos = (command >> 1) & 0x03
             variable = self._publish_header(start + head, remaining, qos)
             if variable is None:
@@ -182,11 +183,13 @@ class _PacketSocket:
                 self._start = start + head + variable_len
                 self._skip = payload_bytes
                 return _SKIPPED
+            self._admitted = True  # screened once, however many reads its payload takes
         if total > self.capacity:
             raise _Unreadable(f"packet type {command >> 4} of {total} bytes, over the {self.capacity}-byte buffer")
         if self._end - start < total:
             return None
         self._start = start + total
+        self._admitted = False
         return command, buf[start + head : start + total]
 
     def _publish_header(self, at: int, remaining: int, qos: int) -> tuple[bytes, int, int] | None:
