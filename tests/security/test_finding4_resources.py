@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.service import IngestService
 from collector.jobs.retention import run_retention
 from collector.settings import Limits, MqttSettings, Settings, hash_api_key
+from protocol import MAX_PUBLISH_PACKET_BYTES
+from protocol.cose import MAX_MESSAGE_BYTES
+from tests.mqtt_subscriber import Collector
 from tests.secure_broker import SecureBroker
 
 from .signing_devices import NOW, SigningDevice, register, rows
@@ -276,3 +280,33 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_th
     letters = rows(engine, "dead_letters", device_id="junk-1")
     assert 0 < len(letters) == junk_letters
     assert all(len(bytes(d["payload"])) <= 4096 for d in letters)  # type: ignore[arg-type]
+
+
+def test_the_broker_refuses_a_packet_larger_than_the_protocols_largest_message(mosquitto: SecureBroker) -> None:
+    """The first layer: ``max_packet_size`` = ``protocol.MAX_PUBLISH_PACKET_BYTES`` (written by
+    ``broker init`` and every broker the project starts). A 1 MiB message on the longest
+    batch topic still gets through; one byte of payload more than that packet allows, and
+    the broker drops the publisher's connection: the collector never reads it."""
+    longest = "d" * 64  # the longest device id, so the longest batch topic
+    seen = Collector(mosquitto, ["lw/v1/+/batch"], client_id="sec-size-collector")
+    stolen = mosquitto.authenticate(
+        mqtt.Client(CallbackAPIVersion.VERSION2, client_id=longest, protocol=mqtt.MQTTv5), longest
+    )
+    dropped = threading.Event()
+    stolen.on_disconnect = lambda *_: dropped.set()
+    stolen.connect("127.0.0.1", mosquitto.port)
+    stolen.loop_start()
+    try:
+        topic = f"lw/v1/{longest}/batch"
+        assert stolen.publish(topic, b"\xd2" * MAX_MESSAGE_BYTES, qos=1).wait_for_publish(30) is None
+        assert seen.wait_for(lambda got: len(got) == 1)
+        assert len(seen.messages[0].payload) == MAX_MESSAGE_BYTES
+        assert not dropped.is_set()
+        stolen.publish(topic, b"\xff" * (MAX_PUBLISH_PACKET_BYTES - len(topic)), qos=1)  # over by the header
+        assert dropped.wait(30), "the broker took a packet over max_packet_size"
+        time.sleep(0.5)
+        assert len(seen.messages) == 1  # never delivered
+    finally:
+        stolen.disconnect()
+        stolen.loop_stop()
+        seen.close()
