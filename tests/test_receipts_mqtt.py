@@ -156,6 +156,8 @@ def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: i
     ``stall_collector_at``: at that seq the collector process is stopped (SIGSTOP) for 3 s, as
     a busy collector would be, so the broker's queue for its session overflows for certain
     (a fast collector on an idle machine may otherwise keep the queue under 1,000).
+    ``restart_broker_at``: at that seq the broker is killed and restarted, the collector
+    stopped meanwhile (so the broker dies holding messages for it).
     """
     flood_message = rig.flooder.sealed(1, fixes=60)  # stored once, then 19,999 duplicates
     flood = Flood(rig.broker, rig.flooder.topic, flood_message)
@@ -169,9 +171,14 @@ def run_stream(rig: Rig, outbox: Outbox, uplink: Uplink, *, restart_broker_at: i
                 time.sleep(3.0)
                 rig.collector.proc.send_signal(signal.SIGCONT)
             if seq == restart_broker_at:
+                # The collector paused first, so the broker's queue for it is certainly not empty
+                # when the broker dies (a collector that keeps up may otherwise have read it all).
+                rig.collector.proc.send_signal(signal.SIGSTOP)
+                time.sleep(1.0)
                 rig.broker.stop(kill=True)  # no persistence: its queues and retained receipts are gone
                 time.sleep(1.0)
                 rig.broker.start()
+                rig.collector.proc.send_signal(signal.SIGCONT)
             time.sleep(0.01)
     finally:
         flood.close()
