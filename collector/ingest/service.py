@@ -67,7 +67,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..clock import wall_clock_ms
 from ..errors import DatabaseUnavailableError, StorageError
-from .admission import Admission, Refusal, device_of
+from .admission import UNKNOWN_DEVICES, Admission, Refusal, device_of
 from .fairqueue import FairQueue
 from .health import BrokerLink
 from .ingestor import Ingestor, IngestResult, Message, Outcome
@@ -170,7 +170,10 @@ class IngestService:
         #: Set once the subscriptions are granted (after each connect).
         self.ready = threading.Event()
         self._queue: FairQueue[_Delivery] = FairQueue(self.limits.queue_max_bytes, _payload_size)
-        self.admission = Admission(self.limits.device_rate_per_s, self.limits.device_burst)
+        keys = ingestor.keys  # replaced whole on each reload: safe to read from the paho thread
+        self.admission = Admission(
+            self.limits.device_rate_per_s, self.limits.device_burst, known=lambda device: device in keys.keys
+        )
         self._admission_lock = threading.Lock()
         self.refused: dict[str, int] = {r.value: 0 for r in Refusal}
         self._refused_qos0 = ingestor.metrics.refused.labels(Refusal.QOS0.value)
@@ -280,7 +283,7 @@ class IngestService:
             return True
         self._refuse(refusal)
         if refusal is Refusal.RATE_LIMITED:
-            self._name_rate_limited(device_of(topic), now)
+            self._name_rate_limited(self.admission.bucket_of(topic), device_of(topic), now)
         with self._lock:
             self.acked += 1
         return False
@@ -315,15 +318,23 @@ class IngestService:
         self.link.queued()
         self.ingestor.metrics.queue_depth.inc()
 
-    def _name_rate_limited(self, device: str, now: float) -> None:
+    def _name_rate_limited(self, bucket: str, device: str, now: float) -> None:
         """Log which device id is refused for its rate (the metric has no device label): on a
-        broker without per-client limits the remedy is revoking that id's broker account."""
-        last = self._rate_limit_logged.get(device)
+        broker without per-client limits the remedy is revoking that id's broker account.
+        Unregistered ids share a bucket and one line a minute."""
+        last = self._rate_limit_logged.get(bucket)
         if last is not None and now - last < RATE_LIMIT_LOG_INTERVAL_S:
             return
         if len(self._rate_limit_logged) >= _RATE_LIMIT_LOG_MAX_IDS:
             self._rate_limit_logged.clear()
-        self._rate_limit_logged[device] = now
+        self._rate_limit_logged[bucket] = now
+        if bucket == UNKNOWN_DEVICES:
+            log.warning(
+                "messages of unregistered device ids (%r and others) are over their shared admission rate limit: "
+                "refused before verification (docs/security.md section 4)",
+                device,
+            )
+            return
         log.warning(
             "device id %r is over its admission rate limit: its messages are refused before verification "
             "(docs/security.md section 4; revoke its broker account unless it is a genuine agent)",

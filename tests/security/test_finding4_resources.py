@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.orm import Session
 
 from collector.api.app import create_app
-from collector.ingest.admission import CHARGE_UNIT_BYTES, Admission, DeadLetterQuota, Refusal
+from collector.ingest.admission import CHARGE_UNIT_BYTES, UNKNOWN_DEVICES, Admission, DeadLetterQuota, Refusal
 from collector.ingest.ingestor import Ingestor, Outcome
 from collector.ingest.service import IngestService
 from collector.jobs.retention import run_retention
@@ -157,6 +157,19 @@ def test_rate_limit_charges_junk_by_its_size() -> None:
     assert gate.check("lw/v1/r/batch", 1, 0.0) is Refusal.RATE_LIMITED
 
 
+def test_unregistered_device_ids_share_one_bucket() -> None:
+    """Junk spread over invented ids (an open broker) cannot multiply the burst: every id that
+    is not registered draws on one bucket; a registered device keeps its own."""
+    gate = Admission(rate_per_s=1.0, burst=32, known=lambda device: device == "car-1")
+    for i in range(2):  # 2 x 1 MiB over two invented ids: 32 tokens, the pool's whole burst
+        assert gate.check(f"lw/v1/ghost-{i}/batch", 1, 0.0) is None
+        gate.charge(f"lw/v1/ghost-{i}/batch", 0.0, 1 << 20)
+    assert gate.bucket_of("lw/v1/ghost-7/batch") == UNKNOWN_DEVICES
+    assert gate.check("lw/v1/ghost-7/batch", 1, 0.5) is Refusal.RATE_LIMITED  # a third id: the same pool
+    assert gate.check("lw/v1/car-1/batch", 1, 0.5) is None  # the registered device is not affected
+    assert Admission(1.0, 32).bucket_of("lw/v1/ghost-7/batch") == "ghost-7"  # without a registry: per id
+
+
 #: the fairness bound of the fleet-ingest work (issue 12): beyond the normal latency
 FAIRNESS_BOUND_S = 1.0
 #: the flood of issue 13, finding 4 (bench/flood_bench.py runs the same one against the whole
@@ -204,15 +217,15 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_th
     because the collector reads faster than the flood arrives and skips what it refuses
     unread (collector.ingest.mqtt_read); with paho's own reader these batches waited 1.7 to
     2.2 s (docs/security.md section 4). Every flood message is accounted for."""
-    register(engine, car)
+    # The attacker holds a registered device's broker account (a stolen box: the broker's ACL
+    # keeps it on its own topics, so the flood arrives there); the genuine car is another device.
+    register(engine, car, SigningDevice("junk-1"))
     ingest = Ingestor(engine, Limits(key_cache_ttl_s=0), clock_ms=lambda: NOW)
     login = mosquitto.login()  # the collector's broker account
     settings = MqttSettings(
         host="127.0.0.1", port=mosquitto.port, client_id="sec-collector", group="sec",
         username=login.username, password=login.password,
     )  # fmt: skip
-    # The attacker holds a device's broker account (a stolen box: the broker's ACL keeps it on
-    # its own topics, so the flood arrives there); the genuine car is another device.
     stolen = mosquitto.login("junk-1")
     device = mosquitto.authenticate(
         mqtt.Client(CallbackAPIVersion.VERSION2, client_id=car.device_id, protocol=mqtt.MQTTv5), car.device_id
