@@ -92,8 +92,11 @@ class _PacketSocket:
         """Non-zero while there is work without reading the socket: a whole packet (or bytes
         of a refused payload) buffered, or bytes TLS already decrypted."""
         buffered = self._end - self._start
-        if buffered and (self._skip or self._whole_packet_buffered()):
-            return buffered
+        try:
+            if buffered and (self._skip or self._whole_packet_buffered()):
+                return buffered
+        except _Unreadable:
+            return buffered  # called from paho's loop: let read_packet raise it where it is handled
         return self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
 
     def recv(self, size: int) -> bytes:
