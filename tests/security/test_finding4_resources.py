@@ -3,8 +3,9 @@
 As the attacker ran it: QoS 0 floods filled an unbounded in-process queue (and delayed
 another device's batch by minutes), 1 MiB junk messages were each kept with up to 2 MiB of
 raw bytes in ``dead_letters`` forever, and a 200 MB HTTP body was read and parsed before
-the 401. Each part is checked here with the fix in place; ``bench/flood_bench.py`` runs
-the full-size flood and measures RSS.
+the 401. Each part is checked here with the fix in place, the full-size flood included
+(another device's latency, every flood message accounted for); ``bench/flood_bench.py``
+runs the same flood against a collector process and adds its RSS.
 """
 
 from __future__ import annotations
