@@ -273,7 +273,8 @@ def test_qos0_flood_and_junk_do_not_queue_and_another_device_is_stored_within_th
         device.disconnect()
         device.loop_stop()
     print(f"fairness: {len(during)} genuine batches during {FLOOD_QOS0:,} QoS 0 + {FLOOD_JUNK} x 1 MiB junk: "
-          f"median {statistics.median(during):.3f} s, max {max(during):.3f} s; {normal:.3f} s without")  # fmt: skip
+          f"median {statistics.median(during):.3f} s, max {max(during):.3f} s; {normal:.3f} s without; "
+          f"{[round(x, 2) for x in during]}")  # fmt: skip
     assert len(during) >= 3, "the flood was over before three genuine batches were published behind it"
     assert max(during) <= normal + FAIRNESS_BOUND_S, f"genuine batches: {during} in the flood, {normal:.2f} s without"
     assert sorted(r["seq"] for r in rows(engine, "batches")) == list(range(1, seq))  # type: ignore[type-var]
