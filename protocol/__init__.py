@@ -34,12 +34,13 @@ from .records import (
     SignalSample,
     check_device_id,
 )
-from .topics import batch_topic, config_topic, parse_topic, receipt_topic, state_topic
+from .topics import MAX_PUBLISH_PACKET_BYTES, batch_topic, config_topic, parse_topic, receipt_topic, state_topic
 
 __all__ = [
     "LIMITS",
     "MAX_EVICTED_RANGES",
     "MAX_EVICTED_SPAN",
+    "MAX_PUBLISH_PACKET_BYTES",
     "MAX_RECEIPT_RANGES",
     "MAX_SEQ",
     "SCHEMA_VERSION",

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ._batch_codec import LIMITS, decode_batch, decode_batch_columns, encode_batch
 from ._strict_cbor import decode_strict, encode_deterministic
-from .cose import ALG, ALG_EDDSA, KID, Sign1Message, decode_sign1, sign1
+from .cose import ALG, ALG_EDDSA, KID, MAX_MESSAGE_BYTES, Sign1Message, decode_sign1, sign1
 from .errors import (
     DeviceMismatch,
     InvalidEnvelope,
@@ -94,7 +94,10 @@ def _device_public_key(keys: Mapping[str, Ed25519PublicKey], device_id: str) -> 
 def seal_batch(batch: Batch, private_key: Ed25519PrivateKey, topic: str) -> bytes:
     """Encode and sign ``batch`` for publication on ``topic`` (its device's batch topic)."""
     _local_topic(topic, batch.device_id, TopicKind.BATCH)
-    return _seal(encode_batch(batch), private_key, batch.device_id, topic)
+    message = _seal(encode_batch(batch), private_key, batch.device_id, topic)
+    if len(message) > MAX_MESSAGE_BYTES:  # the payload may be up to 1 MiB, the signed message too
+        raise LocalProtocolError(f"sealed batch is {len(message)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+    return message
 
 
 def open_batch(message: bytes, topic: str, keys: Mapping[str, Ed25519PublicKey]) -> Batch:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .cose import MAX_MESSAGE_BYTES
 from .errors import TopicError
 from .records import DEVICE_ID_RE
 
 __all__ = [
+    "MAX_PUBLISH_PACKET_BYTES",
     "PREFIX",
     "Topic",
     "TopicKind",
@@ -20,6 +22,13 @@ __all__ = [
 ]
 
 PREFIX = "lw/v1"
+
+#: The largest MQTT PUBLISH packet a LienWatch message needs: a message of at most
+#: ``MAX_MESSAGE_BYTES`` (1 MiB) plus the fixed header (5), the topic (2 + at most 76:
+#: ``lw/v1/`` + a 64-character id + ``/receipt``), the packet id (2) and MQTT 5 properties
+#: (room for 1 KiB in all). Brokers set ``max_packet_size`` to it, so a larger packet is
+#: refused at the broker and never reaches the collector (docs/security.md section 3).
+MAX_PUBLISH_PACKET_BYTES = MAX_MESSAGE_BYTES + 1024
 
 
 class TopicKind(StrEnum):

@@ -8,6 +8,7 @@ state message; only the bad ones are dead-lettered, the rest is stored in one tr
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -161,6 +162,27 @@ def test_fair_queue_is_bounded_in_bytes_and_put_gives_up_when_stopping() -> None
     assert q.bytes == 60
     assert q.take_group(5, 0.0, 0.0) == [b"y" * 60]
     assert q.take_group(5, 0.01, 0.0) == []
+
+
+def test_the_worker_does_not_linger_for_a_fuller_group_when_the_queue_is_full_by_bytes() -> None:
+    """Under 1 MiB junk the queue fills by bytes with a few messages, and the MQTT thread waits
+    for room: lingering for a 250-message group would only hold reading up (a flood test saw
+    another device's batch wait 0.5-1 s more on a loaded machine)."""
+    q: FairQueue[bytes] = FairQueue(100, len)
+    stop = threading.Event()
+    assert q.put("a", b"x" * 60, stop)
+    waiting = threading.Thread(target=q.put, args=("b", b"y" * 60, stop), daemon=True)
+    waiting.start()
+    try:
+        started = time.monotonic()
+        group = q.take_group(250, 1.0, 5.0)  # would linger 5 s for 250 messages
+        assert group == [b"x" * 60]
+        assert time.monotonic() - started < 2.0
+        q.release(group)
+        waiting.join(5)
+        assert q.take_group(250, 0.0, 0.0) == [b"y" * 60]
+    finally:
+        stop.set()  # a failed check never leaves the put waiting
 
 
 def test_oversized_single_item_is_accepted_into_an_empty_queue() -> None:

@@ -348,6 +348,17 @@ def test_encode_refuses_a_non_batch() -> None:
         encode_batch({"device": "x"})  # type: ignore[arg-type]
 
 
+def test_seal_refuses_a_batch_whose_signed_message_is_over_1_mib() -> None:
+    """A payload may be up to 1 MiB and so may the signed message (what the collector and the
+    broker's max_packet_size accept): 95,318 samples encode to 1,048,567 bytes, under the
+    payload limit, and the envelope takes the message over."""
+    samples = tuple(SignalSample("rpm", T0 + i * 7, float(i) * 1.000001) for i in range(95_318))
+    batch = Batch(EXAMPLE_DEVICE, bytes(16), 1, T0 + 1_000_000, samples=samples)
+    assert len(encode_batch(batch)) == 1_048_567
+    with pytest.raises(LocalProtocolError, match=r"sealed batch is \d+ bytes, over the 1048576-byte limit"):
+        seal_batch(batch, example_key(), batch_topic(EXAMPLE_DEVICE))
+
+
 def test_seal_refuses_another_devices_topic() -> None:
     with pytest.raises(LocalProtocolError, match="not device 'car-0001'"):
         seal_batch(tiny_batch(), example_key(), batch_topic("car-0002"))

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import check_device_id
+from protocol import MAX_PUBLISH_PACKET_BYTES, check_device_id
 from protocol.errors import ProtocolError
 
 from ..errors import CollectorError
@@ -114,8 +114,14 @@ def acl_text(collector_user: str = COLLECTOR_USER) -> str:
 
 
 def mosquitto_conf_lines(password_file: Path, acl_file: Path) -> list[str]:
-    """The lines of ``mosquitto.conf`` that turn authentication and the ACL on."""
-    return ["allow_anonymous false", f"password_file {password_file}", f"acl_file {acl_file}"]
+    """The lines of ``mosquitto.conf`` that turn authentication and the ACL on, and refuse any
+    packet larger than the protocol's largest message needs (docs/security.md section 3)."""
+    return [
+        "allow_anonymous false",
+        f"password_file {password_file}",
+        f"acl_file {acl_file}",
+        f"max_packet_size {MAX_PUBLISH_PACKET_BYTES}",
+    ]
 
 
 def _parse(text: str, where: Path) -> dict[str, str]:

@@ -14,6 +14,10 @@ topic, the QoS and the size, so a flood costs a dictionary lookup per message:
   with junk or replays is refused after ``burst`` tokens' worth of them, at
   ``rate_per_s`` afterwards. Refused messages are counted, never queued and never
   written to the database.
+* Device ids that are not registered (``known(id)`` is False: no active key) share ONE
+  bucket, :data:`UNKNOWN_DEVICES`: their messages can never store anything, and per-id
+  buckets would not bound a flood spread over many invented ids (an open broker, or an
+  account allowed on many topics).
 * :class:`DeadLetterQuota` bounds the dead-letter rows one device id (or the pool of
   messages without a device) may add per hour; beyond it a refusal is only counted.
 
@@ -23,16 +27,27 @@ from the collector clock), so tests drive them without sleeping.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["CHARGE_UNIT_BYTES", "Admission", "DeadLetterQuota", "Refusal", "TokenBucket", "device_of"]
+__all__ = [
+    "CHARGE_UNIT_BYTES",
+    "UNKNOWN_DEVICES",
+    "Admission",
+    "DeadLetterQuota",
+    "Refusal",
+    "TokenBucket",
+    "device_of",
+]
 
 #: device ids tracked at once before idle buckets are forgotten
 MAX_TRACKED_DEVICES = 100_000
 
 #: a message that stored nothing costs one token per started unit of this many payload bytes
 CHARGE_UNIT_BYTES = 64 << 10
+#: the bucket every device id that is not registered shares (not a valid device id)
+UNKNOWN_DEVICES = "<unregistered>"
 
 
 class Refusal(StrEnum):
@@ -40,6 +55,7 @@ class Refusal(StrEnum):
 
     QOS0 = "qos0"
     RATE_LIMITED = "rate_limited"
+    OVERSIZED = "oversized"  # payload over [limits] max_message_bytes: never read
 
 
 @dataclass(slots=True)
@@ -85,26 +101,35 @@ class Admission:
     Args:
         rate_per_s: sustained messages per second per device id.
         burst: messages a device id may send at once after being quiet.
+        known: is this device id registered? Those that are not share one bucket
+            (:data:`UNKNOWN_DEVICES`). Default: every id has its own.
     """
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: int, known: Callable[[str], bool] | None = None) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst
+        self._known = known
         self._buckets: dict[str, TokenBucket] = {}
+
+    def bucket_of(self, topic: str) -> str:
+        """The bucket a message on ``topic`` is charged to: its device id, or
+        :data:`UNKNOWN_DEVICES` for an id that is not registered."""
+        device = device_of(topic)
+        return device if self._known is None or self._known(device) else UNKNOWN_DEVICES
 
     def check(self, topic: str, qos: int, now_s: float) -> Refusal | None:
         """``None`` to admit the message, else why it is refused (nothing is charged here)."""
         if qos == 0:
             return Refusal.QOS0
-        bucket = self._buckets.get(device_of(topic))
+        bucket = self._buckets.get(self.bucket_of(topic))
         if bucket is None or bucket.has_token(now_s):
             return None
         return Refusal.RATE_LIMITED
 
     def charge(self, topic: str, now_s: float, size: int = 0) -> None:
-        """Charge the topic's device for a message of ``size`` payload bytes that cost work and
+        """Charge the topic's bucket for a message of ``size`` payload bytes that cost work and
         stored nothing: one token per started :data:`CHARGE_UNIT_BYTES` (at least one)."""
-        device = device_of(topic)
+        device = self.bucket_of(topic)
         bucket = self._buckets.get(device)
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED_DEVICES:

@@ -44,6 +44,7 @@ class FairQueue(Generic[_T]):
         self._items = threading.Condition(self._lock)  # the worker waits here
         self._room = threading.Condition(self._lock)  # the MQTT thread waits here
         self._want = 1  # items the waiting worker needs: fewer do not wake it
+        self._full = False  # a put is waiting for room: the group cannot grow, stop lingering
 
     def __len__(self) -> int:
         return self._count
@@ -60,7 +61,10 @@ class FairQueue(Generic[_T]):
             while self._bytes and self._bytes + size > self.max_bytes:
                 if stopping.is_set():
                     return False
+                self._full = True
+                self._items.notify()
                 self._room.wait(0.2)
+            self._full = False
             lane = self._lanes.get(key)
             if lane is None:
                 lane = self._lanes[key] = collections.deque()
@@ -76,7 +80,8 @@ class FairQueue(Generic[_T]):
         """Up to ``max_items`` items, round-robin over keys.
 
         Waits up to ``first_wait_s`` for a first item, then up to ``linger_s`` more for the
-        group to fill (it returns at once when ``max_items`` are there). The bytes of the
+        group to fill (it returns at once when ``max_items`` are there, or when the queue is
+        full by bytes: nothing more can arrive until this group is processed). The bytes of the
         taken items are freed by :meth:`release` once they are processed.
         """
         with self._lock:
@@ -85,7 +90,7 @@ class FairQueue(Generic[_T]):
             if self._count < max_items and linger_s > 0:
                 self._want = max_items
                 try:
-                    self._items.wait_for(lambda: self._count >= max_items, linger_s)
+                    self._items.wait_for(lambda: self._count >= max_items or self._full, linger_s)
                 finally:
                     self._want = 1
             group: list[_T] = []

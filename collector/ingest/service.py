@@ -67,14 +67,22 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..clock import wall_clock_ms
 from ..errors import DatabaseUnavailableError, StorageError
-from .admission import Admission, Refusal, device_of
+from .admission import UNKNOWN_DEVICES, Admission, Refusal, device_of
 from .fairqueue import FairQueue
 from .health import BrokerLink
 from .ingestor import Ingestor, IngestResult, Message, Outcome
 from .memory import release_large_buffers
+from .mqtt_read import IngestClient
 from .settings import Limits, MqttSettings
 
-__all__ = ["CommitListener", "IngestService", "batch_subscription", "make_mqtt_client", "state_subscription"]
+__all__ = [
+    "CommitListener",
+    "IngestService",
+    "batch_subscription",
+    "configure_mqtt_client",
+    "make_mqtt_client",
+    "state_subscription",
+]
 
 #: Called after each commit with the (device_id, seq) of every batch stored or found
 #: already stored in it (the receipts are built from these).
@@ -112,6 +120,11 @@ def make_mqtt_client(settings: MqttSettings, client_id: str, *, manual_ack: bool
         protocol=mqtt.MQTTv5,
         manual_ack=manual_ack,
     )
+    return configure_mqtt_client(client, settings)
+
+
+def configure_mqtt_client(client: mqtt.Client, settings: MqttSettings) -> mqtt.Client:
+    """Set the broker credentials, TLS and reconnect backoff of ``[mqtt]`` on ``client``."""
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
@@ -157,7 +170,10 @@ class IngestService:
         #: Set once the subscriptions are granted (after each connect).
         self.ready = threading.Event()
         self._queue: FairQueue[_Delivery] = FairQueue(self.limits.queue_max_bytes, _payload_size)
-        self.admission = Admission(self.limits.device_rate_per_s, self.limits.device_burst)
+        keys = ingestor.keys  # replaced whole on each reload: safe to read from the paho thread
+        self.admission = Admission(
+            self.limits.device_rate_per_s, self.limits.device_burst, known=lambda device: device in keys.keys
+        )
         self._admission_lock = threading.Lock()
         self.refused: dict[str, int] = {r.value: 0 for r in Refusal}
         self._refused_qos0 = ingestor.metrics.refused.labels(Refusal.QOS0.value)
@@ -199,8 +215,11 @@ class IngestService:
 
     # ------------------------------------------------------------ paho side
 
-    def _make_client(self) -> mqtt.Client:
-        client = make_mqtt_client(self.settings, self.settings.client_id, manual_ack=True)
+    def _make_client(self) -> IngestClient:
+        client = IngestClient(
+            self.settings.client_id, screen=self._screen, max_payload_bytes=self.limits.max_message_bytes
+        )
+        configure_mqtt_client(client, self.settings)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
@@ -243,29 +262,45 @@ class IngestService:
         self.ready.clear()
         self.link.down(str(reason), expected=self._stopping.is_set())
 
-    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.qos == 0:
-            # Fast path, before the topic is even decoded: this thread's time per message is
-            # what a QoS 0 flood costs every other device (the broker delivers in order).
-            self.refused[Refusal.QOS0.value] += 1
-            self._refused_qos0.inc()
-            return
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:  # brokers check UTF-8, but never trust it
-            topic = repr(message._topic)
+    def _screen(self, raw_topic: bytes, qos: int, size: int) -> bool:
+        """Admit a PUBLISH from its header alone (paho thread, before its payload is read):
+        this thread's time per message is what a flood costs every other device, since the
+        broker delivers in order. A refused one is skipped unread and, at QoS 1,
+        acknowledged by the client; every refusal is counted here."""
+        if qos == 0:
+            self._refuse(Refusal.QOS0)
+            return False
+        topic = raw_topic.decode("utf-8", "backslashreplace")  # brokers check UTF-8, never trust it
         now = time.monotonic()
         with self._admission_lock:
-            refusal = self.admission.check(topic, message.qos, now)
-        if refusal is not None:
-            self.refused[refusal.value] += 1
+            if size > self.limits.max_message_bytes:
+                # never read, so never dead-lettered: charged and counted like one
+                self.admission.charge(topic, now, size)
+                refusal: Refusal | None = Refusal.OVERSIZED
+            else:
+                refusal = self.admission.check(topic, qos, now)
+        if refusal is None:
+            return True
+        self._refuse(refusal)
+        if refusal is Refusal.RATE_LIMITED:
+            self._name_rate_limited(self.admission.bucket_of(topic), device_of(topic), now)
+        with self._lock:
+            self.acked += 1
+        return False
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.refused[refusal.value] += 1
+        if refusal is Refusal.QOS0:
+            self._refused_qos0.inc()
+        else:
             self.ingestor.metrics.refused.labels(refusal.value).inc()
-            if refusal is Refusal.RATE_LIMITED:
-                self._name_rate_limited(device_of(topic), now)
-            client.ack(message.mid, message.qos)
-            with self._lock:
-                self.acked += 1
-            return
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # admitted by _screen: QoS 1, within the size limit, the device's bucket not empty
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = repr(message._topic)
         delivery = _Delivery(
             topic=topic,
             payload=bytes(message.payload),
@@ -283,15 +318,23 @@ class IngestService:
         self.link.queued()
         self.ingestor.metrics.queue_depth.inc()
 
-    def _name_rate_limited(self, device: str, now: float) -> None:
+    def _name_rate_limited(self, bucket: str, device: str, now: float) -> None:
         """Log which device id is refused for its rate (the metric has no device label): on a
-        broker without per-client limits the remedy is revoking that id's broker account."""
-        last = self._rate_limit_logged.get(device)
+        broker without per-client limits the remedy is revoking that id's broker account.
+        Unregistered ids share a bucket and one line a minute."""
+        last = self._rate_limit_logged.get(bucket)
         if last is not None and now - last < RATE_LIMIT_LOG_INTERVAL_S:
             return
         if len(self._rate_limit_logged) >= _RATE_LIMIT_LOG_MAX_IDS:
             self._rate_limit_logged.clear()
-        self._rate_limit_logged[device] = now
+        self._rate_limit_logged[bucket] = now
+        if bucket == UNKNOWN_DEVICES:
+            log.warning(
+                "messages of unregistered device ids (%r and others) are over their shared admission rate limit: "
+                "refused before verification (docs/security.md section 4)",
+                device,
+            )
+            return
         log.warning(
             "device id %r is over its admission rate limit: its messages are refused before verification "
             "(docs/security.md section 4; revoke its broker account unless it is a genuine agent)",

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol import MAX_PUBLISH_PACKET_BYTES
+
 from .errors import ServiceError
 
 __all__ = [
@@ -159,7 +161,7 @@ class Mosquitto:
         lines += [
             "max_inflight_messages 100",
             f"max_queued_messages {self.max_queued_messages}",
-            "max_packet_size 2000000",
+            f"max_packet_size {MAX_PUBLISH_PACKET_BYTES}",  # the protocol's largest message, no more
             "log_dest stderr",
             "log_type error",
             "log_type warning",
